@@ -1,0 +1,102 @@
+//! ADD: address from IPAM, veth pair onto the bridge, container side configured, result out.
+
+use std::fs::File;
+use std::path::Path;
+
+use ipnet::IpNet;
+
+use crate::config::Request;
+use crate::datapath::{self, Attached, PortSpec};
+use crate::env::Invocation;
+use crate::error::{CniError, Code};
+use crate::ipam::{self, DelegateInput, Lease, store::Owner};
+use crate::result::{CniResult, Interface, IpConfig};
+use crate::runtime;
+
+pub fn add(inv: &Invocation, req: &Request) -> Result<CniResult, CniError> {
+    let att = inv
+        .attachment
+        .as_ref()
+        .expect("ADD always carries an attachment");
+    super::parse_prev_result(req)?;
+    let net = req.conf.resolve()?;
+    let netns_path = att.netns.as_deref().expect("ADD always carries a netns");
+    let netns = super::open_netns(netns_path)?;
+    let owner = Owner::new(&att.container_id, &att.ifname);
+    let input = DelegateInput {
+        plugin_path: &inv.plugin_path,
+        stdin: &req.raw,
+    };
+
+    let lease = ipam::acquire(&net, &owner, input)?;
+    let attachment = PortSpec {
+        container_id: &att.container_id,
+        ifname: &att.ifname,
+        bridge: &net.bridge,
+        mtu: net.mtu,
+        hairpin: net.hairpin,
+    };
+    match runtime::block_on(datapath::attach(&attachment, &netns, netns_path, &lease)) {
+        Ok(attached) => Ok(result(&attachment, netns_path, &attached, lease)),
+        Err(e) => {
+            if let Err(release) = ipam::release(&net.ipam, &owner, input) {
+                tracing::warn!("rollback: cannot release the address: {release}");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn result(a: &PortSpec<'_>, netns: &Path, attached: &Attached, lease: Lease) -> CniResult {
+    let mac = |m: Option<weft_overlay::Mac>| m.map(|m| m.to_string()).unwrap_or_default();
+    CniResult {
+        interfaces: vec![
+            Interface {
+                name: attached.bridge.name.clone(),
+                mac: mac(attached.bridge.mac),
+                mtu: Some(a.mtu),
+                sandbox: None,
+            },
+            Interface {
+                name: attached.host.name.clone(),
+                mac: mac(attached.host.mac),
+                mtu: Some(a.mtu),
+                sandbox: None,
+            },
+            Interface {
+                name: a.ifname.to_string(),
+                mac: attached.container_mac.to_string(),
+                mtu: Some(a.mtu),
+                sandbox: Some(netns.display().to_string()),
+            },
+        ],
+        ips: vec![IpConfig {
+            version: None,
+            address: IpNet::V4(lease.address),
+            gateway: Some(lease.gateway.into()),
+            interface: Some(2),
+        }],
+        routes: lease.routes,
+        dns: lease.dns,
+    }
+}
+
+/// Used by ADD and CHECK: the namespace must exist and be a network namespace.
+pub(super) fn open(path: &Path) -> Result<File, CniError> {
+    let file = File::open(path).map_err(|e| {
+        CniError::new(
+            Code::UnknownContainer,
+            format!("cannot open network namespace {}", path.display()),
+        )
+        .with_details(e)
+    })?;
+    let is_nsfs = nix::sys::statfs::fstatfs(&file)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC);
+    if is_nsfs != Ok(true) {
+        return Err(CniError::new(
+            Code::InvalidEnvironment,
+            format!("CNI_NETNS {} is not a network namespace", path.display()),
+        ));
+    }
+    Ok(file)
+}

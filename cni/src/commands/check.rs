@@ -1,0 +1,93 @@
+//! CHECK: the container's network is still as ADD (per prevResult) left it.
+
+use ipnet::{IpNet, Ipv4Net};
+
+use crate::config::{IpamMode, Request};
+use crate::datapath::{self, Expected};
+use crate::env::Invocation;
+use crate::error::{CniError, Code};
+use crate::ipam::delegate;
+use crate::ipam::store::{Owner, Store};
+use crate::runtime;
+
+pub fn check(inv: &Invocation, req: &Request) -> Result<(), CniError> {
+    if !req.version.supports_check() {
+        return Err(CniError::new(
+            Code::IncompatibleVersion,
+            format!("CHECK needs cniVersion 0.4.0 or later, got {}", req.version),
+        ));
+    }
+    let att = inv
+        .attachment
+        .as_ref()
+        .expect("CHECK always carries an attachment");
+    let prev = super::parse_prev_result(req)?
+        .ok_or_else(|| CniError::new(Code::InvalidConfig, "CHECK needs prevResult"))?;
+    let net = req.conf.resolve()?;
+    let netns_path = att.netns.as_deref().expect("CHECK always carries a netns");
+    super::open_netns(netns_path)?;
+
+    let index = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == att.ifname && i.sandbox.is_some())
+        .ok_or_else(|| {
+            CniError::new(
+                Code::InvalidConfig,
+                format!("prevResult has no container interface {}", att.ifname),
+            )
+        })?;
+    let addresses: Vec<Ipv4Net> = prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface == Some(index))
+        .filter_map(|ip| match ip.address {
+            IpNet::V4(a) => Some(a),
+            IpNet::V6(_) => None,
+        })
+        .collect();
+    let routes = prev
+        .routes
+        .iter()
+        .filter_map(|r| match (r.dst, r.gw) {
+            (IpNet::V4(dst), Some(std::net::IpAddr::V4(gw))) => Some((dst, Some(gw))),
+            (IpNet::V4(dst), None) => Some((dst, None)),
+            _ => None,
+        })
+        .collect();
+    let expected = Expected {
+        container_id: &att.container_id,
+        ifname: &att.ifname,
+        bridge: &net.bridge,
+        mac: prev.interfaces[index].mac.parse().ok(),
+        mtu: net.mtu,
+        addresses: addresses.clone(),
+        routes,
+    };
+    runtime::block_on(datapath::verify(&expected, netns_path))?;
+
+    match &net.ipam {
+        IpamMode::BuiltIn { store_dir } => {
+            let held = Store::open(store_dir)?.find(&Owner::new(&att.container_id, &att.ifname))?;
+            for addr in &addresses {
+                if held != Some(addr.addr()) {
+                    return Err(CniError::new(
+                        Code::CheckFailed,
+                        format!(
+                            "address {} is not reserved for this container in the IPAM store",
+                            addr.addr()
+                        ),
+                    ));
+                }
+            }
+        }
+        IpamMode::Delegate { plugin } => {
+            delegate::run(
+                &delegate::find(plugin, &inv.plugin_path)?,
+                "CHECK",
+                &req.raw,
+            )?;
+        }
+    }
+    Ok(())
+}

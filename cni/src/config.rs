@@ -1,0 +1,522 @@
+//! The network configuration on stdin, and the effective network it resolves to once the node
+//! state file is consulted. Explicit configuration beats the state file.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use ipnet::{IpNet, Ipv4Net};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{CniError, Code};
+use crate::ipam::pool::Pool;
+use crate::names::{validate_id, validate_ifname};
+use crate::result::Dns;
+use crate::state::{DEFAULT_STATE_FILE, NodeState};
+use crate::version::CniVersion;
+
+pub const DEFAULT_BRIDGE: &str = "cni0";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/weft";
+/// Without an agent and without `mtu`, pods get a plain Ethernet MTU.
+pub const DEFAULT_MTU: u32 = 1500;
+
+/// One plugin entry of a conflist, with the fields the runtime injects.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub plugin_type: String,
+    pub bridge: Option<String>,
+    pub state_file: Option<PathBuf>,
+    #[serde(rename = "podCIDR", alias = "podcidr", alias = "subnet")]
+    pub pod_cidr: Option<String>,
+    pub gateway: Option<String>,
+    pub mtu: Option<u32>,
+    pub data_dir: Option<PathBuf>,
+    pub ipam: Option<Value>,
+    #[serde(default)]
+    pub hairpin_mode: bool,
+    pub log_file: Option<PathBuf>,
+    pub log_level: Option<String>,
+    #[serde(default)]
+    pub dns: Dns,
+    pub prev_result: Option<Value>,
+    pub runtime_config: Option<Value>,
+    pub args: Option<Value>,
+    #[serde(rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Option<Vec<ValidAttachment>>,
+}
+
+/// An attachment the runtime still considers live (GC input).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+pub struct ValidAttachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// The parsed request body: the raw JSON (passed on to a delegated IPAM plugin) and its typed form.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub raw: Vec<u8>,
+    pub version: CniVersion,
+    pub conf: NetConf,
+}
+
+/// Where addresses come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IpamMode {
+    /// weft's own store under `dataDir/<network name>`.
+    BuiltIn { store_dir: PathBuf },
+    /// Another IPAM plugin, run from CNI_PATH.
+    Delegate { plugin: String },
+}
+
+/// Everything ADD and CHECK need to know about the network on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    pub name: String,
+    pub bridge: String,
+    pub mtu: u32,
+    pub hairpin: bool,
+    pub ipam: IpamMode,
+    /// The node's PodCIDR and gateway; always known with built-in IPAM, where it is the pool.
+    pub pool: Option<Pool>,
+    pub dns: Dns,
+}
+
+/// Reads the version first, so that even a body that fails to decode gets an answer in its version.
+pub fn peek_version(raw: &[u8]) -> Option<CniVersion> {
+    let value: Value = serde_json::from_slice(raw).ok()?;
+    value.get("cniVersion")?.as_str()?.parse().ok()
+}
+
+impl Request {
+    pub fn parse(raw: Vec<u8>) -> Result<Request, CniError> {
+        let value: Value = serde_json::from_slice(&raw)
+            .context_code(Code::DecodeFailure, "network config is not valid JSON")?;
+        let version_str = value
+            .get("cniVersion")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                CniError::new(
+                    Code::DecodeFailure,
+                    "network config has no cniVersion string",
+                )
+            })?;
+        let version: CniVersion = version_str.parse().map_err(|e| {
+            CniError::new(Code::IncompatibleVersion, "incompatible CNI version").with_details(e)
+        })?;
+        let conf = NetConf::deserialize(&value)
+            .context_code(Code::DecodeFailure, "cannot decode network config")?;
+        validate_id("network name", &conf.name)
+            .map_err(|e| CniError::new(Code::InvalidConfig, e))?;
+        Ok(Request { raw, version, conf })
+    }
+}
+
+impl NetConf {
+    pub fn state_file(&self) -> &Path {
+        self.state_file
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_STATE_FILE))
+    }
+
+    /// Resolves the effective network. Built-in IPAM needs the node's PodCIDR: static `podCIDR`,
+    /// else the agent's state file. A delegated IPAM plugin brings its own range, so then the
+    /// state file only contributes MTU and bridge, when it exists.
+    pub fn resolve(&self) -> Result<Network, CniError> {
+        let invalid = |msg: String| CniError::new(Code::InvalidConfig, msg);
+        let ipam = self.ipam_mode()?;
+        let state = match (&self.pod_cidr, &ipam) {
+            (Some(_), _) => None,
+            (None, IpamMode::Delegate { .. }) => NodeState::read(self.state_file()).ok(),
+            (None, IpamMode::BuiltIn { .. }) => {
+                Some(NodeState::read(self.state_file()).map_err(|e| {
+                    let code = if e.is_missing() {
+                        Code::TryAgainLater
+                    } else {
+                        Code::InvalidConfig
+                    };
+                    CniError::new(
+                        code,
+                        "the node's PodCIDR is not known yet (no podCIDR in config, no node state)",
+                    )
+                    .with_details(e)
+                })?)
+            }
+        };
+        let pod_cidr = match (&self.pod_cidr, &state) {
+            (Some(text), _) => Some(parse_pod_cidr(text)?),
+            (None, state) => state.as_ref().map(|s| s.pod_cidr),
+        };
+        let pool = match pod_cidr {
+            Some(net) => {
+                let gateway = match (&self.gateway, &state) {
+                    (Some(text), _) => parse_ipv4("gateway", text)?,
+                    (None, Some(state)) => state.gateway,
+                    (None, None) => first_host(&net),
+                };
+                check_gateway(&net, gateway).map_err(invalid)?;
+                Some(Pool { net, gateway })
+            }
+            None => None,
+        };
+        let mtu = self
+            .mtu
+            .or(state.as_ref().map(|s| s.mtu))
+            .unwrap_or(DEFAULT_MTU);
+        check_mtu(mtu).map_err(invalid)?;
+        let bridge = self.bridge_name(state.as_ref());
+        validate_ifname(&bridge).map_err(|e| invalid(format!("bridge: {e}")))?;
+        Ok(Network {
+            name: self.name.clone(),
+            bridge,
+            mtu,
+            hairpin: self.hairpin_mode,
+            ipam,
+            pool,
+            dns: self.dns.clone(),
+        })
+    }
+
+    /// The bridge: configured, else the agent's, else `cni0`.
+    pub fn bridge_name(&self, state: Option<&NodeState>) -> String {
+        self.bridge
+            .clone()
+            .or_else(|| state.map(|s| s.bridge.clone()))
+            .unwrap_or_else(|| DEFAULT_BRIDGE.to_string())
+    }
+
+    pub fn ipam_mode(&self) -> Result<IpamMode, CniError> {
+        match &self.ipam {
+            None => Ok(self.built_in_ipam()),
+            Some(Value::Object(map)) if map.is_empty() => Ok(self.built_in_ipam()),
+            Some(Value::Object(map)) => match map.get("type").and_then(Value::as_str) {
+                Some(plugin) if validate_id("ipam type", plugin).is_ok() => {
+                    Ok(IpamMode::Delegate {
+                        plugin: plugin.to_string(),
+                    })
+                }
+                _ => Err(CniError::new(
+                    Code::InvalidConfig,
+                    "ipam.type must name an IPAM plugin",
+                )),
+            },
+            Some(_) => Err(CniError::new(Code::InvalidConfig, "ipam must be an object")),
+        }
+    }
+
+    fn built_in_ipam(&self) -> IpamMode {
+        let root = self
+            .data_dir
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_DATA_DIR));
+        IpamMode::BuiltIn {
+            store_dir: root.join(&self.name),
+        }
+    }
+}
+
+fn parse_pod_cidr(text: &str) -> Result<Ipv4Net, CniError> {
+    match text.parse::<IpNet>() {
+        Ok(IpNet::V4(net)) if net.prefix_len() <= 30 => Ok(net.trunc()),
+        Ok(IpNet::V4(net)) => Err(CniError::new(
+            Code::InvalidConfig,
+            format!(
+                "podCIDR {net} is too small: at least a /30 is needed for a gateway and one pod"
+            ),
+        )),
+        Ok(IpNet::V6(_)) => Err(CniError::new(
+            Code::UnsupportedField,
+            format!("podCIDR {text}: IPv6 is not supported"),
+        )),
+        Err(e) => Err(CniError::new(
+            Code::InvalidConfig,
+            format!("podCIDR {text:?} is not a CIDR"),
+        )
+        .with_details(e)),
+    }
+}
+
+fn parse_ipv4(what: &str, text: &str) -> Result<Ipv4Addr, CniError> {
+    match text.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => Ok(ip),
+        Ok(IpAddr::V6(_)) => Err(CniError::new(
+            Code::UnsupportedField,
+            format!("{what} {text}: IPv6 is not supported"),
+        )),
+        Err(e) => Err(CniError::new(
+            Code::InvalidConfig,
+            format!("{what} {text:?} is not an address"),
+        )
+        .with_details(e)),
+    }
+}
+
+/// The conventional gateway: the first host address of the subnet (10.244.N.1).
+pub fn first_host(net: &Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net.network()) + 1)
+}
+
+pub fn check_gateway(pod_cidr: &Ipv4Net, gateway: Ipv4Addr) -> Result<(), String> {
+    if !pod_cidr.contains(&gateway)
+        || gateway == pod_cidr.network()
+        || gateway == pod_cidr.broadcast()
+    {
+        return Err(format!(
+            "gateway {gateway} is not a host address of {pod_cidr}"
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_mtu(mtu: u32) -> Result<(), String> {
+    if !(68..=65535).contains(&mtu) {
+        return Err(format!("mtu {mtu} is outside 68..=65535"));
+    }
+    Ok(())
+}
+
+trait ContextCode<T> {
+    fn context_code(self, code: Code, msg: &str) -> Result<T, CniError>;
+}
+
+impl<T> ContextCode<T> for Result<T, serde_json::Error> {
+    fn context_code(self, code: Code, msg: &str) -> Result<T, CniError> {
+        self.map_err(|e| CniError::new(code, msg).with_details(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<Request, CniError> {
+        Request::parse(serde_json::to_vec(&v).unwrap())
+    }
+
+    fn base() -> Value {
+        json!({"cniVersion":"1.0.0","name":"weft","type":"weft","podCIDR":"10.244.3.0/24"})
+    }
+
+    #[test]
+    fn minimal_static_config_resolves_with_defaults() {
+        let net = parse(base()).unwrap().conf.resolve().unwrap();
+        assert_eq!(net.bridge, "cni0");
+        let pool = net.pool.unwrap();
+        assert_eq!(pool.net.to_string(), "10.244.3.0/24");
+        assert_eq!(pool.gateway.to_string(), "10.244.3.1");
+        assert_eq!(net.mtu, 1500);
+        assert_eq!(
+            net.ipam,
+            IpamMode::BuiltIn {
+                store_dir: "/var/lib/cni/weft/weft".into()
+            }
+        );
+        assert!(!net.hairpin);
+    }
+
+    #[test]
+    fn pod_cidr_aliases_are_accepted() {
+        for key in ["podcidr", "subnet"] {
+            let mut v = base();
+            v.as_object_mut().unwrap().remove("podCIDR");
+            v[key] = "10.244.9.0/24".into();
+            assert_eq!(
+                parse(v)
+                    .unwrap()
+                    .conf
+                    .resolve()
+                    .unwrap()
+                    .pool
+                    .unwrap()
+                    .net
+                    .to_string(),
+                "10.244.9.0/24"
+            );
+        }
+    }
+
+    #[test]
+    fn every_field_is_read() {
+        let v = json!({"cniVersion":"0.4.0","name":"n1","type":"weft","bridge":"br9","podCIDR":"10.244.3.0/24",
+            "gateway":"10.244.3.254","mtu":1400,"dataDir":"/tmp/d","hairpinMode":true,
+            "logFile":"/tmp/l","logLevel":"debug","dns":{"nameservers":["1.1.1.1"]},"stateFile":"/tmp/s.json"});
+        let req = parse(v).unwrap();
+        assert_eq!(req.version, CniVersion::V0_4_0);
+        assert_eq!(req.conf.log_level.as_deref(), Some("debug"));
+        assert_eq!(req.conf.state_file(), Path::new("/tmp/s.json"));
+        let net = req.conf.resolve().unwrap();
+        assert_eq!(
+            (net.bridge.as_str(), net.mtu, net.hairpin),
+            ("br9", 1400, true)
+        );
+        assert_eq!(net.pool.unwrap().gateway.to_string(), "10.244.3.254");
+        assert_eq!(net.dns.nameservers, vec!["1.1.1.1".to_string()]);
+        assert_eq!(
+            net.ipam,
+            IpamMode::BuiltIn {
+                store_dir: "/tmp/d/n1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn conflist_injected_fields_are_accepted() {
+        let mut v = base();
+        v["prevResult"] = json!({"cniVersion":"1.0.0","ips":[]});
+        v["runtimeConfig"] = json!({"portMappings":[]});
+        v["args"] = json!({"cni":{}});
+        v["cni.dev/valid-attachments"] = json!([{"containerID":"c1","ifname":"eth0"}]);
+        let conf = parse(v).unwrap().conf;
+        assert_eq!(conf.valid_attachments.unwrap()[0].container_id, "c1");
+        assert!(conf.prev_result.is_some());
+    }
+
+    #[test]
+    fn errors_carry_the_right_codes() {
+        let cases: Vec<(Value, Code)> = vec![
+            (
+                json!({"cniVersion":"0.2.0","name":"weft","type":"weft"}),
+                Code::IncompatibleVersion,
+            ),
+            (json!({"name":"weft","type":"weft"}), Code::DecodeFailure),
+            (
+                json!({"cniVersion":"1.0.0","type":"weft"}),
+                Code::DecodeFailure,
+            ),
+            (
+                json!({"cniVersion":"1.0.0","name":"a/b","type":"weft"}),
+                Code::InvalidConfig,
+            ),
+            (
+                json!({"cniVersion":"1.0.0","name":"weft","type":"weft","mtu":"big"}),
+                Code::DecodeFailure,
+            ),
+        ];
+        for (v, code) in cases {
+            assert_eq!(parse(v.clone()).unwrap_err().code, code as u32, "{v}");
+        }
+        assert_eq!(
+            Request::parse(b"{not json".to_vec()).unwrap_err().code,
+            Code::DecodeFailure as u32
+        );
+    }
+
+    #[test]
+    fn bad_values_are_invalid_config_and_ipv6_is_unsupported() {
+        let cases: Vec<(&str, Value, Code)> = vec![
+            ("podCIDR", "10.244.3.0/31".into(), Code::InvalidConfig),
+            ("podCIDR", "banana".into(), Code::InvalidConfig),
+            ("podCIDR", "fd00::/64".into(), Code::UnsupportedField),
+            ("gateway", "10.244.4.1".into(), Code::InvalidConfig),
+            ("gateway", "10.244.3.0".into(), Code::InvalidConfig),
+            ("gateway", "10.244.3.255".into(), Code::InvalidConfig),
+            ("gateway", "fd00::1".into(), Code::UnsupportedField),
+            ("mtu", 20.into(), Code::InvalidConfig),
+            ("bridge", "a-name-much-too-long".into(), Code::InvalidConfig),
+            ("ipam", json!({"subnet":"10.0.0.0/24"}), Code::InvalidConfig),
+            ("ipam", json!("host-local"), Code::InvalidConfig),
+        ];
+        for (key, value, code) in cases {
+            let mut v = base();
+            v[key] = value.clone();
+            let err = parse(v).unwrap().conf.resolve().unwrap_err();
+            assert_eq!(err.code, code as u32, "{key}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn host_bits_in_pod_cidr_are_dropped() {
+        let mut v = base();
+        v["podCIDR"] = "10.244.3.77/24".into();
+        assert_eq!(
+            parse(v)
+                .unwrap()
+                .conf
+                .resolve()
+                .unwrap()
+                .pool
+                .unwrap()
+                .net
+                .to_string(),
+            "10.244.3.0/24"
+        );
+    }
+
+    #[test]
+    fn ipam_type_selects_delegation_and_empty_ipam_is_built_in() {
+        let mut v = base();
+        v["ipam"] = json!({"type":"host-local","subnet":"10.244.3.0/24"});
+        assert_eq!(
+            parse(v).unwrap().conf.ipam_mode().unwrap(),
+            IpamMode::Delegate {
+                plugin: "host-local".into()
+            }
+        );
+        let mut v = base();
+        v["ipam"] = json!({});
+        assert!(matches!(
+            parse(v).unwrap().conf.ipam_mode().unwrap(),
+            IpamMode::BuiltIn { .. }
+        ));
+    }
+
+    #[test]
+    fn without_pod_cidr_the_state_file_is_used_and_config_overrides_it() {
+        let path = std::env::temp_dir().join(format!("weft-conf-{}.json", rand::random::<u64>()));
+        let state = NodeState {
+            version: 1,
+            node: "n".into(),
+            node_ip: "192.0.2.10".parse().unwrap(),
+            pod_cidr: "10.244.7.0/24".parse().unwrap(),
+            gateway: "10.244.7.1".parse().unwrap(),
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            mtu: 1450,
+            bridge: "cni0".into(),
+        };
+        state.write(&path).unwrap();
+        let v =
+            json!({"cniVersion":"1.1.0","name":"weft","type":"weft","stateFile":path,"mtu":1400});
+        let net = parse(v).unwrap().conf.resolve().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(net.pool.unwrap().net.to_string(), "10.244.7.0/24");
+        assert_eq!(net.mtu, 1400);
+        assert_eq!(net.pool.unwrap().gateway.to_string(), "10.244.7.1");
+    }
+
+    #[test]
+    fn missing_state_file_means_try_again_later_and_names_the_file() {
+        let v = json!({"cniVersion":"1.1.0","name":"weft","type":"weft","stateFile":"/nonexistent/node.json"});
+        let err = parse(v).unwrap().conf.resolve().unwrap_err();
+        assert_eq!(err.code, Code::TryAgainLater as u32);
+        assert!(err.details.contains("/nonexistent/node.json"), "{err}");
+    }
+
+    #[test]
+    fn delegated_ipam_needs_no_pod_cidr() {
+        let v = json!({"cniVersion":"1.0.0","name":"weft","type":"weft","stateFile":"/nonexistent/node.json",
+                       "ipam":{"type":"host-local","subnet":"10.1.0.0/24"}});
+        let net = parse(v).unwrap().conf.resolve().unwrap();
+        assert_eq!(net.pool, None);
+        assert_eq!(
+            net.ipam,
+            IpamMode::Delegate {
+                plugin: "host-local".into()
+            }
+        );
+    }
+
+    #[test]
+    fn peek_version_survives_undecodable_bodies() {
+        assert_eq!(
+            peek_version(br#"{"cniVersion":"0.3.1","mtu":"x"}"#),
+            Some(CniVersion::V0_3_1)
+        );
+        assert_eq!(peek_version(b"garbage"), None);
+    }
+}

@@ -1,0 +1,361 @@
+//! The plugin's kernel work: attach a container to the bridge, detach it, verify it, collect
+//! leftovers. Every step is one netlink request through `weft_overlay::netlink`.
+
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use ipnet::{IpNet, Ipv4Net};
+use weft_overlay::bridge::{BridgeError, ensure_bridge};
+use weft_overlay::netlink::{
+    Link, LinkChange, MAIN_TABLE, Netlink, NetlinkError, Route4, VethSpec, WEFT_ROUTE_PROTOCOL,
+};
+use weft_overlay::{Mac, sysctl};
+
+use crate::error::{CniError, Code};
+use crate::ipam::Lease;
+use crate::names::{TOMBSTONE_PREFIX, host_veth_name, is_weft_veth, tombstone_name};
+use crate::reaper;
+
+impl From<NetlinkError> for CniError {
+    fn from(e: NetlinkError) -> Self {
+        CniError::new(Code::Kernel, "kernel operation failed").with_details(e)
+    }
+}
+
+impl From<BridgeError> for CniError {
+    fn from(e: BridgeError) -> Self {
+        CniError::new(Code::Kernel, "cannot set up the bridge").with_details(e)
+    }
+}
+
+/// How a container is attached: the names and settings of its veth pair.
+#[derive(Debug, Clone)]
+pub struct PortSpec<'a> {
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+    pub bridge: &'a str,
+    pub mtu: u32,
+    pub hairpin: bool,
+}
+
+/// The links ADD created or used, for the result.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    pub bridge: Link,
+    pub host: Link,
+    pub container_mac: Mac,
+}
+
+/// ADD's kernel part. On failure everything created here is removed again.
+pub async fn attach(
+    a: &PortSpec<'_>,
+    netns: &File,
+    netns_path: &Path,
+    lease: &Lease,
+) -> Result<Attached, CniError> {
+    let host_nl = Netlink::connect()?;
+    let gateway = Ipv4Net::new(lease.gateway, lease.address.prefix_len()).expect("prefix is valid");
+    let (bridge, _) = ensure_bridge(&host_nl, a.bridge, a.mtu, gateway).await?;
+    sysctl::ensure(sysctl::IP_FORWARD, "1").map_err(|e| {
+        CniError::new(Code::Kernel, "cannot enable IPv4 forwarding").with_details(e)
+    })?;
+
+    let host_name = host_veth_name(a.container_id, a.ifname);
+    let container_mac = Mac::for_ipv4(lease.address.addr());
+    let spec = VethSpec {
+        name: host_name.clone(),
+        mtu: a.mtu,
+        master: Some(bridge.index),
+        peer_name: a.ifname.to_string(),
+        peer_mac: container_mac,
+        peer_netns: netns.as_fd(),
+    };
+    if let Err(e) = host_nl.add_veth(&spec).await {
+        if !e.is_exists() {
+            return Err(e.into());
+        }
+        // A repeated ADD: replace the pair left by the earlier one (its address is kept by IPAM).
+        match host_nl.link(&host_name).await? {
+            Some(stale) => {
+                host_nl.delete_link(stale.index).await?;
+                host_nl.add_veth(&spec).await?;
+            }
+            None => {
+                return Err(CniError::new(
+                    Code::InvalidEnvironment,
+                    format!(
+                        "an interface named {} already exists in the container",
+                        a.ifname
+                    ),
+                ));
+            }
+        }
+    }
+    let configured = configure(a, &host_nl, &host_name, netns, netns_path, lease).await;
+    match configured {
+        Ok(host) => Ok(Attached {
+            bridge,
+            host,
+            container_mac,
+        }),
+        Err(e) => {
+            if let Err(cleanup) = host_nl.delete_link_by_name(&host_name).await {
+                tracing::warn!("rollback: cannot delete {host_name}: {cleanup}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Container side (address, up, routes) and host side details of a freshly created pair.
+async fn configure(
+    a: &PortSpec<'_>,
+    host_nl: &Netlink,
+    host_name: &str,
+    netns: &File,
+    netns_path: &Path,
+    lease: &Lease,
+) -> Result<Link, CniError> {
+    let ns_nl = Netlink::connect_in_fd(netns, netns_path)?;
+    let iface = ns_nl.link(a.ifname).await?.ok_or_else(|| {
+        CniError::new(
+            Code::Kernel,
+            format!("{} vanished from the container", a.ifname),
+        )
+    })?;
+    ns_nl.add_address(iface.index, lease.address).await?;
+    ns_nl
+        .set_link(
+            iface.index,
+            &LinkChange {
+                up: Some(true),
+                ..LinkChange::default()
+            },
+        )
+        .await?;
+    for route in container_routes(lease, iface.index) {
+        ns_nl.add_route(&route, false).await?;
+    }
+    let host = host_nl
+        .link(host_name)
+        .await?
+        .ok_or_else(|| CniError::new(Code::Kernel, format!("{host_name} vanished")))?;
+    if a.hairpin {
+        host_nl.set_hairpin(host.index, true).await?;
+    }
+    Ok(host)
+}
+
+/// The lease's routes as kernel routes out of the container interface.
+fn container_routes(lease: &Lease, oif: u32) -> Vec<Route4> {
+    lease
+        .routes
+        .iter()
+        .filter_map(|r| match (r.dst, r.gw) {
+            (IpNet::V4(dst), Some(IpAddr::V4(gw))) => Some(Route4 {
+                dst,
+                gateway: Some(gw),
+                oif: Some(oif),
+                onlink: false,
+                protocol: WEFT_ROUTE_PROTOCOL,
+                table: MAIN_TABLE,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// DEL's kernel part: cut the container off and free both interface names at once; the kernel's
+/// slow device removal finishes in a detached reaper. Missing pieces are not errors.
+pub async fn detach(
+    container_id: &str,
+    ifname: &str,
+    netns: Option<&Path>,
+) -> Result<(), CniError> {
+    let host_nl = Netlink::connect()?;
+    let host_name = host_veth_name(container_id, ifname);
+    let Some(host) = host_nl.link(&host_name).await? else {
+        return Ok(());
+    };
+    let tombstone = tombstone_name(&host_name);
+    if let Some(path) = netns {
+        free_container_name(path, ifname, host.index, &tombstone).await;
+    }
+    let cut = LinkChange {
+        up: Some(false),
+        master: Some(None),
+        ..LinkChange::default()
+    };
+    host_nl.set_link(host.index, &cut).await?;
+    // Renaming needs the link down, so it is a second request.
+    host_nl
+        .set_link(
+            host.index,
+            &LinkChange {
+                name: Some(tombstone.clone()),
+                ..LinkChange::default()
+            },
+        )
+        .await?;
+    reaper::spawn(&tombstone);
+    Ok(())
+}
+
+/// Renames the container end (if it is still there and is our pair's) so CNI_IFNAME is free at
+/// once. A netns that is gone or unreadable is fine: the pair dies with the host end anyway.
+async fn free_container_name(netns: &Path, ifname: &str, host_index: u32, tombstone: &str) {
+    let Ok(ns_nl) = Netlink::connect_in(netns) else {
+        return;
+    };
+    let Ok(Some(iface)) = ns_nl.link(ifname).await else {
+        return;
+    };
+    if iface.link != Some(host_index) || iface.kind.as_deref() != Some("veth") {
+        return;
+    }
+    let down = LinkChange {
+        up: Some(false),
+        ..LinkChange::default()
+    };
+    let rename = LinkChange {
+        name: Some(tombstone.to_string()),
+        ..LinkChange::default()
+    };
+    if let Err(e) = async {
+        ns_nl.set_link(iface.index, &down).await?;
+        ns_nl.set_link(iface.index, &rename).await
+    }
+    .await
+    {
+        tracing::warn!("cannot free {ifname} in {}: {e}", netns.display());
+    }
+}
+
+/// GC's kernel part: remove host veths on `bridge` that belong to no valid attachment, and every
+/// tombstone (cut off by DEL, not yet reaped). Returns the names removed.
+pub async fn collect_veths(bridge: &str, keep: &[String]) -> Result<Vec<String>, CniError> {
+    let nl = Netlink::connect()?;
+    let bridge_index = nl.link(bridge).await?.map(|l| l.index);
+    let mut removed = Vec::new();
+    for link in nl.links().await? {
+        let ours = is_weft_veth(&link.name)
+            && (link.name.starts_with(TOMBSTONE_PREFIX)
+                || (bridge_index.is_some() && link.master == bridge_index));
+        if !ours || keep.contains(&link.name) {
+            continue;
+        }
+        match nl.delete_link(link.index).await {
+            Ok(()) => removed.push(link.name),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(removed)
+}
+
+/// What CHECK expects of an attachment, taken from prevResult.
+#[derive(Debug, Clone)]
+pub struct Expected<'a> {
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+    pub bridge: &'a str,
+    pub mac: Option<Mac>,
+    pub mtu: u32,
+    pub addresses: Vec<Ipv4Net>,
+    pub routes: Vec<(Ipv4Net, Option<std::net::Ipv4Addr>)>,
+}
+
+/// CHECK's kernel part: every difference is reported, not just the first.
+pub async fn verify(e: &Expected<'_>, netns_path: &Path) -> Result<(), CniError> {
+    let mut problems = Vec::new();
+    let host_nl = Netlink::connect()?;
+    let bridge = host_nl.link(e.bridge).await?;
+    let host_name = host_veth_name(e.container_id, e.ifname);
+    match (host_nl.link(&host_name).await?, &bridge) {
+        (None, _) => problems.push(format!("host veth {host_name} is missing")),
+        (Some(_), None) => problems.push(format!("bridge {} is missing", e.bridge)),
+        (Some(host), Some(bridge)) => {
+            if host.master != Some(bridge.index) {
+                problems.push(format!("{host_name} is not attached to {}", e.bridge));
+            }
+            if !host.up {
+                problems.push(format!("{host_name} is down"));
+            }
+        }
+    }
+    let ns_nl = Netlink::connect_in(netns_path)?;
+    match ns_nl.link(e.ifname).await? {
+        None => problems.push(format!("{} is missing in the container", e.ifname)),
+        Some(iface) => {
+            if !iface.up {
+                problems.push(format!("{} is down", e.ifname));
+            }
+            if let Some(mac) = e.mac.filter(|m| iface.mac != Some(*m)) {
+                problems.push(format!(
+                    "{} has MAC {:?}, expected {mac}",
+                    e.ifname, iface.mac
+                ));
+            }
+            if iface.mtu != e.mtu {
+                problems.push(format!(
+                    "{} has MTU {}, expected {}",
+                    e.ifname, iface.mtu, e.mtu
+                ));
+            }
+            let addrs = ns_nl.addresses(iface.index).await?;
+            for want in e.addresses.iter().filter(|a| !addrs.contains(a)) {
+                problems.push(format!("{} lacks address {want}", e.ifname));
+            }
+            let routes = ns_nl.routes().await?;
+            for (dst, gw) in &e.routes {
+                let present = routes
+                    .iter()
+                    .any(|r| r.dst == *dst && (gw.is_none() || r.gateway == *gw));
+                if !present {
+                    let via = gw.map(|gw| format!(" via {gw}")).unwrap_or_default();
+                    problems.push(format!("route {dst}{via} is missing"));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            Code::CheckFailed,
+            "the container's network is not as ADD left it",
+        )
+        .with_details(problems.join("; ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::result::{Dns, Route};
+
+    #[test]
+    fn lease_routes_become_routes_out_of_the_container_interface() {
+        let lease = Lease {
+            address: "10.244.3.7/24".parse().unwrap(),
+            gateway: "10.244.3.1".parse().unwrap(),
+            routes: vec![
+                Route::new(
+                    "0.0.0.0/0".parse().unwrap(),
+                    Some("10.244.3.1".parse().unwrap()),
+                ),
+                Route::new(
+                    "fd00::/64".parse().unwrap(),
+                    Some("fd00::1".parse().unwrap()),
+                ),
+            ],
+            dns: Dns::default(),
+        };
+        let routes = container_routes(&lease, 5);
+        assert_eq!(routes.len(), 1, "IPv6 routes are not installed");
+        assert_eq!(routes[0].oif, Some(5));
+        assert_eq!(routes[0].gateway, Some("10.244.3.1".parse().unwrap()));
+    }
+}

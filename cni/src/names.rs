@@ -1,0 +1,147 @@
+//! Names: validation of what the runtime hands us, and the deterministic names weft gives things.
+
+use sha2::{Digest, Sha256};
+
+/// Longest interface name Linux accepts (IFNAMSIZ - 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+/// Host veth names are this prefix plus 11 hex characters of the attachment hash.
+pub const HOST_VETH_PREFIX: &str = "weft";
+/// A host veth that DEL cut off and whose removal the kernel still completes.
+pub const TOMBSTONE_PREFIX: &str = "wdel";
+const NAME_HASH_HEX: usize = 11;
+
+/// Container IDs, network names: an alphanumeric first character, then alphanumerics, `_`, `.`, `-`.
+pub fn validate_id(what: &str, id: &str) -> Result<(), String> {
+    let mut chars = id.chars();
+    match chars.next() {
+        None => return Err(format!("{what} is empty")),
+        Some(c) if !c.is_ascii_alphanumeric() => {
+            return Err(format!("{what} {id:?} must start with a letter or digit"));
+        }
+        Some(_) => {}
+    }
+    if let Some(bad) = chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(format!(
+            "{what} {id:?} contains {bad:?}; only letters, digits, '_', '.', '-' are allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// Interface names as the CNI spec and Linux require.
+pub fn validate_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("interface name is empty".into());
+    }
+    if name.len() > MAX_IFNAME_LEN {
+        return Err(format!(
+            "interface name {name:?} is longer than {MAX_IFNAME_LEN} bytes"
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("interface name {name:?} is not allowed"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| *c == '/' || *c == ':' || c.is_whitespace())
+    {
+        return Err(format!("interface name {name:?} contains {bad:?}"));
+    }
+    Ok(())
+}
+
+/// Hex digest identifying one attachment (container id, interface name); stable across versions.
+pub fn attachment_hash(container_id: &str, ifname: &str) -> String {
+    // '/' can appear in neither part, so the joined form is unambiguous.
+    let digest = Sha256::digest(format!("{container_id}/{ifname}").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The host end of the attachment's veth pair: found again by name on DEL even without the netns.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    format!(
+        "{HOST_VETH_PREFIX}{}",
+        &attachment_hash(container_id, ifname)[..NAME_HASH_HEX]
+    )
+}
+
+/// The name a cut-off veth end carries until the kernel has finished removing it.
+pub fn tombstone_name(host_veth: &str) -> String {
+    format!("{TOMBSTONE_PREFIX}{}", &host_veth[HOST_VETH_PREFIX.len()..])
+}
+
+/// Is this a host veth name weft made (live or tombstoned)?
+pub fn is_weft_veth(name: &str) -> bool {
+    [HOST_VETH_PREFIX, TOMBSTONE_PREFIX].iter().any(|prefix| {
+        name.strip_prefix(prefix).is_some_and(|rest| {
+            rest.len() == NAME_HASH_HEX && rest.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_typical_container_ids() {
+        for id in ["abc", "0123456789abcdef", "k8s_POD.default-1", "a"] {
+            assert!(validate_id("container id", id).is_ok(), "{id}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_container_ids() {
+        for id in ["", "-abc", ".x", "_x", "a/b", "a b", "a:b", "a\n", "ä"] {
+            assert!(validate_id("container id", id).is_err(), "{id:?}");
+        }
+    }
+
+    #[test]
+    fn interface_names_follow_the_spec() {
+        for ok in ["eth0", "net1", "a", "123456789012345", "veth-x_y.z"] {
+            assert!(validate_ifname(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "1234567890123456",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\tb",
+        ] {
+            assert!(validate_ifname(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn host_veth_names_are_deterministic_valid_and_distinct() {
+        let a = host_veth_name("c1", "eth0");
+        assert_eq!(a, host_veth_name("c1", "eth0"));
+        assert_ne!(a, host_veth_name("c1", "eth1"));
+        assert_ne!(a, host_veth_name("c2", "eth0"));
+        assert_eq!(a.len(), MAX_IFNAME_LEN);
+        assert!(validate_ifname(&a).is_ok());
+        assert!(is_weft_veth(&a));
+    }
+
+    #[test]
+    fn hash_parts_cannot_be_confused() {
+        assert_ne!(attachment_hash("ab", "c"), attachment_hash("a", "bc"));
+    }
+
+    #[test]
+    fn tombstones_keep_the_hash_and_are_recognised() {
+        let live = host_veth_name("c1", "eth0");
+        let dead = tombstone_name(&live);
+        assert_eq!(&dead[4..], &live[4..]);
+        assert!(dead.starts_with(TOMBSTONE_PREFIX));
+        assert!(is_weft_veth(&dead));
+        for other in ["weft", "eth0", "weftzzzzzzzzzzz", "wdel123", "cni0"] {
+            assert!(!is_weft_veth(other), "{other}");
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The node state file: the agent publishes the node's PodCIDR and MTU here, the plugin reads it.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::write_atomic;
+
+/// Default location, as in the agent's `--state-dir`.
+pub const DEFAULT_STATE_FILE: &str = "/run/weft/node.json";
+pub const STATE_FILE_NAME: &str = "node.json";
+pub const STATE_FILE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    pub version: u32,
+    pub node: String,
+    #[serde(rename = "nodeIP")]
+    pub node_ip: Ipv4Addr,
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    #[serde(rename = "clusterCIDR")]
+    pub cluster_cidr: Ipv4Net,
+    pub mtu: u32,
+    pub bridge: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read node state file {path}: {source}")]
+    Read { path: String, source: io::Error },
+    #[error("node state file {path} is not valid: {reason}")]
+    Invalid { path: String, reason: String },
+}
+
+impl StateError {
+    /// The file does not exist yet: the agent has not settled the node's PodCIDR.
+    pub fn is_missing(&self) -> bool {
+        matches!(self, StateError::Read { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+impl NodeState {
+    pub fn read(path: &Path) -> Result<NodeState, StateError> {
+        let bytes = std::fs::read(path).map_err(|source| StateError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let invalid = |reason: String| StateError::Invalid {
+            path: path.display().to_string(),
+            reason,
+        };
+        let state: NodeState =
+            serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+        state.validate().map_err(invalid)?;
+        Ok(state)
+    }
+
+    pub fn write(&self, path: &Path) -> io::Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(self).expect("state always serializes");
+        bytes.push(b'\n');
+        write_atomic(path, &bytes)
+    }
+
+    /// Consistency a reader can rely on; a file that fails this is never used.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.version != STATE_FILE_VERSION {
+            return Err(format!("unsupported version {}", self.version));
+        }
+        if !self.cluster_cidr.contains(&self.pod_cidr) {
+            return Err(format!(
+                "podCIDR {} is outside clusterCIDR {}",
+                self.pod_cidr, self.cluster_cidr
+            ));
+        }
+        crate::config::check_gateway(&self.pod_cidr, self.gateway)?;
+        crate::config::check_mtu(self.mtu)?;
+        crate::names::validate_ifname(&self.bridge).map_err(|e| format!("bridge: {e}"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> NodeState {
+        NodeState {
+            version: 1,
+            node: "node-a".into(),
+            node_ip: "192.0.2.10".parse().unwrap(),
+            pod_cidr: "10.244.3.0/24".parse().unwrap(),
+            gateway: "10.244.3.1".parse().unwrap(),
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            mtu: 1450,
+            bridge: "cni0".into(),
+        }
+    }
+
+    #[test]
+    fn uses_the_field_names_of_the_spec() {
+        let v = serde_json::to_value(sample()).unwrap();
+        for key in [
+            "version",
+            "node",
+            "nodeIP",
+            "podCIDR",
+            "gateway",
+            "clusterCIDR",
+            "mtu",
+            "bridge",
+        ] {
+            assert!(v.get(key).is_some(), "{key} missing");
+        }
+    }
+
+    #[test]
+    fn write_then_read_round_trips() {
+        let path = std::env::temp_dir().join(format!("weft-state-{}.json", rand::random::<u64>()));
+        sample().write(&path).unwrap();
+        assert_eq!(NodeState::read(&path).unwrap(), sample());
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn missing_file_is_reported_as_missing() {
+        let err = NodeState::read(Path::new("/nonexistent/weft/node.json")).unwrap_err();
+        assert!(err.is_missing());
+    }
+
+    #[test]
+    fn inconsistent_state_is_rejected() {
+        let mut s = sample();
+        s.gateway = "10.244.4.1".parse().unwrap();
+        assert!(s.validate().is_err());
+        let mut s = sample();
+        s.pod_cidr = "10.245.0.0/24".parse().unwrap();
+        assert!(s.validate().is_err());
+        let mut s = sample();
+        s.mtu = 10;
+        assert!(s.validate().is_err());
+    }
+}

@@ -1,0 +1,73 @@
+//! The node bridge `cni0`: ensured by the agent before the first pod and by the plugin on every
+//! ADD, so the two never disagree about what it looks like.
+
+use ipnet::Ipv4Net;
+
+use crate::mac::Mac;
+use crate::netlink::{Link, LinkChange, Netlink, NetlinkError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("{0} exists but is not a bridge (kind {1:?})")]
+    NotABridge(String, Option<String>),
+    #[error("{0} vanished while being set up")]
+    Vanished(String),
+}
+
+/// What was changed to make the bridge right (for reports and logs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BridgeChanges {
+    pub created: bool,
+    pub changed: bool,
+    pub address_added: bool,
+}
+
+/// Makes `name` a bridge that is up, has `mtu` and carries `gateway` (address with prefix).
+/// Safe against concurrent callers: losing a creation race is not an error.
+pub async fn ensure_bridge(
+    nl: &Netlink,
+    name: &str,
+    mtu: u32,
+    gateway: Ipv4Net,
+) -> Result<(Link, BridgeChanges), BridgeError> {
+    let mut changes = BridgeChanges::default();
+    let link = match nl.link(name).await? {
+        Some(link) => link,
+        None => {
+            // A fixed MAC: otherwise the bridge takes its lowest port's MAC, which changes as pods come and go.
+            match nl
+                .add_bridge(name, mtu, Mac::for_ipv4(gateway.addr()))
+                .await
+            {
+                Ok(()) => changes.created = true,
+                Err(e) if e.is_exists() => {}
+                Err(e) => return Err(e.into()),
+            }
+            nl.link(name)
+                .await?
+                .ok_or_else(|| BridgeError::Vanished(name.to_string()))?
+        }
+    };
+    if link.kind.as_deref() != Some("bridge") {
+        return Err(BridgeError::NotABridge(name.to_string(), link.kind));
+    }
+    if !link.up || link.mtu != mtu {
+        let change = LinkChange {
+            up: Some(true),
+            mtu: Some(mtu),
+            ..LinkChange::default()
+        };
+        nl.set_link(link.index, &change).await?;
+        changes.changed = true;
+    }
+    if !nl.addresses(link.index).await?.contains(&gateway) {
+        match nl.add_address(link.index, gateway).await {
+            Ok(()) => changes.address_added = true,
+            Err(e) if e.is_exists() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((link, changes))
+}

@@ -1,0 +1,53 @@
+//! Network sysctls of the caller's namespace (/proc/sys/net follows the opener's netns).
+
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+fn path(key: &str) -> PathBuf {
+    PathBuf::from("/proc/sys").join(key.replace('.', "/"))
+}
+
+pub fn read(key: &str) -> io::Result<String> {
+    Ok(fs::read_to_string(path(key))?.trim().to_string())
+}
+
+/// Sets `key` to `value` unless it already has it; returns whether it wrote.
+pub fn ensure(key: &str, value: &str) -> io::Result<bool> {
+    if read(key)? == value {
+        return Ok(false);
+    }
+    fs::write(path(key), value)
+        .map_err(|e| io::Error::new(e.kind(), format!("set {key}={value}: {e}")))?;
+    Ok(true)
+}
+
+/// The per-device key, e.g. `dev_key("rp_filter", "vxlan0")` → net.ipv4.conf.vxlan0.rp_filter.
+pub fn dev_key(name: &str, dev: &str) -> String {
+    // Device names may contain '.', which sysctl's dotted form cannot express; use the path form.
+    format!("net/ipv4/conf/{dev}/{name}")
+}
+
+pub const IP_FORWARD: &str = "net/ipv4/ip_forward";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_map_to_proc_paths() {
+        assert_eq!(
+            path("net.ipv4.ip_forward"),
+            PathBuf::from("/proc/sys/net/ipv4/ip_forward")
+        );
+        assert_eq!(
+            path(&dev_key("rp_filter", "vxlan0")),
+            PathBuf::from("/proc/sys/net/ipv4/conf/vxlan0/rp_filter")
+        );
+    }
+
+    #[test]
+    fn reads_a_real_key() {
+        assert!(matches!(read(IP_FORWARD).as_deref(), Ok("0" | "1")));
+    }
+}

@@ -256,10 +256,7 @@ fn parse_ipv4(what: &str, text: &str) -> Result<Ipv4Addr, CniError> {
     }
 }
 
-/// The conventional gateway: the first host address of the subnet (10.244.N.1).
-pub fn first_host(net: &Ipv4Net) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(net.network()) + 1)
-}
+pub use weft_overlay::desired::gateway_of as first_host;
 
 pub fn check_gateway(pod_cidr: &Ipv4Net, gateway: Ipv4Addr) -> Result<(), String> {
     if !pod_cidr.contains(&gateway)

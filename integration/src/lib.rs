@@ -1,0 +1,31 @@
+//! The lab: nodes, a router and pods as network namespaces on one machine, driven with the real
+//! `weft` plugin and `weft-agent`. Shared by `weft-lab` (demo, benchmarks) and the end-to-end tests.
+//!
+//! Everything lives in namespaces named `wl-<run id>-…`; the machine's own namespace is never touched.
+
+pub mod bins;
+pub mod cmd;
+pub mod cni;
+pub mod netns;
+pub mod process;
+pub mod topology;
+pub mod wait;
+
+pub use cmd::LabError;
+pub use netns::Netns;
+
+/// Prefix of every namespace the lab creates; `weft-lab down` removes all of them.
+pub const NS_PREFIX: &str = "wl-";
+
+/// A fresh run id, so parallel tests and labs never collide: `wl-3fa9c0`.
+pub fn unique_prefix() -> String {
+    format!("{NS_PREFIX}{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+/// Tests and the lab change network namespaces: fail clearly, never skip, without root.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this needs root (it creates network namespaces); run it with sudo or as root"
+    );
+}

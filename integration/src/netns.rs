@@ -1,0 +1,104 @@
+//! Network namespaces owned by a guard: created on demand, deleted (with anything still running
+//! inside) when the guard drops, also when a test fails.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::cmd::{self, Result};
+
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates the namespace with its loopback up.
+    pub fn create(name: &str) -> Result<Netns> {
+        cmd::ip(&["netns", "add", name])?;
+        let ns = Netns {
+            name: name.to_string(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bind-mounted namespace file, what a runtime passes as CNI_NETNS.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n <ns> <args>`.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        cmd::ip(&full)
+    }
+
+    /// A command that runs `program` inside the namespace (`ip netns exec`).
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Runs `program args…` inside the namespace to completion; stdout on success.
+    pub fn run(&self, program: &str, args: &[&str]) -> Result<String> {
+        cmd::run(self.command(program).args(args))
+    }
+
+    /// Writes a sysctl inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.run("sysctl", &["-qw", &format!("{key}={value}")])
+            .map(drop)
+    }
+
+    /// Keeps the namespace after the guard drops (for `weft-lab up`).
+    pub fn persist(self) {
+        std::mem::forget(self);
+    }
+
+    /// Deletes every namespace whose name starts with `prefix`, killing what runs inside.
+    pub fn delete_all_with_prefix(prefix: &str) -> Result<Vec<String>> {
+        let mut deleted = Vec::new();
+        for name in list()?.into_iter().filter(|n| n.starts_with(prefix)) {
+            delete(&name);
+            deleted.push(name);
+        }
+        Ok(deleted)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        delete(&self.name);
+    }
+}
+
+/// Names of all named network namespaces.
+pub fn list() -> Result<Vec<String>> {
+    let out = cmd::ip(&["netns", "list"])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect())
+}
+
+fn delete(name: &str) {
+    if let Ok(pids) = cmd::ip(&["netns", "pids", name]) {
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let _ = cmd::ip(&["netns", "del", name]);
+}

@@ -1,0 +1,328 @@
+//! The multi-subnet underlay: a router namespace joins M subnets (one bridge each) and an
+//! off-cluster host; N node namespaces sit on the subnets round-robin. The router has routes only
+//! for its connected subnets, so pod addresses can cross it only inside VXLAN.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+
+use crate::cmd::{LabError, Result};
+use crate::netns::Netns;
+
+/// Underlays come from the documentation ranges; the off-cluster host gets the third one.
+const NODE_RANGES: [&str; 2] = ["192.0.2.0/24", "198.51.100.0/24"];
+const EXTERNAL_RANGE: &str = "203.0.113.0/24";
+pub const MAX_SUBNETS: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LabSpec {
+    pub nodes: usize,
+    pub subnets: usize,
+    /// GRO on the underlay veths, as real NICs have it.
+    pub gro: bool,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        LabSpec {
+            nodes: 3,
+            subnets: 2,
+            gro: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Subnet {
+    pub cidr: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    /// The bridge in the router namespace that is this subnet's L2 segment.
+    pub bridge: String,
+}
+
+#[derive(Debug)]
+pub struct Node {
+    /// `n1`, `n2`, … (also the agent's node name).
+    pub name: String,
+    pub ns: Netns,
+    pub ip: Ipv4Addr,
+    pub subnet: usize,
+    /// The node's underlay interface.
+    pub iface: String,
+    /// This node's own files (state dir, CNI conf dir, IPAM dir, logs).
+    pub dir: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct ExternalHost {
+    pub ns: Netns,
+    pub ip: Ipv4Addr,
+}
+
+/// A lab; dropping it removes every namespace and file it made.
+#[derive(Debug)]
+pub struct Lab {
+    pub prefix: String,
+    pub dir: PathBuf,
+    pub subnets: Vec<Subnet>,
+    // Field order is drop order: nodes and the external host go before the router.
+    pub nodes: Vec<Node>,
+    pub external: ExternalHost,
+    pub router: Netns,
+}
+
+/// The node subnets: the two documentation /24s, split into /26s when more are needed.
+pub fn subnet_cidrs(count: usize) -> Result<Vec<Ipv4Net>> {
+    if count == 0 || count > MAX_SUBNETS {
+        return Err(LabError::Other(format!(
+            "subnets must be 1..={MAX_SUBNETS}, got {count}"
+        )));
+    }
+    let ranges = NODE_RANGES
+        .iter()
+        .map(|r| r.parse::<Ipv4Net>().expect("valid range"));
+    if count <= NODE_RANGES.len() {
+        return Ok(ranges.take(count).collect());
+    }
+    Ok(ranges
+        .flat_map(|r| r.subnets(26).expect("/26 fits in /24"))
+        .take(count)
+        .collect())
+}
+
+/// Node `i` (0-based) is on subnet `i % subnets`, at host 10 + its position on that subnet.
+pub fn node_address(i: usize, subnets: &[Ipv4Net]) -> Result<(usize, Ipv4Addr)> {
+    let subnet = i % subnets.len();
+    let position = (i / subnets.len()) as u32;
+    let net = subnets[subnet];
+    let ip = Ipv4Addr::from(u32::from(net.network()) + 10 + position);
+    if !net.contains(&ip) || ip == net.broadcast() {
+        return Err(LabError::Other(format!("too many nodes for subnet {net}")));
+    }
+    Ok((subnet, ip))
+}
+
+impl Lab {
+    pub fn build(prefix: &str, spec: LabSpec) -> Result<Lab> {
+        let cidrs = subnet_cidrs(spec.subnets)?;
+        let dir = std::env::temp_dir().join(prefix);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| LabError::Other(format!("create {}: {e}", dir.display())))?;
+        let router = Netns::create(&format!("{prefix}-router"))?;
+        router.sysctl("net.ipv4.ip_forward", "1")?;
+        let subnets = cidrs
+            .iter()
+            .enumerate()
+            .map(|(k, cidr)| add_segment(&router, &format!("s{k}"), *cidr))
+            .collect::<Result<Vec<_>>>()?;
+        let external_segment =
+            add_segment(&router, "ext", EXTERNAL_RANGE.parse().expect("valid range"))?;
+        let external_ip = host(&external_segment.cidr, 10);
+        let external = ExternalHost {
+            ns: attach_host(
+                &router,
+                &format!("{prefix}-ext"),
+                "ext0",
+                &external_segment,
+                external_ip,
+                spec.gro,
+            )?,
+            ip: external_ip,
+        };
+        let mut nodes = Vec::with_capacity(spec.nodes);
+        for i in 0..spec.nodes {
+            let (subnet, ip) = node_address(i, &cidrs)?;
+            let name = format!("n{}", i + 1);
+            let ns = attach_host(
+                &router,
+                &format!("{prefix}-{name}"),
+                &name,
+                &subnets[subnet],
+                ip,
+                spec.gro,
+            )?;
+            let node_dir = dir.join(&name);
+            std::fs::create_dir_all(&node_dir)
+                .map_err(|e| LabError::Other(format!("create {}: {e}", node_dir.display())))?;
+            nodes.push(Node {
+                name,
+                ns,
+                ip,
+                subnet,
+                iface: "eth0".into(),
+                dir: node_dir,
+            });
+        }
+        Ok(Lab {
+            prefix: prefix.to_string(),
+            dir,
+            subnets,
+            nodes,
+            external,
+            router,
+        })
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Keeps every namespace and file after this value is gone (`weft-lab up`).
+    pub fn persist(self) {
+        std::mem::forget(self);
+    }
+
+    /// Adds a static route for every node's PodCIDR on the router: the plain routed underlay that
+    /// benchmarks use as their 100 % line.
+    pub fn route_pod_cidrs_on_router(&self, routes: &[(Ipv4Net, Ipv4Addr)]) -> Result<()> {
+        for (cidr, via) in routes {
+            self.router.ip(&[
+                "route",
+                "replace",
+                &cidr.to_string(),
+                "via",
+                &via.to_string(),
+            ])?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Node {
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+fn host(net: &Ipv4Net, n: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net.network()) + n)
+}
+
+/// A bridge in the router namespace with the subnet's first address: one L2 segment.
+fn add_segment(router: &Netns, bridge: &str, cidr: Ipv4Net) -> Result<Subnet> {
+    let gateway = host(&cidr, 1);
+    router.ip(&["link", "add", bridge, "type", "bridge"])?;
+    router.ip(&[
+        "addr",
+        "add",
+        &format!("{gateway}/{}", cidr.prefix_len()),
+        "dev",
+        bridge,
+    ])?;
+    router.ip(&["link", "set", bridge, "up"])?;
+    Ok(Subnet {
+        cidr,
+        gateway,
+        bridge: bridge.to_string(),
+    })
+}
+
+/// A new namespace plugged into `segment` with address `ip` and a default route via the router.
+fn attach_host(
+    router: &Netns,
+    name: &str,
+    port: &str,
+    segment: &Subnet,
+    ip: Ipv4Addr,
+    gro: bool,
+) -> Result<Netns> {
+    let ns = Netns::create(name)?;
+    router.ip(&[
+        "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", name,
+    ])?;
+    router.ip(&["link", "set", port, "master", &segment.bridge, "up"])?;
+    ns.ip(&[
+        "addr",
+        "add",
+        &format!("{ip}/{}", segment.cidr.prefix_len()),
+        "dev",
+        "eth0",
+    ])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    ns.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        &segment.gateway.to_string(),
+    ])?;
+    if gro {
+        set_gro(router, port)?;
+        set_gro(&ns, "eth0")?;
+    }
+    Ok(ns)
+}
+
+fn set_gro(ns: &Netns, dev: &str) -> Result<()> {
+    ns.run("ethtool", &["-K", dev, "gro", "on"]).map(drop)
+}
+
+/// Where lab files live for a given prefix (also after a crash, for `weft-lab down`).
+pub fn lab_dir(prefix: &str) -> PathBuf {
+    std::env::temp_dir().join(prefix)
+}
+
+/// Removes lab directories left by earlier runs (`weft-lab down`).
+pub fn remove_lab_dirs(prefix: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .filter(|p| std::fs::remove_dir_all(p).is_ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_subnets_use_the_documentation_ranges() {
+        let s = subnet_cidrs(2).unwrap();
+        assert_eq!(s[0].to_string(), "192.0.2.0/24");
+        assert_eq!(s[1].to_string(), "198.51.100.0/24");
+    }
+
+    #[test]
+    fn more_subnets_split_into_26s_and_stay_disjoint() {
+        let s = subnet_cidrs(5).unwrap();
+        assert_eq!(s.len(), 5);
+        for (i, a) in s.iter().enumerate() {
+            for b in &s[i + 1..] {
+                assert!(!a.contains(b) && !b.contains(a));
+            }
+        }
+        assert!(subnet_cidrs(0).is_err() && subnet_cidrs(9).is_err());
+    }
+
+    #[test]
+    fn nodes_go_round_robin_over_subnets() {
+        let s = subnet_cidrs(2).unwrap();
+        assert_eq!(
+            node_address(0, &s).unwrap(),
+            (0, "192.0.2.10".parse().unwrap())
+        );
+        assert_eq!(
+            node_address(1, &s).unwrap(),
+            (1, "198.51.100.10".parse().unwrap())
+        );
+        assert_eq!(
+            node_address(2, &s).unwrap(),
+            (0, "192.0.2.11".parse().unwrap())
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! The desired state of one node's datapath: the local node and its live peers. The agent builds
+//! it; [`crate::Dataplane::apply`] makes the kernel match it.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::mac::Mac;
+
+pub const DEFAULT_VXLAN_DEVICE: &str = "vxlan0";
+pub const DEFAULT_BRIDGE: &str = "cni0";
+pub const DEFAULT_VNI: u32 = 1;
+pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+/// Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14) headers.
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// kube-proxy marks packets it will masquerade itself with this bit.
+pub const KUBE_PROXY_MASQ_MARK: u32 = 0x4000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Desired {
+    pub local: LocalNode,
+    pub peers: Vec<Peer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalNode {
+    pub name: String,
+    /// The node's underlay address: VXLAN's local IP and the FDB destination peers use.
+    pub node_ip: Ipv4Addr,
+    /// The underlay interface carrying `node_ip`.
+    pub underlay: String,
+    pub pod_cidr: Ipv4Net,
+    pub cluster_cidr: Ipv4Net,
+    pub vni: u32,
+    pub vxlan_port: u16,
+    /// The pod MTU: of `vxlan0` and of the bridge.
+    pub mtu: u32,
+    pub vtep_mac: Mac,
+    pub bridge: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub name: String,
+    pub node_ip: Ipv4Addr,
+    pub pod_cidr: Ipv4Net,
+    pub vtep_mac: Mac,
+    pub path: PeerPath,
+}
+
+/// How traffic to a peer's pods travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerPath {
+    /// Encapsulated in VXLAN to the peer's node IP.
+    Vxlan,
+    /// Routed natively via the peer's node IP (same underlay subnet).
+    Direct,
+}
+
+impl LocalNode {
+    /// The bridge's address: the first host of the PodCIDR (10.244.N.1).
+    pub fn gateway(&self) -> Ipv4Addr {
+        gateway_of(&self.pod_cidr)
+    }
+
+    /// The VTEP address on `vxlan0`: the PodCIDR's network address (10.244.N.0).
+    pub fn vtep_ip(&self) -> Ipv4Addr {
+        self.pod_cidr.network()
+    }
+}
+
+impl Peer {
+    /// The peer's VTEP address, the on-link next hop for its PodCIDR.
+    pub fn vtep_ip(&self) -> Ipv4Addr {
+        self.pod_cidr.network()
+    }
+}
+
+/// The conventional gateway of a pod subnet: its first host address.
+pub fn gateway_of(net: &Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net.network()) + 1)
+}

@@ -1,0 +1,31 @@
+//! What an apply did, for logs, status and metrics.
+
+use serde::Serialize;
+
+/// Counts of kernel objects (links, addresses, neighbours, FDB entries, routes, nftables table,
+/// sysctls) by what apply did to them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ApplyReport {
+    pub created: usize,
+    pub changed: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+    /// Writes that failed; every other write of the plan was still carried out.
+    pub failures: Vec<Failure>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    /// The object, e.g. "route 10.244.2.0/24".
+    pub object: String,
+    /// The peer the object serves, when it serves one.
+    pub peer: Option<String>,
+    pub error: String,
+}
+
+impl ApplyReport {
+    /// Kernel writes made (zero when the kernel already matched).
+    pub fn writes(&self) -> usize {
+        self.created + self.changed + self.removed
+    }
+}

@@ -95,33 +95,24 @@ pub fn peek_version(raw: &[u8]) -> Option<CniVersion> {
 
 impl Request {
     pub fn parse(raw: Vec<u8>) -> Result<Request, CniError> {
-        let value: Value = serde_json::from_slice(&raw)
-            .context_code(Code::DecodeFailure, "network config is not valid JSON")?;
+        let value: Value =
+            serde_json::from_slice(&raw).context_code(Code::DecodeFailure, "network config is not valid JSON")?;
         let version_str = value
             .get("cniVersion")
             .and_then(Value::as_str)
-            .ok_or_else(|| {
-                CniError::new(
-                    Code::DecodeFailure,
-                    "network config has no cniVersion string",
-                )
-            })?;
-        let version: CniVersion = version_str.parse().map_err(|e| {
-            CniError::new(Code::IncompatibleVersion, "incompatible CNI version").with_details(e)
-        })?;
-        let conf = NetConf::deserialize(&value)
-            .context_code(Code::DecodeFailure, "cannot decode network config")?;
-        validate_id("network name", &conf.name)
-            .map_err(|e| CniError::new(Code::InvalidConfig, e))?;
+            .ok_or_else(|| CniError::new(Code::DecodeFailure, "network config has no cniVersion string"))?;
+        let version: CniVersion = version_str
+            .parse()
+            .map_err(|e| CniError::new(Code::IncompatibleVersion, "incompatible CNI version").with_details(e))?;
+        let conf = NetConf::deserialize(&value).context_code(Code::DecodeFailure, "cannot decode network config")?;
+        validate_id("network name", &conf.name).map_err(|e| CniError::new(Code::InvalidConfig, e))?;
         Ok(Request { raw, version, conf })
     }
 }
 
 impl NetConf {
     pub fn state_file(&self) -> &Path {
-        self.state_file
-            .as_deref()
-            .unwrap_or(Path::new(DEFAULT_STATE_FILE))
+        self.state_file.as_deref().unwrap_or(Path::new(DEFAULT_STATE_FILE))
     }
 
     /// Resolves the effective network. Built-in IPAM needs the node's PodCIDR: static `podCIDR`,
@@ -133,20 +124,11 @@ impl NetConf {
         let state = match (&self.pod_cidr, &ipam) {
             (Some(_), _) => None,
             (None, IpamMode::Delegate { .. }) => NodeState::read(self.state_file()).ok(),
-            (None, IpamMode::BuiltIn { .. }) => {
-                Some(NodeState::read(self.state_file()).map_err(|e| {
-                    let code = if e.is_missing() {
-                        Code::TryAgainLater
-                    } else {
-                        Code::InvalidConfig
-                    };
-                    CniError::new(
-                        code,
-                        "the node's PodCIDR is not known yet (no podCIDR in config, no node state)",
-                    )
+            (None, IpamMode::BuiltIn { .. }) => Some(NodeState::read(self.state_file()).map_err(|e| {
+                let code = if e.is_missing() { Code::TryAgainLater } else { Code::InvalidConfig };
+                CniError::new(code, "the node's PodCIDR is not known yet (no podCIDR in config, no node state)")
                     .with_details(e)
-                })?)
-            }
+            })?),
         };
         let pod_cidr = match (&self.pod_cidr, &state) {
             (Some(text), _) => Some(parse_pod_cidr(text)?),
@@ -164,10 +146,7 @@ impl NetConf {
             }
             None => None,
         };
-        let mtu = self
-            .mtu
-            .or(state.as_ref().map(|s| s.mtu))
-            .unwrap_or(DEFAULT_MTU);
+        let mtu = self.mtu.or(state.as_ref().map(|s| s.mtu)).unwrap_or(DEFAULT_MTU);
         check_mtu(mtu).map_err(invalid)?;
         let bridge = self.bridge_name(state.as_ref());
         validate_ifname(&bridge).map_err(|e| invalid(format!("bridge: {e}")))?;
@@ -184,10 +163,7 @@ impl NetConf {
 
     /// The bridge: configured, else the agent's, else `cni0`.
     pub fn bridge_name(&self, state: Option<&NodeState>) -> String {
-        self.bridge
-            .clone()
-            .or_else(|| state.map(|s| s.bridge.clone()))
-            .unwrap_or_else(|| DEFAULT_BRIDGE.to_string())
+        self.bridge.clone().or_else(|| state.map(|s| s.bridge.clone())).unwrap_or_else(|| DEFAULT_BRIDGE.to_string())
     }
 
     pub fn ipam_mode(&self) -> Result<IpamMode, CniError> {
@@ -196,27 +172,17 @@ impl NetConf {
             Some(Value::Object(map)) if map.is_empty() => Ok(self.built_in_ipam()),
             Some(Value::Object(map)) => match map.get("type").and_then(Value::as_str) {
                 Some(plugin) if validate_id("ipam type", plugin).is_ok() => {
-                    Ok(IpamMode::Delegate {
-                        plugin: plugin.to_string(),
-                    })
+                    Ok(IpamMode::Delegate { plugin: plugin.to_string() })
                 }
-                _ => Err(CniError::new(
-                    Code::InvalidConfig,
-                    "ipam.type must name an IPAM plugin",
-                )),
+                _ => Err(CniError::new(Code::InvalidConfig, "ipam.type must name an IPAM plugin")),
             },
             Some(_) => Err(CniError::new(Code::InvalidConfig, "ipam must be an object")),
         }
     }
 
     fn built_in_ipam(&self) -> IpamMode {
-        let root = self
-            .data_dir
-            .as_deref()
-            .unwrap_or(Path::new(DEFAULT_DATA_DIR));
-        IpamMode::BuiltIn {
-            store_dir: root.join(&self.name),
-        }
+        let root = self.data_dir.as_deref().unwrap_or(Path::new(DEFAULT_DATA_DIR));
+        IpamMode::BuiltIn { store_dir: root.join(&self.name) }
     }
 }
 
@@ -225,47 +191,30 @@ fn parse_pod_cidr(text: &str) -> Result<Ipv4Net, CniError> {
         Ok(IpNet::V4(net)) if net.prefix_len() <= 30 => Ok(net.trunc()),
         Ok(IpNet::V4(net)) => Err(CniError::new(
             Code::InvalidConfig,
-            format!(
-                "podCIDR {net} is too small: at least a /30 is needed for a gateway and one pod"
-            ),
+            format!("podCIDR {net} is too small: at least a /30 is needed for a gateway and one pod"),
         )),
-        Ok(IpNet::V6(_)) => Err(CniError::new(
-            Code::UnsupportedField,
-            format!("podCIDR {text}: IPv6 is not supported"),
-        )),
-        Err(e) => Err(CniError::new(
-            Code::InvalidConfig,
-            format!("podCIDR {text:?} is not a CIDR"),
-        )
-        .with_details(e)),
+        Ok(IpNet::V6(_)) => {
+            Err(CniError::new(Code::UnsupportedField, format!("podCIDR {text}: IPv6 is not supported")))
+        }
+        Err(e) => Err(CniError::new(Code::InvalidConfig, format!("podCIDR {text:?} is not a CIDR")).with_details(e)),
     }
 }
 
 fn parse_ipv4(what: &str, text: &str) -> Result<Ipv4Addr, CniError> {
     match text.parse::<IpAddr>() {
         Ok(IpAddr::V4(ip)) => Ok(ip),
-        Ok(IpAddr::V6(_)) => Err(CniError::new(
-            Code::UnsupportedField,
-            format!("{what} {text}: IPv6 is not supported"),
-        )),
-        Err(e) => Err(CniError::new(
-            Code::InvalidConfig,
-            format!("{what} {text:?} is not an address"),
-        )
-        .with_details(e)),
+        Ok(IpAddr::V6(_)) => {
+            Err(CniError::new(Code::UnsupportedField, format!("{what} {text}: IPv6 is not supported")))
+        }
+        Err(e) => Err(CniError::new(Code::InvalidConfig, format!("{what} {text:?} is not an address")).with_details(e)),
     }
 }
 
 pub use weft_overlay::desired::gateway_of as first_host;
 
 pub fn check_gateway(pod_cidr: &Ipv4Net, gateway: Ipv4Addr) -> Result<(), String> {
-    if !pod_cidr.contains(&gateway)
-        || gateway == pod_cidr.network()
-        || gateway == pod_cidr.broadcast()
-    {
-        return Err(format!(
-            "gateway {gateway} is not a host address of {pod_cidr}"
-        ));
+    if !pod_cidr.contains(&gateway) || gateway == pod_cidr.network() || gateway == pod_cidr.broadcast() {
+        return Err(format!("gateway {gateway} is not a host address of {pod_cidr}"));
     }
     Ok(())
 }
@@ -308,12 +257,7 @@ mod tests {
         assert_eq!(pool.net.to_string(), "10.244.3.0/24");
         assert_eq!(pool.gateway.to_string(), "10.244.3.1");
         assert_eq!(net.mtu, 1500);
-        assert_eq!(
-            net.ipam,
-            IpamMode::BuiltIn {
-                store_dir: "/var/lib/cni/weft/weft".into()
-            }
-        );
+        assert_eq!(net.ipam, IpamMode::BuiltIn { store_dir: "/var/lib/cni/weft/weft".into() });
         assert!(!net.hairpin);
     }
 
@@ -323,18 +267,7 @@ mod tests {
             let mut v = base();
             v.as_object_mut().unwrap().remove("podCIDR");
             v[key] = "10.244.9.0/24".into();
-            assert_eq!(
-                parse(v)
-                    .unwrap()
-                    .conf
-                    .resolve()
-                    .unwrap()
-                    .pool
-                    .unwrap()
-                    .net
-                    .to_string(),
-                "10.244.9.0/24"
-            );
+            assert_eq!(parse(v).unwrap().conf.resolve().unwrap().pool.unwrap().net.to_string(), "10.244.9.0/24");
         }
     }
 
@@ -348,18 +281,10 @@ mod tests {
         assert_eq!(req.conf.log_level.as_deref(), Some("debug"));
         assert_eq!(req.conf.state_file(), Path::new("/tmp/s.json"));
         let net = req.conf.resolve().unwrap();
-        assert_eq!(
-            (net.bridge.as_str(), net.mtu, net.hairpin),
-            ("br9", 1400, true)
-        );
+        assert_eq!((net.bridge.as_str(), net.mtu, net.hairpin), ("br9", 1400, true));
         assert_eq!(net.pool.unwrap().gateway.to_string(), "10.244.3.254");
         assert_eq!(net.dns.nameservers, vec!["1.1.1.1".to_string()]);
-        assert_eq!(
-            net.ipam,
-            IpamMode::BuiltIn {
-                store_dir: "/tmp/d/n1".into()
-            }
-        );
+        assert_eq!(net.ipam, IpamMode::BuiltIn { store_dir: "/tmp/d/n1".into() });
     }
 
     #[test]
@@ -377,31 +302,16 @@ mod tests {
     #[test]
     fn errors_carry_the_right_codes() {
         let cases: Vec<(Value, Code)> = vec![
-            (
-                json!({"cniVersion":"0.2.0","name":"weft","type":"weft"}),
-                Code::IncompatibleVersion,
-            ),
+            (json!({"cniVersion":"0.2.0","name":"weft","type":"weft"}), Code::IncompatibleVersion),
             (json!({"name":"weft","type":"weft"}), Code::DecodeFailure),
-            (
-                json!({"cniVersion":"1.0.0","type":"weft"}),
-                Code::DecodeFailure,
-            ),
-            (
-                json!({"cniVersion":"1.0.0","name":"a/b","type":"weft"}),
-                Code::InvalidConfig,
-            ),
-            (
-                json!({"cniVersion":"1.0.0","name":"weft","type":"weft","mtu":"big"}),
-                Code::DecodeFailure,
-            ),
+            (json!({"cniVersion":"1.0.0","type":"weft"}), Code::DecodeFailure),
+            (json!({"cniVersion":"1.0.0","name":"a/b","type":"weft"}), Code::InvalidConfig),
+            (json!({"cniVersion":"1.0.0","name":"weft","type":"weft","mtu":"big"}), Code::DecodeFailure),
         ];
         for (v, code) in cases {
             assert_eq!(parse(v.clone()).unwrap_err().code, code as u32, "{v}");
         }
-        assert_eq!(
-            Request::parse(b"{not json".to_vec()).unwrap_err().code,
-            Code::DecodeFailure as u32
-        );
+        assert_eq!(Request::parse(b"{not json".to_vec()).unwrap_err().code, Code::DecodeFailure as u32);
     }
 
     #[test]
@@ -431,36 +341,17 @@ mod tests {
     fn host_bits_in_pod_cidr_are_dropped() {
         let mut v = base();
         v["podCIDR"] = "10.244.3.77/24".into();
-        assert_eq!(
-            parse(v)
-                .unwrap()
-                .conf
-                .resolve()
-                .unwrap()
-                .pool
-                .unwrap()
-                .net
-                .to_string(),
-            "10.244.3.0/24"
-        );
+        assert_eq!(parse(v).unwrap().conf.resolve().unwrap().pool.unwrap().net.to_string(), "10.244.3.0/24");
     }
 
     #[test]
     fn ipam_type_selects_delegation_and_empty_ipam_is_built_in() {
         let mut v = base();
         v["ipam"] = json!({"type":"host-local","subnet":"10.244.3.0/24"});
-        assert_eq!(
-            parse(v).unwrap().conf.ipam_mode().unwrap(),
-            IpamMode::Delegate {
-                plugin: "host-local".into()
-            }
-        );
+        assert_eq!(parse(v).unwrap().conf.ipam_mode().unwrap(), IpamMode::Delegate { plugin: "host-local".into() });
         let mut v = base();
         v["ipam"] = json!({});
-        assert!(matches!(
-            parse(v).unwrap().conf.ipam_mode().unwrap(),
-            IpamMode::BuiltIn { .. }
-        ));
+        assert!(matches!(parse(v).unwrap().conf.ipam_mode().unwrap(), IpamMode::BuiltIn { .. }));
     }
 
     #[test]
@@ -477,8 +368,7 @@ mod tests {
             bridge: "cni0".into(),
         };
         state.write(&path).unwrap();
-        let v =
-            json!({"cniVersion":"1.1.0","name":"weft","type":"weft","stateFile":path,"mtu":1400});
+        let v = json!({"cniVersion":"1.1.0","name":"weft","type":"weft","stateFile":path,"mtu":1400});
         let net = parse(v).unwrap().conf.resolve().unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(net.pool.unwrap().net.to_string(), "10.244.7.0/24");
@@ -500,20 +390,12 @@ mod tests {
                        "ipam":{"type":"host-local","subnet":"10.1.0.0/24"}});
         let net = parse(v).unwrap().conf.resolve().unwrap();
         assert_eq!(net.pool, None);
-        assert_eq!(
-            net.ipam,
-            IpamMode::Delegate {
-                plugin: "host-local".into()
-            }
-        );
+        assert_eq!(net.ipam, IpamMode::Delegate { plugin: "host-local".into() });
     }
 
     #[test]
     fn peek_version_survives_undecodable_bodies() {
-        assert_eq!(
-            peek_version(br#"{"cniVersion":"0.3.1","mtu":"x"}"#),
-            Some(CniVersion::V0_3_1)
-        );
+        assert_eq!(peek_version(br#"{"cniVersion":"0.3.1","mtu":"x"}"#), Some(CniVersion::V0_3_1));
         assert_eq!(peek_version(b"garbage"), None);
     }
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use ipnet::{IpNet, Ipv4Net};
 use weft_overlay::bridge::{BridgeError, ensure_bridge};
 use weft_overlay::netlink::{
-    Link, LinkChange, MAIN_TABLE, Netlink, NetlinkError, Route4, VethSpec, WEFT_ROUTE_PROTOCOL,
+    Link, LinkChange, MAIN_TABLE, Netlink, NetlinkError, PendingSocket, Route4, VethSpec, WEFT_ROUTE_PROTOCOL,
 };
 use weft_overlay::{Mac, sysctl};
 
@@ -44,28 +44,33 @@ pub struct PortSpec<'a> {
 #[derive(Debug, Clone)]
 pub struct Attached {
     pub bridge: Link,
-    pub host: Link,
+    pub host_name: String,
+    pub host_mac: Mac,
     pub container_mac: Mac,
 }
 
-/// ADD's kernel part. On failure everything created here is removed again.
+/// ADD's kernel part. `container` is a socket being opened in the container's namespace (started
+/// early so it overlaps other work). On failure everything created here is removed again.
 pub async fn attach(
     a: &PortSpec<'_>,
     netns: &File,
-    netns_path: &Path,
+    container: PendingSocket,
     lease: &Lease,
 ) -> Result<Attached, CniError> {
     let host_nl = Netlink::connect()?;
     let gateway = Ipv4Net::new(lease.gateway, lease.address.prefix_len()).expect("prefix is valid");
     let (bridge, _) = ensure_bridge(&host_nl, a.bridge, a.mtu, gateway).await?;
-    sysctl::ensure(sysctl::IP_FORWARD, "1").map_err(|e| {
-        CniError::new(Code::Kernel, "cannot enable IPv4 forwarding").with_details(e)
-    })?;
+    sysctl::ensure(sysctl::IP_FORWARD, "1")
+        .map_err(|e| CniError::new(Code::Kernel, "cannot enable IPv4 forwarding").with_details(e))?;
 
     let host_name = host_veth_name(a.container_id, a.ifname);
+    // Both MACs are fixed by what they belong to, so a repeated ADD reproduces them and the
+    // result never needs a read-back.
+    let host_mac = Mac::derived(&host_name);
     let container_mac = Mac::for_ipv4(lease.address.addr());
     let spec = VethSpec {
         name: host_name.clone(),
+        mac: host_mac,
         mtu: a.mtu,
         master: Some(bridge.index),
         peer_name: a.ifname.to_string(),
@@ -85,21 +90,13 @@ pub async fn attach(
             None => {
                 return Err(CniError::new(
                     Code::InvalidEnvironment,
-                    format!(
-                        "an interface named {} already exists in the container",
-                        a.ifname
-                    ),
+                    format!("an interface named {} already exists in the container", a.ifname),
                 ));
             }
         }
     }
-    let configured = configure(a, &host_nl, &host_name, netns, netns_path, lease).await;
-    match configured {
-        Ok(host) => Ok(Attached {
-            bridge,
-            host,
-            container_mac,
-        }),
+    match configure(a, &host_nl, &host_name, container, lease).await {
+        Ok(()) => Ok(Attached { bridge, host_name, host_mac, container_mac }),
         Err(e) => {
             if let Err(cleanup) = host_nl.delete_link_by_name(&host_name).await {
                 tracing::warn!("rollback: cannot delete {host_name}: {cleanup}");
@@ -109,43 +106,32 @@ pub async fn attach(
     }
 }
 
-/// Container side (address, up, routes) and host side details of a freshly created pair.
+/// Container side (address, up, routes) of a freshly created pair, and hairpin on the host side.
 async fn configure(
     a: &PortSpec<'_>,
     host_nl: &Netlink,
     host_name: &str,
-    netns: &File,
-    netns_path: &Path,
+    container: PendingSocket,
     lease: &Lease,
-) -> Result<Link, CniError> {
-    let ns_nl = Netlink::connect_in_fd(netns, netns_path)?;
-    let iface = ns_nl.link(a.ifname).await?.ok_or_else(|| {
-        CniError::new(
-            Code::Kernel,
-            format!("{} vanished from the container", a.ifname),
-        )
-    })?;
+) -> Result<(), CniError> {
+    let ns_nl = container.connect()?;
+    let iface = ns_nl
+        .link(a.ifname)
+        .await?
+        .ok_or_else(|| CniError::new(Code::Kernel, format!("{} vanished from the container", a.ifname)))?;
     ns_nl.add_address(iface.index, lease.address).await?;
-    ns_nl
-        .set_link(
-            iface.index,
-            &LinkChange {
-                up: Some(true),
-                ..LinkChange::default()
-            },
-        )
-        .await?;
+    ns_nl.set_link(iface.index, &LinkChange { up: Some(true), ..LinkChange::default() }).await?;
     for route in container_routes(lease, iface.index) {
         ns_nl.add_route(&route, false).await?;
     }
-    let host = host_nl
-        .link(host_name)
-        .await?
-        .ok_or_else(|| CniError::new(Code::Kernel, format!("{host_name} vanished")))?;
     if a.hairpin {
+        let host = host_nl
+            .link(host_name)
+            .await?
+            .ok_or_else(|| CniError::new(Code::Kernel, format!("{host_name} vanished")))?;
         host_nl.set_hairpin(host.index, true).await?;
     }
-    Ok(host)
+    Ok(())
 }
 
 /// The lease's routes as kernel routes out of the container interface.
@@ -169,11 +155,7 @@ fn container_routes(lease: &Lease, oif: u32) -> Vec<Route4> {
 
 /// DEL's kernel part: cut the container off and free both interface names at once; the kernel's
 /// slow device removal finishes in a detached reaper. Missing pieces are not errors.
-pub async fn detach(
-    container_id: &str,
-    ifname: &str,
-    netns: Option<&Path>,
-) -> Result<(), CniError> {
+pub async fn detach(container_id: &str, ifname: &str, netns: Option<&Path>) -> Result<(), CniError> {
     let host_nl = Netlink::connect()?;
     let host_name = host_veth_name(container_id, ifname);
     let Some(host) = host_nl.link(&host_name).await? else {
@@ -183,22 +165,10 @@ pub async fn detach(
     if let Some(path) = netns {
         free_container_name(path, ifname, host.index, &tombstone).await;
     }
-    let cut = LinkChange {
-        up: Some(false),
-        master: Some(None),
-        ..LinkChange::default()
-    };
+    let cut = LinkChange { up: Some(false), master: Some(None), ..LinkChange::default() };
     host_nl.set_link(host.index, &cut).await?;
     // Renaming needs the link down, so it is a second request.
-    host_nl
-        .set_link(
-            host.index,
-            &LinkChange {
-                name: Some(tombstone.clone()),
-                ..LinkChange::default()
-            },
-        )
-        .await?;
+    host_nl.set_link(host.index, &LinkChange { name: Some(tombstone.clone()), ..LinkChange::default() }).await?;
     reaper::spawn(&tombstone);
     Ok(())
 }
@@ -215,14 +185,8 @@ async fn free_container_name(netns: &Path, ifname: &str, host_index: u32, tombst
     if iface.link != Some(host_index) || iface.kind.as_deref() != Some("veth") {
         return;
     }
-    let down = LinkChange {
-        up: Some(false),
-        ..LinkChange::default()
-    };
-    let rename = LinkChange {
-        name: Some(tombstone.to_string()),
-        ..LinkChange::default()
-    };
+    let down = LinkChange { up: Some(false), ..LinkChange::default() };
+    let rename = LinkChange { name: Some(tombstone.to_string()), ..LinkChange::default() };
     if let Err(e) = async {
         ns_nl.set_link(iface.index, &down).await?;
         ns_nl.set_link(iface.index, &rename).await
@@ -241,8 +205,7 @@ pub async fn collect_veths(bridge: &str, keep: &[String]) -> Result<Vec<String>,
     let mut removed = Vec::new();
     for link in nl.links().await? {
         let ours = is_weft_veth(&link.name)
-            && (link.name.starts_with(TOMBSTONE_PREFIX)
-                || (bridge_index.is_some() && link.master == bridge_index));
+            && (link.name.starts_with(TOMBSTONE_PREFIX) || (bridge_index.is_some() && link.master == bridge_index));
         if !ours || keep.contains(&link.name) {
             continue;
         }
@@ -293,16 +256,10 @@ pub async fn verify(e: &Expected<'_>, netns_path: &Path) -> Result<(), CniError>
                 problems.push(format!("{} is down", e.ifname));
             }
             if let Some(mac) = e.mac.filter(|m| iface.mac != Some(*m)) {
-                problems.push(format!(
-                    "{} has MAC {:?}, expected {mac}",
-                    e.ifname, iface.mac
-                ));
+                problems.push(format!("{} has MAC {:?}, expected {mac}", e.ifname, iface.mac));
             }
             if iface.mtu != e.mtu {
-                problems.push(format!(
-                    "{} has MTU {}, expected {}",
-                    e.ifname, iface.mtu, e.mtu
-                ));
+                problems.push(format!("{} has MTU {}, expected {}", e.ifname, iface.mtu, e.mtu));
             }
             let addrs = ns_nl.addresses(iface.index).await?;
             for want in e.addresses.iter().filter(|a| !addrs.contains(a)) {
@@ -310,9 +267,7 @@ pub async fn verify(e: &Expected<'_>, netns_path: &Path) -> Result<(), CniError>
             }
             let routes = ns_nl.routes().await?;
             for (dst, gw) in &e.routes {
-                let present = routes
-                    .iter()
-                    .any(|r| r.dst == *dst && (gw.is_none() || r.gateway == *gw));
+                let present = routes.iter().any(|r| r.dst == *dst && (gw.is_none() || r.gateway == *gw));
                 if !present {
                     let via = gw.map(|gw| format!(" via {gw}")).unwrap_or_default();
                     problems.push(format!("route {dst}{via} is missing"));
@@ -323,11 +278,8 @@ pub async fn verify(e: &Expected<'_>, netns_path: &Path) -> Result<(), CniError>
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(CniError::new(
-            Code::CheckFailed,
-            "the container's network is not as ADD left it",
-        )
-        .with_details(problems.join("; ")))
+        Err(CniError::new(Code::CheckFailed, "the container's network is not as ADD left it")
+            .with_details(problems.join("; ")))
     }
 }
 
@@ -342,14 +294,8 @@ mod tests {
             address: "10.244.3.7/24".parse().unwrap(),
             gateway: "10.244.3.1".parse().unwrap(),
             routes: vec![
-                Route::new(
-                    "0.0.0.0/0".parse().unwrap(),
-                    Some("10.244.3.1".parse().unwrap()),
-                ),
-                Route::new(
-                    "fd00::/64".parse().unwrap(),
-                    Some("fd00::1".parse().unwrap()),
-                ),
+                Route::new("0.0.0.0/0".parse().unwrap(), Some("10.244.3.1".parse().unwrap())),
+                Route::new("fd00::/64".parse().unwrap(), Some("fd00::1".parse().unwrap())),
             ],
             dns: Dns::default(),
         };

@@ -48,39 +48,25 @@ impl Invocation {
             None => return Err(bad_env("CNI_COMMAND is not set".into())),
         };
         let plugin_path = var("CNI_PATH")
-            .map(|p| {
-                p.split(':')
-                    .filter(|s| !s.is_empty())
-                    .map(PathBuf::from)
-                    .collect()
-            })
+            .map(|p| p.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect())
             .unwrap_or_default();
         let attachment = match command {
             Command::Add | Command::Del | Command::Check => {
                 let non_empty = |name: &str| var(name).filter(|v| !v.is_empty());
-                let container_id = non_empty("CNI_CONTAINERID")
-                    .ok_or_else(|| bad_env("CNI_CONTAINERID is not set".into()))?;
+                let container_id =
+                    non_empty("CNI_CONTAINERID").ok_or_else(|| bad_env("CNI_CONTAINERID is not set".into()))?;
                 validate_id("CNI_CONTAINERID", &container_id).map_err(bad_env)?;
-                let ifname = non_empty("CNI_IFNAME")
-                    .ok_or_else(|| bad_env("CNI_IFNAME is not set".into()))?;
+                let ifname = non_empty("CNI_IFNAME").ok_or_else(|| bad_env("CNI_IFNAME is not set".into()))?;
                 validate_ifname(&ifname).map_err(|e| bad_env(format!("CNI_IFNAME: {e}")))?;
                 let netns = non_empty("CNI_NETNS").map(PathBuf::from);
                 if netns.is_none() && command != Command::Del {
                     return Err(bad_env("CNI_NETNS is not set".into()));
                 }
-                Some(Attachment {
-                    container_id,
-                    ifname,
-                    netns,
-                })
+                Some(Attachment { container_id, ifname, netns })
             }
             Command::Version | Command::Gc | Command::Status => None,
         };
-        Ok(Invocation {
-            command,
-            attachment,
-            plugin_path,
-        })
+        Ok(Invocation { command, attachment, plugin_path })
     }
 }
 
@@ -90,10 +76,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn inv(pairs: &[(&str, &str)]) -> Result<Invocation, CniError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Invocation::from_vars(|k| map.get(k).cloned())
     }
 
@@ -110,24 +93,13 @@ mod tests {
         let i = inv(&ADD).unwrap();
         assert_eq!(i.command, Command::Add);
         let a = i.attachment.unwrap();
-        assert_eq!(
-            (a.container_id.as_str(), a.ifname.as_str()),
-            ("abc123", "eth0")
-        );
-        assert_eq!(
-            i.plugin_path,
-            vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
-        );
+        assert_eq!((a.container_id.as_str(), a.ifname.as_str()), ("abc123", "eth0"));
+        assert_eq!(i.plugin_path, vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]);
     }
 
     #[test]
     fn del_does_not_need_a_netns() {
-        let i = inv(&[
-            ("CNI_COMMAND", "DEL"),
-            ("CNI_CONTAINERID", "abc"),
-            ("CNI_IFNAME", "eth0"),
-        ])
-        .unwrap();
+        let i = inv(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0")]).unwrap();
         assert_eq!(i.attachment.unwrap().netns, None);
     }
 
@@ -160,11 +132,7 @@ mod tests {
             ("CNI_IFNAME", Some("eth 0")),
             ("CNI_NETNS", None),
         ] {
-            assert_eq!(
-                replace(key, val).code,
-                Code::InvalidEnvironment as u32,
-                "{key}={val:?}"
-            );
+            assert_eq!(replace(key, val).code, Code::InvalidEnvironment as u32, "{key}={val:?}");
         }
     }
 }

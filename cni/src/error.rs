@@ -41,11 +41,7 @@ pub struct CniError {
 
 impl CniError {
     pub fn new(code: Code, msg: impl Into<String>) -> Self {
-        CniError {
-            code: code as u32,
-            msg: msg.into(),
-            details: String::new(),
-        }
+        CniError { code: code as u32, msg: msg.into(), details: String::new() }
     }
 
     pub fn with_details(mut self, details: impl std::fmt::Display) -> Self {
@@ -91,10 +87,8 @@ mod tests {
 
     #[test]
     fn error_json_has_the_spec_fields() {
-        let e =
-            CniError::new(Code::TryAgainLater, "node state not ready").with_details("x missing");
-        let v: serde_json::Value =
-            serde_json::from_str(&e.to_json(Some(CniVersion::V0_4_0))).unwrap();
+        let e = CniError::new(Code::TryAgainLater, "node state not ready").with_details("x missing");
+        let v: serde_json::Value = serde_json::from_str(&e.to_json(Some(CniVersion::V0_4_0))).unwrap();
         assert_eq!(v["cniVersion"], "0.4.0");
         assert_eq!(v["code"], 11);
         assert_eq!(v["msg"], "node state not ready");

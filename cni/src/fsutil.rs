@@ -7,18 +7,9 @@ use std::path::Path;
 /// Replaces `path` with `bytes` so that readers see either the old or the new content, never a
 /// torn file: write a temporary sibling, then rename it over the target.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(".{}.tmp.{}", name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut file = fs::File::create(&tmp)?;
         file.write_all(bytes)?;
@@ -52,11 +43,7 @@ mod tests {
     }
 
     fn tempdir() -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "weft-fsutil-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
+        let dir = std::env::temp_dir().join(format!("weft-fsutil-{}-{}", std::process::id(), rand::random::<u32>()));
         fs::create_dir_all(&dir).unwrap();
         dir
     }

@@ -20,11 +20,8 @@ pub fn validate_id(what: &str, id: &str) -> Result<(), String> {
         }
         Some(_) => {}
     }
-    if let Some(bad) = chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-    {
-        return Err(format!(
-            "{what} {id:?} contains {bad:?}; only letters, digits, '_', '.', '-' are allowed"
-        ));
+    if let Some(bad) = chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
+        return Err(format!("{what} {id:?} contains {bad:?}; only letters, digits, '_', '.', '-' are allowed"));
     }
     Ok(())
 }
@@ -35,17 +32,12 @@ pub fn validate_ifname(name: &str) -> Result<(), String> {
         return Err("interface name is empty".into());
     }
     if name.len() > MAX_IFNAME_LEN {
-        return Err(format!(
-            "interface name {name:?} is longer than {MAX_IFNAME_LEN} bytes"
-        ));
+        return Err(format!("interface name {name:?} is longer than {MAX_IFNAME_LEN} bytes"));
     }
     if name == "." || name == ".." {
         return Err(format!("interface name {name:?} is not allowed"));
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| *c == '/' || *c == ':' || c.is_whitespace())
-    {
+    if let Some(bad) = name.chars().find(|c| *c == '/' || *c == ':' || c.is_whitespace()) {
         return Err(format!("interface name {name:?} contains {bad:?}"));
     }
     Ok(())
@@ -60,10 +52,7 @@ pub fn attachment_hash(container_id: &str, ifname: &str) -> String {
 
 /// The host end of the attachment's veth pair: found again by name on DEL even without the netns.
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    format!(
-        "{HOST_VETH_PREFIX}{}",
-        &attachment_hash(container_id, ifname)[..NAME_HASH_HEX]
-    )
+    format!("{HOST_VETH_PREFIX}{}", &attachment_hash(container_id, ifname)[..NAME_HASH_HEX])
 }
 
 /// The name a cut-off veth end carries until the kernel has finished removing it.
@@ -74,9 +63,8 @@ pub fn tombstone_name(host_veth: &str) -> String {
 /// Is this a host veth name weft made (live or tombstoned)?
 pub fn is_weft_veth(name: &str) -> bool {
     [HOST_VETH_PREFIX, TOMBSTONE_PREFIX].iter().any(|prefix| {
-        name.strip_prefix(prefix).is_some_and(|rest| {
-            rest.len() == NAME_HASH_HEX && rest.bytes().all(|b| b.is_ascii_hexdigit())
-        })
+        name.strip_prefix(prefix)
+            .is_some_and(|rest| rest.len() == NAME_HASH_HEX && rest.bytes().all(|b| b.is_ascii_hexdigit()))
     })
 }
 
@@ -103,16 +91,7 @@ mod tests {
         for ok in ["eth0", "net1", "a", "123456789012345", "veth-x_y.z"] {
             assert!(validate_ifname(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            ".",
-            "..",
-            "1234567890123456",
-            "a/b",
-            "a:b",
-            "a b",
-            "a\tb",
-        ] {
+        for bad in ["", ".", "..", "1234567890123456", "a/b", "a:b", "a b", "a\tb"] {
             assert!(validate_ifname(bad).is_err(), "{bad:?}");
         }
     }

@@ -69,15 +69,7 @@ pub struct Route {
 
 impl Route {
     pub fn new(dst: IpNet, gw: Option<IpAddr>) -> Self {
-        Route {
-            dst,
-            gw,
-            mtu: None,
-            advmss: None,
-            priority: None,
-            table: None,
-            scope: None,
-        }
+        Route { dst, gw, mtu: None, advmss: None, priority: None, table: None, scope: None }
     }
 }
 
@@ -95,10 +87,7 @@ pub struct Dns {
 
 impl Dns {
     pub fn is_empty(&self) -> bool {
-        self.nameservers.is_empty()
-            && self.domain.is_none()
-            && self.search.is_empty()
-            && self.options.is_empty()
+        self.nameservers.is_empty() && self.domain.is_none() && self.search.is_empty() && self.options.is_empty()
     }
 }
 
@@ -131,9 +120,7 @@ impl CniResult {
         }
         let mut value = serde_json::Map::new();
         value.insert("cniVersion".into(), version.as_str().into());
-        let serde_json::Value::Object(fields) =
-            serde_json::to_value(&out).expect("results always serialize")
-        else {
+        let serde_json::Value::Object(fields) = serde_json::to_value(&out).expect("results always serialize") else {
             unreachable!("a struct serializes to an object")
         };
         value.extend(fields);
@@ -149,12 +136,7 @@ mod tests {
     fn sample() -> CniResult {
         CniResult {
             interfaces: vec![
-                Interface {
-                    name: "cni0".into(),
-                    mac: "0a:58:0a:f4:03:01".into(),
-                    mtu: Some(1450),
-                    sandbox: None,
-                },
+                Interface { name: "cni0".into(), mac: "0a:58:0a:f4:03:01".into(), mtu: Some(1450), sandbox: None },
                 Interface {
                     name: "eth0".into(),
                     mac: "0a:58:0a:f4:03:07".into(),
@@ -168,14 +150,8 @@ mod tests {
                 gateway: Some("10.244.3.1".parse().unwrap()),
                 interface: Some(1),
             }],
-            routes: vec![Route {
-                mtu: Some(1400),
-                ..Route::new("0.0.0.0/0".parse().unwrap(), None)
-            }],
-            dns: Dns {
-                nameservers: vec!["10.96.0.10".into()],
-                ..Dns::default()
-            },
+            routes: vec![Route { mtu: Some(1400), ..Route::new("0.0.0.0/0".parse().unwrap(), None) }],
+            dns: Dns { nameservers: vec!["10.96.0.10".into()], ..Dns::default() },
         }
     }
 
@@ -212,10 +188,7 @@ mod tests {
     #[test]
     fn cni_version_comes_first() {
         let text = sample().to_json(CniVersion::V1_0_0).to_string();
-        assert!(
-            text.starts_with(r#"{"cniVersion":"1.0.0","interfaces":[{"name":"cni0""#),
-            "{text}"
-        );
+        assert!(text.starts_with(r#"{"cniVersion":"1.0.0","interfaces":[{"name":"cni0""#), "{text}");
     }
 
     #[test]

@@ -46,16 +46,10 @@ impl StateError {
 
 impl NodeState {
     pub fn read(path: &Path) -> Result<NodeState, StateError> {
-        let bytes = std::fs::read(path).map_err(|source| StateError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let invalid = |reason: String| StateError::Invalid {
-            path: path.display().to_string(),
-            reason,
-        };
-        let state: NodeState =
-            serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+        let bytes =
+            std::fs::read(path).map_err(|source| StateError::Read { path: path.display().to_string(), source })?;
+        let invalid = |reason: String| StateError::Invalid { path: path.display().to_string(), reason };
+        let state: NodeState = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
         state.validate().map_err(invalid)?;
         Ok(state)
     }
@@ -72,10 +66,7 @@ impl NodeState {
             return Err(format!("unsupported version {}", self.version));
         }
         if !self.cluster_cidr.contains(&self.pod_cidr) {
-            return Err(format!(
-                "podCIDR {} is outside clusterCIDR {}",
-                self.pod_cidr, self.cluster_cidr
-            ));
+            return Err(format!("podCIDR {} is outside clusterCIDR {}", self.pod_cidr, self.cluster_cidr));
         }
         crate::config::check_gateway(&self.pod_cidr, self.gateway)?;
         crate::config::check_mtu(self.mtu)?;
@@ -104,16 +95,7 @@ mod tests {
     #[test]
     fn uses_the_field_names_of_the_spec() {
         let v = serde_json::to_value(sample()).unwrap();
-        for key in [
-            "version",
-            "node",
-            "nodeIP",
-            "podCIDR",
-            "gateway",
-            "clusterCIDR",
-            "mtu",
-            "bridge",
-        ] {
+        for key in ["version", "node", "nodeIP", "podCIDR", "gateway", "clusterCIDR", "mtu", "bridge"] {
             assert!(v.get(key).is_some(), "{key} missing");
         }
     }

@@ -14,13 +14,8 @@ pub enum CniVersion {
 }
 
 impl CniVersion {
-    pub const ALL: [CniVersion; 5] = [
-        CniVersion::V0_3_0,
-        CniVersion::V0_3_1,
-        CniVersion::V0_4_0,
-        CniVersion::V1_0_0,
-        CniVersion::V1_1_0,
-    ];
+    pub const ALL: [CniVersion; 5] =
+        [CniVersion::V0_3_0, CniVersion::V0_3_1, CniVersion::V0_4_0, CniVersion::V1_0_0, CniVersion::V1_1_0];
     pub const LATEST: CniVersion = CniVersion::V1_1_0;
 
     pub fn as_str(self) -> &'static str {
@@ -69,10 +64,7 @@ impl FromStr for CniVersion {
     type Err = UnsupportedVersion;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        CniVersion::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnsupportedVersion(s.to_string()))
+        CniVersion::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| UnsupportedVersion(s.to_string()))
     }
 }
 

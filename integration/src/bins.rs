@@ -11,10 +11,7 @@ pub fn dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let exe = std::env::current_exe().expect("own executable path");
-    let mut dir = exe
-        .parent()
-        .expect("executable has a directory")
-        .to_path_buf();
+    let mut dir = exe.parent().expect("executable has a directory").to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }

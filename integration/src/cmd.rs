@@ -5,11 +5,7 @@ use std::process::{Command, Output};
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
     #[error("`{cmd}` failed ({status}): {stderr}")]
-    Command {
-        cmd: String,
-        status: String,
-        stderr: String,
-    },
+    Command { cmd: String, status: String, stderr: String },
     #[error("cannot run `{cmd}`: {source}")]
     Spawn {
         cmd: String,
@@ -35,10 +31,7 @@ pub fn describe(cmd: &Command) -> String {
 
 /// Runs to completion; the output when it succeeded, an error with stderr otherwise.
 pub fn output(cmd: &mut Command) -> Result<Output> {
-    let out = cmd.output().map_err(|source| LabError::Spawn {
-        cmd: describe(cmd),
-        source,
-    })?;
+    let out = cmd.output().map_err(|source| LabError::Spawn { cmd: describe(cmd), source })?;
     if !out.status.success() {
         return Err(LabError::Command {
             cmd: describe(cmd),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::cmd::{LabError, Result, describe};
+use crate::netns;
 
 /// Where the plugins live: `CNI_PATH`, in order.
 #[derive(Debug, Clone)]
@@ -18,11 +19,7 @@ pub struct PluginPath(pub Vec<PathBuf>);
 impl PluginPath {
     /// The weft build directory first, then the reference plugins of containernetworking-plugins.
     pub fn with_reference_plugins() -> Self {
-        PluginPath(vec![
-            crate::bins::dir(),
-            PathBuf::from("/usr/lib/cni"),
-            PathBuf::from("/opt/cni/bin"),
-        ])
+        PluginPath(vec![crate::bins::dir(), PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")])
     }
 
     pub fn find(&self, plugin: &str) -> Result<PathBuf> {
@@ -30,17 +27,11 @@ impl PluginPath {
             .iter()
             .map(|d| d.join(plugin))
             .find(|p| p.is_file())
-            .ok_or_else(|| {
-                LabError::Other(format!("CNI plugin {plugin} not found in {:?}", self.0))
-            })
+            .ok_or_else(|| LabError::Other(format!("CNI plugin {plugin} not found in {:?}", self.0)))
     }
 
     fn joined(&self) -> String {
-        self.0
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(":")
+        self.0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":")
     }
 }
 
@@ -54,11 +45,7 @@ pub struct Target {
 
 impl Target {
     pub fn new(container_id: &str, netns: &Path, ifname: &str) -> Self {
-        Target {
-            container_id: container_id.into(),
-            netns: Some(netns.to_path_buf()),
-            ifname: ifname.into(),
-        }
+        Target { container_id: container_id.into(), netns: Some(netns.to_path_buf()), ifname: ifname.into() }
     }
 }
 
@@ -78,22 +65,14 @@ impl Reply {
 
     /// The CNI error code of a failed reply.
     pub fn error_code(&self) -> Option<u64> {
-        if self.ok {
-            None
-        } else {
-            self.json()?.get("code")?.as_u64()
-        }
+        if self.ok { None } else { self.json()?.get("code")?.as_u64() }
     }
 
     /// The parsed result of a successful reply, or an error with what the plugin said.
     pub fn result(&self) -> Result<Value> {
         match (self.ok, self.json()) {
             (true, Some(v)) => Ok(v),
-            _ => Err(LabError::Other(format!(
-                "plugin failed: {} {}",
-                self.stdout.trim(),
-                self.stderr.trim()
-            ))),
+            _ => Err(LabError::Other(format!("plugin failed: {} {}", self.stdout.trim(), self.stderr.trim()))),
         }
     }
 
@@ -102,62 +81,66 @@ impl Reply {
         if self.ok {
             Ok(())
         } else {
-            Err(LabError::Other(format!(
-                "plugin failed: {} {}",
-                self.stdout.trim(),
-                self.stderr.trim()
-            )))
+            Err(LabError::Other(format!("plugin failed: {} {}", self.stdout.trim(), self.stderr.trim())))
         }
     }
 }
 
-/// Runs one plugin once. `target` is `None` for VERSION, GC and STATUS.
-pub fn exec(
-    path: &PluginPath,
-    plugin: &str,
-    command: &str,
-    target: Option<&Target>,
-    config: &Value,
-) -> Result<Reply> {
-    let binary = path.find(plugin)?;
-    let mut cmd = Command::new(&binary);
-    cmd.env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_PATH", path.joined())
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(t) = target {
-        cmd.env("CNI_CONTAINERID", &t.container_id)
-            .env("CNI_IFNAME", &t.ifname);
-        if let Some(netns) = &t.netns {
-            cmd.env("CNI_NETNS", netns);
-        }
-    }
-    exec_with_stdin(&mut cmd, config.to_string().as_bytes())
+/// A runtime on one node: which plugins it can run and the node's network namespace, which the
+/// plugin process enters (as it would run in the node's own namespace on a real machine).
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub path: PluginPath,
+    pub node_netns: PathBuf,
 }
 
-/// Runs a prepared plugin command with `stdin` (also for hand-crafted bad environments).
-pub fn exec_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Result<Reply> {
-    let start = Instant::now();
-    let mut child = cmd.spawn().map_err(|source| LabError::Spawn {
-        cmd: describe(cmd),
-        source,
-    })?;
-    let mut pipe = child.stdin.take().expect("stdin is piped");
-    let _ = pipe.write_all(stdin);
-    drop(pipe);
-    let out = child.wait_with_output().map_err(|source| LabError::Spawn {
-        cmd: describe(cmd),
-        source,
-    })?;
-    Ok(Reply {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        elapsed: start.elapsed(),
-    })
+impl Runtime {
+    pub fn new(path: PluginPath, node_netns: &Path) -> Self {
+        Runtime { path, node_netns: node_netns.to_path_buf() }
+    }
+
+    /// Runs one plugin once. `target` is `None` for VERSION, GC and STATUS.
+    pub fn exec(&self, plugin: &str, command: &str, target: Option<&Target>, config: &Value) -> Result<Reply> {
+        let mut cmd = self.command(plugin)?;
+        cmd.env("CNI_COMMAND", command);
+        if let Some(t) = target {
+            cmd.env("CNI_CONTAINERID", &t.container_id).env("CNI_IFNAME", &t.ifname);
+            if let Some(netns) = &t.netns {
+                cmd.env("CNI_NETNS", netns);
+            }
+        }
+        self.run(&mut cmd, config.to_string().as_bytes())
+    }
+
+    /// The plugin process with only CNI_PATH and PATH set; callers add the CNI_* variables
+    /// (tests also hand-craft broken ones) and start it with [`Runtime::run`].
+    pub fn command(&self, plugin: &str) -> Result<Command> {
+        let mut cmd = Command::new(self.path.find(plugin)?);
+        cmd.env_clear()
+            .env("CNI_PATH", self.path.joined())
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Ok(cmd)
+    }
+
+    /// Starts the plugin in the node's namespace, feeds it `stdin` and collects its answer.
+    pub fn run(&self, cmd: &mut Command, stdin: &[u8]) -> Result<Reply> {
+        let start = Instant::now();
+        let child = netns::within(&self.node_netns, || cmd.spawn())?;
+        let mut child = child.map_err(|source| LabError::Spawn { cmd: describe(cmd), source })?;
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        let _ = pipe.write_all(stdin);
+        drop(pipe);
+        let out = child.wait_with_output().map_err(|source| LabError::Spawn { cmd: describe(cmd), source })?;
+        Ok(Reply {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            elapsed: start.elapsed(),
+        })
+    }
 }
 
 /// A network configuration list, run the way libcni runs it.
@@ -202,45 +185,25 @@ impl Chain {
     }
 
     /// ADD through every plugin in order; the final result (what a runtime caches).
-    pub fn add(&self, path: &PluginPath, target: &Target, runtime_config: &Value) -> Result<Value> {
+    pub fn add(&self, rt: &Runtime, target: &Target, runtime_config: &Value) -> Result<Value> {
         let mut prev: Option<Value> = None;
         for plugin in &self.plugins {
             let conf = self.config(plugin, prev.as_ref(), runtime_config);
-            let kind = plugin["type"].as_str().unwrap_or_default();
-            prev = Some(exec(path, kind, "ADD", Some(target), &conf)?.result()?);
+            prev = Some(rt.exec(plugin_type(plugin), "ADD", Some(target), &conf)?.result()?);
         }
         prev.ok_or_else(|| LabError::Other("empty chain".into()))
     }
 
     /// DEL through every plugin in reverse, with the cached result as prevResult.
-    pub fn del(
-        &self,
-        path: &PluginPath,
-        target: &Target,
-        cached: Option<&Value>,
-        runtime_config: &Value,
-    ) -> Result<()> {
+    pub fn del(&self, rt: &Runtime, target: &Target, cached: Option<&Value>, runtime_config: &Value) -> Result<()> {
         for plugin in self.plugins.iter().rev() {
             let conf = self.config(plugin, cached, runtime_config);
-            let kind = plugin["type"].as_str().unwrap_or_default();
-            exec(path, kind, "DEL", Some(target), &conf)?.success()?;
+            rt.exec(plugin_type(plugin), "DEL", Some(target), &conf)?.success()?;
         }
         Ok(())
     }
+}
 
-    /// CHECK through every plugin in order with the cached result.
-    pub fn check(
-        &self,
-        path: &PluginPath,
-        target: &Target,
-        cached: &Value,
-        runtime_config: &Value,
-    ) -> Result<()> {
-        for plugin in &self.plugins {
-            let conf = self.config(plugin, Some(cached), runtime_config);
-            let kind = plugin["type"].as_str().unwrap_or_default();
-            exec(path, kind, "CHECK", Some(target), &conf)?.success()?;
-        }
-        Ok(())
-    }
+fn plugin_type(plugin: &Value) -> &str {
+    plugin["type"].as_str().unwrap_or_default()
 }

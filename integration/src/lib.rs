@@ -3,10 +3,12 @@
 //!
 //! Everything lives in namespaces named `wl-<run id>-…`; the machine's own namespace is never touched.
 
+pub mod bench;
 pub mod bins;
 pub mod cmd;
 pub mod cni;
 pub mod netns;
+pub mod podman;
 pub mod process;
 pub mod topology;
 pub mod wait;

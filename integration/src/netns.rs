@@ -1,10 +1,13 @@
 //! Network namespaces owned by a guard: created on demand, deleted (with anything still running
 //! inside) when the guard drops, also when a test fails.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::cmd::{self, Result};
+use nix::sched::{CloneFlags, setns};
+
+use crate::cmd::{self, LabError, Result};
 
 #[derive(Debug)]
 pub struct Netns {
@@ -15,9 +18,7 @@ impl Netns {
     /// Creates the namespace with its loopback up.
     pub fn create(name: &str) -> Result<Netns> {
         cmd::ip(&["netns", "add", name])?;
-        let ns = Netns {
-            name: name.to_string(),
-        };
+        let ns = Netns { name: name.to_string() };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -52,8 +53,7 @@ impl Netns {
 
     /// Writes a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.run("sysctl", &["-qw", &format!("{key}={value}")])
-            .map(drop)
+        self.run("sysctl", &["-qw", &format!("{key}={value}")]).map(drop)
     }
 
     /// Keeps the namespace after the guard drops (for `weft-lab up`).
@@ -78,26 +78,29 @@ impl Drop for Netns {
     }
 }
 
+/// Runs `f` with the calling thread inside the namespace at `path`, then moves the thread back.
+/// Processes spawned by `f` start in that namespace, as if spawned by a program living there.
+pub fn within<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T> {
+    let err = |what: &str, e: &dyn std::fmt::Display| LabError::Other(format!("{what}: {e}"));
+    let home = File::open("/proc/thread-self/ns/net").map_err(|e| err("open own netns", &e))?;
+    let target = File::open(path).map_err(|e| err(&format!("open {}", path.display()), &e))?;
+    setns(&target, CloneFlags::CLONE_NEWNET).map_err(|e| err(&format!("enter {}", path.display()), &e))?;
+    let out = f();
+    // A thread left in the wrong namespace would corrupt everything it does next.
+    setns(&home, CloneFlags::CLONE_NEWNET).expect("return to the thread's own network namespace");
+    Ok(out)
+}
+
 /// Names of all named network namespaces.
 pub fn list() -> Result<Vec<String>> {
     let out = cmd::ip(&["netns", "list"])?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_string)
-        .collect())
+    Ok(out.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect())
 }
 
 fn delete(name: &str) {
     if let Ok(pids) = cmd::ip(&["netns", "pids", name]) {
-        for pid in pids
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
     let _ = cmd::ip(&["netns", "del", name]);

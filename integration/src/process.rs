@@ -17,14 +17,8 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(name: &str, cmd: &mut Command) -> Result<Process> {
-        let child = cmd.spawn().map_err(|source| LabError::Spawn {
-            cmd: describe(cmd),
-            source,
-        })?;
-        Ok(Process {
-            child,
-            name: name.to_string(),
-        })
+        let child = cmd.spawn().map_err(|source| LabError::Spawn { cmd: describe(cmd), source })?;
+        Ok(Process { child, name: name.to_string() })
     }
 
     pub fn pid(&self) -> u32 {
@@ -52,12 +46,9 @@ impl Process {
         }
         self.signal(signal)?;
         let child = &mut self.child;
-        wait::until(
-            &format!("{} to exit", self.name),
-            limit,
-            Duration::from_millis(10),
-            || child.try_wait().ok().flatten(),
-        )
+        wait::until(&format!("{} to exit", self.name), limit, Duration::from_millis(10), || {
+            child.try_wait().ok().flatten()
+        })
     }
 }
 

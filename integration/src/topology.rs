@@ -25,11 +25,7 @@ pub struct LabSpec {
 
 impl Default for LabSpec {
     fn default() -> Self {
-        LabSpec {
-            nodes: 3,
-            subnets: 2,
-            gro: true,
-        }
+        LabSpec { nodes: 3, subnets: 2, gro: true }
     }
 }
 
@@ -75,20 +71,13 @@ pub struct Lab {
 /// The node subnets: the two documentation /24s, split into /26s when more are needed.
 pub fn subnet_cidrs(count: usize) -> Result<Vec<Ipv4Net>> {
     if count == 0 || count > MAX_SUBNETS {
-        return Err(LabError::Other(format!(
-            "subnets must be 1..={MAX_SUBNETS}, got {count}"
-        )));
+        return Err(LabError::Other(format!("subnets must be 1..={MAX_SUBNETS}, got {count}")));
     }
-    let ranges = NODE_RANGES
-        .iter()
-        .map(|r| r.parse::<Ipv4Net>().expect("valid range"));
+    let ranges = NODE_RANGES.iter().map(|r| r.parse::<Ipv4Net>().expect("valid range"));
     if count <= NODE_RANGES.len() {
         return Ok(ranges.take(count).collect());
     }
-    Ok(ranges
-        .flat_map(|r| r.subnets(26).expect("/26 fits in /24"))
-        .take(count)
-        .collect())
+    Ok(ranges.flat_map(|r| r.subnets(26).expect("/26 fits in /24")).take(count).collect())
 }
 
 /// Node `i` (0-based) is on subnet `i % subnets`, at host 10 + its position on that subnet.
@@ -107,8 +96,7 @@ impl Lab {
     pub fn build(prefix: &str, spec: LabSpec) -> Result<Lab> {
         let cidrs = subnet_cidrs(spec.subnets)?;
         let dir = std::env::temp_dir().join(prefix);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| LabError::Other(format!("create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(|e| LabError::Other(format!("create {}: {e}", dir.display())))?;
         let router = Netns::create(&format!("{prefix}-router"))?;
         router.sysctl("net.ipv4.ip_forward", "1")?;
         let subnets = cidrs
@@ -116,52 +104,23 @@ impl Lab {
             .enumerate()
             .map(|(k, cidr)| add_segment(&router, &format!("s{k}"), *cidr))
             .collect::<Result<Vec<_>>>()?;
-        let external_segment =
-            add_segment(&router, "ext", EXTERNAL_RANGE.parse().expect("valid range"))?;
+        let external_segment = add_segment(&router, "ext", EXTERNAL_RANGE.parse().expect("valid range"))?;
         let external_ip = host(&external_segment.cidr, 10);
         let external = ExternalHost {
-            ns: attach_host(
-                &router,
-                &format!("{prefix}-ext"),
-                "ext0",
-                &external_segment,
-                external_ip,
-                spec.gro,
-            )?,
+            ns: attach_host(&router, &format!("{prefix}-ext"), "ext0", &external_segment, external_ip, spec.gro)?,
             ip: external_ip,
         };
         let mut nodes = Vec::with_capacity(spec.nodes);
         for i in 0..spec.nodes {
             let (subnet, ip) = node_address(i, &cidrs)?;
             let name = format!("n{}", i + 1);
-            let ns = attach_host(
-                &router,
-                &format!("{prefix}-{name}"),
-                &name,
-                &subnets[subnet],
-                ip,
-                spec.gro,
-            )?;
+            let ns = attach_host(&router, &format!("{prefix}-{name}"), &name, &subnets[subnet], ip, spec.gro)?;
             let node_dir = dir.join(&name);
             std::fs::create_dir_all(&node_dir)
                 .map_err(|e| LabError::Other(format!("create {}: {e}", node_dir.display())))?;
-            nodes.push(Node {
-                name,
-                ns,
-                ip,
-                subnet,
-                iface: "eth0".into(),
-                dir: node_dir,
-            });
+            nodes.push(Node { name, ns, ip, subnet, iface: "eth0".into(), dir: node_dir });
         }
-        Ok(Lab {
-            prefix: prefix.to_string(),
-            dir,
-            subnets,
-            nodes,
-            external,
-            router,
-        })
+        Ok(Lab { prefix: prefix.to_string(), dir, subnets, nodes, external, router })
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {
@@ -177,13 +136,7 @@ impl Lab {
     /// benchmarks use as their 100 % line.
     pub fn route_pod_cidrs_on_router(&self, routes: &[(Ipv4Net, Ipv4Addr)]) -> Result<()> {
         for (cidr, via) in routes {
-            self.router.ip(&[
-                "route",
-                "replace",
-                &cidr.to_string(),
-                "via",
-                &via.to_string(),
-            ])?;
+            self.router.ip(&["route", "replace", &cidr.to_string(), "via", &via.to_string()])?;
         }
         Ok(())
     }
@@ -209,50 +162,19 @@ fn host(net: &Ipv4Net, n: u32) -> Ipv4Addr {
 fn add_segment(router: &Netns, bridge: &str, cidr: Ipv4Net) -> Result<Subnet> {
     let gateway = host(&cidr, 1);
     router.ip(&["link", "add", bridge, "type", "bridge"])?;
-    router.ip(&[
-        "addr",
-        "add",
-        &format!("{gateway}/{}", cidr.prefix_len()),
-        "dev",
-        bridge,
-    ])?;
+    router.ip(&["addr", "add", &format!("{gateway}/{}", cidr.prefix_len()), "dev", bridge])?;
     router.ip(&["link", "set", bridge, "up"])?;
-    Ok(Subnet {
-        cidr,
-        gateway,
-        bridge: bridge.to_string(),
-    })
+    Ok(Subnet { cidr, gateway, bridge: bridge.to_string() })
 }
 
 /// A new namespace plugged into `segment` with address `ip` and a default route via the router.
-fn attach_host(
-    router: &Netns,
-    name: &str,
-    port: &str,
-    segment: &Subnet,
-    ip: Ipv4Addr,
-    gro: bool,
-) -> Result<Netns> {
+fn attach_host(router: &Netns, name: &str, port: &str, segment: &Subnet, ip: Ipv4Addr, gro: bool) -> Result<Netns> {
     let ns = Netns::create(name)?;
-    router.ip(&[
-        "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", name,
-    ])?;
+    router.ip(&["link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", name])?;
     router.ip(&["link", "set", port, "master", &segment.bridge, "up"])?;
-    ns.ip(&[
-        "addr",
-        "add",
-        &format!("{ip}/{}", segment.cidr.prefix_len()),
-        "dev",
-        "eth0",
-    ])?;
+    ns.ip(&["addr", "add", &format!("{ip}/{}", segment.cidr.prefix_len()), "dev", "eth0"])?;
     ns.ip(&["link", "set", "eth0", "up"])?;
-    ns.ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        &segment.gateway.to_string(),
-    ])?;
+    ns.ip(&["route", "add", "default", "via", &segment.gateway.to_string()])?;
     if gro {
         set_gro(router, port)?;
         set_gro(&ns, "eth0")?;
@@ -277,11 +199,7 @@ pub fn remove_lab_dirs(prefix: &str) -> Vec<PathBuf> {
     entries
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(prefix))
-        })
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
         .filter(|p| std::fs::remove_dir_all(p).is_ok())
         .collect()
 }
@@ -312,17 +230,8 @@ mod tests {
     #[test]
     fn nodes_go_round_robin_over_subnets() {
         let s = subnet_cidrs(2).unwrap();
-        assert_eq!(
-            node_address(0, &s).unwrap(),
-            (0, "192.0.2.10".parse().unwrap())
-        );
-        assert_eq!(
-            node_address(1, &s).unwrap(),
-            (1, "198.51.100.10".parse().unwrap())
-        );
-        assert_eq!(
-            node_address(2, &s).unwrap(),
-            (0, "192.0.2.11".parse().unwrap())
-        );
+        assert_eq!(node_address(0, &s).unwrap(), (0, "192.0.2.10".parse().unwrap()));
+        assert_eq!(node_address(1, &s).unwrap(), (1, "198.51.100.10".parse().unwrap()));
+        assert_eq!(node_address(2, &s).unwrap(), (0, "192.0.2.11".parse().unwrap()));
     }
 }

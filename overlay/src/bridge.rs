@@ -37,28 +37,19 @@ pub async fn ensure_bridge(
         Some(link) => link,
         None => {
             // A fixed MAC: otherwise the bridge takes its lowest port's MAC, which changes as pods come and go.
-            match nl
-                .add_bridge(name, mtu, Mac::for_ipv4(gateway.addr()))
-                .await
-            {
+            match nl.add_bridge(name, mtu, Mac::for_ipv4(gateway.addr())).await {
                 Ok(()) => changes.created = true,
                 Err(e) if e.is_exists() => {}
                 Err(e) => return Err(e.into()),
             }
-            nl.link(name)
-                .await?
-                .ok_or_else(|| BridgeError::Vanished(name.to_string()))?
+            nl.link(name).await?.ok_or_else(|| BridgeError::Vanished(name.to_string()))?
         }
     };
     if link.kind.as_deref() != Some("bridge") {
         return Err(BridgeError::NotABridge(name.to_string(), link.kind));
     }
     if !link.up || link.mtu != mtu {
-        let change = LinkChange {
-            up: Some(true),
-            mtu: Some(mtu),
-            ..LinkChange::default()
-        };
+        let change = LinkChange { up: Some(true), mtu: Some(mtu), ..LinkChange::default() };
         nl.set_link(link.index, &change).await?;
         changes.changed = true;
     }

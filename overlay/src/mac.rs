@@ -39,11 +39,7 @@ impl Mac {
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
     }
 }
 
@@ -109,14 +105,9 @@ mod tests {
         let m: Mac = "0a:58:0A:f4:03:07".parse().unwrap();
         assert_eq!(m.to_string(), "0a:58:0a:f4:03:07");
         assert_eq!(Mac::for_ipv4("10.244.3.7".parse().unwrap()), m);
-        for bad in [
-            "",
-            "0a:58:0a:f4:03",
-            "0a:58:0a:f4:03:07:01",
-            "0a-58-0a-f4-03-07",
-            "zz:58:0a:f4:03:07",
-            "a:58:0a:f4:03:07",
-        ] {
+        for bad in
+            ["", "0a:58:0a:f4:03", "0a:58:0a:f4:03:07:01", "0a-58-0a-f4-03-07", "zz:58:0a:f4:03:07", "a:58:0a:f4:03:07"]
+        {
             assert!(bad.parse::<Mac>().is_err(), "{bad}");
         }
     }

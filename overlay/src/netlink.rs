@@ -12,20 +12,15 @@ use ipnet::Ipv4Net;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoPortData, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags,
-    LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoPortData, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope,
-};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope};
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, TokioSocket};
-use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
-};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
 use crate::mac::Mac;
 
@@ -44,11 +39,7 @@ pub enum NetlinkError {
         source: io::Error,
     },
     #[error("{op}: {message}")]
-    Kernel {
-        op: String,
-        errno: Option<i32>,
-        message: String,
-    },
+    Kernel { op: String, errno: Option<i32>, message: String },
 }
 
 impl NetlinkError {
@@ -67,12 +58,7 @@ impl NetlinkError {
     pub fn is_not_found(&self) -> bool {
         matches!(
             self.errno(),
-            Some(
-                libc_errno::ENODEV
-                    | libc_errno::ENOENT
-                    | libc_errno::ESRCH
-                    | libc_errno::EADDRNOTAVAIL
-            )
+            Some(libc_errno::ENODEV | libc_errno::ENOENT | libc_errno::ESRCH | libc_errno::EADDRNOTAVAIL)
         )
     }
 }
@@ -128,6 +114,7 @@ pub struct VxlanSpec {
 #[derive(Debug)]
 pub struct VethSpec<'a> {
     pub name: String,
+    pub mac: Mac,
     pub mtu: u32,
     pub master: Option<u32>,
     pub peer_name: String,
@@ -174,6 +161,42 @@ pub struct FdbEntry {
     pub permanent: bool,
 }
 
+/// A routing socket being opened inside another network namespace, on its own thread, so the
+/// caller can do other work meanwhile. A socket belongs to the namespace it was created in, so
+/// the short-lived thread enters the target namespace; the caller's thread never moves.
+#[derive(Debug)]
+pub struct PendingSocket {
+    thread: std::thread::JoinHandle<io::Result<Socket>>,
+    path: PathBuf,
+}
+
+impl PendingSocket {
+    pub fn open(ns: File, path: &Path) -> PendingSocket {
+        // The thread only makes two syscalls: a small stack keeps its start-up cheap.
+        let thread = std::thread::Builder::new().stack_size(64 * 1024).spawn(move || -> io::Result<Socket> {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            Socket::new(NETLINK_ROUTE)
+        });
+        let thread = match thread {
+            Ok(thread) => thread,
+            // Without a thread the socket cannot be made; report it when joined.
+            Err(e) => std::thread::spawn(move || Err(e)),
+        };
+        PendingSocket { thread, path: path.to_path_buf() }
+    }
+
+    /// Waits for the socket and connects over it. Must run inside a tokio runtime.
+    pub fn connect(self) -> Result<Netlink> {
+        let path = self.path;
+        let socket = self
+            .thread
+            .join()
+            .map_err(|_| NetlinkError::Socket(io::Error::other("netns thread panicked")))?
+            .map_err(|source| NetlinkError::Netns { path, source })?;
+        Netlink::from_socket(socket)
+    }
+}
+
 /// A connection to the kernel's routing netlink in one network namespace.
 #[derive(Clone)]
 pub struct Netlink {
@@ -196,29 +219,8 @@ impl Netlink {
     /// Connects inside the network namespace at `path` (a /run/netns file or /proc/PID/ns/net),
     /// without moving the calling thread.
     pub fn connect_in(path: &Path) -> Result<Netlink> {
-        let ns = File::open(path).map_err(|source| NetlinkError::Netns {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::connect_in_fd(&ns, path)
-    }
-
-    /// Like [`Netlink::connect_in`] for an already opened namespace file.
-    pub fn connect_in_fd(ns: &File, path: &Path) -> Result<Netlink> {
-        let ns = ns.try_clone().map_err(NetlinkError::Socket)?;
-        // A socket belongs to the namespace it was created in, so create it on a short-lived
-        // thread that entered the target namespace; this thread never changes namespace.
-        let socket = std::thread::spawn(move || -> io::Result<Socket> {
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-            Socket::new(NETLINK_ROUTE)
-        })
-        .join()
-        .map_err(|_| NetlinkError::Socket(io::Error::other("netns thread panicked")))?
-        .map_err(|source| NetlinkError::Netns {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_socket(socket)
+        let ns = File::open(path).map_err(|source| NetlinkError::Netns { path: path.to_path_buf(), source })?;
+        PendingSocket::open(ns, path).connect()
     }
 
     fn from_socket(socket: Socket) -> Result<Netlink> {
@@ -238,52 +240,24 @@ impl Netlink {
     // ---- links ----
 
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
-        let found = self
-            .handle
-            .link()
-            .get()
-            .match_name(name)
-            .execute()
-            .try_next()
-            .await;
+        let found = self.handle.link().get().match_name(name).execute().try_next().await;
         optional(found, || format!("get link {name}")).map(|m| m.map(|m| parse_link(&m)))
     }
 
     pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
-        let found = self
-            .handle
-            .link()
-            .get()
-            .match_index(index)
-            .execute()
-            .try_next()
-            .await;
+        let found = self.handle.link().get().match_index(index).execute().try_next().await;
         optional(found, || format!("get link #{index}")).map(|m| m.map(|m| parse_link(&m)))
     }
 
     pub async fn links(&self) -> Result<Vec<Link>> {
-        let msgs: Vec<LinkMessage> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(kernel("dump links"))?;
+        let msgs: Vec<LinkMessage> =
+            self.handle.link().get().execute().try_collect().await.map_err(kernel("dump links"))?;
         Ok(msgs.iter().map(parse_link).collect())
     }
 
     pub async fn add_bridge(&self, name: &str, mtu: u32, mac: Mac) -> Result<()> {
-        let msg = LinkBridge::new(name)
-            .mtu(mtu)
-            .address(mac.0.to_vec())
-            .build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(kernel(format!("create bridge {name}")))
+        let msg = LinkBridge::new(name).mtu(mtu).address(mac.0.to_vec()).build();
+        self.handle.link().add(msg).execute().await.map_err(kernel(format!("create bridge {name}")))
     }
 
     /// Creates the pair in one request: the host end up (and on `master`), the peer directly in
@@ -296,6 +270,7 @@ impl Netlink {
             .build();
         let mut msg = LinkVeth::new(&spec.name, &spec.peer_name)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .address(spec.mac.0.to_vec())
             .mtu(spec.mtu)
             .up();
         if let Some(master) = spec.master {
@@ -306,18 +281,12 @@ impl Netlink {
             .add(msg.build())
             .execute()
             .await
-            .map_err(kernel(format!(
-                "create veth {} / {}",
-                spec.name, spec.peer_name
-            )))
+            .map_err(kernel(format!("create veth {} / {}", spec.name, spec.peer_name)))
     }
 
     pub async fn add_vxlan(&self, spec: &VxlanSpec) -> Result<()> {
         let a = &spec.attrs;
-        let mut msg = LinkVxlan::new(&spec.name, a.vni)
-            .port(a.port)
-            .learning(a.learning)
-            .udp_csum(a.udp_csum);
+        let mut msg = LinkVxlan::new(&spec.name, a.vni).port(a.port).learning(a.learning).udp_csum(a.udp_csum);
         if let Some(local) = a.local {
             msg = msg.local(local);
         }
@@ -325,12 +294,7 @@ impl Netlink {
             msg = msg.dev(dev);
         }
         let msg = msg.mtu(spec.mtu).address(spec.mac.0.to_vec()).up().build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(kernel(format!("create vxlan {}", spec.name)))
+        self.handle.link().add(msg).execute().await.map_err(kernel(format!("create vxlan {}", spec.name)))
     }
 
     pub async fn set_link(&self, index: u32, change: &LinkChange) -> Result<()> {
@@ -354,41 +318,21 @@ impl Netlink {
             Some(false) => msg = msg.down(),
             None => {}
         }
-        self.handle
-            .link()
-            .set(msg.build())
-            .execute()
-            .await
-            .map_err(kernel(format!("change link #{index}")))
+        self.handle.link().set(msg.build()).execute().await.map_err(kernel(format!("change link #{index}")))
     }
 
     pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<()> {
         let msg = LinkBridgePort::new(index).hairpin(on).build();
-        self.handle
-            .link()
-            .set_port(msg)
-            .execute()
-            .await
-            .map_err(kernel(format!("set hairpin on link #{index}")))
+        self.handle.link().set_port(msg).execute().await.map_err(kernel(format!("set hairpin on link #{index}")))
     }
 
     pub async fn delete_link(&self, index: u32) -> Result<()> {
-        self.handle
-            .link()
-            .del(index)
-            .execute()
-            .await
-            .map_err(kernel(format!("delete link #{index}")))
+        self.handle.link().del(index).execute().await.map_err(kernel(format!("delete link #{index}")))
     }
 
     pub async fn delete_link_by_name(&self, name: &str) -> Result<()> {
         let msg = LinkUnspec::new_with_name(name).build();
-        self.handle
-            .link()
-            .del_with_message(msg)
-            .execute()
-            .await
-            .map_err(kernel(format!("delete link {name}")))
+        self.handle.link().del_with_message(msg).execute().await.map_err(kernel(format!("delete link {name}")))
     }
 
     // ---- addresses ----
@@ -397,16 +341,8 @@ impl Netlink {
     pub async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Net>> {
         let mut req = self.handle.address().get().set_link_index_filter(index);
         req.message_mut().header.family = AddressFamily::Inet;
-        let msgs: Vec<AddressMessage> = req
-            .execute()
-            .try_collect()
-            .await
-            .map_err(kernel("dump addresses"))?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.index == index)
-            .filter_map(parse_address)
-            .collect())
+        let msgs: Vec<AddressMessage> = req.execute().try_collect().await.map_err(kernel("dump addresses"))?;
+        Ok(msgs.iter().filter(|m| m.header.index == index).filter_map(parse_address).collect())
     }
 
     pub async fn add_address(&self, index: u32, addr: Ipv4Net) -> Result<()> {
@@ -423,10 +359,8 @@ impl Netlink {
         msg.header.family = AddressFamily::Inet;
         msg.header.prefix_len = addr.prefix_len();
         msg.header.index = index;
-        msg.attributes
-            .push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
-        msg.attributes
-            .push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
+        msg.attributes.push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
+        msg.attributes.push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
         self.handle
             .address()
             .del(msg)
@@ -439,106 +373,51 @@ impl Netlink {
 
     /// IPv4 routes of the main table.
     pub async fn routes(&self) -> Result<Vec<Route4>> {
-        let req = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build());
-        let msgs: Vec<RouteMessage> = req
-            .execute()
-            .try_collect()
-            .await
-            .map_err(kernel("dump routes"))?;
-        Ok(msgs
-            .iter()
-            .filter_map(parse_route)
-            .filter(|r| r.table == MAIN_TABLE)
-            .collect())
+        let req = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build());
+        let msgs: Vec<RouteMessage> = req.execute().try_collect().await.map_err(kernel("dump routes"))?;
+        Ok(msgs.iter().filter_map(parse_route).filter(|r| r.table == MAIN_TABLE).collect())
     }
 
     /// Adds a route; with `replace` an existing route to the same destination is changed in
     /// place (atomically, so traffic is never without a route).
     pub async fn add_route(&self, route: &Route4, replace: bool) -> Result<()> {
-        let req = self
-            .handle
-            .route()
-            .add(route_message(route, RouteScope::Universe));
+        let req = self.handle.route().add(route_message(route, RouteScope::Universe));
         let req = if replace { req.replace() } else { req };
-        req.execute()
-            .await
-            .map_err(kernel(format!("add route {}", describe_route(route))))
+        req.execute().await.map_err(kernel(format!("add route {}", describe_route(route))))
     }
 
     pub async fn delete_route(&self, route: &Route4) -> Result<()> {
         let msg = route_message(route, RouteScope::NoWhere);
-        self.handle
-            .route()
-            .del(msg)
-            .execute()
-            .await
-            .map_err(kernel(format!("delete route {}", describe_route(route))))
+        self.handle.route().del(msg).execute().await.map_err(kernel(format!("delete route {}", describe_route(route))))
     }
 
     // ---- neighbours and FDB ----
 
     /// IPv4 neighbour entries of one device.
     pub async fn neighbours(&self, ifindex: u32) -> Result<Vec<Neighbour>> {
-        let req = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Inet);
-        let msgs: Vec<NeighbourMessage> = req
-            .execute()
-            .try_collect()
-            .await
-            .map_err(kernel("dump neighbours"))?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.ifindex == ifindex)
-            .filter_map(parse_neighbour)
-            .collect())
+        let req = self.handle.neighbours().get().set_address_family(AddressFamily::Inet);
+        let msgs: Vec<NeighbourMessage> = req.execute().try_collect().await.map_err(kernel("dump neighbours"))?;
+        Ok(msgs.iter().filter(|m| m.header.ifindex == ifindex).filter_map(parse_neighbour).collect())
     }
 
     pub async fn add_neighbour(&self, n: &Neighbour, replace: bool) -> Result<()> {
-        let req = self
-            .handle
-            .neighbours()
-            .add(n.ifindex, IpAddr::V4(n.ip))
-            .link_layer_address(&n.mac.0);
+        let req = self.handle.neighbours().add(n.ifindex, IpAddr::V4(n.ip)).link_layer_address(&n.mac.0);
         let req = if replace { req.replace() } else { req };
-        req.execute()
-            .await
-            .map_err(kernel(format!("add neighbour {} lladdr {}", n.ip, n.mac)))
+        req.execute().await.map_err(kernel(format!("add neighbour {} lladdr {}", n.ip, n.mac)))
     }
 
     pub async fn delete_neighbour(&self, n: &Neighbour) -> Result<()> {
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Inet;
         msg.header.ifindex = n.ifindex;
-        msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                n.ip,
-            )));
-        self.handle
-            .neighbours()
-            .del(msg)
-            .execute()
-            .await
-            .map_err(kernel(format!("delete neighbour {}", n.ip)))
+        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(n.ip)));
+        self.handle.neighbours().del(msg).execute().await.map_err(kernel(format!("delete neighbour {}", n.ip)))
     }
 
     /// The device's own (NTF_SELF) forwarding entries; bridge-master entries are skipped.
     pub async fn fdb(&self, ifindex: u32) -> Result<Vec<FdbEntry>> {
-        let req = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge);
-        let msgs: Vec<NeighbourMessage> = req
-            .execute()
-            .try_collect()
-            .await
-            .map_err(kernel("dump fdb"))?;
+        let req = self.handle.neighbours().get().set_address_family(AddressFamily::Bridge);
+        let msgs: Vec<NeighbourMessage> = req.execute().try_collect().await.map_err(kernel("dump fdb"))?;
         Ok(msgs
             .iter()
             .filter(|m| m.header.ifindex == ifindex && m.header.flags.contains(NeighbourFlags::Own))
@@ -547,18 +426,12 @@ impl Netlink {
     }
 
     pub async fn add_fdb(&self, e: &FdbEntry, replace: bool) -> Result<()> {
-        let mut req = self
-            .handle
-            .neighbours()
-            .add_bridge(e.ifindex, &e.mac.0)
-            .flags(NeighbourFlags::Own);
+        let mut req = self.handle.neighbours().add_bridge(e.ifindex, &e.mac.0).flags(NeighbourFlags::Own);
         if let Some(dst) = e.dst {
             req = req.destination(IpAddr::V4(dst));
         }
         let req = if replace { req.replace() } else { req };
-        req.execute()
-            .await
-            .map_err(kernel(format!("add fdb {} dst {:?}", e.mac, e.dst)))
+        req.execute().await.map_err(kernel(format!("add fdb {} dst {:?}", e.mac, e.dst)))
     }
 
     pub async fn delete_fdb(&self, e: &FdbEntry) -> Result<()> {
@@ -567,18 +440,11 @@ impl Netlink {
         msg.header.ifindex = e.ifindex;
         msg.header.flags = NeighbourFlags::Own;
         msg.header.state = NeighbourState::Permanent;
-        msg.attributes
-            .push(NeighbourAttribute::LinkLayerAddress(e.mac.0.to_vec()));
+        msg.attributes.push(NeighbourAttribute::LinkLayerAddress(e.mac.0.to_vec()));
         if let Some(dst) = e.dst {
-            msg.attributes
-                .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+            msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
         }
-        self.handle
-            .neighbours()
-            .del(msg)
-            .execute()
-            .await
-            .map_err(kernel(format!("delete fdb {}", e.mac)))
+        self.handle.neighbours().del(msg).execute().await.map_err(kernel(format!("delete fdb {}", e.mac)))
     }
 }
 
@@ -593,11 +459,7 @@ fn kernel(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkErro
             }
             NetlinkError::Kernel { op, errno, message }
         }
-        other => NetlinkError::Kernel {
-            op,
-            errno: None,
-            message: other.to_string(),
-        },
+        other => NetlinkError::Kernel { op, errno: None, message: other.to_string() },
     }
 }
 
@@ -656,9 +518,7 @@ fn parse_link(m: &LinkMessage) -> Link {
                 for info in infos {
                     match info {
                         LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
-                        LinkInfo::Data(InfoData::Vxlan(data)) => {
-                            link.vxlan = Some(parse_vxlan(data))
-                        }
+                        LinkInfo::Data(InfoData::Vxlan(data)) => link.vxlan = Some(parse_vxlan(data)),
                         LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
                             link.hairpin = port.iter().find_map(|p| match p {
                                 InfoBridgePort::HairpinMode(on) => Some(*on),
@@ -788,12 +648,7 @@ fn parse_fdb(m: &NeighbourMessage) -> Option<FdbEntry> {
             _ => {}
         }
     }
-    Some(FdbEntry {
-        ifindex: m.header.ifindex,
-        mac: mac?,
-        dst,
-        permanent: m.header.state == NeighbourState::Permanent,
-    })
+    Some(FdbEntry { ifindex: m.header.ifindex, mac: mac?, dst, permanent: m.header.state == NeighbourState::Permanent })
 }
 
 #[cfg(test)]
@@ -808,10 +663,7 @@ mod tests {
         buf.extend_from_slice(&len.to_ne_bytes());
         buf.extend_from_slice(&1u16.to_ne_bytes());
         buf.extend_from_slice(text);
-        assert_eq!(
-            ext_ack_message(&buf).as_deref(),
-            Some("Nexthop device required for onlink")
-        );
+        assert_eq!(ext_ack_message(&buf).as_deref(), Some("Nexthop device required for onlink"));
         assert_eq!(ext_ack_message(&buf[..16]), None);
     }
 
@@ -825,9 +677,6 @@ mod tests {
             protocol: WEFT_ROUTE_PROTOCOL,
             table: MAIN_TABLE,
         };
-        assert_eq!(
-            parse_route(&route_message(&route, RouteScope::Universe)),
-            Some(route)
-        );
+        assert_eq!(parse_route(&route_message(&route, RouteScope::Universe)), Some(route));
     }
 }

@@ -17,8 +17,7 @@ pub fn ensure(key: &str, value: &str) -> io::Result<bool> {
     if read(key)? == value {
         return Ok(false);
     }
-    fs::write(path(key), value)
-        .map_err(|e| io::Error::new(e.kind(), format!("set {key}={value}: {e}")))?;
+    fs::write(path(key), value).map_err(|e| io::Error::new(e.kind(), format!("set {key}={value}: {e}")))?;
     Ok(true)
 }
 
@@ -36,14 +35,8 @@ mod tests {
 
     #[test]
     fn keys_map_to_proc_paths() {
-        assert_eq!(
-            path("net.ipv4.ip_forward"),
-            PathBuf::from("/proc/sys/net/ipv4/ip_forward")
-        );
-        assert_eq!(
-            path(&dev_key("rp_filter", "vxlan0")),
-            PathBuf::from("/proc/sys/net/ipv4/conf/vxlan0/rp_filter")
-        );
+        assert_eq!(path("net.ipv4.ip_forward"), PathBuf::from("/proc/sys/net/ipv4/ip_forward"));
+        assert_eq!(path(&dev_key("rp_filter", "vxlan0")), PathBuf::from("/proc/sys/net/ipv4/conf/vxlan0/rp_filter"));
     }
 
     #[test]

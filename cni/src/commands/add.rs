@@ -12,21 +12,21 @@ use crate::error::{CniError, Code};
 use crate::ipam::{self, DelegateInput, Lease, store::Owner};
 use crate::result::{CniResult, Interface, IpConfig};
 use crate::runtime;
+use weft_overlay::netlink::PendingSocket;
 
 pub fn add(inv: &Invocation, req: &Request) -> Result<CniResult, CniError> {
-    let att = inv
-        .attachment
-        .as_ref()
-        .expect("ADD always carries an attachment");
+    let att = inv.attachment.as_ref().expect("ADD always carries an attachment");
     super::parse_prev_result(req)?;
     let net = req.conf.resolve()?;
     let netns_path = att.netns.as_deref().expect("ADD always carries a netns");
     let netns = super::open_netns(netns_path)?;
     let owner = Owner::new(&att.container_id, &att.ifname);
-    let input = DelegateInput {
-        plugin_path: &inv.plugin_path,
-        stdin: &req.raw,
-    };
+    let input = DelegateInput { plugin_path: &inv.plugin_path, stdin: &req.raw };
+    // Entering the container's namespace takes a thread: let it run while IPAM works.
+    let container = netns
+        .try_clone()
+        .map(|ns| PendingSocket::open(ns, netns_path))
+        .map_err(|e| CniError::new(Code::IoFailure, "cannot duplicate the netns handle").with_details(e))?;
 
     let lease = ipam::acquire(&net, &owner, input)?;
     let attachment = PortSpec {
@@ -36,7 +36,7 @@ pub fn add(inv: &Invocation, req: &Request) -> Result<CniResult, CniError> {
         mtu: net.mtu,
         hairpin: net.hairpin,
     };
-    match runtime::block_on(datapath::attach(&attachment, &netns, netns_path, &lease)) {
+    match runtime::block_on(datapath::attach(&attachment, &netns, container, &lease)) {
         Ok(attached) => Ok(result(&attachment, netns_path, &attached, lease)),
         Err(e) => {
             if let Err(release) = ipam::release(&net.ipam, &owner, input) {
@@ -48,18 +48,17 @@ pub fn add(inv: &Invocation, req: &Request) -> Result<CniResult, CniError> {
 }
 
 fn result(a: &PortSpec<'_>, netns: &Path, attached: &Attached, lease: Lease) -> CniResult {
-    let mac = |m: Option<weft_overlay::Mac>| m.map(|m| m.to_string()).unwrap_or_default();
     CniResult {
         interfaces: vec![
             Interface {
                 name: attached.bridge.name.clone(),
-                mac: mac(attached.bridge.mac),
+                mac: attached.bridge.mac.map(|m| m.to_string()).unwrap_or_default(),
                 mtu: Some(a.mtu),
                 sandbox: None,
             },
             Interface {
-                name: attached.host.name.clone(),
-                mac: mac(attached.host.mac),
+                name: attached.host_name.clone(),
+                mac: attached.host_mac.to_string(),
                 mtu: Some(a.mtu),
                 sandbox: None,
             },
@@ -84,14 +83,10 @@ fn result(a: &PortSpec<'_>, netns: &Path, attached: &Attached, lease: Lease) -> 
 /// Used by ADD and CHECK: the namespace must exist and be a network namespace.
 pub(super) fn open(path: &Path) -> Result<File, CniError> {
     let file = File::open(path).map_err(|e| {
-        CniError::new(
-            Code::UnknownContainer,
-            format!("cannot open network namespace {}", path.display()),
-        )
-        .with_details(e)
+        CniError::new(Code::UnknownContainer, format!("cannot open network namespace {}", path.display()))
+            .with_details(e)
     })?;
-    let is_nsfs = nix::sys::statfs::fstatfs(&file)
-        .map(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC);
+    let is_nsfs = nix::sys::statfs::fstatfs(&file).map(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC);
     if is_nsfs != Ok(true) {
         return Err(CniError::new(
             Code::InvalidEnvironment,

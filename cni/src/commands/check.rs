@@ -17,26 +17,16 @@ pub fn check(inv: &Invocation, req: &Request) -> Result<(), CniError> {
             format!("CHECK needs cniVersion 0.4.0 or later, got {}", req.version),
         ));
     }
-    let att = inv
-        .attachment
-        .as_ref()
-        .expect("CHECK always carries an attachment");
-    let prev = super::parse_prev_result(req)?
-        .ok_or_else(|| CniError::new(Code::InvalidConfig, "CHECK needs prevResult"))?;
+    let att = inv.attachment.as_ref().expect("CHECK always carries an attachment");
+    let prev =
+        super::parse_prev_result(req)?.ok_or_else(|| CniError::new(Code::InvalidConfig, "CHECK needs prevResult"))?;
     let net = req.conf.resolve()?;
     let netns_path = att.netns.as_deref().expect("CHECK always carries a netns");
     super::open_netns(netns_path)?;
 
-    let index = prev
-        .interfaces
-        .iter()
-        .position(|i| i.name == att.ifname && i.sandbox.is_some())
-        .ok_or_else(|| {
-            CniError::new(
-                Code::InvalidConfig,
-                format!("prevResult has no container interface {}", att.ifname),
-            )
-        })?;
+    let index = prev.interfaces.iter().position(|i| i.name == att.ifname && i.sandbox.is_some()).ok_or_else(|| {
+        CniError::new(Code::InvalidConfig, format!("prevResult has no container interface {}", att.ifname))
+    })?;
     let addresses: Vec<Ipv4Net> = prev
         .ips
         .iter()
@@ -73,20 +63,13 @@ pub fn check(inv: &Invocation, req: &Request) -> Result<(), CniError> {
                 if held != Some(addr.addr()) {
                     return Err(CniError::new(
                         Code::CheckFailed,
-                        format!(
-                            "address {} is not reserved for this container in the IPAM store",
-                            addr.addr()
-                        ),
+                        format!("address {} is not reserved for this container in the IPAM store", addr.addr()),
                     ));
                 }
             }
         }
         IpamMode::Delegate { plugin } => {
-            delegate::run(
-                &delegate::find(plugin, &inv.plugin_path)?,
-                "CHECK",
-                &req.raw,
-            )?;
+            delegate::run(&delegate::find(plugin, &inv.plugin_path)?, "CHECK", &req.raw)?;
         }
     }
     Ok(())

@@ -8,10 +8,7 @@ use crate::ipam::{self, DelegateInput, store::Owner};
 use crate::runtime;
 
 pub fn del(inv: &Invocation, req: &Request) -> Result<(), CniError> {
-    let att = inv
-        .attachment
-        .as_ref()
-        .expect("DEL always carries an attachment");
+    let att = inv.attachment.as_ref().expect("DEL always carries an attachment");
     // weft finds everything by name, so a damaged prevResult costs nothing here.
     if let Err(e) = super::parse_prev_result(req) {
         tracing::warn!("ignoring prevResult on DEL: {e}");
@@ -19,18 +16,7 @@ pub fn del(inv: &Invocation, req: &Request) -> Result<(), CniError> {
     let mode = req.conf.ipam_mode()?;
     // Cut the pod off first, then free its address: never two pods on the bridge with one IP.
     // If the kernel refuses, the address stays reserved and the runtime's retry finishes the job.
-    runtime::block_on(datapath::detach(
-        &att.container_id,
-        &att.ifname,
-        att.netns.as_deref(),
-    ))?;
+    runtime::block_on(datapath::detach(&att.container_id, &att.ifname, att.netns.as_deref()))?;
     let owner = Owner::new(&att.container_id, &att.ifname);
-    ipam::release(
-        &mode,
-        &owner,
-        DelegateInput {
-            plugin_path: &inv.plugin_path,
-            stdin: &req.raw,
-        },
-    )
+    ipam::release(&mode, &owner, DelegateInput { plugin_path: &inv.plugin_path, stdin: &req.raw })
 }

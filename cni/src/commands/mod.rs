@@ -37,10 +37,7 @@ pub fn run(var: impl Fn(&str) -> Option<String>, stdin: Vec<u8>) -> Reply {
     }
 }
 
-fn dispatch(
-    var: impl Fn(&str) -> Option<String>,
-    stdin: Vec<u8>,
-) -> Result<Option<serde_json::Value>, CniError> {
+fn dispatch(var: impl Fn(&str) -> Option<String>, stdin: Vec<u8>) -> Result<Option<serde_json::Value>, CniError> {
     let inv = Invocation::from_vars(var)?;
     if inv.command == Command::Version {
         return Ok(Some(version::version(peek_version(&stdin))));
@@ -64,9 +61,8 @@ fn parse_prev_result(req: &Request) -> Result<Option<CniResult>, CniError> {
         .prev_result
         .as_ref()
         .map(|v| {
-            CniResult::from_value(v).map_err(|e| {
-                CniError::new(Code::InvalidConfig, "invalid prevResult").with_details(e)
-            })
+            CniResult::from_value(v)
+                .map_err(|e| CniError::new(Code::InvalidConfig, "invalid prevResult").with_details(e))
         })
         .transpose()
 }
@@ -77,10 +73,7 @@ fn require_v1_1(req: &Request, command: &str) -> Result<(), CniError> {
     }
     Err(CniError::new(
         Code::IncompatibleVersion,
-        format!(
-            "{command} needs cniVersion 1.1.0 or later, got {}",
-            req.version
-        ),
+        format!("{command} needs cniVersion 1.1.0 or later, got {}", req.version),
     ))
 }
 
@@ -94,10 +87,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn run_with(env: &[(&str, &str)], stdin: &str) -> Reply {
-        let map: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         run(|k| map.get(k).cloned(), stdin.as_bytes().to_vec())
     }
 
@@ -113,56 +103,33 @@ mod tests {
 
     #[test]
     fn version_answers_even_without_config() {
-        let Reply::Success(Some(out)) = run_with(&[("CNI_COMMAND", "VERSION")], "") else {
-            panic!()
-        };
+        let Reply::Success(Some(out)) = run_with(&[("CNI_COMMAND", "VERSION")], "") else { panic!() };
         assert!(out.contains("supportedVersions"));
     }
 
     #[test]
     fn errors_are_answered_in_the_requested_version() {
-        let (code, v) = failure_code(run_with(
-            &[("CNI_COMMAND", "BOGUS")],
-            r#"{"cniVersion":"0.3.1"}"#,
-        ));
+        let (code, v) = failure_code(run_with(&[("CNI_COMMAND", "BOGUS")], r#"{"cniVersion":"0.3.1"}"#));
         assert_eq!(code, 4);
         assert_eq!(v["cniVersion"], "0.3.1");
     }
 
     #[test]
     fn gc_and_status_need_1_1_and_check_needs_0_4() {
-        let conf = |v: &str| {
-            format!(r#"{{"cniVersion":"{v}","name":"n","type":"weft","podCIDR":"10.244.1.0/24"}}"#)
-        };
-        assert_eq!(
-            failure_code(run_with(&[("CNI_COMMAND", "GC")], &conf("1.0.0"))).0,
-            1
-        );
-        assert_eq!(
-            failure_code(run_with(&[("CNI_COMMAND", "STATUS")], &conf("0.4.0"))).0,
-            1
-        );
-        let check_env = [
-            ("CNI_COMMAND", "CHECK"),
-            ("CNI_CONTAINERID", "c"),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_NETNS", "/x"),
-        ];
+        let conf = |v: &str| format!(r#"{{"cniVersion":"{v}","name":"n","type":"weft","podCIDR":"10.244.1.0/24"}}"#);
+        assert_eq!(failure_code(run_with(&[("CNI_COMMAND", "GC")], &conf("1.0.0"))).0, 1);
+        assert_eq!(failure_code(run_with(&[("CNI_COMMAND", "STATUS")], &conf("0.4.0"))).0, 1);
+        let check_env =
+            [("CNI_COMMAND", "CHECK"), ("CNI_CONTAINERID", "c"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/x")];
         assert_eq!(failure_code(run_with(&check_env, &conf("0.3.1"))).0, 1);
     }
 
     #[test]
     fn status_is_50_without_a_pod_cidr_and_ok_with_one() {
         let no_cidr = r#"{"cniVersion":"1.1.0","name":"n","type":"weft","stateFile":"/nonexistent/node.json"}"#;
-        assert_eq!(
-            failure_code(run_with(&[("CNI_COMMAND", "STATUS")], no_cidr)).0,
-            50
-        );
+        assert_eq!(failure_code(run_with(&[("CNI_COMMAND", "STATUS")], no_cidr)).0, 50);
         let with = r#"{"cniVersion":"1.1.0","name":"n","type":"weft","podCIDR":"10.244.1.0/24"}"#;
-        assert_eq!(
-            run_with(&[("CNI_COMMAND", "STATUS")], with),
-            Reply::Success(None)
-        );
+        assert_eq!(run_with(&[("CNI_COMMAND", "STATUS")], with), Reply::Success(None));
     }
 
     #[test]

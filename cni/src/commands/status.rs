@@ -11,20 +11,12 @@ pub fn status(inv: &Invocation, req: &Request) -> Result<(), CniError> {
     let builtin = matches!(req.conf.ipam_mode()?, IpamMode::BuiltIn { .. });
     if builtin && req.conf.pod_cidr.is_none() {
         if let Err(e) = NodeState::read(req.conf.state_file()) {
-            return Err(CniError::new(
-                Code::PluginNotAvailable,
-                "the node's PodCIDR is not known yet",
-            )
-            .with_details(e));
+            return Err(CniError::new(Code::PluginNotAvailable, "the node's PodCIDR is not known yet").with_details(e));
         }
     }
     let net = req.conf.resolve()?;
     if let IpamMode::Delegate { plugin } = net.ipam {
-        match delegate::run(
-            &delegate::find(&plugin, &inv.plugin_path)?,
-            "STATUS",
-            &req.raw,
-        ) {
+        match delegate::run(&delegate::find(&plugin, &inv.plugin_path)?, "STATUS", &req.raw) {
             // A delegate older than 1.1.0 has no STATUS; that says nothing about its health.
             Err(e) if e.code == Code::IncompatibleVersion as u32 => {}
             other => {

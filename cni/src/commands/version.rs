@@ -21,10 +21,7 @@ mod tests {
     fn lists_every_supported_version() {
         let v = version(Some(CniVersion::V0_4_0));
         assert_eq!(v["cniVersion"], "0.4.0");
-        assert_eq!(
-            v["supportedVersions"],
-            json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
-        );
+        assert_eq!(v["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
         assert_eq!(version(None)["cniVersion"], "1.1.0");
     }
 }

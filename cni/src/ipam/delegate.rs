@@ -10,17 +10,10 @@ use crate::result::CniResult;
 
 /// Finds `plugin` in the CNI_PATH directories.
 pub fn find(plugin: &str, plugin_path: &[PathBuf]) -> Result<PathBuf, CniError> {
-    plugin_path
-        .iter()
-        .map(|dir| dir.join(plugin))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            CniError::new(
-                Code::InvalidConfig,
-                format!("IPAM plugin {plugin:?} not found"),
-            )
+    plugin_path.iter().map(|dir| dir.join(plugin)).find(|p| p.is_file()).ok_or_else(|| {
+        CniError::new(Code::InvalidConfig, format!("IPAM plugin {plugin:?} not found"))
             .with_details(format!("searched CNI_PATH {plugin_path:?}"))
-        })
+    })
 }
 
 /// Runs the plugin with `command`; returns its parsed result when it printed one (ADD).
@@ -38,9 +31,8 @@ pub fn run(plugin: &Path, command: &str, stdin: &[u8]) -> Result<Option<CniResul
     // A plugin may exit without reading all of stdin; its answer still counts.
     let _ = pipe.write_all(stdin);
     drop(pipe);
-    let out = child
-        .wait_with_output()
-        .map_err(|e| failed(format!("IPAM plugin {name} did not finish")).with_details(e))?;
+    let out =
+        child.wait_with_output().map_err(|e| failed(format!("IPAM plugin {name} did not finish")).with_details(e))?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(passed_through_error(&text).unwrap_or_else(|| {
@@ -50,28 +42,19 @@ pub fn run(plugin: &Path, command: &str, stdin: &[u8]) -> Result<Option<CniResul
     if text.trim().is_empty() {
         return Ok(None);
     }
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        failed(format!("IPAM plugin {name} printed no JSON result")).with_details(e)
-    })?;
-    CniResult::from_value(&value).map(Some).map_err(|e| {
-        failed(format!("IPAM plugin {name} printed an invalid result")).with_details(e)
-    })
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| failed(format!("IPAM plugin {name} printed no JSON result")).with_details(e))?;
+    CniResult::from_value(&value)
+        .map(Some)
+        .map_err(|e| failed(format!("IPAM plugin {name} printed an invalid result")).with_details(e))
 }
 
 /// A delegate's own error JSON, kept with its code so the runtime sees the real cause.
 fn passed_through_error(stdout: &str) -> Option<CniError> {
     let v: serde_json::Value = serde_json::from_str(stdout).ok()?;
     let code = u32::try_from(v.get("code")?.as_u64()?).ok()?;
-    let msg = v
-        .get("msg")
-        .and_then(|m| m.as_str())
-        .unwrap_or("IPAM plugin failed")
-        .to_string();
-    let details = v
-        .get("details")
-        .and_then(|d| d.as_str())
-        .unwrap_or_default()
-        .to_string();
+    let msg = v.get("msg").and_then(|m| m.as_str()).unwrap_or("IPAM plugin failed").to_string();
+    let details = v.get("details").and_then(|d| d.as_str()).unwrap_or_default().to_string();
     Some(CniError { code, msg, details })
 }
 
@@ -81,13 +64,8 @@ mod tests {
 
     #[test]
     fn passes_a_delegates_error_code_through() {
-        let e =
-            passed_through_error(r#"{"cniVersion":"1.0.0","code":11,"msg":"busy","details":"x"}"#)
-                .unwrap();
-        assert_eq!(
-            (e.code, e.msg.as_str(), e.details.as_str()),
-            (11, "busy", "x")
-        );
+        let e = passed_through_error(r#"{"cniVersion":"1.0.0","code":11,"msg":"busy","details":"x"}"#).unwrap();
+        assert_eq!((e.code, e.msg.as_str(), e.details.as_str()), (11, "busy", "x"));
         assert!(passed_through_error("panic: oops").is_none());
     }
 
@@ -108,8 +86,7 @@ mod tests {
             "#!/bin/sh\ncat >/dev/null\necho '{\"cniVersion\":\"0.4.0\",\"ips\":[{\"version\":\"4\",\"address\":\"10.1.0.5/24\"}]}'\n",
         )
         .unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let found = find("fake-ipam", &[PathBuf::from("/nonexistent"), dir.clone()]).unwrap();
         let result = run(&found, "ADD", b"{}").unwrap().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();

@@ -34,45 +34,29 @@ impl From<StoreError> for CniError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Exhausted(_) => CniError::new(Code::AddressesExhausted, e.to_string()),
-            StoreError::Io { .. } => {
-                CniError::new(Code::IpamStore, "IPAM store failure").with_details(e)
-            }
+            StoreError::Io { .. } => CniError::new(Code::IpamStore, "IPAM store failure").with_details(e),
         }
     }
 }
 
 /// Reserves an address for `owner` (the same one again on a repeated ADD).
-pub fn acquire(
-    net: &Network,
-    owner: &Owner,
-    delegate_input: DelegateInput<'_>,
-) -> Result<Lease, CniError> {
+pub fn acquire(net: &Network, owner: &Owner, delegate_input: DelegateInput<'_>) -> Result<Lease, CniError> {
     match (&net.ipam, &net.pool) {
         (IpamMode::BuiltIn { store_dir }, Some(pool)) => {
             let ip = Store::open(store_dir)?.allocate(pool, owner)?;
-            let address =
-                Ipv4Net::new(ip, pool.net.prefix_len()).expect("prefix comes from a valid net");
+            let address = Ipv4Net::new(ip, pool.net.prefix_len()).expect("prefix comes from a valid net");
             Ok(Lease {
                 address,
                 gateway: pool.gateway,
-                routes: vec![Route::new(
-                    IpNet::V4(Ipv4Net::default()),
-                    Some(IpAddr::V4(pool.gateway)),
-                )],
+                routes: vec![Route::new(IpNet::V4(Ipv4Net::default()), Some(IpAddr::V4(pool.gateway)))],
                 dns: net.dns.clone(),
             })
         }
-        (IpamMode::BuiltIn { .. }, None) => Err(CniError::new(
-            Code::TryAgainLater,
-            "the node's PodCIDR is not known",
-        )),
+        (IpamMode::BuiltIn { .. }, None) => Err(CniError::new(Code::TryAgainLater, "the node's PodCIDR is not known")),
         (IpamMode::Delegate { plugin }, _) => {
             let path = delegate::find(plugin, delegate_input.plugin_path)?;
             let result = delegate::run(&path, "ADD", delegate_input.stdin)?.ok_or_else(|| {
-                CniError::new(
-                    Code::DelegateFailed,
-                    format!("IPAM plugin {plugin} returned no result"),
-                )
+                CniError::new(Code::DelegateFailed, format!("IPAM plugin {plugin} returned no result"))
             })?;
             let lease = lease_from(result, &net.dns);
             if lease.is_err() {
@@ -85,11 +69,7 @@ pub fn acquire(
 }
 
 /// Releases whatever `owner` holds; holding nothing is not an error.
-pub fn release(
-    mode: &IpamMode,
-    owner: &Owner,
-    delegate_input: DelegateInput<'_>,
-) -> Result<(), CniError> {
+pub fn release(mode: &IpamMode, owner: &Owner, delegate_input: DelegateInput<'_>) -> Result<(), CniError> {
     match mode {
         IpamMode::BuiltIn { store_dir } => {
             Store::open(store_dir)?.release(owner)?;
@@ -108,41 +88,21 @@ fn lease_from(result: CniResult, default_dns: &Dns) -> Result<Lease, CniError> {
         .ips
         .iter()
         .find(|ip| matches!(ip.address, IpNet::V4(_)))
-        .ok_or_else(|| {
-            CniError::new(
-                Code::UnsupportedField,
-                "the IPAM plugin returned no IPv4 address",
-            )
-        })?;
-    let IpNet::V4(address) = ip.address else {
-        unreachable!("filtered to IPv4 above")
-    };
+        .ok_or_else(|| CniError::new(Code::UnsupportedField, "the IPAM plugin returned no IPv4 address"))?;
+    let IpNet::V4(address) = ip.address else { unreachable!("filtered to IPv4 above") };
     let gateway = match ip.gateway {
         Some(IpAddr::V4(gw)) => gw,
         _ => first_host(&address.trunc()),
     };
-    let mut routes: Vec<Route> = result
-        .routes
-        .into_iter()
-        .filter(|r| matches!(r.dst, IpNet::V4(_)))
-        .collect();
+    let mut routes: Vec<Route> = result.routes.into_iter().filter(|r| matches!(r.dst, IpNet::V4(_))).collect();
     if routes.is_empty() {
         routes.push(Route::new(IpNet::V4(Ipv4Net::default()), None));
     }
     for route in &mut routes {
         route.gw.get_or_insert(IpAddr::V4(gateway));
     }
-    let dns = if result.dns.is_empty() {
-        default_dns.clone()
-    } else {
-        result.dns
-    };
-    Ok(Lease {
-        address,
-        gateway,
-        routes,
-        dns,
-    })
+    let dns = if result.dns.is_empty() { default_dns.clone() } else { result.dns };
+    Ok(Lease { address, gateway, routes, dns })
 }
 
 #[cfg(test)]
@@ -165,17 +125,8 @@ mod tests {
 
     #[test]
     fn a_delegate_result_without_gateway_or_routes_gets_defaults() {
-        let r =
-            CniResult::from_value(&json!({"cniVersion":"1.0.0","ips":[{"address":"10.1.0.5/24"}]}))
-                .unwrap();
-        let lease = lease_from(
-            r,
-            &Dns {
-                domain: Some("x".into()),
-                ..Dns::default()
-            },
-        )
-        .unwrap();
+        let r = CniResult::from_value(&json!({"cniVersion":"1.0.0","ips":[{"address":"10.1.0.5/24"}]})).unwrap();
+        let lease = lease_from(r, &Dns { domain: Some("x".into()), ..Dns::default() }).unwrap();
         assert_eq!(lease.gateway.to_string(), "10.1.0.1");
         assert_eq!(lease.routes.len(), 1);
         assert_eq!(lease.dns.domain.as_deref(), Some("x"));
@@ -183,12 +134,7 @@ mod tests {
 
     #[test]
     fn an_ipv6_only_delegate_result_is_unsupported() {
-        let r =
-            CniResult::from_value(&json!({"cniVersion":"1.0.0","ips":[{"address":"fd00::5/64"}]}))
-                .unwrap();
-        assert_eq!(
-            lease_from(r, &Dns::default()).unwrap_err().code,
-            Code::UnsupportedField as u32
-        );
+        let r = CniResult::from_value(&json!({"cniVersion":"1.0.0","ips":[{"address":"fd00::5/64"}]})).unwrap();
+        assert_eq!(lease_from(r, &Dns::default()).unwrap_err().code, Code::UnsupportedField as u32);
     }
 }

@@ -14,10 +14,7 @@ pub struct Pool {
 
 impl Pool {
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        self.net.contains(&ip)
-            && ip != self.net.network()
-            && ip != self.net.broadcast()
-            && ip != self.gateway
+        self.net.contains(&ip) && ip != self.net.network() && ip != self.net.broadcast() && ip != self.gateway
     }
 
     /// The first free address after `last` (wrapping around), so a just-freed address is not
@@ -43,10 +40,7 @@ mod tests {
     use super::*;
 
     fn pool(net: &str, gw: &str) -> Pool {
-        Pool {
-            net: net.parse().unwrap(),
-            gateway: gw.parse().unwrap(),
-        }
+        Pool { net: net.parse().unwrap(), gateway: gw.parse().unwrap() }
     }
 
     fn ip(s: &str) -> Ipv4Addr {
@@ -64,10 +58,7 @@ mod tests {
         let p = pool("10.244.3.0/24", "10.244.3.1");
         // .2 was freed, .3 is in use, .3 was the last handed out: next is .4, not .2.
         let used: HashSet<_> = [ip("10.244.3.3")].into();
-        assert_eq!(
-            p.next_free(&used, Some(ip("10.244.3.3"))),
-            Some(ip("10.244.3.4"))
-        );
+        assert_eq!(p.next_free(&used, Some(ip("10.244.3.3"))), Some(ip("10.244.3.4")));
     }
 
     #[test]
@@ -89,24 +80,15 @@ mod tests {
     #[test]
     fn a_gateway_in_the_middle_is_skipped() {
         let p = pool("10.244.3.0/30", "10.244.3.2"); // hosts .1 .2
-        assert_eq!(
-            p.next_free(&HashSet::new(), Some(ip("10.244.3.1"))),
-            Some(ip("10.244.3.1"))
-        );
+        assert_eq!(p.next_free(&HashSet::new(), Some(ip("10.244.3.1"))), Some(ip("10.244.3.1")));
         assert_eq!(p.next_free(&[ip("10.244.3.1")].into(), None), None);
     }
 
     #[test]
     fn a_last_reserved_outside_the_pool_restarts_from_the_beginning() {
         let p = pool("10.244.3.0/24", "10.244.3.1");
-        assert_eq!(
-            p.next_free(&HashSet::new(), Some(ip("10.9.9.9"))),
-            Some(ip("10.244.3.2"))
-        );
-        assert_eq!(
-            p.next_free(&HashSet::new(), Some(ip("10.244.3.255"))),
-            Some(ip("10.244.3.2"))
-        );
+        assert_eq!(p.next_free(&HashSet::new(), Some(ip("10.9.9.9"))), Some(ip("10.244.3.2")));
+        assert_eq!(p.next_free(&HashSet::new(), Some(ip("10.244.3.255"))), Some(ip("10.244.3.2")));
     }
 
     #[test]

@@ -7,20 +7,20 @@
 //! ```
 //!
 //! The file name alone says which address is taken and by which attachment (a 64-bit hash of
-//! container id and ifname), so one directory read answers every question. Files appear by
-//! rename, so a crash leaves either a complete allocation or none; a file whose content was
-//! damaged still reserves its address, so damage can never cause a duplicate.
+//! container id and ifname), so one directory read answers every question. Allocation files are
+//! claimed with an exclusive create under the lock; a crash right after the create leaves an empty
+//! file that still reserves its address and is released like any other, so neither a crash nor a
+//! damaged file can ever cause a duplicate. `last_reserved_ip` is only a hint for where to search.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
 use super::pool::Pool;
-use crate::fsutil::write_atomic;
 use crate::names::attachment_hash;
 
 const LOCK_FILE: &str = "lock";
@@ -44,10 +44,7 @@ pub struct Owner {
 
 impl Owner {
     pub fn new(container_id: &str, ifname: &str) -> Self {
-        Owner {
-            container_id: container_id.to_string(),
-            ifname: ifname.to_string(),
-        }
+        Owner { container_id: container_id.to_string(), ifname: ifname.to_string() }
     }
 
     fn key(&self) -> String {
@@ -74,23 +71,21 @@ impl Store {
     /// Opens (creating if needed) the store in `dir` and takes its exclusive lock, waiting for
     /// other plugin processes to finish theirs.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let io_err = |source| StoreError::Io {
-            path: dir.to_path_buf(),
-            source,
+        let io_err = |source| StoreError::Io { path: dir.to_path_buf(), source };
+        let open_lock = || {
+            let path = dir.join(LOCK_FILE);
+            OpenOptions::new().create(true).truncate(false).write(true).open(path)
         };
-        fs::create_dir_all(dir).map_err(io_err)?;
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK_FILE))
-            .map_err(io_err)?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| io_err(errno.into()))?;
-        Ok(Store {
-            dir: dir.to_path_buf(),
-            _lock: lock,
-        })
+        let file = match open_lock() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(dir).map_err(io_err)?;
+                open_lock()
+            }
+            other => other,
+        }
+        .map_err(io_err)?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| io_err(errno.into()))?;
+        Ok(Store { dir: dir.to_path_buf(), _lock: lock })
     }
 
     pub fn allocations(&self) -> Result<Vec<Allocation>, StoreError> {
@@ -107,11 +102,7 @@ impl Store {
 
     pub fn find(&self, owner: &Owner) -> Result<Option<Ipv4Addr>, StoreError> {
         let key = owner.key();
-        Ok(self
-            .allocations()?
-            .into_iter()
-            .find(|a| a.owner_key == key)
-            .map(|a| a.ip))
+        Ok(self.allocations()?.into_iter().find(|a| a.owner_key == key).map(|a| a.ip))
     }
 
     /// The owner's address: the one it already holds in `pool`, else the next free one.
@@ -130,17 +121,16 @@ impl Store {
             }
             used.insert(alloc.ip);
         }
-        let ip = pool
-            .next_free(&used, self.last_reserved())
-            .ok_or(StoreError::Exhausted(pool.net))?;
+        let ip = pool.next_free(&used, self.last_reserved()).ok_or(StoreError::Exhausted(pool.net))?;
         let content = format!("{}\n{}\n", owner.container_id, owner.ifname);
         let path = self.dir.join(file_name(ip, &key));
-        write_atomic(&path, content.as_bytes()).map_err(|e| self.io_err(e))?;
-        // Only a hint for where to search next: a failure here costs nothing but fairness.
-        if let Err(e) = write_atomic(
-            &self.dir.join(LAST_RESERVED_FILE),
-            ip.to_string().as_bytes(),
-        ) {
+        let claim = OpenOptions::new().write(true).create_new(true).open(&path);
+        if let Err(e) = claim.and_then(|mut f| f.write_all(content.as_bytes())) {
+            let _ = fs::remove_file(&path);
+            return Err(self.io_err(e));
+        }
+        // Only a hint for where to search next: a torn or failed write costs nothing but fairness.
+        if let Err(e) = fs::write(self.dir.join(LAST_RESERVED_FILE), ip.to_string()) {
             tracing::warn!("cannot record last reserved address: {e}");
         }
         Ok(ip)
@@ -158,10 +148,7 @@ impl Store {
         self.remove_where(|a| !keep.contains(&a.owner_key))
     }
 
-    fn remove_where(
-        &mut self,
-        pred: impl Fn(&Allocation) -> bool,
-    ) -> Result<Vec<Ipv4Addr>, StoreError> {
+    fn remove_where(&mut self, pred: impl Fn(&Allocation) -> bool) -> Result<Vec<Ipv4Addr>, StoreError> {
         let mut released = Vec::new();
         for alloc in self.allocations()?.iter().filter(|a| pred(a)) {
             self.remove(alloc)?;
@@ -178,18 +165,11 @@ impl Store {
     }
 
     fn last_reserved(&self) -> Option<Ipv4Addr> {
-        fs::read_to_string(self.dir.join(LAST_RESERVED_FILE))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        fs::read_to_string(self.dir.join(LAST_RESERVED_FILE)).ok()?.trim().parse().ok()
     }
 
     fn io_err(&self, source: io::Error) -> StoreError {
-        StoreError::Io {
-            path: self.dir.clone(),
-            source,
-        }
+        StoreError::Io { path: self.dir.clone(), source }
     }
 }
 
@@ -201,12 +181,7 @@ fn file_name(ip: Ipv4Addr, owner_key: &str) -> String {
 fn parse_file_name(name: &str) -> Option<Allocation> {
     let (ip, key) = name.split_once('@')?;
     let valid_key = key.len() == OWNER_HEX && key.bytes().all(|b| b.is_ascii_hexdigit());
-    Some(Allocation {
-        ip: ip.parse().ok()?,
-        owner_key: key.to_string(),
-        file: name.to_string(),
-    })
-    .filter(|_| valid_key)
+    Some(Allocation { ip: ip.parse().ok()?, owner_key: key.to_string(), file: name.to_string() }).filter(|_| valid_key)
 }
 
 #[cfg(test)]
@@ -220,19 +195,12 @@ mod tests {
         }
     }
     fn tempdir() -> TempDir {
-        TempDir(std::env::temp_dir().join(format!(
-            "weft-ipam-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        )))
+        TempDir(std::env::temp_dir().join(format!("weft-ipam-{}-{}", std::process::id(), rand::random::<u64>())))
     }
 
     fn pool(net: &str) -> Pool {
         let net: ipnet::Ipv4Net = net.parse().unwrap();
-        Pool {
-            net,
-            gateway: crate::config::first_host(&net),
-        }
+        Pool { net, gateway: crate::config::first_host(&net) }
     }
 
     #[test]
@@ -253,10 +221,7 @@ mod tests {
     fn allocations_survive_reopening() {
         let dir = tempdir();
         let p = pool("10.244.3.0/24");
-        let ip = Store::open(&dir.0)
-            .unwrap()
-            .allocate(&p, &Owner::new("c1", "eth0"))
-            .unwrap();
+        let ip = Store::open(&dir.0).unwrap().allocate(&p, &Owner::new("c1", "eth0")).unwrap();
         let store = Store::open(&dir.0).unwrap();
         assert_eq!(store.find(&Owner::new("c1", "eth0")).unwrap(), Some(ip));
     }
@@ -270,12 +235,7 @@ mod tests {
         assert_eq!(store.release(&Owner::new("c1", "eth0")).unwrap(), vec![a]);
         let b = store.allocate(&p, &Owner::new("c2", "eth0")).unwrap();
         assert_ne!(a, b);
-        assert!(
-            store
-                .release(&Owner::new("nobody", "eth0"))
-                .unwrap()
-                .is_empty()
-        );
+        assert!(store.release(&Owner::new("nobody", "eth0")).unwrap().is_empty());
     }
 
     #[test]
@@ -284,10 +244,7 @@ mod tests {
         let mut store = Store::open(&dir.0).unwrap();
         let p = pool("10.244.3.0/30"); // one assignable address
         store.allocate(&p, &Owner::new("c1", "eth0")).unwrap();
-        assert!(matches!(
-            store.allocate(&p, &Owner::new("c2", "eth0")),
-            Err(StoreError::Exhausted(_))
-        ));
+        assert!(matches!(store.allocate(&p, &Owner::new("c2", "eth0")), Err(StoreError::Exhausted(_))));
         assert_eq!(store.allocations().unwrap().len(), 1);
     }
 
@@ -319,15 +276,25 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_left_empty_by_a_crash_still_reserves_and_is_released_by_its_owner() {
+        let dir = tempdir();
+        let mut store = Store::open(&dir.0).unwrap();
+        let owner = Owner::new("c1", "eth0");
+        fs::write(dir.0.join(file_name("10.244.3.2".parse().unwrap(), &owner.key())), b"").unwrap();
+        assert_eq!(store.find(&owner).unwrap(), Some("10.244.3.2".parse().unwrap()));
+        assert_ne!(
+            store.allocate(&pool("10.244.3.0/24"), &Owner::new("c2", "eth0")).unwrap().to_string(),
+            "10.244.3.2"
+        );
+        assert_eq!(store.release(&owner).unwrap().len(), 1);
+    }
+
+    #[test]
     fn a_stale_allocation_outside_a_changed_pod_cidr_is_replaced() {
         let dir = tempdir();
         let mut store = Store::open(&dir.0).unwrap();
-        let old = store
-            .allocate(&pool("10.244.3.0/24"), &Owner::new("c1", "eth0"))
-            .unwrap();
-        let new = store
-            .allocate(&pool("10.244.9.0/24"), &Owner::new("c1", "eth0"))
-            .unwrap();
+        let old = store.allocate(&pool("10.244.3.0/24"), &Owner::new("c1", "eth0")).unwrap();
+        let new = store.allocate(&pool("10.244.9.0/24"), &Owner::new("c1", "eth0")).unwrap();
         assert_ne!(old, new);
         assert_eq!(store.allocations().unwrap().len(), 1);
     }
@@ -335,13 +302,7 @@ mod tests {
     #[test]
     fn file_names_parse_strictly() {
         assert!(parse_file_name("10.244.3.7@0123456789abcdef").is_some());
-        for bad in [
-            "lock",
-            "last_reserved_ip",
-            "10.244.3.7",
-            "10.244.3.7@xyz",
-            "1.2.3@0123456789abcdef",
-        ] {
+        for bad in ["lock", "last_reserved_ip", "10.244.3.7", "10.244.3.7@xyz", "1.2.3@0123456789abcdef"] {
             assert!(parse_file_name(bad).is_none(), "{bad}");
         }
     }

@@ -1,0 +1,141 @@
+//! `weft-lab bench cni`: ADD and DEL latency of `weft` against the reference bridge +
+//! host-local plugins, through the same runtime driver, in one run. Each plugin gets its own
+//! node namespace; operations alternate between the two so machine noise hits both alike.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::stats::Summary;
+use crate::cmd::Result;
+use crate::cni::{PluginPath, Runtime, Target};
+use crate::netns::Netns;
+use crate::wait;
+
+#[derive(Debug, Serialize)]
+pub struct CniBench {
+    pub ops: usize,
+    /// The driver starting `weft VERSION`: process start-up, the floor under every operation.
+    pub spawn_floor: Summary,
+    pub weft_add: Summary,
+    pub weft_del: Summary,
+    /// DEL returned, until the kernel finished removing the veth pair (weft's detached reaper).
+    pub weft_del_until_gone: Summary,
+    pub reference_add: Summary,
+    pub reference_del: Summary,
+    pub add_speedup: f64,
+    pub del_speedup: f64,
+}
+
+struct Side {
+    node: Netns,
+    rt: Runtime,
+    plugin: &'static str,
+    conf: Value,
+    pods: Vec<Netns>,
+}
+
+impl Side {
+    fn new(prefix: &str, tag: &str, plugin: &'static str, conf: Value, ops: usize) -> Result<Side> {
+        let node = Netns::create(&format!("{prefix}-{tag}"))?;
+        let rt = Runtime::new(PluginPath::with_reference_plugins(), &node.path());
+        let pods = (0..ops).map(|i| Netns::create(&format!("{prefix}-{tag}-p{i}"))).collect::<Result<_>>()?;
+        Ok(Side { node, rt, plugin, conf, pods })
+    }
+
+    fn target(&self, i: usize) -> Target {
+        Target::new(&format!("bench{i}"), &self.pods[i].path(), "eth0")
+    }
+
+    fn add(&self, i: usize) -> Result<(Duration, Value)> {
+        let reply = self.rt.exec(self.plugin, "ADD", Some(&self.target(i)), &self.conf)?;
+        Ok((reply.elapsed, reply.result()?))
+    }
+
+    fn del(&self, i: usize, prev: &Value) -> Result<Duration> {
+        let mut conf = self.conf.clone();
+        conf["prevResult"] = prev.clone();
+        let reply = self.rt.exec(self.plugin, "DEL", Some(&self.target(i)), &conf)?;
+        reply.success()?;
+        Ok(reply.elapsed)
+    }
+
+    fn has_link(&self, name: &str) -> bool {
+        self.node.ip(&["link", "show", name]).is_ok()
+    }
+}
+
+pub fn run(ops: usize) -> Result<CniBench> {
+    crate::require_root();
+    let prefix = crate::unique_prefix();
+    let dir = crate::topology::lab_dir(&prefix);
+    let weft_conf = json!({"cniVersion": "1.0.0", "name": "bench", "type": "weft", "podCIDR": "10.244.20.0/24",
+                           "mtu": 1450, "dataDir": dir.join("weft-ipam")});
+    let reference_conf = json!({"cniVersion": "1.0.0", "name": "bench", "type": "bridge", "bridge": "cni0",
+        "isGateway": true, "mtu": 1450,
+        "ipam": {"type": "host-local", "subnet": "10.244.21.0/24", "dataDir": dir.join("host-local")}});
+    let result = (|| {
+        let weft = Side::new(&prefix, "weft", "weft", weft_conf, ops)?;
+        let reference = Side::new(&prefix, "ref", "bridge", reference_conf, ops)?;
+        // Warm-up: creates the bridges and faults the binaries into the page cache.
+        for side in [&weft, &reference] {
+            let (_, prev) = side.add(0)?;
+            side.del(0, &prev)?;
+        }
+        let floor = (0..ops)
+            .map(|_| Ok(weft.rt.exec("weft", "VERSION", None, &json!({"cniVersion": "1.0.0"}))?.elapsed))
+            .collect::<Result<Vec<_>>>()?;
+        std::thread::sleep(Duration::from_millis(100));
+        let (mut weft_add, mut ref_add, mut weft_results, mut ref_results) = (vec![], vec![], vec![], vec![]);
+        for i in 0..ops {
+            let (t, r) = weft.add(i)?;
+            weft_add.push(t);
+            weft_results.push(r);
+            let (t, r) = reference.add(i)?;
+            ref_add.push(t);
+            ref_results.push(r);
+        }
+        let (mut weft_del, mut weft_gone, mut ref_del) = (vec![], vec![], vec![]);
+        for i in 0..ops {
+            let tombstone =
+                weft_cni::names::tombstone_name(&weft_cni::names::host_veth_name(&format!("bench{i}"), "eth0"));
+            let start = Instant::now();
+            weft_del.push(weft.del(i, &weft_results[i])?);
+            wait::until("weft's reaper", Duration::from_secs(5), Duration::from_micros(200), || {
+                (!weft.has_link(&tombstone)).then_some(())
+            })?;
+            weft_gone.push(start.elapsed());
+            ref_del.push(reference.del(i, &ref_results[i])?);
+        }
+        let (wa, wd, ra, rd) =
+            (Summary::of(&weft_add), Summary::of(&weft_del), Summary::of(&ref_add), Summary::of(&ref_del));
+        Ok(CniBench {
+            ops,
+            spawn_floor: Summary::of(&floor),
+            weft_add: wa,
+            weft_del: wd,
+            weft_del_until_gone: Summary::of(&weft_gone),
+            reference_add: ra,
+            reference_del: rd,
+            add_speedup: ra.median_ms / wa.median_ms,
+            del_speedup: rd.median_ms / wd.median_ms,
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+pub fn print(b: &CniBench) {
+    println!("CNI latency, {} sequential ops each, same driver (fork/exec, config on stdin)", b.ops);
+    println!("{:<34} {:>9} {:>9} {:>9}", "", "median", "p90", "max");
+    let row =
+        |name: &str, s: &Summary| println!("{name:<34} {:>7.2}ms {:>7.2}ms {:>7.2}ms", s.median_ms, s.p90_ms, s.max_ms);
+    row("process start-up floor (VERSION)", &b.spawn_floor);
+    row("weft ADD", &b.weft_add);
+    row("bridge+host-local ADD", &b.reference_add);
+    row("weft DEL", &b.weft_del);
+    row("weft DEL until veth gone (reaper)", &b.weft_del_until_gone);
+    row("bridge+host-local DEL", &b.reference_del);
+    println!("speed-up (median): ADD {:.1}x (target >= 5x), DEL {:.1}x (target >= 8x)", b.add_speedup, b.del_speedup);
+}

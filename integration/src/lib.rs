@@ -6,9 +6,12 @@
 pub mod bench;
 pub mod bins;
 pub mod cmd;
+pub mod cluster;
 pub mod cni;
+pub mod http;
 pub mod netns;
 pub mod podman;
+pub mod probe;
 pub mod process;
 pub mod topology;
 pub mod wait;

@@ -1,0 +1,221 @@
+//! A running weft cluster in a lab: a real `weft-agent` in every node namespace (auto PodCIDR,
+//! one seed), and pods attached with the real `weft` plugin through the conflist the agent wrote.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::bins;
+use crate::cmd::{LabError, Result};
+use crate::cni::{Chain, PluginPath, Runtime, Target};
+use crate::http;
+use crate::netns::{self, Netns};
+use crate::process::Process;
+use crate::topology::{Lab, Node};
+use crate::wait;
+
+pub const GOSSIP_PORT: u16 = 8473;
+pub const STATUS_ADDR: &str = "127.0.0.1:9473";
+pub const CONFLIST: &str = "10-weft.conflist";
+
+/// How the agents run.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// `--encap cross-subnet` instead of VXLAN to every peer.
+    pub cross_subnet: bool,
+    /// Further flags for every agent.
+    pub extra_args: Vec<String>,
+}
+
+/// A pod: a namespace attached to its node's bridge by the plugin.
+#[derive(Debug)]
+pub struct Pod {
+    pub name: String,
+    pub node: usize,
+    pub ip: Ipv4Addr,
+    pub ns: Netns,
+    target: Target,
+    result: Value,
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub options: AgentOptions,
+    // Field order is drop order: pods and agents go before the lab's namespaces.
+    pub pods: Vec<Pod>,
+    pub agents: Vec<Option<Process>>,
+    pub lab: Lab,
+}
+
+impl Cluster {
+    /// Starts an agent on every node, all seeded with the first node.
+    pub fn start(lab: Lab, options: AgentOptions) -> Result<Cluster> {
+        let agents = (0..lab.nodes.len()).map(|_| None).collect();
+        let mut cluster = Cluster { options, pods: Vec::new(), agents, lab };
+        for i in 0..cluster.lab.nodes.len() {
+            cluster.start_agent(i)?;
+        }
+        Ok(cluster)
+    }
+
+    /// The seed every agent joins through.
+    pub fn seed(&self) -> SocketAddr {
+        SocketAddr::from((self.lab.nodes[0].ip, GOSSIP_PORT))
+    }
+
+    /// `weft-agent run` flags for node `i`: its own directories, its underlay, the seed.
+    pub fn agent_args(&self, i: usize) -> Vec<String> {
+        let node = &self.lab.nodes[i];
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            format!("--node-name={}", node.name),
+            format!("--node-ip={}", node.ip),
+            format!("--iface={}", node.iface),
+            format!("--peers={}", self.seed()),
+            format!("--state-dir={}", node.path("run").display()),
+            format!("--cni-conf-dir={}", node.path("net.d").display()),
+            format!("--ipam-dir={}", node.path("ipam").display()),
+            format!("--status-addr={STATUS_ADDR}"),
+        ];
+        if self.options.cross_subnet {
+            args.push("--encap=cross-subnet".into());
+        }
+        args.extend(self.options.extra_args.iter().cloned());
+        args
+    }
+
+    /// Starts (or restarts) node `i`'s agent inside its namespace; logs go to `<node dir>/agent.log`.
+    pub fn start_agent(&mut self, i: usize) -> Result<()> {
+        let node = &self.lab.nodes[i];
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(node.path("agent.log"))
+            .map_err(|e| LabError::Other(format!("open agent log: {e}")))?;
+        let log2 = log.try_clone().map_err(|e| LabError::Other(format!("agent log: {e}")))?;
+        let mut cmd = Command::new(bins::path("weft-agent")?);
+        cmd.args(self.agent_args(i)).stdin(Stdio::null()).stdout(log).stderr(log2);
+        let name = format!("weft-agent {}", node.name);
+        let process = netns::within(&node.ns.path(), || Process::spawn(&name, &mut cmd))??;
+        self.agents[i] = Some(process);
+        Ok(())
+    }
+
+    /// The agent of node `i`, if running.
+    pub fn agent(&mut self, i: usize) -> Option<&mut Process> {
+        self.agents[i].as_mut()
+    }
+
+    /// `GET <path>` on node `i`'s status endpoint.
+    pub fn get(&self, i: usize, path: &str) -> Result<(u16, String)> {
+        http::get(&self.lab.nodes[i].ns.path(), STATUS_ADDR.parse().expect("valid address"), path)
+    }
+
+    /// Node `i`'s `/status` document.
+    pub fn status(&self, i: usize) -> Result<Value> {
+        let (code, body) = self.get(i, "/status")?;
+        if code != 200 {
+            return Err(LabError::Other(format!("/status on {} answered {code}", self.lab.nodes[i].name)));
+        }
+        serde_json::from_str(&body).map_err(|e| LabError::Other(format!("/status is not JSON: {e}")))
+    }
+
+    /// Waits until node `i` answers `/readyz` with 200.
+    pub fn wait_ready(&self, i: usize, limit: Duration) -> Result<()> {
+        let what = format!("{} to become ready", self.lab.nodes[i].name);
+        wait::until(&what, limit, Duration::from_millis(50), || {
+            matches!(self.get(i, "/readyz"), Ok((200, _))).then_some(())
+        })
+    }
+
+    /// Waits until every node is ready and sees every other node alive and programmed.
+    pub fn wait_converged(&self, limit: Duration) -> Result<()> {
+        let expected = self.lab.nodes.len() - 1;
+        wait::until("the cluster to converge", limit, Duration::from_millis(50), || {
+            (0..self.lab.nodes.len())
+                .all(|i| {
+                    matches!(self.get(i, "/readyz"), Ok((200, _)))
+                        && self.status(i).is_ok_and(|s| programmed_peers(&s) == expected)
+                })
+                .then_some(())
+        })
+    }
+
+    /// Node `i`'s PodCIDR as its agent reports it.
+    pub fn pod_cidr(&self, i: usize) -> Result<String> {
+        let status = self.status(i)?;
+        status["node"]["podCIDR"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| LabError::Other(format!("{} has no PodCIDR yet", self.lab.nodes[i].name)))
+    }
+
+    fn runtime(&self, node: &Node) -> Runtime {
+        Runtime::new(PluginPath::with_reference_plugins(), &node.ns.path())
+    }
+
+    fn chain(&self, node: &Node) -> Result<Chain> {
+        let path = node.path("net.d").join(CONFLIST);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| LabError::Other(format!("read {} (agent not ready?): {e}", path.display())))?;
+        let conflist: Value =
+            serde_json::from_str(&text).map_err(|e| LabError::Other(format!("{} is not JSON: {e}", path.display())))?;
+        Chain::from_conflist(&conflist)
+    }
+
+    /// Creates pod `name` on node `node` through the node's conflist, as a runtime would.
+    pub fn add_pod(&mut self, node: usize, name: &str) -> Result<&Pod> {
+        let n = &self.lab.nodes[node];
+        let ns = Netns::create(&format!("{}-{}-{name}", self.lab.prefix, n.name))?;
+        let target = Target::new(&format!("{}-{name}", n.name), &ns.path(), "eth0");
+        let result = self.chain(n)?.add(&self.runtime(n), &target, &Value::Null)?;
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| LabError::Other(format!("no address in {result}")))?;
+        self.pods.push(Pod { name: name.to_string(), node, ip, ns, target, result });
+        Ok(self.pods.last().expect("just pushed"))
+    }
+
+    /// Deletes a pod through the plugin, as a runtime would, then its namespace.
+    pub fn del_pod(&mut self, name: &str) -> Result<()> {
+        let index = self
+            .pods
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| LabError::Other(format!("no pod {name}")))?;
+        let pod = self.pods.remove(index);
+        let node = &self.lab.nodes[pod.node];
+        self.chain(node)?.del(&self.runtime(node), &pod.target, Some(&pod.result), &Value::Null)
+    }
+
+    pub fn pod(&self, name: &str) -> Option<&Pod> {
+        self.pods.iter().find(|p| p.name == name)
+    }
+
+    /// Keeps everything running after this value is gone (`weft-lab up`).
+    pub fn persist(self) {
+        std::mem::forget(self);
+    }
+}
+
+/// Peers that a node reports alive and programmed.
+pub fn programmed_peers(status: &Value) -> usize {
+    status["peers"]
+        .as_array()
+        .map(|peers| {
+            peers.iter().filter(|p| p["state"] == "alive" && p["programmed"] == Value::Bool(true)).count()
+        })
+        .unwrap_or(0)
+}
+
+impl Pod {
+    /// Pings `dst` from this pod: true when a reply came back.
+    pub fn ping(&self, dst: Ipv4Addr) -> bool {
+        self.ns.run("ping", &["-c", "1", "-W", "2", &dst.to_string()]).is_ok()
+    }
+}

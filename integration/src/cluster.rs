@@ -53,9 +53,15 @@ pub struct Cluster {
 impl Cluster {
     /// Starts an agent on every node, all seeded with the first node.
     pub fn start(lab: Lab, options: AgentOptions) -> Result<Cluster> {
+        let count = lab.nodes.len();
+        Self::start_some(lab, options, count)
+    }
+
+    /// Starts agents on the first `count` nodes only; the rest can join later with `start_agent`.
+    pub fn start_some(lab: Lab, options: AgentOptions, count: usize) -> Result<Cluster> {
         let agents = (0..lab.nodes.len()).map(|_| None).collect();
         let mut cluster = Cluster { options, pods: Vec::new(), agents, lab };
-        for i in 0..cluster.lab.nodes.len() {
+        for i in 0..count {
             cluster.start_agent(i)?;
         }
         Ok(cluster)
@@ -131,12 +137,15 @@ impl Cluster {
         })
     }
 
-    /// Waits until every node is ready and sees every other node alive and programmed.
+    /// Waits until every node with a running agent is ready and sees every other such node
+    /// alive and programmed.
     pub fn wait_converged(&self, limit: Duration) -> Result<()> {
-        let expected = self.lab.nodes.len() - 1;
+        let running: Vec<usize> = (0..self.agents.len()).filter(|i| self.agents[*i].is_some()).collect();
+        let expected = running.len().saturating_sub(1);
         wait::until("the cluster to converge", limit, Duration::from_millis(50), || {
-            (0..self.lab.nodes.len())
-                .all(|i| {
+            running
+                .iter()
+                .all(|&i| {
                     matches!(self.get(i, "/readyz"), Ok((200, _)))
                         && self.status(i).is_ok_and(|s| programmed_peers(&s) == expected)
                 })

@@ -1,0 +1,119 @@
+//! Real agents in node namespaces on two subnets behind a router that has no route for pod
+//! addresses: membership by gossip from one seed, PodCIDRs, datapath, and what happens when an
+//! agent dies, leaves, restarts or joins late. Needs root.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use weft_lab::cluster::{AgentOptions, Cluster, programmed_peers};
+use weft_lab::probe::tcp_source_seen;
+use weft_lab::topology::{Lab, LabSpec};
+use weft_lab::wait;
+
+const CONVERGE: Duration = Duration::from_secs(30);
+
+fn cluster(nodes: usize, started: usize) -> Cluster {
+    weft_lab::require_root();
+    let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes, subnets: 2, gro: true }).expect("build lab");
+    Cluster::start_some(lab, AgentOptions::default(), started).expect("start agents")
+}
+
+/// Whether node `i` has a kernel route for `cidr`.
+fn has_route(c: &Cluster, i: usize, cidr: &str) -> bool {
+    c.lab.nodes[i].ns.ip(&["route", "show", cidr]).is_ok_and(|out| !out.trim().is_empty())
+}
+
+#[test]
+fn three_agents_converge_from_one_seed_and_pods_reach_each_other_without_nat() {
+    let mut c = cluster(3, 3);
+    c.wait_converged(CONVERGE).unwrap_or_else(|e| panic!("{e}: {:?}", (0..3).map(|i| c.status(i)).collect::<Vec<_>>()));
+    let cidrs: Vec<String> = (0..3).map(|i| c.pod_cidr(i).unwrap()).collect();
+    assert!(cidrs[0] != cidrs[1] && cidrs[1] != cidrs[2] && cidrs[0] != cidrs[2], "{cidrs:?}");
+
+    for i in 0..3 {
+        c.add_pod(i, "a").unwrap();
+    }
+    for from in &c.pods {
+        for to in &c.pods {
+            assert!(from.ping(to.ip), "{} on n{} cannot reach {} on n{}", from.ip, from.node + 1, to.ip, to.node + 1);
+        }
+    }
+    // n1 (192.0.2.0/24) to n2 (198.51.100.0/24) crosses the router inside VXLAN: the remote pod
+    // sees the client pod's own address.
+    let (p1, p2) = (&c.pods[0], &c.pods[1]);
+    let seen = tcp_source_seen(&p2.ns.path(), p2.ip, 7001, &p1.ns.path()).unwrap();
+    assert_eq!(seen, p1.ip, "pod-to-pod traffic must keep the pod address");
+    // Leaving the cluster it is masqueraded to the node's address.
+    let ext = &c.lab.external;
+    let seen = tcp_source_seen(&ext.ns.path(), ext.ip, 7002, &p1.ns.path()).unwrap();
+    assert_eq!(seen, c.lab.nodes[0].ip, "egress must be masqueraded to the node IP");
+}
+
+#[test]
+fn a_killed_agents_node_is_withdrawn_by_the_others() {
+    let mut c = cluster(3, 3);
+    c.wait_converged(CONVERGE).unwrap();
+    let dead_cidr = c.pod_cidr(2).unwrap();
+    assert!(has_route(&c, 0, &dead_cidr) && has_route(&c, 1, &dead_cidr));
+    c.agent(2).unwrap().stop(Signal::SIGKILL, Duration::from_secs(5)).unwrap();
+    let start = Instant::now();
+    wait::until("n3 to be withdrawn", Duration::from_secs(30), Duration::from_millis(50), || {
+        (!has_route(&c, 0, &dead_cidr) && !has_route(&c, 1, &dead_cidr)).then_some(())
+    })
+    .unwrap();
+    eprintln!("dead node withdrawn after {:?}", start.elapsed());
+    for i in 0..2 {
+        let status = c.status(i).unwrap();
+        assert_eq!(programmed_peers(&status), 1, "{status}");
+    }
+}
+
+#[test]
+fn a_cleanly_stopped_agent_is_withdrawn_quickly_and_leaves_its_datapath() {
+    let mut c = cluster(3, 3);
+    c.wait_converged(CONVERGE).unwrap();
+    let cidr = c.pod_cidr(2).unwrap();
+    c.agent(2).unwrap().stop(Signal::SIGTERM, Duration::from_secs(10)).unwrap();
+    let start = Instant::now();
+    wait::until("n3 to be withdrawn after leaving", Duration::from_secs(10), Duration::from_millis(20), || {
+        (!has_route(&c, 0, &cidr) && !has_route(&c, 1, &cidr)).then_some(())
+    })
+    .unwrap();
+    eprintln!("leaving node withdrawn after {:?}", start.elapsed());
+    // The stopped node's own datapath stays for its pods.
+    assert!(c.lab.nodes[2].ns.ip(&["link", "show", "vxlan0"]).is_ok());
+}
+
+#[test]
+fn a_restarted_agent_loses_no_ping_and_keeps_its_pod_cidr() {
+    let mut c = cluster(3, 3);
+    c.wait_converged(CONVERGE).unwrap();
+    c.add_pod(0, "a").unwrap();
+    c.add_pod(1, "b").unwrap();
+    let cidr = c.pod_cidr(1).unwrap();
+    let (src, dst) = (c.pod("a").unwrap(), c.pod("b").unwrap().ip.to_string());
+    // 10 ms pings for 4 s while n2's agent stops and starts again.
+    let mut ping = src.ns.command("ping");
+    ping.args(["-i", "0.01", "-c", "400", "-W", "1", &dst]).stdout(std::process::Stdio::piped());
+    let pinger = ping.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    c.agent(1).unwrap().stop(Signal::SIGTERM, Duration::from_secs(10)).unwrap();
+    c.start_agent(1).unwrap();
+    c.wait_converged(CONVERGE).unwrap();
+    let out = pinger.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("400 received"), "pings were lost across the restart: {text}");
+    assert_eq!(c.pod_cidr(1).unwrap(), cidr, "a restart keeps the PodCIDR");
+}
+
+#[test]
+fn a_node_joining_late_is_programmed_everywhere() {
+    let mut c = cluster(3, 2);
+    c.wait_converged(CONVERGE).unwrap();
+    c.add_pod(0, "a").unwrap();
+    c.start_agent(2).unwrap();
+    c.wait_converged(CONVERGE).unwrap();
+    c.add_pod(2, "late").unwrap();
+    let (a, late) = (c.pod("a").unwrap(), c.pod("late").unwrap());
+    assert!(a.ping(late.ip) && late.ping(a.ip));
+}

@@ -192,11 +192,8 @@ impl Cluster {
 
     /// Deletes a pod through the plugin, as a runtime would, then its namespace.
     pub fn del_pod(&mut self, name: &str) -> Result<()> {
-        let index = self
-            .pods
-            .iter()
-            .position(|p| p.name == name)
-            .ok_or_else(|| LabError::Other(format!("no pod {name}")))?;
+        let index =
+            self.pods.iter().position(|p| p.name == name).ok_or_else(|| LabError::Other(format!("no pod {name}")))?;
         let pod = self.pods.remove(index);
         let node = &self.lab.nodes[pod.node];
         self.chain(node)?.del(&self.runtime(node), &pod.target, Some(&pod.result), &Value::Null)
@@ -216,9 +213,7 @@ impl Cluster {
 pub fn programmed_peers(status: &Value) -> usize {
     status["peers"]
         .as_array()
-        .map(|peers| {
-            peers.iter().filter(|p| p["state"] == "alive" && p["programmed"] == Value::Bool(true)).count()
-        })
+        .map(|peers| peers.iter().filter(|p| p["state"] == "alive" && p["programmed"] == Value::Bool(true)).count())
         .unwrap_or(0)
 }
 

@@ -128,8 +128,7 @@ impl Runtime {
     /// Starts the plugin in the node's namespace, feeds it `stdin` and collects its answer.
     pub fn run(&self, cmd: &mut Command, stdin: &[u8]) -> Result<Reply> {
         let start = Instant::now();
-        let child = netns::within(&self.node_netns, || cmd.spawn())?;
-        let mut child = child.map_err(|source| LabError::Spawn { cmd: describe(cmd), source })?;
+        let mut child = self.spawn(cmd)?;
         let mut pipe = child.stdin.take().expect("stdin is piped");
         let _ = pipe.write_all(stdin);
         drop(pipe);
@@ -140,6 +139,14 @@ impl Runtime {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             elapsed: start.elapsed(),
         })
+    }
+}
+
+impl Runtime {
+    /// Starts the plugin in the node's namespace without waiting for it (fault tests kill it).
+    pub fn spawn(&self, cmd: &mut Command) -> Result<std::process::Child> {
+        netns::within(&self.node_netns, || cmd.spawn())?
+            .map_err(|source| LabError::Spawn { cmd: describe(cmd), source })
     }
 }
 

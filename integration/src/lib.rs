@@ -5,8 +5,8 @@
 
 pub mod bench;
 pub mod bins;
-pub mod cmd;
 pub mod cluster;
+pub mod cmd;
 pub mod cni;
 pub mod http;
 pub mod netns;

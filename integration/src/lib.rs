@@ -8,11 +8,14 @@ pub mod bins;
 pub mod cluster;
 pub mod cmd;
 pub mod cni;
+pub mod demo;
 pub mod http;
+pub mod manage;
 pub mod netns;
 pub mod podman;
 pub mod probe;
 pub mod process;
+pub mod report;
 pub mod topology;
 pub mod wait;
 

@@ -2,8 +2,9 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use weft_lab::bench;
+use clap::{Args, Parser, Subcommand};
+use weft_lab::demo::DemoOptions;
+use weft_lab::{bench, demo, manage};
 
 #[derive(Parser)]
 #[command(name = "weft-lab", version, about = "weft's multi-subnet lab: demo, explore, benchmark")]
@@ -14,9 +15,54 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build a lab, start agents, attach pods, check connectivity and source addresses, tear down.
+    Demo(LabArgs),
+    /// Build a lab with agents and pods and leave it running.
+    Up(LabArgs),
+    /// Remove every lab (namespaces named wl-…, and their files), also after a crash.
+    Down,
+    /// Show the agents of the running lab.
+    Status,
+    /// Run a command inside a lab namespace: a node (n1), a pod (n1-a), router or ext.
+    Exec {
+        target: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Benchmarks that compare weft with a baseline in the same run.
     #[command(subcommand)]
     Bench(Bench),
+}
+
+#[derive(Args)]
+struct LabArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Number of underlay subnets the nodes are spread over (round-robin).
+    #[arg(long, default_value_t = 2)]
+    subnets: usize,
+    /// Pods per node.
+    #[arg(long, default_value_t = 2)]
+    pods: usize,
+    /// Route same-subnet peers directly instead of through VXLAN.
+    #[arg(long)]
+    cross_subnet: bool,
+    /// Leave the lab running afterwards (demo only; `weft-lab down` removes it).
+    #[arg(long)]
+    keep: bool,
+}
+
+impl LabArgs {
+    fn options(&self) -> DemoOptions {
+        DemoOptions {
+            nodes: self.nodes,
+            subnets: self.subnets,
+            pods_per_node: self.pods,
+            cross_subnet: self.cross_subnet,
+            keep: self.keep,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -35,16 +81,23 @@ enum Bench {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Demo(args) => demo::run(&args.options()).map(|ok| if ok { 0 } else { 1 }),
+        Command::Up(args) => manage::up(&args.options()).map(|()| 0),
+        Command::Down => manage::down().map(|()| 0),
+        Command::Status => manage::status().map(|()| 0),
+        Command::Exec { target, command } => manage::exec(&target, &command),
         Command::Bench(Bench::Cni { ops, json }) => bench::cni::run(ops).map(|b| {
             if json {
                 println!("{}", serde_json::to_string_pretty(&b).expect("serializable"));
             } else {
                 bench::cni::print(&b);
             }
+            0
         }),
     };
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("weft-lab: {e}");
             ExitCode::FAILURE

@@ -1,5 +1,5 @@
-//! Reading the kernel once per apply: one dump per object kind, all in flight together, plus
-//! one `nft -j list ruleset` and the two sysctls weft sets. The result is plain data the
+//! Reading the kernel once per apply: one dump per object kind, plus one
+//! `nft -j list ruleset` (concurrently, in its own process) and the two sysctls weft sets. The result is plain data the
 //! planner diffs against; nothing here decides anything.
 
 use ipnet::Ipv4Net;
@@ -46,26 +46,31 @@ impl Kernel {
     }
 }
 
-/// Reads everything at once; fails only when a netlink dump fails.
+/// Reads everything; fails only when a netlink dump fails. The kernel runs one dump at a time
+/// per netlink socket (a second one gets EBUSY), so the dumps go one after the other while
+/// `nft` lists the ruleset in its own process meanwhile.
 pub async fn read(nl: &Netlink) -> Result<Kernel, NetlinkError> {
     let nft_listing = async {
         let value = nft::list_ruleset().await.map_err(|e| e.to_string())?;
         nft::listing::parse(&value, firewall::FAMILY, firewall::TABLE).map_err(|e| e.to_string())
     };
-    let (links, addresses, routes, neighbours, fdb, nft) = futures::join!(
-        nl.links(),
-        nl.all_addresses(),
-        nl.routes(),
-        nl.all_neighbours(),
-        nl.all_fdb(),
-        nft_listing,
-    );
+    let dumps = async {
+        Ok::<_, NetlinkError>((
+            nl.links().await?,
+            nl.all_addresses().await?,
+            nl.routes().await?,
+            nl.all_neighbours().await?,
+            nl.all_fdb().await?,
+        ))
+    };
+    let (dumps, nft) = futures::join!(dumps, nft_listing);
+    let (links, addresses, routes, neighbours, fdb) = dumps?;
     Ok(Kernel {
-        links: links?,
-        addresses: addresses?,
-        routes: routes?,
-        neighbours: neighbours?,
-        fdb: fdb?,
+        links,
+        addresses,
+        routes,
+        neighbours,
+        fdb,
         nft,
         ip_forward: sysctl::read(sysctl::IP_FORWARD).ok(),
         vxlan_rp_filter: sysctl::read(&sysctl::dev_key("rp_filter", DEFAULT_VXLAN_DEVICE)).ok(),

@@ -90,7 +90,7 @@ pub fn validate(desired: &Desired) -> Result<Validated<'_>, InvalidLocal> {
     let alone_ok: Vec<usize> = (0..desired.peers.len())
         .filter(|&i| verdicts[i].is_none())
         .collect();
-    for (i, why) in conflicts(local, &desired.peers, &alone_ok) {
+    for (i, why) in conflicts(&desired.peers, &alone_ok) {
         verdicts[i].get_or_insert(why);
     }
     let mut out = Validated {
@@ -180,18 +180,14 @@ fn check_peer(local: &LocalNode, p: &Peer) -> Option<InvalidPeer> {
 }
 
 /// Peers (among `candidates`) that clash with another: same name, same VTEP MAC, or pod CIDRs
-/// where one contains the other. Linear in the number of peers: CIDRs are found by looking up
-/// each one's supernets down to the cluster prefix, instead of comparing every pair.
-fn conflicts(local: &LocalNode, peers: &[Peer], candidates: &[usize]) -> Vec<(usize, InvalidPeer)> {
+/// where one contains the other.
+fn conflicts(peers: &[Peer], candidates: &[usize]) -> Vec<(usize, InvalidPeer)> {
     let mut out = Vec::new();
     let mut names: HashMap<&str, Vec<usize>> = HashMap::new();
     let mut macs: HashMap<Mac, Vec<usize>> = HashMap::new();
-    let mut cidrs: HashMap<Ipv4Net, Vec<usize>> = HashMap::new();
     for &i in candidates {
-        let p = &peers[i];
-        names.entry(p.name.as_str()).or_default().push(i);
-        macs.entry(p.vtep_mac).or_default().push(i);
-        cidrs.entry(p.pod_cidr).or_default().push(i);
+        names.entry(peers[i].name.as_str()).or_default().push(i);
+        macs.entry(peers[i].vtep_mac).or_default().push(i);
     }
     for group in names.values().filter(|g| g.len() > 1) {
         out.extend(group.iter().map(|&i| (i, InvalidPeer::DuplicateName)));
@@ -199,23 +195,38 @@ fn conflicts(local: &LocalNode, peers: &[Peer], candidates: &[usize]) -> Vec<(us
     for (mac, group) in macs.iter().filter(|(_, g)| g.len() > 1) {
         out.extend(group.iter().map(|&i| (i, InvalidPeer::DuplicateMac(*mac))));
     }
-    let cluster_prefix = local.cluster_cidr.prefix_len();
-    for &i in candidates {
-        let cidr = peers[i].pod_cidr;
-        for prefix in cluster_prefix..=cidr.prefix_len() {
-            let Ok(sup) = Ipv4Net::new(cidr.network(), prefix) else {
+    let overlap = |i: usize| (i, InvalidPeer::OverlapsPeer(peers[i].pod_cidr));
+    out.extend(overlapping(peers, candidates).into_iter().map(overlap));
+    out.sort_by_key(|(i, _)| *i);
+    out
+}
+
+/// The peers whose pod CIDR overlaps another's, in O(n log n): two CIDRs either nest or are
+/// disjoint, so after sorting by (start, prefix) a CIDR overlaps an earlier one exactly when it
+/// starts before the furthest end seen so far, and that furthest-reaching one contains it.
+fn overlapping(peers: &[Peer], candidates: &[usize]) -> Vec<usize> {
+    let range = |i: usize| {
+        let net = peers[i].pod_cidr;
+        (u32::from(net.network()), u32::from(net.broadcast()))
+    };
+    let mut order = candidates.to_vec();
+    order.sort_by_key(|&i| (range(i).0, peers[i].pod_cidr.prefix_len()));
+    let mut out = Vec::new();
+    let mut furthest: Option<(u32, usize)> = None;
+    for i in order {
+        let (start, end) = range(i);
+        if let Some((reach, holder)) = furthest {
+            if start <= reach {
+                out.extend([i, holder]);
+            }
+            if end <= reach {
                 continue;
-            };
-            let Some(holders) = cidrs.get(&sup.trunc()) else {
-                continue;
-            };
-            for &j in holders.iter().filter(|&&j| j != i) {
-                out.push((i, InvalidPeer::OverlapsPeer(cidr)));
-                out.push((j, InvalidPeer::OverlapsPeer(peers[j].pod_cidr)));
             }
         }
+        furthest = Some((end, i));
     }
-    out.sort_by_key(|(i, _)| *i);
+    out.sort_unstable();
+    out.dedup();
     out
 }
 
@@ -352,6 +363,33 @@ pub(crate) mod tests {
         twin.pod_cidr = peer(2, PeerPath::Vxlan).pod_cidr;
         let d = desired(vec![peer(2, PeerPath::Vxlan), twin]);
         assert_eq!(rejected(&d).len(), 2);
+    }
+
+    #[test]
+    fn overlap_sweep_agrees_with_comparing_every_pair() {
+        // Nested and disjoint CIDRs of many sizes, from a fixed pseudo-random sequence.
+        let mut x: u32 = 12345;
+        let mut peers = Vec::new();
+        for k in 0..120u32 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let prefix = 22 + (x >> 16) % 9;
+            let start = Ipv4Addr::from(0x0af4_0000 | ((x >> 3) & 0xffff));
+            let mut p = peer(2, PeerPath::Vxlan);
+            p.name = format!("p{k}");
+            p.pod_cidr = Ipv4Net::new(start, prefix as u8).unwrap().trunc();
+            peers.push(p);
+        }
+        let all: Vec<usize> = (0..peers.len()).collect();
+        let expected: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|&i| {
+                all.iter()
+                    .any(|&j| j != i && overlaps(&peers[i].pod_cidr, &peers[j].pod_cidr))
+            })
+            .collect();
+        assert!(!expected.is_empty() && expected.len() < peers.len());
+        assert_eq!(overlapping(&peers, &all), expected);
     }
 
     #[test]

@@ -3,10 +3,15 @@
 //!
 //! Everything lives in namespaces named `wl-<run id>-…`; the machine's own namespace is never touched.
 
+pub mod bench;
 pub mod bins;
 pub mod cmd;
 pub mod cni;
+pub mod dataplane;
+pub mod inside;
 pub mod netns;
+pub mod pod;
+pub mod probe;
 pub mod process;
 pub mod topology;
 pub mod wait;

@@ -1,0 +1,86 @@
+//! TCP probes that report what the other side saw: a listener inside one namespace that
+//! accepts one connection and returns the peer address, a client inside another. They show
+//! whether source addresses survive (pod to pod) or are masqueraded (pod to the outside).
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::cmd::{LabError, Result};
+use crate::inside::inside;
+use crate::netns::Netns;
+
+/// A listener accepting one connection, bound before [`Listener::start`] returns.
+#[derive(Debug)]
+pub struct Listener {
+    accepted: JoinHandle<Result<SocketAddr>>,
+}
+
+impl Listener {
+    /// Listens on 0.0.0.0:`port` inside `ns`; the accept waits at most `limit`.
+    pub fn start(ns: &Netns, port: u16, limit: Duration) -> Result<Listener> {
+        let (bound_tx, bound_rx) = mpsc::channel();
+        let path: PathBuf = ns.path();
+        let accepted = std::thread::spawn(move || -> Result<SocketAddr> {
+            inside(&path, move || -> Result<SocketAddr> {
+                let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l));
+                let listener = match listener {
+                    Ok(l) => {
+                        let _ = bound_tx.send(Ok(()));
+                        l
+                    }
+                    Err(e) => {
+                        let err = format!("listen on port {port}: {e}");
+                        let _ = bound_tx.send(Err(err.clone()));
+                        return Err(LabError::Other(err));
+                    }
+                };
+                let start = Instant::now();
+                loop {
+                    match listener.accept() {
+                        Ok((_, peer)) => return Ok(peer),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            if start.elapsed() > limit {
+                                return Err(LabError::Timeout {
+                                    what: format!("a connection on port {port}"),
+                                    secs: limit.as_secs_f64(),
+                                });
+                            }
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        Err(e) => return Err(LabError::Other(format!("accept: {e}"))),
+                    }
+                }
+            })?
+        });
+        match bound_rx.recv() {
+            Ok(Ok(())) => Ok(Listener { accepted }),
+            Ok(Err(e)) => Err(LabError::Other(e)),
+            Err(_) => Err(accepted
+                .join()
+                .map_err(|_| LabError::Other("listener thread panicked".into()))?
+                .err()
+                .unwrap_or_else(|| LabError::Other("listener ended early".into()))),
+        }
+    }
+
+    /// The address the accepted connection came from.
+    pub fn peer(self) -> Result<SocketAddr> {
+        self.accepted
+            .join()
+            .map_err(|_| LabError::Other("listener thread panicked".into()))?
+    }
+}
+
+/// Connects from inside `ns` to `to` (within `limit`) and sends a byte.
+pub fn connect(ns: &Netns, to: SocketAddrV4, limit: Duration) -> Result<()> {
+    inside(&ns.path(), move || {
+        TcpStream::connect_timeout(&to.into(), limit)
+            .and_then(|mut s| s.write_all(b"x"))
+            .map_err(|e| LabError::Other(format!("connect to {to}: {e}")))
+    })?
+}

@@ -247,8 +247,33 @@ impl Builder {
 struct OnVxlan<'k> {
     index: Option<u32>,
     neighbours: HashMap<Ipv4Addr, &'k Neighbour>,
-    /// Per MAC, in dump order (which is the kernel's remote list order).
-    fdb: HashMap<Mac, Vec<&'k FdbEntry>>,
+    /// By MAC; a MAC's entries in dump order (which is the kernel's remote list order).
+    fdb: Grouped<'k, Mac, FdbEntry>,
+}
+
+/// Kernel objects grouped by a key: sorted once (stably, so dump order survives within a
+/// group) and found by binary search, which is cheaper per apply than a map of vectors.
+struct Grouped<'k, K, T> {
+    items: Vec<&'k T>,
+    key: fn(&T) -> K,
+}
+
+impl<'k, K: Ord, T> Grouped<'k, K, T> {
+    fn new(items: impl Iterator<Item = &'k T>, key: fn(&T) -> K) -> Self {
+        let mut items: Vec<&T> = items.collect();
+        items.sort_by_key(|t| key(t));
+        Grouped { items, key }
+    }
+
+    fn get(&self, k: &K) -> &[&'k T] {
+        let start = self.items.partition_point(|t| (self.key)(t) < *k);
+        let len = self.items[start..].partition_point(|t| (self.key)(t) == *k);
+        &self.items[start..start + len]
+    }
+
+    fn groups(&self) -> impl Iterator<Item = &[&'k T]> {
+        self.items.chunk_by(|a, b| (self.key)(a) == (self.key)(b))
+    }
 }
 
 pub fn plan(desired: &Desired, kernel: &Kernel) -> Result<Plan, PlanError> {
@@ -273,17 +298,18 @@ pub fn plan(desired: &Desired, kernel: &Kernel) -> Result<Plan, PlanError> {
     let dying = existing
         .filter(|_| on_vxlan.index.is_none())
         .map(|l| l.index);
-    let mut owned_routes: HashMap<Ipv4Net, Vec<&Route4>> = HashMap::new();
-    for r in kernel.routes.iter().filter(|r| {
-        r.protocol == WEFT_ROUTE_PROTOCOL
-            && r.table == MAIN_TABLE
-            && dying.is_none_or(|d| r.oif != Some(d))
-    }) {
-        owned_routes.entry(r.dst).or_default().push(r);
-    }
-    let mut wanted_neighbours = HashSet::new();
-    let mut wanted_macs = HashSet::new();
-    let mut wanted_routes = HashSet::new();
+    let owned_routes = Grouped::new(
+        kernel.routes.iter().filter(|r| {
+            r.protocol == WEFT_ROUTE_PROTOCOL
+                && r.table == MAIN_TABLE
+                && dying.is_none_or(|d| r.oif != Some(d))
+        }),
+        |r| r.dst,
+    );
+    let n = valid.peers.len();
+    let mut wanted_neighbours = HashSet::with_capacity(n);
+    let mut wanted_macs = HashSet::with_capacity(n);
+    let mut wanted_routes = HashSet::with_capacity(n);
     for peer in &valid.peers {
         let name = Some(peer.name.as_str());
         let route = match peer.path {
@@ -307,20 +333,20 @@ pub fn plan(desired: &Desired, kernel: &Kernel) -> Result<Plan, PlanError> {
             },
         };
         wanted_routes.insert(route.dst);
-        let existing = owned_routes.get(&route.dst).map_or(&[][..], Vec::as_slice);
+        let existing = owned_routes.get(&route.dst);
         plan_route(&mut b, route, on_vxlan.index, existing, name);
     }
 
     // Whatever weft owns and nothing wants any more.
-    for (dst, routes) in &owned_routes {
-        if !wanted_routes.contains(dst) {
+    for routes in owned_routes.groups() {
+        if !wanted_routes.contains(&routes[0].dst) {
             for r in routes {
                 b.removal(Stage::RouteRemovals, Op::DeleteRoute((*r).clone()));
             }
         }
     }
-    for (mac, entries) in &on_vxlan.fdb {
-        if !wanted_macs.contains(mac) {
+    for entries in on_vxlan.fdb.groups() {
+        if !wanted_macs.contains(&entries[0].mac) {
             for e in entries {
                 b.removal(Stage::FdbRemovals, Op::DeleteFdb(**e));
             }
@@ -417,7 +443,7 @@ fn plan_vxlan<'k>(
         return OnVxlan {
             index: None,
             neighbours: HashMap::new(),
-            fdb: HashMap::new(),
+            fdb: Grouped::new(std::iter::empty(), |e| e.mac),
         };
     };
 
@@ -453,10 +479,9 @@ fn plan_vxlan<'k>(
         );
     }
 
-    let mut fdb: HashMap<Mac, Vec<&FdbEntry>> = HashMap::new();
-    for e in kernel.fdb.iter().filter(|e| e.ifindex == link.index) {
-        fdb.entry(e.mac).or_default().push(e);
-    }
+    let fdb = Grouped::new(kernel.fdb.iter().filter(|e| e.ifindex == link.index), |e| {
+        e.mac
+    });
     OnVxlan {
         index: Some(link.index),
         neighbours: kernel
@@ -584,7 +609,7 @@ fn plan_neighbour(b: &mut Builder, on: &OnVxlan<'_>, ip: Ipv4Addr, mac: Mac, pee
 /// A VXLAN FDB entry is keyed by MAC and may hold several remotes. A replace rewrites the
 /// first remote (the first dumped), so any others are deleted afterwards.
 fn plan_fdb(b: &mut Builder, on: &OnVxlan<'_>, mac: Mac, dst: Ipv4Addr, peer: Option<&str>) {
-    let entries = on.fdb.get(&mac).map_or(&[][..], Vec::as_slice);
+    let entries = on.fdb.get(&mac);
     let matching = entries.iter().find(|e| e.dst == Some(dst));
     let rewritten = match matching {
         Some(e) if e.permanent => {

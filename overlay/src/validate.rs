@@ -2,7 +2,6 @@
 //! impossible, a bad peer is reported and left out (never programmed), so one misconfigured or
 //! conflicting node cannot break routing to the others.
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -180,24 +179,38 @@ fn check_peer(local: &LocalNode, p: &Peer) -> Option<InvalidPeer> {
 }
 
 /// Peers (among `candidates`) that clash with another: same name, same VTEP MAC, or pod CIDRs
-/// where one contains the other.
+/// where one contains the other. By sorting, not maps of lists: this runs on every apply.
 fn conflicts(peers: &[Peer], candidates: &[usize]) -> Vec<(usize, InvalidPeer)> {
-    let mut out = Vec::new();
-    let mut names: HashMap<&str, Vec<usize>> = HashMap::new();
-    let mut macs: HashMap<Mac, Vec<usize>> = HashMap::new();
-    for &i in candidates {
-        names.entry(peers[i].name.as_str()).or_default().push(i);
-        macs.entry(peers[i].vtep_mac).or_default().push(i);
-    }
-    for group in names.values().filter(|g| g.len() > 1) {
-        out.extend(group.iter().map(|&i| (i, InvalidPeer::DuplicateName)));
-    }
-    for (mac, group) in macs.iter().filter(|(_, g)| g.len() > 1) {
-        out.extend(group.iter().map(|&i| (i, InvalidPeer::DuplicateMac(*mac))));
-    }
-    let overlap = |i: usize| (i, InvalidPeer::OverlapsPeer(peers[i].pod_cidr));
-    out.extend(overlapping(peers, candidates).into_iter().map(overlap));
+    let mut out: Vec<(usize, InvalidPeer)> = Vec::new();
+    let names = duplicates(candidates, |i| peers[i].name.as_str());
+    out.extend(names.into_iter().map(|i| (i, InvalidPeer::DuplicateName)));
+    let macs = duplicates(candidates, |i| peers[i].vtep_mac);
+    out.extend(
+        macs.into_iter()
+            .map(|i| (i, InvalidPeer::DuplicateMac(peers[i].vtep_mac))),
+    );
+    let cidrs = overlapping(peers, candidates);
+    out.extend(
+        cidrs
+            .into_iter()
+            .map(|i| (i, InvalidPeer::OverlapsPeer(peers[i].pod_cidr))),
+    );
+    // Stable: per peer, the first reason found is kept.
     out.sort_by_key(|(i, _)| *i);
+    out
+}
+
+/// The candidates whose key another candidate shares.
+fn duplicates<K: Ord>(candidates: &[usize], key: impl Fn(usize) -> K) -> Vec<usize> {
+    let mut order = candidates.to_vec();
+    order.sort_by_key(|&i| key(i));
+    let mut out: Vec<usize> = order
+        .windows(2)
+        .filter(|w| key(w[0]) == key(w[1]))
+        .flat_map(|w| [w[0], w[1]])
+        .collect();
+    out.sort_unstable();
+    out.dedup();
     out
 }
 

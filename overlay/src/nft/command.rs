@@ -1,10 +1,9 @@
 //! Running the `nft` tool: a listing in, a script out, nft's own message in every error.
 
-use std::process::Stdio;
+use std::io::Write;
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
 
 const NFT: &str = "nft";
 
@@ -30,10 +29,18 @@ pub async fn list_ruleset() -> Result<Value, NftError> {
 
 /// Runs `script` as one transaction (`nft -f -`): all of it is applied or none.
 pub async fn run_script(script: &str) -> Result<(), NftError> {
-    run(&["-f", "-"], Some(script)).await.map(drop)
+    run(&["-f", "-"], Some(script.to_string())).await.map(drop)
 }
 
-async fn run(args: &[&str], stdin: Option<&str>) -> Result<Vec<u8>, NftError> {
+/// Runs nft on a blocking-pool thread: starting a process takes a few hundred microseconds of
+/// the starting thread, which would otherwise delay the netlink dumps running meanwhile.
+async fn run(args: &'static [&'static str], stdin: Option<String>) -> Result<Vec<u8>, NftError> {
+    tokio::task::spawn_blocking(move || run_blocking(args, stdin.as_deref()))
+        .await
+        .map_err(|e| NftError::Spawn(std::io::Error::other(e)))?
+}
+
+fn run_blocking(args: &[&str], stdin: Option<&str>) -> Result<Vec<u8>, NftError> {
     let mut child = Command::new(NFT)
         .args(args)
         .stdin(if stdin.is_some() {
@@ -43,15 +50,14 @@ async fn run(args: &[&str], stdin: Option<&str>) -> Result<Vec<u8>, NftError> {
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .map_err(NftError::Spawn)?;
     let mut written = Ok(());
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        written = pipe.write_all(text.as_bytes()).await;
+        written = pipe.write_all(text.as_bytes());
         // Dropping the pipe closes it: nft reads to end of file.
     }
-    let out = child.wait_with_output().await.map_err(NftError::Spawn)?;
+    let out = child.wait_with_output().map_err(NftError::Spawn)?;
     // nft's own complaint explains a broken pipe better than the pipe error does.
     if !out.status.success() {
         return Err(NftError::Failed {

@@ -74,7 +74,7 @@ pub fn desired_for(lab: &Lab, i: usize, encap: Encap) -> Desired {
 
 /// Applies `desired` inside `ns` through the helper subcommand.
 pub fn apply_in(ns: &Netns, desired: &Desired) -> Result<ApplyReport> {
-    let input = serde_json::to_vec(desired).map_err(|e| LabError::Other(e.to_string()))?;
+    let input = serde_json::to_vec(desired).map_err(LabError::other)?;
     helper(ns, &["apply"], &input)
 }
 
@@ -126,25 +126,29 @@ pub enum Helper {
 impl Helper {
     /// Runs the command; its JSON output on success.
     pub fn run(self) -> Result<String> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| LabError::Other(format!("tokio runtime: {e}")))?;
-        runtime.block_on(async {
-            let dp = Dataplane::new().map_err(|e| LabError::Other(e.to_string()))?;
+        runtime()?.block_on(async {
+            let dp = Dataplane::new().map_err(LabError::other)?;
             let json = match self {
                 Helper::Apply => {
                     let desired: Desired = serde_json::from_reader(std::io::stdin())
                         .map_err(|e| LabError::Other(format!("desired state on stdin: {e}")))?;
                     let report = dp.apply(&desired).await;
-                    serde_json::to_string(&report.map_err(|e| LabError::Other(e.to_string()))?)
+                    serde_json::to_string(&report.map_err(LabError::other)?)
                 }
                 Helper::Cleanup { bridge, force } => {
                     let report = dp.cleanup(&CleanupOptions { bridge, force }).await;
-                    serde_json::to_string(&report.map_err(|e| LabError::Other(e.to_string()))?)
+                    serde_json::to_string(&report.map_err(LabError::other)?)
                 }
             };
-            json.map_err(|e| LabError::Other(e.to_string()))
+            json.map_err(LabError::other)
         })
     }
+}
+
+/// The runtime `Dataplane` runs on: one thread, with IO (netlink) enabled.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| LabError::Other(format!("tokio runtime: {e}")))
 }

@@ -6,7 +6,7 @@
 //! table, permanent IPv4 neighbours and NTF_SELF FDB entries on vxlan0, the `inet weft` table
 //! and weft-commented rules in other tables. Nothing else is ever changed or deleted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -246,13 +246,14 @@ impl Builder {
 /// device: empty when vxlan0 is (re)created, since its entries go with it.
 struct OnVxlan<'k> {
     index: Option<u32>,
-    neighbours: HashMap<Ipv4Addr, &'k Neighbour>,
+    neighbours: Grouped<'k, Ipv4Addr, Neighbour>,
     /// By MAC; a MAC's entries in dump order (which is the kernel's remote list order).
     fdb: Grouped<'k, Mac, FdbEntry>,
 }
 
 /// Kernel objects grouped by a key: sorted once (stably, so dump order survives within a
-/// group) and found by binary search, which is cheaper per apply than a map of vectors.
+/// group) and found by binary search, which is cheaper per apply than a map of vectors and
+/// makes the plan's order deterministic.
 struct Grouped<'k, K, T> {
     items: Vec<&'k T>,
     key: fn(&T) -> K,
@@ -352,8 +353,8 @@ pub fn plan(desired: &Desired, kernel: &Kernel) -> Result<Plan, PlanError> {
             }
         }
     }
-    for (ip, n) in &on_vxlan.neighbours {
-        if n.permanent && !wanted_neighbours.contains(ip) {
+    for n in on_vxlan.neighbours.groups().flatten() {
+        if n.permanent && !wanted_neighbours.contains(&n.ip) {
             b.removal(Stage::NeighbourRemovals, Op::DeleteNeighbour(**n));
         }
     }
@@ -367,13 +368,8 @@ pub fn plan(desired: &Desired, kernel: &Kernel) -> Result<Plan, PlanError> {
             error: why.to_string(),
         })
         .collect();
-    let mut stages: Vec<Vec<Step>> = b.stages.into_iter().filter(|s| !s.is_empty()).collect();
-    // Deterministic order inside a stage (the maps above iterate randomly).
-    for stage in &mut stages {
-        stage.sort_by_key(|s| s.op.to_string());
-    }
     Ok(Plan {
-        stages,
+        stages: b.stages.into_iter().filter(|s| !s.is_empty()).collect(),
         vxlan_index: on_vxlan.index,
         unchanged: b.unchanged,
         rejected,
@@ -419,7 +415,7 @@ fn plan_vxlan<'k>(
     kernel: &'k Kernel,
 ) -> OnVxlan<'k> {
     let spec = vxlan_spec(local, underlay);
-    let want_addr = Ipv4Net::new(local.vtep_ip(), 32).expect("/32 is a valid prefix");
+    let want_addr = Ipv4Net::from(local.vtep_ip());
     let adopted = match existing {
         Some(link) if compatible(link, &spec.attrs) => Some(link),
         Some(link) => {
@@ -442,7 +438,7 @@ fn plan_vxlan<'k>(
         );
         return OnVxlan {
             index: None,
-            neighbours: HashMap::new(),
+            neighbours: Grouped::new(std::iter::empty(), |n| n.ip),
             fdb: Grouped::new(std::iter::empty(), |e| e.mac),
         };
     };
@@ -479,25 +475,20 @@ fn plan_vxlan<'k>(
         );
     }
 
-    let fdb = Grouped::new(kernel.fdb.iter().filter(|e| e.ifindex == link.index), |e| {
-        e.mac
-    });
+    let on_link = |ifindex: u32| ifindex == link.index;
     OnVxlan {
         index: Some(link.index),
-        neighbours: kernel
-            .neighbours
-            .iter()
-            .filter(|n| n.ifindex == link.index)
-            .map(|n| (n.ip, n))
-            .collect(),
-        fdb,
+        neighbours: Grouped::new(
+            kernel.neighbours.iter().filter(|n| on_link(n.ifindex)),
+            |n| n.ip,
+        ),
+        fdb: Grouped::new(kernel.fdb.iter().filter(|e| on_link(e.ifindex)), |e| e.mac),
     }
 }
 
 /// cni0 is handed to `bridge::ensure_bridge` only when the snapshot shows it is not right.
 fn plan_bridge(b: &mut Builder, local: &LocalNode, kernel: &Kernel) {
-    let gateway = Ipv4Net::new(local.gateway(), local.pod_cidr.prefix_len())
-        .expect("the pod CIDR's prefix is valid");
+    let gateway = local.gateway_net();
     let right = kernel.link(&local.bridge).is_some_and(|l| {
         l.kind.as_deref() == Some("bridge")
             && l.up
@@ -590,7 +581,7 @@ fn plan_nft(b: &mut Builder, local: &LocalNode, kernel: &Kernel, failures: &mut 
 }
 
 fn plan_neighbour(b: &mut Builder, on: &OnVxlan<'_>, ip: Ipv4Addr, mac: Mac, peer: Option<&str>) {
-    let tally = match on.neighbours.get(&ip) {
+    let tally = match on.neighbours.get(&ip).first() {
         Some(n) if n.mac == mac && n.permanent => {
             b.unchanged += 1;
             return;

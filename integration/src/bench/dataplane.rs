@@ -18,6 +18,7 @@ use weft_overlay::desired::{
 use weft_overlay::{ApplyReport, CleanupOptions, Dataplane, Mac};
 
 use crate::cmd::{LabError, Result};
+use crate::dataplane::runtime;
 use crate::inside::inside;
 use crate::netns::Netns;
 
@@ -64,19 +65,15 @@ pub fn run(args: &Args) -> Result<String> {
 }
 
 fn measure(args: &Args) -> Result<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| LabError::Other(format!("tokio runtime: {e}")))?;
-    runtime.block_on(async {
-        let dp = Dataplane::new().map_err(other)?;
+    runtime()?.block_on(async {
+        let dp = Dataplane::new().map_err(LabError::other)?;
         let full = desired(args.peers);
         let mut less = full.clone();
         less.peers.pop();
 
         let mut from_empty = Vec::with_capacity(args.repeats_empty);
         for _ in 0..args.repeats_empty {
-            dp.cleanup(&CleanupOptions::default()).await.map_err(other)?;
+            dp.cleanup(&CleanupOptions::default()).await.map_err(LabError::other)?;
             let (took, report) = timed(&dp, &full).await?;
             check(&report, |r| r.created >= 3 * args.peers, "a full apply")?;
             from_empty.push(took);
@@ -94,7 +91,7 @@ fn measure(args: &Args) -> Result<String> {
             check(&report, |r| r.writes() == 0, "a no-op apply")?;
             noop.push(took);
         }
-        dp.cleanup(&CleanupOptions::default()).await.map_err(other)?;
+        dp.cleanup(&CleanupOptions::default()).await.map_err(LabError::other)?;
 
         let mut out = format!(
             "dataplane apply, {} peers (VXLAN path: neighbour + FDB + route each), {} cores, kernel {}\n",
@@ -155,7 +152,7 @@ fn desired(peers: usize) -> Desired {
 
 async fn timed(dp: &Dataplane, d: &Desired) -> Result<(Duration, ApplyReport)> {
     let start = Instant::now();
-    let report = dp.apply(d).await.map_err(other)?;
+    let report = dp.apply(d).await.map_err(LabError::other)?;
     Ok((start.elapsed(), report))
 }
 
@@ -182,8 +179,4 @@ fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "?".into())
-}
-
-fn other(e: impl std::fmt::Display) -> LabError {
-    LabError::Other(e.to_string())
 }

@@ -415,17 +415,12 @@ impl Netlink {
 
     /// The IPv4 addresses on a link.
     pub async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Net>> {
-        let mut req = self.handle.address().get().set_link_index_filter(index);
-        req.message_mut().header.family = AddressFamily::Inet;
-        let msgs: Vec<AddressMessage> = req
-            .execute()
-            .try_collect()
-            .await
-            .map_err(kernel("dump addresses"))?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.index == index)
-            .filter_map(parse_address)
+        // Without strict checking the kernel ignores a link filter and dumps every address.
+        let all = self.all_addresses().await?;
+        Ok(all
+            .into_iter()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, a)| a)
             .collect())
     }
 

@@ -178,6 +178,14 @@ fn second_apply_writes_nothing_and_the_kernel_sees_no_change() {
     let d = c.desired(0, Encap::CrossSubnet);
     c.apply(0, &d);
     let n1 = c.ns(0);
+    // Carrier changes reach netlink with a delay (linkwatch): let the pod's links settle first.
+    for dev in ["cni0", "vpod0"] {
+        wait::until(&format!("{dev} to be up"), LIMIT, EVERY, || {
+            let link = &ip_json(n1, &["link", "show", dev])[0];
+            (link["operstate"] == "UP").then_some(())
+        })
+        .expect("link up");
+    }
     let dir = tempdir(&c.lab, "monitors");
     let ip_log = dir.join("ip-monitor.log");
     let nft_log = dir.join("nft-monitor.log");
@@ -186,53 +194,61 @@ fn second_apply_writes_nothing_and_the_kernel_sees_no_change() {
         &ip_log,
     );
     let _nft_monitor = spawn_logged(n1.command("nft").arg("monitor"), &nft_log);
-    // Canaries before and after prove each monitor was listening during the apply and has
-    // caught up with it: an address on lo (an address and a route event each way) and a table.
-    let canary = "127.0.0.2";
-    n1.ip(&["addr", "add", &format!("{canary}/8"), "dev", "lo"])
-        .unwrap();
-    nft(n1, &["add", "table", "inet", "canary"]);
-    wait_for(&ip_log, |l| {
-        l.iter().filter(|l| l.contains(canary)).count() == 2
-    });
-    wait_for(&nft_log, |l| {
-        l.iter().any(|l| l.starts_with("# new generation"))
-    });
+    // Canaries before and after the apply prove each monitor was listening throughout and has
+    // caught up: an address on lo, and a table. Only canary events may appear between them.
+    let ip_canary = |addr: &str, verb: &str| {
+        n1.ip(&["addr", verb, &format!("{addr}/8"), "dev", "lo"])
+            .unwrap();
+    };
+    let nft_canary = |table: &str, verb: &str| {
+        nft(n1, &[verb, "table", "inet", table]);
+    };
+    until_listening(
+        &ip_log,
+        "127.0.0.2",
+        || ip_canary("127.0.0.2", "add"),
+        || ip_canary("127.0.0.2", "del"),
+    );
+    until_listening(
+        &nft_log,
+        "add table inet canary",
+        || nft_canary("canary", "add"),
+        || nft_canary("canary", "delete"),
+    );
 
     let report = c.apply(0, &d);
     assert_eq!(report.writes(), 0, "{report:#?}");
     assert!(report.unchanged > 0);
 
-    n1.ip(&["addr", "del", &format!("{canary}/8"), "dev", "lo"])
-        .unwrap();
-    nft(n1, &["delete", "table", "inet", "canary"]);
-    let deleted = |l: &String| l.contains("Deleted") && l.contains(canary);
-    let events = wait_for(&ip_log, |l| l.iter().filter(|l| deleted(l)).count() == 2);
-    let first = events.iter().position(|l| l.contains(canary)).unwrap();
-    let strays: Vec<&String> = events[first..]
+    ip_canary("127.0.0.3", "add");
+    nft_canary("canary_after", "add");
+    let window = |log: &Path, first: &str, last: &str| {
+        let lines = wait_for(log, |l| l.iter().any(|l| l.contains(last)));
+        let from = lines.iter().position(|l| l.contains(first)).unwrap();
+        let to = lines.iter().rposition(|l| l.contains(last)).unwrap();
+        lines[from..=to].to_vec()
+    };
+    let events = window(&ip_log, "127.0.0.2", "127.0.0.3");
+    let strays: Vec<&String> = events
         .iter()
-        .filter(|l| !l.contains(canary))
+        .filter(|l| !l.contains("127.0.0.2") && !l.contains("127.0.0.3"))
         .collect();
     assert!(
         strays.is_empty(),
         "netlink events during the second apply: {strays:#?}"
     );
-    let events = wait_for(&nft_log, |l| {
-        l.iter().any(|l| l == "delete table inet canary")
-    });
-    let added = events
+    let events = window(
+        &nft_log,
+        "add table inet canary",
+        "add table inet canary_after",
+    );
+    let strays: Vec<&String> = events
         .iter()
-        .position(|l| l == "add table inet canary")
-        .unwrap();
-    let deleted = events
-        .iter()
-        .position(|l| l == "delete table inet canary")
-        .unwrap();
-    assert_eq!(
-        deleted - added,
-        2,
-        "nftables events during the second apply: {:#?}",
-        &events[added..=deleted]
+        .filter(|l| !l.contains("table inet canary") && !l.starts_with("# new generation"))
+        .collect();
+    assert!(
+        strays.is_empty(),
+        "nftables events during the second apply: {strays:#?}"
     );
 }
 
@@ -594,6 +610,25 @@ fn spawn_logged(cmd: &mut Command, log: &Path) -> Process {
     let out = File::create(log).expect("log");
     cmd.stdout(out).stderr(Stdio::null());
     Process::spawn(&log.display().to_string(), cmd).expect("spawn")
+}
+
+/// Triggers an event until the monitor writing `log` shows it: then the monitor is listening.
+fn until_listening(log: &Path, needle: &str, on: impl Fn(), off: impl Fn()) {
+    wait::until(
+        &format!("{} to listen", log.display()),
+        LIMIT,
+        EVERY,
+        || {
+            on();
+            std::thread::sleep(EVERY);
+            let seen = std::fs::read_to_string(log).is_ok_and(|t| t.contains(needle));
+            if !seen {
+                off();
+            }
+            seen.then_some(())
+        },
+    )
+    .expect("monitor listening");
 }
 
 /// The log's lines once `done` holds for them.

@@ -450,6 +450,29 @@ fn stale_entries_are_removed_and_foreign_ones_kept() {
 }
 
 #[test]
+fn invalid_peers_are_reported_and_never_programmed() {
+    let c = cluster();
+    let mut d = c.desired(0, Encap::Always);
+    let mut clash = d.peers[0].clone();
+    clash.name = "n9".into();
+    clash.node_ip = "198.51.100.99".parse().unwrap();
+    clash.vtep_mac = Mac::derived("n9");
+    clash.pod_cidr = "10.244.1.128/25".parse().unwrap(); // inside n1's own PodCIDR
+    d.peers.push(clash);
+    let report = apply_in(c.ns(0), &d).expect("apply");
+    assert!(report.failures.is_empty(), "{report:#?}");
+    assert_eq!(report.rejected.len(), 1, "{report:#?}");
+    assert_eq!(report.rejected[0].peer.as_deref(), Some("n9"));
+    let routes = weft_routes(c.ns(0));
+    assert!(!routes.contains("10.244.1.128"), "{routes}");
+    let fdb = c.text(0, "bridge", &["fdb", "show", "dev", "vxlan0"]);
+    assert!(!fdb.contains(&Mac::derived("n9").to_string()), "{fdb}");
+    // The valid peers are programmed all the same.
+    c.apply_all(Encap::Always);
+    c.reaches(0, 1);
+}
+
+#[test]
 fn pod_egress_is_masqueraded_but_pod_to_pod_keeps_the_pod_ip() {
     let c = cluster();
     c.apply_all(Encap::Always);

@@ -488,6 +488,32 @@ fn pod_egress_is_masqueraded_but_pod_to_pod_keeps_the_pod_ip() {
 }
 
 #[test]
+fn external_clients_keep_their_ip_to_local_pods_and_reach_remote_pods_via_the_node() {
+    let c = cluster();
+    c.apply_all(Encap::Always);
+    // The router sends the whole cluster CIDR to n1, like an ingress node.
+    let n1 = &c.lab.nodes[0];
+    let cluster_cidr = "10.244.0.0/16".parse().unwrap();
+    c.lab
+        .route_pod_cidrs_on_router(&[(cluster_cidr, n1.ip)])
+        .expect("router route");
+    let external = &c.lab.external;
+
+    let local_pod = Listener::start(&c.pods[0].ns, 7004, LIMIT).expect("listen");
+    probe::connect(&external.ns, SocketAddrV4::new(c.pods[0].ip, 7004), LIMIT).expect("connect");
+    assert_eq!(ip_of(local_pod.peer().expect("peer")), external.ip);
+
+    // To a pod on n2 through n1: masqueraded to n1's vxlan0 address, so n2's reply returns
+    // through n1 (without it, n2 would answer directly and the client would drop the reply).
+    let remote_pod = Listener::start(&c.pods[1].ns, 7005, LIMIT).expect("listen");
+    probe::connect(&external.ns, SocketAddrV4::new(c.pods[1].ip, 7005), LIMIT).expect("connect");
+    assert_eq!(
+        ip_of(remote_pod.peer().expect("peer")).to_string(),
+        "10.244.1.0"
+    );
+}
+
+#[test]
 fn direct_peers_are_routed_via_the_node_ip_without_encapsulation() {
     let c = cluster();
     c.apply_all(Encap::CrossSubnet);

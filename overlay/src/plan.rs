@@ -575,7 +575,9 @@ fn plan_nft(b: &mut Builder, local: &LocalNode, kernel: &Kernel, failures: &mut 
         failures.push(Failure {
             object: format!("nftables chain {chain}"),
             peer: None,
-            error: "its policy drops forwarded traffic and nft cannot address it by name".into(),
+            error: "nft cannot address it by name (not a plain identifier), so weft's accepts \
+                    cannot be added to or removed from it"
+                .into(),
         });
     }
 }
@@ -597,29 +599,26 @@ fn plan_neighbour(b: &mut Builder, on: &OnVxlan<'_>, ip: Ipv4Addr, mac: Mac, pee
     );
 }
 
-/// A VXLAN FDB entry is keyed by MAC and may hold several remotes. A replace rewrites the
-/// first remote (the first dumped), so any others are deleted afterwards.
+/// A VXLAN FDB entry is keyed by MAC and may hold several remotes. A replace updates the remote
+/// that already has the destination, or else rewrites the first one (the kernel's list order is
+/// the dump order); any other remote of the MAC is deleted afterwards.
 fn plan_fdb(b: &mut Builder, on: &OnVxlan<'_>, mac: Mac, dst: Ipv4Addr, peer: Option<&str>) {
     let entries = on.fdb.get(&mac);
     let matching = entries.iter().find(|e| e.dst == Some(dst));
-    let rewritten = match matching {
-        Some(e) if e.permanent => {
-            b.unchanged += 1;
-            None
+    let kept = matching.or(entries.first());
+    match matching {
+        Some(e) if e.permanent => b.unchanged += 1,
+        _ => {
+            let tally = if entries.is_empty() {
+                Tally::CREATE
+            } else {
+                Tally::CHANGE
+            };
+            b.push(Stage::NeighboursAndFdb, Op::Fdb { mac, dst }, tally, peer);
         }
-        Some(e) => Some(*e),
-        None => entries.first().copied(),
-    };
-    if matching.is_none_or(|e| !e.permanent) {
-        let tally = if entries.is_empty() {
-            Tally::CREATE
-        } else {
-            Tally::CHANGE
-        };
-        b.push(Stage::NeighboursAndFdb, Op::Fdb { mac, dst }, tally, peer);
     }
     for e in entries {
-        if e.dst != Some(dst) && rewritten.is_none_or(|r| !std::ptr::eq(r, *e)) {
+        if kept.is_none_or(|k| !std::ptr::eq(*k, *e)) {
             b.removal(Stage::FdbRemovals, Op::DeleteFdb(**e));
         }
     }

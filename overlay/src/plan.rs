@@ -1081,8 +1081,7 @@ pub(crate) mod tests {
         assert_eq!(
             removed,
             [
-                "fdb 4a:9b:f6:3f:bc:0d on vxlan0"
-                    .replace("4a:9b:f6:3f:bc:0d", &stale.vtep_mac.to_string()),
+                format!("fdb {} on vxlan0", stale.vtep_mac),
                 "neighbour 10.244.9.0 on vxlan0".into(),
                 "route 10.244.2.0/24".into(),
                 "route 10.244.9.0/24".into(),

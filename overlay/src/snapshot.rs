@@ -1,6 +1,6 @@
-//! Reading the kernel once per apply: one dump per object kind, plus one
-//! `nft -j list ruleset` (concurrently, in its own process) and the two sysctls weft sets. The result is plain data the
-//! planner diffs against; nothing here decides anything.
+//! Reading the kernel once per apply: one dump per object kind, plus one `nft -j list ruleset`
+//! (concurrently, in its own process) and the two sysctls weft sets. The result is plain data
+//! the planner diffs against; nothing here decides anything.
 
 use ipnet::Ipv4Net;
 

@@ -147,6 +147,7 @@ fn container_routes(lease: &Lease, oif: u32) -> Vec<Route4> {
                 onlink: false,
                 protocol: WEFT_ROUTE_PROTOCOL,
                 table: MAIN_TABLE,
+                priority: None,
             }),
             _ => None,
         })

@@ -18,6 +18,13 @@ pub enum LabError {
     Other(String),
 }
 
+impl LabError {
+    /// Any error, as its message.
+    pub fn other(e: impl std::fmt::Display) -> LabError {
+        LabError::Other(e.to_string())
+    }
+}
+
 pub type Result<T> = std::result::Result<T, LabError>;
 
 pub fn describe(cmd: &Command) -> String {

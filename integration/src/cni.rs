@@ -128,18 +128,30 @@ impl Runtime {
     /// Starts the plugin in the node's namespace, feeds it `stdin` and collects its answer.
     pub fn run(&self, cmd: &mut Command, stdin: &[u8]) -> Result<Reply> {
         let start = Instant::now();
-        let mut child = self.spawn(cmd)?;
-        let mut pipe = child.stdin.take().expect("stdin is piped");
-        let _ = pipe.write_all(stdin);
-        drop(pipe);
-        let out = child.wait_with_output().map_err(|source| LabError::Spawn { cmd: describe(cmd), source })?;
-        Ok(Reply {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            elapsed: start.elapsed(),
-        })
+        let child = self.spawn(cmd)?;
+        finish(cmd, child, stdin, start)
     }
+}
+
+/// Runs a prepared command where it is, feeding it `stdin` and collecting its answer.
+pub fn exec_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Result<Reply> {
+    let start = Instant::now();
+    let child = cmd.spawn().map_err(|source| LabError::Spawn { cmd: describe(cmd), source })?;
+    finish(cmd, child, stdin, start)
+}
+
+fn finish(cmd: &Command, mut child: std::process::Child, stdin: &[u8], start: Instant) -> Result<Reply> {
+    let mut pipe = child.stdin.take().expect("stdin is piped");
+    // A plugin may exit without reading all of stdin; its answer still counts.
+    let _ = pipe.write_all(stdin);
+    drop(pipe);
+    let out = child.wait_with_output().map_err(|source| LabError::Spawn { cmd: describe(cmd), source })?;
+    Ok(Reply {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: start.elapsed(),
+    })
 }
 
 impl Runtime {

@@ -159,7 +159,7 @@ fn print_source_addresses(c: &Cluster, checks: &mut Checks) {
         let server_node = &c.lab.nodes[server.node];
         let path = if server_node.subnet == client_node.subnet { "same subnet" } else { "across the router" };
         port += 1;
-        let seen = tcp_source_seen(&server.ns.path(), server.ip, port, &client.ns.path());
+        let seen = tcp_source_seen(&server.ns, server.ip, port, &client.ns);
         let ok = seen.as_ref().is_ok_and(|ip| *ip == client.ip);
         rows.push(vec![
             format!("{}-{} → {}-{} ({path})", client_node.name, client.name, server_node.name, server.name),
@@ -168,7 +168,7 @@ fn print_source_addresses(c: &Cluster, checks: &mut Checks) {
         ]);
     }
     let ext = &c.lab.external;
-    let seen = tcp_source_seen(&ext.ns.path(), ext.ip, port + 1, &client.ns.path());
+    let seen = tcp_source_seen(&ext.ns, ext.ip, port + 1, &client.ns);
     let ok = seen.as_ref().is_ok_and(|ip| *ip == client_node.ip);
     rows.push(vec![
         format!("{}-{} → off-cluster {}", client_node.name, client.name, ext.ip),

@@ -3,8 +3,10 @@
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use weft_lab::bench::Bench;
+use weft_lab::dataplane::Helper;
 use weft_lab::demo::DemoOptions;
-use weft_lab::{bench, demo, manage};
+use weft_lab::{demo, manage};
 
 #[derive(Parser)]
 #[command(name = "weft-lab", version, about = "weft's multi-subnet lab: demo, explore, benchmark")]
@@ -29,9 +31,12 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Benchmarks that compare weft with a baseline in the same run.
+    /// Benchmarks that compare weft with a target or a baseline in the same run.
     #[command(subcommand)]
     Bench(Bench),
+    /// The overlay dataplane in the current namespace, JSON in and out (a test helper).
+    #[command(subcommand, hide = true)]
+    Dataplane(Helper),
 }
 
 #[derive(Args)]
@@ -65,19 +70,6 @@ impl LabArgs {
     }
 }
 
-#[derive(Subcommand)]
-enum Bench {
-    /// ADD/DEL latency of weft vs the reference bridge + host-local plugins.
-    Cni {
-        /// Operations of each kind per plugin.
-        #[arg(long, default_value_t = 40)]
-        ops: usize,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
@@ -86,14 +78,8 @@ fn main() -> ExitCode {
         Command::Down => manage::down().map(|()| 0),
         Command::Status => manage::status().map(|()| 0),
         Command::Exec { target, command } => manage::exec(&target, &command),
-        Command::Bench(Bench::Cni { ops, json }) => bench::cni::run(ops).map(|b| {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&b).expect("serializable"));
-            } else {
-                bench::cni::print(&b);
-            }
-            0
-        }),
+        Command::Bench(bench) => bench.run().map(|out| println!("{}", out.trim_end())).map(|()| 0),
+        Command::Dataplane(helper) => helper.run().map(|out| println!("{}", out.trim_end())).map(|()| 0),
     };
     match outcome {
         Ok(0) => ExitCode::SUCCESS,

@@ -78,17 +78,20 @@ impl Drop for Netns {
     }
 }
 
-/// Runs `f` with the calling thread inside the namespace at `path`, then moves the thread back.
-/// Processes spawned by `f` start in that namespace, as if spawned by a program living there.
-pub fn within<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T> {
-    let err = |what: &str, e: &dyn std::fmt::Display| LabError::Other(format!("{what}: {e}"));
-    let home = File::open("/proc/thread-self/ns/net").map_err(|e| err("open own netns", &e))?;
-    let target = File::open(path).map_err(|e| err(&format!("open {}", path.display()), &e))?;
-    setns(&target, CloneFlags::CLONE_NEWNET).map_err(|e| err(&format!("enter {}", path.display()), &e))?;
-    let out = f();
-    // A thread left in the wrong namespace would corrupt everything it does next.
-    setns(&home, CloneFlags::CLONE_NEWNET).expect("return to the thread's own network namespace");
-    Ok(out)
+/// Runs `f` on a short-lived thread inside the network namespace at `path` and returns its result.
+/// Sockets `f` opens, /proc/sys it writes and processes it spawns belong to that namespace; the
+/// calling thread never changes namespace.
+pub fn within<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let ns = File::open(path).map_err(|e| LabError::Other(format!("open {}: {e}", path.display())))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            setns(&ns, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| LabError::Other(format!("enter {}: {e}", path.display())))?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| LabError::Other(format!("thread inside {} panicked", path.display())))?
+    })
 }
 
 /// Names of all named network namespaces.

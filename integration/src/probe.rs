@@ -1,22 +1,93 @@
-//! What the network does to a connection: which source address a listener sees.
+//! TCP probes that report what the other side saw: a listener inside one namespace that
+//! accepts one connection and returns the peer address, a client inside another. They show
+//! whether source addresses survive (pod to pod) or are masqueraded (pod to the outside).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::time::Duration;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::cmd::{LabError, Result};
-use crate::netns;
+use crate::netns::Netns;
+use crate::netns::within;
 
-/// Opens a TCP connection from `client_ns` to `server_ip:port`, served by a listener inside
-/// `server_ns`, and returns the source address the server saw (masqueraded or not).
-pub fn tcp_source_seen(server_ns: &Path, server_ip: Ipv4Addr, port: u16, client_ns: &Path) -> Result<IpAddr> {
-    let err = |what: &str, e: std::io::Error| LabError::Other(format!("{what}: {e}"));
-    let listener = netns::within(server_ns, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))?
-        .map_err(|e| err("bind listener", e))?;
-    let dst = SocketAddr::from((server_ip, port));
-    let _client = netns::within(client_ns, || TcpStream::connect_timeout(&dst, Duration::from_secs(3)))?
-        .map_err(|e| err(&format!("connect to {dst}"), e))?;
-    listener.set_nonblocking(false).map_err(|e| err("listener", e))?;
-    let (_, peer) = listener.accept().map_err(|e| err("accept", e))?;
-    Ok(peer.ip())
+/// A listener accepting one connection, bound before [`Listener::start`] returns.
+#[derive(Debug)]
+pub struct Listener {
+    accepted: JoinHandle<Result<SocketAddr>>,
+}
+
+impl Listener {
+    /// Listens on 0.0.0.0:`port` inside `ns`; the accept waits at most `limit`.
+    pub fn start(ns: &Netns, port: u16, limit: Duration) -> Result<Listener> {
+        let (bound_tx, bound_rx) = mpsc::channel();
+        let path: PathBuf = ns.path();
+        let accepted = std::thread::spawn(move || -> Result<SocketAddr> {
+            within(&path, move || -> Result<SocketAddr> {
+                let listener =
+                    TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).and_then(|l| l.set_nonblocking(true).map(|()| l));
+                let listener = match listener {
+                    Ok(l) => {
+                        let _ = bound_tx.send(Ok(()));
+                        l
+                    }
+                    Err(e) => {
+                        let err = format!("listen on port {port}: {e}");
+                        let _ = bound_tx.send(Err(err.clone()));
+                        return Err(LabError::Other(err));
+                    }
+                };
+                let start = Instant::now();
+                loop {
+                    match listener.accept() {
+                        Ok((_, peer)) => return Ok(peer),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            if start.elapsed() > limit {
+                                return Err(LabError::Timeout {
+                                    what: format!("a connection on port {port}"),
+                                    secs: limit.as_secs_f64(),
+                                });
+                            }
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        Err(e) => return Err(LabError::Other(format!("accept: {e}"))),
+                    }
+                }
+            })?
+        });
+        match bound_rx.recv() {
+            Ok(Ok(())) => Ok(Listener { accepted }),
+            Ok(Err(e)) => Err(LabError::Other(e)),
+            Err(_) => Err(accepted
+                .join()
+                .map_err(|_| LabError::Other("listener thread panicked".into()))?
+                .err()
+                .unwrap_or_else(|| LabError::Other("listener ended early".into()))),
+        }
+    }
+
+    /// The address the accepted connection came from.
+    pub fn peer(self) -> Result<SocketAddr> {
+        self.accepted.join().map_err(|_| LabError::Other("listener thread panicked".into()))?
+    }
+}
+
+/// Connects from inside `ns` to `to` (within `limit`) and sends a byte.
+pub fn connect(ns: &Netns, to: SocketAddrV4, limit: Duration) -> Result<()> {
+    within(&ns.path(), move || {
+        TcpStream::connect_timeout(&to.into(), limit)
+            .and_then(|mut s| s.write_all(b"x"))
+            .map_err(|e| LabError::Other(format!("connect to {to}: {e}")))
+    })?
+}
+
+/// Opens a TCP connection from `client` to `server_ip:port`, served inside `server`, and returns
+/// the source address the server saw (the client's own, or a masquerading node's).
+pub fn tcp_source_seen(server: &Netns, server_ip: Ipv4Addr, port: u16, client: &Netns) -> Result<IpAddr> {
+    let limit = Duration::from_secs(5);
+    let listener = Listener::start(server, port, limit)?;
+    connect(client, SocketAddrV4::new(server_ip, port), limit)?;
+    Ok(listener.peer()?.ip())
 }

@@ -41,11 +41,11 @@ fn three_agents_converge_from_one_seed_and_pods_reach_each_other_without_nat() {
     // n1 (192.0.2.0/24) to n2 (198.51.100.0/24) crosses the router inside VXLAN: the remote pod
     // sees the client pod's own address.
     let (p1, p2) = (&c.pods[0], &c.pods[1]);
-    let seen = tcp_source_seen(&p2.ns.path(), p2.ip, 7001, &p1.ns.path()).unwrap();
+    let seen = tcp_source_seen(&p2.ns, p2.ip, 7001, &p1.ns).unwrap();
     assert_eq!(seen, p1.ip, "pod-to-pod traffic must keep the pod address");
     // Leaving the cluster it is masqueraded to the node's address.
     let ext = &c.lab.external;
-    let seen = tcp_source_seen(&ext.ns.path(), ext.ip, 7002, &p1.ns.path()).unwrap();
+    let seen = tcp_source_seen(&ext.ns, ext.ip, 7002, &p1.ns).unwrap();
     assert_eq!(seen, c.lab.nodes[0].ip, "egress must be masqueraded to the node IP");
 }
 

@@ -65,6 +65,12 @@ impl LocalNode {
         gateway_of(&self.pod_cidr)
     }
 
+    /// The bridge's address with the PodCIDR's prefix (10.244.N.1/24).
+    pub fn gateway_net(&self) -> Ipv4Net {
+        // The prefix comes from a valid Ipv4Net, so the fallback is never taken.
+        Ipv4Net::new(self.gateway(), self.pod_cidr.prefix_len()).unwrap_or_else(|_| Ipv4Net::from(self.gateway()))
+    }
+
     /// The VTEP address on `vxlan0`: the PodCIDR's network address (10.244.N.0).
     pub fn vtep_ip(&self) -> Ipv4Addr {
         self.pod_cidr.network()

@@ -1,11 +1,24 @@
 //! weft's kernel programming: desired state in, kernel converged, idempotently.
+//!
+//! [`Dataplane::apply`] reads the kernel ([`snapshot`]), decides in a pure function ([`plan`])
+//! and carries the plan out ([`execute`]); see docs/datapath.md for what is programmed and why.
 
 pub mod bridge;
+pub mod cleanup;
+pub mod dataplane;
 pub mod desired;
+pub mod execute;
+pub mod firewall;
 pub mod mac;
 pub mod netlink;
+pub mod nft;
+pub mod plan;
 pub mod report;
+pub mod snapshot;
 pub mod sysctl;
+pub mod validate;
 
+pub use cleanup::{CleanupOptions, CleanupReport};
+pub use dataplane::{Dataplane, DataplaneError};
 pub use mac::Mac;
 pub use report::{ApplyReport, Failure};

@@ -12,7 +12,8 @@ use ipnet::Ipv4Net;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoPortData, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -141,6 +142,9 @@ pub struct Route4 {
     pub onlink: bool,
     pub protocol: u8,
     pub table: u32,
+    /// The metric; `None` is 0 (the kernel omits it from dumps then). Part of a route's key, so
+    /// a delete with it removes exactly this route among several to the same destination.
+    pub priority: Option<u32>,
 }
 
 /// A permanent IPv4 neighbour entry (ip → MAC) on a device.
@@ -321,6 +325,18 @@ impl Netlink {
         self.handle.link().set(msg.build()).execute().await.map_err(kernel(format!("change link #{index}")))
     }
 
+    /// Turns source-MAC learning of an existing VXLAN device on or off in place (one of the few
+    /// VXLAN attributes the kernel lets change without recreating the device).
+    pub async fn set_vxlan_learning(&self, index: u32, on: bool) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(vec![InfoVxlan::Learning(on)])),
+        ]));
+        self.handle.link().change(msg).execute().await.map_err(kernel(format!("set learning on vxlan #{index}")))
+    }
+
     pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<()> {
         let msg = LinkBridgePort::new(index).hairpin(on).build();
         self.handle.link().set_port(msg).execute().await.map_err(kernel(format!("set hairpin on link #{index}")))
@@ -339,10 +355,17 @@ impl Netlink {
 
     /// The IPv4 addresses on a link.
     pub async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Net>> {
-        let mut req = self.handle.address().get().set_link_index_filter(index);
+        // Without strict checking the kernel ignores a link filter and dumps every address.
+        let all = self.all_addresses().await?;
+        Ok(all.into_iter().filter(|(i, _)| *i == index).map(|(_, a)| a).collect())
+    }
+
+    /// Every IPv4 address of the namespace in one dump, as (link index, address).
+    pub async fn all_addresses(&self) -> Result<Vec<(u32, Ipv4Net)>> {
+        let mut req = self.handle.address().get();
         req.message_mut().header.family = AddressFamily::Inet;
         let msgs: Vec<AddressMessage> = req.execute().try_collect().await.map_err(kernel("dump addresses"))?;
-        Ok(msgs.iter().filter(|m| m.header.index == index).filter_map(parse_address).collect())
+        Ok(msgs.iter().filter_map(|m| Some((m.header.index, parse_address(m)?))).collect())
     }
 
     pub async fn add_address(&self, index: u32, addr: Ipv4Net) -> Result<()> {
@@ -395,9 +418,16 @@ impl Netlink {
 
     /// IPv4 neighbour entries of one device.
     pub async fn neighbours(&self, ifindex: u32) -> Result<Vec<Neighbour>> {
+        let mut all = self.all_neighbours().await?;
+        all.retain(|n| n.ifindex == ifindex);
+        Ok(all)
+    }
+
+    /// IPv4 neighbour entries of every device in one dump.
+    pub async fn all_neighbours(&self) -> Result<Vec<Neighbour>> {
         let req = self.handle.neighbours().get().set_address_family(AddressFamily::Inet);
         let msgs: Vec<NeighbourMessage> = req.execute().try_collect().await.map_err(kernel("dump neighbours"))?;
-        Ok(msgs.iter().filter(|m| m.header.ifindex == ifindex).filter_map(parse_neighbour).collect())
+        Ok(msgs.iter().filter_map(parse_neighbour).collect())
     }
 
     pub async fn add_neighbour(&self, n: &Neighbour, replace: bool) -> Result<()> {
@@ -416,13 +446,16 @@ impl Netlink {
 
     /// The device's own (NTF_SELF) forwarding entries; bridge-master entries are skipped.
     pub async fn fdb(&self, ifindex: u32) -> Result<Vec<FdbEntry>> {
+        let mut all = self.all_fdb().await?;
+        all.retain(|e| e.ifindex == ifindex);
+        Ok(all)
+    }
+
+    /// The own (NTF_SELF) forwarding entries of every device in one dump.
+    pub async fn all_fdb(&self) -> Result<Vec<FdbEntry>> {
         let req = self.handle.neighbours().get().set_address_family(AddressFamily::Bridge);
         let msgs: Vec<NeighbourMessage> = req.execute().try_collect().await.map_err(kernel("dump fdb"))?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.ifindex == ifindex && m.header.flags.contains(NeighbourFlags::Own))
-            .filter_map(parse_fdb)
-            .collect())
+        Ok(msgs.iter().filter(|m| m.header.flags.contains(NeighbourFlags::Own)).filter_map(parse_fdb).collect())
     }
 
     pub async fn add_fdb(&self, e: &FdbEntry, replace: bool) -> Result<()> {
@@ -570,6 +603,7 @@ fn parse_route(m: &RouteMessage) -> Option<Route4> {
         onlink: m.header.flags.contains(RouteFlags::Onlink),
         protocol: u8::from(m.header.protocol),
         table: u32::from(m.header.table),
+        priority: None,
     };
     for attr in &m.attributes {
         match attr {
@@ -577,6 +611,7 @@ fn parse_route(m: &RouteMessage) -> Option<Route4> {
             RouteAttribute::Gateway(RouteAddress::Inet(ip)) => route.gateway = Some(*ip),
             RouteAttribute::Oif(i) => route.oif = Some(*i),
             RouteAttribute::Table(t) => route.table = *t,
+            RouteAttribute::Priority(p) if *p != 0 => route.priority = Some(*p),
             _ => {}
         }
     }
@@ -599,6 +634,9 @@ fn route_message(r: &Route4, scope: RouteScope) -> RouteMessage {
     if r.onlink {
         b = b.onlink();
     }
+    if let Some(priority) = r.priority {
+        b = b.priority(priority);
+    }
     b.build()
 }
 
@@ -612,6 +650,9 @@ fn describe_route(r: &Route4) -> String {
     }
     if r.onlink {
         s.push_str(" onlink");
+    }
+    if let Some(priority) = r.priority {
+        s.push_str(&format!(" metric {priority}"));
     }
     s
 }
@@ -676,6 +717,7 @@ mod tests {
             onlink: true,
             protocol: WEFT_ROUTE_PROTOCOL,
             table: MAIN_TABLE,
+            priority: Some(20),
         };
         assert_eq!(parse_route(&route_message(&route, RouteScope::Universe)), Some(route));
     }

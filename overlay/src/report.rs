@@ -1,10 +1,10 @@
 //! What an apply did, for logs, status and metrics.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// Counts of kernel objects (links, addresses, neighbours, FDB entries, routes, nftables table,
-/// sysctls) by what apply did to them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// Counts of kernel objects (links, addresses, neighbours, FDB entries, routes, nftables table
+/// and rules, sysctls) by what apply did to them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyReport {
     pub created: usize,
     pub changed: usize,
@@ -12,9 +12,13 @@ pub struct ApplyReport {
     pub unchanged: usize,
     /// Writes that failed; every other write of the plan was still carried out.
     pub failures: Vec<Failure>,
+    /// Peers left out because they are invalid or conflict with the local node or each other;
+    /// nothing is programmed for them (and what was programmed before is removed).
+    #[serde(default)]
+    pub rejected: Vec<Failure>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
     /// The object, e.g. "route 10.244.2.0/24".
     pub object: String,

@@ -126,9 +126,30 @@ pub fn run(ops: usize) -> Result<CniBench> {
     result
 }
 
-pub fn print(b: &CniBench) {
-    println!("CNI latency, {} sequential ops each, same driver (fork/exec, config on stdin)", b.ops);
-    println!("{:<34} {:>9} {:>9} {:>9}", "", "median", "p90", "max");
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Operations of each kind per plugin.
+    #[arg(long, default_value_t = 40)]
+    pub ops: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the benchmark and renders it as a table or JSON.
+pub fn report(args: &Args) -> Result<String> {
+    let b = run(args.ops)?;
+    if args.json {
+        return Ok(serde_json::to_string_pretty(&b).expect("serializable"));
+    }
+    Ok(table(&b))
+}
+
+fn table(b: &CniBench) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "CNI latency, {} sequential ops each, same driver (spawn, config on stdin)", b.ops);
+    let _ = writeln!(out, "{:<34} {:>9} {:>9} {:>9}", "", "median", "p90", "max");
     let row =
         |name: &str, s: &Summary| println!("{name:<34} {:>7.2}ms {:>7.2}ms {:>7.2}ms", s.median_ms, s.p90_ms, s.max_ms);
     row("process start-up floor (VERSION)", &b.spawn_floor);
@@ -137,5 +158,10 @@ pub fn print(b: &CniBench) {
     row("weft DEL", &b.weft_del);
     row("weft DEL until veth gone (reaper)", &b.weft_del_until_gone);
     row("bridge+host-local DEL", &b.reference_del);
-    println!("speed-up (median): ADD {:.1}x (target >= 5x), DEL {:.1}x (target >= 8x)", b.add_speedup, b.del_speedup);
+    let _ = writeln!(
+        out,
+        "speed-up (median): ADD {:.1}x (target >= 5x), DEL {:.1}x (target >= 8x)",
+        b.add_speedup, b.del_speedup
+    );
+    out
 }

@@ -1,4 +1,27 @@
-//! `weft-lab bench …`: measurements that compare weft with a baseline in the same run.
+//! `weft-lab bench …`: measurements that compare weft with a target or a baseline in one run.
 
 pub mod cni;
+pub mod dataplane;
 pub mod stats;
+
+use clap::Subcommand;
+
+use crate::cmd::Result;
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Bench {
+    /// ADD/DEL latency of weft vs the reference bridge + host-local plugins.
+    Cni(cni::Args),
+    /// Apply latency of the overlay dataplane with many peers, inside a namespace.
+    Dataplane(dataplane::Args),
+}
+
+impl Bench {
+    /// Runs the benchmark; the report to print.
+    pub fn run(self) -> Result<String> {
+        match self {
+            Bench::Cni(args) => cni::report(&args),
+            Bench::Dataplane(args) => dataplane::run(&args),
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Removing everything weft owns from the kernel: its routes first (so nothing routes into a
+//! device that is going away), then vxlan0 (its neighbours and FDB entries go with it), the
+//! nftables table and weft's rules in other tables, and cni0 when no pod is attached to it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::desired::{DEFAULT_BRIDGE, DEFAULT_VXLAN_DEVICE};
+use crate::firewall;
+use crate::netlink::{MAIN_TABLE, WEFT_ROUTE_PROTOCOL};
+use crate::plan::{Op, Plan, Step, Tally};
+use crate::report::Failure;
+use crate::snapshot::Kernel;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CleanupOptions {
+    /// The pod bridge (`cni0`).
+    pub bridge: String,
+    /// Remove the bridge even while pods are attached to it (they lose their network).
+    pub force: bool,
+}
+
+impl Default for CleanupOptions {
+    fn default() -> Self {
+        CleanupOptions { bridge: DEFAULT_BRIDGE.to_string(), force: false }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CleanupReport {
+    /// What was removed, e.g. "route 10.244.2.0/24", "link vxlan0".
+    pub removed: Vec<String>,
+    /// What was deliberately left, with the reason.
+    pub kept: Vec<String>,
+    pub failures: Vec<Failure>,
+}
+
+/// The removal plan, and what is kept on purpose.
+pub fn plan_cleanup(kernel: &Kernel, opts: &CleanupOptions) -> (Plan, Vec<String>) {
+    let step = |op| Step { op, tally: Tally::REMOVE, peer: None, critical: false };
+    let mut plan = Plan::default();
+    let mut kept = Vec::new();
+    let routes: Vec<Step> = kernel
+        .routes
+        .iter()
+        .filter(|r| r.protocol == WEFT_ROUTE_PROTOCOL && r.table == MAIN_TABLE)
+        .map(|r| step(Op::DeleteRoute(r.clone())))
+        .collect();
+    let mut rest = Vec::new();
+    if let Some(link) = kernel.link(DEFAULT_VXLAN_DEVICE) {
+        rest.push(step(Op::DeleteLink { index: link.index, name: link.name.clone() }));
+    }
+    if let Some(bridge) = kernel.link(&opts.bridge).filter(|l| l.kind.as_deref() == Some("bridge")) {
+        let ports = kernel.links.iter().filter(|l| l.master == Some(bridge.index)).count();
+        if ports == 0 || opts.force {
+            rest.push(step(Op::DeleteLink { index: bridge.index, name: bridge.name.clone() }));
+        } else {
+            kept.push(format!("bridge {}: {ports} port(s) attached (force removes it)", bridge.name));
+        }
+    }
+    match &kernel.nft {
+        Ok(listing) => {
+            if let Some((script, removed)) = firewall::cleanup_script(listing) {
+                rest.push(Step {
+                    op: Op::Nft { object: "nftables table inet weft and weft rules in other tables", script },
+                    tally: Tally::of(0, 0, removed),
+                    peer: None,
+                    critical: false,
+                });
+            }
+        }
+        Err(e) => plan.failures.push(Failure {
+            object: "nftables".into(),
+            peer: None,
+            error: format!("cannot read the ruleset: {e}"),
+        }),
+    }
+    plan.stages = [routes, rest].into_iter().filter(|s| !s.is_empty()).collect();
+    (plan, kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nft::Listing;
+    use crate::plan::tests::{converged, desired_with};
+
+    fn ops(plan: &Plan) -> Vec<String> {
+        plan.steps().map(|s| s.op.to_string()).collect()
+    }
+
+    #[test]
+    fn removes_routes_first_then_devices_and_nftables() {
+        let kernel = converged(&desired_with(&[2, 3]));
+        let (plan, kept) = plan_cleanup(&kernel, &CleanupOptions::default());
+        assert!(kept.is_empty());
+        assert_eq!(plan.stages.len(), 2);
+        assert!(plan.stages[0].iter().all(|s| matches!(s.op, Op::DeleteRoute(_))));
+        assert_eq!(plan.stages[0].len(), 2);
+        let rest = ops(&plan);
+        assert!(rest.contains(&"link vxlan0".to_string()));
+        assert!(rest.contains(&"link cni0".to_string()));
+        assert!(rest.iter().any(|o| o.starts_with("nftables")));
+    }
+
+    #[test]
+    fn keeps_a_bridge_with_pods_unless_forced() {
+        let mut kernel = converged(&desired_with(&[2]));
+        let bridge = kernel.link("cni0").unwrap().index;
+        let mut port = kernel.link("eth0").unwrap().clone();
+        port.name = "veth1".into();
+        port.index = 40;
+        port.master = Some(bridge);
+        kernel.links.push(port);
+        let (plan, kept) = plan_cleanup(&kernel, &CleanupOptions::default());
+        assert!(!ops(&plan).contains(&"link cni0".to_string()));
+        assert_eq!(kept.len(), 1);
+        let force = CleanupOptions { force: true, ..CleanupOptions::default() };
+        let (plan, kept) = plan_cleanup(&kernel, &force);
+        assert!(ops(&plan).contains(&"link cni0".to_string()));
+        assert!(kept.is_empty());
+    }
+
+    #[test]
+    fn nothing_to_do_on_a_clean_kernel() {
+        let mut kernel = converged(&desired_with(&[]));
+        kernel.links.retain(|l| l.name == "eth0");
+        kernel.routes.clear();
+        kernel.nft = Ok(Listing::default());
+        let (plan, kept) = plan_cleanup(&kernel, &CleanupOptions::default());
+        assert!(plan.stages.is_empty() && kept.is_empty());
+    }
+}

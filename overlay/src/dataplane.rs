@@ -1,0 +1,99 @@
+//! The overlay dataplane as the agent sees it: `apply` a desired state, `cleanup` everything.
+//! Each call reads the kernel, plans, and carries the plan out; nothing is remembered between
+//! calls, so whatever changed behind weft's back is repaired on the next apply.
+
+use std::time::Instant;
+
+use tokio::sync::Mutex;
+use tracing::{debug, info};
+
+use crate::cleanup::{CleanupOptions, CleanupReport, plan_cleanup};
+use crate::desired::Desired;
+use crate::execute::{self, Aborted};
+use crate::netlink::{Netlink, NetlinkError};
+use crate::plan::{PlanError, plan};
+use crate::report::ApplyReport;
+use crate::snapshot;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("cannot open a netlink connection: {0}")]
+    Connect(#[source] NetlinkError),
+    #[error("cannot read the kernel state: {0}")]
+    Snapshot(#[source] NetlinkError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("cannot set up {0}")]
+    Device(#[source] Box<Aborted>),
+}
+
+/// The node's overlay datapath. Calls are serialized: a second `apply` waits for the first.
+#[derive(Debug)]
+pub struct Dataplane {
+    nl: Netlink,
+    busy: Mutex<()>,
+}
+
+impl Dataplane {
+    /// Connects to the kernel in the caller's network namespace. Must run inside a tokio
+    /// runtime with IO enabled; `apply` and `cleanup` run `nft` as a child process.
+    pub fn new() -> Result<Dataplane, DataplaneError> {
+        Ok(Dataplane { nl: Netlink::connect().map_err(DataplaneError::Connect)?, busy: Mutex::new(()) })
+    }
+
+    /// Makes the kernel match `desired`. Fails only when nothing sensible can be done (the
+    /// kernel cannot be read, the local node is invalid, vxlan0 cannot be set up); a failed
+    /// write is recorded in the report and the rest of the plan still runs.
+    pub async fn apply(&self, desired: &Desired) -> Result<ApplyReport, DataplaneError> {
+        let _busy = self.busy.lock().await;
+        let start = Instant::now();
+        let kernel = snapshot::read(&self.nl).await.map_err(DataplaneError::Snapshot)?;
+        let plan = plan(desired, &kernel)?;
+        let mut report = ApplyReport {
+            unchanged: plan.unchanged,
+            failures: plan.failures.clone(),
+            rejected: plan.rejected.clone(),
+            ..ApplyReport::default()
+        };
+        let outcome = execute::run(&self.nl, plan).await.map_err(DataplaneError::Device)?;
+        report.created = outcome.tally.created;
+        report.changed = outcome.tally.changed;
+        report.removed = outcome.tally.removed;
+        report.unchanged += outcome.tally.unchanged;
+        report.failures.extend(outcome.failures);
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        if report.writes() > 0 || !report.failures.is_empty() {
+            info!(
+                created = report.created,
+                changed = report.changed,
+                removed = report.removed,
+                unchanged = report.unchanged,
+                failures = report.failures.len(),
+                rejected = report.rejected.len(),
+                ms,
+                "dataplane applied"
+            );
+        } else {
+            debug!(unchanged = report.unchanged, ms, "dataplane already up to date");
+        }
+        Ok(report)
+    }
+
+    /// Removes everything weft owns. A bridge with pods attached is kept unless `force`.
+    pub async fn cleanup(&self, opts: &CleanupOptions) -> Result<CleanupReport, DataplaneError> {
+        let _busy = self.busy.lock().await;
+        let kernel = snapshot::read(&self.nl).await.map_err(DataplaneError::Snapshot)?;
+        let (plan, kept) = plan_cleanup(&kernel, opts);
+        let mut report = CleanupReport { kept, failures: plan.failures.clone(), ..CleanupReport::default() };
+        let outcome = execute::run(&self.nl, plan).await.map_err(DataplaneError::Device)?;
+        report.removed = outcome.done;
+        report.failures.extend(outcome.failures);
+        info!(
+            removed = report.removed.len(),
+            kept = report.kept.len(),
+            failures = report.failures.len(),
+            "dataplane cleaned up"
+        );
+        Ok(report)
+    }
+}

@@ -1,0 +1,194 @@
+//! weft's nftables rules (flannel's iptables-mode set): what to forward, what to masquerade, and
+//! the accepts weft must put into other tables' forward chains whose policy drops (Docker's).
+
+use std::fmt::Write;
+
+use ipnet::Ipv4Net;
+
+use crate::desired::{KUBE_PROXY_MASQ_MARK, LocalNode};
+use crate::nft::table::plain_identifier;
+use crate::nft::{BaseChain, Chain, ForeignChain, Listing, Rule, Table};
+
+pub const FAMILY: &str = "inet";
+pub const TABLE: &str = "weft";
+const MULTICAST: &str = "224.0.0.0/4";
+/// nft's `priority filter` and `priority srcnat`, as the listing reports them.
+const PRIORITY_FILTER: i64 = 0;
+const PRIORITY_SRCNAT: i64 = 100;
+
+/// The whole `inet weft` table for this node. New chains (e.g. an input-hook VXLAN allow-list)
+/// are further entries of `chains`.
+pub fn weft_table(local: &LocalNode) -> Table {
+    Table { family: FAMILY, name: TABLE, chains: vec![forward_chain(local.cluster_cidr), postrouting_chain(local)] }
+}
+
+/// Forwarding to and from pods is allowed whatever else the host's firewall says in weft's
+/// table (an accept here cannot override a drop in another table: see [`foreign_changes`]).
+fn forward_chain(cluster: Ipv4Net) -> Chain {
+    Chain { name: "forward", base: base("filter", "forward", PRIORITY_FILTER), rules: cluster_accepts(cluster) }
+}
+
+/// The two accepts, for weft's forward chain and for foreign forward chains that drop.
+pub fn cluster_accepts(cluster: Ipv4Net) -> Vec<Rule> {
+    vec![Rule::new(format!("ip saddr {cluster} accept")), Rule::new(format!("ip daddr {cluster} accept"))]
+}
+
+/// Source NAT, first match wins: never masquerade what kube-proxy marked (it masquerades that
+/// itself), keep pod addresses between pods and toward local pods, masquerade pods leaving the
+/// cluster, and masquerade anything outside the cluster reaching a remote pod through this
+/// node, so the reply comes back here.
+fn postrouting_chain(local: &LocalNode) -> Chain {
+    let (cluster, pods) = (local.cluster_cidr, local.pod_cidr);
+    let mark = KUBE_PROXY_MASQ_MARK;
+    Chain {
+        name: "postrouting",
+        base: base("nat", "postrouting", PRIORITY_SRCNAT),
+        rules: vec![
+            Rule::new(format!("meta mark & {mark:#x} == {mark:#x} return")),
+            Rule::new(format!("ip saddr {pods} ip daddr {cluster} return")),
+            Rule::new(format!("ip saddr {cluster} ip daddr {pods} return")),
+            Rule::new(format!("ip saddr != {cluster} ip daddr {pods} return")),
+            Rule::new(format!("ip saddr {cluster} ip daddr != {MULTICAST} masquerade fully-random")),
+            Rule::new(format!("ip saddr != {cluster} ip daddr {cluster} masquerade fully-random")),
+        ],
+    }
+}
+
+fn base(kind: &str, hook: &str, priority: i64) -> BaseChain {
+    BaseChain { kind: kind.into(), hook: hook.into(), priority, policy: "accept".into() }
+}
+
+/// One nft batch for other tables' chains: weft's accepts inserted at the top of each forward
+/// chain whose policy drops (when missing), and weft's rules removed (by handle) wherever they
+/// are no longer wanted. Foreign rules and policies are never touched.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForeignChanges {
+    pub script: String,
+    pub inserted: usize,
+    pub removed: usize,
+    pub kept: usize,
+    /// Chains nft cannot address by name (not a plain identifier).
+    pub unaddressable: Vec<String>,
+}
+
+pub fn foreign_changes(foreign: &[ForeignChain], accepts: &[Rule]) -> ForeignChanges {
+    let mut out = ForeignChanges::default();
+    for chain in foreign {
+        let id = format!("{} {} {}", chain.family, chain.table, chain.name);
+        if !(plain_identifier(&chain.table) && plain_identifier(&chain.name)) {
+            out.unaddressable.push(id);
+            continue;
+        }
+        let wanted: &[Rule] = if chain.forward_drop { accepts } else { &[] };
+        let mut present = Vec::new();
+        for (handle, comment) in &chain.weft_rules {
+            if wanted.iter().any(|r| &r.comment == comment) && !present.contains(&comment) {
+                present.push(comment);
+                out.kept += 1;
+            } else {
+                let _ = writeln!(out.script, "delete rule {id} handle {handle}");
+                out.removed += 1;
+            }
+        }
+        // Inserting in reverse leaves them at the top in their own order.
+        for rule in wanted.iter().rev().filter(|r| !present.contains(&&r.comment)) {
+            let _ = writeln!(out.script, "insert rule {id} {}", rule.render());
+            out.inserted += 1;
+        }
+    }
+    out
+}
+
+/// The batch that removes everything weft has in nftables: its table and its rules in other
+/// tables' chains. `None` when there is nothing; else the script and the number of objects.
+pub fn cleanup_script(listing: &Listing) -> Option<(String, usize)> {
+    let mut removal = foreign_changes(
+        &listing.foreign.iter().map(|c| ForeignChain { forward_drop: false, ..c.clone() }).collect::<Vec<_>>(),
+        &[],
+    );
+    if listing.table.is_some() {
+        let _ = writeln!(removal.script, "delete table {FAMILY} {TABLE}");
+        removal.removed += 1;
+    }
+    (removal.removed > 0).then_some((removal.script, removal.removed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::tests::local;
+
+    fn chain(forward_drop: bool, weft_rules: Vec<(u64, String)>) -> ForeignChain {
+        ForeignChain { family: "ip".into(), table: "filter".into(), name: "FORWARD".into(), forward_drop, weft_rules }
+    }
+
+    #[test]
+    fn the_table_holds_flannels_rules_in_order() {
+        let text = weft_table(&local()).render_replace();
+        let expected = [
+            "type filter hook forward priority 0; policy accept;",
+            "ip saddr 10.244.0.0/16 accept comment",
+            "ip daddr 10.244.0.0/16 accept comment",
+            "type nat hook postrouting priority 100; policy accept;",
+            "meta mark & 0x4000 == 0x4000 return comment",
+            "ip saddr 10.244.1.0/24 ip daddr 10.244.0.0/16 return comment",
+            "ip saddr 10.244.0.0/16 ip daddr 10.244.1.0/24 return comment",
+            "ip saddr != 10.244.0.0/16 ip daddr 10.244.1.0/24 return comment",
+            "ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random comment",
+            "ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random comment",
+        ];
+        let mut at = 0;
+        for line in expected {
+            let found = text[at..].find(line).unwrap_or_else(|| panic!("{line} in\n{text}"));
+            at += found + line.len();
+        }
+        assert!(text.starts_with("add table inet weft\ndelete table inet weft\n"));
+    }
+
+    #[test]
+    fn accepts_go_on_top_of_dropping_chains_once() {
+        let accepts = cluster_accepts("10.244.0.0/16".parse().unwrap());
+        let c = foreign_changes(&[chain(true, vec![])], &accepts);
+        assert_eq!((c.inserted, c.removed, c.kept), (2, 0, 0));
+        let lines: Vec<_> = c.script.lines().collect();
+        assert!(lines[0].starts_with("insert rule ip filter FORWARD ip daddr 10.244.0.0/16 accept comment \"weft:"));
+        assert!(lines[1].starts_with("insert rule ip filter FORWARD ip saddr 10.244.0.0/16 accept comment \"weft:"));
+
+        let present = vec![(4, accepts[0].comment.clone()), (5, accepts[1].comment.clone())];
+        let c = foreign_changes(&[chain(true, present)], &accepts);
+        assert_eq!(c, ForeignChanges { kept: 2, ..Default::default() });
+    }
+
+    #[test]
+    fn stale_or_duplicate_weft_rules_are_deleted_by_handle() {
+        let accepts = cluster_accepts("10.244.0.0/16".parse().unwrap());
+        let rules =
+            vec![(4, accepts[0].comment.clone()), (5, accepts[0].comment.clone()), (6, "weft:deadbeef".to_string())];
+        let c = foreign_changes(&[chain(true, rules)], &accepts);
+        assert_eq!((c.inserted, c.removed, c.kept), (1, 2, 1));
+        assert!(c.script.contains("delete rule ip filter FORWARD handle 5\n"));
+        assert!(c.script.contains("delete rule ip filter FORWARD handle 6\n"));
+        // A chain that stopped dropping keeps nothing of weft.
+        let c = foreign_changes(&[chain(false, vec![(4, accepts[0].comment.clone())])], &accepts);
+        assert_eq!((c.inserted, c.removed), (0, 1));
+    }
+
+    #[test]
+    fn chains_nft_cannot_name_are_reported() {
+        let mut odd = chain(true, vec![]);
+        odd.name = "has space".into();
+        let c = foreign_changes(&[odd], &cluster_accepts("10.0.0.0/8".parse().unwrap()));
+        assert_eq!(c.unaddressable, ["ip filter has space"]);
+        assert!(c.script.is_empty());
+    }
+
+    #[test]
+    fn cleanup_removes_the_table_and_weft_rules_only() {
+        let listing =
+            Listing { table: Some(Default::default()), foreign: vec![chain(true, vec![(4, "weft:00000000".into())])] };
+        let (script, n) = cleanup_script(&listing).unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(script, "delete rule ip filter FORWARD handle 4\ndelete table inet weft\n");
+        assert_eq!(cleanup_script(&Listing::default()), None);
+    }
+}

@@ -1,0 +1,981 @@
+//! Deciding: desired state + kernel snapshot in, an ordered list of operations out. Pure, so
+//! every decision (adopt, fix in place, recreate, replace, remove) is unit-tested without a
+//! kernel. The executor only carries the plan out.
+//!
+//! Ownership (what may be removed): routes of protocol [`WEFT_ROUTE_PROTOCOL`] in the main
+//! table, permanent IPv4 neighbours and NTF_SELF FDB entries on vxlan0, the `inet weft` table
+//! and weft-commented rules in other tables. Nothing else is ever changed or deleted.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use crate::desired::{DEFAULT_VXLAN_DEVICE, Desired, LocalNode, PeerPath};
+use crate::firewall;
+use crate::mac::Mac;
+use crate::netlink::{
+    FdbEntry, Link, LinkChange, MAIN_TABLE, Neighbour, Route4, VxlanAttrs, VxlanSpec, WEFT_ROUTE_PROTOCOL,
+};
+use crate::report::Failure;
+use crate::snapshot::{Kernel, RP_FILTER_LOOSE};
+use crate::sysctl;
+use crate::validate::{InvalidLocal, validate};
+
+/// A device an operation acts on. vxlan0's index is unknown until it exists, so operations on
+/// it name it symbolically and the executor fills the index in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dev {
+    Vxlan,
+    Index(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub dst: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub dev: Dev,
+    pub onlink: bool,
+}
+
+impl RouteSpec {
+    /// The kernel route, once the device's index is known.
+    pub fn to_route(&self, oif: u32) -> Route4 {
+        Route4 {
+            dst: self.dst,
+            gateway: Some(self.gateway),
+            oif: Some(oif),
+            onlink: self.onlink,
+            protocol: WEFT_ROUTE_PROTOCOL,
+            table: MAIN_TABLE,
+            priority: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    DeleteLink {
+        index: u32,
+        name: String,
+    },
+    CreateVxlan(VxlanSpec),
+    /// MTU, MAC and up/down: the attributes a VXLAN device takes in place.
+    FixVxlan(LinkChange),
+    VxlanLearningOff,
+    EnsureBridge {
+        name: String,
+        mtu: u32,
+        gateway: Ipv4Net,
+    },
+    AddAddress(Ipv4Net),
+    DeleteAddress(Ipv4Net),
+    Sysctl {
+        key: String,
+        value: &'static str,
+    },
+    /// Permanent neighbour on vxlan0, created or replaced in place.
+    Neighbour {
+        ip: Ipv4Addr,
+        mac: Mac,
+    },
+    DeleteNeighbour(Neighbour),
+    /// Permanent FDB entry on vxlan0, created or replaced in place.
+    Fdb {
+        mac: Mac,
+        dst: Ipv4Addr,
+    },
+    DeleteFdb(FdbEntry),
+    /// `replace` changes weft's existing route to the destination in place; without it the
+    /// add fails rather than overwrite someone else's route.
+    Route {
+        route: RouteSpec,
+        replace: bool,
+    },
+    DeleteRoute(Route4),
+    /// One `nft -f -` transaction; `object` names what it writes, for reports.
+    Nft {
+        object: &'static str,
+        script: String,
+    },
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let vx = DEFAULT_VXLAN_DEVICE;
+        match self {
+            Op::DeleteLink { name, .. } => write!(f, "link {name}"),
+            Op::CreateVxlan(_) | Op::FixVxlan(_) | Op::VxlanLearningOff => write!(f, "link {vx}"),
+            Op::EnsureBridge { name, .. } => write!(f, "bridge {name}"),
+            Op::AddAddress(a) | Op::DeleteAddress(a) => write!(f, "address {a} on {vx}"),
+            Op::Sysctl { key, value } => write!(f, "sysctl {key}={value}"),
+            Op::Neighbour { ip, .. } => write!(f, "neighbour {ip} on {vx}"),
+            Op::DeleteNeighbour(n) => write!(f, "neighbour {} on {vx}", n.ip),
+            Op::Fdb { mac, .. } => write!(f, "fdb {mac} on {vx}"),
+            Op::DeleteFdb(e) => write!(f, "fdb {} on {vx}", e.mac),
+            Op::Route { route, .. } => write!(f, "route {}", route.dst),
+            Op::DeleteRoute(r) => write!(f, "route {}", r.dst),
+            Op::Nft { object, .. } => write!(f, "{object}"),
+        }
+    }
+}
+
+/// Counts of objects by what happened to them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub created: usize,
+    pub changed: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+}
+
+impl Tally {
+    pub const CREATE: Tally = Tally::of(1, 0, 0);
+    pub const CHANGE: Tally = Tally::of(0, 1, 0);
+    pub const REMOVE: Tally = Tally::of(0, 0, 1);
+
+    pub const fn of(created: usize, changed: usize, removed: usize) -> Tally {
+        Tally { created, changed, removed, unchanged: 0 }
+    }
+
+    pub fn add(&mut self, other: Tally) {
+        self.created += other.created;
+        self.changed += other.changed;
+        self.removed += other.removed;
+        self.unchanged += other.unchanged;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub op: Op,
+    /// What the operation does to the kernel when it succeeds.
+    pub tally: Tally,
+    /// The peer the object serves, for failure reports.
+    pub peer: Option<String>,
+    /// A failure aborts the run (vxlan0 cannot be set up: nothing after it can work).
+    pub critical: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Run in order; the steps of one stage are independent and may run concurrently.
+    pub stages: Vec<Vec<Step>>,
+    /// vxlan0's index when it is adopted; `None` when the plan creates it.
+    pub vxlan_index: Option<u32>,
+    /// Desired objects the kernel already has right.
+    pub unchanged: usize,
+    /// Peers left out as invalid.
+    pub rejected: Vec<Failure>,
+    /// What is known to fail before anything runs (e.g. an unreadable nftables ruleset).
+    pub failures: Vec<Failure>,
+}
+
+impl Plan {
+    pub fn steps(&self) -> impl Iterator<Item = &Step> {
+        self.stages.iter().flatten()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("invalid local node: {0}")]
+    Invalid(#[from] InvalidLocal),
+    #[error("underlay interface {0} does not exist")]
+    NoUnderlay(String),
+}
+
+/// The stages, in the order they run. Adds come before removals so that a changed peer is
+/// never without a path; per peer the route comes last on the way in and first on the way
+/// out, so no route ever points at a tunnel endpoint that is not (or no longer) programmed.
+#[derive(Clone, Copy)]
+enum Stage {
+    /// Deleting a vxlan0 that must be recreated.
+    DeviceDelete,
+    /// vxlan0 itself, cni0, forwarding, weft's table.
+    Device,
+    /// What needs vxlan0 to exist: its address and sysctl; then rules in other tables (a
+    /// second nft run, kept apart from the first so two transactions never race).
+    DeviceConfig,
+    NeighboursAndFdb,
+    Routes,
+    RouteRemovals,
+    FdbRemovals,
+    NeighbourRemovals,
+}
+
+const STAGES: usize = Stage::NeighbourRemovals as usize + 1;
+
+struct Builder {
+    stages: [Vec<Step>; STAGES],
+    unchanged: usize,
+}
+
+impl Builder {
+    fn push(&mut self, stage: Stage, op: Op, tally: Tally, peer: Option<&str>) {
+        self.stages[stage as usize].push(Step { op, tally, peer: peer.map(str::to_string), critical: false });
+    }
+
+    fn critical(&mut self, stage: Stage, op: Op, tally: Tally) {
+        self.stages[stage as usize].push(Step { op, tally, peer: None, critical: true });
+    }
+
+    fn removal(&mut self, stage: Stage, op: Op) {
+        self.push(stage, op, Tally::REMOVE, None);
+    }
+}
+
+/// The kernel's weft-relevant state around vxlan0, as the plan sees it after deciding about the
+/// device: empty when vxlan0 is (re)created, since its entries go with it.
+struct OnVxlan<'k> {
+    index: Option<u32>,
+    neighbours: Grouped<'k, Ipv4Addr, Neighbour>,
+    /// By MAC; a MAC's entries in dump order (which is the kernel's remote list order).
+    fdb: Grouped<'k, Mac, FdbEntry>,
+}
+
+/// Kernel objects grouped by a key: sorted once (stably, so dump order survives within a
+/// group) and found by binary search, which is cheaper per apply than a map of vectors and
+/// makes the plan's order deterministic.
+struct Grouped<'k, K, T> {
+    items: Vec<&'k T>,
+    key: fn(&T) -> K,
+}
+
+impl<'k, K: Ord, T> Grouped<'k, K, T> {
+    fn new(items: impl Iterator<Item = &'k T>, key: fn(&T) -> K) -> Self {
+        let mut items: Vec<&T> = items.collect();
+        items.sort_by_key(|t| key(t));
+        Grouped { items, key }
+    }
+
+    fn get(&self, k: &K) -> &[&'k T] {
+        let start = self.items.partition_point(|t| (self.key)(t) < *k);
+        let len = self.items[start..].partition_point(|t| (self.key)(t) == *k);
+        &self.items[start..start + len]
+    }
+
+    fn groups(&self) -> impl Iterator<Item = &[&'k T]> {
+        self.items.chunk_by(|a, b| (self.key)(a) == (self.key)(b))
+    }
+}
+
+pub fn plan(desired: &Desired, kernel: &Kernel) -> Result<Plan, PlanError> {
+    let valid = validate(desired)?;
+    let local = &desired.local;
+    let underlay = kernel.link(&local.underlay).ok_or_else(|| PlanError::NoUnderlay(local.underlay.clone()))?;
+    let mut b = Builder { stages: Default::default(), unchanged: 0 };
+    let mut failures = Vec::new();
+
+    let existing = kernel.link(DEFAULT_VXLAN_DEVICE);
+    let on_vxlan = plan_vxlan(&mut b, local, underlay.index, existing, kernel);
+    plan_bridge(&mut b, local, kernel);
+    plan_sysctls(&mut b, kernel, on_vxlan.index.is_some());
+    plan_nft(&mut b, local, kernel, &mut failures);
+
+    // Routes of a replaced vxlan0 vanish with it; every other weft route is a candidate.
+    let dying = existing.filter(|_| on_vxlan.index.is_none()).map(|l| l.index);
+    let owned_routes = Grouped::new(
+        kernel.routes.iter().filter(|r| {
+            r.protocol == WEFT_ROUTE_PROTOCOL && r.table == MAIN_TABLE && dying.is_none_or(|d| r.oif != Some(d))
+        }),
+        |r| r.dst,
+    );
+    let n = valid.peers.len();
+    let mut wanted_neighbours = HashSet::with_capacity(n);
+    let mut wanted_macs = HashSet::with_capacity(n);
+    let mut wanted_routes = HashSet::with_capacity(n);
+    for peer in &valid.peers {
+        let name = Some(peer.name.as_str());
+        let route = match peer.path {
+            PeerPath::Vxlan => {
+                wanted_neighbours.insert(peer.vtep_ip());
+                wanted_macs.insert(peer.vtep_mac);
+                plan_neighbour(&mut b, &on_vxlan, peer.vtep_ip(), peer.vtep_mac, name);
+                plan_fdb(&mut b, &on_vxlan, peer.vtep_mac, peer.node_ip, name);
+                RouteSpec { dst: peer.pod_cidr, gateway: peer.vtep_ip(), dev: Dev::Vxlan, onlink: true }
+            }
+            PeerPath::Direct => {
+                RouteSpec { dst: peer.pod_cidr, gateway: peer.node_ip, dev: Dev::Index(underlay.index), onlink: false }
+            }
+        };
+        wanted_routes.insert(route.dst);
+        let existing = owned_routes.get(&route.dst);
+        plan_route(&mut b, route, on_vxlan.index, existing, name);
+    }
+
+    // Whatever weft owns and nothing wants any more.
+    for routes in owned_routes.groups() {
+        if !wanted_routes.contains(&routes[0].dst) {
+            for r in routes {
+                b.removal(Stage::RouteRemovals, Op::DeleteRoute((*r).clone()));
+            }
+        }
+    }
+    for entries in on_vxlan.fdb.groups() {
+        if !wanted_macs.contains(&entries[0].mac) {
+            for e in entries {
+                b.removal(Stage::FdbRemovals, Op::DeleteFdb(**e));
+            }
+        }
+    }
+    for n in on_vxlan.neighbours.groups().flatten() {
+        if n.permanent && !wanted_neighbours.contains(&n.ip) {
+            b.removal(Stage::NeighbourRemovals, Op::DeleteNeighbour(**n));
+        }
+    }
+
+    let rejected = valid
+        .rejected
+        .iter()
+        .map(|(peer, why)| Failure {
+            object: format!("peer {}", peer.name),
+            peer: Some(peer.name.clone()),
+            error: why.to_string(),
+        })
+        .collect();
+    Ok(Plan {
+        stages: b.stages.into_iter().filter(|s| !s.is_empty()).collect(),
+        vxlan_index: on_vxlan.index,
+        unchanged: b.unchanged,
+        rejected,
+        failures,
+    })
+}
+
+/// The VXLAN device weft wants.
+pub fn vxlan_spec(local: &LocalNode, underlay: u32) -> VxlanSpec {
+    VxlanSpec {
+        name: DEFAULT_VXLAN_DEVICE.to_string(),
+        attrs: VxlanAttrs {
+            vni: local.vni,
+            port: local.vxlan_port,
+            local: Some(local.node_ip),
+            underlay: Some(underlay),
+            learning: false,
+            udp_csum: true,
+        },
+        mtu: local.mtu,
+        mac: local.vtep_mac,
+    }
+}
+
+/// Whether an existing link can serve as vxlan0: the tunnel's identity (VNI, port, local IP,
+/// underlay) and the UDP checksum setting cannot change without recreating the device.
+fn compatible(link: &Link, want: &VxlanAttrs) -> bool {
+    link.kind.as_deref() == Some("vxlan")
+        && link.vxlan.as_ref().is_some_and(|a| {
+            a.vni == want.vni
+                && a.port == want.port
+                && a.local == want.local
+                && a.underlay == want.underlay
+                && a.udp_csum == want.udp_csum
+        })
+}
+
+fn plan_vxlan<'k>(
+    b: &mut Builder,
+    local: &LocalNode,
+    underlay: u32,
+    existing: Option<&'k Link>,
+    kernel: &'k Kernel,
+) -> OnVxlan<'k> {
+    let spec = vxlan_spec(local, underlay);
+    let want_addr = Ipv4Net::from(local.vtep_ip());
+    let adopted = match existing {
+        Some(link) if compatible(link, &spec.attrs) => Some(link),
+        Some(link) => {
+            let op = Op::DeleteLink { index: link.index, name: link.name.clone() };
+            b.critical(Stage::DeviceDelete, op, Tally::REMOVE);
+            None
+        }
+        None => None,
+    };
+    let Some(link) = adopted else {
+        b.critical(Stage::Device, Op::CreateVxlan(spec), Tally::CREATE);
+        b.push(Stage::DeviceConfig, Op::AddAddress(want_addr), Tally::CREATE, None);
+        return OnVxlan {
+            index: None,
+            neighbours: Grouped::new(std::iter::empty(), |n| n.ip),
+            fdb: Grouped::new(std::iter::empty(), |e| e.mac),
+        };
+    };
+
+    let change = LinkChange {
+        mtu: (link.mtu != spec.mtu).then_some(spec.mtu),
+        mac: (link.mac != Some(spec.mac)).then_some(spec.mac),
+        up: (!link.up).then_some(true),
+        ..LinkChange::default()
+    };
+    if change == LinkChange::default() {
+        b.unchanged += 1;
+    } else {
+        b.push(Stage::Device, Op::FixVxlan(change), Tally::CHANGE, None);
+    }
+    if link.vxlan.as_ref().is_some_and(|a| a.learning) {
+        b.push(Stage::Device, Op::VxlanLearningOff, Tally::CHANGE, None);
+    }
+
+    let addresses: Vec<Ipv4Net> = kernel.addresses_of(link.index).collect();
+    for addr in &addresses {
+        if *addr == want_addr {
+            b.unchanged += 1;
+        } else {
+            b.removal(Stage::DeviceConfig, Op::DeleteAddress(*addr));
+        }
+    }
+    if !addresses.contains(&want_addr) {
+        b.push(Stage::DeviceConfig, Op::AddAddress(want_addr), Tally::CREATE, None);
+    }
+
+    let on_link = |ifindex: u32| ifindex == link.index;
+    OnVxlan {
+        index: Some(link.index),
+        neighbours: Grouped::new(kernel.neighbours.iter().filter(|n| on_link(n.ifindex)), |n| n.ip),
+        fdb: Grouped::new(kernel.fdb.iter().filter(|e| on_link(e.ifindex)), |e| e.mac),
+    }
+}
+
+/// cni0 is handed to `bridge::ensure_bridge` only when the snapshot shows it is not right.
+fn plan_bridge(b: &mut Builder, local: &LocalNode, kernel: &Kernel) {
+    let gateway = local.gateway_net();
+    let right = kernel.link(&local.bridge).is_some_and(|l| {
+        l.kind.as_deref() == Some("bridge")
+            && l.up
+            && l.mtu == local.mtu
+            && kernel.addresses_of(l.index).any(|a| a == gateway)
+    });
+    if right {
+        b.unchanged += 1;
+    } else {
+        let op = Op::EnsureBridge { name: local.bridge.clone(), mtu: local.mtu, gateway };
+        // The executor counts what ensure_bridge reports it did.
+        b.push(Stage::Device, op, Tally::default(), None);
+    }
+}
+
+fn plan_sysctls(b: &mut Builder, kernel: &Kernel, vxlan_adopted: bool) {
+    if kernel.ip_forward.as_deref() == Some("1") {
+        b.unchanged += 1;
+    } else {
+        let op = Op::Sysctl { key: sysctl::IP_FORWARD.to_string(), value: "1" };
+        b.push(Stage::Device, op, Tally::CHANGE, None);
+    }
+    // A new vxlan0 starts from the namespace default: set it after creating the device.
+    if vxlan_adopted && kernel.vxlan_rp_filter.as_deref() == Some(RP_FILTER_LOOSE) {
+        b.unchanged += 1;
+    } else {
+        let op = Op::Sysctl { key: sysctl::dev_key("rp_filter", DEFAULT_VXLAN_DEVICE), value: RP_FILTER_LOOSE };
+        b.push(Stage::DeviceConfig, op, Tally::CHANGE, None);
+    }
+}
+
+fn plan_nft(b: &mut Builder, local: &LocalNode, kernel: &Kernel, failures: &mut Vec<Failure>) {
+    let listing = match &kernel.nft {
+        Ok(listing) => listing,
+        Err(e) => {
+            failures.push(Failure {
+                object: "nftables".into(),
+                peer: None,
+                error: format!("cannot read the ruleset, left alone: {e}"),
+            });
+            return;
+        }
+    };
+    let table = firewall::weft_table(local);
+    match &listing.table {
+        Some(shape) if *shape == table.shape() => b.unchanged += 1,
+        current => {
+            let tally = if current.is_some() { Tally::CHANGE } else { Tally::CREATE };
+            let op = Op::Nft { object: "nftables table inet weft", script: table.render_replace() };
+            b.push(Stage::Device, op, tally, None);
+        }
+    }
+    let foreign = firewall::foreign_changes(&listing.foreign, &firewall::cluster_accepts(local.cluster_cidr));
+    b.unchanged += foreign.kept;
+    if !foreign.script.is_empty() {
+        let op = Op::Nft { object: "nftables rules in other tables' forward chains", script: foreign.script };
+        let tally = Tally::of(foreign.inserted, 0, foreign.removed);
+        b.push(Stage::DeviceConfig, op, tally, None);
+    }
+    for chain in foreign.unaddressable {
+        failures.push(Failure {
+            object: format!("nftables chain {chain}"),
+            peer: None,
+            error: "nft cannot address it by name (not a plain identifier), so weft's accepts \
+                    cannot be added to or removed from it"
+                .into(),
+        });
+    }
+}
+
+fn plan_neighbour(b: &mut Builder, on: &OnVxlan<'_>, ip: Ipv4Addr, mac: Mac, peer: Option<&str>) {
+    let tally = match on.neighbours.get(&ip).first() {
+        Some(n) if n.mac == mac && n.permanent => {
+            b.unchanged += 1;
+            return;
+        }
+        Some(_) => Tally::CHANGE,
+        None => Tally::CREATE,
+    };
+    b.push(Stage::NeighboursAndFdb, Op::Neighbour { ip, mac }, tally, peer);
+}
+
+/// A VXLAN FDB entry is keyed by MAC and may hold several remotes. A replace updates the remote
+/// that already has the destination, or else rewrites the first one (the kernel's list order is
+/// the dump order); any other remote of the MAC is deleted afterwards.
+fn plan_fdb(b: &mut Builder, on: &OnVxlan<'_>, mac: Mac, dst: Ipv4Addr, peer: Option<&str>) {
+    let entries = on.fdb.get(&mac);
+    let matching = entries.iter().find(|e| e.dst == Some(dst));
+    let kept = matching.or(entries.first());
+    match matching {
+        Some(e) if e.permanent => b.unchanged += 1,
+        _ => {
+            let tally = if entries.is_empty() { Tally::CREATE } else { Tally::CHANGE };
+            b.push(Stage::NeighboursAndFdb, Op::Fdb { mac, dst }, tally, peer);
+        }
+    }
+    for e in entries {
+        if kept.is_none_or(|k| !std::ptr::eq(*k, *e)) {
+            b.removal(Stage::FdbRemovals, Op::DeleteFdb(**e));
+        }
+    }
+}
+
+/// `existing`: weft's routes to the same destination (at most one with metric 0, which a
+/// replace rewrites in place; any with another metric are removed).
+fn plan_route(b: &mut Builder, want: RouteSpec, vxlan_index: Option<u32>, existing: &[&Route4], peer: Option<&str>) {
+    let oif = match want.dev {
+        Dev::Vxlan => vxlan_index,
+        Dev::Index(i) => Some(i),
+    };
+    let primary = existing.iter().find(|r| r.priority.is_none());
+    for r in existing.iter().filter(|r| r.priority.is_some()) {
+        b.removal(Stage::RouteRemovals, Op::DeleteRoute((*r).clone()));
+    }
+    let tally = match primary {
+        Some(r) if oif.is_some() && r.oif == oif && r.gateway == Some(want.gateway) && r.onlink == want.onlink => {
+            b.unchanged += 1;
+            return;
+        }
+        Some(_) => Tally::CHANGE,
+        None => Tally::CREATE,
+    };
+    let replace = primary.is_some();
+    b.push(Stage::Routes, Op::Route { route: want, replace }, tally, peer);
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::desired::Peer;
+    use crate::nft::{ForeignChain, Listing};
+    use crate::validate::tests::{local, peer};
+
+    const ETH0: u32 = 2;
+    const VXLAN: u32 = 5;
+    const CNI0: u32 = 6;
+
+    pub(crate) fn desired_with(peers: &[u8]) -> Desired {
+        Desired { local: local(), peers: peers.iter().map(|&n| peer(n, PeerPath::Vxlan)).collect() }
+    }
+
+    fn link(index: u32, name: &str, kind: Option<&str>) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            mac: Some(Mac::derived(name)),
+            mtu: 1500,
+            up: true,
+            master: None,
+            kind: kind.map(str::to_string),
+            link: None,
+            vxlan: None,
+            hairpin: None,
+        }
+    }
+
+    fn route_of(p: &Peer) -> Route4 {
+        match p.path {
+            PeerPath::Vxlan => {
+                RouteSpec { dst: p.pod_cidr, gateway: p.vtep_ip(), dev: Dev::Vxlan, onlink: true }.to_route(VXLAN)
+            }
+            PeerPath::Direct => {
+                RouteSpec { dst: p.pod_cidr, gateway: p.node_ip, dev: Dev::Index(ETH0), onlink: false }.to_route(ETH0)
+            }
+        }
+    }
+
+    fn neighbour_of(p: &Peer) -> Neighbour {
+        Neighbour { ifindex: VXLAN, ip: p.vtep_ip(), mac: p.vtep_mac, permanent: true }
+    }
+
+    fn fdb_of(p: &Peer) -> FdbEntry {
+        FdbEntry { ifindex: VXLAN, mac: p.vtep_mac, dst: Some(p.node_ip), permanent: true }
+    }
+
+    /// The kernel exactly as a successful apply of `d` leaves it, plus the usual foreign state.
+    pub(crate) fn converged(d: &Desired) -> Kernel {
+        let l = &d.local;
+        let mut vxlan = link(VXLAN, DEFAULT_VXLAN_DEVICE, Some("vxlan"));
+        vxlan.mtu = l.mtu;
+        vxlan.mac = Some(l.vtep_mac);
+        vxlan.vxlan = Some(vxlan_spec(l, ETH0).attrs);
+        let mut cni0 = link(CNI0, &l.bridge, Some("bridge"));
+        cni0.mtu = l.mtu;
+        let vxlan_peers: Vec<&Peer> = d.peers.iter().filter(|p| p.path == PeerPath::Vxlan).collect();
+        let mut routes: Vec<Route4> = d.peers.iter().map(route_of).collect();
+        routes.push(Route4 {
+            dst: l.pod_cidr,
+            gateway: None,
+            oif: Some(CNI0),
+            onlink: false,
+            protocol: 2,
+            table: MAIN_TABLE,
+            priority: None,
+        });
+        Kernel {
+            links: vec![link(1, "lo", None), link(ETH0, "eth0", None), vxlan, cni0],
+            addresses: vec![
+                (ETH0, "192.0.2.10/24".parse().unwrap()),
+                (VXLAN, Ipv4Net::new(l.vtep_ip(), 32).unwrap()),
+                (CNI0, Ipv4Net::new(l.gateway(), 24).unwrap()),
+            ],
+            routes,
+            neighbours: vxlan_peers.iter().map(|p| neighbour_of(p)).collect(),
+            fdb: vxlan_peers.iter().map(|p| fdb_of(p)).collect(),
+            nft: Ok(Listing { table: Some(firewall::weft_table(l).shape()), foreign: Vec::new() }),
+            ip_forward: Some("1".into()),
+            vxlan_rp_filter: Some(RP_FILTER_LOOSE.into()),
+        }
+    }
+
+    fn empty() -> Kernel {
+        Kernel {
+            links: vec![link(1, "lo", None), link(ETH0, "eth0", None)],
+            addresses: vec![(ETH0, "192.0.2.10/24".parse().unwrap())],
+            routes: Vec::new(),
+            neighbours: Vec::new(),
+            fdb: Vec::new(),
+            nft: Ok(Listing::default()),
+            ip_forward: Some("0".into()),
+            vxlan_rp_filter: None,
+        }
+    }
+
+    /// (stage number, op) for every step.
+    fn staged(p: &Plan) -> Vec<(usize, &Op)> {
+        p.stages.iter().enumerate().flat_map(|(i, s)| s.iter().map(move |step| (i, &step.op))).collect()
+    }
+
+    fn stage_of(p: &Plan, pred: impl Fn(&Op) -> bool) -> usize {
+        staged(p)
+            .into_iter()
+            .find(|(_, op)| pred(op))
+            .map(|(i, _)| i)
+            .unwrap_or_else(|| panic!("no such op in {:#?}", p.stages))
+    }
+
+    fn tally(p: &Plan) -> Tally {
+        let mut t = Tally::default();
+        p.steps().for_each(|s| t.add(s.tally));
+        t
+    }
+
+    #[test]
+    fn converged_kernel_needs_nothing() {
+        let mut d = desired_with(&[2, 3]);
+        d.peers.push(peer(4, PeerPath::Direct));
+        let p = plan(&d, &converged(&d)).unwrap();
+        assert!(p.stages.is_empty(), "{:#?}", p.stages);
+        // vxlan0, its address, cni0, 2 sysctls, the table; 2 × (neighbour, fdb, route); 1 route.
+        assert_eq!(p.unchanged, 6 + 6 + 1);
+        assert!(p.failures.is_empty() && p.rejected.is_empty());
+        assert_eq!(p.vxlan_index, Some(VXLAN));
+    }
+
+    #[test]
+    fn from_empty_everything_is_created_route_last() {
+        let mut d = desired_with(&[2]);
+        d.peers.push(peer(3, PeerPath::Direct));
+        let p = plan(&d, &empty()).unwrap();
+        assert_eq!(p.vxlan_index, None);
+        let create = stage_of(&p, |o| matches!(o, Op::CreateVxlan(_)));
+        let addr = stage_of(&p, |o| matches!(o, Op::AddAddress(_)));
+        let neigh = stage_of(&p, |o| matches!(o, Op::Neighbour { .. }));
+        let fdb = stage_of(&p, |o| matches!(o, Op::Fdb { .. }));
+        let route = stage_of(&p, |o| matches!(o, Op::Route { .. }));
+        assert!(create < addr && addr < neigh && neigh == fdb && fdb < route);
+        let Some(Op::CreateVxlan(spec)) = p.steps().map(|s| &s.op).find(|o| matches!(o, Op::CreateVxlan(_))) else {
+            unreachable!()
+        };
+        assert_eq!(spec.attrs.underlay, Some(ETH0));
+        assert_eq!(spec.attrs.local, Some(d.local.node_ip));
+        assert!(!spec.attrs.learning && spec.attrs.udp_csum);
+        let routes: Vec<&RouteSpec> = p
+            .steps()
+            .filter_map(|s| match &s.op {
+                Op::Route { route, replace } => {
+                    assert!(!replace);
+                    Some(route)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(routes.len(), 2);
+        let direct = routes.iter().find(|r| r.dev == Dev::Index(ETH0)).unwrap();
+        assert_eq!((direct.gateway, direct.onlink), (d.peers[1].node_ip, false));
+        let vx = routes.iter().find(|r| r.dev == Dev::Vxlan).unwrap();
+        assert_eq!((vx.gateway, vx.onlink), (d.peers[0].vtep_ip(), true));
+        // Only one neighbour and FDB entry: the direct peer has none.
+        let n = p.steps().filter(|s| matches!(s.op, Op::Neighbour { .. } | Op::Fdb { .. }));
+        assert_eq!(n.count(), 2);
+        assert!(p.steps().any(|s| matches!(&s.op, Op::EnsureBridge { name, .. } if name == "cni0")));
+        assert!(p.steps().any(|s| matches!(&s.op, Op::Nft { script, .. } if script.contains("table inet weft {"))));
+        assert_eq!(p.steps().filter(|s| matches!(s.op, Op::Sysctl { .. })).count(), 2);
+        assert!(p.steps().filter(|s| s.critical).all(|s| matches!(s.op, Op::CreateVxlan(_))));
+        assert_eq!(tally(&p).removed, 0);
+    }
+
+    #[test]
+    fn an_adopted_vxlan_is_fixed_in_place() {
+        let d = desired_with(&[2]);
+        let mut k = converged(&d);
+        let vx = k.links.iter_mut().find(|l| l.index == VXLAN).unwrap();
+        vx.mtu = 1500;
+        vx.up = false;
+        vx.vxlan.as_mut().unwrap().learning = true;
+        k.addresses.push((VXLAN, "10.244.1.7/24".parse().unwrap()));
+        let p = plan(&d, &k).unwrap();
+        let ops: Vec<&Op> = p.steps().map(|s| &s.op).collect();
+        assert_eq!(ops.len(), 3, "{ops:#?}");
+        assert!(ops.contains(&&Op::FixVxlan(LinkChange { mtu: Some(1450), up: Some(true), ..LinkChange::default() })));
+        assert!(ops.contains(&&Op::VxlanLearningOff));
+        assert!(ops.contains(&&Op::DeleteAddress("10.244.1.7/24".parse().unwrap())));
+        assert!(p.steps().all(|s| !s.critical));
+    }
+
+    #[test]
+    fn a_vni_change_recreates_vxlan_and_readds_every_entry() {
+        let mut d = desired_with(&[2, 3]);
+        d.peers.push(peer(4, PeerPath::Direct));
+        let k = converged(&d);
+        d.local.vni = 42;
+        let p = plan(&d, &k).unwrap();
+        assert_eq!(p.vxlan_index, None);
+        assert_eq!(p.stages[0][0].op, Op::DeleteLink { index: VXLAN, name: "vxlan0".into() });
+        assert!(p.stages[0][0].critical);
+        assert!(
+            matches!(&p.stages[1].iter().find(|s| s.critical).unwrap().op, Op::CreateVxlan(s) if s.attrs.vni == 42)
+        );
+        let t = tally(&p);
+        // address + 2 neighbours + 2 fdb + 2 routes created (+ vxlan0); nothing else removed:
+        // the old device's entries vanish with it.
+        assert_eq!((t.created, t.removed), (1 + 1 + 2 + 2 + 2, 1));
+        assert!(p.steps().all(|s| !matches!(s.op, Op::Route { replace: true, .. })));
+        // The direct route does not depend on vxlan0 and stays.
+        assert!(!p.steps().any(|s| matches!(&s.op, Op::Route { route, .. } if route.dev != Dev::Vxlan)));
+    }
+
+    #[test]
+    fn other_identity_changes_recreate_too() {
+        let d = desired_with(&[]);
+        let breakers: [fn(&mut Link); 5] = [
+            |l| l.vxlan.as_mut().unwrap().port = 4789,
+            |l| l.vxlan.as_mut().unwrap().local = Some("192.0.2.99".parse().unwrap()),
+            |l| l.vxlan.as_mut().unwrap().underlay = Some(9),
+            |l| l.vxlan.as_mut().unwrap().udp_csum = false,
+            |l| l.kind = Some("dummy".into()),
+        ];
+        for f in breakers {
+            let mut k = converged(&d);
+            f(k.links.iter_mut().find(|l| l.index == VXLAN).unwrap());
+            let p = plan(&d, &k).unwrap();
+            assert!(matches!(p.stages[0][0].op, Op::DeleteLink { index: VXLAN, .. }));
+        }
+    }
+
+    #[test]
+    fn changed_peers_are_replaced_in_place() {
+        let mut d = desired_with(&[2, 3]);
+        d.peers.push(peer(4, PeerPath::Direct));
+        let k = converged(&d);
+        let old_mac = d.peers[0].vtep_mac;
+        d.peers[0].vtep_mac = Mac::derived("n2-new");
+        d.peers[1].node_ip = "198.51.100.99".parse().unwrap();
+        d.peers[2].node_ip = "192.0.2.44".parse().unwrap();
+        let p = plan(&d, &k).unwrap();
+        let steps: Vec<&Step> = p.steps().collect();
+        let find = |pred: &dyn Fn(&Op) -> bool| steps.iter().find(|s| pred(&s.op)).copied();
+        // n2: the neighbour changes MAC in place; a new FDB entry, the old one removed.
+        let n = find(&|o| matches!(o, Op::Neighbour { ip, .. } if *ip == d.peers[0].vtep_ip())).unwrap();
+        assert_eq!((n.tally, n.peer.as_deref()), (Tally::CHANGE, Some("n2")));
+        let f = find(&|o| matches!(o, Op::Fdb { mac, .. } if *mac == d.peers[0].vtep_mac)).unwrap();
+        assert_eq!(f.tally, Tally::CREATE);
+        assert!(find(&|o| matches!(o, Op::DeleteFdb(e) if e.mac == old_mac)).is_some());
+        // n3: its FDB entry gets a new destination in place.
+        let f = find(&|o| matches!(o, Op::Fdb { dst, .. } if *dst == d.peers[1].node_ip)).unwrap();
+        assert_eq!(f.tally, Tally::CHANGE);
+        // n4 (direct): the route changes gateway with a replace.
+        let r = find(&|o| matches!(o, Op::Route { route, replace: true } if route.gateway == d.peers[2].node_ip));
+        assert_eq!(r.unwrap().tally, Tally::CHANGE);
+        let t = tally(&p);
+        assert_eq!((t.created, t.changed, t.removed), (1, 3, 1));
+        assert!(!steps.iter().any(|s| matches!(s.op, Op::DeleteRoute(_) | Op::DeleteNeighbour(_))));
+    }
+
+    #[test]
+    fn a_gone_peer_is_removed_route_first() {
+        let k = converged(&desired_with(&[2, 3]));
+        let p = plan(&desired_with(&[2]), &k).unwrap();
+        let route = stage_of(&p, |o| matches!(o, Op::DeleteRoute(r) if r.dst.to_string() == "10.244.3.0/24"));
+        let fdb = stage_of(&p, |o| matches!(o, Op::DeleteFdb(e) if e.mac == Mac::derived("n3")));
+        let neigh = stage_of(&p, |o| matches!(o, Op::DeleteNeighbour(n) if n.ip.to_string() == "10.244.3.0"));
+        assert!(route < fdb && fdb < neigh);
+        assert_eq!(tally(&p), Tally::of(0, 0, 3));
+    }
+
+    #[test]
+    fn switching_path_keeps_a_route_while_entries_change() {
+        // vxlan → direct: the route is replaced first, the tunnel entries removed after.
+        let d = desired_with(&[2]);
+        let mut direct = d.clone();
+        direct.peers[0].path = PeerPath::Direct;
+        let p = plan(&direct, &converged(&d)).unwrap();
+        let route = stage_of(&p, |o| matches!(o, Op::Route { replace: true, route } if route.dev == Dev::Index(ETH0)));
+        let fdb = stage_of(&p, |o| matches!(o, Op::DeleteFdb(_)));
+        let neigh = stage_of(&p, |o| matches!(o, Op::DeleteNeighbour(_)));
+        assert!(route < fdb && fdb < neigh);
+        // direct → vxlan: entries first, then the route is replaced.
+        let p = plan(&d, &converged(&direct)).unwrap();
+        let neigh = stage_of(&p, |o| matches!(o, Op::Neighbour { .. }));
+        let route = stage_of(&p, |o| matches!(o, Op::Route { replace: true, route } if route.dev == Dev::Vxlan));
+        assert!(neigh < route);
+        assert_eq!(tally(&p), Tally::of(2, 1, 0));
+    }
+
+    #[test]
+    fn stale_owned_entries_go_and_foreign_ones_stay() {
+        let d = desired_with(&[2]);
+        let mut k = converged(&d);
+        let stale = peer(9, PeerPath::Vxlan);
+        k.routes.push(route_of(&stale));
+        k.neighbours.push(neighbour_of(&stale));
+        k.fdb.push(fdb_of(&stale));
+        // Foreign: other protocol, other device, not permanent, and a metric-variant twin.
+        let mut static_route = route_of(&peer(8, PeerPath::Vxlan));
+        static_route.protocol = 4;
+        k.routes.push(static_route);
+        k.neighbours.push(Neighbour { ifindex: ETH0, ..neighbour_of(&peer(7, PeerPath::Vxlan)) });
+        k.neighbours.push(Neighbour { permanent: false, ..neighbour_of(&peer(6, PeerPath::Vxlan)) });
+        k.fdb.push(FdbEntry { ifindex: CNI0, ..fdb_of(&peer(5, PeerPath::Vxlan)) });
+        let mut twin = route_of(&d.peers[0]);
+        twin.priority = Some(100);
+        k.routes.push(twin.clone());
+        let p = plan(&d, &k).unwrap();
+        let mut removed: Vec<String> = p.steps().map(|s| s.op.to_string()).collect();
+        removed.sort();
+        assert_eq!(
+            removed,
+            [
+                format!("fdb {} on vxlan0", stale.vtep_mac),
+                "neighbour 10.244.9.0 on vxlan0".into(),
+                "route 10.244.2.0/24".into(),
+                "route 10.244.9.0/24".into(),
+            ]
+        );
+        assert!(p.steps().any(|s| s.op == Op::DeleteRoute(twin.clone())));
+        assert_eq!(tally(&p), Tally::of(0, 0, 4));
+    }
+
+    #[test]
+    fn extra_fdb_remotes_of_a_peer_mac_are_removed() {
+        let d = desired_with(&[2]);
+        let mut k = converged(&d);
+        let extra = FdbEntry { dst: Some("203.0.113.5".parse().unwrap()), ..fdb_of(&d.peers[0]) };
+        k.fdb.insert(0, extra);
+        let p = plan(&d, &k).unwrap();
+        assert_eq!(p.steps().map(|s| &s.op).collect::<Vec<_>>(), [&Op::DeleteFdb(extra)]);
+        // Without the right remote, the first is rewritten and the others deleted.
+        k.fdb.retain(|e| e.dst == extra.dst);
+        let second = FdbEntry { dst: Some("203.0.113.6".parse().unwrap()), ..extra };
+        k.fdb.push(second);
+        let p = plan(&d, &k).unwrap();
+        let ops: Vec<&Op> = p.steps().map(|s| &s.op).collect();
+        assert_eq!(ops.len(), 2);
+        assert!(ops.contains(&&Op::Fdb { mac: extra.mac, dst: d.peers[0].node_ip }));
+        assert!(ops.contains(&&Op::DeleteFdb(second)));
+    }
+
+    #[test]
+    fn invalid_peers_are_reported_and_not_programmed() {
+        let mut d = desired_with(&[2]);
+        let k = converged(&d);
+        d.peers[0].pod_cidr = "10.99.2.0/24".parse().unwrap();
+        d.peers.push(peer(3, PeerPath::Vxlan));
+        let p = plan(&d, &k).unwrap();
+        assert_eq!(p.rejected.len(), 1);
+        assert_eq!(p.rejected[0].peer.as_deref(), Some("n2"));
+        assert!(p.steps().all(|s| s.peer.as_deref() != Some("n2")));
+        // What had been programmed for it before is removed.
+        assert!(p.steps().any(|s| matches!(&s.op, Op::DeleteRoute(r) if r.dst.to_string() == "10.244.2.0/24")));
+        assert!(p.steps().any(|s| s.peer.as_deref() == Some("n3")));
+    }
+
+    #[test]
+    fn a_bad_local_node_or_missing_underlay_is_an_error() {
+        let mut d = desired_with(&[]);
+        d.local.underlay = "eth9".into();
+        assert_eq!(plan(&d, &empty()), Err(PlanError::NoUnderlay("eth9".into())));
+        d.local.vni = u32::MAX;
+        assert!(matches!(plan(&d, &empty()), Err(PlanError::Invalid(_))));
+    }
+
+    #[test]
+    fn nftables_is_rewritten_only_when_it_differs() {
+        let d = desired_with(&[2]);
+        let mut k = converged(&d);
+        let Ok(listing) = &mut k.nft else { unreachable!() };
+        listing.table.as_mut().unwrap().chains[1].comments.pop();
+        let p = plan(&d, &k).unwrap();
+        assert_eq!(p.stages.len(), 1);
+        assert_eq!(p.stages[0][0].tally, Tally::CHANGE);
+        assert!(
+            matches!(&p.stages[0][0].op, Op::Nft { script, .. } if script.starts_with("add table inet weft\ndelete table inet weft\n"))
+        );
+        // A cluster CIDR change changes the rules' comments, hence the shape.
+        let mut wider = d.clone();
+        wider.local.cluster_cidr = "10.0.0.0/8".parse().unwrap();
+        let p = plan(&wider, &converged(&d)).unwrap();
+        assert!(p.steps().any(|s| matches!(s.op, Op::Nft { .. })));
+        // An unreadable ruleset is reported and nftables left alone.
+        k.nft = Err("nft: not found".into());
+        let p = plan(&d, &k).unwrap();
+        assert!(p.steps().all(|s| !matches!(s.op, Op::Nft { .. })));
+        assert_eq!(p.failures.len(), 1);
+    }
+
+    #[test]
+    fn dropping_forward_chains_get_accepts_once() {
+        let d = desired_with(&[]);
+        let mut k = converged(&d);
+        let docker = ForeignChain {
+            family: "ip".into(),
+            table: "filter".into(),
+            name: "FORWARD".into(),
+            forward_drop: true,
+            weft_rules: Vec::new(),
+        };
+        let Ok(listing) = &mut k.nft else { unreachable!() };
+        listing.foreign.push(docker.clone());
+        let p = plan(&d, &k).unwrap();
+        assert_eq!(p.stages.len(), 1);
+        assert_eq!(p.stages[0][0].tally, Tally::of(2, 0, 0));
+        let accepts = firewall::cluster_accepts(d.local.cluster_cidr);
+        let Ok(listing) = &mut k.nft else { unreachable!() };
+        listing.foreign[0].weft_rules = vec![(10, accepts[0].comment.clone()), (11, accepts[1].comment.clone())];
+        let p = plan(&d, &k).unwrap();
+        assert!(p.stages.is_empty());
+    }
+}

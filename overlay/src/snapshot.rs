@@ -1,0 +1,75 @@
+//! Reading the kernel once per apply: one dump per object kind, plus one `nft -j list ruleset`
+//! (concurrently, in its own process) and the two sysctls weft sets. The result is plain data
+//! the planner diffs against; nothing here decides anything.
+
+use ipnet::Ipv4Net;
+
+use crate::desired::DEFAULT_VXLAN_DEVICE;
+use crate::firewall;
+use crate::netlink::{FdbEntry, Link, Neighbour, Netlink, NetlinkError, Route4};
+use crate::nft::{self, Listing};
+use crate::sysctl;
+
+/// The value weft gives `rp_filter` on vxlan0: loose (see docs/datapath.md).
+pub const RP_FILTER_LOOSE: &str = "2";
+
+/// What the kernel holds, as far as weft is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kernel {
+    pub links: Vec<Link>,
+    /// Every IPv4 address as (link index, address).
+    pub addresses: Vec<(u32, Ipv4Net)>,
+    /// IPv4 routes of the main table, of every protocol.
+    pub routes: Vec<Route4>,
+    /// IPv4 neighbours of every device.
+    pub neighbours: Vec<Neighbour>,
+    /// NTF_SELF forwarding entries of every device.
+    pub fdb: Vec<FdbEntry>,
+    /// The nftables state, or why it could not be read (then nftables is left alone).
+    pub nft: Result<Listing, String>,
+    /// `net.ipv4.ip_forward`; `None` when unreadable.
+    pub ip_forward: Option<String>,
+    /// `rp_filter` of vxlan0; `None` when the device (or the key) does not exist.
+    pub vxlan_rp_filter: Option<String>,
+}
+
+impl Kernel {
+    pub fn link(&self, name: &str) -> Option<&Link> {
+        self.links.iter().find(|l| l.name == name)
+    }
+
+    pub fn addresses_of(&self, index: u32) -> impl Iterator<Item = Ipv4Net> + '_ {
+        self.addresses.iter().filter(move |(i, _)| *i == index).map(|(_, a)| *a)
+    }
+}
+
+/// Reads everything; fails only when a netlink dump fails. The kernel runs one dump at a time
+/// per netlink socket (a second one gets EBUSY), so the dumps go one after the other while
+/// `nft` lists the ruleset in its own process meanwhile.
+pub async fn read(nl: &Netlink) -> Result<Kernel, NetlinkError> {
+    let nft_listing = async {
+        let value = nft::list_ruleset().await.map_err(|e| e.to_string())?;
+        nft::listing::parse(&value, firewall::FAMILY, firewall::TABLE).map_err(|e| e.to_string())
+    };
+    let dumps = async {
+        Ok::<_, NetlinkError>((
+            nl.links().await?,
+            nl.all_addresses().await?,
+            nl.routes().await?,
+            nl.all_neighbours().await?,
+            nl.all_fdb().await?,
+        ))
+    };
+    let (dumps, nft) = futures::join!(dumps, nft_listing);
+    let (links, addresses, routes, neighbours, fdb) = dumps?;
+    Ok(Kernel {
+        links,
+        addresses,
+        routes,
+        neighbours,
+        fdb,
+        nft,
+        ip_forward: sysctl::read(sysctl::IP_FORWARD).ok(),
+        vxlan_rp_filter: sysctl::read(&sysctl::dev_key("rp_filter", DEFAULT_VXLAN_DEVICE)).ok(),
+    })
+}

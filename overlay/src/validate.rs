@@ -1,0 +1,406 @@
+//! Checking a [`Desired`] before anything is planned: a bad local node makes the whole apply
+//! impossible, a bad peer is reported and left out (never programmed), so one misconfigured or
+//! conflicting node cannot break routing to the others.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use crate::desired::{DEFAULT_VXLAN_DEVICE, Desired, LocalNode, Peer};
+use crate::mac::Mac;
+
+/// Largest VXLAN network identifier (24 bits).
+pub const MAX_VNI: u32 = 0x00ff_ffff;
+/// The kernel's minimum IPv4 MTU.
+pub const MIN_MTU: u32 = 68;
+/// A pod subnet needs a network address (the VTEP) and a gateway host: /30 at most.
+pub const MAX_POD_PREFIX: u8 = 30;
+/// IFNAMSIZ minus the terminating NUL.
+const MAX_IFNAME: usize = 15;
+
+/// Why the local node cannot be programmed at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidLocal {
+    #[error("{field} {name:?} is not a valid interface name")]
+    BadInterfaceName { field: &'static str, name: String },
+    #[error("bridge {0:?} collides with the underlay or the VXLAN device name")]
+    BridgeNameClash(String),
+    #[error("{field} {net} is not a network address (host bits set)")]
+    NotANetwork { field: &'static str, net: Ipv4Net },
+    #[error("pod CIDR {0} is too small (at most /{MAX_POD_PREFIX})")]
+    PodCidrTooSmall(Ipv4Net),
+    #[error("pod CIDR {pod} is not inside the cluster CIDR {cluster}")]
+    PodCidrOutsideCluster { pod: Ipv4Net, cluster: Ipv4Net },
+    #[error("VNI {0} does not fit in 24 bits")]
+    BadVni(u32),
+    #[error("VXLAN UDP port must not be 0")]
+    ZeroPort,
+    #[error("MTU {0} is out of range ({MIN_MTU}..=65535)")]
+    BadMtu(u32),
+    #[error("VTEP MAC {0} is not a unicast address")]
+    BadMac(Mac),
+    #[error("node IP {0} is not a unicast address")]
+    BadNodeIp(Ipv4Addr),
+}
+
+/// Why one peer is left out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidPeer {
+    #[error("empty peer name")]
+    NoName,
+    #[error("pod CIDR {0} is not a network address (host bits set)")]
+    NotANetwork(Ipv4Net),
+    #[error("pod CIDR {0} is too small (at most /{MAX_POD_PREFIX})")]
+    PodCidrTooSmall(Ipv4Net),
+    #[error("pod CIDR {pod} is not inside the cluster CIDR {cluster}")]
+    OutsideCluster { pod: Ipv4Net, cluster: Ipv4Net },
+    #[error("pod CIDR {0} overlaps the local pod CIDR")]
+    OverlapsLocal(Ipv4Net),
+    #[error("pod CIDR {0} overlaps another peer's")]
+    OverlapsPeer(Ipv4Net),
+    #[error("node IP {0} is not a unicast address")]
+    BadNodeIp(Ipv4Addr),
+    #[error("node IP {0} is the local node's")]
+    LocalNodeIp(Ipv4Addr),
+    #[error("VTEP MAC {0} is not a unicast address")]
+    BadMac(Mac),
+    #[error("VTEP MAC {0} is the local node's")]
+    LocalMac(Mac),
+    #[error("VTEP MAC {0} is used by another peer")]
+    DuplicateMac(Mac),
+    #[error("another peer has the same name")]
+    DuplicateName,
+}
+
+/// The peers to program, in the order given, and those left out with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validated<'a> {
+    pub peers: Vec<&'a Peer>,
+    pub rejected: Vec<(&'a Peer, InvalidPeer)>,
+}
+
+/// Checks the local node, then each peer alone, then the peers against each other. Every peer
+/// involved in a conflict is rejected, so the outcome never depends on the order of the list.
+pub fn validate(desired: &Desired) -> Result<Validated<'_>, InvalidLocal> {
+    let local = &desired.local;
+    validate_local(local)?;
+    let mut verdicts: Vec<Option<InvalidPeer>> = desired.peers.iter().map(|p| check_peer(local, p)).collect();
+    let alone_ok: Vec<usize> = (0..desired.peers.len()).filter(|&i| verdicts[i].is_none()).collect();
+    for (i, why) in conflicts(&desired.peers, &alone_ok) {
+        verdicts[i].get_or_insert(why);
+    }
+    let mut out = Validated { peers: Vec::with_capacity(desired.peers.len()), rejected: Vec::new() };
+    for (peer, verdict) in desired.peers.iter().zip(verdicts) {
+        match verdict {
+            None => out.peers.push(peer),
+            Some(why) => out.rejected.push((peer, why)),
+        }
+    }
+    Ok(out)
+}
+
+fn validate_local(l: &LocalNode) -> Result<(), InvalidLocal> {
+    for (field, name) in [("underlay", &l.underlay), ("bridge", &l.bridge)] {
+        if !valid_ifname(name) {
+            return Err(InvalidLocal::BadInterfaceName { field, name: name.clone() });
+        }
+    }
+    if l.bridge == l.underlay || l.bridge == DEFAULT_VXLAN_DEVICE {
+        return Err(InvalidLocal::BridgeNameClash(l.bridge.clone()));
+    }
+    for (field, net) in [("pod CIDR", l.pod_cidr), ("cluster CIDR", l.cluster_cidr)] {
+        if net.addr() != net.network() {
+            return Err(InvalidLocal::NotANetwork { field, net });
+        }
+    }
+    if l.pod_cidr.prefix_len() > MAX_POD_PREFIX {
+        return Err(InvalidLocal::PodCidrTooSmall(l.pod_cidr));
+    }
+    if !l.cluster_cidr.contains(&l.pod_cidr) {
+        return Err(InvalidLocal::PodCidrOutsideCluster { pod: l.pod_cidr, cluster: l.cluster_cidr });
+    }
+    if l.vni > MAX_VNI {
+        return Err(InvalidLocal::BadVni(l.vni));
+    }
+    if l.vxlan_port == 0 {
+        return Err(InvalidLocal::ZeroPort);
+    }
+    if !(MIN_MTU..=65535).contains(&l.mtu) {
+        return Err(InvalidLocal::BadMtu(l.mtu));
+    }
+    if !l.vtep_mac.is_unicast() {
+        return Err(InvalidLocal::BadMac(l.vtep_mac));
+    }
+    if !unicast(l.node_ip) {
+        return Err(InvalidLocal::BadNodeIp(l.node_ip));
+    }
+    Ok(())
+}
+
+fn check_peer(local: &LocalNode, p: &Peer) -> Option<InvalidPeer> {
+    let cidr = p.pod_cidr;
+    let why = if p.name.is_empty() {
+        InvalidPeer::NoName
+    } else if cidr.addr() != cidr.network() {
+        InvalidPeer::NotANetwork(cidr)
+    } else if cidr.prefix_len() > MAX_POD_PREFIX {
+        InvalidPeer::PodCidrTooSmall(cidr)
+    } else if !local.cluster_cidr.contains(&cidr) {
+        InvalidPeer::OutsideCluster { pod: cidr, cluster: local.cluster_cidr }
+    } else if overlaps(&cidr, &local.pod_cidr) {
+        InvalidPeer::OverlapsLocal(cidr)
+    } else if !unicast(p.node_ip) {
+        InvalidPeer::BadNodeIp(p.node_ip)
+    } else if p.node_ip == local.node_ip {
+        InvalidPeer::LocalNodeIp(p.node_ip)
+    } else if !p.vtep_mac.is_unicast() {
+        InvalidPeer::BadMac(p.vtep_mac)
+    } else if p.vtep_mac == local.vtep_mac {
+        InvalidPeer::LocalMac(p.vtep_mac)
+    } else {
+        return None;
+    };
+    Some(why)
+}
+
+/// Peers (among `candidates`) that clash with another: same name, same VTEP MAC, or pod CIDRs
+/// where one contains the other. By sorting, not maps of lists: this runs on every apply.
+fn conflicts(peers: &[Peer], candidates: &[usize]) -> Vec<(usize, InvalidPeer)> {
+    let mut out: Vec<(usize, InvalidPeer)> = Vec::new();
+    let names = duplicates(candidates, |i| peers[i].name.as_str());
+    out.extend(names.into_iter().map(|i| (i, InvalidPeer::DuplicateName)));
+    let macs = duplicates(candidates, |i| peers[i].vtep_mac);
+    out.extend(macs.into_iter().map(|i| (i, InvalidPeer::DuplicateMac(peers[i].vtep_mac))));
+    let cidrs = overlapping(peers, candidates);
+    out.extend(cidrs.into_iter().map(|i| (i, InvalidPeer::OverlapsPeer(peers[i].pod_cidr))));
+    // Stable: per peer, the first reason found is kept.
+    out.sort_by_key(|(i, _)| *i);
+    out
+}
+
+/// The candidates whose key another candidate shares.
+fn duplicates<K: Ord>(candidates: &[usize], key: impl Fn(usize) -> K) -> Vec<usize> {
+    let mut order = candidates.to_vec();
+    order.sort_by_key(|&i| key(i));
+    let mut out: Vec<usize> = order.windows(2).filter(|w| key(w[0]) == key(w[1])).flat_map(|w| [w[0], w[1]]).collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The peers whose pod CIDR overlaps another's, in O(n log n): two CIDRs either nest or are
+/// disjoint, so after sorting by (start, prefix) a CIDR overlaps an earlier one exactly when it
+/// starts before the furthest end seen so far, and that furthest-reaching one contains it.
+fn overlapping(peers: &[Peer], candidates: &[usize]) -> Vec<usize> {
+    let range = |i: usize| {
+        let net = peers[i].pod_cidr;
+        (u32::from(net.network()), u32::from(net.broadcast()))
+    };
+    let mut order = candidates.to_vec();
+    order.sort_by_key(|&i| (range(i).0, peers[i].pod_cidr.prefix_len()));
+    let mut out = Vec::new();
+    let mut furthest: Option<(u32, usize)> = None;
+    for i in order {
+        let (start, end) = range(i);
+        if let Some((reach, holder)) = furthest {
+            if start <= reach {
+                out.extend([i, holder]);
+            }
+            if end <= reach {
+                continue;
+            }
+        }
+        furthest = Some((end, i));
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(b) || b.contains(a)
+}
+
+fn unicast(ip: Ipv4Addr) -> bool {
+    !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback())
+}
+
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_IFNAME
+        && name != "."
+        && name != ".."
+        && !name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::desired::{DEFAULT_BRIDGE, DEFAULT_VNI, DEFAULT_VXLAN_PORT, PeerPath};
+
+    pub(crate) fn local() -> LocalNode {
+        LocalNode {
+            name: "n1".into(),
+            node_ip: "192.0.2.10".parse().unwrap(),
+            underlay: "eth0".into(),
+            pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            vni: DEFAULT_VNI,
+            vxlan_port: DEFAULT_VXLAN_PORT,
+            mtu: 1450,
+            vtep_mac: Mac::derived("n1"),
+            bridge: DEFAULT_BRIDGE.into(),
+        }
+    }
+
+    pub(crate) fn peer(n: u8, path: PeerPath) -> Peer {
+        Peer {
+            name: format!("n{n}"),
+            node_ip: Ipv4Addr::new(198, 51, 100, 10 + n),
+            pod_cidr: Ipv4Net::new(Ipv4Addr::new(10, 244, n, 0), 24).unwrap(),
+            vtep_mac: Mac::derived(&format!("n{n}")),
+            path,
+        }
+    }
+
+    fn desired(peers: Vec<Peer>) -> Desired {
+        Desired { local: local(), peers }
+    }
+
+    fn rejected(d: &Desired) -> Vec<(String, InvalidPeer)> {
+        validate(d).unwrap().rejected.into_iter().map(|(p, why)| (p.name.clone(), why)).collect()
+    }
+
+    #[test]
+    fn good_peers_pass_in_order() {
+        let d = desired(vec![peer(3, PeerPath::Vxlan), peer(2, PeerPath::Direct)]);
+        let v = validate(&d).unwrap();
+        assert_eq!(v.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["n3", "n2"]);
+        assert!(v.rejected.is_empty());
+    }
+
+    #[test]
+    fn peers_outside_the_cluster_or_on_the_local_cidr_are_rejected() {
+        let mut outside = peer(2, PeerPath::Vxlan);
+        outside.pod_cidr = "10.245.2.0/24".parse().unwrap();
+        let mut local_clash = peer(3, PeerPath::Vxlan);
+        local_clash.pod_cidr = "10.244.1.0/25".parse().unwrap();
+        let mut host_bits = peer(4, PeerPath::Vxlan);
+        host_bits.pod_cidr = "10.244.4.7/24".parse().unwrap();
+        let d = desired(vec![outside, local_clash, host_bits, peer(5, PeerPath::Vxlan)]);
+        let r = rejected(&d);
+        assert_eq!(r.len(), 3, "{r:?}");
+        assert!(matches!(r[0], (ref n, InvalidPeer::OutsideCluster { .. }) if n == "n2"));
+        assert!(matches!(r[1], (ref n, InvalidPeer::OverlapsLocal(_)) if n == "n3"));
+        assert!(matches!(r[2], (ref n, InvalidPeer::NotANetwork(_)) if n == "n4"));
+    }
+
+    #[test]
+    fn both_sides_of_a_conflict_are_rejected() {
+        let mut wide = peer(2, PeerPath::Vxlan);
+        wide.pod_cidr = "10.244.2.0/23".parse().unwrap();
+        let narrow = peer(3, PeerPath::Vxlan); // 10.244.3.0/24 inside 10.244.2.0/23
+        let mut same_mac = peer(4, PeerPath::Vxlan);
+        same_mac.vtep_mac = Mac::derived("n5");
+        let mac_twin = peer(5, PeerPath::Vxlan);
+        let mut name_twin = peer(6, PeerPath::Vxlan);
+        name_twin.name = "n7".into();
+        let d = desired(vec![
+            wide,
+            narrow,
+            same_mac,
+            mac_twin,
+            name_twin,
+            peer(7, PeerPath::Vxlan),
+            peer(8, PeerPath::Vxlan),
+        ]);
+        let v = validate(&d).unwrap();
+        assert_eq!(v.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["n8"]);
+        let why: Vec<_> = v.rejected.iter().map(|(_, w)| w.clone()).collect();
+        assert!(matches!(why[0], InvalidPeer::OverlapsPeer(_)));
+        assert!(matches!(why[1], InvalidPeer::OverlapsPeer(_)));
+        assert!(matches!(why[2], InvalidPeer::DuplicateMac(_)));
+        assert!(matches!(why[3], InvalidPeer::DuplicateMac(_)));
+        assert_eq!(why[4], InvalidPeer::DuplicateName);
+        assert_eq!(why[5], InvalidPeer::DuplicateName);
+    }
+
+    #[test]
+    fn identical_cidrs_conflict() {
+        let mut twin = peer(3, PeerPath::Vxlan);
+        twin.pod_cidr = peer(2, PeerPath::Vxlan).pod_cidr;
+        let d = desired(vec![peer(2, PeerPath::Vxlan), twin]);
+        assert_eq!(rejected(&d).len(), 2);
+    }
+
+    #[test]
+    fn overlap_sweep_agrees_with_comparing_every_pair() {
+        // Nested and disjoint CIDRs of many sizes, from a fixed pseudo-random sequence.
+        let mut x: u32 = 12345;
+        let mut peers = Vec::new();
+        for k in 0..120u32 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let prefix = 22 + (x >> 16) % 9;
+            let start = Ipv4Addr::from(0x0af4_0000 | ((x >> 3) & 0xffff));
+            let mut p = peer(2, PeerPath::Vxlan);
+            p.name = format!("p{k}");
+            p.pod_cidr = Ipv4Net::new(start, prefix as u8).unwrap().trunc();
+            peers.push(p);
+        }
+        let all: Vec<usize> = (0..peers.len()).collect();
+        let expected: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|&i| all.iter().any(|&j| j != i && overlaps(&peers[i].pod_cidr, &peers[j].pod_cidr)))
+            .collect();
+        assert!(!expected.is_empty() && expected.len() < peers.len());
+        assert_eq!(overlapping(&peers, &all), expected);
+    }
+
+    #[test]
+    fn bad_addresses_and_macs_are_rejected() {
+        let mut multicast = peer(2, PeerPath::Vxlan);
+        multicast.vtep_mac = "01:00:5e:00:00:01".parse().unwrap();
+        let mut ours = peer(3, PeerPath::Vxlan);
+        ours.vtep_mac = local().vtep_mac;
+        let mut zero_ip = peer(4, PeerPath::Vxlan);
+        zero_ip.node_ip = Ipv4Addr::UNSPECIFIED;
+        let mut our_ip = peer(5, PeerPath::Direct);
+        our_ip.node_ip = local().node_ip;
+        let mut unnamed = peer(6, PeerPath::Vxlan);
+        unnamed.name.clear();
+        let d = desired(vec![multicast, ours, zero_ip, our_ip, unnamed]);
+        let why: Vec<_> = rejected(&d).into_iter().map(|(_, w)| w).collect();
+        assert!(matches!(why[0], InvalidPeer::BadMac(_)));
+        assert!(matches!(why[1], InvalidPeer::LocalMac(_)));
+        assert!(matches!(why[2], InvalidPeer::BadNodeIp(_)));
+        assert!(matches!(why[3], InvalidPeer::LocalNodeIp(_)));
+        assert_eq!(why[4], InvalidPeer::NoName);
+    }
+
+    #[test]
+    fn a_bad_local_node_is_an_error() {
+        type Case = (fn(&mut LocalNode), fn(&InvalidLocal) -> bool);
+        let cases: Vec<Case> = vec![
+            (
+                |l| l.pod_cidr = "10.245.1.0/24".parse().unwrap(),
+                |e| matches!(e, InvalidLocal::PodCidrOutsideCluster { .. }),
+            ),
+            (|l| l.pod_cidr = "10.244.1.0/31".parse().unwrap(), |e| matches!(e, InvalidLocal::PodCidrTooSmall(_))),
+            (|l| l.cluster_cidr = "10.244.0.1/16".parse().unwrap(), |e| matches!(e, InvalidLocal::NotANetwork { .. })),
+            (|l| l.vni = 1 << 24, |e| matches!(e, InvalidLocal::BadVni(_))),
+            (|l| l.vxlan_port = 0, |e| *e == InvalidLocal::ZeroPort),
+            (|l| l.mtu = 20, |e| matches!(e, InvalidLocal::BadMtu(20))),
+            (|l| l.vtep_mac = "ff:ff:ff:ff:ff:ff".parse().unwrap(), |e| matches!(e, InvalidLocal::BadMac(_))),
+            (|l| l.node_ip = "127.0.0.1".parse().unwrap(), |e| matches!(e, InvalidLocal::BadNodeIp(_))),
+            (|l| l.underlay = "a-name-longer-than-15".into(), |e| matches!(e, InvalidLocal::BadInterfaceName { .. })),
+            (|l| l.bridge = "vxlan0".into(), |e| matches!(e, InvalidLocal::BridgeNameClash(_))),
+        ];
+        for (break_it, expected) in cases {
+            let mut d = desired(vec![]);
+            break_it(&mut d.local);
+            let err = validate(&d).unwrap_err();
+            assert!(expected(&err), "{err}");
+        }
+    }
+}

@@ -150,14 +150,16 @@ fn table(b: &CniBench) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "CNI latency, {} sequential ops each, same driver (spawn, config on stdin)", b.ops);
     let _ = writeln!(out, "{:<34} {:>9} {:>9} {:>9}", "", "median", "p90", "max");
-    let row =
-        |name: &str, s: &Summary| println!("{name:<34} {:>7.2}ms {:>7.2}ms {:>7.2}ms", s.median_ms, s.p90_ms, s.max_ms);
-    row("process start-up floor (VERSION)", &b.spawn_floor);
-    row("weft ADD", &b.weft_add);
-    row("bridge+host-local ADD", &b.reference_add);
-    row("weft DEL", &b.weft_del);
-    row("weft DEL until veth gone (reaper)", &b.weft_del_until_gone);
-    row("bridge+host-local DEL", &b.reference_del);
+    for (name, s) in [
+        ("process start-up floor (VERSION)", &b.spawn_floor),
+        ("weft ADD", &b.weft_add),
+        ("bridge+host-local ADD", &b.reference_add),
+        ("weft DEL", &b.weft_del),
+        ("weft DEL until veth gone (reaper)", &b.weft_del_until_gone),
+        ("bridge+host-local DEL", &b.reference_del),
+    ] {
+        let _ = writeln!(out, "{name:<34} {:>7.2}ms {:>7.2}ms {:>7.2}ms", s.median_ms, s.p90_ms, s.max_ms);
+    }
     let _ = writeln!(
         out,
         "speed-up (median): ADD {:.1}x (target >= 5x), DEL {:.1}x (target >= 8x)",

@@ -8,4 +8,4 @@ source scripts/setup.sh
 
 echo "==> building weft (release)"
 cargo build --workspace --release --locked
-exec target/release/weft-lab demo "$@"
+exec target/x86_64-unknown-linux-gnu/release/weft-lab demo "$@"

@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use ipnet::{IpNet, Ipv4Net};
-use weft_overlay::bridge::{BridgeError, ensure_bridge};
+use weft_overlay::bridge::{BridgeError, ensure_address, ensure_bridge, ensure_bridge_link};
 use weft_overlay::netlink::{
     Link, LinkChange, MAIN_TABLE, Netlink, NetlinkError, PendingSocket, Route4, VethSpec, WEFT_ROUTE_PROTOCOL,
 };
@@ -49,32 +49,39 @@ pub struct Attached {
     pub container_mac: Mac,
 }
 
-/// ADD's kernel part. `container` is a socket being opened in the container's namespace (started
-/// early so it overlaps other work). On failure everything created here is removed again.
-pub async fn attach(
-    a: &PortSpec<'_>,
-    netns: &File,
-    container: PendingSocket,
-    lease: &Lease,
-) -> Result<Attached, CniError> {
+/// A veth pair plugged into the bridge, its container end not yet configured.
+#[derive(Debug)]
+pub struct Plugged {
+    host_nl: Netlink,
+    bridge: Link,
+    /// Whether the bridge already carries the gateway address (it does when it was known up front).
+    bridge_addressed: bool,
+    host_name: String,
+    host_mac: Mac,
+}
+
+/// ADD's first kernel part, which needs no address yet and so runs while IPAM works: the bridge
+/// (with its gateway address when `gateway` is known already) and the veth pair, the container
+/// end created directly inside the container's namespace.
+pub async fn plug(a: &PortSpec<'_>, netns: &File, gateway: Option<Ipv4Net>) -> Result<Plugged, CniError> {
     let host_nl = Netlink::connect()?;
-    let gateway = Ipv4Net::new(lease.gateway, lease.address.prefix_len()).expect("prefix is valid");
-    let (bridge, _) = ensure_bridge(&host_nl, a.bridge, a.mtu, gateway).await?;
+    let bridge = match gateway {
+        Some(gateway) => ensure_bridge(&host_nl, a.bridge, a.mtu, gateway).await?.0,
+        None => ensure_bridge_link(&host_nl, a.bridge, a.mtu, Mac::derived(a.bridge)).await?.0,
+    };
     sysctl::ensure(sysctl::IP_FORWARD, "1")
         .map_err(|e| CniError::new(Code::Kernel, "cannot enable IPv4 forwarding").with_details(e))?;
 
     let host_name = host_veth_name(a.container_id, a.ifname);
-    // Both MACs are fixed by what they belong to, so a repeated ADD reproduces them and the
-    // result never needs a read-back.
+    // Fixed by what it belongs to, so a repeated ADD reproduces it and the result needs no read-back.
     let host_mac = Mac::derived(&host_name);
-    let container_mac = Mac::for_ipv4(lease.address.addr());
     let spec = VethSpec {
         name: host_name.clone(),
         mac: host_mac,
         mtu: a.mtu,
         master: Some(bridge.index),
         peer_name: a.ifname.to_string(),
-        peer_mac: container_mac,
+        peer_mac: None,
         peer_netns: netns.as_fd(),
     };
     if let Err(e) = host_nl.add_veth(&spec).await {
@@ -95,43 +102,57 @@ pub async fn attach(
             }
         }
     }
-    match configure(a, &host_nl, &host_name, container, lease).await {
-        Ok(()) => Ok(Attached { bridge, host_name, host_mac, container_mac }),
-        Err(e) => {
-            if let Err(cleanup) = host_nl.delete_link_by_name(&host_name).await {
-                tracing::warn!("rollback: cannot delete {host_name}: {cleanup}");
-            }
-            Err(e)
-        }
-    }
+    Ok(Plugged { host_nl, bridge, bridge_addressed: gateway.is_some(), host_name, host_mac })
 }
 
-/// Container side (address, up, routes) of a freshly created pair, and hairpin on the host side.
-async fn configure(
-    a: &PortSpec<'_>,
-    host_nl: &Netlink,
-    host_name: &str,
-    container: PendingSocket,
-    lease: &Lease,
-) -> Result<(), CniError> {
-    let ns_nl = container.connect()?;
-    let iface = ns_nl
-        .link(a.ifname)
-        .await?
-        .ok_or_else(|| CniError::new(Code::Kernel, format!("{} vanished from the container", a.ifname)))?;
-    ns_nl.add_address(iface.index, lease.address).await?;
-    ns_nl.set_link(iface.index, &LinkChange { up: Some(true), ..LinkChange::default() }).await?;
-    for route in container_routes(lease, iface.index) {
-        ns_nl.add_route(&route, false).await?;
-    }
-    if a.hairpin {
-        let host = host_nl
-            .link(host_name)
+impl Plugged {
+    /// ADD's second kernel part, once the address is known: the container end gets its MAC
+    /// (derived from the address), address, link up and routes; hairpin on the host end.
+    pub async fn configure(
+        &self,
+        a: &PortSpec<'_>,
+        container: PendingSocket,
+        lease: &Lease,
+    ) -> Result<Attached, CniError> {
+        if !self.bridge_addressed {
+            let gateway = Ipv4Net::new(lease.gateway, lease.address.prefix_len()).expect("prefix is valid");
+            ensure_address(&self.host_nl, self.bridge.index, gateway).await?;
+        }
+        let ns_nl = container.connect()?;
+        let iface = ns_nl
+            .link(a.ifname)
             .await?
-            .ok_or_else(|| CniError::new(Code::Kernel, format!("{host_name} vanished")))?;
-        host_nl.set_hairpin(host.index, true).await?;
+            .ok_or_else(|| CniError::new(Code::Kernel, format!("{} vanished from the container", a.ifname)))?;
+        // A reused address keeps its MAC, so neighbours' ARP caches stay right.
+        let container_mac = Mac::for_ipv4(lease.address.addr());
+        ns_nl.add_address(iface.index, lease.address).await?;
+        let up = LinkChange { up: Some(true), mac: Some(container_mac), ..LinkChange::default() };
+        ns_nl.set_link(iface.index, &up).await?;
+        for route in container_routes(lease, iface.index) {
+            ns_nl.add_route(&route, false).await?;
+        }
+        if a.hairpin {
+            let host = self
+                .host_nl
+                .link(&self.host_name)
+                .await?
+                .ok_or_else(|| CniError::new(Code::Kernel, format!("{} vanished", self.host_name)))?;
+            self.host_nl.set_hairpin(host.index, true).await?;
+        }
+        Ok(Attached {
+            bridge: self.bridge.clone(),
+            host_name: self.host_name.clone(),
+            host_mac: self.host_mac,
+            container_mac,
+        })
     }
-    Ok(())
+
+    /// Rollback: removes the pair again.
+    pub async fn unplug(&self) {
+        if let Err(e) = self.host_nl.delete_link_by_name(&self.host_name).await {
+            tracing::warn!("rollback: cannot delete {}: {e}", self.host_name);
+        }
+    }
 }
 
 /// The lease's routes as kernel routes out of the container interface.

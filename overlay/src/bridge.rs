@@ -32,12 +32,24 @@ pub async fn ensure_bridge(
     mtu: u32,
     gateway: Ipv4Net,
 ) -> Result<(Link, BridgeChanges), BridgeError> {
+    // A fixed MAC: otherwise the bridge takes its lowest port's MAC, which changes as pods come and go.
+    let (link, mut changes) = ensure_bridge_link(nl, name, mtu, Mac::for_ipv4(gateway.addr())).await?;
+    changes.address_added = ensure_address(nl, link.index, gateway).await?;
+    Ok((link, changes))
+}
+
+/// The bridge link alone: exists (created with `mac`), is a bridge, is up, has `mtu`.
+pub async fn ensure_bridge_link(
+    nl: &Netlink,
+    name: &str,
+    mtu: u32,
+    mac: Mac,
+) -> Result<(Link, BridgeChanges), BridgeError> {
     let mut changes = BridgeChanges::default();
     let link = match nl.link(name).await? {
         Some(link) => link,
         None => {
-            // A fixed MAC: otherwise the bridge takes its lowest port's MAC, which changes as pods come and go.
-            match nl.add_bridge(name, mtu, Mac::for_ipv4(gateway.addr())).await {
+            match nl.add_bridge(name, mtu, mac).await {
                 Ok(()) => changes.created = true,
                 Err(e) if e.is_exists() => {}
                 Err(e) => return Err(e.into()),
@@ -53,12 +65,17 @@ pub async fn ensure_bridge(
         nl.set_link(link.index, &change).await?;
         changes.changed = true;
     }
-    if !nl.addresses(link.index).await?.contains(&gateway) {
-        match nl.add_address(link.index, gateway).await {
-            Ok(()) => changes.address_added = true,
-            Err(e) if e.is_exists() => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
     Ok((link, changes))
+}
+
+/// Puts `address` on the link unless it is there already; whether it was added.
+pub async fn ensure_address(nl: &Netlink, index: u32, address: Ipv4Net) -> Result<bool, BridgeError> {
+    if nl.addresses(index).await?.contains(&address) {
+        return Ok(false);
+    }
+    match nl.add_address(index, address).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_exists() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }

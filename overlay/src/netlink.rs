@@ -119,7 +119,8 @@ pub struct VethSpec<'a> {
     pub mtu: u32,
     pub master: Option<u32>,
     pub peer_name: String,
-    pub peer_mac: Mac,
+    /// `None` leaves the kernel's random MAC, for callers that set it later.
+    pub peer_mac: Option<Mac>,
     pub peer_netns: BorrowedFd<'a>,
 }
 
@@ -267,11 +268,12 @@ impl Netlink {
     /// Creates the pair in one request: the host end up (and on `master`), the peer directly in
     /// its namespace (down: the kernel ignores flags for the peer).
     pub async fn add_veth(&self, spec: &VethSpec<'_>) -> Result<()> {
-        let peer = LinkUnspec::new_with_name(&spec.peer_name)
-            .address(spec.peer_mac.0.to_vec())
-            .mtu(spec.mtu)
-            .setns_by_fd(spec.peer_netns.as_raw_fd())
-            .build();
+        let mut peer =
+            LinkUnspec::new_with_name(&spec.peer_name).mtu(spec.mtu).setns_by_fd(spec.peer_netns.as_raw_fd());
+        if let Some(mac) = spec.peer_mac {
+            peer = peer.address(mac.0.to_vec());
+        }
+        let peer = peer.build();
         let mut msg = LinkVeth::new(&spec.name, &spec.peer_name)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .address(spec.mac.0.to_vec())

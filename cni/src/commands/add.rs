@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::config::Request;
 use crate::datapath::{self, Attached, PortSpec};
@@ -28,7 +28,6 @@ pub fn add(inv: &Invocation, req: &Request) -> Result<CniResult, CniError> {
         .map(|ns| PendingSocket::open(ns, netns_path))
         .map_err(|e| CniError::new(Code::IoFailure, "cannot duplicate the netns handle").with_details(e))?;
 
-    let lease = ipam::acquire(&net, &owner, input)?;
     let attachment = PortSpec {
         container_id: &att.container_id,
         ifname: &att.ifname,
@@ -36,14 +35,39 @@ pub fn add(inv: &Invocation, req: &Request) -> Result<CniResult, CniError> {
         mtu: net.mtu,
         hairpin: net.hairpin,
     };
-    match runtime::block_on(datapath::attach(&attachment, &netns, container, &lease)) {
-        Ok(attached) => Ok(result(&attachment, netns_path, &attached, lease)),
-        Err(e) => {
-            if let Err(release) = ipam::release(&net.ipam, &owner, input) {
-                tracing::warn!("rollback: cannot release the address: {release}");
+    // IPAM (file I/O under a lock) and plugging the veth (kernel work) do not depend on each
+    // other: run them side by side. The bridge gets its address now when it is known up front.
+    let rt = runtime::new();
+    let gateway = net.pool.map(|p| Ipv4Net::new(p.gateway, p.net.prefix_len()).expect("prefix is valid"));
+    let (plugged, lease) = std::thread::scope(|s| {
+        let ipam = s.spawn(|| ipam::acquire(&net, &owner, input));
+        let plugged = rt.block_on(datapath::plug(&attachment, &netns, gateway));
+        let lease = ipam.join().unwrap_or_else(|_| Err(CniError::new(Code::IpamStore, "the IPAM thread failed")));
+        (plugged, lease)
+    });
+    let release = || {
+        if let Err(e) = ipam::release(&net.ipam, &owner, input) {
+            tracing::warn!("rollback: cannot release the address: {e}");
+        }
+    };
+    match (plugged, lease) {
+        (Ok(plugged), Ok(lease)) => match rt.block_on(plugged.configure(&attachment, container, &lease)) {
+            Ok(attached) => Ok(result(&attachment, netns_path, &attached, lease)),
+            Err(e) => {
+                rt.block_on(plugged.unplug());
+                release();
+                Err(e)
             }
+        },
+        (Ok(plugged), Err(e)) => {
+            rt.block_on(plugged.unplug());
             Err(e)
         }
+        (Err(e), Ok(_)) => {
+            release();
+            Err(e)
+        }
+        (Err(e), Err(_)) => Err(e),
     }
 }
 

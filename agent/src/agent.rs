@@ -103,7 +103,7 @@ impl Agent {
             node_ip = %cfg.underlay.node_ip,
             gossip = %cfg.gossip.listen,
             seeds = ?cfg.gossip.seeds,
-            pod_cidr = ?held.map(|c| c.cidr),
+            pod_cidr = %held.map_or_else(|| "to be allocated".to_string(), |c| c.cidr.to_string()),
             "agent started"
         );
         let cancel = CancellationToken::new();

@@ -1,5 +1,7 @@
 //! Logging to stderr, as text or JSON lines.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
@@ -17,6 +19,7 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), LoggingError> {
         .map_err(|e| LoggingError::Filter(level.to_string(), e.to_string()))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.try_init(),

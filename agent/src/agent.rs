@@ -80,7 +80,7 @@ impl Agent {
         if let (Some(lease), None) = (&lease_on_disk, held) {
             tracing::warn!(pod_cidr = %lease.pod_cidr, "the persisted lease does not fit the cluster settings; allocating anew");
         }
-        let state_on_disk = NodeState::read(&cfg.state_file()).ok();
+        let state_on_disk = NodeState::read(&cfg.paths.state_file()).ok();
         let shared = Arc::new(Shared::default());
         let facts = Facts {
             node_ip: cfg.underlay.node_ip,

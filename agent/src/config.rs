@@ -1,7 +1,6 @@
 //! The agent's resolved configuration: flags plus what was detected, checked once at start.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
@@ -188,10 +187,6 @@ impl Config {
             vxlan_port: self.vxlan_port,
             local_node_ip: self.underlay.node_ip,
         }
-    }
-
-    pub fn state_file(&self) -> PathBuf {
-        self.paths.state_file()
     }
 }
 

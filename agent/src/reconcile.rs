@@ -263,15 +263,15 @@ impl Controller {
             let changed = state != self.state_on_disk;
             match &state {
                 Some(s) => {
-                    files::write_node_state(&cfg.state_file(), s)?;
+                    files::write_node_state(&cfg.paths.state_file(), s)?;
                     if changed {
-                        tracing::info!(path = %cfg.state_file().display(), pod_cidr = %s.pod_cidr, "node state file written");
+                        tracing::info!(path = %cfg.paths.state_file().display(), pod_cidr = %s.pod_cidr, "node state file written");
                     }
                 }
                 None => {
                     // A PodCIDR we no longer hold must not hand out addresses.
-                    if files::remove(&cfg.state_file())? {
-                        tracing::warn!(path = %cfg.state_file().display(), "node state file removed");
+                    if files::remove(&cfg.paths.state_file())? {
+                        tracing::warn!(path = %cfg.paths.state_file().display(), "node state file removed");
                     }
                 }
             }

@@ -21,7 +21,7 @@ async fn nothing_is_written_or_applied_before_membership_settles() {
     let cfg = c.add("lonely");
     // A seed nobody answers at: the node must wait out the startup grace.
     cfg.gossip.seeds = vec!["192.0.2.250:8473".into()];
-    cfg.startup_grace = Duration::from_millis(1500);
+    cfg.startup_grace = Duration::from_secs(3);
     let state_file = cfg.paths.state_file();
     let conflist = cfg.paths.conflist();
     c.start("lonely").await;

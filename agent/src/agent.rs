@@ -1,0 +1,201 @@
+//! The agent's core: gossip, the membership observer and the reconcile loop, started together
+//! and stopped together. The `run` command wires it to UDP, the kernel and HTTP; tests wire it
+//! to an in-memory transport and a recording datapath.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use chitchat::transport::Transport;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use weft_cni::state::NodeState;
+use weft_overlay::Mac;
+
+use crate::allocation::{Claim, ClaimKind};
+use crate::config::{Config, ConfigError};
+use crate::datapath::Datapath;
+use crate::files::{self, FileError, Lease};
+use crate::gossip::keys::Facts;
+use crate::gossip::{Gossip, GossipError};
+use crate::membership;
+use crate::reconcile::{self, Controller, unix_ms};
+use crate::shared::Shared;
+use crate::validate;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Files(#[from] FileError),
+    #[error(transparent)]
+    Gossip(#[from] GossipError),
+}
+
+pub struct Agent {
+    shared: Arc<Shared>,
+    gossip: Gossip,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    generation: u64,
+}
+
+/// The claim a node starts with: its static PodCIDR (keeping the original claim time when the
+/// lease is for the same block), else a lease that still fits the cluster settings.
+pub fn initial_claim(cfg: &Config, lease: Option<&Lease>, now_ms: u64) -> Option<Claim> {
+    let usable = lease.filter(|l| {
+        l.cluster_cidr == cfg.cluster_cidr
+            && validate::check_pod_cidr(l.pod_cidr, cfg.cluster_cidr, cfg.node_cidr_prefix).is_ok()
+    });
+    match cfg.pod_cidr {
+        Some(cidr) => Some(Claim {
+            cidr,
+            kind: ClaimKind::Static,
+            since_ms: usable.filter(|l| l.pod_cidr == cidr).map_or(now_ms, |l| l.since),
+        }),
+        None => usable.map(|l| Claim { cidr: l.pod_cidr, kind: ClaimKind::Confirmed, since_ms: l.since }),
+    }
+}
+
+impl Agent {
+    pub async fn start(
+        cfg: Config,
+        transport: Arc<dyn Transport>,
+        datapath: Arc<dyn Datapath>,
+    ) -> Result<Agent, StartError> {
+        cfg.validate()?;
+        let now_ms = unix_ms(SystemTime::now());
+        let generation = files::next_generation(&cfg.paths.generation(), now_ms)?;
+        let lease_on_disk = files::read_lease(&cfg.paths.lease()).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ignoring an unreadable lease");
+            None
+        });
+        let held = initial_claim(&cfg, lease_on_disk.as_ref(), now_ms);
+        if let (Some(lease), None) = (&lease_on_disk, held) {
+            tracing::warn!(pod_cidr = %lease.pod_cidr, "the persisted lease does not fit the cluster settings; allocating anew");
+        }
+        let state_on_disk = NodeState::read(&cfg.paths.state_file()).ok();
+        let shared = Arc::new(Shared::default());
+        let facts = Facts {
+            node_ip: cfg.underlay.node_ip,
+            vtep_mac: Mac::derived(&cfg.node_name),
+            vni: cfg.vni,
+            vxlan_port: cfg.vxlan_port,
+        };
+        let gossip = Gossip::start(
+            &cfg.gossip,
+            &cfg.node_name,
+            generation,
+            facts.key_values(held),
+            transport,
+            shared.metrics.gossip_counters(),
+        )
+        .await?;
+        tracing::info!(
+            node = %cfg.node_name,
+            generation,
+            node_ip = %cfg.underlay.node_ip,
+            gossip = %cfg.gossip.listen,
+            seeds = ?cfg.gossip.seeds,
+            pod_cidr = %held.map_or_else(|| "to be allocated".to_string(), |c| c.cidr.to_string()),
+            "agent started"
+        );
+        let cancel = CancellationToken::new();
+        let (view, observer) = membership::spawn_observer(gossip.chitchat(), cfg.gossip.interval, cancel.clone());
+        let controller = Controller::new(reconcile::Init {
+            config: Arc::new(cfg),
+            generation,
+            chitchat: gossip.chitchat(),
+            view,
+            datapath,
+            shared: shared.clone(),
+            held,
+            lease_on_disk,
+            state_on_disk,
+        });
+        let reconciler = tokio::spawn(controller.run(cancel.clone()));
+        let stopped = gossip.stopped();
+        let (watcher_shared, watcher_cancel) = (shared.clone(), cancel.clone());
+        let gossip_watch = tokio::spawn(async move {
+            tokio::select! {
+                reason = stopped => {
+                    tracing::error!(%reason, "gossip stopped");
+                    watcher_shared.gossip_stopped(reason);
+                }
+                _ = watcher_cancel.cancelled() => {}
+            }
+        });
+        Ok(Agent { shared, gossip, cancel, tasks: vec![observer, reconciler, gossip_watch], generation })
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Graceful stop: finish the current turn, announce leaving, stop gossip. The datapath is
+    /// left as it is, so pods keep working until the next agent adopts it.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.gossip.leave().await;
+        tracing::info!("agent stopped");
+    }
+
+    /// Stops everything at once without telling anybody, as a crash would.
+    pub async fn kill(self) {
+        self.cancel.cancel();
+        for task in self.tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        self.gossip.abort().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::sample;
+
+    fn lease(cidr: &str, cluster: &str) -> Lease {
+        Lease { pod_cidr: cidr.parse().unwrap(), since: 42, cluster_cidr: cluster.parse().unwrap() }
+    }
+
+    #[test]
+    fn a_fitting_lease_is_held_as_confirmed_with_its_original_time() {
+        let cfg = sample();
+        let l = lease("10.244.7.0/24", "10.244.0.0/16");
+        assert_eq!(
+            initial_claim(&cfg, Some(&l), 1000),
+            Some(Claim { cidr: l.pod_cidr, kind: ClaimKind::Confirmed, since_ms: 42 })
+        );
+        assert_eq!(initial_claim(&cfg, None, 1000), None);
+    }
+
+    #[test]
+    fn a_lease_from_other_cluster_settings_is_ignored() {
+        let cfg = sample();
+        for l in [lease("10.244.7.0/24", "10.244.0.0/15"), lease("10.244.7.0/25", "10.244.0.0/16")] {
+            assert_eq!(initial_claim(&cfg, Some(&l), 1000), None);
+        }
+    }
+
+    #[test]
+    fn a_static_podcidr_keeps_the_lease_time_only_for_the_same_block() {
+        let mut cfg = sample();
+        cfg.pod_cidr = Some("10.244.7.0/24".parse().unwrap());
+        let same = lease("10.244.7.0/24", "10.244.0.0/16");
+        let other = lease("10.244.8.0/24", "10.244.0.0/16");
+        let held = |l: &Lease| initial_claim(&cfg, Some(l), 1000).unwrap();
+        assert_eq!(held(&same).kind, ClaimKind::Static);
+        assert_eq!(held(&same).since_ms, 42);
+        assert_eq!(held(&other).since_ms, 1000);
+        assert_eq!(held(&other).cidr, cfg.pod_cidr.unwrap());
+    }
+}

@@ -1,0 +1,291 @@
+//! The command line. Every flag can also be set through the environment as `WEFT_<FLAG>`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::Ipv4Net;
+use weft_overlay::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT};
+
+use crate::config::{self, Config, ConfigError, Encap, GossipSettings};
+use crate::detect::Underlay;
+use crate::files::Paths;
+
+pub const DEFAULT_GOSSIP_PORT: u16 = 8473;
+pub const DEFAULT_STATUS_ADDR: &str = "127.0.0.1:9473";
+/// See docs/operations.md, "Detection and convergence": with 100 ms rounds a dead node is
+/// withdrawn after about 1.5 s.
+pub const DEFAULT_PHI_THRESHOLD: f64 = 30.0;
+
+#[derive(Debug, Parser)]
+#[command(name = "weft-agent", version, about = "weft node agent")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(long, global = true, env = "WEFT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter (tracing-subscriber EnvFilter syntax, e.g. `info` or `weft_agent=debug`).
+    #[arg(long, global = true, env = "WEFT_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node agent.
+    Run(Box<RunArgs>),
+    /// Print the node and peer table from a running agent's status endpoint.
+    Status(StatusArgs),
+    /// Remove everything weft put on this node (stop the agent first).
+    Cleanup(CleanupArgs),
+}
+
+fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+/// Where the agent keeps and publishes its files; several agents sharing one filesystem (lab
+/// nodes) each need their own.
+#[derive(Debug, Clone, Args)]
+pub struct PathArgs {
+    /// Directory for the node state file (node.json), the PodCIDR lease and the generation.
+    #[arg(long, env = "WEFT_STATE_DIR", default_value = "/run/weft")]
+    pub state_dir: PathBuf,
+    /// Directory the CNI conflist (10-weft.conflist) is written to.
+    #[arg(long, env = "WEFT_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+    /// IPAM store root handed to the plugin as `dataDir`.
+    #[arg(long, env = "WEFT_IPAM_DIR", default_value = weft_cni::config::DEFAULT_DATA_DIR)]
+    pub ipam_dir: PathBuf,
+}
+
+impl PathArgs {
+    pub fn paths(&self) -> Paths {
+        Paths {
+            state_dir: self.state_dir.clone(),
+            cni_conf_dir: self.cni_conf_dir.clone(),
+            ipam_dir: self.ipam_dir.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Node name, unique in the cluster [default: the hostname].
+    #[arg(long, env = "WEFT_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Underlay IPv4 address [default: from --iface, else the default route's interface].
+    #[arg(long, env = "WEFT_NODE_IP")]
+    pub node_ip: Option<Ipv4Addr>,
+    /// Underlay interface [default: the one holding --node-ip, else the default route's].
+    #[arg(long, env = "WEFT_IFACE")]
+    pub iface: Option<String>,
+    /// Gossip seeds, `host:port,...` (a seed without a port uses --gossip-port).
+    #[arg(long, env = "WEFT_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Gossip UDP port, on the node IP.
+    #[arg(long, env = "WEFT_GOSSIP_PORT", default_value_t = DEFAULT_GOSSIP_PORT)]
+    pub gossip_port: u16,
+    /// Gossip cluster id; nodes with another id are ignored.
+    #[arg(long, env = "WEFT_CLUSTER_ID", default_value = "weft")]
+    pub cluster_id: String,
+    /// Pod address space of the whole cluster.
+    #[arg(long, env = "WEFT_CLUSTER_CIDR", default_value = "10.244.0.0/16")]
+    pub cluster_cidr: Ipv4Net,
+    /// Prefix length of each node's PodCIDR block.
+    #[arg(long, env = "WEFT_NODE_CIDR_PREFIX", default_value_t = 24)]
+    pub node_cidr_prefix: u8,
+    /// Static PodCIDR for this node [default: allocated through gossip].
+    #[arg(long, env = "WEFT_POD_CIDR")]
+    pub pod_cidr: Option<Ipv4Net>,
+    /// VXLAN network identifier (the same on every node).
+    #[arg(long, env = "WEFT_VNI", default_value_t = DEFAULT_VNI)]
+    pub vni: u32,
+    /// VXLAN UDP port (the same on every node).
+    #[arg(long, env = "WEFT_VXLAN_PORT", default_value_t = DEFAULT_VXLAN_PORT)]
+    pub vxlan_port: u16,
+    /// Pod MTU [default: the underlay interface's MTU − 50].
+    #[arg(long, env = "WEFT_MTU")]
+    pub mtu: Option<u32>,
+    /// Encapsulate always, or only to peers outside this node's underlay subnet.
+    #[arg(long, env = "WEFT_ENCAP", value_enum, default_value_t = Encap::Always)]
+    pub encap: Encap,
+    /// Address of the status HTTP server.
+    #[arg(long, env = "WEFT_STATUS_ADDR", default_value = DEFAULT_STATUS_ADDR)]
+    pub status_addr: SocketAddr,
+    #[command(flatten)]
+    pub paths: PathArgs,
+    /// Chain the portmap plugin after weft in the conflist (hostPort support; needs the
+    /// portmap binary in the runtime's CNI bin dir).
+    #[arg(long, env = "WEFT_PORTMAP")]
+    pub portmap: bool,
+    /// Period of the full resync (rewrite files, re-apply the datapath).
+    #[arg(long, env = "WEFT_RESYNC_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub resync_interval: Duration,
+    /// Gossip round period.
+    #[arg(long, env = "WEFT_GOSSIP_INTERVAL", default_value = "100ms", value_parser = duration)]
+    pub gossip_interval: Duration,
+    /// Failure detector threshold, in mean heartbeat intervals of silence.
+    #[arg(long, env = "WEFT_PHI_THRESHOLD", default_value_t = DEFAULT_PHI_THRESHOLD)]
+    pub phi_threshold: f64,
+    /// How long dead and departed nodes are remembered (their PodCIDRs stay reserved).
+    #[arg(long, env = "WEFT_DEAD_NODE_GRACE_PERIOD", default_value = "1h", value_parser = duration)]
+    pub dead_node_grace_period: Duration,
+    /// Longest wait after start for membership to settle before peers are programmed.
+    #[arg(long, env = "WEFT_STARTUP_GRACE", default_value = "10s", value_parser = duration)]
+    pub startup_grace: Duration,
+}
+
+impl RunArgs {
+    /// The configuration, given the detected underlay and the hostname (used only when no
+    /// --node-name is given).
+    pub fn config(&self, underlay: Underlay, hostname: impl FnOnce() -> String) -> Result<Config, ConfigError> {
+        let listen = SocketAddr::new(underlay.node_ip.into(), self.gossip_port);
+        let seeds = self.peers.iter().map(|s| config::normalize_seed(s, self.gossip_port)).collect::<Result<_, _>>()?;
+        let cfg = Config {
+            node_name: self.node_name.clone().unwrap_or_else(hostname),
+            mtu: config::pod_mtu(self.mtu, underlay.mtu)?,
+            underlay,
+            cluster_cidr: self.cluster_cidr,
+            node_cidr_prefix: self.node_cidr_prefix,
+            pod_cidr: self.pod_cidr,
+            vni: self.vni,
+            vxlan_port: self.vxlan_port,
+            encap: self.encap,
+            gossip: GossipSettings {
+                cluster_id: self.cluster_id.clone(),
+                listen,
+                seeds,
+                interval: self.gossip_interval,
+                phi_threshold: self.phi_threshold,
+                dead_node_grace_period: self.dead_node_grace_period,
+            },
+            startup_grace: self.startup_grace,
+            resync_interval: self.resync_interval,
+            paths: self.paths.paths(),
+            portmap: self.portmap,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Address of the agent's status HTTP server.
+    #[arg(long, env = "WEFT_STATUS_ADDR", default_value = DEFAULT_STATUS_ADDR)]
+    pub status_addr: SocketAddr,
+    /// Print the status document as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CleanupArgs {
+    #[command(flatten)]
+    pub paths: PathArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn underlay() -> Underlay {
+        Underlay {
+            node_ip: "192.0.2.10".parse().unwrap(),
+            iface: "eth0".into(),
+            subnet: "192.0.2.0/24".parse().unwrap(),
+            mtu: 1500,
+        }
+    }
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let cli = Cli::try_parse_from([&["weft-agent", "run"], args].concat()).unwrap();
+        match cli.command {
+            Command::Run(args) => *args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let cfg = run_args(&[]).config(underlay(), || "host-1".into()).unwrap();
+        assert_eq!(cfg.node_name, "host-1");
+        assert_eq!(cfg.mtu, 1450);
+        assert_eq!(cfg.cluster_cidr, "10.244.0.0/16".parse::<Ipv4Net>().unwrap());
+        assert_eq!(cfg.node_cidr_prefix, 24);
+        assert_eq!(cfg.pod_cidr, None);
+        assert_eq!((cfg.vni, cfg.vxlan_port), (1, 8472));
+        assert_eq!(cfg.encap, Encap::Always);
+        assert_eq!(cfg.gossip.listen, "192.0.2.10:8473".parse().unwrap());
+        assert_eq!(cfg.gossip.cluster_id, "weft");
+        assert_eq!(cfg.gossip.interval, Duration::from_millis(100));
+        assert_eq!(cfg.resync_interval, Duration::from_secs(30));
+        assert_eq!(cfg.paths.state_file(), PathBuf::from("/run/weft/node.json"));
+        assert_eq!(cfg.paths.conflist(), PathBuf::from("/etc/cni/net.d/10-weft.conflist"));
+        assert_eq!(cfg.paths.ipam_dir, PathBuf::from("/var/lib/cni/weft"));
+        assert!(!cfg.portmap);
+        let status = Cli::try_parse_from(["weft-agent", "status"]).unwrap();
+        let Command::Status(s) = status.command else { panic!() };
+        assert_eq!(s.status_addr, DEFAULT_STATUS_ADDR.parse().unwrap());
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let args = run_args(&[
+            "--node-name=n1",
+            "--peers=10.0.0.1,10.0.0.2:9000,seed.example",
+            "--gossip-port=7000",
+            "--pod-cidr=10.244.9.0/24",
+            "--mtu=1400",
+            "--encap=cross-subnet",
+            "--gossip-interval=200ms",
+            "--resync-interval=1m",
+            "--state-dir=/tmp/s",
+            "--portmap",
+        ]);
+        let cfg = args.config(underlay(), || unreachable!()).unwrap();
+        assert_eq!(cfg.node_name, "n1");
+        assert_eq!(cfg.gossip.seeds, ["10.0.0.1:7000", "10.0.0.2:9000", "seed.example:7000"]);
+        assert_eq!(cfg.gossip.listen.port(), 7000);
+        assert_eq!(cfg.pod_cidr, Some("10.244.9.0/24".parse().unwrap()));
+        assert_eq!(cfg.mtu, 1400);
+        assert_eq!(cfg.encap, Encap::CrossSubnet);
+        assert_eq!(cfg.gossip.interval, Duration::from_millis(200));
+        assert_eq!(cfg.resync_interval, Duration::from_secs(60));
+        assert_eq!(cfg.paths.state_file(), PathBuf::from("/tmp/s/node.json"));
+        assert!(cfg.portmap);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Cli::try_parse_from(["weft-agent", "run", "--encap=sometimes"]).is_err());
+        assert!(Cli::try_parse_from(["weft-agent", "run", "--resync-interval=soon"]).is_err());
+        let err = run_args(&["--pod-cidr=10.9.0.0/24"]).config(underlay(), || "h".into()).unwrap_err();
+        assert!(err.to_string().contains("--pod-cidr"));
+        let err = run_args(&[]).config(underlay(), || "bad host".into()).unwrap_err();
+        assert!(err.to_string().contains("--node-name"));
+    }
+
+    #[test]
+    fn every_run_flag_has_a_weft_env_name() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        let run = cmd.find_subcommand("run").unwrap();
+        for arg in run.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if ["help", "version"].contains(&long) {
+                continue;
+            }
+            let expected = format!("WEFT_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(arg.get_env().map(|e| e.to_string_lossy().into_owned()), Some(expected), "--{long}");
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! One module per verb of the command line.
+
+pub mod cleanup;
+pub mod run;
+pub mod status;

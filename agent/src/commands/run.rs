@@ -1,0 +1,69 @@
+//! `weft-agent run`: the daemon.
+
+use std::sync::Arc;
+
+use chitchat::transport::UdpTransport;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{Agent, StartError};
+use crate::cli::RunArgs;
+use crate::config::ConfigError;
+use crate::datapath::{self, BuildOnDemand};
+use crate::detect::{self, DetectError};
+use crate::http;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot detect the underlay: {0}")]
+    Detect(#[from] DetectError),
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr} for status: {source}")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("cannot handle signals: {0}")]
+    Signals(std::io::Error),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("status server failed: {0}")]
+    Http(std::io::Error),
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+pub async fn run(args: &RunArgs) -> Result<(), RunError> {
+    let underlay = detect::detect(args.node_ip, args.iface.as_deref()).await?;
+    let cfg = args.config(underlay, hostname)?;
+    // Bind first: a taken status port fails the start before the node joins the cluster.
+    let listener = TcpListener::bind(args.status_addr)
+        .await
+        .map_err(|source| RunError::Listen { addr: args.status_addr, source })?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    let datapath = Arc::new(BuildOnDemand::new(datapath::kernel));
+    let agent = Agent::start(cfg, Arc::new(UdpTransport), datapath).await?;
+    let http_cancel = CancellationToken::new();
+    let mut server = tokio::spawn(http::serve(listener, agent.shared(), http_cancel.clone()));
+    tracing::info!(addr = %args.status_addr, "status server listening");
+    let http_result = tokio::select! {
+        _ = sigterm.recv() => { tracing::info!("SIGTERM: leaving the cluster"); None }
+        _ = sigint.recv() => { tracing::info!("SIGINT: leaving the cluster"); None }
+        result = &mut server => Some(result),
+    };
+    agent.stop().await;
+    let result = match http_result {
+        Some(result) => result,
+        None => {
+            http_cancel.cancel();
+            server.await
+        }
+    };
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(RunError::Http(e)),
+        Err(e) => Err(RunError::Http(std::io::Error::other(e))),
+    }
+}

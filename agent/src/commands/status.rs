@@ -1,0 +1,31 @@
+//! `weft-agent status`: the status table (or JSON) of a running agent.
+
+use std::time::Duration;
+
+use crate::cli::StatusArgs;
+use crate::http::status::{Status, render};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("cannot query the agent at {url}: {source}")]
+    Http { url: String, source: ureq::Error },
+    #[error("the agent at {url} answered with an unreadable status: {source}")]
+    Decode { url: String, source: serde_json::Error },
+}
+
+pub fn status(args: &StatusArgs) -> Result<(), StatusError> {
+    let url = format!("http://{}/status", args.status_addr);
+    let http = |source| StatusError::Http { url: url.clone(), source };
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(TIMEOUT)).build().into();
+    let body = agent.get(&url).call().map_err(http)?.body_mut().read_to_string().map_err(http)?;
+    let status: Status =
+        serde_json::from_str(&body).map_err(|source| StatusError::Decode { url: url.clone(), source })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+    } else {
+        print!("{}", render(&status));
+    }
+    Ok(())
+}

@@ -1,0 +1,271 @@
+//! The agent's resolved configuration: flags plus what was detected, checked once at start.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+
+use crate::detect::Underlay;
+use crate::files::Paths;
+use crate::validate;
+
+/// Where peers' pod traffic is encapsulated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Encap {
+    /// VXLAN to every peer.
+    Always,
+    /// Route natively to peers inside this node's underlay subnet, VXLAN to the others.
+    CrossSubnet,
+}
+
+/// Gossip membership settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GossipSettings {
+    pub cluster_id: String,
+    /// Bound and advertised: the node IP and the gossip port.
+    pub listen: SocketAddr,
+    /// `host:port` of seed nodes.
+    pub seeds: Vec<String>,
+    pub interval: Duration,
+    /// Failure detector threshold: a node is dead once the time since its last heartbeat
+    /// exceeds this many mean heartbeat intervals.
+    pub phi_threshold: f64,
+    /// How long dead (and left) nodes are remembered, keeping their PodCIDRs reserved.
+    pub dead_node_grace_period: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub node_name: String,
+    pub underlay: Underlay,
+    /// Pod MTU (of `vxlan0` and the bridge).
+    pub mtu: u32,
+    pub cluster_cidr: Ipv4Net,
+    pub node_cidr_prefix: u8,
+    /// Static PodCIDR; `None` allocates one through gossip.
+    pub pod_cidr: Option<Ipv4Net>,
+    pub vni: u32,
+    pub vxlan_port: u16,
+    pub encap: Encap,
+    pub gossip: GossipSettings,
+    /// Upper bound on waiting for membership to settle after start.
+    pub startup_grace: Duration,
+    pub resync_interval: Duration,
+    pub paths: Paths,
+    /// Chain the `portmap` plugin in the conflist (hostPort support).
+    pub portmap: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--node-name {name:?}: {reason}")]
+    NodeName { name: String, reason: String },
+    #[error("node IP {0} is not a unicast address")]
+    NodeIp(Ipv4Addr),
+    #[error("--node-cidr-prefix /{prefix} must be between the cluster CIDR's /{cluster} and /30")]
+    Prefix { prefix: u8, cluster: u8 },
+    #[error("--pod-cidr {cidr}: {reason}")]
+    PodCidr { cidr: Ipv4Net, reason: String },
+    #[error("--vni {0} is outside 1..=16777215")]
+    Vni(u32),
+    #[error("--vxlan-port must not be 0")]
+    VxlanPort,
+    #[error("MTU: {0}")]
+    Mtu(String),
+    #[error("the underlay MTU {underlay} leaves no room for VXLAN's {overhead} bytes")]
+    UnderlayMtu { underlay: u32, overhead: u32 },
+    #[error("{0} must be positive")]
+    ZeroDuration(&'static str),
+    #[error("--phi-threshold must be a positive number")]
+    Phi,
+    #[error("--cluster-id must not be empty")]
+    ClusterId,
+    #[error("gossip seed {0:?} is not host:port")]
+    Seed(String),
+}
+
+/// Seeds as chitchat takes them (`host:port`); a seed without a port gets the gossip port.
+pub fn normalize_seed(seed: &str, default_port: u16) -> Result<String, ConfigError> {
+    let seed = seed.trim();
+    if seed.is_empty() {
+        return Err(ConfigError::Seed(seed.to_string()));
+    }
+    if seed.parse::<SocketAddr>().is_ok() {
+        return Ok(seed.to_string());
+    }
+    if let Ok(ip) = seed.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port).to_string());
+    }
+    match seed.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(seed.to_string()),
+        Some(_) => Err(ConfigError::Seed(seed.to_string())),
+        None => Ok(format!("{seed}:{default_port}")),
+    }
+}
+
+/// The pod MTU: explicit, else what VXLAN leaves of the underlay MTU.
+pub fn pod_mtu(explicit: Option<u32>, underlay_mtu: u32) -> Result<u32, ConfigError> {
+    let mtu = match explicit {
+        Some(mtu) => mtu,
+        None => underlay_mtu.checked_sub(weft_overlay::desired::VXLAN_OVERHEAD).ok_or(ConfigError::UnderlayMtu {
+            underlay: underlay_mtu,
+            overhead: weft_overlay::desired::VXLAN_OVERHEAD,
+        })?,
+    };
+    weft_cni::config::check_mtu(mtu).map_err(ConfigError::Mtu)?;
+    Ok(mtu)
+}
+
+impl Config {
+    /// Everything that can be checked without the network or the filesystem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate::check_node_name(&self.node_name)
+            .map_err(|reason| ConfigError::NodeName { name: self.node_name.clone(), reason })?;
+        if !validate::is_unicast(self.underlay.node_ip) {
+            return Err(ConfigError::NodeIp(self.underlay.node_ip));
+        }
+        let cluster = self.cluster_cidr.prefix_len();
+        if self.node_cidr_prefix < cluster || self.node_cidr_prefix > 30 {
+            return Err(ConfigError::Prefix { prefix: self.node_cidr_prefix, cluster });
+        }
+        if let Some(cidr) = self.pod_cidr {
+            validate::check_pod_cidr(cidr, self.cluster_cidr, self.node_cidr_prefix)
+                .map_err(|r| ConfigError::PodCidr { cidr, reason: r.to_string() })?;
+        }
+        if !(1..=0x00ff_ffff).contains(&self.vni) {
+            return Err(ConfigError::Vni(self.vni));
+        }
+        if self.vxlan_port == 0 {
+            return Err(ConfigError::VxlanPort);
+        }
+        weft_cni::config::check_mtu(self.mtu).map_err(ConfigError::Mtu)?;
+        for (name, d) in [
+            ("--gossip-interval", self.gossip.interval),
+            ("--resync-interval", self.resync_interval),
+            ("--dead-node-grace-period", self.gossip.dead_node_grace_period),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        if !(self.gossip.phi_threshold.is_finite() && self.gossip.phi_threshold > 0.0) {
+            return Err(ConfigError::Phi);
+        }
+        if self.gossip.cluster_id.is_empty() {
+            return Err(ConfigError::ClusterId);
+        }
+        Ok(())
+    }
+
+    /// Whether any seed is somebody else: then start-up waits to hear from the cluster.
+    pub fn expects_peers(&self) -> bool {
+        let me = self.gossip.listen.to_string();
+        self.gossip.seeds.iter().any(|s| *s != me)
+    }
+
+    pub fn rules(&self) -> validate::Rules {
+        validate::Rules {
+            cluster_cidr: self.cluster_cidr,
+            node_cidr_prefix: self.node_cidr_prefix,
+            vni: self.vni,
+            vxlan_port: self.vxlan_port,
+            local_node_ip: self.underlay.node_ip,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Config {
+        Config {
+            node_name: "node-a".into(),
+            underlay: Underlay {
+                node_ip: "192.0.2.10".parse().unwrap(),
+                iface: "eth0".into(),
+                subnet: "192.0.2.0/24".parse().unwrap(),
+                mtu: 1500,
+            },
+            mtu: 1450,
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            node_cidr_prefix: 24,
+            pod_cidr: None,
+            vni: 1,
+            vxlan_port: 8472,
+            encap: Encap::Always,
+            gossip: GossipSettings {
+                cluster_id: "weft".into(),
+                listen: "192.0.2.10:8473".parse().unwrap(),
+                seeds: vec!["192.0.2.10:8473".into()],
+                interval: Duration::from_millis(100),
+                phi_threshold: 8.0,
+                dead_node_grace_period: Duration::from_secs(3600),
+            },
+            startup_grace: Duration::from_secs(10),
+            resync_interval: Duration::from_secs(30),
+            paths: Paths {
+                state_dir: "/run/weft".into(),
+                cni_conf_dir: "/etc/cni/net.d".into(),
+                ipam_dir: "/var/lib/cni/weft".into(),
+            },
+            portmap: false,
+        }
+    }
+
+    #[test]
+    fn the_sample_is_valid_and_expects_no_peers_when_it_is_its_own_seed() {
+        let c = sample();
+        assert_eq!(c.validate(), Ok(()));
+        assert!(!c.expects_peers());
+        let mut c = sample();
+        c.gossip.seeds.push("seed.example:8473".into());
+        assert!(c.expects_peers());
+    }
+
+    #[test]
+    fn invalid_settings_are_named() {
+        type Change = Box<dyn Fn(&mut Config)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (Box::new(|c| c.node_name = "bad name".into()), "--node-name"),
+            (Box::new(|c| c.underlay.node_ip = Ipv4Addr::LOCALHOST), "unicast"),
+            (Box::new(|c| c.node_cidr_prefix = 8), "/30"),
+            (Box::new(|c| c.node_cidr_prefix = 31), "/30"),
+            (Box::new(|c| c.pod_cidr = Some("10.245.0.0/24".parse().unwrap())), "--pod-cidr"),
+            (Box::new(|c| c.pod_cidr = Some("10.244.0.0/25".parse().unwrap())), "--pod-cidr"),
+            (Box::new(|c| c.vni = 0), "--vni"),
+            (Box::new(|c| c.vni = 1 << 24), "--vni"),
+            (Box::new(|c| c.vxlan_port = 0), "--vxlan-port"),
+            (Box::new(|c| c.mtu = 20), "MTU"),
+            (Box::new(|c| c.gossip.interval = Duration::ZERO), "--gossip-interval"),
+            (Box::new(|c| c.gossip.phi_threshold = f64::NAN), "--phi-threshold"),
+            (Box::new(|c| c.gossip.cluster_id.clear()), "--cluster-id"),
+        ];
+        for (change, expected) in cases {
+            let mut c = sample();
+            change(&mut c);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(expected), "{err} should mention {expected}");
+        }
+    }
+
+    #[test]
+    fn seeds_get_the_gossip_port_when_they_have_none() {
+        assert_eq!(normalize_seed("10.0.0.1", 8473).unwrap(), "10.0.0.1:8473");
+        assert_eq!(normalize_seed("10.0.0.1:9000", 8473).unwrap(), "10.0.0.1:9000");
+        assert_eq!(normalize_seed(" node-a ", 8473).unwrap(), "node-a:8473");
+        assert_eq!(normalize_seed("node-a:7", 8473).unwrap(), "node-a:7");
+        assert!(normalize_seed("node-a:x", 8473).is_err());
+        assert!(normalize_seed(":8473", 8473).is_err());
+        assert!(normalize_seed("", 8473).is_err());
+    }
+
+    #[test]
+    fn pod_mtu_leaves_room_for_vxlan_unless_given() {
+        assert_eq!(pod_mtu(None, 1500), Ok(1450));
+        assert_eq!(pod_mtu(Some(1400), 1500), Ok(1400));
+        assert_eq!(pod_mtu(None, 9001), Ok(8951));
+        assert!(pod_mtu(None, 40).is_err());
+        assert!(pod_mtu(Some(10), 1500).is_err());
+    }
+}

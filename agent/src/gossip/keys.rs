@@ -1,0 +1,130 @@
+//! The gossip key schema: what each node publishes about itself, and the claim encoding.
+//!
+//! | key          | value                                   | changes                      |
+//! |--------------|-----------------------------------------|------------------------------|
+//! | `node_ip`    | underlay IPv4 address                   | never within a generation    |
+//! | `vtep_mac`   | VTEP MAC (`Mac::derived(node name)`)    | never                        |
+//! | `vni`        | VXLAN network identifier                | never within a generation    |
+//! | `vxlan_port` | VXLAN UDP port                          | never within a generation    |
+//! | `version`    | agent version (informational)           | never within a generation    |
+//! | `status`     | `up`, or `leaving` during shutdown      | once, on shutdown            |
+//! | `pod_cidr`   | `<cidr>;<claiming|confirmed|static>;<since ms>` | while allocating     |
+//!
+//! The claim is one key so that a peer can never see a block with another claim's time.
+
+use std::net::Ipv4Addr;
+
+use weft_overlay::Mac;
+
+use crate::allocation::{Claim, ClaimKind};
+
+pub const NODE_IP: &str = "node_ip";
+pub const VTEP_MAC: &str = "vtep_mac";
+pub const VNI: &str = "vni";
+pub const VXLAN_PORT: &str = "vxlan_port";
+pub const VERSION: &str = "version";
+pub const STATUS: &str = "status";
+pub const POD_CIDR: &str = "pod_cidr";
+
+pub const STATUS_UP: &str = "up";
+pub const STATUS_LEAVING: &str = "leaving";
+
+/// The facts a node announces for its whole generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    pub node_ip: Ipv4Addr,
+    pub vtep_mac: Mac,
+    pub vni: u32,
+    pub vxlan_port: u16,
+}
+
+impl Facts {
+    /// The key-values a node starts gossiping with.
+    pub fn key_values(&self, claim: Option<Claim>) -> Vec<(String, String)> {
+        let mut kvs = vec![
+            (NODE_IP.to_string(), self.node_ip.to_string()),
+            (VTEP_MAC.to_string(), self.vtep_mac.to_string()),
+            (VNI.to_string(), self.vni.to_string()),
+            (VXLAN_PORT.to_string(), self.vxlan_port.to_string()),
+            (VERSION.to_string(), env!("CARGO_PKG_VERSION").to_string()),
+            (STATUS.to_string(), STATUS_UP.to_string()),
+        ];
+        if let Some(claim) = claim {
+            kvs.push((POD_CIDR.to_string(), encode_claim(&claim)));
+        }
+        kvs
+    }
+}
+
+fn kind_name(kind: ClaimKind) -> &'static str {
+    match kind {
+        ClaimKind::Static => "static",
+        ClaimKind::Confirmed => "confirmed",
+        ClaimKind::Claiming => "claiming",
+    }
+}
+
+pub fn encode_claim(claim: &Claim) -> String {
+    format!("{};{};{}", claim.cidr, kind_name(claim.kind), claim.since_ms)
+}
+
+/// Parses the `pod_cidr` value; the error says what is wrong with it. Whether the block is
+/// acceptable is for validation to decide.
+pub fn decode_claim(value: &str) -> Result<Claim, String> {
+    let mut parts = value.split(';');
+    let (Some(cidr), Some(kind), Some(since), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err("expected <cidr>;<kind>;<since ms>".into());
+    };
+    let cidr = cidr.parse().map_err(|_| format!("{cidr:?} is not a CIDR"))?;
+    let kind = match kind {
+        "static" => ClaimKind::Static,
+        "confirmed" => ClaimKind::Confirmed,
+        "claiming" => ClaimKind::Claiming,
+        other => return Err(format!("unknown claim kind {other:?}")),
+    };
+    let since_ms = since.parse().map_err(|_| format!("{since:?} is not a time in ms"))?;
+    Ok(Claim { cidr, kind, since_ms })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_round_trip() {
+        for kind in [ClaimKind::Static, ClaimKind::Confirmed, ClaimKind::Claiming] {
+            let claim = Claim { cidr: "10.244.3.0/24".parse().unwrap(), kind, since_ms: 1_732_345_678_901 };
+            assert_eq!(decode_claim(&encode_claim(&claim)), Ok(claim));
+        }
+        assert_eq!(
+            encode_claim(&Claim { cidr: "10.244.3.0/24".parse().unwrap(), kind: ClaimKind::Confirmed, since_ms: 12 }),
+            "10.244.3.0/24;confirmed;12"
+        );
+    }
+
+    #[test]
+    fn malformed_claims_are_errors() {
+        for bad in [
+            "",
+            "10.244.3.0/24",
+            "10.244.3.0/24;confirmed",
+            "10.244.3.0/24;confirmed;1;x",
+            "10.244.3.0;confirmed;1",
+            "10.244.3.0/24;owned;1",
+            "10.244.3.0/24;confirmed;-1",
+        ] {
+            assert!(decode_claim(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn facts_include_the_claim_only_when_there_is_one() {
+        let facts =
+            Facts { node_ip: "192.0.2.1".parse().unwrap(), vtep_mac: Mac::derived("a"), vni: 1, vxlan_port: 8472 };
+        assert!(!facts.key_values(None).iter().any(|(k, _)| k == POD_CIDR));
+        let claim = Claim { cidr: "10.244.3.0/24".parse().unwrap(), kind: ClaimKind::Claiming, since_ms: 1 };
+        let kvs = facts.key_values(Some(claim));
+        assert!(kvs.contains(&(POD_CIDR.into(), "10.244.3.0/24;claiming;1".into())));
+        assert!(kvs.contains(&(STATUS.into(), STATUS_UP.into())));
+    }
+}

@@ -1,0 +1,215 @@
+//! The agent's Prometheus metrics (served at `/metrics` in the OpenMetrics text format).
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use weft_overlay::ApplyReport;
+
+use crate::gossip::transport::GossipCounters;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    peers: Family<StateLabel, Gauge>,
+    peers_programmed: Gauge,
+    reconcile_duration: Histogram,
+    reconcile_errors: Counter,
+    kernel_writes: Family<OpLabel, Counter>,
+    kernel_write_failures: Counter,
+    kernel_objects: Gauge,
+    gossip: GossipCounters,
+    rejected: Family<ReasonLabel, Counter>,
+    conflicts_seen: Counter,
+    conflicts: Gauge,
+    ready: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("weft");
+        let peers = Family::<StateLabel, Gauge>::default();
+        registry.register("peers", "Peers known to gossip, by state", peers.clone());
+        let peers_programmed = Gauge::default();
+        registry.register(
+            "peers_programmed",
+            "Peers in the last successfully applied datapath state",
+            peers_programmed.clone(),
+        );
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register("reconcile_duration_seconds", "Time taken by datapath applies", reconcile_duration.clone());
+        let reconcile_errors = Counter::default();
+        registry.register(
+            "reconcile_errors",
+            "Datapath applies that failed in whole or in part",
+            reconcile_errors.clone(),
+        );
+        let kernel_writes = Family::<OpLabel, Counter>::default();
+        registry.register(
+            "kernel_writes",
+            "Kernel objects created, changed or removed by applies",
+            kernel_writes.clone(),
+        );
+        let kernel_write_failures = Counter::default();
+        registry.register("kernel_write_failures", "Kernel writes that failed", kernel_write_failures.clone());
+        let kernel_objects = Gauge::default();
+        registry.register("kernel_objects", "Kernel objects programmed after the last apply", kernel_objects.clone());
+        let messages = Family::<DirectionLabel, Counter>::default();
+        let bytes = Family::<DirectionLabel, Counter>::default();
+        // The transport counts into the families' own counters, without a lookup per datagram.
+        // (One statement each: a family's lookup guard must be dropped before the next lookup.)
+        let counter = |family: &Family<DirectionLabel, Counter>, direction| {
+            family.get_or_create(&DirectionLabel { direction }).clone()
+        };
+        let messages_in = counter(&messages, "in");
+        let messages_out = counter(&messages, "out");
+        let bytes_in = counter(&bytes, "in");
+        let bytes_out = counter(&bytes, "out");
+        let gossip = GossipCounters { messages_in, messages_out, bytes_in, bytes_out };
+        registry.register("gossip_messages", "Gossip datagrams", messages);
+        registry.register("gossip_bytes", "Gossip bytes", bytes);
+        let rejected = Family::<ReasonLabel, Counter>::default();
+        registry.register("gossip_rejected", "Peer announcements rejected by validation, by reason", rejected.clone());
+        let conflicts_seen = Counter::default();
+        registry.register(
+            "podcidr_conflicts",
+            "PodCIDR conflicts seen (two nodes claiming one block)",
+            conflicts_seen.clone(),
+        );
+        let conflicts = Gauge::default();
+        registry.register("podcidr_conflicts_current", "PodCIDR conflicts not resolved yet", conflicts.clone());
+        let ready = Gauge::default();
+        registry.register("ready", "1 when the node is ready", ready.clone());
+        Metrics {
+            registry,
+            peers,
+            peers_programmed,
+            reconcile_duration,
+            reconcile_errors,
+            kernel_writes,
+            kernel_write_failures,
+            kernel_objects,
+            gossip,
+            rejected,
+            conflicts_seen,
+            conflicts,
+            ready,
+        }
+    }
+
+    pub fn gossip_counters(&self) -> GossipCounters {
+        self.gossip.clone()
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn set_peers(&self, alive: usize, dead: usize, programmed: usize) {
+        let set = |g: &Gauge, n: usize| g.set(i64::try_from(n).unwrap_or(i64::MAX));
+        set(&self.peers.get_or_create(&StateLabel { state: "alive" }), alive);
+        set(&self.peers.get_or_create(&StateLabel { state: "dead" }), dead);
+        set(&self.peers_programmed, programmed);
+    }
+
+    /// Records one apply: its duration, and what it did when it got as far as a report.
+    pub fn observe_apply(&self, took: Duration, report: Option<&ApplyReport>, failed: bool) {
+        self.reconcile_duration.observe(took.as_secs_f64());
+        if failed {
+            self.reconcile_errors.inc();
+        }
+        if let Some(r) = report {
+            for (op, n) in [("created", r.created), ("changed", r.changed), ("removed", r.removed)] {
+                self.kernel_writes.get_or_create(&OpLabel { op }).inc_by(n as u64);
+            }
+            self.kernel_write_failures.inc_by(r.failures.len() as u64);
+            let present = r.created + r.changed + r.unchanged;
+            self.kernel_objects.set(i64::try_from(present).unwrap_or(i64::MAX));
+        }
+    }
+
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn conflict_seen(&self) {
+        self.conflicts_seen.inc();
+    }
+
+    pub fn set_conflicts(&self, n: usize) {
+        self.conflicts.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_every_family_under_the_weft_prefix() {
+        let m = Metrics::new();
+        m.set_peers(3, 1, 2);
+        m.observe_apply(
+            Duration::from_millis(3),
+            Some(&ApplyReport { created: 4, unchanged: 2, ..ApplyReport::default() }),
+            false,
+        );
+        m.rejected("vni_mismatch");
+        m.conflict_seen();
+        m.gossip_counters().messages_in.inc();
+        m.gossip_counters().bytes_out.inc_by(100);
+        let text = m.encode();
+        for line in [
+            "weft_peers{state=\"alive\"} 3",
+            "weft_peers{state=\"dead\"} 1",
+            "weft_peers_programmed 2",
+            "weft_reconcile_duration_seconds_count 1",
+            "weft_reconcile_errors_total 0",
+            "weft_kernel_writes_total{op=\"created\"} 4",
+            "weft_kernel_objects 6",
+            "weft_gossip_messages_total{direction=\"in\"} 1",
+            "weft_gossip_bytes_total{direction=\"out\"} 100",
+            "weft_gossip_rejected_total{reason=\"vni_mismatch\"} 1",
+            "weft_podcidr_conflicts_total 1",
+            "weft_podcidr_conflicts_current 0",
+            "weft_ready 0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+}

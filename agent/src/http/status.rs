@@ -1,0 +1,418 @@
+//! The `/status` document: its model (shared with the `status` command), how it is built from
+//! the reconciler's decisions, and how the command renders it as a table.
+
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+use std::time::SystemTime;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use weft_overlay::Mac;
+use weft_overlay::desired::PeerPath;
+
+use crate::allocation::{Conflict, Phase};
+use crate::membership::Liveness;
+use crate::peers::{Peer, Skip};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub node: NodeStatus,
+    pub peers: Vec<PeerStatus>,
+    pub conflicts: Vec<ConflictStatus>,
+    pub last_reconcile: Option<ReconcileStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub name: String,
+    #[serde(rename = "nodeIP")]
+    pub node_ip: Ipv4Addr,
+    /// The PodCIDR the node holds; `null` while it is still being allocated.
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: Option<Ipv4Net>,
+    #[serde(rename = "vtepMAC")]
+    pub vtep_mac: Mac,
+    pub mtu: u32,
+    pub ready: bool,
+    /// Why the node is not ready; `null` when it is.
+    pub not_ready_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    Alive,
+    Dead,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatus {
+    pub name: String,
+    /// `null` when the peer's announcement was rejected before this field could be read.
+    #[serde(rename = "nodeIP")]
+    pub node_ip: Option<Ipv4Addr>,
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: Option<Ipv4Net>,
+    #[serde(rename = "vtepMAC")]
+    pub vtep_mac: Option<Mac>,
+    /// `alive` only when the failure detector hears the node and it has not announced leaving.
+    pub state: PeerState,
+    pub path: Option<PeerPath>,
+    /// In the last successfully applied datapath state.
+    pub programmed: bool,
+    /// Last time a fresh heartbeat of the node arrived (RFC 3339).
+    pub last_seen: Option<String>,
+    /// Why the peer is not programmed (rejection, conflict, liveness); `null` otherwise.
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConflictStatus {
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: Ipv4Net,
+    pub winner: String,
+    pub losers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileStatus {
+    /// When the apply started (RFC 3339).
+    pub at: String,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+}
+
+pub fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// One row of the peer table.
+pub fn peer_status(
+    peer: &Peer,
+    verdict: &Result<(), Skip>,
+    path: Option<PeerPath>,
+    programmed: bool,
+    last_seen: Option<SystemTime>,
+) -> PeerStatus {
+    let announcement = peer.announcement.as_ref().ok();
+    PeerStatus {
+        name: peer.name.clone(),
+        node_ip: announcement.map(|a| a.node_ip),
+        pod_cidr: peer.claim().map(|c| c.cidr),
+        vtep_mac: announcement.map(|a| a.vtep_mac),
+        state: match peer.liveness {
+            Liveness::Alive | Liveness::Leaving => PeerState::Alive,
+            Liveness::Joining | Liveness::Left | Liveness::Dead => PeerState::Dead,
+        },
+        path: announcement.and(path),
+        programmed,
+        last_seen: last_seen.map(timestamp),
+        note: match verdict {
+            Err(skip) => Some(skip.to_string()),
+            Ok(()) if peer.liveness == Liveness::Leaving => {
+                Some("leaving: routes kept until it is confirmed gone".into())
+            }
+            Ok(()) => None,
+        },
+    }
+}
+
+pub fn conflict_status(c: &Conflict) -> ConflictStatus {
+    ConflictStatus { pod_cidr: c.cidr, winner: c.winner.clone(), losers: c.losers.clone() }
+}
+
+/// What readiness depends on, in the order it is checked.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadinessInput<'a> {
+    pub node: &'a str,
+    pub phase: &'a Phase,
+    pub conflicts: &'a [Conflict],
+    /// The last failure writing the node's files, if the last attempt failed.
+    pub files_error: Option<&'a str>,
+    pub files_written: bool,
+    pub membership_settled: bool,
+    pub last_reconcile: Option<&'a ReconcileStatus>,
+}
+
+/// Ready: the node holds its PodCIDR uncontested, its files are written, and the last
+/// reconcile succeeded. Otherwise the first reason that applies.
+pub fn readiness(i: &ReadinessInput<'_>) -> Result<(), String> {
+    let held = match i.phase {
+        Phase::Waiting => {
+            return Err("waiting for gossip membership to settle before choosing a PodCIDR".into());
+        }
+        Phase::Claiming { claim, .. } => {
+            return Err(format!("claiming PodCIDR {} until it has propagated without a better claim", claim.cidr));
+        }
+        Phase::Exhausted(e) => return Err(e.to_string()),
+        Phase::Held { claim } => claim,
+    };
+    if let Some(c) = i.conflicts.iter().find(|c| c.cidr == held.cidr && c.winner != i.node) {
+        return Err(format!(
+            "PodCIDR {} is also claimed by {}, whose claim wins; set another --pod-cidr",
+            c.cidr, c.winner
+        ));
+    }
+    if let Some(e) = i.files_error {
+        return Err(format!("cannot write the node's files: {e}"));
+    }
+    if !i.files_written {
+        return Err("node state file not written yet".into());
+    }
+    if !i.membership_settled {
+        return Err("waiting for gossip membership to settle before programming peers".into());
+    }
+    match i.last_reconcile {
+        None => Err("datapath not reconciled yet".into()),
+        Some(ReconcileStatus { error: Some(e), .. }) => Err(format!("last reconcile failed: {e}")),
+        Some(_) => Ok(()),
+    }
+}
+
+fn or_dash<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// The human rendering printed by `weft-agent status`.
+pub fn render(s: &Status) -> String {
+    let mut out = String::new();
+    let n = &s.node;
+    let _ = writeln!(
+        out,
+        "node {}  ip {}  podCIDR {}  vtep {}  mtu {}  {}",
+        n.name,
+        n.node_ip,
+        or_dash(n.pod_cidr),
+        n.vtep_mac,
+        n.mtu,
+        if n.ready { "ready" } else { "NOT READY" }
+    );
+    if let Some(reason) = &n.not_ready_reason {
+        let _ = writeln!(out, "  not ready: {reason}");
+    }
+    let header = ["PEER", "NODE IP", "POD CIDR", "VTEP MAC", "STATE", "PATH", "PROGRAMMED", "LAST SEEN", "NOTE"];
+    let rows: Vec<[String; 9]> = s
+        .peers
+        .iter()
+        .map(|p| {
+            [
+                p.name.clone(),
+                or_dash(p.node_ip),
+                or_dash(p.pod_cidr),
+                or_dash(p.vtep_mac),
+                match p.state {
+                    PeerState::Alive => "alive".into(),
+                    PeerState::Dead => "dead".into(),
+                },
+                or_dash(p.path.map(|p| match p {
+                    PeerPath::Vxlan => "vxlan",
+                    PeerPath::Direct => "direct",
+                })),
+                if p.programmed { "yes" } else { "no" }.into(),
+                or_dash(p.last_seen.as_deref()),
+                p.note.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut line = |cells: &[String]| {
+        let text: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    if rows.is_empty() {
+        line(&["no peers".to_string()]);
+    } else {
+        line(&header.map(String::from));
+        for row in &rows {
+            line(row);
+        }
+    }
+    for c in &s.conflicts {
+        let _ = writeln!(out, "conflict: {} won by {} over {}", c.pod_cidr, c.winner, c.losers.join(", "));
+    }
+    match &s.last_reconcile {
+        None => {
+            let _ = writeln!(out, "last reconcile: none yet");
+        }
+        Some(r) => {
+            let _ = writeln!(
+                out,
+                "last reconcile: {} ({} ms): {}",
+                r.at,
+                r.duration_ms,
+                r.error.as_deref().unwrap_or("ok")
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::allocation::{AllocationError, Claim, ClaimKind};
+    use crate::validate::{Announcement, Rejection};
+
+    fn claim(cidr: &str, kind: ClaimKind) -> Claim {
+        Claim { cidr: cidr.parse().unwrap(), kind, since_ms: 1 }
+    }
+
+    fn ok_reconcile() -> ReconcileStatus {
+        ReconcileStatus { at: "2024-01-01T00:00:00.000Z".into(), duration_ms: 3, error: None }
+    }
+
+    #[test]
+    fn readiness_names_the_first_thing_missing() {
+        let held = Phase::Held { claim: claim("10.244.1.0/24", ClaimKind::Confirmed) };
+        let ok = ok_reconcile();
+        let failed = ReconcileStatus { error: Some("boom".into()), ..ok_reconcile() };
+        let base = ReadinessInput {
+            node: "me",
+            phase: &held,
+            conflicts: &[],
+            files_error: None,
+            files_written: true,
+            membership_settled: true,
+            last_reconcile: Some(&ok),
+        };
+        assert_eq!(readiness(&base), Ok(()));
+        let waiting = Phase::Waiting;
+        let claiming = Phase::Claiming {
+            claim: claim("10.244.1.0/24", ClaimKind::Claiming),
+            confirm_at: tokio::time::Instant::now(),
+        };
+        let exhausted = Phase::Exhausted(AllocationError::Exhausted {
+            pool: "10.244.0.0/24".parse().unwrap(),
+            prefix: 24,
+            blocks: 1,
+        });
+        let lost =
+            [Conflict { cidr: "10.244.1.0/24".parse().unwrap(), winner: "other".into(), losers: vec!["me".into()] }];
+        let cases: Vec<(ReadinessInput<'_>, &str)> = vec![
+            (ReadinessInput { phase: &waiting, ..base }, "settle"),
+            (ReadinessInput { phase: &claiming, ..base }, "claiming PodCIDR 10.244.1.0/24"),
+            (ReadinessInput { phase: &exhausted, ..base }, "exhausted"),
+            (ReadinessInput { conflicts: &lost, ..base }, "also claimed by other"),
+            (ReadinessInput { files_error: Some("EROFS"), ..base }, "EROFS"),
+            (ReadinessInput { files_written: false, ..base }, "not written"),
+            (ReadinessInput { membership_settled: false, ..base }, "programming peers"),
+            (ReadinessInput { last_reconcile: None, ..base }, "not reconciled"),
+            (ReadinessInput { last_reconcile: Some(&failed), ..base }, "failed: boom"),
+        ];
+        for (input, expected) in cases {
+            let reason = readiness(&input).unwrap_err();
+            assert!(reason.contains(expected), "{reason:?} lacks {expected:?}");
+        }
+    }
+
+    fn peer(name: &str, liveness: Liveness, announcement: Result<Announcement, Rejection>) -> Peer {
+        Peer { name: name.into(), generation: 1, liveness, announcement }
+    }
+
+    #[test]
+    fn peer_rows_carry_the_spec_fields_and_a_note_when_not_programmed() {
+        let a = Announcement {
+            node_ip: "192.0.2.2".parse().unwrap(),
+            vtep_mac: Mac::derived("b"),
+            claim: Some(claim("10.244.2.0/24", ClaimKind::Confirmed)),
+        };
+        let seen = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let row =
+            peer_status(&peer("b", Liveness::Alive, Ok(a.clone())), &Ok(()), Some(PeerPath::Vxlan), true, Some(seen));
+        let json = serde_json::to_value(&row).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "name": "b", "nodeIP": "192.0.2.2", "podCIDR": "10.244.2.0/24",
+                "vtepMAC": Mac::derived("b").to_string(), "state": "alive", "path": "vxlan",
+                "programmed": true, "lastSeen": "2023-11-14T22:13:20.000Z", "note": null
+            })
+        );
+        let rejected = peer_status(
+            &peer("x", Liveness::Alive, Err(Rejection::VniMismatch { ours: 1, theirs: 2 })),
+            &Err(Skip::Rejected(Rejection::VniMismatch { ours: 1, theirs: 2 })),
+            Some(PeerPath::Vxlan),
+            false,
+            None,
+        );
+        assert_eq!(rejected.node_ip, None);
+        assert_eq!(rejected.path, None);
+        assert_eq!(rejected.note.as_deref(), Some("rejected: VNI 2 differs from ours (1)"));
+        let leaving =
+            peer_status(&peer("l", Liveness::Leaving, Ok(a.clone())), &Ok(()), Some(PeerPath::Vxlan), true, None);
+        assert_eq!(leaving.state, PeerState::Alive);
+        assert_eq!(leaving.note.as_deref(), Some("leaving: routes kept until it is confirmed gone"));
+        let left = peer_status(
+            &peer("l", Liveness::Left, Ok(a)),
+            &Err(Skip::NotAlive(Liveness::Left)),
+            Some(PeerPath::Vxlan),
+            false,
+            None,
+        );
+        assert_eq!(left.state, PeerState::Dead);
+        assert_eq!(left.note.as_deref(), Some("left the cluster"));
+    }
+
+    #[test]
+    fn the_document_uses_the_spec_field_names_and_renders_as_a_table() {
+        let status = Status {
+            node: NodeStatus {
+                name: "a".into(),
+                node_ip: "192.0.2.1".parse().unwrap(),
+                pod_cidr: Some("10.244.1.0/24".parse().unwrap()),
+                vtep_mac: Mac::derived("a"),
+                mtu: 1450,
+                ready: false,
+                not_ready_reason: Some("last reconcile failed: x".into()),
+            },
+            peers: vec![PeerStatus {
+                name: "b".into(),
+                node_ip: Some("192.0.2.2".parse().unwrap()),
+                pod_cidr: Some("10.244.2.0/24".parse().unwrap()),
+                vtep_mac: Some(Mac::derived("b")),
+                state: PeerState::Alive,
+                path: Some(PeerPath::Direct),
+                programmed: false,
+                last_seen: None,
+                note: None,
+            }],
+            conflicts: vec![ConflictStatus {
+                pod_cidr: "10.244.3.0/24".parse().unwrap(),
+                winner: "c".into(),
+                losers: vec!["d".into()],
+            }],
+            last_reconcile: Some(ReconcileStatus { error: Some("x".into()), ..ok_reconcile() }),
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        for key in ["name", "nodeIP", "podCIDR", "vtepMAC", "mtu", "ready"] {
+            assert!(json["node"].get(key).is_some(), "node.{key}");
+        }
+        assert_eq!(json["lastReconcile"]["durationMs"], 3);
+        assert_eq!(json["conflicts"][0]["podCIDR"], "10.244.3.0/24");
+        let back: Status = serde_json::from_value(json).unwrap();
+        assert_eq!(back, status);
+
+        let table = render(&status);
+        assert!(table.starts_with("node a  ip 192.0.2.1  podCIDR 10.244.1.0/24"));
+        assert!(table.contains("NOT READY"));
+        assert!(table.contains("not ready: last reconcile failed: x"));
+        let row = table.lines().find(|l| l.starts_with("b ")).unwrap();
+        for cell in ["192.0.2.2", "10.244.2.0/24", "alive", "direct", "no"] {
+            assert!(row.contains(cell), "{row}");
+        }
+        assert!(table.contains("conflict: 10.244.3.0/24 won by c over d"));
+        assert!(table.contains("last reconcile: 2024-01-01T00:00:00.000Z (3 ms): x"));
+    }
+}

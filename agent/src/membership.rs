@@ -1,0 +1,252 @@
+//! Who is in the cluster, as gossip sees it: a [`View`] of every other node (including this
+//! node's own earlier generations), refreshed every gossip round, and the [`Settle`] tracker
+//! that says when the view is complete enough to act on.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use chitchat::{Chitchat, ChitchatId};
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::gossip::keys;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Liveness {
+    /// The failure detector has heard from it recently.
+    Alive,
+    /// Known, but the failure detector has no verdict yet (just heard of, or restarted).
+    Joining,
+    /// Announced that it is stopping, and the failure detector has not declared it dead yet.
+    /// An agent restart looks exactly like this, so its routes stay (see [`Liveness::programmable`]).
+    Leaving,
+    /// Announced that it was stopping, and the failure detector has since declared it dead.
+    Left,
+    /// The failure detector declared it dead; kept until gossip forgets it.
+    Dead,
+}
+
+/// Liveness from what gossip says: a node's own `leaving` announcement wins over the detector,
+/// until the detector confirms the node is gone.
+pub fn classify(status: Option<&str>, live: bool, dead: bool) -> Liveness {
+    if status == Some(keys::STATUS_LEAVING) {
+        if dead { Liveness::Left } else { Liveness::Leaving }
+    } else if live {
+        Liveness::Alive
+    } else if dead {
+        Liveness::Dead
+    } else {
+        Liveness::Joining
+    }
+}
+
+impl Liveness {
+    /// Whether a node in this state gets its routes. A node that is leaving keeps them until the
+    /// detector confirms it is gone: a restarting agent announces leaving too, and its new
+    /// generation is heard within that time, so a restart never costs its pods a packet. For a
+    /// node that really left the delay costs nothing: its pods are gone with it.
+    pub fn programmable(self) -> bool {
+        matches!(self, Liveness::Alive | Liveness::Leaving)
+    }
+}
+
+/// One generation of one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub generation: u64,
+    pub liveness: Liveness,
+    pub keys: BTreeMap<String, String>,
+}
+
+/// Every other node gossip knows about, sorted by (name, generation).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct View {
+    pub members: Vec<Member>,
+    /// When each (name, generation) last showed a new heartbeat. Not part of what decisions
+    /// depend on, so updating it does not wake the reconciler.
+    pub last_seen: BTreeMap<(String, u64), SystemTime>,
+}
+
+impl View {
+    pub fn last_seen(&self, name: &str, generation: u64) -> Option<SystemTime> {
+        self.last_seen.get(&(name.to_string(), generation)).copied()
+    }
+}
+
+/// Reads the members out of chitchat (under its lock: keep it short).
+fn read(chitchat: &Chitchat) -> Vec<(Member, u64)> {
+    let me = chitchat.self_chitchat_id();
+    let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+    let dead: HashSet<&ChitchatId> = chitchat.dead_nodes().collect();
+    chitchat
+        .node_states()
+        .iter()
+        .filter(|(id, _)| *id != me)
+        .map(|(id, state)| {
+            let member = Member {
+                name: id.node_id.to_string(),
+                generation: id.generation_id,
+                liveness: classify(state.get(keys::STATUS), live.contains(id), dead.contains(id)),
+                keys: state.key_values().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            };
+            (member, u64::from(state.heartbeat()))
+        })
+        .collect()
+}
+
+/// Publishes the view after every gossip round (chitchat's live-nodes watcher fires at the end
+/// of a round that changed liveness or keys; the tick catches deaths, forgetting and heartbeats).
+pub fn spawn_observer(
+    chitchat: Arc<Mutex<Chitchat>>,
+    interval: Duration,
+    cancel: CancellationToken,
+) -> (watch::Receiver<View>, JoinHandle<()>) {
+    let (tx, rx) = watch::channel(View::default());
+    let task = tokio::spawn(async move {
+        let mut changes = chitchat.lock().await.live_nodes_watcher();
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeats: HashMap<(String, u64), u64> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            let read = read(&*chitchat.lock().await);
+            let now = SystemTime::now();
+            let mut last_seen = tx.borrow().last_seen.clone();
+            let known: BTreeSet<(String, u64)> = read.iter().map(|(m, _)| (m.name.clone(), m.generation)).collect();
+            heartbeats.retain(|id, _| known.contains(id));
+            last_seen.retain(|id, _| known.contains(id));
+            for (m, heartbeat) in &read {
+                let id = (m.name.clone(), m.generation);
+                if heartbeats.insert(id.clone(), *heartbeat) != Some(*heartbeat) {
+                    last_seen.insert(id, now);
+                }
+            }
+            let mut members: Vec<Member> = read.into_iter().map(|(m, _)| m).collect();
+            members.sort_by(|a, b| (&a.name, a.generation).cmp(&(&b.name, b.generation)));
+            tx.send_if_modified(|view| {
+                view.last_seen = last_seen;
+                if view.members == members {
+                    return false;
+                }
+                view.members = members;
+                true
+            });
+        }
+    });
+    (rx, task)
+}
+
+/// Decides when membership has settled: when this node has heard from the cluster and the set
+/// of members and their liveness has not changed for a window, or when the startup grace is
+/// over, whichever comes first. Until then a restarted node would see only part of the
+/// cluster, and acting on that would withdraw peers it simply has not heard from yet.
+#[derive(Debug, Clone)]
+pub struct Settle {
+    deadline: Instant,
+    window: Duration,
+    /// Seeds other than this node are configured: wait to hear from someone.
+    expects_peers: bool,
+    /// The members and their liveness as last observed; a node starts knowing nobody.
+    last: BTreeSet<(String, u64, Liveness)>,
+    stable_since: Instant,
+    settled: bool,
+}
+
+impl Settle {
+    pub fn new(now: Instant, grace: Duration, window: Duration, expects_peers: bool) -> Settle {
+        Settle {
+            deadline: now + grace,
+            window,
+            expects_peers,
+            last: BTreeSet::new(),
+            stable_since: now,
+            settled: false,
+        }
+    }
+
+    /// Feeds the current view; returns whether membership has settled (it stays settled).
+    pub fn observe(&mut self, view: &View, now: Instant) -> bool {
+        if self.settled {
+            return true;
+        }
+        let shape: BTreeSet<_> = view.members.iter().map(|m| (m.name.clone(), m.generation, m.liveness)).collect();
+        if self.last != shape {
+            self.stable_since = now;
+            self.last = shape;
+        }
+        let heard = !view.members.is_empty() || !self.expects_peers;
+        self.settled = now >= self.deadline || (heard && now.duration_since(self.stable_since) >= self.window);
+        self.settled
+    }
+
+    pub fn is_settled(&self) -> bool {
+        self.settled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, liveness: Liveness) -> Member {
+        Member { name: name.into(), generation: 1, liveness, keys: BTreeMap::new() }
+    }
+
+    fn view(members: Vec<Member>) -> View {
+        View { members, last_seen: BTreeMap::new() }
+    }
+
+    #[test]
+    fn leaving_wins_over_the_detector() {
+        assert_eq!(classify(Some("leaving"), true, false), Liveness::Leaving);
+        assert_eq!(classify(Some("leaving"), false, false), Liveness::Leaving);
+        assert_eq!(classify(Some("leaving"), false, true), Liveness::Left);
+        assert_eq!(classify(Some("up"), true, false), Liveness::Alive);
+        assert_eq!(classify(None, false, true), Liveness::Dead);
+        assert_eq!(classify(Some("up"), false, false), Liveness::Joining);
+    }
+
+    #[test]
+    fn settles_once_the_view_is_stable_after_hearing_from_peers() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut s = Settle::new(t0, ms(5000), ms(300), true);
+        // Nothing heard: not settled however long it is stable.
+        assert!(!s.observe(&view(vec![]), t0 + ms(1000)));
+        let joining = view(vec![member("a", Liveness::Joining)]);
+        assert!(!s.observe(&joining, t0 + ms(1100)));
+        let alive = view(vec![member("a", Liveness::Alive)]);
+        assert!(!s.observe(&alive, t0 + ms(1200)));
+        assert!(!s.observe(&alive, t0 + ms(1499)));
+        assert!(s.observe(&alive, t0 + ms(1500)));
+        // Latched.
+        assert!(s.observe(&view(vec![]), t0 + ms(1600)));
+        assert!(s.is_settled());
+    }
+
+    #[test]
+    fn without_seeds_an_empty_stable_view_settles() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut s = Settle::new(t0, ms(5000), ms(300), false);
+        assert!(!s.observe(&view(vec![]), t0 + ms(100)));
+        assert!(s.observe(&view(vec![]), t0 + ms(300)));
+    }
+
+    #[test]
+    fn the_startup_grace_bounds_the_wait() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut s = Settle::new(t0, ms(5000), ms(300), true);
+        assert!(!s.observe(&view(vec![]), t0 + ms(4999)));
+        assert!(s.observe(&view(vec![]), t0 + ms(5000)));
+    }
+}

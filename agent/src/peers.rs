@@ -1,0 +1,259 @@
+//! From the membership view to verdicts: which generation stands for each node, whether its
+//! announcement is valid, who owns contested blocks, and which peers to program.
+
+use std::collections::BTreeMap;
+
+use crate::allocation::{self, Claim, Claimant, Conflict};
+use crate::gossip::keys;
+use crate::membership::{Liveness, Member, View};
+use crate::validate::{self, Announcement, Rejection, Rules};
+
+/// One other node, as represented by one of its generations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub generation: u64,
+    pub liveness: Liveness,
+    pub announcement: Result<Announcement, Rejection>,
+}
+
+impl Peer {
+    pub fn claim(&self) -> Option<Claim> {
+        self.announcement.as_ref().ok().and_then(|a| a.claim)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peers {
+    /// Sorted by name.
+    pub peers: Vec<Peer>,
+    /// The claim this node's own previous generation announced, if gossip still has it.
+    pub previous_self: Option<Claim>,
+}
+
+/// The generation that stands for a node: the newest programmable one (alive, or leaving but not
+/// yet declared dead), else the newest. A restarted node's new generation takes over once the
+/// detector has heard it, so peers keep programming the old one (same name, MAC and PodCIDR)
+/// meanwhile instead of flapping.
+fn representative<'a>(generations: &[&'a Member]) -> &'a Member {
+    generations
+        .iter()
+        .max_by_key(|m| (m.liveness.programmable(), m.generation))
+        .expect("a node has at least one generation")
+}
+
+/// Groups the view by node, validates each node's representative generation, and picks up this
+/// node's own previous claim (earlier generations of `me`).
+pub fn collect(view: &View, me: &str, my_generation: u64, rules: &Rules) -> Peers {
+    let mut by_name: BTreeMap<&str, Vec<&Member>> = BTreeMap::new();
+    for m in &view.members {
+        by_name.entry(m.name.as_str()).or_default().push(m);
+    }
+    let previous_self = by_name
+        .remove(me)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.generation < my_generation)
+        .max_by_key(|m| m.generation)
+        .and_then(|m| keys::decode_claim(m.keys.get(keys::POD_CIDR)?).ok())
+        .filter(|c| validate::check_pod_cidr(c.cidr, rules.cluster_cidr, rules.node_cidr_prefix).is_ok());
+    let peers = by_name
+        .into_values()
+        .map(|generations| {
+            let m = representative(&generations);
+            Peer {
+                name: m.name.clone(),
+                generation: m.generation,
+                liveness: m.liveness,
+                announcement: validate::validate(&m.name, &m.keys, rules),
+            }
+        })
+        .collect();
+    Peers { peers, previous_self }
+}
+
+impl Peers {
+    /// The valid claims of every known peer, live or not: a dead or leaving node keeps its block
+    /// reserved until gossip forgets it.
+    pub fn claimants(&self) -> Vec<Claimant> {
+        self.peers.iter().filter_map(|p| Some(Claimant { node: p.name.clone(), claim: p.claim()? })).collect()
+    }
+}
+
+/// Why a peer is not programmed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Skip {
+    #[error("rejected: {0}")]
+    Rejected(Rejection),
+    #[error("{}", match .0 {
+        Liveness::Joining => "joining: no failure-detector verdict yet",
+        Liveness::Leaving => "leaving",
+        Liveness::Left => "left the cluster",
+        Liveness::Dead => "declared dead by the failure detector",
+        Liveness::Alive => "alive",
+    })]
+    NotAlive(Liveness),
+    #[error("has not claimed a PodCIDR yet")]
+    NoPodCidr,
+    #[error("lost its PodCIDR claim to {winner}")]
+    LostConflict { winner: String },
+    #[error("its PodCIDR is also this node's own claim")]
+    OverlapsOurs,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdicts {
+    /// Parallel to `Peers::peers`: `Ok` means program it.
+    pub verdicts: Vec<Result<(), Skip>>,
+    /// Every contested block, this node's own claim included.
+    pub conflicts: Vec<Conflict>,
+}
+
+/// Decides which peers to program, given this node's own claim.
+pub fn decide(peers: &Peers, me: &str, own: Option<Claim>) -> Verdicts {
+    let mut claimants = peers.claimants();
+    if let Some(claim) = own {
+        claimants.push(Claimant { node: me.to_string(), claim });
+    }
+    let conflicts = allocation::conflicts(&claimants);
+    let verdicts = peers
+        .peers
+        .iter()
+        .map(|p| {
+            let announcement = p.announcement.as_ref().map_err(|r| Skip::Rejected(r.clone()))?;
+            if !p.liveness.programmable() {
+                return Err(Skip::NotAlive(p.liveness));
+            }
+            let claim = announcement.claim.ok_or(Skip::NoPodCidr)?;
+            match conflicts.iter().find(|c| c.cidr == claim.cidr) {
+                None => Ok(()),
+                Some(c) if c.winner != p.name => Err(Skip::LostConflict { winner: c.winner.clone() }),
+                // We cannot route our own block to a peer, winner or not: until we move (an
+                // automatic claim re-picks at once; a static one needs the operator) it stays out.
+                Some(_) if own.is_some_and(|o| o.cidr == claim.cidr) => Err(Skip::OverlapsOurs),
+                Some(_) => Ok(()),
+            }
+        })
+        .collect();
+    Verdicts { verdicts, conflicts }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::allocation::ClaimKind;
+
+    fn rules() -> Rules {
+        Rules {
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            node_cidr_prefix: 24,
+            vni: 1,
+            vxlan_port: 8472,
+            local_node_ip: "192.0.2.1".parse().unwrap(),
+        }
+    }
+
+    fn member(name: &str, generation: u64, liveness: Liveness, ip: &str, claim: Option<&str>) -> Member {
+        let mut kvs: BTreeMap<String, String> =
+            [(keys::NODE_IP, ip), (keys::VTEP_MAC, "0a:11:22:33:44:55"), (keys::VNI, "1"), (keys::VXLAN_PORT, "8472")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        if let Some(c) = claim {
+            kvs.insert(keys::POD_CIDR.into(), c.into());
+        }
+        Member { name: name.into(), generation, liveness, keys: kvs }
+    }
+
+    fn view(members: Vec<Member>) -> View {
+        View { members, ..View::default() }
+    }
+
+    #[test]
+    fn the_newest_live_generation_stands_for_a_node() {
+        let v = view(vec![
+            member("b", 1, Liveness::Alive, "192.0.2.2", Some("10.244.1.0/24;confirmed;1")),
+            member("b", 2, Liveness::Joining, "192.0.2.2", Some("10.244.1.0/24;confirmed;1")),
+        ]);
+        let peers = collect(&v, "me", 5, &rules());
+        assert_eq!(peers.peers.len(), 1);
+        assert_eq!(peers.peers[0].generation, 1);
+        assert_eq!(peers.peers[0].liveness, Liveness::Alive);
+
+        let v = view(vec![
+            member("b", 1, Liveness::Dead, "192.0.2.2", None),
+            member("b", 2, Liveness::Joining, "192.0.2.2", None),
+        ]);
+        assert_eq!(collect(&v, "me", 5, &rules()).peers[0].generation, 2);
+    }
+
+    #[test]
+    fn a_restarting_nodes_leaving_generation_stands_for_it_until_the_new_one_is_heard() {
+        let v = view(vec![
+            member("b", 1, Liveness::Leaving, "192.0.2.2", Some("10.244.1.0/24;confirmed;1")),
+            member("b", 2, Liveness::Joining, "192.0.2.2", Some("10.244.1.0/24;confirmed;1")),
+        ]);
+        assert_eq!(collect(&v, "me", 5, &rules()).peers[0].generation, 1);
+        let v = view(vec![
+            member("b", 1, Liveness::Leaving, "192.0.2.2", Some("10.244.1.0/24;confirmed;1")),
+            member("b", 2, Liveness::Alive, "192.0.2.2", Some("10.244.1.0/24;confirmed;1")),
+        ]);
+        assert_eq!(collect(&v, "me", 5, &rules()).peers[0].generation, 2);
+    }
+
+    #[test]
+    fn our_own_earlier_generation_is_our_previous_claim_not_a_peer() {
+        let v = view(vec![
+            member("me", 3, Liveness::Dead, "192.0.2.1", Some("10.244.9.0/24;confirmed;77")),
+            member("b", 1, Liveness::Alive, "192.0.2.2", None),
+        ]);
+        let peers = collect(&v, "me", 5, &rules());
+        assert_eq!(peers.peers.len(), 1);
+        assert_eq!(
+            peers.previous_self,
+            Some(Claim { cidr: "10.244.9.0/24".parse().unwrap(), kind: ClaimKind::Confirmed, since_ms: 77 })
+        );
+    }
+
+    #[test]
+    fn only_live_valid_conflict_winners_are_programmed() {
+        let v = view(vec![
+            member("a", 1, Liveness::Alive, "192.0.2.10", Some("10.244.1.0/24;confirmed;5")),
+            member("b", 1, Liveness::Alive, "192.0.2.11", Some("10.244.1.0/24;claiming;9")),
+            member("c", 1, Liveness::Dead, "192.0.2.12", Some("10.244.2.0/24;confirmed;1")),
+            member("d", 1, Liveness::Alive, "192.0.2.13", None),
+            member("e", 1, Liveness::Alive, "127.0.0.1", Some("10.244.3.0/24;confirmed;1")),
+            member("f", 1, Liveness::Left, "192.0.2.15", Some("10.244.4.0/24;confirmed;1")),
+            member("g", 1, Liveness::Alive, "192.0.2.16", Some("10.244.5.0/24;confirmed;1")),
+            member("h", 1, Liveness::Leaving, "192.0.2.17", Some("10.244.6.0/24;confirmed;1")),
+        ]);
+        let peers = collect(&v, "me", 5, &rules());
+        let own = Claim { cidr: "10.244.9.0/24".parse().unwrap(), kind: ClaimKind::Confirmed, since_ms: 3 };
+        let decided = decide(&peers, "me", Some(own));
+        let by_name: BTreeMap<&str, &Result<(), Skip>> =
+            peers.peers.iter().map(|p| p.name.as_str()).zip(&decided.verdicts).collect();
+        assert_eq!(by_name["a"], &Ok(()));
+        assert_eq!(by_name["b"], &Err(Skip::LostConflict { winner: "a".into() }));
+        assert_eq!(by_name["c"], &Err(Skip::NotAlive(Liveness::Dead)));
+        assert_eq!(by_name["d"], &Err(Skip::NoPodCidr));
+        assert!(matches!(by_name["e"], Err(Skip::Rejected(_))));
+        assert_eq!(by_name["f"], &Err(Skip::NotAlive(Liveness::Left)));
+        assert_eq!(by_name["g"], &Ok(()));
+        assert_eq!(by_name["h"], &Ok(()), "leaving, not yet confirmed gone: routes stay");
+        assert_eq!(decided.conflicts.len(), 1);
+        // Dead and leaving nodes keep their blocks reserved; rejected ones do not count.
+        let reserved: Vec<String> = peers.claimants().iter().map(|c| c.node.clone()).collect();
+        assert_eq!(reserved, ["a", "b", "c", "f", "g", "h"]);
+    }
+
+    #[test]
+    fn a_peer_on_our_own_block_is_never_programmed_here() {
+        let v = view(vec![member("a", 1, Liveness::Alive, "192.0.2.10", Some("10.244.1.0/24;static;1"))]);
+        let peers = collect(&v, "me", 5, &rules());
+        let ours = Claim { cidr: "10.244.1.0/24".parse().unwrap(), kind: ClaimKind::Static, since_ms: 9 };
+        let decided = decide(&peers, "me", Some(ours));
+        assert_eq!(decided.verdicts, vec![Err(Skip::OverlapsOurs)]);
+        assert_eq!(decided.conflicts[0].winner, "a");
+        assert_eq!(decided.conflicts[0].losers, vec!["me".to_string()]);
+    }
+}

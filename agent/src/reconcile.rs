@@ -1,0 +1,466 @@
+//! The reconcile loop. Every turn it reads the whole membership view and derives everything
+//! from it: this node's PodCIDR claim, its files, the desired datapath state, the status. It
+//! turns on membership changes (debounced), on timers while allocating or settling, on retries
+//! with backoff after a failed apply, and on a periodic full resync. Nothing is replayed:
+//! a turn that sees the same inputs changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chitchat::Chitchat;
+use ipnet::Ipv4Net;
+use tokio::sync::{Mutex, watch};
+use tokio::time::{Instant, sleep, sleep_until};
+use tokio_util::sync::CancellationToken;
+use weft_cni::state::{NodeState, STATE_FILE_VERSION};
+use weft_overlay::desired::{DEFAULT_BRIDGE, Desired, LocalNode, gateway_of};
+use weft_overlay::{ApplyReport, Mac};
+
+use crate::allocation::{Allocator, Claim, Conflict, Outcome, Phase, StepInput};
+use crate::config::Config;
+use crate::datapath::Datapath;
+use crate::files::{self, Lease};
+use crate::gossip::{self, keys};
+use crate::http::status::{self, ReadinessInput, ReconcileStatus, Status};
+use crate::membership::{Liveness, Settle, View};
+use crate::peers::{self, Peers, Verdicts};
+use crate::shared::Shared;
+use crate::validate::{Rejection, Rules};
+
+/// Membership changes arriving within this window are handled in one turn.
+pub const DEBOUNCE: Duration = Duration::from_millis(50);
+/// Gossip rounds an automatic claim must survive before it is confirmed: enough for the claim
+/// to reach every node and for a competing claim to come back, with margin.
+pub const CONFIRM_ROUNDS: u32 = 10;
+/// Quiet membership rounds after which membership counts as settled.
+pub const SETTLE_ROUNDS: u32 = 3;
+const RETRY_MIN: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// The longest the loop sleeps, so liveness and status stay fresh.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What the agent hands the loop at start.
+pub struct Init {
+    pub config: Arc<Config>,
+    pub generation: u64,
+    pub chitchat: Arc<Mutex<Chitchat>>,
+    pub view: watch::Receiver<View>,
+    pub datapath: Arc<dyn Datapath>,
+    pub shared: Arc<Shared>,
+    /// Static PodCIDR or persisted lease.
+    pub held: Option<Claim>,
+    /// The lease file as found at start (possibly no longer usable).
+    pub lease_on_disk: Option<Lease>,
+    /// The node state file as found at start.
+    pub state_on_disk: Option<NodeState>,
+}
+
+pub struct Controller {
+    cfg: Arc<Config>,
+    rules: Rules,
+    generation: u64,
+    vtep_mac: Mac,
+    chitchat: Arc<Mutex<Chitchat>>,
+    view: watch::Receiver<View>,
+    datapath: Arc<dyn Datapath>,
+    shared: Arc<Shared>,
+    allocator: Allocator,
+    settle: Settle,
+    published_claim: Option<Claim>,
+    lease_on_disk: Option<Lease>,
+    state_on_disk: Option<NodeState>,
+    conflist_written: bool,
+    files_error: Option<String>,
+    last_attempt: Option<Desired>,
+    retry: Option<(Instant, Duration)>,
+    next_resync: Instant,
+    programmed: BTreeSet<String>,
+    last_reconcile: Option<ReconcileStatus>,
+    rejections: BTreeMap<String, Rejection>,
+    conflicts: Vec<Conflict>,
+}
+
+impl Controller {
+    pub fn new(init: Init) -> Controller {
+        let cfg = init.config;
+        let now = Instant::now();
+        let interval = cfg.gossip.interval;
+        Controller {
+            rules: cfg.rules(),
+            generation: init.generation,
+            vtep_mac: Mac::derived(&cfg.node_name),
+            allocator: Allocator::new(
+                &cfg.node_name,
+                cfg.cluster_cidr,
+                cfg.node_cidr_prefix,
+                interval * CONFIRM_ROUNDS,
+                init.held,
+            ),
+            settle: Settle::new(now, cfg.startup_grace, interval * SETTLE_ROUNDS, cfg.expects_peers()),
+            published_claim: init.held,
+            lease_on_disk: init.lease_on_disk,
+            state_on_disk: init.state_on_disk,
+            conflist_written: false,
+            files_error: None,
+            last_attempt: None,
+            retry: None,
+            next_resync: now,
+            programmed: BTreeSet::new(),
+            last_reconcile: None,
+            rejections: BTreeMap::new(),
+            conflicts: Vec::new(),
+            chitchat: init.chitchat,
+            view: init.view,
+            datapath: init.datapath,
+            shared: init.shared,
+            cfg,
+        }
+    }
+
+    pub async fn run(mut self, cancel: CancellationToken) {
+        loop {
+            self.turn().await;
+            let wake = self.next_wake();
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = self.view.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = sleep(DEBOUNCE) => {}
+                    }
+                }
+                _ = sleep_until(wake) => {}
+            }
+        }
+    }
+
+    fn next_wake(&self) -> Instant {
+        let now = Instant::now();
+        let mut wake = (now + IDLE_WAKE).min(self.next_resync);
+        if let Some((at, _)) = self.retry {
+            wake = wake.min(at);
+        }
+        let allocating = matches!(self.allocator.phase(), Phase::Waiting | Phase::Claiming { .. });
+        if allocating || !self.settle.is_settled() {
+            wake = wake.min(now + self.cfg.gossip.interval);
+        }
+        wake
+    }
+
+    async fn turn(&mut self) {
+        self.shared.beat();
+        let now = Instant::now();
+        let view = self.view.borrow_and_update().clone();
+        let settled = self.settle.observe(&view, now);
+        let peers = peers::collect(&view, &self.cfg.node_name, self.generation, &self.rules);
+        let others = peers.claimants();
+        let outcome = self.allocator.step(&StepInput {
+            now,
+            now_ms: unix_ms(SystemTime::now()),
+            settled,
+            others: &others,
+            previous: peers.previous_self,
+            random: rand::random(),
+        });
+        log_outcome(&outcome);
+        self.publish_claim().await;
+        let verdicts = peers::decide(&peers, &self.cfg.node_name, self.allocator.claim());
+        self.note_rejections(&peers);
+        self.note_conflicts(&verdicts.conflicts);
+        // The periodic resync rewrites the files and re-applies the datapath even when nothing
+        // changed here, repairing whatever was changed under us.
+        let resync = now >= self.next_resync;
+        if resync {
+            self.next_resync = now + self.cfg.resync_interval;
+        }
+        let held = self.allocator.held();
+        self.sync_files(held, resync);
+        if let (Some(held), true) = (held, settled) {
+            let desired = self.desired(held.cidr, &peers, &verdicts);
+            if resync || self.apply_due(&desired, now) {
+                self.apply(desired).await;
+            }
+        }
+        self.publish_status(&view, &peers, &verdicts, settled);
+    }
+
+    /// Announces the allocator's current claim (or withdraws it) if gossip does not have it yet.
+    async fn publish_claim(&mut self) {
+        let claim = self.allocator.claim();
+        if claim == self.published_claim {
+            return;
+        }
+        match claim {
+            Some(c) => gossip::publish(&self.chitchat, keys::POD_CIDR, &keys::encode_claim(&c)).await,
+            None => self.chitchat.lock().await.self_node_state().delete(keys::POD_CIDR),
+        }
+        self.published_claim = claim;
+    }
+
+    /// Makes the lease, node state file and conflist match the held PodCIDR. Failures are kept
+    /// for status and retried on the next turn.
+    fn sync_files(&mut self, held: Option<Claim>, rewrite: bool) {
+        let result = self.write_files(held, rewrite);
+        let error = result.err().map(|e| e.to_string());
+        if error.is_some() && error != self.files_error {
+            tracing::warn!(error = error.as_deref(), "cannot write the node's files");
+        }
+        self.files_error = error;
+    }
+
+    /// `rewrite` writes (or removes) even what should already be in place.
+    fn write_files(&mut self, held: Option<Claim>, rewrite: bool) -> Result<(), files::FileError> {
+        let cfg = &self.cfg;
+        let lease = held.map(|c| Lease { pod_cidr: c.cidr, since: c.since_ms, cluster_cidr: cfg.cluster_cidr });
+        if rewrite || lease != self.lease_on_disk {
+            match &lease {
+                Some(l) => files::write_lease(&cfg.paths.lease(), l)?,
+                None => {
+                    files::remove(&cfg.paths.lease())?;
+                }
+            }
+            self.lease_on_disk = lease;
+        }
+        let state = held.map(|c| NodeState {
+            version: STATE_FILE_VERSION,
+            node: cfg.node_name.clone(),
+            node_ip: cfg.underlay.node_ip,
+            pod_cidr: c.cidr,
+            gateway: gateway_of(&c.cidr),
+            cluster_cidr: cfg.cluster_cidr,
+            mtu: cfg.mtu,
+            bridge: DEFAULT_BRIDGE.to_string(),
+        });
+        if rewrite || state != self.state_on_disk {
+            let changed = state != self.state_on_disk;
+            match &state {
+                Some(s) => {
+                    files::write_node_state(&cfg.paths.state_file(), s)?;
+                    if changed {
+                        tracing::info!(path = %cfg.paths.state_file().display(), pod_cidr = %s.pod_cidr, "node state file written");
+                    }
+                }
+                None => {
+                    // A PodCIDR we no longer hold must not hand out addresses.
+                    if files::remove(&cfg.paths.state_file())? {
+                        tracing::warn!(path = %cfg.paths.state_file().display(), "node state file removed");
+                    }
+                }
+            }
+            self.state_on_disk = state;
+        }
+        if held.is_some() && (rewrite || !self.conflist_written) {
+            let first = !self.conflist_written;
+            files::write_conflist(&cfg.paths, cfg.portmap)?;
+            if first {
+                tracing::info!(path = %cfg.paths.conflist().display(), "CNI conflist written");
+            }
+            self.conflist_written = true;
+        }
+        Ok(())
+    }
+
+    fn desired(&self, pod_cidr: Ipv4Net, peers: &Peers, verdicts: &Verdicts) -> Desired {
+        let cfg = &self.cfg;
+        let local = LocalNode {
+            name: cfg.node_name.clone(),
+            node_ip: cfg.underlay.node_ip,
+            underlay: cfg.underlay.iface.clone(),
+            pod_cidr,
+            cluster_cidr: cfg.cluster_cidr,
+            vni: cfg.vni,
+            vxlan_port: cfg.vxlan_port,
+            mtu: cfg.mtu,
+            vtep_mac: self.vtep_mac,
+            bridge: DEFAULT_BRIDGE.to_string(),
+        };
+        let programmable = peers
+            .peers
+            .iter()
+            .zip(&verdicts.verdicts)
+            .filter(|(_, v)| v.is_ok())
+            .filter_map(|(p, _)| Some((p.name.as_str(), p.announcement.as_ref().ok()?)));
+        crate::desired::build(local, cfg.encap, cfg.underlay.subnet, programmable)
+    }
+
+    /// Apply when the desired state changed since the last attempt, or when a retry is due
+    /// after a failure.
+    fn apply_due(&self, desired: &Desired, now: Instant) -> bool {
+        self.last_attempt.as_ref() != Some(desired) || self.retry.is_some_and(|(at, _)| now >= at)
+    }
+
+    async fn apply(&mut self, desired: Desired) {
+        let started = Instant::now();
+        let at = SystemTime::now();
+        let result = self.datapath.apply(&desired).await;
+        let took = started.elapsed();
+        let (report, error) = match result {
+            Ok(report) => {
+                let error = failure_summary(&report);
+                (Some(report), error)
+            }
+            Err(e) => (None, Some(e.to_string())),
+        };
+        self.shared.metrics.observe_apply(took, report.as_ref(), error.is_some());
+        if let Some(report) = &report {
+            let failed: BTreeSet<&str> = report.failures.iter().filter_map(|f| f.peer.as_deref()).collect();
+            self.programmed =
+                desired.peers.iter().map(|p| p.name.clone()).filter(|n| !failed.contains(n.as_str())).collect();
+            if report.writes() > 0 {
+                tracing::info!(
+                    peers = desired.peers.len(),
+                    created = report.created,
+                    changed = report.changed,
+                    removed = report.removed,
+                    "datapath reconciled"
+                );
+            }
+        }
+        match &error {
+            None => self.retry = None,
+            Some(e) => {
+                let delay = self.retry.map_or(RETRY_MIN, |(_, d)| (d * 2).min(RETRY_MAX));
+                tracing::warn!(error = %e, retry_in = ?delay, "datapath reconcile failed");
+                self.retry = Some((Instant::now() + delay, delay));
+            }
+        }
+        self.last_reconcile = Some(ReconcileStatus {
+            at: status::timestamp(at),
+            duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            error,
+        });
+        self.last_attempt = Some(desired);
+    }
+
+    /// Logs and counts each rejected announcement once, when it first shows up.
+    fn note_rejections(&mut self, peers: &Peers) {
+        let current: BTreeMap<String, Rejection> =
+            peers.peers.iter().filter_map(|p| Some((p.name.clone(), p.announcement.clone().err()?))).collect();
+        for (name, rejection) in &current {
+            if self.rejections.get(name) != Some(rejection) {
+                tracing::warn!(peer = %name, reason = %rejection, "rejected a peer's gossip; it will not be programmed");
+                self.shared.metrics.rejected(rejection.label());
+            }
+        }
+        for name in self.rejections.keys().filter(|n| !current.contains_key(*n)) {
+            tracing::info!(peer = %name, "peer's gossip is no longer rejected");
+        }
+        self.rejections = current;
+    }
+
+    /// Logs and counts each PodCIDR conflict once, when it first shows up.
+    fn note_conflicts(&mut self, conflicts: &[Conflict]) {
+        for c in conflicts.iter().filter(|c| !self.conflicts.contains(c)) {
+            tracing::warn!(pod_cidr = %c.cidr, winner = %c.winner, losers = ?c.losers, "PodCIDR conflict");
+            self.shared.metrics.conflict_seen();
+        }
+        self.conflicts = conflicts.to_vec();
+        self.shared.metrics.set_conflicts(conflicts.len());
+    }
+
+    fn publish_status(&self, view: &View, peers: &Peers, verdicts: &Verdicts, settled: bool) {
+        let cfg = &self.cfg;
+        let ready = status::readiness(&ReadinessInput {
+            node: &cfg.node_name,
+            phase: self.allocator.phase(),
+            conflicts: &verdicts.conflicts,
+            files_error: self.files_error.as_deref(),
+            files_written: self.state_on_disk.is_some(),
+            membership_settled: settled,
+            last_reconcile: self.last_reconcile.as_ref(),
+        });
+        let rows: Vec<_> = peers
+            .peers
+            .iter()
+            .zip(&verdicts.verdicts)
+            .map(|(p, v)| {
+                let path = p
+                    .announcement
+                    .as_ref()
+                    .ok()
+                    .map(|a| crate::desired::path(cfg.encap, cfg.underlay.subnet, a.node_ip));
+                status::peer_status(
+                    p,
+                    v,
+                    path,
+                    self.programmed.contains(&p.name),
+                    view.last_seen(&p.name, p.generation),
+                )
+            })
+            .collect();
+        let alive = peers.peers.iter().filter(|p| p.liveness == Liveness::Alive).count();
+        let metrics = &self.shared.metrics;
+        metrics.set_peers(alive, peers.peers.len() - alive, self.programmed.len());
+        metrics.set_ready(ready.is_ok());
+        self.shared.set_status(Status {
+            node: status::NodeStatus {
+                name: cfg.node_name.clone(),
+                node_ip: cfg.underlay.node_ip,
+                pod_cidr: self.allocator.held().map(|c| c.cidr),
+                vtep_mac: self.vtep_mac,
+                mtu: cfg.mtu,
+                ready: ready.is_ok(),
+                not_ready_reason: ready.err(),
+            },
+            peers: rows,
+            conflicts: verdicts.conflicts.iter().map(status::conflict_status).collect(),
+            last_reconcile: self.last_reconcile.clone(),
+        });
+    }
+}
+
+fn log_outcome(outcome: &Outcome) {
+    match outcome {
+        Outcome::Unchanged => {}
+        Outcome::Announced(c) => tracing::info!(pod_cidr = %c.cidr, "claiming PodCIDR"),
+        Outcome::Confirmed(c) => tracing::info!(pod_cidr = %c.cidr, "PodCIDR confirmed"),
+        Outcome::Lost { cidr, winner } => {
+            tracing::warn!(pod_cidr = %cidr, %winner, "PodCIDR lost to a better claim; choosing another")
+        }
+        Outcome::Exhausted(e) => tracing::error!(error = %e, "cannot allocate a PodCIDR"),
+    }
+}
+
+/// A report with failed writes is a failed reconcile: say which, briefly.
+fn failure_summary(report: &ApplyReport) -> Option<String> {
+    const SHOWN: usize = 3;
+    let first = report.failures.first()?;
+    let mut text = format!("{} kernel write(s) failed: {}: {}", report.failures.len(), first.object, first.error);
+    for f in report.failures.iter().skip(1).take(SHOWN - 1) {
+        text.push_str(&format!("; {}: {}", f.object, f.error));
+    }
+    if report.failures.len() > SHOWN {
+        text.push_str("; …");
+    }
+    Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_overlay::Failure;
+
+    #[test]
+    fn failed_writes_are_summarised_and_a_clean_report_is_not_a_failure() {
+        assert_eq!(failure_summary(&ApplyReport::default()), None);
+        let failure = |n: usize| Failure {
+            object: format!("route 10.244.{n}.0/24"),
+            peer: Some(format!("n{n}")),
+            error: "EEXIST".into(),
+        };
+        let report = ApplyReport { failures: (1..=4).map(failure).collect(), ..ApplyReport::default() };
+        let text = failure_summary(&report).unwrap();
+        assert!(text.starts_with("4 kernel write(s) failed: route 10.244.1.0/24: EEXIST"));
+        assert!(text.contains("route 10.244.3.0/24"));
+        assert!(!text.contains("route 10.244.4.0/24"));
+        assert!(text.ends_with("…"));
+    }
+}

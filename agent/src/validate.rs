@@ -1,0 +1,246 @@
+//! Validation of what peers announce. Gossip is input from the network: a value that fails here
+//! is rejected, logged and counted, and the peer is never programmed.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use weft_overlay::Mac;
+
+use crate::allocation::Claim;
+use crate::gossip::keys;
+
+/// What we check peers against: our own cluster settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    pub cluster_cidr: Ipv4Net,
+    pub node_cidr_prefix: u8,
+    pub vni: u32,
+    pub vxlan_port: u16,
+    pub local_node_ip: Ipv4Addr,
+}
+
+/// A peer's announcement that passed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    pub node_ip: Ipv4Addr,
+    pub vtep_mac: Mac,
+    /// `None` while the peer has not claimed a block yet.
+    pub claim: Option<Claim>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("node name {0:?} is not valid: {1}")]
+    Name(String, String),
+    #[error("key {0} is missing")]
+    Missing(&'static str),
+    #[error("key {key} = {value:?} is malformed: {reason}")]
+    Malformed { key: &'static str, value: String, reason: String },
+    #[error("node IP {0} is not a unicast address")]
+    NodeIpNotUnicast(Ipv4Addr),
+    #[error("node IP {0} is this node's own address")]
+    NodeIpIsOurs(Ipv4Addr),
+    #[error("VTEP MAC {0} is not a unicast MAC")]
+    MacNotUnicast(Mac),
+    #[error("VNI {theirs} differs from ours ({ours})")]
+    VniMismatch { ours: u32, theirs: u32 },
+    #[error("VXLAN port {theirs} differs from ours ({ours})")]
+    VxlanPortMismatch { ours: u16, theirs: u16 },
+    #[error("PodCIDR {cidr} is outside the cluster CIDR {cluster}")]
+    PodCidrOutsideCluster { cidr: Ipv4Net, cluster: Ipv4Net },
+    #[error("PodCIDR {cidr} is not a /{prefix} block")]
+    PodCidrWrongPrefix { cidr: Ipv4Net, prefix: u8 },
+    #[error("PodCIDR {0} has host bits set")]
+    PodCidrNotAligned(Ipv4Net),
+}
+
+impl Rejection {
+    /// A short stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Rejection::Name(..) => "name",
+            Rejection::Missing(_) => "missing_key",
+            Rejection::Malformed { .. } => "malformed",
+            Rejection::NodeIpNotUnicast(_) => "node_ip_not_unicast",
+            Rejection::NodeIpIsOurs(_) => "node_ip_is_ours",
+            Rejection::MacNotUnicast(_) => "mac_not_unicast",
+            Rejection::VniMismatch { .. } => "vni_mismatch",
+            Rejection::VxlanPortMismatch { .. } => "vxlan_port_mismatch",
+            Rejection::PodCidrOutsideCluster { .. } => "pod_cidr_outside_cluster",
+            Rejection::PodCidrWrongPrefix { .. } => "pod_cidr_wrong_prefix",
+            Rejection::PodCidrNotAligned(_) => "pod_cidr_not_aligned",
+        }
+    }
+}
+
+/// Longest node name accepted (a DNS subdomain, as Kubernetes node names are).
+pub const MAX_NODE_NAME_LEN: usize = 253;
+
+/// Node names are used in logs, status and kernel object descriptions.
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    weft_cni::names::validate_id("node name", name)?;
+    if name.len() > MAX_NODE_NAME_LEN {
+        return Err(format!("longer than {MAX_NODE_NAME_LEN} bytes"));
+    }
+    Ok(())
+}
+
+/// An address a VXLAN peer can be reached at.
+pub fn is_unicast(ip: Ipv4Addr) -> bool {
+    !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() || ip.octets()[0] >= 240)
+}
+
+/// A PodCIDR as every node must hold one: an aligned `/prefix` block of the cluster CIDR.
+pub fn check_pod_cidr(cidr: Ipv4Net, cluster: Ipv4Net, prefix: u8) -> Result<(), Rejection> {
+    if cidr.trunc() != cidr {
+        return Err(Rejection::PodCidrNotAligned(cidr));
+    }
+    if cidr.prefix_len() != prefix {
+        return Err(Rejection::PodCidrWrongPrefix { cidr, prefix });
+    }
+    if !cluster.contains(&cidr) {
+        return Err(Rejection::PodCidrOutsideCluster { cidr, cluster });
+    }
+    Ok(())
+}
+
+fn get<'a>(kvs: &'a BTreeMap<String, String>, key: &'static str) -> Result<&'a str, Rejection> {
+    kvs.get(key).map(String::as_str).ok_or(Rejection::Missing(key))
+}
+
+fn parse<T: std::str::FromStr>(kvs: &BTreeMap<String, String>, key: &'static str) -> Result<T, Rejection>
+where
+    T::Err: std::fmt::Display,
+{
+    let value = get(kvs, key)?;
+    value.parse().map_err(|e: T::Err| Rejection::Malformed { key, value: value.to_string(), reason: e.to_string() })
+}
+
+/// Checks a peer's key-values against our rules.
+pub fn validate(name: &str, kvs: &BTreeMap<String, String>, rules: &Rules) -> Result<Announcement, Rejection> {
+    check_node_name(name).map_err(|e| Rejection::Name(name.to_string(), e))?;
+    let node_ip: Ipv4Addr = parse(kvs, keys::NODE_IP)?;
+    if !is_unicast(node_ip) {
+        return Err(Rejection::NodeIpNotUnicast(node_ip));
+    }
+    if node_ip == rules.local_node_ip {
+        return Err(Rejection::NodeIpIsOurs(node_ip));
+    }
+    let vtep_mac: Mac = parse(kvs, keys::VTEP_MAC)?;
+    if !vtep_mac.is_unicast() {
+        return Err(Rejection::MacNotUnicast(vtep_mac));
+    }
+    let vni: u32 = parse(kvs, keys::VNI)?;
+    if vni != rules.vni {
+        return Err(Rejection::VniMismatch { ours: rules.vni, theirs: vni });
+    }
+    let vxlan_port: u16 = parse(kvs, keys::VXLAN_PORT)?;
+    if vxlan_port != rules.vxlan_port {
+        return Err(Rejection::VxlanPortMismatch { ours: rules.vxlan_port, theirs: vxlan_port });
+    }
+    let claim = match kvs.get(keys::POD_CIDR) {
+        None => None,
+        Some(value) => {
+            let claim = keys::decode_claim(value).map_err(|reason| Rejection::Malformed {
+                key: keys::POD_CIDR,
+                value: value.clone(),
+                reason,
+            })?;
+            check_pod_cidr(claim.cidr, rules.cluster_cidr, rules.node_cidr_prefix)?;
+            Some(claim)
+        }
+    };
+    Ok(Announcement { node_ip, vtep_mac, claim })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::allocation::ClaimKind;
+
+    fn rules() -> Rules {
+        Rules {
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            node_cidr_prefix: 24,
+            vni: 1,
+            vxlan_port: 8472,
+            local_node_ip: "192.0.2.1".parse().unwrap(),
+        }
+    }
+
+    fn good() -> BTreeMap<String, String> {
+        [
+            (keys::NODE_IP, "198.51.100.7"),
+            (keys::VTEP_MAC, "0a:11:22:33:44:55"),
+            (keys::VNI, "1"),
+            (keys::VXLAN_PORT, "8472"),
+            (keys::VERSION, "0.1.0"),
+            (keys::STATUS, "up"),
+            (keys::POD_CIDR, "10.244.7.0/24;confirmed;42"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    fn with(key: &str, value: &str) -> BTreeMap<String, String> {
+        let mut kvs = good();
+        kvs.insert(key.into(), value.into());
+        kvs
+    }
+
+    #[test]
+    fn a_well_formed_announcement_is_accepted() {
+        let a = validate("node-b", &good(), &rules()).unwrap();
+        assert_eq!(a.node_ip, "198.51.100.7".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(
+            a.claim,
+            Some(Claim { cidr: "10.244.7.0/24".parse().unwrap(), kind: ClaimKind::Confirmed, since_ms: 42 })
+        );
+    }
+
+    #[test]
+    fn a_peer_without_a_claim_yet_is_valid() {
+        let mut kvs = good();
+        kvs.remove(keys::POD_CIDR);
+        assert_eq!(validate("node-b", &kvs, &rules()).unwrap().claim, None);
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_a_reason_and_label() {
+        let cases: &[(&str, &str, &str)] = &[
+            (keys::NODE_IP, "not-an-ip", "malformed"),
+            (keys::NODE_IP, "127.0.0.1", "node_ip_not_unicast"),
+            (keys::NODE_IP, "0.0.0.0", "node_ip_not_unicast"),
+            (keys::NODE_IP, "224.0.0.5", "node_ip_not_unicast"),
+            (keys::NODE_IP, "255.255.255.255", "node_ip_not_unicast"),
+            (keys::NODE_IP, "192.0.2.1", "node_ip_is_ours"),
+            (keys::VTEP_MAC, "01:00:5e:00:00:01", "mac_not_unicast"),
+            (keys::VTEP_MAC, "00:00:00:00:00:00", "mac_not_unicast"),
+            (keys::VTEP_MAC, "0a:11:22", "malformed"),
+            (keys::VNI, "2", "vni_mismatch"),
+            (keys::VNI, "x", "malformed"),
+            (keys::VXLAN_PORT, "4789", "vxlan_port_mismatch"),
+            (keys::POD_CIDR, "10.245.7.0/24;confirmed;1", "pod_cidr_outside_cluster"),
+            (keys::POD_CIDR, "10.244.7.0/25;confirmed;1", "pod_cidr_wrong_prefix"),
+            (keys::POD_CIDR, "10.244.7.9/24;confirmed;1", "pod_cidr_not_aligned"),
+            (keys::POD_CIDR, "10.244.0.0/16;static;1", "pod_cidr_wrong_prefix"),
+            (keys::POD_CIDR, "garbage", "malformed"),
+        ];
+        for (key, value, label) in cases {
+            let err = validate("node-b", &with(key, value), &rules()).unwrap_err();
+            assert_eq!(err.label(), *label, "{key}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_keys_and_bad_names_are_rejected() {
+        let mut kvs = good();
+        kvs.remove(keys::VTEP_MAC);
+        assert_eq!(validate("node-b", &kvs, &rules()), Err(Rejection::Missing(keys::VTEP_MAC)));
+        for name in ["", "-x", "a b", "a/b", &"n".repeat(254)] {
+            assert_eq!(validate(name, &good(), &rules()).unwrap_err().label(), "name", "{name:?}");
+        }
+    }
+}

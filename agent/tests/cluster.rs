@@ -1,0 +1,352 @@
+//! Membership and allocation across many real agents in one process (in-memory gossip,
+//! recording datapaths). Timings are printed; run with `--nocapture` to see them.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use tokio::time::Instant;
+use weft_agent::files;
+use weft_agent::http::status::PeerState;
+use weft_cni::state::NodeState;
+use weft_overlay::Mac;
+
+use support::{Cluster, ms, wait_until};
+
+const CONVERGE: Duration = Duration::from_secs(20);
+
+fn names(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i:02}")).collect()
+}
+
+fn refs(names: &[String]) -> Vec<&str> {
+    names.iter().map(String::as_str).collect()
+}
+
+/// Valid announcement keys of a foreign node at `ip`, claiming `claim`.
+fn valid_keys(name: &str, ip: &str, claim: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("node_ip", ip.to_string()),
+        ("vtep_mac", Mac::derived(name).to_string()),
+        ("vni", "1".into()),
+        ("vxlan_port", "8472".into()),
+        ("status", "up".into()),
+        ("pod_cidr", claim.to_string()),
+    ]
+}
+
+fn as_pairs<'a>(kvs: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    kvs.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+async fn converged(c: &Cluster, what: &str) -> Duration {
+    wait_until(CONVERGE, what, || c.converged()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_nodes_join_and_program_each_other_with_distinct_podcidrs() {
+    let mut c = Cluster::new();
+    let nodes = names("n", 10);
+    c.add_and_start(&refs(&nodes)).await;
+    let took = converged(&c, "10 nodes converged").await;
+    println!("10 nodes started together converged in {} ms", ms(took));
+    let cidrs: BTreeSet<Ipv4Net> = nodes.iter().map(|n| c.pod_cidr(n).unwrap()).collect();
+    assert_eq!(cidrs.len(), 10, "PodCIDRs must be distinct: {cidrs:?}");
+    for n in &nodes {
+        let paths = &c.nodes[n].config.paths;
+        let state = NodeState::read(&paths.state_file()).unwrap();
+        assert_eq!(Some(state.pod_cidr), c.pod_cidr(n));
+        assert_eq!(state.mtu, 1450);
+        assert!(paths.conflist().exists());
+        let lease = files::read_lease(&paths.lease()).unwrap().unwrap();
+        assert_eq!(Some(lease.pod_cidr), c.pod_cidr(n));
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_is_programmed_everywhere_quickly() {
+    let mut c = Cluster::new();
+    let nodes = names("n", 10);
+    c.add_and_start(&refs(&nodes)).await;
+    converged(&c, "10 nodes converged").await;
+    let mut latencies = Vec::new();
+    for (i, fixed) in [None, None, None, Some(200), Some(201), Some(202)].into_iter().enumerate() {
+        let name = format!("j{i}");
+        c.add(&name).pod_cidr = fixed.map(|b| format!("10.244.{b}.0/24").parse().unwrap());
+        let start = Instant::now();
+        c.start(&name).await;
+        converged(&c, &format!("{name} programmed everywhere")).await;
+        let cidr = c.pod_cidr(&name).unwrap();
+        let everywhere = nodes
+            .iter()
+            .map(|n| c.datapath(n).first_programmed(&name, cidr, start).unwrap().duration_since(start))
+            .max()
+            .unwrap();
+        let kind = if fixed.is_some() { "static" } else { "allocated" };
+        println!("join of {name} ({kind} PodCIDR) programmed on all 10 peers after {} ms", ms(everywhere));
+        latencies.push((kind, everywhere));
+    }
+    for (kind, took) in &latencies {
+        // Generous bound for loaded CI machines; typical values are printed above.
+        let bound = if *kind == "static" { 2_000 } else { 3_000 };
+        assert!(ms(*took) < bound, "{kind} join took {} ms", ms(*took));
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_leave_shows_at_once_and_is_withdrawn_when_the_detector_confirms_it() {
+    let mut c = Cluster::new();
+    let nodes = names("n", 6);
+    c.add_and_start(&refs(&nodes)).await;
+    converged(&c, "6 nodes converged").await;
+    let start = Instant::now();
+    c.stop("n05").await;
+    let others = &nodes[..5];
+    wait_until(Duration::from_secs(5), "n05 withdrawn everywhere", || {
+        others.iter().all(|n| !c.datapath(n).programmed().contains_key("n05"))
+    })
+    .await;
+    let withdrawn =
+        others.iter().map(|n| c.datapath(n).first_without("n05", start).unwrap().duration_since(start)).max().unwrap();
+    println!("clean leave withdrawn on all peers after {} ms", ms(withdrawn));
+    // Routes stay until the failure detector confirms the node is gone (so a restart, which also
+    // announces leaving, costs nothing): a few gossip rounds of leaving plus the detector's verdict.
+    assert!(ms(withdrawn) < 4_000, "{} ms", ms(withdrawn));
+    let row = c.status("n00").unwrap().peers.into_iter().find(|p| p.name == "n05").unwrap();
+    assert_eq!(row.state, PeerState::Dead);
+    assert_eq!(row.note.as_deref(), Some("left the cluster"));
+    assert!(!row.programmed);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_is_withdrawn_after_the_failure_detectors_verdict() {
+    let mut c = Cluster::new();
+    let nodes = names("n", 6);
+    c.add_and_start(&refs(&nodes)).await;
+    converged(&c, "6 nodes converged").await;
+    // Let the detector learn the heartbeat rhythm, as in a running cluster.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let start = Instant::now();
+    c.kill("n05").await;
+    let others = &nodes[..5];
+    wait_until(Duration::from_secs(15), "n05 withdrawn everywhere", || {
+        others.iter().all(|n| !c.datapath(n).programmed().contains_key("n05"))
+    })
+    .await;
+    let times: Vec<Duration> =
+        others.iter().map(|n| c.datapath(n).first_without("n05", start).unwrap().duration_since(start)).collect();
+    let (first, last) = (times.iter().min().unwrap(), times.iter().max().unwrap());
+    println!("crashed node withdrawn after {}..{} ms (first..last peer)", ms(*first), ms(*last));
+    // Not before the detector could have decided, and not much later than it should.
+    assert!(ms(*first) >= 400, "withdrawn too early: {} ms", ms(*first));
+    assert!(ms(*last) < 6_000, "withdrawn too late: {} ms", ms(*last));
+    let row = c.status("n00").unwrap().peers.into_iter().find(|p| p.name == "n05").unwrap();
+    assert_eq!(row.state, PeerState::Dead);
+    assert_eq!(row.note.as_deref(), Some("declared dead by the failure detector"));
+    assert!(row.last_seen.is_some());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_joins_into_a_tight_pool_end_with_distinct_podcidrs() {
+    // Eight nodes, eight blocks, all starting at once: initial picks almost surely collide.
+    let mut c = Cluster::with_pool("10.244.0.0/21", 24);
+    let nodes = names("n", 8);
+    c.add_and_start(&refs(&nodes)).await;
+    let took = converged(&c, "8 nodes in 8 blocks converged").await;
+    let cidrs: BTreeSet<Ipv4Net> = nodes.iter().map(|n| c.pod_cidr(n).unwrap()).collect();
+    assert_eq!(cidrs.len(), 8, "{cidrs:?}");
+    let conflicts: u64 = nodes.iter().map(|n| metric(&c.metrics(n), "weft_podcidr_conflicts_total")).sum();
+    println!("8 simultaneous joins into 8 blocks converged in {} ms ({conflicts} conflict observations)", ms(took));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_claim_wins_the_block_and_the_later_claimant_moves() {
+    let mut c = Cluster::new();
+    c.add_and_start(&["a", "b", "c"]).await;
+    converged(&c, "3 nodes converged").await;
+    let taken = c.pod_cidr("b").unwrap();
+    let lease = files::read_lease(&c.nodes["b"].config.paths.lease()).unwrap().unwrap();
+    let claim = format!("{taken};confirmed;{}", lease.since - 1);
+    let keys = valid_keys("early", "192.0.2.200", &claim);
+    let _early = c.rogue("early", &as_pairs(&keys)).await;
+    wait_until(CONVERGE, "b moved off the contested block", || {
+        c.pod_cidr("b").is_some_and(|p| p != taken)
+            && c.converged()
+            && ["a", "c"].iter().all(|n| c.datapath(n).programmed().get("early") == Some(&taken))
+    })
+    .await;
+    let moved = c.pod_cidr("b").unwrap();
+    let state = NodeState::read(&c.nodes["b"].config.paths.state_file()).unwrap();
+    assert_eq!(state.pod_cidr, moved);
+
+    // A later claim on a's block loses: nobody programs it and a keeps its block.
+    let a_block = c.pod_cidr("a").unwrap();
+    let claim = format!("{a_block};claiming;{}", u64::MAX / 2);
+    let keys = valid_keys("late", "192.0.2.201", &claim);
+    let _late = c.rogue("late", &as_pairs(&keys)).await;
+    wait_until(CONVERGE, "the late claim is seen and refused", || {
+        c.status("c").is_some_and(|s| {
+            s.peers.iter().any(|p| p.name == "late" && p.note.as_deref() == Some("lost its PodCIDR claim to a"))
+                && s.conflicts.iter().any(|x| x.winner == "a" && x.losers == ["late"])
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(c.pod_cidr("a"), Some(a_block));
+    for n in ["a", "b", "c"] {
+        let dp = c.datapath(n);
+        assert!(dp.history().iter().all(|(_, d)| d.peers.iter().all(|p| p.name != "late")));
+    }
+    assert!(metric(&c.metrics("c"), "weft_podcidr_conflicts_total") >= 1);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_podcidr_displaces_an_allocated_one() {
+    let mut c = Cluster::new();
+    c.add_and_start(&["a", "b"]).await;
+    converged(&c, "2 nodes converged").await;
+    let taken = c.pod_cidr("a").unwrap();
+    c.add("s").pod_cidr = Some(taken);
+    c.start("s").await;
+    wait_until(CONVERGE, "a moved and s holds its static block", || {
+        c.pod_cidr("s") == Some(taken) && c.pod_cidr("a").is_some_and(|p| p != taken) && c.converged()
+    })
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_gossip_values_are_rejected_counted_and_never_programmed() {
+    let mut c = Cluster::new();
+    c.add_and_start(&["a", "b", "c"]).await;
+    converged(&c, "3 nodes converged").await;
+    let cases = [
+        ("bad-vni", "vni", "2", "vni_mismatch"),
+        ("bad-cidr", "pod_cidr", "10.99.0.0/24;confirmed;1", "pod_cidr_outside_cluster"),
+        ("bad-prefix", "pod_cidr", "10.244.77.0/25;confirmed;1", "pod_cidr_wrong_prefix"),
+        ("bad-mac", "vtep_mac", "01:00:5e:00:00:01", "mac_not_unicast"),
+        ("bad-ip", "node_ip", "127.0.0.1", "node_ip_not_unicast"),
+        ("bad-claim", "pod_cidr", "garbage", "malformed"),
+    ];
+    let mut rogues = Vec::new();
+    for (i, (name, key, value, _)) in cases.iter().enumerate() {
+        let ip = format!("192.0.2.{}", 210 + i);
+        let block = format!("10.244.{}.0/24;confirmed;1", 210 + i);
+        let mut keys = valid_keys(name, &ip, &block);
+        keys.retain(|(k, _)| k != key);
+        keys.push((key, value.to_string()));
+        rogues.push(c.rogue(name, &as_pairs(&keys)).await);
+    }
+    wait_until(CONVERGE, "every rogue rejected and counted on every node", || {
+        ["a", "b", "c"].iter().all(|n| {
+            let text = c.metrics(n);
+            let status = c.status(n).unwrap();
+            cases.iter().all(|(name, _, _, reason)| {
+                text.contains(&format!("weft_gossip_rejected_total{{reason=\"{reason}\"}}"))
+                    && status.peers.iter().any(|p| {
+                        p.name == *name
+                            && !p.programmed
+                            && p.note.as_deref().is_some_and(|n| n.starts_with("rejected: "))
+                    })
+            })
+        })
+    })
+    .await;
+    assert!(c.converged(), "real nodes keep programming each other");
+    for n in ["a", "b", "c"] {
+        for (_, desired) in c.datapath(n).history() {
+            assert!(desired.peers.iter().all(|p| !p.name.starts_with("bad-")));
+        }
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_keeps_its_identity_and_podcidr_without_flapping_peers() {
+    let mut c = Cluster::new();
+    let nodes = names("n", 5);
+    c.add_and_start(&refs(&nodes)).await;
+    converged(&c, "5 nodes converged").await;
+    let before = c.status("n03").unwrap().node;
+    let generation = c.generation("n03");
+
+    // Graceful restart: peers withdraw it while it is away, then program it again.
+    c.stop("n03").await;
+    c.start("n03").await;
+    converged(&c, "n03 back after a graceful restart").await;
+    let after = c.status("n03").unwrap().node;
+    assert_eq!(after.pod_cidr, before.pod_cidr);
+    assert_eq!(after.vtep_mac, before.vtep_mac);
+    assert!(c.generation("n03") > generation);
+
+    // Crash and immediate restart: peers keep programming it throughout.
+    let generation = c.generation("n03");
+    let crash = Instant::now();
+    c.kill("n03").await;
+    c.start("n03").await;
+    converged(&c, "n03 back after a crash").await;
+    assert_eq!(c.status("n03").unwrap().node.pod_cidr, before.pod_cidr);
+    assert!(c.generation("n03") > generation);
+    for n in nodes.iter().filter(|n| *n != "n03") {
+        assert_eq!(c.datapath(n).first_without("n03", crash), None, "{n} withdrew n03 during its restart");
+    }
+    // The restarted agent's first apply already lists every peer: it waited for membership.
+    let first = c.datapath("n03").history().first().unwrap().1.clone();
+    assert_eq!(first.peers.len(), 4, "{:?}", first.peers);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_lease_reclaims_its_block_from_gossip() {
+    let mut c = Cluster::new();
+    c.add_and_start(&["a", "b", "c"]).await;
+    converged(&c, "3 nodes converged").await;
+    let before = c.pod_cidr("c").unwrap();
+    c.kill("c").await;
+    let paths = c.nodes["c"].config.paths.clone();
+    std::fs::remove_file(paths.lease()).unwrap();
+    std::fs::remove_file(paths.state_file()).unwrap();
+    c.start("c").await;
+    converged(&c, "c back without its lease").await;
+    assert_eq!(c.pod_cidr("c"), Some(before));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_pool_is_a_clear_error_and_the_node_is_not_programmed() {
+    let mut c = Cluster::with_pool("10.244.0.0/24", 24);
+    c.add_and_start(&["a"]).await;
+    wait_until(CONVERGE, "a holds the only block", || c.ready("a")).await;
+    c.add_and_start(&["b"]).await;
+    wait_until(CONVERGE, "b reports exhaustion", || {
+        c.status("b").is_some_and(|s| {
+            s.node.not_ready_reason.is_some_and(|r| r.contains("PodCIDR pool 10.244.0.0/24 is exhausted"))
+        })
+    })
+    .await;
+    wait_until(CONVERGE, "a lists b as unprogrammed", || {
+        c.status("a")
+            .unwrap()
+            .peers
+            .iter()
+            .any(|p| p.name == "b" && p.note.as_deref() == Some("has not claimed a PodCIDR yet"))
+    })
+    .await;
+    assert!(c.datapath("a").programmed().is_empty());
+    assert_eq!(c.pod_cidr("b"), None);
+    assert!(!c.nodes["b"].config.paths.state_file().exists());
+    c.shutdown().await;
+}
+
+/// The value of an unlabelled metric in a text exposition.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0)
+}

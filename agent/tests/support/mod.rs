@@ -1,0 +1,300 @@
+//! A cluster of real agents in one process: gossip over chitchat's in-memory transport, each
+//! agent programming a recording datapath instead of the kernel.
+
+#![allow(dead_code)] // each test binary uses part of the harness
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chitchat::transport::ChannelTransport;
+use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion};
+use ipnet::Ipv4Net;
+use tokio::time::Instant;
+use weft_agent::agent::Agent;
+use weft_agent::cli::DEFAULT_PHI_THRESHOLD;
+use weft_agent::config::{Config, Encap, GossipSettings};
+use weft_agent::datapath::{CleanupSummary, Datapath, DatapathError};
+use weft_agent::detect::Underlay;
+use weft_agent::files::Paths;
+use weft_agent::http::status::Status;
+use weft_overlay::ApplyReport;
+use weft_overlay::desired::Desired;
+
+pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Records every desired state it is given; can be told to fail the next applies.
+#[derive(Default)]
+pub struct FakeDatapath {
+    applied: Mutex<Vec<(Instant, Desired)>>,
+    fail_next: AtomicUsize,
+    attempts: AtomicUsize,
+}
+
+#[async_trait]
+impl Datapath for FakeDatapath {
+    async fn apply(&self, desired: &Desired) -> Result<ApplyReport, DatapathError> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        if self.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(DatapathError::Kernel("injected failure".into()));
+        }
+        self.applied.lock().unwrap().push((Instant::now(), desired.clone()));
+        Ok(ApplyReport { created: desired.peers.len(), ..ApplyReport::default() })
+    }
+
+    async fn cleanup(&self) -> Result<CleanupSummary, DatapathError> {
+        Ok(CleanupSummary::default())
+    }
+}
+
+impl FakeDatapath {
+    pub fn fail_next(&self, n: usize) {
+        self.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    pub fn attempts(&self) -> usize {
+        self.attempts.load(Ordering::SeqCst)
+    }
+
+    pub fn history(&self) -> Vec<(Instant, Desired)> {
+        self.applied.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Option<Desired> {
+        self.applied.lock().unwrap().last().map(|(_, d)| d.clone())
+    }
+
+    /// Peer name → PodCIDR in the last applied state.
+    pub fn programmed(&self) -> BTreeMap<String, Ipv4Net> {
+        self.last().map(|d| d.peers.iter().map(|p| (p.name.clone(), p.pod_cidr)).collect()).unwrap_or_default()
+    }
+
+    /// When a state first programmed `peer` at `cidr`, at or after `since`.
+    pub fn first_programmed(&self, peer: &str, cidr: Ipv4Net, since: Instant) -> Option<Instant> {
+        self.history()
+            .into_iter()
+            .filter(|(at, _)| *at >= since)
+            .find(|(_, d)| d.peers.iter().any(|p| p.name == peer && p.pod_cidr == cidr))
+            .map(|(at, _)| at)
+    }
+
+    /// When a state first lacked `peer`, at or after `since`.
+    pub fn first_without(&self, peer: &str, since: Instant) -> Option<Instant> {
+        self.history()
+            .into_iter()
+            .filter(|(at, _)| *at >= since)
+            .find(|(_, d)| !d.peers.iter().any(|p| p.name == peer))
+            .map(|(at, _)| at)
+    }
+}
+
+pub struct Node {
+    pub config: Config,
+    pub datapath: Arc<FakeDatapath>,
+    pub agent: Option<Agent>,
+}
+
+pub struct Cluster {
+    pub transport: ChannelTransport,
+    root: tempfile::TempDir,
+    pub nodes: BTreeMap<String, Node>,
+    pub cluster_cidr: Ipv4Net,
+    pub prefix: u8,
+    next_ip: u8,
+}
+
+pub fn node_ip(index: u8) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, 10 + index)
+}
+
+pub fn gossip_addr(ip: Ipv4Addr) -> SocketAddr {
+    SocketAddr::new(ip.into(), 8473)
+}
+
+/// The first node's gossip address: every node's seed.
+pub fn seed() -> String {
+    gossip_addr(node_ip(0)).to_string()
+}
+
+impl Cluster {
+    pub fn new() -> Cluster {
+        Cluster::with_pool("10.244.0.0/16", 24)
+    }
+
+    pub fn with_pool(cluster_cidr: &str, prefix: u8) -> Cluster {
+        Cluster {
+            transport: ChannelTransport::with_mtu(65_507),
+            root: tempfile::tempdir().unwrap(),
+            nodes: BTreeMap::new(),
+            cluster_cidr: cluster_cidr.parse().unwrap(),
+            prefix,
+            next_ip: 0,
+        }
+    }
+
+    pub fn dir(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+
+    /// Adds a node (not started); tweak `nodes[name].config` before starting it.
+    pub fn add(&mut self, name: &str) -> &mut Config {
+        let ip = node_ip(self.next_ip);
+        self.next_ip += 1;
+        let dir = self.dir(name);
+        let config = Config {
+            node_name: name.to_string(),
+            underlay: Underlay {
+                node_ip: ip,
+                iface: "eth0".into(),
+                subnet: Ipv4Net::new(ip, 24).unwrap().trunc(),
+                mtu: 1500,
+            },
+            mtu: 1450,
+            cluster_cidr: self.cluster_cidr,
+            node_cidr_prefix: self.prefix,
+            pod_cidr: None,
+            vni: 1,
+            vxlan_port: 8472,
+            encap: Encap::Always,
+            gossip: GossipSettings {
+                cluster_id: "weft".into(),
+                listen: gossip_addr(ip),
+                seeds: vec![seed()],
+                interval: GOSSIP_INTERVAL,
+                phi_threshold: DEFAULT_PHI_THRESHOLD,
+                dead_node_grace_period: Duration::from_secs(3600),
+            },
+            startup_grace: Duration::from_secs(5),
+            resync_interval: Duration::from_secs(30),
+            paths: Paths { state_dir: dir.join("run"), cni_conf_dir: dir.join("net.d"), ipam_dir: dir.join("ipam") },
+            portmap: false,
+        };
+        self.nodes.insert(name.to_string(), Node { config, datapath: Arc::new(FakeDatapath::default()), agent: None });
+        &mut self.nodes.get_mut(name).unwrap().config
+    }
+
+    /// Starts (or restarts) a node with a fresh recording datapath.
+    pub async fn start(&mut self, name: &str) {
+        let node = self.nodes.get_mut(name).unwrap();
+        assert!(node.agent.is_none(), "{name} is running");
+        node.datapath = Arc::new(FakeDatapath::default());
+        let agent =
+            Agent::start(node.config.clone(), Arc::new(self.transport.clone()), node.datapath.clone()).await.unwrap();
+        node.agent = Some(agent);
+    }
+
+    pub async fn add_and_start(&mut self, names: &[&str]) {
+        for name in names {
+            self.add(name);
+        }
+        for name in names {
+            self.start(name).await;
+        }
+    }
+
+    /// SIGTERM: announce leaving, then stop.
+    pub async fn stop(&mut self, name: &str) {
+        let agent = self.nodes.get_mut(name).unwrap().agent.take().unwrap();
+        agent.stop().await;
+    }
+
+    /// A crash: stop without telling anybody.
+    pub async fn kill(&mut self, name: &str) {
+        let agent = self.nodes.get_mut(name).unwrap().agent.take().unwrap();
+        agent.kill().await;
+    }
+
+    pub fn running(&self) -> Vec<&str> {
+        self.nodes.iter().filter(|(_, n)| n.agent.is_some()).map(|(name, _)| name.as_str()).collect()
+    }
+
+    pub fn datapath(&self, name: &str) -> Arc<FakeDatapath> {
+        self.nodes[name].datapath.clone()
+    }
+
+    pub fn status(&self, name: &str) -> Option<Status> {
+        self.nodes[name].agent.as_ref()?.shared().status()
+    }
+
+    pub fn metrics(&self, name: &str) -> String {
+        self.nodes[name].agent.as_ref().unwrap().shared().metrics.encode()
+    }
+
+    pub fn generation(&self, name: &str) -> u64 {
+        self.nodes[name].agent.as_ref().unwrap().generation()
+    }
+
+    /// The PodCIDR a running node holds.
+    pub fn pod_cidr(&self, name: &str) -> Option<Ipv4Net> {
+        self.status(name)?.node.pod_cidr
+    }
+
+    pub fn ready(&self, name: &str) -> bool {
+        self.status(name).is_some_and(|s| s.node.ready)
+    }
+
+    /// Every running node is ready and programs exactly every other running node at the
+    /// PodCIDR that node holds (foreign chitchat nodes from [`Cluster::rogue`] aside).
+    pub fn converged(&self) -> bool {
+        let running = self.running();
+        let held: Option<BTreeMap<&str, Ipv4Net>> = running.iter().map(|n| Some((*n, self.pod_cidr(n)?))).collect();
+        let Some(held) = held else { return false };
+        running.iter().all(|me| {
+            let expected: BTreeMap<String, Ipv4Net> =
+                held.iter().filter(|(n, _)| *n != me).map(|(n, c)| (n.to_string(), *c)).collect();
+            let mut programmed = self.datapath(me).programmed();
+            programmed.retain(|name, _| self.nodes.contains_key(name));
+            self.ready(me) && programmed == expected
+        })
+    }
+
+    /// A raw chitchat node announcing `key_values` (a misbehaving or foreign node).
+    pub async fn rogue(&mut self, name: &str, key_values: &[(&str, &str)]) -> ChitchatHandle {
+        let ip = node_ip(self.next_ip);
+        self.next_ip += 1;
+        let addr = gossip_addr(ip);
+        let config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(name.to_string(), 1, addr),
+            cluster_id: "weft".into(),
+            gossip_interval: GOSSIP_INTERVAL,
+            listen_addr: addr,
+            seed_nodes: vec![seed()],
+            failure_detector_config: FailureDetectorConfig {
+                initial_interval: GOSSIP_INTERVAL,
+                ..FailureDetectorConfig::default()
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: ProtocolVersion::V0,
+        };
+        let kvs = key_values.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        chitchat::spawn_chitchat(config, kvs, &self.transport).await.unwrap()
+    }
+
+    pub async fn shutdown(mut self) {
+        for name in self.running().iter().map(|n| n.to_string()).collect::<Vec<_>>() {
+            self.kill(&name).await;
+        }
+    }
+}
+
+/// Polls `cond` every 10 ms; panics after `timeout`. Returns how long it took.
+pub async fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}

@@ -3,6 +3,7 @@
 pub mod cni;
 pub mod dataplane;
 pub mod stats;
+pub mod throughput;
 
 use clap::Subcommand;
 
@@ -14,6 +15,8 @@ pub enum Bench {
     Cni(cni::Args),
     /// Apply latency of the overlay dataplane with many peers, inside a namespace.
     Dataplane(dataplane::Args),
+    /// iperf3 pod-to-pod throughput through weft against a plain routed underlay.
+    Throughput(throughput::Args),
 }
 
 impl Bench {
@@ -22,6 +25,7 @@ impl Bench {
         match self {
             Bench::Cni(args) => cni::report(&args),
             Bench::Dataplane(args) => dataplane::run(&args),
+            Bench::Throughput(args) => throughput::run(&args),
         }
     }
 }

@@ -108,6 +108,7 @@ pub fn udp_source_seen(server: &Netns, server_ip: Ipv4Addr, port: u16, client: &
             .map_err(|e| LabError::Other(format!("send to {server_ip}:{port}: {e}")))
     })??;
     let mut buf = [0u8; 16];
-    let (_, peer) = socket.recv_from(&mut buf).map_err(|e| LabError::Other(format!("receive on UDP port {port}: {e}")))?;
+    let (_, peer) =
+        socket.recv_from(&mut buf).map_err(|e| LabError::Other(format!("receive on UDP port {port}: {e}")))?;
     Ok(peer.ip())
 }

@@ -52,7 +52,12 @@ fn capture_vxlan(ns: &Netns, host: Ipv4Addr, secs: u32) -> String {
         .expect("run tcpdump");
     // tcpdump exits 0 after one packet, timeout exits 124 when nothing came.
     let code = out.status.code();
-    assert!(matches!(code, Some(0) | Some(124)), "tcpdump failed: {:?}: {}", code, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        matches!(code, Some(0) | Some(124)),
+        "tcpdump failed: {:?}: {}",
+        code,
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -167,8 +172,18 @@ fn simultaneous_joins_into_a_tiny_cluster_cidr_resolve_pod_cidr_conflicts() {
         let net: ipnet::Ipv4Net = cidr.parse().unwrap();
         assert!(cluster_cidr.contains(&net) && net.prefix_len() == 24, "{cidr} outside {cluster_cidr}");
     }
-    let conflicts: Vec<_> = (0..4).map(|i| c.status(i).unwrap()["conflicts"].clone()).collect();
-    eprintln!("PodCIDRs {cidrs:?}, conflicts reported {conflicts:?}");
+    // Nothing is left unresolved; how many collisions there were (timing decides) is only reported.
+    for i in 0..4 {
+        let status = c.status(i).unwrap();
+        assert!(status["conflicts"].as_array().is_some_and(|a| a.is_empty()), "unresolved conflicts: {status}");
+    }
+    let seen: Vec<String> = (0..4)
+        .map(|i| {
+            let (_, metrics) = c.get(i, "/metrics").unwrap();
+            metrics.lines().find(|l| l.starts_with("weft_podcidr_conflicts_total")).unwrap_or("none").to_string()
+        })
+        .collect();
+    eprintln!("PodCIDRs {cidrs:?}; conflicts seen per node: {seen:?}");
     for i in 0..4 {
         c.add_pod(i, "p").unwrap();
     }
@@ -179,6 +194,10 @@ fn simultaneous_joins_into_a_tiny_cluster_cidr_resolve_pod_cidr_conflicts() {
     }
 }
 
+/// Fails with weft-agent as of e27cde3: the agent writes `"cniVersion": "1.1.0"` into the conflist
+/// (agent/src/files.rs, `CNI_VERSION`), and podman 4.3's libcni knows result versions only up to
+/// 1.0.0, so ADD fails with `unsupported CNI result version "1.1.0"`. With the conflist's
+/// cniVersion set to 1.0.0 this scenario passes.
 #[test]
 fn a_podman_container_on_one_node_reaches_a_pod_on_another_through_the_agent_conflist() {
     let mut c = cluster(2, AgentOptions::default());
@@ -191,9 +210,7 @@ fn a_podman_container_on_one_node_reaches_a_pod_on_another_through_the_agent_con
     let podman = weft_lab::podman::Podman::new(&c.lab.dir.join("podman"), &conflist, &plugin_dirs).unwrap();
     let name = format!("{}-c1", c.lab.prefix);
     let script = format!("ip -o -4 addr show eth0; ping -c 3 -W 2 {target}");
-    let out = podman
-        .run(&n1.ns.path(), &network, &name, &script)
-        .unwrap_or_else(|e| panic!("podman run failed: {e}"));
+    let out = podman.run(&n1.ns.path(), &network, &name, &script).unwrap_or_else(|e| panic!("podman run failed: {e}"));
     let cidr: ipnet::Ipv4Net = c.pod_cidr(0).unwrap().parse().unwrap();
     let addr = out
         .split_whitespace()
@@ -214,8 +231,12 @@ fn agent_cleanup_leaves_no_trace_on_the_node() {
     c.add_pod(0, "a").unwrap();
     let node = &c.lab.nodes[1];
     // What the agent made is there before cleanup, so the checks below can see it go.
-    assert!(node.ns.ip(&["link", "show", "vxlan0"]).is_ok());
+    for dev in ["vxlan0", "cni0"] {
+        assert!(node.ns.ip(&["link", "show", dev]).is_ok(), "{dev} missing before cleanup");
+    }
     assert!(!node.ns.ip(&["route", "show", "proto", "87"]).unwrap().trim().is_empty());
+    assert!(node.ns.run("nft", &["list", "tables"]).unwrap().contains("inet weft"));
+    assert!(node.path("net.d").join(weft_lab::cluster::CONFLIST).exists() && node.path("run/node.json").exists());
 
     c.agent(1).unwrap().stop(Signal::SIGTERM, Duration::from_secs(10)).unwrap();
     c.del_pod("b1").unwrap();

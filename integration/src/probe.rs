@@ -1,9 +1,9 @@
-//! TCP probes that report what the other side saw: a listener inside one namespace that
+//! TCP and UDP probes that report what the other side saw: a listener inside one namespace that
 //! accepts one connection and returns the peer address, a client inside another. They show
 //! whether source addresses survive (pod to pod) or are masqueraded (pod to the outside).
 
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -90,4 +90,25 @@ pub fn tcp_source_seen(server: &Netns, server_ip: Ipv4Addr, port: u16, client: &
     let listener = Listener::start(server, port, limit)?;
     connect(client, SocketAddrV4::new(server_ip, port), limit)?;
     Ok(listener.peer()?.ip())
+}
+
+/// Sends one UDP datagram from inside `client` to `server_ip:port`, received by a socket bound
+/// inside `server`, and returns the source address the server saw.
+pub fn udp_source_seen(server: &Netns, server_ip: Ipv4Addr, port: u16, client: &Netns) -> Result<IpAddr> {
+    let limit = Duration::from_secs(5);
+    let socket = within(&server.path(), || {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
+            .and_then(|s| s.set_read_timeout(Some(limit)).map(|()| s))
+            .map_err(|e| LabError::Other(format!("bind UDP port {port}: {e}")))
+    })??;
+    // The socket stays in the namespace it was created in; sending and receiving need no setns.
+    within(&client.path(), || {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+            .and_then(|s| s.send_to(b"x", SocketAddrV4::new(server_ip, port)))
+            .map_err(|e| LabError::Other(format!("send to {server_ip}:{port}: {e}")))
+    })??;
+    let mut buf = [0u8; 16];
+    let (_, peer) =
+        socket.recv_from(&mut buf).map_err(|e| LabError::Other(format!("receive on UDP port {port}: {e}")))?;
+    Ok(peer.ip())
 }

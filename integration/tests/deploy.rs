@@ -2,7 +2,8 @@
 //! `systemd-analyze verify` on the unit, `yamllint` and `kubernetes-validate --strict` (the real
 //! API schemas) on the manifest, and every `--flag` / `WEFT_*` name they use against the built
 //! agent's own `weft-agent run --help`. Each checker is also shown a broken file, so a checker
-//! that silently accepts everything fails the test too. Needs no root and touches nothing
+//! that silently accepts everything fails the test too. The Dockerfile, which nothing here can
+//! build, is checked by reading it. Needs no root and touches nothing
 //! outside a temporary directory. A missing tool fails the test, naming the package to install.
 
 use std::collections::BTreeSet;
@@ -312,4 +313,80 @@ fn env_file_is_well_formed_and_complete() {
     }
     let missing: Vec<_> = help.envs.difference(&listed).collect();
     assert!(missing.is_empty(), "{ENV_FILE} does not list {missing:?}");
+}
+
+// ---- image ----
+
+/// No image builder runs here, so the Dockerfile is checked by reading it: known instructions
+/// only (continuations joined), a base image, nft installed, and COPY sources that are the
+/// workspace's two release binaries at the paths cargo builds them to.
+#[test]
+fn dockerfile_is_well_formed() {
+    const INSTRUCTIONS: [&str; 18] = [
+        "FROM",
+        "RUN",
+        "CMD",
+        "LABEL",
+        "EXPOSE",
+        "ENV",
+        "ADD",
+        "COPY",
+        "ENTRYPOINT",
+        "VOLUME",
+        "USER",
+        "WORKDIR",
+        "ARG",
+        "ONBUILD",
+        "STOPSIGNAL",
+        "HEALTHCHECK",
+        "SHELL",
+        "MAINTAINER",
+    ];
+    let text = read("deploy/Dockerfile");
+    let mut logical = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if current.is_empty() && (t.is_empty() || t.starts_with('#')) {
+            continue;
+        }
+        if let Some(head) = t.strip_suffix('\\') {
+            current.push_str(head);
+            current.push(' ');
+        } else {
+            current.push_str(t);
+            logical.push(std::mem::take(&mut current));
+        }
+    }
+    assert!(current.is_empty(), "deploy/Dockerfile ends inside a continued line");
+    let mut copied = BTreeSet::new();
+    for l in &logical {
+        let (instr, rest) = l.split_once(' ').unwrap_or((l, ""));
+        assert!(INSTRUCTIONS.contains(&instr), "deploy/Dockerfile: unknown instruction `{instr}`");
+        assert!(!rest.trim().is_empty(), "deploy/Dockerfile: `{instr}` without arguments");
+        if instr == "COPY" {
+            let args: Vec<&str> = rest.split_whitespace().collect();
+            assert_eq!(args.len(), 2, "deploy/Dockerfile: COPY <binary> <dest> expected: {l}");
+            let src = Path::new(args[0]);
+            assert_eq!(
+                src.parent(),
+                Some(Path::new("target/x86_64-unknown-linux-gnu/release")),
+                "deploy/Dockerfile copies from where cargo does not build: {l}"
+            );
+            let name = src.file_name().unwrap().to_str().unwrap();
+            assert_eq!(Path::new(args[1]), Path::new("/usr/local/bin").join(name), "{l}");
+            copied.insert(name.to_string());
+        }
+    }
+    assert!(logical.first().is_some_and(|l| l.starts_with("FROM ")), "deploy/Dockerfile must start with FROM");
+    assert!(logical.iter().any(|l| l.starts_with("RUN ") && l.contains("nftables")), "the image needs nft");
+    assert_eq!(copied, BTreeSet::from(["weft".to_string(), "weft-agent".to_string()]));
+    // The manifest runs what the image holds.
+    let manifest = read(MANIFEST);
+    assert!(manifest.contains("cp /usr/local/bin/weft ") && manifest.contains("- /usr/local/bin/weft-agent"));
+    // The build context lets exactly those binaries through.
+    let ignore = read("deploy/Dockerfile.dockerignore");
+    for name in &copied {
+        assert!(ignore.lines().any(|l| l == format!("!target/x86_64-unknown-linux-gnu/release/{name}")));
+    }
 }

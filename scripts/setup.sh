@@ -6,6 +6,7 @@ packages=(
   iproute2 nftables iptables iperf3 iputils-ping ethtool tcpdump procps
   containernetworking-plugins podman runc busybox-static
   gcc pkg-config ca-certificates curl
+  yamllint systemd
 )
 
 missing=()
@@ -17,6 +18,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The deployment checks (integration/tests/deploy.rs) validate deploy/kubernetes/ against the
+# Kubernetes API schemas with kubernetes-validate (PyPI; its schemas are bundled, no cluster needed).
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  if ! command -v pip3 >/dev/null 2>&1; then
+    echo "==> installing: python3-pip"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq python3-pip >/dev/null
+  fi
+  echo "==> installing kubernetes-validate (pip)"
+  export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+  # Debian's own python refuses system-wide installs (PEP 668) unless told otherwise.
+  pip3 install --quiet kubernetes-validate 2>/dev/null \
+    || pip3 install --quiet --break-system-packages kubernetes-validate
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+  hash -r
 fi
 
 # weft needs Rust 1.86 or later (edition 2024); Debian 12's own cargo is too old.

@@ -13,7 +13,10 @@ use weft_cni::state::{NodeState, STATE_FILE_NAME};
 
 pub const CONFLIST_NAME: &str = "10-weft.conflist";
 pub const NETWORK_NAME: &str = "weft";
-pub const CNI_VERSION: &str = "1.1.0";
+/// The conflist's `cniVersion`: 1.0.0, which every current runtime reads (podman 4's libcni
+/// cannot read 1.1.0 results); `cniVersions` offers 1.1.0 to runtimes that support it.
+pub const CNI_VERSION: &str = "1.0.0";
+pub const CNI_VERSIONS: [&str; 2] = ["1.0.0", "1.1.0"];
 const LEASE_NAME: &str = "lease.json";
 const GENERATION_NAME: &str = "generation";
 
@@ -74,7 +77,7 @@ pub fn conflist(paths: &Paths, portmap: bool) -> serde_json::Value {
     if portmap {
         plugins.push(json!({"type": "portmap", "capabilities": {"portMappings": true}}));
     }
-    json!({"cniVersion": CNI_VERSION, "name": NETWORK_NAME, "plugins": plugins})
+    json!({"cniVersion": CNI_VERSION, "cniVersions": CNI_VERSIONS, "name": NETWORK_NAME, "plugins": plugins})
 }
 
 pub fn write_conflist(paths: &Paths, portmap: bool) -> Result<(), FileError> {
@@ -160,7 +163,8 @@ mod tests {
     fn conflist_points_the_plugin_at_the_state_file_and_ipam_dir() {
         let p = paths(Path::new("/x"));
         let v = conflist(&p, false);
-        assert_eq!(v["cniVersion"], "1.1.0");
+        assert_eq!(v["cniVersion"], "1.0.0");
+        assert_eq!(v["cniVersions"], json!(["1.0.0", "1.1.0"]));
         assert_eq!(v["name"], "weft");
         assert_eq!(v["plugins"].as_array().unwrap().len(), 1);
         assert_eq!(v["plugins"][0]["type"], "weft");

@@ -194,10 +194,8 @@ fn simultaneous_joins_into_a_tiny_cluster_cidr_resolve_pod_cidr_conflicts() {
     }
 }
 
-/// Fails with weft-agent as of e27cde3: the agent writes `"cniVersion": "1.1.0"` into the conflist
-/// (agent/src/files.rs, `CNI_VERSION`), and podman 4.3's libcni knows result versions only up to
-/// 1.0.0, so ADD fails with `unsupported CNI result version "1.1.0"`. With the conflist's
-/// cniVersion set to 1.0.0 this scenario passes.
+/// A real runtime (podman 4.3, libcni) reads the conflist the agent wrote: this pins that its
+/// cniVersion is one such a runtime can use (1.1.0 results are unreadable for podman 4.3).
 #[test]
 fn a_podman_container_on_one_node_reaches_a_pod_on_another_through_the_agent_conflist() {
     let mut c = cluster(2, AgentOptions::default());

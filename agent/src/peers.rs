@@ -142,16 +142,7 @@ pub fn decide(peers: &Peers, me: &str, own: Option<Claim>) -> Verdicts {
 mod tests {
     use super::*;
     use crate::allocation::ClaimKind;
-
-    fn rules() -> Rules {
-        Rules {
-            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-            node_cidr_prefix: 24,
-            vni: 1,
-            vxlan_port: 8472,
-            local_node_ip: "192.0.2.1".parse().unwrap(),
-        }
-    }
+    use crate::validate::tests::rules;
 
     fn member(name: &str, generation: u64, liveness: Liveness, ip: &str, claim: Option<&str>) -> Member {
         let mut kvs: BTreeMap<String, String> =

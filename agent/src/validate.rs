@@ -155,11 +155,12 @@ pub fn validate(name: &str, kvs: &BTreeMap<String, String>, rules: &Rules) -> Re
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::allocation::ClaimKind;
 
-    fn rules() -> Rules {
+    /// The rules every test in the crate validates against.
+    pub(crate) fn rules() -> Rules {
         Rules {
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             node_cidr_prefix: 24,

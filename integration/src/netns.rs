@@ -51,6 +51,16 @@ impl Netns {
         cmd::run(self.command(program).args(args))
     }
 
+    /// Names of the namespace's network interfaces (without `@peer` suffixes).
+    pub fn link_names(&self) -> Result<Vec<String>> {
+        let out = self.ip(&["-o", "link", "show"])?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or_default().to_string())
+            .collect())
+    }
+
     /// Writes a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
         self.run("sysctl", &["-qw", &format!("{key}={value}")]).map(drop)

@@ -241,12 +241,8 @@ fn agent_cleanup_leaves_no_trace_on_the_node() {
     c.del_pod("b2").unwrap();
     let node = &c.lab.nodes[1];
     let weft_veths = || -> Vec<String> {
-        let out = node.ns.ip(&["-o", "link", "show"]).expect("list links");
-        out.lines()
-            .filter_map(|l| l.split(':').nth(1))
-            .map(|n| n.trim().split('@').next().unwrap_or_default().to_string())
-            .filter(|n| weft_cni::names::is_weft_veth(n))
-            .collect()
+        let links = node.ns.link_names().expect("list links");
+        links.into_iter().filter(|n| weft_cni::names::is_weft_veth(n)).collect()
     };
     wait::until("DEL to reap n2's veths", Duration::from_secs(10), Duration::from_millis(20), || {
         weft_veths().is_empty().then_some(())

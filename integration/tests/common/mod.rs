@@ -69,12 +69,8 @@ impl PluginLab {
 
     /// Host veths weft made in the node namespace (live or tombstoned).
     pub fn weft_links(&self) -> Vec<String> {
-        let out = self.node.ip(&["-o", "link", "show"]).expect("list links");
-        out.lines()
-            .filter_map(|l| l.split(':').nth(1))
-            .map(|n| n.trim().split('@').next().unwrap_or_default().to_string())
-            .filter(|n| weft_cni::names::is_weft_veth(n))
-            .collect()
+        let links = self.node.link_names().expect("list links");
+        links.into_iter().filter(|n| weft_cni::names::is_weft_veth(n)).collect()
     }
 
     /// Waits (bounded) until DEL's detached reapers have removed every weft veth.

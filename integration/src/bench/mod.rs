@@ -1,6 +1,7 @@
 //! `weft-lab bench …`: measurements that compare weft with a target or a baseline in one run.
 
 pub mod cni;
+pub mod convergence;
 pub mod dataplane;
 pub mod stats;
 pub mod throughput;
@@ -13,6 +14,8 @@ use crate::cmd::Result;
 pub enum Bench {
     /// ADD/DEL latency of weft vs the reference bridge + host-local plugins.
     Cni(cni::Args),
+    /// Join and withdrawal times of real agents in a lab (kernel routes on every peer).
+    Convergence(convergence::Args),
     /// Apply latency of the overlay dataplane with many peers, inside a namespace.
     Dataplane(dataplane::Args),
     /// iperf3 pod-to-pod throughput through weft against a plain routed underlay.
@@ -24,6 +27,7 @@ impl Bench {
     pub fn run(self) -> Result<String> {
         match self {
             Bench::Cni(args) => cni::report(&args),
+            Bench::Convergence(args) => convergence::run(&args),
             Bench::Dataplane(args) => dataplane::run(&args),
             Bench::Throughput(args) => throughput::run(&args),
         }

@@ -4,8 +4,8 @@
 //!
 //! Per cluster size N: agents run on N − 1 nodes until converged; each repeat then starts the last
 //! node's agent with empty state (no lease, so it allocates: the join of a new node), kills it with
-//! SIGKILL, starts it again the same way and stops it with SIGTERM. So every repeat gives two join
-//! samples and one of each withdrawal.
+//! SIGKILL, starts it again keeping its state (a restart holding its lease) and stops it with
+//! SIGTERM. Every event waits for the previous one to be complete on every node.
 
 use std::fmt::Write;
 use std::time::{Duration, Instant};
@@ -46,11 +46,14 @@ pub struct SizeResult {
     pub repeats: usize,
     /// Agent started (empty state) until every other node has a kernel route for its PodCIDR.
     pub join: Summary,
+    /// The same after its routes were withdrawn, restarting with its lease (state dir kept).
+    pub restart_with_lease: Summary,
     /// SIGKILL sent until no other node has the route any more.
     pub sigkill_withdrawn: Summary,
     /// SIGTERM sent until no other node has the route any more.
     pub sigterm_withdrawn: Summary,
     pub join_ms: Vec<f64>,
+    pub restart_with_lease_ms: Vec<f64>,
     pub sigkill_withdrawn_ms: Vec<f64>,
     pub sigterm_withdrawn_ms: Vec<f64>,
 }
@@ -84,11 +87,16 @@ pub fn measure(n: usize, repeats: usize) -> Result<SizeResult> {
     let mut c = Cluster::start_some(lab, AgentOptions::default(), n - 1)?;
     c.wait_converged(Duration::from_secs(60))?;
     let last = n - 1;
-    let (mut join, mut killed, mut termed) = (vec![], vec![], vec![]);
+    let (mut join, mut restart, mut killed, mut termed) = (vec![], vec![], vec![], vec![]);
     for _ in 0..repeats {
         for signal in [Signal::SIGKILL, Signal::SIGTERM] {
-            let (elapsed, cidr) = join_once(&mut c, last)?;
-            join.push(elapsed);
+            let fresh = signal == Signal::SIGKILL;
+            let (elapsed, cidr) = join_once(&mut c, last, fresh)?;
+            if fresh {
+                join.push(elapsed)
+            } else {
+                restart.push(elapsed)
+            }
             // The whole cluster settles (every node programs every other) before the next event.
             c.wait_converged(LIMIT)?;
             let agent = c.agent(last).expect("just started");
@@ -111,18 +119,21 @@ pub fn measure(n: usize, repeats: usize) -> Result<SizeResult> {
         nodes: n,
         repeats,
         join: Summary::of(&join),
+        restart_with_lease: Summary::of(&restart),
         sigkill_withdrawn: Summary::of(&killed),
         sigterm_withdrawn: Summary::of(&termed),
         join_ms: ms(&join),
+        restart_with_lease_ms: ms(&restart),
         sigkill_withdrawn_ms: ms(&killed),
         sigterm_withdrawn_ms: ms(&termed),
     })
 }
 
-/// Starts node `i`'s agent with empty state; the time until every peer routes its PodCIDR.
-fn join_once(c: &mut Cluster, i: usize) -> Result<(Duration, String)> {
+/// Starts node `i`'s agent (with empty state if `fresh`); the time until every peer routes its
+/// PodCIDR.
+fn join_once(c: &mut Cluster, i: usize, fresh: bool) -> Result<(Duration, String)> {
     let node = &c.lab.nodes[i];
-    for dir in ["run", "net.d", "ipam"] {
+    for dir in ["run", "net.d", "ipam"].into_iter().filter(|_| fresh) {
         let path = node.path(dir);
         if path.exists() {
             std::fs::remove_dir_all(&path).map_err(|e| LabError::Other(format!("remove {}: {e}", path.display())))?;
@@ -160,6 +171,7 @@ fn table(c: &Convergence) -> String {
         for (name, sum) in [
             ("join (new node, allocates)", &s.join),
             ("SIGKILL -> withdrawn", &s.sigkill_withdrawn),
+            ("restart with lease", &s.restart_with_lease),
             ("SIGTERM -> withdrawn", &s.sigterm_withdrawn),
         ] {
             let _ = writeln!(

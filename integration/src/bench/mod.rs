@@ -3,6 +3,7 @@
 pub mod cni;
 pub mod convergence;
 pub mod dataplane;
+pub mod scale;
 pub mod stats;
 pub mod throughput;
 
@@ -18,6 +19,8 @@ pub enum Bench {
     Convergence(convergence::Args),
     /// Apply latency of the overlay dataplane with many peers, inside a namespace.
     Dataplane(dataplane::Args),
+    /// Gossip bytes, CPU and memory of many in-process agents (in-memory transport).
+    Scale(scale::Args),
     /// iperf3 pod-to-pod throughput through weft against a plain routed underlay.
     Throughput(throughput::Args),
 }
@@ -29,6 +32,7 @@ impl Bench {
             Bench::Cni(args) => cni::report(&args),
             Bench::Convergence(args) => convergence::run(&args),
             Bench::Dataplane(args) => dataplane::run(&args),
+            Bench::Scale(args) => scale::run(&args),
             Bench::Throughput(args) => throughput::run(&args),
         }
     }

@@ -1,7 +1,9 @@
 //! `weft-lab bench …`: measurements that compare weft with a target or a baseline in one run.
 
 pub mod cni;
+pub mod convergence;
 pub mod dataplane;
+pub mod scale;
 pub mod stats;
 pub mod throughput;
 
@@ -13,8 +15,12 @@ use crate::cmd::Result;
 pub enum Bench {
     /// ADD/DEL latency of weft vs the reference bridge + host-local plugins.
     Cni(cni::Args),
+    /// Join and withdrawal times of real agents in a lab (kernel routes on every peer).
+    Convergence(convergence::Args),
     /// Apply latency of the overlay dataplane with many peers, inside a namespace.
     Dataplane(dataplane::Args),
+    /// Gossip bytes, CPU and memory of many in-process agents (in-memory transport).
+    Scale(scale::Args),
     /// iperf3 pod-to-pod throughput through weft against a plain routed underlay.
     Throughput(throughput::Args),
 }
@@ -24,7 +30,9 @@ impl Bench {
     pub fn run(self) -> Result<String> {
         match self {
             Bench::Cni(args) => cni::report(&args),
+            Bench::Convergence(args) => convergence::run(&args),
             Bench::Dataplane(args) => dataplane::run(&args),
+            Bench::Scale(args) => scale::run(&args),
             Bench::Throughput(args) => throughput::run(&args),
         }
     }

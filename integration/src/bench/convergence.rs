@@ -1,0 +1,193 @@
+//! `weft-lab bench convergence`: how long real agents in a lab take to program a joining node on
+//! every peer, and to withdraw it after SIGKILL and after SIGTERM. The proof is the kernel route
+//! for the node's PodCIDR in every other node's namespace (`ip route show exact <cidr>`).
+//!
+//! Per cluster size N: agents run on N − 1 nodes until converged; each repeat then starts the last
+//! node's agent with empty state (no lease, so it allocates: the join of a new node), kills it with
+//! SIGKILL, starts it again keeping its state (a restart holding its lease) and stops it with
+//! SIGTERM. Every event waits for the previous one to be complete on every node.
+
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+use clap::Args as ClapArgs;
+use nix::sys::signal::Signal;
+use serde::Serialize;
+
+use super::stats::Summary;
+use crate::cluster::{AgentOptions, Cluster};
+use crate::cmd::{LabError, Result};
+use crate::topology::{Lab, LabSpec};
+use crate::wait;
+
+/// Longest wait for any one event; far beyond the expected seconds, only to never hang.
+const LIMIT: Duration = Duration::from_secs(30);
+/// Pause between two polling rounds over the peers (each round runs `ip` once per peer).
+const POLL: Duration = Duration::from_millis(2);
+/// The target: a joining node programmed on every peer within 1 s (p99) at 10 nodes.
+const JOIN_TARGET_MS: f64 = 1000.0;
+
+#[derive(Debug, Clone, ClapArgs)]
+pub struct Args {
+    /// Cluster sizes, each measured in its own lab (at least 2), e.g. `--nodes 3,10,20`.
+    #[arg(long, value_delimiter = ',', default_values_t = [3usize, 10])]
+    pub nodes: Vec<usize>,
+    /// Join/SIGKILL/join/SIGTERM cycles per cluster size.
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SizeResult {
+    pub nodes: usize,
+    pub repeats: usize,
+    /// Agent started (empty state) until every other node has a kernel route for its PodCIDR.
+    pub join: Summary,
+    /// The same after its routes were withdrawn, restarting with its lease (state dir kept).
+    pub restart_with_lease: Summary,
+    /// SIGKILL sent until no other node has the route any more.
+    pub sigkill_withdrawn: Summary,
+    /// SIGTERM sent until no other node has the route any more.
+    pub sigterm_withdrawn: Summary,
+    pub join_ms: Vec<f64>,
+    pub restart_with_lease_ms: Vec<f64>,
+    pub sigkill_withdrawn_ms: Vec<f64>,
+    pub sigterm_withdrawn_ms: Vec<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Convergence {
+    pub sizes: Vec<SizeResult>,
+    pub join_target_p99_ms: f64,
+}
+
+pub fn run(args: &Args) -> Result<String> {
+    crate::require_root();
+    if args.repeats == 0 || args.nodes.iter().any(|&n| n < 2) {
+        return Err(LabError::Other("--nodes must all be at least 2 and --repeats at least 1".into()));
+    }
+    let sizes = args.nodes.iter().map(|&n| measure(n, args.repeats)).collect::<Result<Vec<_>>>()?;
+    let c = Convergence { sizes, join_target_p99_ms: JOIN_TARGET_MS };
+    if args.json {
+        return Ok(serde_json::to_string_pretty(&c).expect("serializable"));
+    }
+    Ok(table(&c))
+}
+
+fn ms(samples: &[Duration]) -> Vec<f64> {
+    samples.iter().map(|d| (d.as_secs_f64() * 1e6).round() / 1e3).collect()
+}
+
+/// One lab of `n` nodes, `repeats` cycles of the last node.
+pub fn measure(n: usize, repeats: usize) -> Result<SizeResult> {
+    let lab = Lab::build(&crate::unique_prefix(), LabSpec { nodes: n, subnets: 2, gro: true })?;
+    let mut c = Cluster::start_some(lab, AgentOptions::default(), n - 1)?;
+    c.wait_converged(Duration::from_secs(60))?;
+    let last = n - 1;
+    let (mut join, mut restart, mut killed, mut termed) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..repeats {
+        for signal in [Signal::SIGKILL, Signal::SIGTERM] {
+            let fresh = signal == Signal::SIGKILL;
+            let (elapsed, cidr) = join_once(&mut c, last, fresh)?;
+            if fresh {
+                join.push(elapsed)
+            } else {
+                restart.push(elapsed)
+            }
+            // The whole cluster settles (every node programs every other) before the next event.
+            c.wait_converged(LIMIT)?;
+            let agent = c.agent(last).expect("just started");
+            let start = Instant::now();
+            agent.signal(signal)?;
+            routes_on_peers(&c, last, &cidr, false)?;
+            let elapsed = start.elapsed();
+            match signal {
+                Signal::SIGKILL => killed.push(elapsed),
+                _ => termed.push(elapsed),
+            }
+            let agent = c.agent(last).expect("still tracked");
+            wait::until("the stopped agent to exit", LIMIT, Duration::from_millis(10), || {
+                (!agent.running()).then_some(())
+            })?;
+            c.agents[last] = None;
+        }
+    }
+    Ok(SizeResult {
+        nodes: n,
+        repeats,
+        join: Summary::of(&join),
+        restart_with_lease: Summary::of(&restart),
+        sigkill_withdrawn: Summary::of(&killed),
+        sigterm_withdrawn: Summary::of(&termed),
+        join_ms: ms(&join),
+        restart_with_lease_ms: ms(&restart),
+        sigkill_withdrawn_ms: ms(&killed),
+        sigterm_withdrawn_ms: ms(&termed),
+    })
+}
+
+/// Starts node `i`'s agent (with empty state if `fresh`); the time until every peer routes its
+/// PodCIDR.
+fn join_once(c: &mut Cluster, i: usize, fresh: bool) -> Result<(Duration, String)> {
+    let node = &c.lab.nodes[i];
+    for dir in ["run", "net.d", "ipam"].into_iter().filter(|_| fresh) {
+        let path = node.path(dir);
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(|e| LabError::Other(format!("remove {}: {e}", path.display())))?;
+        }
+    }
+    let start = Instant::now();
+    c.start_agent(i)?;
+    let what = format!("{} to report its PodCIDR", c.lab.nodes[i].name);
+    let cidr = wait::until(&what, LIMIT, POLL, || c.pod_cidr(i).ok())?;
+    routes_on_peers(c, i, &cidr, true)?;
+    Ok((start.elapsed(), cidr))
+}
+
+/// Waits until every node except `i` has (`present`) or lacks a kernel route for `cidr`.
+fn routes_on_peers(c: &Cluster, i: usize, cidr: &str, present: bool) -> Result<()> {
+    let mut pending: Vec<usize> = (0..c.lab.nodes.len()).filter(|&k| k != i).collect();
+    let what = format!("{cidr} to be {} on every peer", if present { "routed" } else { "withdrawn" });
+    wait::until(&what, LIMIT, POLL, || {
+        pending.retain(|&k| {
+            let routed =
+                c.lab.nodes[k].ns.ip(&["route", "show", "exact", cidr]).is_ok_and(|out| !out.trim().is_empty());
+            routed != present
+        });
+        pending.is_empty().then_some(())
+    })
+}
+
+fn table(c: &Convergence) -> String {
+    let mut out = String::from(
+        "Convergence with real agents (2 subnets, 100 ms gossip rounds): kernel route for the PodCIDR on every peer\n",
+    );
+    let _ =
+        writeln!(out, "{:>5}  {:<28} {:>3} {:>9} {:>9} {:>9} {:>9}", "nodes", "event", "n", "p50", "p99", "min", "max");
+    for s in &c.sizes {
+        for (name, sum) in [
+            ("join (new node, allocates)", &s.join),
+            ("SIGKILL -> withdrawn", &s.sigkill_withdrawn),
+            ("restart with lease", &s.restart_with_lease),
+            ("SIGTERM -> withdrawn", &s.sigterm_withdrawn),
+        ] {
+            let _ = writeln!(
+                out,
+                "{:>5}  {name:<28} {:>3} {:>7.0}ms {:>7.0}ms {:>7.0}ms {:>7.0}ms",
+                s.nodes, sum.n, sum.median_ms, sum.p99_ms, sum.min_ms, sum.max_ms
+            );
+        }
+    }
+    for s in c.sizes.iter().filter(|s| s.nodes == 10) {
+        let verdict = if s.join.p99_ms <= c.join_target_p99_ms { "met" } else { "MISSED" };
+        let _ = writeln!(
+            out,
+            "target: join p99 <= {:.0} ms at 10 nodes: {:.0} ms, {verdict}",
+            c.join_target_p99_ms, s.join.p99_ms
+        );
+    }
+    out
+}

@@ -183,9 +183,9 @@ pub async fn detach(container_id: &str, ifname: &str, netns: Option<&Path>) -> R
     let Some(host) = host_nl.link(&host_name).await? else {
         return Ok(());
     };
-    let tombstone = tombstone_name(&host_name);
+    let tombstone = tombstone_name(host.index);
     if let Some(path) = netns {
-        free_container_name(path, ifname, host.index, &tombstone).await;
+        free_container_name(path, ifname, host.index).await;
     }
     let cut = LinkChange { up: Some(false), master: Some(None), ..LinkChange::default() };
     host_nl.set_link(host.index, &cut).await?;
@@ -197,7 +197,7 @@ pub async fn detach(container_id: &str, ifname: &str, netns: Option<&Path>) -> R
 
 /// Renames the container end (if it is still there and is our pair's) so CNI_IFNAME is free at
 /// once. A netns that is gone or unreadable is fine: the pair dies with the host end anyway.
-async fn free_container_name(netns: &Path, ifname: &str, host_index: u32, tombstone: &str) {
+async fn free_container_name(netns: &Path, ifname: &str, host_index: u32) {
     let Ok(ns_nl) = Netlink::connect_in(netns) else {
         return;
     };
@@ -208,7 +208,7 @@ async fn free_container_name(netns: &Path, ifname: &str, host_index: u32, tombst
         return;
     }
     let down = LinkChange { up: Some(false), ..LinkChange::default() };
-    let rename = LinkChange { name: Some(tombstone.to_string()), ..LinkChange::default() };
+    let rename = LinkChange { name: Some(tombstone_name(iface.index)), ..LinkChange::default() };
     if let Err(e) = async {
         ns_nl.set_link(iface.index, &down).await?;
         ns_nl.set_link(iface.index, &rename).await

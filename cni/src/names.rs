@@ -55,9 +55,11 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     format!("{HOST_VETH_PREFIX}{}", &attachment_hash(container_id, ifname)[..NAME_HASH_HEX])
 }
 
-/// The name a cut-off veth end carries until the kernel has finished removing it.
-pub fn tombstone_name(host_veth: &str) -> String {
-    format!("{TOMBSTONE_PREFIX}{}", &host_veth[HOST_VETH_PREFIX.len()..])
+/// The name a cut-off veth end carries until the kernel has finished removing it. It is made
+/// from the link's index, which no other current link in its namespace has, so it cannot collide
+/// with an earlier tombstone of the same attachment that is still being removed.
+pub fn tombstone_name(ifindex: u32) -> String {
+    format!("{TOMBSTONE_PREFIX}{ifindex:0width$x}", width = NAME_HASH_HEX)
 }
 
 /// Is this a host veth name weft made (live or tombstoned)?
@@ -113,12 +115,13 @@ mod tests {
     }
 
     #[test]
-    fn tombstones_keep_the_hash_and_are_recognised() {
-        let live = host_veth_name("c1", "eth0");
-        let dead = tombstone_name(&live);
-        assert_eq!(&dead[4..], &live[4..]);
-        assert!(dead.starts_with(TOMBSTONE_PREFIX));
+    fn tombstones_are_named_by_link_index_and_recognised() {
+        let dead = tombstone_name(380);
+        assert_eq!(dead, "wdel0000000017c");
+        assert_ne!(dead, tombstone_name(381));
+        assert!(validate_ifname(&dead).is_ok());
         assert!(is_weft_veth(&dead));
+        assert!(is_weft_veth(&tombstone_name(u32::MAX)));
         for other in ["weft", "eth0", "weftzzzzzzzzzzz", "wdel123", "cni0"] {
             assert!(!is_weft_veth(other), "{other}");
         }

@@ -61,8 +61,12 @@ impl Side {
         Ok(reply.elapsed)
     }
 
-    fn has_link(&self, name: &str) -> bool {
-        self.node.ip(&["link", "show", name]).is_ok()
+    /// Whether a veth cut off by DEL is still waiting for the reaper.
+    fn has_tombstone(&self) -> bool {
+        self.node
+            .link_names()
+            .map(|names| names.iter().any(|n| n.starts_with(weft_cni::names::TOMBSTONE_PREFIX)))
+            .unwrap_or(true)
     }
 }
 
@@ -98,12 +102,10 @@ pub fn run(ops: usize) -> Result<CniBench> {
         }
         let (mut weft_del, mut weft_gone, mut ref_del) = (vec![], vec![], vec![]);
         for i in 0..ops {
-            let tombstone =
-                weft_cni::names::tombstone_name(&weft_cni::names::host_veth_name(&format!("bench{i}"), "eth0"));
             let start = Instant::now();
             weft_del.push(weft.del(i, &weft_results[i])?);
             wait::until("weft's reaper", Duration::from_secs(5), Duration::from_micros(200), || {
-                (!weft.has_link(&tombstone)).then_some(())
+                (!weft.has_tombstone()).then_some(())
             })?;
             weft_gone.push(start.elapsed());
             ref_del.push(reference.del(i, &ref_results[i])?);

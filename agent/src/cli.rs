@@ -215,6 +215,13 @@ mod tests {
     }
 
     #[test]
+    fn config_with_defaults_is_what_run_parses_without_flags() {
+        let args = run_args(&[]);
+        let parsed = args.config(underlay(), || "host-1".into()).unwrap();
+        assert_eq!(Config::with_defaults("host-1", underlay(), Vec::new(), args.paths.paths()), parsed);
+    }
+
+    #[test]
     fn defaults_follow_the_spec() {
         let cfg = run_args(&[]).config(underlay(), || "host-1".into()).unwrap();
         assert_eq!(cfg.node_name, "host-1");

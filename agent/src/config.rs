@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
+use weft_overlay::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT, VXLAN_OVERHEAD};
+
+use crate::cli::{DEFAULT_GOSSIP_PORT, DEFAULT_PHI_THRESHOLD};
 use crate::detect::Underlay;
 use crate::files::Paths;
 use crate::validate;
@@ -107,16 +110,44 @@ pub fn normalize_seed(seed: &str, default_port: u16) -> Result<String, ConfigErr
 pub fn pod_mtu(explicit: Option<u32>, underlay_mtu: u32) -> Result<u32, ConfigError> {
     let mtu = match explicit {
         Some(mtu) => mtu,
-        None => underlay_mtu.checked_sub(weft_overlay::desired::VXLAN_OVERHEAD).ok_or(ConfigError::UnderlayMtu {
-            underlay: underlay_mtu,
-            overhead: weft_overlay::desired::VXLAN_OVERHEAD,
-        })?,
+        None => underlay_mtu
+            .checked_sub(VXLAN_OVERHEAD)
+            .ok_or(ConfigError::UnderlayMtu { underlay: underlay_mtu, overhead: VXLAN_OVERHEAD })?,
     };
     weft_cni::config::check_mtu(mtu).map_err(ConfigError::Mtu)?;
     Ok(mtu)
 }
 
 impl Config {
+    /// Every setting of `weft-agent run` at its default (a test in cli.rs keeps the two equal),
+    /// for the given node name, underlay, seeds and files. Tests and benchmarks start from this
+    /// and change what they need.
+    pub fn with_defaults(node_name: &str, underlay: Underlay, seeds: Vec<String>, paths: Paths) -> Config {
+        Config {
+            node_name: node_name.to_string(),
+            mtu: underlay.mtu.saturating_sub(VXLAN_OVERHEAD),
+            gossip: GossipSettings {
+                cluster_id: "weft".into(),
+                listen: SocketAddr::new(underlay.node_ip.into(), DEFAULT_GOSSIP_PORT),
+                seeds,
+                interval: Duration::from_millis(100),
+                phi_threshold: DEFAULT_PHI_THRESHOLD,
+                dead_node_grace_period: Duration::from_secs(3600),
+            },
+            underlay,
+            cluster_cidr: Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 16).expect("valid prefix"),
+            node_cidr_prefix: 24,
+            pod_cidr: None,
+            vni: DEFAULT_VNI,
+            vxlan_port: DEFAULT_VXLAN_PORT,
+            encap: Encap::Always,
+            startup_grace: Duration::from_secs(10),
+            resync_interval: Duration::from_secs(30),
+            paths,
+            portmap: false,
+        }
+    }
+
     /// Everything that can be checked without the network or the filesystem.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate::check_node_name(&self.node_name)
@@ -179,38 +210,20 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> Config {
-        Config {
-            node_name: "node-a".into(),
-            underlay: Underlay {
-                node_ip: "192.0.2.10".parse().unwrap(),
-                iface: "eth0".into(),
-                subnet: "192.0.2.0/24".parse().unwrap(),
-                mtu: 1500,
-            },
-            mtu: 1450,
-            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-            node_cidr_prefix: 24,
-            pod_cidr: None,
-            vni: 1,
-            vxlan_port: 8472,
-            encap: Encap::Always,
-            gossip: GossipSettings {
-                cluster_id: "weft".into(),
-                listen: "192.0.2.10:8473".parse().unwrap(),
-                seeds: vec!["192.0.2.10:8473".into()],
-                interval: Duration::from_millis(100),
-                phi_threshold: 8.0,
-                dead_node_grace_period: Duration::from_secs(3600),
-            },
-            startup_grace: Duration::from_secs(10),
-            resync_interval: Duration::from_secs(30),
-            paths: Paths {
-                state_dir: "/run/weft".into(),
-                cni_conf_dir: "/etc/cni/net.d".into(),
-                ipam_dir: "/var/lib/cni/weft".into(),
-            },
-            portmap: false,
-        }
+        let underlay = Underlay {
+            node_ip: "192.0.2.10".parse().unwrap(),
+            iface: "eth0".into(),
+            subnet: "192.0.2.0/24".parse().unwrap(),
+            mtu: 1500,
+        };
+        let paths = Paths {
+            state_dir: "/run/weft".into(),
+            cni_conf_dir: "/etc/cni/net.d".into(),
+            ipam_dir: "/var/lib/cni/weft".into(),
+        };
+        let mut cfg = Config::with_defaults("node-a", underlay, vec!["192.0.2.10:8473".into()], paths);
+        cfg.gossip.phi_threshold = 8.0;
+        cfg
     }
 
     #[test]

@@ -16,8 +16,7 @@ use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig
 use ipnet::Ipv4Net;
 use tokio::time::Instant;
 use weft_agent::agent::Agent;
-use weft_agent::cli::DEFAULT_PHI_THRESHOLD;
-use weft_agent::config::{Config, Encap, GossipSettings};
+use weft_agent::config::Config;
 use weft_agent::datapath::{CleanupSummary, Datapath, DatapathError};
 use weft_agent::detect::Underlay;
 use weft_agent::files::Paths;
@@ -145,34 +144,14 @@ impl Cluster {
         let ip = node_ip(self.next_ip);
         self.next_ip += 1;
         let dir = self.dir(name);
-        let config = Config {
-            node_name: name.to_string(),
-            underlay: Underlay {
-                node_ip: ip,
-                iface: "eth0".into(),
-                subnet: Ipv4Net::new(ip, 24).unwrap().trunc(),
-                mtu: 1500,
-            },
-            mtu: 1450,
-            cluster_cidr: self.cluster_cidr,
-            node_cidr_prefix: self.prefix,
-            pod_cidr: None,
-            vni: 1,
-            vxlan_port: 8472,
-            encap: Encap::Always,
-            gossip: GossipSettings {
-                cluster_id: "weft".into(),
-                listen: gossip_addr(ip),
-                seeds: vec![seed()],
-                interval: GOSSIP_INTERVAL,
-                phi_threshold: DEFAULT_PHI_THRESHOLD,
-                dead_node_grace_period: Duration::from_secs(3600),
-            },
-            startup_grace: Duration::from_secs(5),
-            resync_interval: Duration::from_secs(30),
-            paths: Paths { state_dir: dir.join("run"), cni_conf_dir: dir.join("net.d"), ipam_dir: dir.join("ipam") },
-            portmap: false,
-        };
+        let underlay =
+            Underlay { node_ip: ip, iface: "eth0".into(), subnet: Ipv4Net::new(ip, 24).unwrap().trunc(), mtu: 1500 };
+        let paths = Paths { state_dir: dir.join("run"), cni_conf_dir: dir.join("net.d"), ipam_dir: dir.join("ipam") };
+        let mut config = Config::with_defaults(name, underlay, vec![seed()], paths);
+        config.cluster_cidr = self.cluster_cidr;
+        config.node_cidr_prefix = self.prefix;
+        config.gossip.interval = GOSSIP_INTERVAL;
+        config.startup_grace = Duration::from_secs(5);
         self.nodes.insert(name.to_string(), Node { config, datapath: Arc::new(FakeDatapath::default()), agent: None });
         &mut self.nodes.get_mut(name).unwrap().config
     }

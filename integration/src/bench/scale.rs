@@ -16,8 +16,7 @@ use clap::Args as ClapArgs;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 use weft_agent::agent::Agent;
-use weft_agent::cli::DEFAULT_PHI_THRESHOLD;
-use weft_agent::config::{Config, Encap, GossipSettings};
+use weft_agent::config::Config;
 use weft_agent::datapath::{CleanupSummary, Datapath, DatapathError};
 use weft_agent::detect::Underlay;
 use weft_agent::files::Paths;
@@ -82,38 +81,17 @@ fn config(k: usize, dir: &std::path::Path) -> Config {
     let ip = node_ip(k);
     let name = format!("m{k}");
     let node_dir = dir.join(&name);
-    Config {
-        node_name: name,
-        underlay: Underlay {
-            node_ip: ip,
-            iface: "eth0".into(),
-            subnet: "172.16.0.0/16".parse().expect("valid"),
-            mtu: 1500,
-        },
-        mtu: 1450,
-        cluster_cidr: "10.0.0.0/8".parse::<Ipv4Net>().expect("valid"),
-        node_cidr_prefix: 24,
-        pod_cidr: None,
-        vni: 1,
-        vxlan_port: 8472,
-        encap: Encap::Always,
-        gossip: GossipSettings {
-            cluster_id: "weft".into(),
-            listen: SocketAddr::new(ip.into(), 8473),
-            seeds: vec![SocketAddr::new(node_ip(0).into(), 8473).to_string()],
-            interval: Duration::from_millis(100),
-            phi_threshold: DEFAULT_PHI_THRESHOLD,
-            dead_node_grace_period: Duration::from_secs(3600),
-        },
-        startup_grace: Duration::from_secs(10),
-        resync_interval: Duration::from_secs(30),
-        paths: Paths {
-            state_dir: node_dir.join("run"),
-            cni_conf_dir: node_dir.join("net.d"),
-            ipam_dir: node_dir.join("ipam"),
-        },
-        portmap: false,
-    }
+    let underlay =
+        Underlay { node_ip: ip, iface: "eth0".into(), subnet: "172.16.0.0/16".parse().expect("valid"), mtu: 1500 };
+    let paths = Paths {
+        state_dir: node_dir.join("run"),
+        cni_conf_dir: node_dir.join("net.d"),
+        ipam_dir: node_dir.join("ipam"),
+    };
+    let seed = SocketAddr::new(node_ip(0).into(), 8473).to_string();
+    let mut config = Config::with_defaults(&name, underlay, vec![seed], paths);
+    config.cluster_cidr = "10.0.0.0/8".parse::<Ipv4Net>().expect("valid");
+    config
 }
 
 /// (utime + stime) of this process, in seconds.

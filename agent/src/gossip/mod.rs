@@ -1,6 +1,8 @@
 //! Membership by gossip: chitchat over UDP (or any transport), configured for weft.
 
+pub mod keyfile;
 pub mod keys;
+pub mod seal;
 pub mod transport;
 
 use std::sync::Arc;

@@ -10,6 +10,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use weft_overlay::ApplyReport;
 
+use crate::gossip::seal::Rejection;
 use crate::gossip::transport::GossipCounters;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -28,8 +29,8 @@ struct DirectionLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabel {
-    reason: &'static str,
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 pub struct Metrics {
@@ -94,7 +95,17 @@ impl Metrics {
         let messages_out = counter(&messages, "out");
         let bytes_in = counter(&bytes, "in");
         let bytes_out = counter(&bytes, "out");
-        let gossip = GossipCounters { messages_in, messages_out, bytes_in, bytes_out };
+        let dropped = Family::<ReasonLabel, Counter>::default();
+        // Every reason shows from the start, at 0: an alert can then watch a rate, not a gap.
+        for why in Rejection::ALL {
+            drop(dropped.get_or_create(&ReasonLabel { reason: why.as_str() }));
+        }
+        registry.register(
+            "gossip_datagrams_dropped",
+            "Gossip datagrams dropped before decoding: unsealed, unknown key, forged, stale or replayed",
+            dropped.clone(),
+        );
+        let gossip = GossipCounters { messages_in, messages_out, bytes_in, bytes_out, dropped };
         registry.register("gossip_messages", "Gossip datagrams", messages);
         registry.register("gossip_bytes", "Gossip bytes", bytes);
         let rejected = Family::<ReasonLabel, Counter>::default();

@@ -16,6 +16,7 @@ use crate::config::{Config, ConfigError};
 use crate::datapath::Datapath;
 use crate::files::{self, FileError, Lease};
 use crate::gossip::keys::Facts;
+use crate::gossip::transport::GossipCounters;
 use crate::gossip::{Gossip, GossipError};
 use crate::membership;
 use crate::reconcile::{self, Controller, unix_ms};
@@ -58,9 +59,11 @@ pub fn initial_claim(cfg: &Config, lease: Option<&Lease>, now_ms: u64) -> Option
 }
 
 impl Agent {
+    /// Starts the agent; `transport` makes the gossip transport, given the counters it may
+    /// count dropped datagrams in.
     pub async fn start(
         cfg: Config,
-        transport: Arc<dyn Transport>,
+        transport: impl FnOnce(&GossipCounters) -> Arc<dyn Transport>,
         datapath: Arc<dyn Datapath>,
     ) -> Result<Agent, StartError> {
         cfg.validate()?;
@@ -82,13 +85,14 @@ impl Agent {
             vni: cfg.vni,
             vxlan_port: cfg.vxlan_port,
         };
+        let counters = shared.metrics.gossip_counters();
         let gossip = Gossip::start(
             &cfg.gossip,
             &cfg.node_name,
             generation,
             facts.key_values(held),
-            transport,
-            shared.metrics.gossip_counters(),
+            transport(&counters),
+            counters,
         )
         .await?;
         tracing::info!(

@@ -45,6 +45,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Remove everything weft put on this node (stop the agent first).
     Cleanup(CleanupArgs),
+    /// Print a new random cluster key, a line for --cluster-key-file.
+    Keygen,
 }
 
 fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
@@ -93,6 +95,15 @@ pub struct RunArgs {
     /// Gossip UDP port, on the node IP.
     #[arg(long, env = "WEFT_GOSSIP_PORT", default_value_t = DEFAULT_GOSSIP_PORT)]
     pub gossip_port: u16,
+    /// Cluster key file sealing gossip: one base64 key per line (`weft-agent keygen`); the first
+    /// seals what this node sends, all open what it receives. Re-read on SIGHUP and when it
+    /// changes. Without it gossip is unauthenticated plain text.
+    #[arg(long, env = "WEFT_CLUSTER_KEY_FILE")]
+    pub cluster_key_file: Option<PathBuf>,
+    /// Sealed gossip sent longer ago than this, by the sender's clock, is refused as a possible
+    /// replay: node clocks must agree to within it.
+    #[arg(long, env = "WEFT_GOSSIP_REPLAY_WINDOW", default_value = "60s", value_parser = duration)]
+    pub gossip_replay_window: Duration,
     /// Gossip cluster id; nodes with another id are ignored.
     #[arg(long, env = "WEFT_CLUSTER_ID", default_value = "weft")]
     pub cluster_id: String,

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use weft_agent::cli::{Cli, Command};
+use weft_agent::gossip::keyfile;
 use weft_agent::{commands, logging};
 
 /// Prints an error with its chain of causes: the one place the binary talks to stderr itself.
@@ -41,6 +42,10 @@ fn main() -> ExitCode {
         Command::Cleanup(args) => runtime()
             .map_err(Box::<dyn Error>::from)
             .and_then(|rt| rt.block_on(commands::cleanup::cleanup(args)).map_err(Into::into)),
+        Command::Keygen => {
+            println!("{}", keyfile::generate());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

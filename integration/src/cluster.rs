@@ -3,10 +3,13 @@
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use serde_json::Value;
+use weft_agent::gossip::keyfile;
 
 use crate::bins;
 use crate::cmd::{LabError, Result};
@@ -20,12 +23,17 @@ use crate::wait;
 pub const GOSSIP_PORT: u16 = 8473;
 pub const STATUS_ADDR: &str = "127.0.0.1:9473";
 pub const CONFLIST: &str = "10-weft.conflist";
+/// Each node's cluster key file, in its directory.
+pub const KEY_FILE: &str = "cluster.key";
 
 /// How the agents run.
 #[derive(Debug, Clone, Default)]
 pub struct AgentOptions {
     /// `--encap cross-subnet` instead of VXLAN to every peer.
     pub cross_subnet: bool,
+    /// Gossip in plain text, without `--cluster-key-file` (by default every node gets the
+    /// lab's cluster key, as a production cluster should).
+    pub plain_gossip: bool,
     /// Further flags for every agent.
     pub extra_args: Vec<String>,
 }
@@ -61,6 +69,12 @@ impl Cluster {
     pub fn start_some(lab: Lab, options: AgentOptions, count: usize) -> Result<Cluster> {
         let agents = (0..lab.nodes.len()).map(|_| None).collect();
         let mut cluster = Cluster { options, pods: Vec::new(), agents, lab };
+        if !cluster.options.plain_gossip {
+            let key = keyfile::generate();
+            for i in 0..cluster.lab.nodes.len() {
+                cluster.write_keys(i, &[&key])?;
+            }
+        }
         for i in 0..count {
             cluster.start_agent(i)?;
         }
@@ -89,6 +103,9 @@ impl Cluster {
         if self.options.cross_subnet {
             args.push("--encap=cross-subnet".into());
         }
+        if !self.options.plain_gossip {
+            args.push(format!("--cluster-key-file={}", node.path(KEY_FILE).display()));
+        }
         args.extend(self.options.extra_args.iter().cloned());
         args
     }
@@ -108,6 +125,31 @@ impl Cluster {
         let process = netns::within(&node.ns.path(), || Process::spawn(&name, &mut cmd))??;
         self.agents[i] = Some(process);
         Ok(())
+    }
+
+    /// Writes node `i`'s cluster key file (`keys[0]` seals), readable by root only. A running
+    /// agent picks it up on SIGHUP (see `reload_keys`) or within 5 s.
+    pub fn write_keys(&self, i: usize, keys: &[&str]) -> Result<()> {
+        let path = self.lab.nodes[i].path(KEY_FILE);
+        let text: String = keys.iter().map(|k| format!("{k}\n")).collect();
+        std::fs::write(&path, text)
+            .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)))
+            .map_err(|e| LabError::Other(format!("write {}: {e}", path.display())))
+    }
+
+    /// Tells node `i`'s agent to re-read its key file now.
+    pub fn reload_keys(&self, i: usize) -> Result<()> {
+        let agent = self.agents[i].as_ref().ok_or_else(|| LabError::Other(format!("no agent on node {i}")))?;
+        agent.signal(Signal::SIGHUP)
+    }
+
+    /// The value of metric line `series` (name and labels exactly as exposed) on node `i`.
+    pub fn metric(&self, i: usize, series: &str) -> Result<f64> {
+        let (_, body) = self.get(i, "/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| LabError::Other(format!("no metric {series} on node {i}")))
     }
 
     /// The agent of node `i`, if running.

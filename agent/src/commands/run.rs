@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use chitchat::transport::UdpTransport;
+use chitchat::transport::{Transport, UdpTransport};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -12,6 +12,8 @@ use crate::cli::RunArgs;
 use crate::config::ConfigError;
 use crate::datapath::{self, BuildOnDemand};
 use crate::detect::{self, DetectError};
+use crate::gossip::keyfile::{KeyFileError, KeyWatch};
+use crate::gossip::transport::{GossipCounters, SealedUdp};
 use crate::http;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,8 @@ pub enum RunError {
     Start(#[from] StartError),
     #[error("status server failed: {0}")]
     Http(std::io::Error),
+    #[error("cluster key: {0}")]
+    Keys(#[from] KeyFileError),
 }
 
 fn hostname() -> String {
@@ -43,8 +47,33 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
         .map_err(|source| RunError::Listen { addr: args.status_addr, source })?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    let keys = match &args.cluster_key_file {
+        Some(path) => Some(KeyWatch::load(path)?),
+        None => {
+            tracing::warn!(
+                gossip = %cfg.gossip.listen,
+                "GOSSIP IS NOT ENCRYPTED OR AUTHENTICATED: anyone who can send UDP to this port can join the \
+                 cluster and route pod traffic to themselves. Set --cluster-key-file (see docs/security.md)."
+            );
+            None
+        }
+    };
+    let sealing = keys.as_ref().map(|(_, receiver)| receiver.clone());
+    let replay_window = args.gossip_replay_window;
+    let transport = move |counters: &GossipCounters| -> Arc<dyn Transport> {
+        match sealing {
+            Some(keys) => Arc::new(SealedUdp::new(keys, replay_window, counters)),
+            None => Arc::new(UdpTransport),
+        }
+    };
     let datapath = Arc::new(BuildOnDemand::new(datapath::kernel));
-    let agent = Agent::start(cfg, Arc::new(UdpTransport), datapath).await?;
+    let agent = Agent::start(cfg, transport, datapath).await?;
+    if let Some((watch, _)) = keys {
+        let shared = agent.shared();
+        tracing::info!(primary = %watch.current().primary(), keys = ?watch.current(), "gossip is sealed with the cluster key");
+        shared.metrics.set_gossip_keys(&watch.current(), true);
+        tokio::spawn(watch.run(move |ring, loaded| shared.metrics.set_gossip_keys(ring, loaded)));
+    }
     let http_cancel = CancellationToken::new();
     let mut server = tokio::spawn(http::serve(listener, agent.shared(), http_cancel.clone()));
     tracing::info!(addr = %args.status_addr, "status server listening");

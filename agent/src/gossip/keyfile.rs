@@ -4,6 +4,11 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -39,7 +44,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Keyring, KeyFileError> {
 }
 
 /// Reads the key file; warns when other users can read it.
-pub fn read(path: &Path) -> Result<(String, Keyring), KeyFileError> {
+fn read(path: &Path) -> Result<(String, Keyring), KeyFileError> {
     let read_error = |e: std::io::Error| KeyFileError::Read { path: path.to_path_buf(), reason: e.to_string() };
     let text = std::fs::read_to_string(path).map_err(read_error)?;
     let mode = std::fs::metadata(path).map_err(read_error)?.permissions().mode();
@@ -48,6 +53,64 @@ pub fn read(path: &Path) -> Result<(String, Keyring), KeyFileError> {
     }
     let ring = parse(path, &text)?;
     Ok((text, ring))
+}
+
+/// How often the key file is checked for changes: a Kubernetes Secret update arrives as a new
+/// file with no signal.
+const RELOAD_CHECK: Duration = Duration::from_secs(5);
+
+/// Keeps a keyring current with its file: re-read on SIGHUP and every [`RELOAD_CHECK`]. A file
+/// that stops parsing keeps the last good keyring in use, and says so.
+pub struct KeyWatch {
+    path: PathBuf,
+    text: String,
+    keys: watch::Sender<Arc<Keyring>>,
+}
+
+impl KeyWatch {
+    /// Reads the key file once: an unusable file at start is an error, not a warning.
+    pub fn load(path: &Path) -> Result<(KeyWatch, watch::Receiver<Arc<Keyring>>), KeyFileError> {
+        let (text, ring) = read(path)?;
+        let (keys, receiver) = watch::channel(Arc::new(ring));
+        Ok((KeyWatch { path: path.to_path_buf(), text, keys }, receiver))
+    }
+
+    pub fn current(&self) -> Arc<Keyring> {
+        self.keys.borrow().clone()
+    }
+
+    /// Runs until the process ends, calling `changed` with each new keyring.
+    pub async fn run(mut self, changed: impl Fn(&Keyring, bool) + Send) {
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGHUP; the key file is still re-read every 5 s");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(RELOAD_CHECK);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => None } } => {
+                    tracing::info!("SIGHUP: re-reading the cluster key file");
+                }
+            }
+            match read(&self.path) {
+                Ok((text, _)) if text == self.text => {}
+                Ok((text, ring)) => {
+                    tracing::info!(primary = %ring.primary(), keys = ?ring, "cluster key file changed: keyring updated");
+                    self.text = text;
+                    changed(&ring, true);
+                    self.keys.send_replace(Arc::new(ring));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, in_use = ?self.current(), "cannot use the cluster key file; keeping the keys in use");
+                    changed(&self.current(), false);
+                }
+            }
+        }
+    }
 }
 
 /// A new random key, as a key file line. (`rand`'s thread generator is a CSPRNG seeded from the

@@ -10,7 +10,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use weft_overlay::ApplyReport;
 
-use crate::gossip::seal::Rejection;
+use crate::gossip::seal::{Keyring, Rejection};
 use crate::gossip::transport::GossipCounters;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,6 +29,12 @@ struct DirectionLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabel {
+    key_id: String,
+    role: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
 }
@@ -43,6 +49,8 @@ pub struct Metrics {
     kernel_write_failures: Counter,
     kernel_objects: Gauge,
     gossip: GossipCounters,
+    gossip_keys: Family<KeyLabel, Gauge>,
+    key_reload_errors: Counter,
     rejected: Family<ReasonLabel, Counter>,
     conflicts_seen: Counter,
     conflicts: Gauge,
@@ -108,6 +116,18 @@ impl Metrics {
         let gossip = GossipCounters { messages_in, messages_out, bytes_in, bytes_out, dropped };
         registry.register("gossip_messages", "Gossip datagrams", messages);
         registry.register("gossip_bytes", "Gossip bytes", bytes);
+        let gossip_keys = Family::<KeyLabel, Gauge>::default();
+        registry.register(
+            "gossip_keys",
+            "Cluster keys in use, by key id (a hash, not the key) and role: primary seals, accepted opens",
+            gossip_keys.clone(),
+        );
+        let key_reload_errors = Counter::default();
+        registry.register(
+            "gossip_key_reload_errors",
+            "Times the cluster key file could not be used (the previous keys stay in use)",
+            key_reload_errors.clone(),
+        );
         let rejected = Family::<ReasonLabel, Counter>::default();
         registry.register("gossip_rejected", "Peer announcements rejected by validation, by reason", rejected.clone());
         let conflicts_seen = Counter::default();
@@ -130,6 +150,8 @@ impl Metrics {
             kernel_write_failures,
             kernel_objects,
             gossip,
+            gossip_keys,
+            key_reload_errors,
             rejected,
             conflicts_seen,
             conflicts,
@@ -139,6 +161,18 @@ impl Metrics {
 
     pub fn gossip_counters(&self) -> GossipCounters {
         self.gossip.clone()
+    }
+
+    /// Records the keyring in use; `loaded` is false when a reload failed and it stayed.
+    pub fn set_gossip_keys(&self, ring: &Keyring, loaded: bool) {
+        if !loaded {
+            self.key_reload_errors.inc();
+        }
+        self.gossip_keys.clear();
+        for (i, id) in ring.ids().into_iter().enumerate() {
+            let role = if i == 0 { "primary" } else { "accepted" };
+            self.gossip_keys.get_or_create(&KeyLabel { key_id: id.to_string(), role }).set(1);
+        }
     }
 
     pub fn encode(&self) -> String {
@@ -204,7 +238,12 @@ mod tests {
         m.conflict_seen();
         m.gossip_counters().messages_in.inc();
         m.gossip_counters().bytes_out.inc_by(100);
+        m.gossip_counters().dropped.get_or_create(&ReasonLabel { reason: "forged" }).inc();
+        let ring = Keyring::new(&[[1; 32], [2; 32]]).unwrap();
+        m.set_gossip_keys(&Keyring::new(&[[3; 32]]).unwrap(), true);
+        m.set_gossip_keys(&ring, false);
         let text = m.encode();
+        let (primary, accepted) = (ring.ids()[0], ring.ids()[1]);
         for line in [
             "weft_peers{state=\"alive\"} 3",
             "weft_peers{state=\"dead\"} 1",
@@ -219,8 +258,14 @@ mod tests {
             "weft_podcidr_conflicts_total 1",
             "weft_podcidr_conflicts_current 0",
             "weft_ready 0",
+            "weft_gossip_datagrams_dropped_total{reason=\"forged\"} 1",
+            "weft_gossip_datagrams_dropped_total{reason=\"replayed\"} 0",
+            &format!("weft_gossip_keys{{key_id=\"{primary}\",role=\"primary\"}} 1"),
+            &format!("weft_gossip_keys{{key_id=\"{accepted}\",role=\"accepted\"}} 1"),
+            "weft_gossip_key_reload_errors_total 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
+        assert_eq!(text.matches("weft_gossip_keys{").count(), 2, "a replaced keyring's ids linger:\n{text}");
     }
 }

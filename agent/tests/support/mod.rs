@@ -161,8 +161,9 @@ impl Cluster {
         let node = self.nodes.get_mut(name).unwrap();
         assert!(node.agent.is_none(), "{name} is running");
         node.datapath = Arc::new(FakeDatapath::default());
-        let agent =
-            Agent::start(node.config.clone(), Arc::new(self.transport.clone()), node.datapath.clone()).await.unwrap();
+        let agent = Agent::start(node.config.clone(), |_| Arc::new(self.transport.clone()), node.datapath.clone())
+            .await
+            .unwrap();
         node.agent = Some(agent);
     }
 

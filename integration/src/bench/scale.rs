@@ -125,7 +125,7 @@ async fn measure(members: usize, window: Duration) -> Result<ScaleResult> {
     let result = async {
         for k in 0..members {
             let dp = Arc::new(CountingDatapath::default());
-            let agent = Agent::start(config(k, &dir), Arc::new(transport.clone()), dp.clone())
+            let agent = Agent::start(config(k, &dir), |_| Arc::new(transport.clone()), dp.clone())
                 .await
                 .map_err(|e| LabError::Other(format!("start member {k}: {e}")))?;
             agents.push(agent);

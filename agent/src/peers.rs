@@ -143,10 +143,12 @@ mod tests {
     use super::*;
     use crate::allocation::ClaimKind;
     use crate::validate::tests::rules;
+    use weft_overlay::Mac;
 
     fn member(name: &str, generation: u64, liveness: Liveness, ip: &str, claim: Option<&str>) -> Member {
+        let mac = Mac::derived(name).to_string();
         let mut kvs: BTreeMap<String, String> =
-            [(keys::NODE_IP, ip), (keys::VTEP_MAC, "0a:11:22:33:44:55"), (keys::VNI, "1"), (keys::VXLAN_PORT, "8472")]
+            [(keys::NODE_IP, ip), (keys::VTEP_MAC, mac.as_str()), (keys::VNI, "1"), (keys::VXLAN_PORT, "8472")]
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();

@@ -43,6 +43,8 @@ pub enum Rejection {
     NodeIpIsOurs(Ipv4Addr),
     #[error("VTEP MAC {0} is not a unicast MAC")]
     MacNotUnicast(Mac),
+    #[error("VTEP MAC {theirs} is not the one its name gives ({expected})")]
+    MacNotOfName { theirs: Mac, expected: Mac },
     #[error("VNI {theirs} differs from ours ({ours})")]
     VniMismatch { ours: u32, theirs: u32 },
     #[error("VXLAN port {theirs} differs from ours ({ours})")]
@@ -65,6 +67,7 @@ impl Rejection {
             Rejection::NodeIpNotUnicast(_) => "node_ip_not_unicast",
             Rejection::NodeIpIsOurs(_) => "node_ip_is_ours",
             Rejection::MacNotUnicast(_) => "mac_not_unicast",
+            Rejection::MacNotOfName { .. } => "mac_not_of_name",
             Rejection::VniMismatch { .. } => "vni_mismatch",
             Rejection::VxlanPortMismatch { .. } => "vxlan_port_mismatch",
             Rejection::PodCidrOutsideCluster { .. } => "pod_cidr_outside_cluster",
@@ -131,6 +134,13 @@ pub fn validate(name: &str, kvs: &BTreeMap<String, String>, rules: &Rules) -> Re
     if !vtep_mac.is_unicast() {
         return Err(Rejection::MacNotUnicast(vtep_mac));
     }
+    // Every agent derives its VTEP MAC from its name. Another MAC is a bug or a node copying a
+    // peer's MAC, which the datapath would have to refuse for both holders (one FDB entry per
+    // MAC): refusing the copy alone keeps the real owner programmed.
+    let expected = Mac::derived(name);
+    if vtep_mac != expected {
+        return Err(Rejection::MacNotOfName { theirs: vtep_mac, expected });
+    }
     let vni: u32 = parse(kvs, keys::VNI)?;
     if vni != rules.vni {
         return Err(Rejection::VniMismatch { ours: rules.vni, theirs: vni });
@@ -171,9 +181,10 @@ pub(crate) mod tests {
     }
 
     fn good() -> BTreeMap<String, String> {
+        let mac = Mac::derived("node-b").to_string();
         [
             (keys::NODE_IP, "198.51.100.7"),
-            (keys::VTEP_MAC, "0a:11:22:33:44:55"),
+            (keys::VTEP_MAC, mac.as_str()),
             (keys::VNI, "1"),
             (keys::VXLAN_PORT, "8472"),
             (keys::VERSION, "0.1.0"),
@@ -220,6 +231,7 @@ pub(crate) mod tests {
             (keys::VTEP_MAC, "01:00:5e:00:00:01", "mac_not_unicast"),
             (keys::VTEP_MAC, "00:00:00:00:00:00", "mac_not_unicast"),
             (keys::VTEP_MAC, "0a:11:22", "malformed"),
+            (keys::VTEP_MAC, "0a:11:22:33:44:55", "mac_not_of_name"),
             (keys::VNI, "2", "vni_mismatch"),
             (keys::VNI, "x", "malformed"),
             (keys::VXLAN_PORT, "4789", "vxlan_port_mismatch"),
@@ -240,6 +252,8 @@ pub(crate) mod tests {
         let mut kvs = good();
         kvs.remove(keys::VTEP_MAC);
         assert_eq!(validate("node-b", &kvs, &rules()), Err(Rejection::Missing(keys::VTEP_MAC)));
+        // Another node's (valid) announcement under this name: its MAC gives it away.
+        assert_eq!(validate("node-c", &good(), &rules()).unwrap_err().label(), "mac_not_of_name");
         for name in ["", "-x", "a b", "a/b", &"n".repeat(254)] {
             assert_eq!(validate(name, &good(), &rules()).unwrap_err().label(), "name", "{name:?}");
         }

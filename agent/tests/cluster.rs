@@ -270,6 +270,32 @@ async fn bad_gossip_values_are_rejected_counted_and_never_programmed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_copying_a_live_nodes_vtep_mac_is_refused_and_the_owner_stays_programmed() {
+    let mut c = Cluster::new();
+    c.add_and_start(&["a", "b", "c"]).await;
+    converged(&c, "3 nodes converged").await;
+    // Valid in every other way (own IP, free block), but with b's MAC: programming it would cost
+    // b its FDB entry (the datapath refuses both holders of a MAC).
+    let mut keys = valid_keys("thief", "192.0.2.220", "10.244.220.0/24;confirmed;1");
+    keys.retain(|(k, _)| *k != "vtep_mac");
+    keys.push(("vtep_mac", Mac::derived("b").to_string()));
+    let _thief = c.rogue("thief", &as_pairs(&keys)).await;
+    wait_until(CONVERGE, "the copy refused and counted on a and c", || {
+        ["a", "c"].iter().all(|n| {
+            c.status(n).is_some_and(|s| s.peers.iter().any(|p| p.name == "thief" && !p.programmed))
+                && metric(&c.metrics(n), "weft_gossip_rejected_total{reason=\"mac_not_of_name\"}") >= 1
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(c.converged(), "b must stay programmed everywhere");
+    for n in ["a", "c"] {
+        assert!(c.datapath(n).history().iter().all(|(_, d)| d.peers.iter().all(|p| p.name != "thief")));
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_keeps_its_identity_and_podcidr_without_flapping_peers() {
     let mut c = Cluster::new();
     let nodes = names("n", 5);

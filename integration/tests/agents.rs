@@ -5,6 +5,8 @@
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use weft_lab::cluster::{AgentOptions, Cluster, programmed_peers};
 use weft_lab::probe::tcp_source_seen;
 use weft_lab::topology::{Lab, LabSpec};
@@ -116,4 +118,70 @@ fn a_node_joining_late_is_programmed_everywhere() {
     c.add_pod(2, "late").unwrap();
     let (a, late) = (c.pod("a").unwrap(), c.pod("late").unwrap());
     assert!(a.ping(late.ip) && late.ping(a.ip));
+}
+
+/// What a SIGKILL in the middle of an apply can leave behind: any part of weft's kernel objects
+/// missing or half-set, and objects of peers that have gone since. Each is one damage.
+const DAMAGE: &[(&str, &[&str])] = &[
+    ("routes of peers removed", &["sh", "-c", "ip route show proto 87 | while read r; do ip route del $r; done"]),
+    ("neighbours on vxlan0 flushed", &["ip", "neigh", "flush", "dev", "vxlan0"]),
+    (
+        "FDB entries removed",
+        &["sh", "-c", "bridge fdb show dev vxlan0 | grep dst | while read f; do bridge fdb del $f dev vxlan0; done"],
+    ),
+    ("nftables table removed", &["nft", "delete", "table", "inet", "weft"]),
+    (
+        "a gone peer still routed",
+        &["ip", "route", "add", "10.244.250.0/24", "via", "10.244.250.0", "dev", "vxlan0", "onlink", "proto", "87"],
+    ),
+    (
+        "a gone peer's FDB entry",
+        &["bridge", "fdb", "append", "0a:58:0a:f4:fa:00", "dev", "vxlan0", "dst", "203.0.113.99"],
+    ),
+    // Last: routes cannot be added through a device that is down.
+    ("vxlan0 down with a wrong MTU", &["sh", "-c", "ip link set vxlan0 down && ip link set vxlan0 mtu 1300"]),
+];
+
+#[test]
+fn an_agent_killed_mid_reconcile_converges_on_the_next_start() {
+    let mut c = cluster(3, 3);
+    c.wait_converged(CONVERGE).unwrap();
+    for i in 0..3 {
+        c.add_pod(i, "p").unwrap();
+    }
+    let seed: u64 = rand::random();
+    eprintln!("damage seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    // Every damage alone, then all together, then random mixes.
+    let mut rounds: Vec<Vec<usize>> = (0..DAMAGE.len()).map(|d| vec![d]).collect();
+    rounds.push((0..DAMAGE.len()).collect());
+    for _ in 0..3 {
+        rounds.push((0..DAMAGE.len()).filter(|_| rng.random_bool(0.5)).collect());
+    }
+    let peer_cidrs: Vec<String> = (1..3).map(|i| c.pod_cidr(i).unwrap()).collect();
+    for damage in rounds {
+        c.agent(0).unwrap().stop(Signal::SIGKILL, Duration::from_secs(5)).unwrap();
+        for &d in &damage {
+            let (what, cmd) = DAMAGE[d];
+            c.lab.nodes[0].ns.run(cmd[0], &cmd[1..]).unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+        let names: Vec<&str> = damage.iter().map(|&d| DAMAGE[d].0).collect();
+        c.start_agent(0).unwrap();
+        c.wait_converged(CONVERGE).unwrap_or_else(|e| panic!("after {names:?}: {e}"));
+        let node = &c.lab.nodes[0];
+        let routes = node.ns.ip(&["route", "show", "proto", "87"]).unwrap();
+        for cidr in &peer_cidrs {
+            assert!(routes.contains(cidr.as_str()), "after {names:?}: no route to {cidr}: {routes}");
+        }
+        assert!(!routes.contains("10.244.250.0/24"), "after {names:?}: the gone peer is still routed");
+        let fdb = node.ns.run("bridge", &["fdb", "show", "dev", "vxlan0"]).unwrap();
+        assert!(!fdb.contains("203.0.113.99"), "after {names:?}: the gone peer's FDB entry stayed: {fdb}");
+        let link = node.ns.ip(&["link", "show", "vxlan0"]).unwrap();
+        assert!(link.contains(",UP") && !link.contains("mtu 1300"), "after {names:?}: {link}");
+        assert!(node.ns.run("nft", &["list", "table", "inet", "weft"]).is_ok(), "after {names:?}: no nft table");
+        let pod = &c.pods[0];
+        for other in &c.pods[1..] {
+            assert!(pod.ping(other.ip), "after {names:?}: {} cannot reach {}", pod.ip, other.ip);
+        }
+    }
 }

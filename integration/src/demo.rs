@@ -5,11 +5,14 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use crate::cluster::{AgentOptions, Cluster, programmed_peers};
+use std::net::SocketAddr;
+
+use crate::cluster::{AgentOptions, Cluster, GOSSIP_PORT, programmed_peers};
 use crate::cmd::Result;
-use crate::probe::tcp_source_seen;
+use crate::probe::{self, tcp_source_seen};
 use crate::report::{Colour, Steps, paint, table};
 use crate::topology::{Lab, LabSpec};
+use crate::wait;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -46,6 +49,7 @@ pub fn run(opts: &DemoOptions) -> Result<bool> {
     print_agents(&cluster, &mut checks);
     print_ping_matrix(&cluster, &mut checks);
     print_source_addresses(&cluster, &mut checks);
+    print_intruders(&cluster, &mut checks);
 
     let ok = checks.failed == 0;
     let verdict = format!("{} checks passed, {} failed", checks.passed, checks.failed);
@@ -176,4 +180,38 @@ fn print_source_addresses(c: &Cluster, checks: &mut Checks) {
         format!("{} masqueraded to node {}", checks.mark(ok), client_node.ip),
     ]);
     print!("{}", table(&["CONNECTION", "SEEN FROM", "CHECK"], &rows));
+}
+
+/// Traffic an off-cluster host forges at node 1, and the counter that shows it was dropped.
+fn print_intruders(c: &Cluster, checks: &mut Checks) {
+    println!("\nForged traffic from the off-cluster host to {} (must be dropped and counted)", c.lab.nodes[0].name);
+    let (ext, target) = (&c.lab.external, &c.lab.nodes[0]);
+    let gossip = SocketAddr::from((target.ip, GOSSIP_PORT));
+    let mut rows = Vec::new();
+    for (what, payload, series) in [
+        (
+            "gossip without the cluster key",
+            b"\xb0\x53\x00\x00plain chitchat".to_vec(),
+            "weft_gossip_datagrams_dropped_total{reason=\"unsealed\"}",
+        ),
+        (
+            "gossip with a forged seal",
+            [b"WFT\x01".as_slice(), &[0x55; 120]].concat(),
+            "weft_gossip_datagrams_dropped_total{reason=\"unknown_key\"}",
+        ),
+    ] {
+        let counted = c.metric(0, series).and_then(|before| {
+            probe::send_udp(&ext.ns, ext.ip, gossip, &payload)?;
+            wait::until(what, Duration::from_secs(3), Duration::from_millis(20), || {
+                c.metric(0, series).is_ok_and(|now| now > before).then_some(())
+            })
+        });
+        let ok = counted.is_ok();
+        rows.push(vec![
+            format!("{what} → {gossip}"),
+            format!("{} {}", checks.mark(ok), if ok { "dropped, counted" } else { "NOT counted" }),
+            series.to_string(),
+        ]);
+    }
+    print!("{}", table(&["FORGED", "CHECK", "COUNTER"], &rows));
 }

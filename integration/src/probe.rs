@@ -112,3 +112,14 @@ pub fn udp_source_seen(server: &Netns, server_ip: Ipv4Addr, port: u16, client: &
         socket.recv_from(&mut buf).map_err(|e| LabError::Other(format!("receive on UDP port {port}: {e}")))?;
     Ok(peer.ip())
 }
+
+/// Sends one UDP datagram with `payload` from `from` (an address inside `ns`) to `to`: traffic a
+/// host there could forge.
+pub fn send_udp(ns: &Netns, from: Ipv4Addr, to: SocketAddr, payload: &[u8]) -> Result<()> {
+    within(&ns.path(), || {
+        UdpSocket::bind((from, 0))
+            .and_then(|s| s.send_to(payload, to))
+            .map(|_| ())
+            .map_err(|e| LabError::Other(format!("send from {from} to {to}: {e}")))
+    })?
+}

@@ -2,7 +2,7 @@
 //! dropped and counted and change nothing; cluster keys rotate with no partition. Needs root.
 
 use std::fs::File;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use weft_agent::gossip::keyfile;
 use weft_lab::cluster::{AgentOptions, Cluster, GOSSIP_PORT, KEY_FILE, programmed_peers};
 use weft_lab::process::Process;
 use weft_lab::topology::{Lab, LabSpec};
-use weft_lab::{bins, netns, wait};
+use weft_lab::{bins, netns, probe, wait};
 
 const CONVERGE: Duration = Duration::from_secs(30);
 
@@ -84,12 +84,7 @@ fn intruder(c: &Cluster, name: &str, port: u16, key: Option<&str>) -> Process {
 
 /// Sends `payload` from the off-cluster host to `to`.
 fn send_from_outside(c: &Cluster, to: SocketAddr, payload: &[u8]) {
-    let ext_ip = c.lab.external.ip;
-    netns::within(&c.lab.external.ns.path(), || {
-        let socket = UdpSocket::bind((ext_ip, 0)).unwrap();
-        socket.send_to(payload, to).unwrap();
-    })
-    .unwrap();
+    probe::send_udp(&c.lab.external.ns, c.lab.external.ip, to, payload).unwrap();
 }
 
 /// The UDP payload of the first packet in a pcap file (Ethernet, IPv4).

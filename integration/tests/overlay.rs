@@ -212,7 +212,10 @@ fn removed_peer_loses_route_fdb_and_neighbour() {
     let mut less = full.clone();
     less.peers.retain(|p| p.name != "n3");
     let report = c.apply(0, &less);
-    assert_eq!((report.created, report.changed, report.removed), (0, 0, 3));
+    // Route, FDB entry, neighbour, and its node IP from the VXLAN allow-list.
+    assert_eq!((report.created, report.changed, report.removed), (0, 0, 4));
+    let allowed = nft(c.ns(0), &["list", "set", "inet", "weft", "vxlan_peers"]);
+    assert!(allowed.contains("198.51.100.10") && !allowed.contains("192.0.2.11"), "{allowed}");
 
     let routes = weft_routes(c.ns(0));
     assert!(routes.contains("10.244.2.0/24 via 10.244.2.0 dev vxlan0 onlink"), "{routes}");

@@ -10,6 +10,7 @@ use tracing::{debug, info};
 use crate::cleanup::{CleanupOptions, CleanupReport, plan_cleanup};
 use crate::desired::Desired;
 use crate::execute::{self, Aborted};
+use crate::firewall;
 use crate::netlink::{Netlink, NetlinkError};
 use crate::plan::{PlanError, plan};
 use crate::report::ApplyReport;
@@ -53,6 +54,8 @@ impl Dataplane {
             unchanged: plan.unchanged,
             failures: plan.failures.clone(),
             rejected: plan.rejected.clone(),
+            // Read from the listing the plan needed anyway: no extra nft run.
+            vxlan_dropped: kernel.nft.as_ref().ok().and_then(|l| firewall::vxlan_dropped(l, &desired.local)),
             ..ApplyReport::default()
         };
         let outcome = execute::run(&self.nl, plan).await.map_err(DataplaneError::Device)?;

@@ -1,6 +1,7 @@
 //! A table as data: rendered to nft text for writing, reduced to a [`TableShape`] for comparing
 //! with what the kernel lists.
 
+use std::collections::BTreeSet;
 use std::fmt::Write;
 
 use sha2::{Digest, Sha256};
@@ -11,7 +12,19 @@ use super::COMMENT_PREFIX;
 pub struct Table {
     pub family: &'static str,
     pub name: &'static str,
+    pub sets: Vec<Set>,
     pub chains: Vec<Chain>,
+}
+
+/// A named set. Its elements are written with the table but are not part of its shape: they
+/// change with membership and are updated element by element, without rewriting the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Set {
+    pub name: &'static str,
+    /// nft's type name, as the listing reports it (`ipv4_addr`).
+    pub kind: &'static str,
+    /// In nft's own notation (what the listing prints), sorted.
+    pub elements: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,8 +73,10 @@ impl Rule {
 pub struct TableShape {
     /// Sorted by name.
     pub chains: Vec<ChainShape>,
-    /// Sets, maps, flowtables and other objects found in the table, which weft never writes
-    /// (yet): their presence means the table differs.
+    /// (name, type) of each set, sorted by name.
+    pub sets: Vec<(String, String)>,
+    /// Maps, flowtables, odd sets and other objects found in the table, which weft never
+    /// writes: their presence means the table differs.
     pub others: usize,
 }
 
@@ -79,6 +94,15 @@ impl Table {
         let (family, name) = (self.family, self.name);
         let mut s = format!("add table {family} {name}\ndelete table {family} {name}\n");
         let _ = writeln!(s, "table {family} {name} {{");
+        for set in &self.sets {
+            let _ = writeln!(s, "\tset {} {{", set.name);
+            let _ = writeln!(s, "\t\ttype {}", set.kind);
+            // nft rejects an empty element list.
+            if !set.elements.is_empty() {
+                let _ = writeln!(s, "\t\telements = {{ {} }}", join(&set.elements));
+            }
+            s.push_str("\t}\n\n");
+        }
         for (i, chain) in self.chains.iter().enumerate() {
             if i > 0 {
                 s.push('\n');
@@ -106,8 +130,32 @@ impl Table {
             })
             .collect();
         chains.sort_by(|a, b| a.name.cmp(&b.name));
-        TableShape { chains, others: 0 }
+        let mut sets: Vec<(String, String)> =
+            self.sets.iter().map(|s| (s.name.to_string(), s.kind.to_string())).collect();
+        sets.sort();
+        TableShape { chains, sets, others: 0 }
     }
+
+    /// The `add element`/`delete element` commands that turn `listed` (the set's elements in the
+    /// kernel) into the set's wanted elements; empty when they are equal. (added, removed) count
+    /// the elements.
+    pub fn element_changes(&self, set: &Set, listed: &BTreeSet<String>) -> (String, usize, usize) {
+        let (family, table, name) = (self.family, self.name, set.name);
+        let added: BTreeSet<&String> = set.elements.difference(listed).collect();
+        let removed: BTreeSet<&String> = listed.difference(&set.elements).collect();
+        let mut script = String::new();
+        if !added.is_empty() {
+            let _ = writeln!(script, "add element {family} {table} {name} {{ {} }}", join(&added));
+        }
+        if !removed.is_empty() {
+            let _ = writeln!(script, "delete element {family} {table} {name} {{ {} }}", join(&removed));
+        }
+        (script, added.len(), removed.len())
+    }
+}
+
+fn join<T: AsRef<str>>(items: impl IntoIterator<Item = T>) -> String {
+    items.into_iter().map(|i| i.as_ref().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// Whether nft 1.0.6 accepts `name` unquoted as a table or chain name (it accepts no quoted
@@ -126,6 +174,7 @@ mod tests {
         Table {
             family: "inet",
             name: "t",
+            sets: vec![],
             chains: vec![Chain {
                 name: "forward",
                 base: BaseChain { kind: "filter".into(), hook: "forward".into(), priority: 0, policy: "accept".into() },
@@ -156,6 +205,45 @@ mod tests {
                  \t\tip saddr 10.0.0.0/8 accept comment \"{c}\"\n\t}}\n}}\n"
             )
         );
+    }
+
+    fn set(elements: &[&str]) -> Set {
+        Set { name: "peers", kind: "ipv4_addr", elements: elements.iter().map(|e| e.to_string()).collect() }
+    }
+
+    #[test]
+    fn sets_are_rendered_before_chains_with_their_elements() {
+        let mut t = table();
+        t.sets = vec![set(&["192.0.2.11", "198.51.100.10"]), Set { name: "none", ..set(&[]) }];
+        let text = t.render_replace();
+        assert!(
+            text.contains(
+                "table inet t {\n\tset peers {\n\t\ttype ipv4_addr\n\t\telements = { 192.0.2.11, 198.51.100.10 }\n\t}\n\n\
+                 \tset none {\n\t\ttype ipv4_addr\n\t}\n\n\tchain forward {"
+            ),
+            "{text}"
+        );
+        // Elements are not part of the shape: membership changes are element updates.
+        let shape = t.shape();
+        assert_eq!(shape.sets, [("none".to_string(), "ipv4_addr".to_string()), ("peers".into(), "ipv4_addr".into())]);
+        t.sets[0].elements.clear();
+        assert_eq!(t.shape(), shape);
+    }
+
+    #[test]
+    fn element_changes_add_what_is_missing_and_delete_what_is_not_wanted() {
+        let t = table();
+        let wanted = set(&["192.0.2.11", "198.51.100.10", "198.51.100.11"]);
+        let listed = set(&["192.0.2.11", "203.0.113.10"]).elements;
+        let (script, added, removed) = t.element_changes(&wanted, &listed);
+        assert_eq!(
+            script,
+            "add element inet t peers { 198.51.100.10, 198.51.100.11 }\ndelete element inet t peers { 203.0.113.10 }\n"
+        );
+        assert_eq!((added, removed), (2, 1));
+        assert_eq!(t.element_changes(&wanted, &wanted.elements), (String::new(), 0, 0));
+        let (script, _, removed) = t.element_changes(&set(&[]), &listed);
+        assert_eq!((script.as_str(), removed), ("delete element inet t peers { 192.0.2.11, 203.0.113.10 }\n", 2));
     }
 
     #[test]

@@ -452,15 +452,17 @@ fn dropped_packets(report: &ApplyReport) -> u64 {
 fn vxlan_from_a_non_peer_reaches_no_pod_and_is_counted() {
     let c = cluster();
     build_intruder(&c);
-    // Control: while the intruder is a peer, its forged traffic does reach the pod.
-    let mut with_intruder = c.desired(0, Encap::Always);
+    // Control: while the intruder is a peer, its forged traffic does reach the pod. It joins
+    // after the table exists, so its node IP is added as an element.
+    let members = c.desired(0, Encap::Always);
+    c.apply(0, &members);
+    let mut with_intruder = members.clone();
     with_intruder.peers.push(intruder_peer(&c));
-    c.apply(0, &with_intruder);
+    assert_eq!(c.apply(0, &with_intruder).created, 4);
     wait::until("forged VXLAN from a peer to reach the pod", LIMIT, EVERY, || forged_udp_arrives(&c).then_some(()))
         .expect("the forged path works");
 
     // Removed from the peers, the same traffic is dropped before vxlan0 sees it, and counted.
-    let members = c.desired(0, Encap::Always);
     let before = dropped_packets(&c.apply(0, &members));
     for _ in 0..3 {
         assert!(!forged_udp_arrives(&c), "VXLAN from a non-peer reached the pod");

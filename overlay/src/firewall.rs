@@ -23,8 +23,7 @@ const PRIORITY_SRCNAT: i64 = 100;
 
 /// The whole `inet weft` table for this node; `peers` are the node IPs allowed to send VXLAN.
 pub fn weft_table(local: &LocalNode, peers: impl IntoIterator<Item = Ipv4Addr>) -> Table {
-    let peers =
-        Set { name: VXLAN_PEERS, kind: "ipv4_addr", elements: peers.into_iter().map(|ip| ip.to_string()).collect() };
+    let peers = Set { name: VXLAN_PEERS, elements: peers.into_iter().collect() };
     Table {
         family: FAMILY,
         name: TABLE,

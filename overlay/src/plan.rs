@@ -18,6 +18,7 @@ use crate::mac::Mac;
 use crate::netlink::{
     FdbEntry, Link, LinkChange, MAIN_TABLE, Neighbour, Route4, VxlanAttrs, VxlanSpec, WEFT_ROUTE_PROTOCOL,
 };
+use crate::nft::elements::ElementChanges;
 use crate::nft::{self, Listing};
 use crate::report::Failure;
 use crate::snapshot::{Kernel, RP_FILTER_LOOSE};
@@ -100,6 +101,11 @@ pub enum Op {
         object: &'static str,
         script: String,
     },
+    /// Elements added to and removed from a set of weft's table, in one transaction.
+    SetElements {
+        set: &'static str,
+        changes: ElementChanges,
+    },
 }
 
 impl fmt::Display for Op {
@@ -118,6 +124,7 @@ impl fmt::Display for Op {
             Op::Route { route, .. } => write!(f, "route {}", route.dst),
             Op::DeleteRoute(r) => write!(f, "route {}", r.dst),
             Op::Nft { object, .. } => write!(f, "{object}"),
+            Op::SetElements { set, .. } => write!(f, "nftables set {} {} {set}", firewall::FAMILY, firewall::TABLE),
         }
     }
 }
@@ -523,22 +530,19 @@ fn plan_nft(
     }
 }
 
-/// Membership changes of an unchanged table are element updates: a table rewrite would cost a
-/// full transaction of every rule and element per peer change. One `nft -f` for all sets, with
-/// the neighbours and FDB entries (a new peer is accepted about when it becomes reachable).
+/// Membership changes of an unchanged table are element updates (over nfnetlink, see
+/// [`nft::elements`]): a table rewrite would cost a full transaction of every rule and element
+/// per peer change. They run with the neighbours and FDB entries, so a new peer is accepted
+/// about when it becomes reachable.
 fn plan_set_elements(b: &mut Builder, table: &nft::Table, listing: &Listing) {
     let none = BTreeSet::new();
-    let mut script = String::new();
-    let mut tally = Tally::default();
     for set in &table.sets {
-        let listed = listing.elements.get(set.name).unwrap_or(&none);
-        let (commands, added, removed) = table.element_changes(set, listed);
-        script.push_str(&commands);
-        tally.add(Tally::of(added, 0, removed));
-        b.unchanged += set.elements.len() - added;
-    }
-    if !script.is_empty() {
-        b.push(Stage::NeighboursAndFdb, Op::Nft { object: "nftables set elements in inet weft", script }, tally, None);
+        let changes = nft::elements::diff(&set.elements, listing.elements.get(set.name).unwrap_or(&none));
+        b.unchanged += set.elements.len() - changes.added.len();
+        if !changes.is_empty() {
+            let tally = Tally::of(changes.added.len(), 0, changes.removed.len());
+            b.push(Stage::NeighboursAndFdb, Op::SetElements { set: set.name, changes }, tally, None);
+        }
     }
 }
 
@@ -679,11 +683,7 @@ pub(crate) mod tests {
             fdb: vxlan_peers.iter().map(|p| fdb_of(p)).collect(),
             nft: Ok(Listing {
                 table: Some(firewall::weft_table(l, []).shape()),
-                elements: [(
-                    firewall::VXLAN_PEERS.to_string(),
-                    d.peers.iter().map(|p| p.node_ip.to_string()).collect(),
-                )]
-                .into(),
+                elements: [(firewall::VXLAN_PEERS.to_string(), d.peers.iter().map(|p| p.node_ip).collect())].into(),
                 ..Listing::default()
             }),
             ip_forward: Some("1".into()),
@@ -999,12 +999,21 @@ pub(crate) mod tests {
         assert_eq!(p.failures.len(), 1);
     }
 
-    /// The nft steps of a plan: (stage, object, script).
-    fn nft_steps(p: &Plan) -> Vec<(usize, &str, &str)> {
+    /// The element changes of a plan: (stage, changes).
+    fn element_steps(p: &Plan) -> Vec<(usize, &ElementChanges)> {
         staged(p)
             .into_iter()
             .filter_map(|(i, op)| match op {
-                Op::Nft { object, script } => Some((i, *object, script.as_str())),
+                Op::SetElements { set: firewall::VXLAN_PEERS, changes } => Some((i, changes)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn nft_scripts(p: &Plan) -> Vec<&str> {
+        p.steps()
+            .filter_map(|s| match &s.op {
+                Op::Nft { script, .. } => Some(script.as_str()),
                 _ => None,
             })
             .collect()
@@ -1014,18 +1023,20 @@ pub(crate) mod tests {
     fn a_peer_change_updates_the_vxlan_allow_list_by_element() {
         let full = desired_with(&[2, 3]);
         let less = desired_with(&[2]);
+        let n3: Ipv4Addr = "198.51.100.13".parse().unwrap();
         // Joining: one element added, with the peer's neighbour and FDB entry; no table rewrite.
         let p = plan(&full, &converged(&less)).unwrap();
-        let nft = nft_steps(&p);
-        assert_eq!(nft.len(), 1, "{nft:#?}");
-        assert_eq!(nft[0].0, stage_of(&p, |op| matches!(op, Op::Fdb { .. })));
-        assert_eq!(nft[0].2, "add element inet weft vxlan_peers { 198.51.100.13 }\n");
+        assert!(nft_scripts(&p).is_empty());
+        let elements = element_steps(&p);
+        assert_eq!(
+            elements,
+            [(stage_of(&p, |op| matches!(op, Op::Fdb { .. })), &ElementChanges { added: vec![n3], removed: vec![] })]
+        );
         assert_eq!(tally(&p), Tally::of(4, 0, 0));
         // Leaving: the element goes; the table stays.
         let p = plan(&less, &converged(&full)).unwrap();
-        let nft = nft_steps(&p);
-        assert_eq!(nft.len(), 1, "{nft:#?}");
-        assert_eq!(nft[0].2, "delete element inet weft vxlan_peers { 198.51.100.13 }\n");
+        assert!(nft_scripts(&p).is_empty());
+        assert_eq!(element_steps(&p)[0].1, &ElementChanges { added: vec![], removed: vec![n3] });
         assert_eq!(tally(&p), Tally::of(0, 0, 4));
     }
 
@@ -1036,10 +1047,11 @@ pub(crate) mod tests {
         clash.pod_cidr = d.peers[0].pod_cidr;
         d.peers.push(clash.clone());
         let p = plan(&d, &empty()).unwrap();
-        let nft = nft_steps(&p);
+        let nft = nft_scripts(&p);
         assert_eq!(nft.len(), 1, "{nft:#?}");
-        assert!(nft[0].2.contains("elements = { 198.51.100.13 }\n"), "{}", nft[0].2);
-        assert!(!nft[0].2.contains(&clash.node_ip.to_string()));
+        assert!(nft[0].contains("elements = { 198.51.100.13 }\n"), "{}", nft[0]);
+        assert!(!nft[0].contains(&clash.node_ip.to_string()));
+        assert!(element_steps(&p).is_empty());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! nft prints in a form a typed model would not know.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -20,7 +21,7 @@ pub struct Listing {
     /// The shape of weft's own table; `None` when the table does not exist.
     pub table: Option<TableShape>,
     /// The elements of each set of weft's table, by set name.
-    pub elements: BTreeMap<String, BTreeSet<String>>,
+    pub elements: BTreeMap<String, BTreeSet<Ipv4Addr>>,
     /// The counters of weft's own rules, by rule comment.
     pub counters: BTreeMap<String, Counter>,
     /// Chains of other tables that weft must act on: IPv4 forward hooks whose policy drops
@@ -128,12 +129,12 @@ pub fn parse(listing: &Value, family: &str, name: &str) -> Result<Listing, Listi
     Ok(Listing { table: table_found.then_some(TableShape { chains: own, sets, others }), elements, counters, foreign })
 }
 
-/// A set's elements when every one is a plain value (an address, a port): `None` otherwise.
-/// A set without elements lists no `elem` key.
-fn set_elements(set: &Value) -> Option<BTreeSet<String>> {
+/// A set's elements when every one is a plain IPv4 address: `None` otherwise. A set without
+/// elements lists no `elem` key.
+fn set_elements(set: &Value) -> Option<BTreeSet<Ipv4Addr>> {
     match set.get("elem") {
         None => Some(BTreeSet::new()),
-        Some(elems) => elems.as_array()?.iter().map(|e| e.as_str().map(str::to_string)).collect(),
+        Some(elems) => elems.as_array()?.iter().map(|e| e.as_str()?.parse().ok()).collect(),
     }
 }
 
@@ -216,7 +217,7 @@ mod tests {
     #[test]
     fn reads_set_elements_and_rule_counters() {
         let l = parse(&sample(), "inet", "weft").unwrap();
-        let s: Vec<&str> = l.elements["s"].iter().map(String::as_str).collect();
+        let s: Vec<String> = l.elements["s"].iter().map(Ipv4Addr::to_string).collect();
         assert_eq!(s, ["192.0.2.11", "198.51.100.10"]);
         assert!(l.elements["empty"].is_empty());
         assert!(!l.elements.contains_key("ranges"));

@@ -1,12 +1,13 @@
 //! nftables through the `nft` tool: tables are rendered as nft text and written in one atomic
-//! `nft -f -` transaction (set elements are added and deleted one by one); the kernel's state
-//! is read back with `nft -j list ruleset`.
+//! `nft -f -` transaction (set elements change over nfnetlink, see [`elements`]); the kernel's
+//! state is read back with `nft -j list ruleset`.
 //!
 //! Every rule weft writes carries a self-identifying comment (`weft:` + a hash of its text), so
 //! comparing the desired rules with the kernel's needs only the comments of the JSON listing, not
 //! a parser for every expression nft can print.
 
 mod command;
+pub mod elements;
 pub mod listing;
 pub mod table;
 

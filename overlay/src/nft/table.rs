@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
+use std::net::Ipv4Addr;
 
 use sha2::{Digest, Sha256};
 
@@ -16,16 +17,17 @@ pub struct Table {
     pub chains: Vec<Chain>,
 }
 
-/// A named set. Its elements are written with the table but are not part of its shape: they
-/// change with membership and are updated element by element, without rewriting the table.
+/// A named set of IPv4 addresses (`type ipv4_addr`). Its elements are written with the table
+/// but are not part of its shape: they change with membership and are updated element by
+/// element ([`super::elements`]), without rewriting the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Set {
     pub name: &'static str,
-    /// nft's type name, as the listing reports it (`ipv4_addr`).
-    pub kind: &'static str,
-    /// In nft's own notation (what the listing prints), sorted.
-    pub elements: BTreeSet<String>,
+    pub elements: BTreeSet<Ipv4Addr>,
 }
+
+/// nft's name of the sets' type, as the listing reports it.
+pub const SET_TYPE: &str = "ipv4_addr";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
@@ -96,10 +98,11 @@ impl Table {
         let _ = writeln!(s, "table {family} {name} {{");
         for set in &self.sets {
             let _ = writeln!(s, "\tset {} {{", set.name);
-            let _ = writeln!(s, "\t\ttype {}", set.kind);
+            let _ = writeln!(s, "\t\ttype {SET_TYPE}");
             // nft rejects an empty element list.
             if !set.elements.is_empty() {
-                let _ = writeln!(s, "\t\telements = {{ {} }}", join(&set.elements));
+                let elements: Vec<String> = set.elements.iter().map(Ipv4Addr::to_string).collect();
+                let _ = writeln!(s, "\t\telements = {{ {} }}", elements.join(", "));
             }
             s.push_str("\t}\n\n");
         }
@@ -131,31 +134,10 @@ impl Table {
             .collect();
         chains.sort_by(|a, b| a.name.cmp(&b.name));
         let mut sets: Vec<(String, String)> =
-            self.sets.iter().map(|s| (s.name.to_string(), s.kind.to_string())).collect();
+            self.sets.iter().map(|s| (s.name.to_string(), SET_TYPE.to_string())).collect();
         sets.sort();
         TableShape { chains, sets, others: 0 }
     }
-
-    /// The `add element`/`delete element` commands that turn `listed` (the set's elements in the
-    /// kernel) into the set's wanted elements; empty when they are equal. (added, removed) count
-    /// the elements.
-    pub fn element_changes(&self, set: &Set, listed: &BTreeSet<String>) -> (String, usize, usize) {
-        let (family, table, name) = (self.family, self.name, set.name);
-        let added: BTreeSet<&String> = set.elements.difference(listed).collect();
-        let removed: BTreeSet<&String> = listed.difference(&set.elements).collect();
-        let mut script = String::new();
-        if !added.is_empty() {
-            let _ = writeln!(script, "add element {family} {table} {name} {{ {} }}", join(&added));
-        }
-        if !removed.is_empty() {
-            let _ = writeln!(script, "delete element {family} {table} {name} {{ {} }}", join(&removed));
-        }
-        (script, added.len(), removed.len())
-    }
-}
-
-fn join<T: AsRef<str>>(items: impl IntoIterator<Item = T>) -> String {
-    items.into_iter().map(|i| i.as_ref().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// Whether nft 1.0.6 accepts `name` unquoted as a table or chain name (it accepts no quoted
@@ -208,13 +190,13 @@ mod tests {
     }
 
     fn set(elements: &[&str]) -> Set {
-        Set { name: "peers", kind: "ipv4_addr", elements: elements.iter().map(|e| e.to_string()).collect() }
+        Set { name: "peers", elements: elements.iter().map(|e| e.parse().unwrap()).collect() }
     }
 
     #[test]
     fn sets_are_rendered_before_chains_with_their_elements() {
         let mut t = table();
-        t.sets = vec![set(&["192.0.2.11", "198.51.100.10"]), Set { name: "none", ..set(&[]) }];
+        t.sets = vec![set(&["198.51.100.10", "192.0.2.11"]), Set { name: "none", ..set(&[]) }];
         let text = t.render_replace();
         assert!(
             text.contains(
@@ -228,22 +210,6 @@ mod tests {
         assert_eq!(shape.sets, [("none".to_string(), "ipv4_addr".to_string()), ("peers".into(), "ipv4_addr".into())]);
         t.sets[0].elements.clear();
         assert_eq!(t.shape(), shape);
-    }
-
-    #[test]
-    fn element_changes_add_what_is_missing_and_delete_what_is_not_wanted() {
-        let t = table();
-        let wanted = set(&["192.0.2.11", "198.51.100.10", "198.51.100.11"]);
-        let listed = set(&["192.0.2.11", "203.0.113.10"]).elements;
-        let (script, added, removed) = t.element_changes(&wanted, &listed);
-        assert_eq!(
-            script,
-            "add element inet t peers { 198.51.100.10, 198.51.100.11 }\ndelete element inet t peers { 203.0.113.10 }\n"
-        );
-        assert_eq!((added, removed), (2, 1));
-        assert_eq!(t.element_changes(&wanted, &wanted.elements), (String::new(), 0, 0));
-        let (script, _, removed) = t.element_changes(&set(&[]), &listed);
-        assert_eq!((script.as_str(), removed), ("delete element inet t peers { 192.0.2.11, 203.0.113.10 }\n", 2));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! `Dataplane::apply` run inside each node (through `weft-lab dataplane apply`). Needs root.
 
 use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -11,13 +11,13 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde_json::Value;
 use weft_lab::dataplane::{Encap, apply_in, cleanup_in, desired_for, pod_cidr};
-use weft_lab::netns::Netns;
+use weft_lab::netns::{Netns, within};
 use weft_lab::pod::{self, Pod, PodSpec};
 use weft_lab::probe::{self, Listener};
 use weft_lab::process::Process;
 use weft_lab::topology::{Lab, LabSpec};
 use weft_lab::wait;
-use weft_overlay::desired::{Desired, gateway_of};
+use weft_overlay::desired::{Desired, Peer, PeerPath, gateway_of};
 use weft_overlay::{ApplyReport, CleanupOptions, Mac};
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -212,7 +212,10 @@ fn removed_peer_loses_route_fdb_and_neighbour() {
     let mut less = full.clone();
     less.peers.retain(|p| p.name != "n3");
     let report = c.apply(0, &less);
-    assert_eq!((report.created, report.changed, report.removed), (0, 0, 3));
+    // Route, FDB entry, neighbour, and its node IP from the VXLAN allow-list.
+    assert_eq!((report.created, report.changed, report.removed), (0, 0, 4));
+    let allowed = nft(c.ns(0), &["list", "set", "inet", "weft", "vxlan_peers"]);
+    assert!(allowed.contains("198.51.100.10") && !allowed.contains("192.0.2.11"), "{allowed}");
 
     let routes = weft_routes(c.ns(0));
     assert!(routes.contains("10.244.2.0/24 via 10.244.2.0 dev vxlan0 onlink"), "{routes}");
@@ -367,6 +370,112 @@ fn direct_peers_are_routed_via_the_node_ip_without_encapsulation() {
     assert_eq!(vxlan_tx_packets(n1), before, "same-subnet traffic went through vxlan0");
     c.reaches(0, 1);
     assert!(vxlan_tx_packets(n1) > before, "cross-subnet traffic must be encapsulated");
+}
+
+/// The intruder's VTEP MAC and the pod address it forges as inner source (one of n2's pods,
+/// so that n1's loose reverse-path filter passes it whoever sent it).
+const INTRUDER_MAC: &str = "02:00:00:00:0a:0a";
+const FORGED_SOURCE: &str = "10.244.2.77";
+const FORGED_PORT: u16 = 7010;
+
+/// The off-cluster host turned intruder: its own vxlan device with the cluster's VNI and port,
+/// n1's VTEP MAC pointed at n1's node IP, and n1's pod behind it, as a peer would have them.
+fn build_intruder(c: &Cluster) {
+    let ext = &c.lab.external;
+    let victim = &c.lab.nodes[0];
+    let (pod, victim_mac) = (c.pods[0].ip.to_string(), Mac::derived(&victim.name).to_string());
+    let ext_ip = ext.ip.to_string();
+    let steps: [&[&str]; 5] = [
+        &[
+            "link",
+            "add",
+            "vxatk",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "dstport",
+            "8472",
+            "local",
+            &ext_ip,
+            "dev",
+            "eth0",
+            "nolearning",
+        ],
+        &["link", "set", "vxatk", "address", INTRUDER_MAC, "mtu", "1450", "up"],
+        &["addr", "add", &format!("{FORGED_SOURCE}/32"), "dev", "vxatk"],
+        &["neigh", "add", &pod, "lladdr", &victim_mac, "dev", "vxatk", "nud", "permanent"],
+        &["route", "add", &format!("{pod}/32"), "dev", "vxatk", "src", FORGED_SOURCE],
+    ];
+    for args in steps {
+        ext.ns.ip(args).expect("intruder");
+    }
+    let dst = victim.ip.to_string();
+    ext.ns.run("bridge", &["fdb", "add", &victim_mac, "dev", "vxatk", "dst", &dst, "self", "permanent"]).expect("fdb");
+}
+
+/// The intruder as n1 would know it, were it a member.
+fn intruder_peer(c: &Cluster) -> Peer {
+    Peer {
+        name: "intruder".into(),
+        node_ip: c.lab.external.ip,
+        pod_cidr: "10.244.9.0/24".parse().unwrap(),
+        vtep_mac: INTRUDER_MAC.parse().unwrap(),
+        path: PeerPath::Vxlan,
+    }
+}
+
+/// Sends three datagrams from the intruder to n1's pod: whether the pod received one.
+fn forged_udp_arrives(c: &Cluster) -> bool {
+    let to = SocketAddrV4::new(c.pods[0].ip, FORGED_PORT);
+    let socket = within(&c.pods[0].ns.path(), || {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, FORGED_PORT)).expect("bind");
+        s.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+        s
+    })
+    .expect("setns");
+    within(&c.lab.external.ns.path(), || {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+        for _ in 0..3 {
+            s.send_to(b"forged", to).expect("send");
+        }
+    })
+    .expect("setns");
+    socket.recv_from(&mut [0u8; 16]).is_ok_and(|(_, from)| ip_of(from).to_string() == FORGED_SOURCE)
+}
+
+fn dropped_packets(report: &ApplyReport) -> u64 {
+    report.vxlan_dropped.expect("the drop rule's counter").packets
+}
+
+#[test]
+fn vxlan_from_a_non_peer_reaches_no_pod_and_is_counted() {
+    let c = cluster();
+    build_intruder(&c);
+    // Control: while the intruder is a peer, its forged traffic does reach the pod. It joins
+    // after the table exists, so its node IP is added as an element.
+    let members = c.desired(0, Encap::Always);
+    c.apply(0, &members);
+    let mut with_intruder = members.clone();
+    with_intruder.peers.push(intruder_peer(&c));
+    assert_eq!(c.apply(0, &with_intruder).created, 4);
+    wait::until("forged VXLAN from a peer to reach the pod", LIMIT, EVERY, || forged_udp_arrives(&c).then_some(()))
+        .expect("the forged path works");
+
+    // Removed from the peers, the same traffic is dropped before vxlan0 sees it, and counted.
+    let before = dropped_packets(&c.apply(0, &members));
+    for _ in 0..3 {
+        assert!(!forged_udp_arrives(&c), "VXLAN from a non-peer reached the pod");
+    }
+    let after = dropped_packets(&c.apply(0, &members));
+    assert!(after >= before + 9, "dropped before {before}, after {after}");
+
+    // The rule is what stops it: without it the traffic arrives; the next apply restores it.
+    nft(c.ns(0), &["flush", "chain", "inet", "weft", "vxlan_ingress"]);
+    wait::until("forged VXLAN to arrive without the rule", LIMIT, EVERY, || forged_udp_arrives(&c).then_some(()))
+        .expect("unprotected");
+    assert_eq!(c.apply(0, &members).changed, 1);
+    assert!(!forged_udp_arrives(&c), "VXLAN from a non-peer reached the pod after the repair");
 }
 
 const DOCKER_FORWARD: &str = "table ip filter {

@@ -10,7 +10,10 @@ use tracing::{debug, info};
 use crate::cleanup::{CleanupOptions, CleanupReport, plan_cleanup};
 use crate::desired::Desired;
 use crate::execute::{self, Aborted};
+use crate::firewall;
 use crate::netlink::{Netlink, NetlinkError};
+use crate::nft::NftError;
+use crate::nft::elements::ElementWriter;
 use crate::plan::{PlanError, plan};
 use crate::report::ApplyReport;
 use crate::snapshot;
@@ -19,6 +22,8 @@ use crate::snapshot;
 pub enum DataplaneError {
     #[error("cannot open a netlink connection: {0}")]
     Connect(#[source] NetlinkError),
+    #[error("cannot open an nfnetlink socket: {0}")]
+    ConnectNft(#[source] NftError),
     #[error("cannot read the kernel state: {0}")]
     Snapshot(#[source] NetlinkError),
     #[error(transparent)]
@@ -31,6 +36,7 @@ pub enum DataplaneError {
 #[derive(Debug)]
 pub struct Dataplane {
     nl: Netlink,
+    elements: ElementWriter,
     busy: Mutex<()>,
 }
 
@@ -38,7 +44,11 @@ impl Dataplane {
     /// Connects to the kernel in the caller's network namespace. Must run inside a tokio
     /// runtime with IO enabled; `apply` and `cleanup` run `nft` as a child process.
     pub fn new() -> Result<Dataplane, DataplaneError> {
-        Ok(Dataplane { nl: Netlink::connect().map_err(DataplaneError::Connect)?, busy: Mutex::new(()) })
+        Ok(Dataplane {
+            nl: Netlink::connect().map_err(DataplaneError::Connect)?,
+            elements: ElementWriter::open().map_err(DataplaneError::ConnectNft)?,
+            busy: Mutex::new(()),
+        })
     }
 
     /// Makes the kernel match `desired`. Fails only when nothing sensible can be done (the
@@ -53,9 +63,11 @@ impl Dataplane {
             unchanged: plan.unchanged,
             failures: plan.failures.clone(),
             rejected: plan.rejected.clone(),
+            // Read from the listing the plan needed anyway: no extra nft run.
+            vxlan_dropped: kernel.nft.as_ref().ok().and_then(|l| firewall::vxlan_dropped(l, &desired.local)),
             ..ApplyReport::default()
         };
-        let outcome = execute::run(&self.nl, plan).await.map_err(DataplaneError::Device)?;
+        let outcome = execute::run(self.kernel(), plan).await.map_err(DataplaneError::Device)?;
         report.created = outcome.tally.created;
         report.changed = outcome.tally.changed;
         report.removed = outcome.tally.removed;
@@ -79,13 +91,17 @@ impl Dataplane {
         Ok(report)
     }
 
+    fn kernel(&self) -> execute::Kernel<'_> {
+        execute::Kernel { nl: &self.nl, elements: &self.elements }
+    }
+
     /// Removes everything weft owns. A bridge with pods attached is kept unless `force`.
     pub async fn cleanup(&self, opts: &CleanupOptions) -> Result<CleanupReport, DataplaneError> {
         let _busy = self.busy.lock().await;
         let kernel = snapshot::read(&self.nl).await.map_err(DataplaneError::Snapshot)?;
         let (plan, kept) = plan_cleanup(&kernel, opts);
         let mut report = CleanupReport { kept, failures: plan.failures.clone(), ..CleanupReport::default() };
-        let outcome = execute::run(&self.nl, plan).await.map_err(DataplaneError::Device)?;
+        let outcome = execute::run(self.kernel(), plan).await.map_err(DataplaneError::Device)?;
         report.removed = outcome.done;
         report.failures.extend(outcome.failures);
         info!(

@@ -9,7 +9,9 @@ use tracing::{debug, warn};
 
 use crate::bridge::{BridgeError, ensure_bridge};
 use crate::desired::DEFAULT_VXLAN_DEVICE;
+use crate::firewall;
 use crate::netlink::{FdbEntry, Neighbour, Netlink, NetlinkError};
+use crate::nft::elements::ElementWriter;
 use crate::nft::{self, NftError};
 use crate::plan::{Dev, Op, Plan, Step, Tally};
 use crate::report::Failure;
@@ -48,11 +50,19 @@ pub struct Outcome {
     pub failures: Vec<Failure>,
 }
 
-pub async fn run(nl: &Netlink, plan: Plan) -> Result<Outcome, Box<Aborted>> {
+/// The kernel connections the steps write through.
+#[derive(Debug)]
+pub struct Kernel<'a> {
+    pub nl: &'a Netlink,
+    pub elements: &'a ElementWriter,
+}
+
+pub async fn run(kernel: Kernel<'_>, plan: Plan) -> Result<Outcome, Box<Aborted>> {
+    let nl = kernel.nl;
     let mut outcome = Outcome::default();
     let mut vxlan = plan.vxlan_index;
     for stage in plan.stages {
-        let results = join_all(stage.iter().map(|step| run_step(nl, step, vxlan))).await;
+        let results = join_all(stage.iter().map(|step| run_step(&kernel, step, vxlan))).await;
         for (step, result) in stage.iter().zip(results) {
             match result {
                 Ok(tally) => {
@@ -92,7 +102,8 @@ pub async fn run(nl: &Netlink, plan: Plan) -> Result<Outcome, Box<Aborted>> {
 }
 
 /// Performs one step; the tally says what it actually did.
-async fn run_step(nl: &Netlink, step: &Step, vxlan: Option<u32>) -> Result<Tally, OpError> {
+async fn run_step(kernel: &Kernel<'_>, step: &Step, vxlan: Option<u32>) -> Result<Tally, OpError> {
+    let nl = kernel.nl;
     let vx = || vxlan.ok_or(OpError::NoVxlan);
     let done = step.tally;
     match &step.op {
@@ -132,6 +143,10 @@ async fn run_step(nl: &Netlink, step: &Step, vxlan: Option<u32>) -> Result<Tally
         Op::DeleteRoute(r) => gone_ok(nl.delete_route(r).await, done),
         Op::Nft { script, .. } => {
             nft::run_script(script).await?;
+            Ok(done)
+        }
+        Op::SetElements { set, changes } => {
+            kernel.elements.write(firewall::TABLE, set, changes.clone()).await?;
             Ok(done)
         }
     }

@@ -1,25 +1,62 @@
-//! weft's nftables rules (flannel's iptables-mode set): what to forward, what to masquerade, and
-//! the accepts weft must put into other tables' forward chains whose policy drops (Docker's).
+//! weft's nftables rules (flannel's iptables-mode set, plus a VXLAN ingress allow-list): what to
+//! forward, what to masquerade, which VXLAN senders to accept, and the accepts weft must put into
+//! other tables' forward chains whose policy drops (Docker's).
 
 use std::fmt::Write;
+use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
 use crate::desired::{KUBE_PROXY_MASQ_MARK, LocalNode};
 use crate::nft::table::plain_identifier;
-use crate::nft::{BaseChain, Chain, ForeignChain, Listing, Rule, Table};
+use crate::nft::{BaseChain, Chain, Counter, ForeignChain, Listing, Rule, Set, Table};
 
 pub const FAMILY: &str = "inet";
 pub const TABLE: &str = "weft";
+/// The node IPs of the current peers: the only senders of VXLAN this node accepts.
+pub const VXLAN_PEERS: &str = "vxlan_peers";
 const MULTICAST: &str = "224.0.0.0/4";
-/// nft's `priority filter` and `priority srcnat`, as the listing reports them.
+/// nft's `priority raw`, `priority filter` and `priority srcnat`, as the listing reports them.
+const PRIORITY_RAW: i64 = -300;
 const PRIORITY_FILTER: i64 = 0;
 const PRIORITY_SRCNAT: i64 = 100;
 
-/// The whole `inet weft` table for this node. New chains (e.g. an input-hook VXLAN allow-list)
-/// are further entries of `chains`.
-pub fn weft_table(local: &LocalNode) -> Table {
-    Table { family: FAMILY, name: TABLE, chains: vec![forward_chain(local.cluster_cidr), postrouting_chain(local)] }
+/// The whole `inet weft` table for this node; `peers` are the node IPs allowed to send VXLAN.
+pub fn weft_table(local: &LocalNode, peers: impl IntoIterator<Item = Ipv4Addr>) -> Table {
+    let peers = Set { name: VXLAN_PEERS, elements: peers.into_iter().collect() };
+    Table {
+        family: FAMILY,
+        name: TABLE,
+        sets: vec![peers],
+        chains: vec![forward_chain(local.cluster_cidr), postrouting_chain(local), vxlan_ingress_chain(local)],
+    }
+}
+
+/// VXLAN has no authentication: any host that can reach the node's VXLAN port could inject
+/// frames into vxlan0 and so reach pods with forged sources. Only peers may send.
+///
+/// Prerouting at raw priority rather than input: a drop in any base chain is final whatever
+/// other chains accept, so the hook is chosen for cost and scope. At raw priority the packet is
+/// already reassembled (defrag runs at -400) but not yet tracked (conntrack at -200), so a flood
+/// of forged datagrams fills no conntrack table; `ip daddr <node IP>` limits the rule to what the
+/// vxlan0 socket (bound to the node IP) would receive, leaving VXLAN routed through this host
+/// alone. One rule: an `accept` for peers would end only this chain, so the negated set match
+/// says the same with one lookup per packet.
+fn vxlan_ingress_chain(local: &LocalNode) -> Chain {
+    Chain { name: "vxlan_ingress", base: base("filter", "prerouting", PRIORITY_RAW), rules: vec![vxlan_drop(local)] }
+}
+
+fn vxlan_drop(local: &LocalNode) -> Rule {
+    Rule::new(format!(
+        "ip daddr {} udp dport {} ip saddr != @{VXLAN_PEERS} counter drop",
+        local.node_ip, local.vxlan_port
+    ))
+}
+
+/// What the VXLAN drop rule has counted, when the table in `listing` has the rule for `local`.
+/// The count restarts from zero whenever the table is rewritten.
+pub fn vxlan_dropped(listing: &Listing, local: &LocalNode) -> Option<Counter> {
+    listing.counters.get(&vxlan_drop(local).comment).copied()
 }
 
 /// Forwarding to and from pods is allowed whatever else the host's firewall says in weft's
@@ -124,8 +161,9 @@ mod tests {
 
     #[test]
     fn the_table_holds_flannels_rules_in_order() {
-        let text = weft_table(&local()).render_replace();
+        let text = weft_table(&local(), []).render_replace();
         let expected = [
+            "set vxlan_peers {\n\t\ttype ipv4_addr\n\t}",
             "type filter hook forward priority 0; policy accept;",
             "ip saddr 10.244.0.0/16 accept comment",
             "ip daddr 10.244.0.0/16 accept comment",
@@ -136,6 +174,8 @@ mod tests {
             "ip saddr != 10.244.0.0/16 ip daddr 10.244.1.0/24 return comment",
             "ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random comment",
             "ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random comment",
+            "type filter hook prerouting priority -300; policy accept;",
+            "ip daddr 192.0.2.10 udp dport 8472 ip saddr != @vxlan_peers counter drop comment",
         ];
         let mut at = 0;
         for line in expected {
@@ -143,6 +183,27 @@ mod tests {
             at += found + line.len();
         }
         assert!(text.starts_with("add table inet weft\ndelete table inet weft\n"));
+    }
+
+    #[test]
+    fn vxlan_senders_are_the_peer_ips_and_the_drop_is_counted() {
+        let l = local();
+        let peers: [Ipv4Addr; 2] = ["198.51.100.10".parse().unwrap(), "192.0.2.11".parse().unwrap()];
+        let table = weft_table(&l, peers);
+        let text = table.render_replace();
+        assert!(text.contains("elements = { 192.0.2.11, 198.51.100.10 }"), "{text}");
+        // Membership is not shape: a peer change is an element update, not a table rewrite.
+        assert_eq!(table.shape(), weft_table(&l, []).shape());
+
+        let drop = &table.chains[2].rules[0];
+        let mut listing = Listing::default();
+        assert_eq!(vxlan_dropped(&listing, &l), None);
+        listing.counters.insert(drop.comment.clone(), Counter { packets: 2, bytes: 100 });
+        assert_eq!(vxlan_dropped(&listing, &l), Some(Counter { packets: 2, bytes: 100 }));
+        // Another port is another rule: the old rule's count is not this one's.
+        let mut moved = l.clone();
+        moved.vxlan_port = 4789;
+        assert_eq!(vxlan_dropped(&listing, &moved), None);
     }
 
     #[test]
@@ -184,8 +245,11 @@ mod tests {
 
     #[test]
     fn cleanup_removes_the_table_and_weft_rules_only() {
-        let listing =
-            Listing { table: Some(Default::default()), foreign: vec![chain(true, vec![(4, "weft:00000000".into())])] };
+        let listing = Listing {
+            table: Some(Default::default()),
+            foreign: vec![chain(true, vec![(4, "weft:00000000".into())])],
+            ..Listing::default()
+        };
         let (script, n) = cleanup_script(&listing).unwrap();
         assert_eq!(n, 2);
         assert_eq!(script, "delete rule ip filter FORWARD handle 4\ndelete table inet weft\n");

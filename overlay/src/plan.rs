@@ -6,7 +6,7 @@
 //! table, permanent IPv4 neighbours and NTF_SELF FDB entries on vxlan0, the `inet weft` table
 //! and weft-commented rules in other tables. Nothing else is ever changed or deleted.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -18,6 +18,8 @@ use crate::mac::Mac;
 use crate::netlink::{
     FdbEntry, Link, LinkChange, MAIN_TABLE, Neighbour, Route4, VxlanAttrs, VxlanSpec, WEFT_ROUTE_PROTOCOL,
 };
+use crate::nft::elements::ElementChanges;
+use crate::nft::{self, Listing};
 use crate::report::Failure;
 use crate::snapshot::{Kernel, RP_FILTER_LOOSE};
 use crate::sysctl;
@@ -99,6 +101,11 @@ pub enum Op {
         object: &'static str,
         script: String,
     },
+    /// Elements added to and removed from a set of weft's table, in one transaction.
+    SetElements {
+        set: &'static str,
+        changes: ElementChanges,
+    },
 }
 
 impl fmt::Display for Op {
@@ -117,6 +124,7 @@ impl fmt::Display for Op {
             Op::Route { route, .. } => write!(f, "route {}", route.dst),
             Op::DeleteRoute(r) => write!(f, "route {}", r.dst),
             Op::Nft { object, .. } => write!(f, "{object}"),
+            Op::SetElements { set, .. } => write!(f, "nftables set {} {} {set}", firewall::FAMILY, firewall::TABLE),
         }
     }
 }
@@ -272,7 +280,7 @@ pub fn plan(desired: &Desired, kernel: &Kernel) -> Result<Plan, PlanError> {
     let on_vxlan = plan_vxlan(&mut b, local, underlay.index, existing, kernel);
     plan_bridge(&mut b, local, kernel);
     plan_sysctls(&mut b, kernel, on_vxlan.index.is_some());
-    plan_nft(&mut b, local, kernel, &mut failures);
+    plan_nft(&mut b, local, valid.peers.iter().map(|p| p.node_ip), kernel, &mut failures);
 
     // Routes of a replaced vxlan0 vanish with it; every other weft route is a candidate.
     let dying = existing.filter(|_| on_vxlan.index.is_none()).map(|l| l.index);
@@ -471,7 +479,16 @@ fn plan_sysctls(b: &mut Builder, kernel: &Kernel, vxlan_adopted: bool) {
     }
 }
 
-fn plan_nft(b: &mut Builder, local: &LocalNode, kernel: &Kernel, failures: &mut Vec<Failure>) {
+/// `peers`: the node IPs allowed to send VXLAN. Every valid peer's, whatever its path: a direct
+/// peer switching to VXLAN (or still sending VXLAN while the two nodes disagree about the path)
+/// must not be dropped, and one set for all peers keeps the decision simple.
+fn plan_nft(
+    b: &mut Builder,
+    local: &LocalNode,
+    peers: impl Iterator<Item = Ipv4Addr>,
+    kernel: &Kernel,
+    failures: &mut Vec<Failure>,
+) {
     let listing = match &kernel.nft {
         Ok(listing) => listing,
         Err(e) => {
@@ -483,9 +500,12 @@ fn plan_nft(b: &mut Builder, local: &LocalNode, kernel: &Kernel, failures: &mut 
             return;
         }
     };
-    let table = firewall::weft_table(local);
+    let table = firewall::weft_table(local, peers);
     match &listing.table {
-        Some(shape) if *shape == table.shape() => b.unchanged += 1,
+        Some(shape) if *shape == table.shape() => {
+            b.unchanged += 1;
+            plan_set_elements(b, &table, listing);
+        }
         current => {
             let tally = if current.is_some() { Tally::CHANGE } else { Tally::CREATE };
             let op = Op::Nft { object: "nftables table inet weft", script: table.render_replace() };
@@ -507,6 +527,22 @@ fn plan_nft(b: &mut Builder, local: &LocalNode, kernel: &Kernel, failures: &mut 
                     cannot be added to or removed from it"
                 .into(),
         });
+    }
+}
+
+/// Membership changes of an unchanged table are element updates (over nfnetlink, see
+/// [`nft::elements`]): a table rewrite would cost a full transaction of every rule and element
+/// per peer change. They run with the neighbours and FDB entries, so a new peer is accepted
+/// about when it becomes reachable.
+fn plan_set_elements(b: &mut Builder, table: &nft::Table, listing: &Listing) {
+    let none = BTreeSet::new();
+    for set in &table.sets {
+        let changes = nft::elements::diff(&set.elements, listing.elements.get(set.name).unwrap_or(&none));
+        b.unchanged += set.elements.len() - changes.added.len();
+        if !changes.is_empty() {
+            let tally = Tally::of(changes.added.len(), 0, changes.removed.len());
+            b.push(Stage::NeighboursAndFdb, Op::SetElements { set: set.name, changes }, tally, None);
+        }
     }
 }
 
@@ -570,7 +606,7 @@ fn plan_route(b: &mut Builder, want: RouteSpec, vxlan_index: Option<u32>, existi
 pub(crate) mod tests {
     use super::*;
     use crate::desired::Peer;
-    use crate::nft::{ForeignChain, Listing};
+    use crate::nft::ForeignChain;
     use crate::validate::tests::{local, peer};
 
     const ETH0: u32 = 2;
@@ -645,7 +681,11 @@ pub(crate) mod tests {
             routes,
             neighbours: vxlan_peers.iter().map(|p| neighbour_of(p)).collect(),
             fdb: vxlan_peers.iter().map(|p| fdb_of(p)).collect(),
-            nft: Ok(Listing { table: Some(firewall::weft_table(l).shape()), foreign: Vec::new() }),
+            nft: Ok(Listing {
+                table: Some(firewall::weft_table(l, []).shape()),
+                elements: [(firewall::VXLAN_PEERS.to_string(), d.peers.iter().map(|p| p.node_ip).collect())].into(),
+                ..Listing::default()
+            }),
             ip_forward: Some("1".into()),
             vxlan_rp_filter: Some(RP_FILTER_LOOSE.into()),
         }
@@ -689,8 +729,9 @@ pub(crate) mod tests {
         d.peers.push(peer(4, PeerPath::Direct));
         let p = plan(&d, &converged(&d)).unwrap();
         assert!(p.stages.is_empty(), "{:#?}", p.stages);
-        // vxlan0, its address, cni0, 2 sysctls, the table; 2 × (neighbour, fdb, route); 1 route.
-        assert_eq!(p.unchanged, 6 + 6 + 1);
+        // vxlan0, its address, cni0, 2 sysctls, the table; 2 × (neighbour, fdb, route); 1 route;
+        // 3 allowed VXLAN senders (direct peers too).
+        assert_eq!(p.unchanged, 6 + 6 + 1 + 3);
         assert!(p.failures.is_empty() && p.rejected.is_empty());
         assert_eq!(p.vxlan_index, Some(VXLAN));
     }
@@ -820,8 +861,9 @@ pub(crate) mod tests {
         // n4 (direct): the route changes gateway with a replace.
         let r = find(&|o| matches!(o, Op::Route { route, replace: true } if route.gateway == d.peers[2].node_ip));
         assert_eq!(r.unwrap().tally, Tally::CHANGE);
+        // n3's and n4's new node IPs replace their old ones in the VXLAN allow-list.
         let t = tally(&p);
-        assert_eq!((t.created, t.changed, t.removed), (1, 3, 1));
+        assert_eq!((t.created, t.changed, t.removed), (1 + 2, 3, 1 + 2));
         assert!(!steps.iter().any(|s| matches!(s.op, Op::DeleteRoute(_) | Op::DeleteNeighbour(_))));
     }
 
@@ -833,7 +875,8 @@ pub(crate) mod tests {
         let fdb = stage_of(&p, |o| matches!(o, Op::DeleteFdb(e) if e.mac == Mac::derived("n3")));
         let neigh = stage_of(&p, |o| matches!(o, Op::DeleteNeighbour(n) if n.ip.to_string() == "10.244.3.0"));
         assert!(route < fdb && fdb < neigh);
-        assert_eq!(tally(&p), Tally::of(0, 0, 3));
+        // Route, FDB entry, neighbour and the allow-list element.
+        assert_eq!(tally(&p), Tally::of(0, 0, 4));
     }
 
     #[test]
@@ -954,6 +997,61 @@ pub(crate) mod tests {
         let p = plan(&d, &k).unwrap();
         assert!(p.steps().all(|s| !matches!(s.op, Op::Nft { .. })));
         assert_eq!(p.failures.len(), 1);
+    }
+
+    /// The element changes of a plan: (stage, changes).
+    fn element_steps(p: &Plan) -> Vec<(usize, &ElementChanges)> {
+        staged(p)
+            .into_iter()
+            .filter_map(|(i, op)| match op {
+                Op::SetElements { set: firewall::VXLAN_PEERS, changes } => Some((i, changes)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn nft_scripts(p: &Plan) -> Vec<&str> {
+        p.steps()
+            .filter_map(|s| match &s.op {
+                Op::Nft { script, .. } => Some(script.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_peer_change_updates_the_vxlan_allow_list_by_element() {
+        let full = desired_with(&[2, 3]);
+        let less = desired_with(&[2]);
+        let n3: Ipv4Addr = "198.51.100.13".parse().unwrap();
+        // Joining: one element added, with the peer's neighbour and FDB entry; no table rewrite.
+        let p = plan(&full, &converged(&less)).unwrap();
+        assert!(nft_scripts(&p).is_empty());
+        let elements = element_steps(&p);
+        assert_eq!(
+            elements,
+            [(stage_of(&p, |op| matches!(op, Op::Fdb { .. })), &ElementChanges { added: vec![n3], removed: vec![] })]
+        );
+        assert_eq!(tally(&p), Tally::of(4, 0, 0));
+        // Leaving: the element goes; the table stays.
+        let p = plan(&less, &converged(&full)).unwrap();
+        assert!(nft_scripts(&p).is_empty());
+        assert_eq!(element_steps(&p)[0].1, &ElementChanges { added: vec![], removed: vec![n3] });
+        assert_eq!(tally(&p), Tally::of(0, 0, 4));
+    }
+
+    #[test]
+    fn a_rewritten_table_carries_its_elements_and_rejected_peers_are_not_allowed() {
+        let mut d = desired_with(&[2, 3]);
+        let mut clash = peer(9, PeerPath::Vxlan);
+        clash.pod_cidr = d.peers[0].pod_cidr;
+        d.peers.push(clash.clone());
+        let p = plan(&d, &empty()).unwrap();
+        let nft = nft_scripts(&p);
+        assert_eq!(nft.len(), 1, "{nft:#?}");
+        assert!(nft[0].contains("elements = { 198.51.100.13 }\n"), "{}", nft[0]);
+        assert!(!nft[0].contains(&clash.node_ip.to_string()));
+        assert!(element_steps(&p).is_empty());
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::nft::Counter;
+
 /// Counts of kernel objects (links, addresses, neighbours, FDB entries, routes, nftables table
 /// and rules, sysctls) by what apply did to them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +18,11 @@ pub struct ApplyReport {
     /// nothing is programmed for them (and what was programmed before is removed).
     #[serde(default)]
     pub rejected: Vec<Failure>,
+    /// VXLAN datagrams from non-peers dropped so far, as read before this apply's writes;
+    /// `None` when the table or its drop rule was not there. Restarts from zero when the table
+    /// is rewritten.
+    #[serde(default)]
+    pub vxlan_dropped: Option<Counter>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
 //! The agent's Prometheus metrics (served at `/metrics` in the OpenMetrics text format).
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -9,6 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use weft_overlay::ApplyReport;
+use weft_overlay::nft::Counter as KernelCounter;
 
 use crate::gossip::seal::{Keyring, Rejection};
 use crate::gossip::transport::GossipCounters;
@@ -55,6 +57,10 @@ pub struct Metrics {
     conflicts_seen: Counter,
     conflicts: Gauge,
     ready: Gauge,
+    vxlan_dropped_packets: Counter,
+    vxlan_dropped_bytes: Counter,
+    /// The kernel counter at the last apply, to export what it gained since.
+    vxlan_dropped_seen: Mutex<KernelCounter>,
 }
 
 impl Default for Metrics {
@@ -140,6 +146,18 @@ impl Metrics {
         registry.register("podcidr_conflicts_current", "PodCIDR conflicts not resolved yet", conflicts.clone());
         let ready = Gauge::default();
         registry.register("ready", "1 when the node is ready", ready.clone());
+        let vxlan_dropped_packets = Counter::default();
+        registry.register(
+            "vxlan_dropped_packets",
+            "VXLAN datagrams from non-peers dropped (as of the last apply)",
+            vxlan_dropped_packets.clone(),
+        );
+        let vxlan_dropped_bytes = Counter::default();
+        registry.register(
+            "vxlan_dropped_bytes",
+            "Bytes of VXLAN datagrams from non-peers dropped (as of the last apply)",
+            vxlan_dropped_bytes.clone(),
+        );
         Metrics {
             registry,
             peers,
@@ -156,6 +174,9 @@ impl Metrics {
             conflicts_seen,
             conflicts,
             ready,
+            vxlan_dropped_packets,
+            vxlan_dropped_bytes,
+            vxlan_dropped_seen: Mutex::default(),
         }
     }
 
@@ -201,6 +222,12 @@ impl Metrics {
             self.kernel_write_failures.inc_by(r.failures.len() as u64);
             let present = r.created + r.changed + r.unchanged;
             self.kernel_objects.set(i64::try_from(present).unwrap_or(i64::MAX));
+            if let Some(now) = r.vxlan_dropped {
+                let mut seen = self.vxlan_dropped_seen.lock().unwrap_or_else(|e| e.into_inner());
+                self.vxlan_dropped_packets.inc_by(gained(seen.packets, now.packets));
+                self.vxlan_dropped_bytes.inc_by(gained(seen.bytes, now.bytes));
+                *seen = now;
+            }
         }
     }
 
@@ -219,6 +246,13 @@ impl Metrics {
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
     }
+}
+
+/// What a kernel counter gained since it read `last`. The kernel's counter restarts from zero
+/// when weft's table is rewritten; the exported counter must never go down, so a smaller value
+/// is all new.
+fn gained(last: u64, now: u64) -> u64 {
+    if now >= last { now - last } else { now }
 }
 
 #[cfg(test)]
@@ -263,9 +297,30 @@ mod tests {
             &format!("weft_gossip_keys{{key_id=\"{primary}\",role=\"primary\"}} 1"),
             &format!("weft_gossip_keys{{key_id=\"{accepted}\",role=\"accepted\"}} 1"),
             "weft_gossip_key_reload_errors_total 1",
+            "weft_vxlan_dropped_packets_total 0",
+            "weft_vxlan_dropped_bytes_total 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         assert_eq!(text.matches("weft_gossip_keys{").count(), 2, "a replaced keyring's ids linger:\n{text}");
+    }
+
+    #[test]
+    fn vxlan_drops_follow_the_kernel_counter_across_table_rewrites() {
+        let m = Metrics::new();
+        let apply = |packets, bytes| {
+            let vxlan_dropped = Some(KernelCounter { packets, bytes });
+            m.observe_apply(Duration::ZERO, Some(&ApplyReport { vxlan_dropped, ..ApplyReport::default() }), false);
+        };
+        apply(3, 300);
+        apply(5, 500);
+        // The table was rewritten: its counter restarted.
+        apply(1, 100);
+        // No table (or no rule) at this apply: nothing to add.
+        m.observe_apply(Duration::ZERO, Some(&ApplyReport::default()), false);
+        let text = m.encode();
+        assert!(text.contains("weft_vxlan_dropped_packets_total 6"), "{text}");
+        assert!(text.contains("weft_vxlan_dropped_bytes_total 600"), "{text}");
+        assert_eq!((gained(5, 7), gained(5, 2), gained(0, 0)), (2, 2, 0));
     }
 }

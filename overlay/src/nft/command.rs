@@ -15,6 +15,14 @@ pub enum NftError {
     Failed { args: String, status: String, stderr: String },
     #[error("`{NFT} -j list ruleset` printed invalid JSON: {0}")]
     Json(#[source] serde_json::Error),
+    #[error("nfnetlink: {0}")]
+    Netlink(#[source] std::io::Error),
+    #[error("cannot change the elements of set {set}: {source}")]
+    Elements {
+        set: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// `nft -j list ruleset`, parsed as raw JSON.

@@ -2,8 +2,10 @@
 //! chain names, hooks, policies, rule handles and comments), so nothing breaks on expressions
 //! nft prints in a form a typed model would not know.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::COMMENT_PREFIX;
@@ -18,9 +20,20 @@ pub struct ListingError(pub String);
 pub struct Listing {
     /// The shape of weft's own table; `None` when the table does not exist.
     pub table: Option<TableShape>,
+    /// The elements of each set of weft's table, by set name.
+    pub elements: BTreeMap<String, BTreeSet<Ipv4Addr>>,
+    /// The counters of weft's own rules, by rule comment.
+    pub counters: BTreeMap<String, Counter>,
     /// Chains of other tables that weft must act on: IPv4 forward hooks whose policy drops
     /// (Docker's), and any chain holding rules weft inserted earlier. In listing order.
     pub foreign: Vec<ForeignChain>,
+}
+
+/// A rule's `counter` statement as the kernel last counted it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +55,9 @@ pub fn parse(listing: &Value, family: &str, name: &str) -> Result<Listing, Listi
         .ok_or_else(|| ListingError("no \"nftables\" array".into()))?;
     let mut table_found = false;
     let mut own: Vec<ChainShape> = Vec::new();
+    let mut sets: Vec<(String, String)> = Vec::new();
+    let mut elements = BTreeMap::new();
+    let mut counters = BTreeMap::new();
     let mut others = 0;
     let mut foreign: Vec<ForeignChain> = Vec::new();
     let mut foreign_index: HashMap<(String, String, String), usize> = HashMap::new();
@@ -70,6 +86,14 @@ pub fn parse(listing: &Value, family: &str, name: &str) -> Result<Listing, Listi
                     weft_rules: Vec::new(),
                 });
             }
+            "set" if ours => match set_elements(body) {
+                Some(elems) => {
+                    sets.push((text("name").to_string(), text("type").to_string()));
+                    elements.insert(text("name").to_string(), elems);
+                }
+                // Elements weft would not write (intervals, timeouts, …): the table differs.
+                None => others += 1,
+            },
             "rule" => {
                 let comment = body.get("comment").and_then(Value::as_str);
                 if ours {
@@ -78,6 +102,9 @@ pub fn parse(listing: &Value, family: &str, name: &str) -> Result<Listing, Listi
                         .find(|c| c.name == text("chain"))
                         .ok_or_else(|| ListingError(format!("rule of unknown chain {body}")))?;
                     chain.comments.push(comment.map(str::to_string));
+                    if let (Some(comment), Some(counter)) = (comment, rule_counter(body)) {
+                        counters.insert(comment.to_string(), counter);
+                    }
                     continue;
                 }
                 let Some(comment) = comment.filter(|c| c.starts_with(COMMENT_PREFIX)) else {
@@ -98,7 +125,25 @@ pub fn parse(listing: &Value, family: &str, name: &str) -> Result<Listing, Listi
     }
     foreign.retain(|c| c.forward_drop || !c.weft_rules.is_empty());
     own.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Listing { table: table_found.then_some(TableShape { chains: own, others }), foreign })
+    sets.sort();
+    Ok(Listing { table: table_found.then_some(TableShape { chains: own, sets, others }), elements, counters, foreign })
+}
+
+/// A set's elements when every one is a plain IPv4 address: `None` otherwise. A set without
+/// elements lists no `elem` key.
+fn set_elements(set: &Value) -> Option<BTreeSet<Ipv4Addr>> {
+    match set.get("elem") {
+        None => Some(BTreeSet::new()),
+        Some(elems) => elems.as_array()?.iter().map(|e| e.as_str()?.parse().ok()).collect(),
+    }
+}
+
+/// The first `counter` statement among a rule's expressions.
+fn rule_counter(rule: &Value) -> Option<Counter> {
+    rule.get("expr")?.as_array()?.iter().find_map(|e| {
+        let c = e.get("counter")?;
+        Some(Counter { packets: c.get("packets")?.as_u64()?, bytes: c.get("bytes")?.as_u64()? })
+    })
 }
 
 fn base_chain(chain: &Value) -> Option<BaseChain> {
@@ -141,7 +186,15 @@ mod tests {
                       "comment": "weft:1234abcd", "expr": [{"accept": null}]}},
             {"rule": {"family": "inet", "table": "weft", "chain": "forward", "handle": 4,
                       "expr": [{"accept": null}]}},
-            {"set": {"family": "inet", "table": "weft", "name": "s", "handle": 5, "type": "ipv4_addr"}},
+            {"rule": {"family": "inet", "table": "weft", "chain": "forward", "handle": 8,
+                      "comment": "weft:99990000", "expr": [{"match": {"op": "==", "left": {"payload":
+                      {"protocol": "udp", "field": "dport"}}, "right": 8472}},
+                      {"counter": {"packets": 3, "bytes": 150}}, {"drop": null}]}},
+            {"set": {"family": "inet", "table": "weft", "name": "s", "handle": 5, "type": "ipv4_addr",
+                     "elem": ["192.0.2.11", "198.51.100.10"]}},
+            {"set": {"family": "inet", "table": "weft", "name": "empty", "handle": 6, "type": "ipv4_addr"}},
+            {"set": {"family": "inet", "table": "weft", "name": "ranges", "handle": 7, "type": "ipv4_addr",
+                     "flags": ["interval"], "elem": [{"prefix": {"addr": "10.0.0.0", "len": 8}}]}},
             {"table": {"family": "ip6", "name": "weft", "handle": 3}},
             {"chain": {"family": "ip6", "table": "weft", "name": "forward", "handle": 1,
                        "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}
@@ -152,11 +205,25 @@ mod tests {
     fn reads_weft_table_shape() {
         let l = parse(&sample(), "inet", "weft").unwrap();
         let t = l.table.unwrap();
+        // The interval set holds elements weft never writes: it counts as foreign.
         assert_eq!(t.others, 1);
         assert_eq!(t.chains.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["forward", "postrouting"]);
-        assert_eq!(t.chains[0].comments, [Some("weft:1234abcd".to_string()), None]);
+        assert_eq!(t.chains[0].comments, [Some("weft:1234abcd".to_string()), None, Some("weft:99990000".to_string())]);
+        assert_eq!(t.sets, [("empty".to_string(), "ipv4_addr".to_string()), ("s".into(), "ipv4_addr".into())]);
         let base = t.chains[1].base.as_ref().unwrap();
         assert_eq!((base.kind.as_str(), base.priority), ("nat", 100));
+    }
+
+    #[test]
+    fn reads_set_elements_and_rule_counters() {
+        let l = parse(&sample(), "inet", "weft").unwrap();
+        let s: Vec<String> = l.elements["s"].iter().map(Ipv4Addr::to_string).collect();
+        assert_eq!(s, ["192.0.2.11", "198.51.100.10"]);
+        assert!(l.elements["empty"].is_empty());
+        assert!(!l.elements.contains_key("ranges"));
+        // Only rules of weft's table with a comment and a counter.
+        assert_eq!(l.counters.len(), 1);
+        assert_eq!(l.counters["weft:99990000"], Counter { packets: 3, bytes: 150 });
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! A table as data: rendered to nft text for writing, reduced to a [`TableShape`] for comparing
 //! with what the kernel lists.
 
+use std::collections::BTreeSet;
 use std::fmt::Write;
+use std::net::Ipv4Addr;
 
 use sha2::{Digest, Sha256};
 
@@ -11,8 +13,21 @@ use super::COMMENT_PREFIX;
 pub struct Table {
     pub family: &'static str,
     pub name: &'static str,
+    pub sets: Vec<Set>,
     pub chains: Vec<Chain>,
 }
+
+/// A named set of IPv4 addresses (`type ipv4_addr`). Its elements are written with the table
+/// but are not part of its shape: they change with membership and are updated element by
+/// element ([`super::elements`]), without rewriting the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Set {
+    pub name: &'static str,
+    pub elements: BTreeSet<Ipv4Addr>,
+}
+
+/// nft's name of the sets' type, as the listing reports it.
+pub const SET_TYPE: &str = "ipv4_addr";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
@@ -60,8 +75,10 @@ impl Rule {
 pub struct TableShape {
     /// Sorted by name.
     pub chains: Vec<ChainShape>,
-    /// Sets, maps, flowtables and other objects found in the table, which weft never writes
-    /// (yet): their presence means the table differs.
+    /// (name, type) of each set, sorted by name.
+    pub sets: Vec<(String, String)>,
+    /// Maps, flowtables, odd sets and other objects found in the table, which weft never
+    /// writes: their presence means the table differs.
     pub others: usize,
 }
 
@@ -79,6 +96,16 @@ impl Table {
         let (family, name) = (self.family, self.name);
         let mut s = format!("add table {family} {name}\ndelete table {family} {name}\n");
         let _ = writeln!(s, "table {family} {name} {{");
+        for set in &self.sets {
+            let _ = writeln!(s, "\tset {} {{", set.name);
+            let _ = writeln!(s, "\t\ttype {SET_TYPE}");
+            // nft rejects an empty element list.
+            if !set.elements.is_empty() {
+                let elements: Vec<String> = set.elements.iter().map(Ipv4Addr::to_string).collect();
+                let _ = writeln!(s, "\t\telements = {{ {} }}", elements.join(", "));
+            }
+            s.push_str("\t}\n\n");
+        }
         for (i, chain) in self.chains.iter().enumerate() {
             if i > 0 {
                 s.push('\n');
@@ -106,7 +133,10 @@ impl Table {
             })
             .collect();
         chains.sort_by(|a, b| a.name.cmp(&b.name));
-        TableShape { chains, others: 0 }
+        let mut sets: Vec<(String, String)> =
+            self.sets.iter().map(|s| (s.name.to_string(), SET_TYPE.to_string())).collect();
+        sets.sort();
+        TableShape { chains, sets, others: 0 }
     }
 }
 
@@ -126,6 +156,7 @@ mod tests {
         Table {
             family: "inet",
             name: "t",
+            sets: vec![],
             chains: vec![Chain {
                 name: "forward",
                 base: BaseChain { kind: "filter".into(), hook: "forward".into(), priority: 0, policy: "accept".into() },
@@ -156,6 +187,29 @@ mod tests {
                  \t\tip saddr 10.0.0.0/8 accept comment \"{c}\"\n\t}}\n}}\n"
             )
         );
+    }
+
+    fn set(elements: &[&str]) -> Set {
+        Set { name: "peers", elements: elements.iter().map(|e| e.parse().unwrap()).collect() }
+    }
+
+    #[test]
+    fn sets_are_rendered_before_chains_with_their_elements() {
+        let mut t = table();
+        t.sets = vec![set(&["198.51.100.10", "192.0.2.11"]), Set { name: "none", ..set(&[]) }];
+        let text = t.render_replace();
+        assert!(
+            text.contains(
+                "table inet t {\n\tset peers {\n\t\ttype ipv4_addr\n\t\telements = { 192.0.2.11, 198.51.100.10 }\n\t}\n\n\
+                 \tset none {\n\t\ttype ipv4_addr\n\t}\n\n\tchain forward {"
+            ),
+            "{text}"
+        );
+        // Elements are not part of the shape: membership changes are element updates.
+        let shape = t.shape();
+        assert_eq!(shape.sets, [("none".to_string(), "ipv4_addr".to_string()), ("peers".into(), "ipv4_addr".into())]);
+        t.sets[0].elements.clear();
+        assert_eq!(t.shape(), shape);
     }
 
     #[test]

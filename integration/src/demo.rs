@@ -8,11 +8,13 @@ use std::time::Duration;
 use std::net::SocketAddr;
 
 use crate::cluster::{AgentOptions, Cluster, GOSSIP_PORT, programmed_peers};
-use crate::cmd::Result;
+use crate::cmd::{LabError, Result};
+use crate::netns::Netns;
 use crate::probe::{self, tcp_source_seen};
 use crate::report::{Colour, Steps, paint, table};
 use crate::topology::{Lab, LabSpec};
 use crate::wait;
+use weft_overlay::desired::DEFAULT_VXLAN_PORT;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -44,7 +46,7 @@ pub fn run(opts: &DemoOptions) -> Result<bool> {
     );
     let mut steps = Steps::new(4);
     let cluster = start(opts, &mut steps)?;
-    steps.run("checking", || Ok::<_, crate::LabError>(()))?;
+    steps.run("checking", || Ok::<_, LabError>(()))?;
     let mut checks = Checks { colour, passed: 0, failed: 0 };
     print_agents(&cluster, &mut checks);
     print_ping_matrix(&cluster, &mut checks);
@@ -85,7 +87,7 @@ pub fn start(opts: &DemoOptions, steps: &mut Steps) -> Result<Cluster> {
                 cluster.add_pod(node, &pod_name(p))?;
             }
         }
-        Ok::<_, crate::LabError>(())
+        Ok::<_, LabError>(())
     })?;
     Ok(cluster)
 }
@@ -213,5 +215,31 @@ fn print_intruders(c: &Cluster, checks: &mut Checks) {
             series.to_string(),
         ]);
     }
+    // The agent exports this counter at its next reconcile; the kernel's rule shows it at once.
+    let vxlan = SocketAddr::from((target.ip, DEFAULT_VXLAN_PORT));
+    let dropped = || vxlan_drop_counter(&target.ns);
+    let counted = dropped().and_then(|before| {
+        probe::send_udp(&ext.ns, ext.ip, vxlan, &[0x08, 0, 0, 0, 0, 0, 1, 0])?;
+        wait::until("the VXLAN drop", Duration::from_secs(3), Duration::from_millis(20), || {
+            dropped().is_ok_and(|now| now > before).then_some(())
+        })
+    });
+    let ok = counted.is_ok();
+    rows.push(vec![
+        format!("VXLAN from a non-peer → {vxlan}"),
+        format!("{} {}", checks.mark(ok), if ok { "dropped, counted" } else { "NOT counted" }),
+        "weft_vxlan_dropped_packets_total".to_string(),
+    ]);
     print!("{}", table(&["FORGED", "CHECK", "COUNTER"], &rows));
+}
+
+/// Packets the VXLAN allow-list has dropped on a node, from its nftables rule.
+fn vxlan_drop_counter(ns: &Netns) -> Result<u64> {
+    let chain = ns.run("nft", &["list", "chain", "inet", "weft", "vxlan_ingress"])?;
+    chain
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| LabError::Other(format!("no counter in the VXLAN allow-list: {chain}")))
 }

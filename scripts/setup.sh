@@ -5,7 +5,7 @@ set -euo pipefail
 packages=(
   iproute2 nftables iptables iperf3 iputils-ping ethtool tcpdump procps
   containernetworking-plugins podman runc busybox-static
-  gcc pkg-config ca-certificates curl
+  gcc g++ pkg-config ca-certificates curl
   yamllint systemd
 )
 

@@ -8,6 +8,7 @@ source scripts/setup.sh
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 echo "==> cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo build"
@@ -21,4 +22,6 @@ if [ -n "$left" ]; then
   echo "tests left network namespaces behind: $left" >&2
   exit 1
 fi
+echo "==> fuzzing (scripts/fuzz.sh)"
+bash scripts/fuzz.sh
 echo "==> all checks and tests passed"

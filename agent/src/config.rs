@@ -65,6 +65,8 @@ pub enum ConfigError {
     NodeName { name: String, reason: String },
     #[error("node IP {0} is not a unicast address")]
     NodeIp(Ipv4Addr),
+    #[error("--cluster-cidr {0} has host bits set")]
+    ClusterCidr(Ipv4Net),
     #[error("--node-cidr-prefix /{prefix} must be between the cluster CIDR's /{cluster} and /30")]
     Prefix { prefix: u8, cluster: u8 },
     #[error("--pod-cidr {cidr}: {reason}")]
@@ -155,6 +157,10 @@ impl Config {
         if !validate::is_unicast(self.underlay.node_ip) {
             return Err(ConfigError::NodeIp(self.underlay.node_ip));
         }
+        // Every node, the datapath and the node state file compare blocks exactly.
+        if self.cluster_cidr != self.cluster_cidr.trunc() {
+            return Err(ConfigError::ClusterCidr(self.cluster_cidr));
+        }
         let cluster = self.cluster_cidr.prefix_len();
         if self.node_cidr_prefix < cluster || self.node_cidr_prefix > 30 {
             return Err(ConfigError::Prefix { prefix: self.node_cidr_prefix, cluster });
@@ -242,6 +248,7 @@ pub(crate) mod tests {
         let cases: Vec<(Change, &str)> = vec![
             (Box::new(|c| c.node_name = "bad name".into()), "--node-name"),
             (Box::new(|c| c.underlay.node_ip = Ipv4Addr::LOCALHOST), "unicast"),
+            (Box::new(|c| c.cluster_cidr = "10.244.0.1/16".parse().unwrap()), "--cluster-cidr"),
             (Box::new(|c| c.node_cidr_prefix = 8), "/30"),
             (Box::new(|c| c.node_cidr_prefix = 31), "/30"),
             (Box::new(|c| c.pod_cidr = Some("10.245.0.0/24".parse().unwrap())), "--pod-cidr"),

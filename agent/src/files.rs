@@ -119,9 +119,13 @@ pub fn read_lease(path: &Path) -> Result<Option<Lease>, FileError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(err("read", path)(e)),
     };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| err("parse", path)(io::Error::new(io::ErrorKind::InvalidData, e)))
+    parse_lease(&bytes).map(Some).map_err(|e| err("parse", path)(io::Error::new(io::ErrorKind::InvalidData, e)))
+}
+
+/// Decodes a lease file's content. Whether the lease fits the cluster is
+/// [`crate::agent::initial_claim`]'s decision.
+pub fn parse_lease(bytes: &[u8]) -> Result<Lease, serde_json::Error> {
+    serde_json::from_slice(bytes)
 }
 
 pub fn write_lease(path: &Path, lease: &Lease) -> Result<(), FileError> {

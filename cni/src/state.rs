@@ -48,9 +48,14 @@ impl NodeState {
     pub fn read(path: &Path) -> Result<NodeState, StateError> {
         let bytes =
             std::fs::read(path).map_err(|source| StateError::Read { path: path.display().to_string(), source })?;
-        let invalid = |reason: String| StateError::Invalid { path: path.display().to_string(), reason };
-        let state: NodeState = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
-        state.validate().map_err(invalid)?;
+        NodeState::parse(&bytes).map_err(|reason| StateError::Invalid { path: path.display().to_string(), reason })
+    }
+
+    /// Decodes and validates the file's content: it is written by another process, so it is
+    /// input like any other.
+    pub fn parse(bytes: &[u8]) -> Result<NodeState, String> {
+        let state: NodeState = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        state.validate()?;
         Ok(state)
     }
 
@@ -64,6 +69,12 @@ impl NodeState {
     pub fn validate(&self) -> Result<(), String> {
         if self.version != STATE_FILE_VERSION {
             return Err(format!("unsupported version {}", self.version));
+        }
+        // The plugin's own podCIDR setting is normalised; a file is not, so it must be exact.
+        for (field, net) in [("podCIDR", self.pod_cidr), ("clusterCIDR", self.cluster_cidr)] {
+            if net != net.trunc() {
+                return Err(format!("{field} {net} has host bits set"));
+            }
         }
         if !self.cluster_cidr.contains(&self.pod_cidr) {
             return Err(format!("podCIDR {} is outside clusterCIDR {}", self.pod_cidr, self.cluster_cidr));
@@ -124,6 +135,16 @@ mod tests {
         assert!(s.validate().is_err());
         let mut s = sample();
         s.mtu = 10;
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn cidrs_with_host_bits_are_rejected() {
+        // Found by the state_file fuzz target: such a PodCIDR became the plugin's pool as is.
+        let text = serde_json::to_string(&sample()).unwrap().replace("10.244.3.0/24", "10.244.3.0/22");
+        assert_eq!(NodeState::parse(text.as_bytes()).unwrap_err(), "podCIDR 10.244.3.0/22 has host bits set");
+        let mut s = sample();
+        s.cluster_cidr = "10.244.0.1/16".parse().unwrap();
         assert!(s.validate().is_err());
     }
 }

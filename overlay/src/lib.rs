@@ -13,6 +13,8 @@ pub mod mac;
 pub mod netlink;
 pub mod nft;
 pub mod plan;
+#[cfg(test)]
+mod plan_properties;
 pub mod report;
 pub mod snapshot;
 pub mod sysctl;

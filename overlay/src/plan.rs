@@ -609,9 +609,9 @@ pub(crate) mod tests {
     use crate::nft::ForeignChain;
     use crate::validate::tests::{local, peer};
 
-    const ETH0: u32 = 2;
-    const VXLAN: u32 = 5;
-    const CNI0: u32 = 6;
+    pub(crate) const ETH0: u32 = 2;
+    pub(crate) const VXLAN: u32 = 5;
+    pub(crate) const CNI0: u32 = 6;
 
     pub(crate) fn desired_with(peers: &[u8]) -> Desired {
         Desired { local: local(), peers: peers.iter().map(|&n| peer(n, PeerPath::Vxlan)).collect() }
@@ -643,11 +643,11 @@ pub(crate) mod tests {
         }
     }
 
-    fn neighbour_of(p: &Peer) -> Neighbour {
+    pub(crate) fn neighbour_of(p: &Peer) -> Neighbour {
         Neighbour { ifindex: VXLAN, ip: p.vtep_ip(), mac: p.vtep_mac, permanent: true }
     }
 
-    fn fdb_of(p: &Peer) -> FdbEntry {
+    pub(crate) fn fdb_of(p: &Peer) -> FdbEntry {
         FdbEntry { ifindex: VXLAN, mac: p.vtep_mac, dst: Some(p.node_ip), permanent: true }
     }
 

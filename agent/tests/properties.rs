@@ -1,0 +1,160 @@
+//! Properties of the agent's path from a gossip view to the datapath's desired state
+//! (`peers::collect`, `peers::decide`, `desired::build`) over generated, partly hostile views.
+
+use std::collections::{BTreeMap, HashSet};
+
+use ipnet::Ipv4Net;
+use proptest::prelude::*;
+use weft_agent::allocation::{Claim, ClaimKind};
+use weft_agent::config::Encap;
+use weft_agent::desired::build;
+use weft_agent::gossip::keys;
+use weft_agent::membership::{Liveness, Member, View};
+use weft_agent::peers::{collect, decide};
+use weft_agent::validate::{Rules, check_pod_cidr};
+use weft_overlay::Mac;
+use weft_overlay::desired::LocalNode;
+use weft_overlay::validate::{InvalidPeer, validate};
+
+const ME: &str = "me";
+const MY_GENERATION: u64 = 3;
+
+fn rules() -> Rules {
+    Rules {
+        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        node_cidr_prefix: 24,
+        vni: 1,
+        vxlan_port: 8472,
+        local_node_ip: "192.0.2.1".parse().unwrap(),
+    }
+}
+
+fn own_claim() -> Claim {
+    Claim { cidr: "10.244.1.0/24".parse().unwrap(), kind: ClaimKind::Confirmed, since_ms: 50 }
+}
+
+fn local() -> LocalNode {
+    let rules = rules();
+    LocalNode {
+        name: ME.into(),
+        node_ip: rules.local_node_ip,
+        underlay: "eth0".into(),
+        pod_cidr: own_claim().cidr,
+        cluster_cidr: rules.cluster_cidr,
+        vni: rules.vni,
+        vxlan_port: rules.vxlan_port,
+        mtu: 1450,
+        vtep_mac: Mac::derived(ME),
+        bridge: "cni0".into(),
+    }
+}
+
+fn liveness() -> impl Strategy<Value = Liveness> {
+    prop_oneof![
+        Just(Liveness::Alive),
+        Just(Liveness::Joining),
+        Just(Liveness::Leaving),
+        Just(Liveness::Left),
+        Just(Liveness::Dead),
+    ]
+}
+
+/// A value drawn mostly from plausible ones, sometimes from hostile ones.
+fn one_of(values: &'static [&'static str]) -> impl Strategy<Value = Option<String>> {
+    prop_oneof![
+        8 => prop::sample::select(values).prop_map(|v| Some(v.to_string())),
+        1 => Just(None),
+        1 => ".{0,12}".prop_map(Some),
+    ]
+}
+
+prop_compose! {
+    fn member()(
+        name in prop::sample::select(&["a", "b", "c", "d", ME, "-bad"][..]),
+        generation in 1u64..6,
+        liveness in liveness(),
+        node_ip in one_of(&["198.51.100.1", "198.51.100.2", "192.0.2.7", "192.0.2.1", "127.0.0.1", "240.0.0.1"]),
+        // Two MACs shared on purpose: peers announcing the same MAC, and one announcing ours.
+        vtep_mac in one_of(&["0a:00:00:00:00:01", "0a:00:00:00:00:02", "0a:00:00:00:00:03", "01:00:5e:00:00:01"]),
+        vni in one_of(&["1", "1", "2"]),
+        pod_cidr in one_of(&[
+            "10.244.1.0/24;confirmed;1", "10.244.2.0/24;confirmed;5", "10.244.2.0/24;claiming;9",
+            "10.244.3.0/24;static;2", "10.244.4.0/24;claiming;4", "10.244.5.0/25;confirmed;1",
+            "10.245.0.0/24;confirmed;1", "10.244.6.1/24;confirmed;1",
+        ]),
+    ) -> Member {
+        let mut keys: BTreeMap<String, String> = [
+            (keys::NODE_IP, node_ip),
+            (keys::VTEP_MAC, vtep_mac),
+            (keys::VNI, vni),
+            (keys::VXLAN_PORT, Some("8472".to_string())),
+            (keys::POD_CIDR, pod_cidr),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v?)))
+        .collect();
+        if name == ME {
+            keys.insert(keys::VTEP_MAC.into(), Mac::derived(ME).to_string());
+        }
+        Member { name: name.to_string(), generation, liveness, keys }
+    }
+}
+
+fn view() -> impl Strategy<Value = View> {
+    prop::collection::vec(member(), 0..12).prop_map(|mut members| {
+        // Gossip has one entry per (name, generation).
+        members.sort_by(|a, b| (&a.name, a.generation).cmp(&(&b.name, b.generation)));
+        members.dedup_by(|a, b| (&a.name, a.generation) == (&b.name, b.generation));
+        View { members, ..View::default() }
+    })
+}
+
+proptest! {
+    #[test]
+    fn the_desired_state_only_holds_valid_unique_peers(view in view(), encap in prop_oneof![Just(Encap::Always), Just(Encap::CrossSubnet)]) {
+        let rules = rules();
+        let peers = collect(&view, ME, MY_GENERATION, &rules);
+        let verdicts = decide(&peers, ME, Some(own_claim()));
+        prop_assert_eq!(verdicts.verdicts.len(), peers.peers.len());
+        let programmable = peers
+            .peers
+            .iter()
+            .zip(&verdicts.verdicts)
+            .filter(|(_, v)| v.is_ok())
+            .map(|(p, _)| (p.name.as_str(), p.announcement.as_ref().expect("a programmed peer passed validation")));
+        let underlay: Ipv4Net = "192.0.2.0/24".parse().unwrap();
+        let desired = build(local(), encap, underlay, programmable);
+
+        let mut cidrs = HashSet::new();
+        let mut names = HashSet::new();
+        for p in &desired.peers {
+            prop_assert!(p.name != ME, "this node is never its own peer");
+            prop_assert!(names.insert(p.name.clone()), "{} twice", p.name);
+            prop_assert!(cidrs.insert(p.pod_cidr), "two routes for {}", p.pod_cidr);
+            prop_assert!(p.pod_cidr != own_claim().cidr, "our own block routed to {}", p.name);
+            prop_assert!(p.node_ip != rules.local_node_ip);
+            prop_assert!(check_pod_cidr(p.pod_cidr, rules.cluster_cidr, rules.node_cidr_prefix).is_ok());
+            let generation = peers.peers.iter().find(|q| q.name == p.name).expect("a collected peer").generation;
+            let member = view.members.iter().find(|m| (&m.name, m.generation) == (&p.name, generation)).unwrap();
+            prop_assert!(member.keys.get(keys::VNI).is_some_and(|v| v == "1"), "a VNI mismatch is never programmed");
+        }
+        prop_assert!(desired.peers.is_sorted_by(|a, b| a.name < b.name));
+
+        // What the agent lets through, the datapath accepts, except what only it can see:
+        // MACs shared between peers, or with this node.
+        let checked = validate(&desired).expect("the local node is valid");
+        for (peer, why) in &checked.rejected {
+            prop_assert!(
+                matches!(why, InvalidPeer::DuplicateMac(_) | InvalidPeer::LocalMac(_)),
+                "{} passed the agent but not the datapath: {}", peer.name, why
+            );
+        }
+    }
+
+    #[test]
+    fn collecting_peers_is_deterministic_and_order_free(view in view()) {
+        let mut reversed = view.clone();
+        reversed.members.reverse();
+        prop_assert_eq!(collect(&view, ME, MY_GENERATION, &rules()), collect(&reversed, ME, MY_GENERATION, &rules()));
+    }
+}

@@ -1,0 +1,45 @@
+//! The files another process (or a disk) hands the agent and the plugin: the node state file
+//! (written by the agent, read by every plugin run) and the agent's PodCIDR lease.
+#![no_main]
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use libfuzzer_sys::fuzz_target;
+use weft_agent::agent::initial_claim;
+use weft_agent::config::Config;
+use weft_agent::detect::Underlay;
+use weft_agent::files::{Paths, parse_lease};
+use weft_agent::validate::check_pod_cidr;
+use weft_cni::config::{check_gateway, check_mtu};
+use weft_cni::names::validate_ifname;
+use weft_cni::state::NodeState;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(state) = NodeState::parse(data) {
+        assert!(state.cluster_cidr.contains(&state.pod_cidr));
+        assert_eq!(state.pod_cidr, state.pod_cidr.trunc(), "the PodCIDR is a network, not a host address");
+        check_gateway(&state.pod_cidr, state.gateway).expect("accepted gateway is a host of the PodCIDR");
+        check_mtu(state.mtu).expect("accepted MTU is in range");
+        validate_ifname(&state.bridge).expect("accepted bridge name is valid");
+        let written = serde_json::to_vec_pretty(&state).expect("state serializes");
+        assert_eq!(NodeState::parse(&written), Ok(state), "what is accepted round-trips");
+    }
+
+    if let Ok(lease) = parse_lease(data) {
+        let underlay = Underlay {
+            node_ip: Ipv4Addr::new(192, 0, 2, 1),
+            iface: "eth0".into(),
+            subnet: Ipv4Net::new(Ipv4Addr::new(192, 0, 2, 0), 24).expect("literal"),
+            mtu: 1500,
+        };
+        let paths = Paths { state_dir: PathBuf::new(), cni_conf_dir: PathBuf::new(), ipam_dir: PathBuf::new() };
+        let cfg = Config::with_defaults("me", underlay, Vec::new(), paths);
+        // A lease only ever brings back a block that fits this cluster's settings.
+        if let Some(claim) = initial_claim(&cfg, Some(&lease), 0) {
+            check_pod_cidr(claim.cidr, cfg.cluster_cidr, cfg.node_cidr_prefix).expect("a held claim fits");
+            assert_eq!((claim.cidr, claim.since_ms), (lease.pod_cidr, lease.since));
+        }
+    }
+});

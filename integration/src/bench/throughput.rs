@@ -120,8 +120,8 @@ pub fn run(args: &Args) -> Result<String> {
 
 fn table(t: &Throughput) -> String {
     let mut out = format!(
-        "iperf3, one TCP stream, {} s per run, median of {} interleaved runs, GRO on the underlay veths, \
-         load {:.2} → {:.2}\n",
+        "iperf3, one TCP stream, {} s per run, median of {} interleaved runs, underlay veths with GRO \
+         (the router sends MTU-sized frames), load {:.2} → {:.2}\n",
         t.seconds, t.repeats, t.load_before, t.load_after
     );
     let _ = writeln!(out, "{:<50} {:>7} {:>9} {:>10}  runs", "path", "Gbit/s", "of routed", "of flannel");

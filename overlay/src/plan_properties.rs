@@ -2,8 +2,9 @@
 //! earlier converged state plus stale weft entries and foreign ones converges in one plan, the
 //! plan touches only what weft owns, and it does not depend on the kernel's dump order.
 //!
-//! The kernel is modelled only as far as peers are concerned (neighbours, FDB, routes): the
-//! local node never changes here, so a device-level operation in a plan is itself a failure.
+//! The kernel is modelled only as far as peers are concerned (neighbours, FDB, routes, the VXLAN
+//! allow-list's elements): the local node never changes here, so a device-level operation in a
+//! plan is itself a failure.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -185,6 +186,17 @@ fn apply(plan: &Plan, kernel: &Kernel) -> Kernel {
                 }
             }
             Op::DeleteRoute(r) => remove(&mut k.routes, r),
+            // The VXLAN allow-list follows the peers (an element update, not a table change).
+            Op::SetElements { set, changes } => {
+                let listing = k.nft.as_mut().expect("the table was listed");
+                let elements = listing.elements.entry((*set).to_string()).or_default();
+                for ip in &changes.removed {
+                    assert!(elements.remove(ip), "deleting element {ip}, which is not there");
+                }
+                for ip in &changes.added {
+                    assert!(elements.insert(*ip), "adding element {ip}, which is there");
+                }
+            }
             other => panic!("the local node is unchanged, yet the plan has {other:?}"),
         }
     }

@@ -13,7 +13,7 @@ use crate::execute::{self, Aborted};
 use crate::firewall;
 use crate::netlink::{Netlink, NetlinkError};
 use crate::nft::NftError;
-use crate::nft::elements::ElementWriter;
+use crate::nft::elements::ElementSocket;
 use crate::plan::{PlanError, plan};
 use crate::report::ApplyReport;
 use crate::snapshot;
@@ -36,7 +36,7 @@ pub enum DataplaneError {
 #[derive(Debug)]
 pub struct Dataplane {
     nl: Netlink,
-    elements: ElementWriter,
+    elements: ElementSocket,
     busy: Mutex<()>,
 }
 
@@ -46,7 +46,7 @@ impl Dataplane {
     pub fn new() -> Result<Dataplane, DataplaneError> {
         Ok(Dataplane {
             nl: Netlink::connect().map_err(DataplaneError::Connect)?,
-            elements: ElementWriter::open().map_err(DataplaneError::ConnectNft)?,
+            elements: ElementSocket::open().map_err(DataplaneError::ConnectNft)?,
             busy: Mutex::new(()),
         })
     }
@@ -57,7 +57,7 @@ impl Dataplane {
     pub async fn apply(&self, desired: &Desired) -> Result<ApplyReport, DataplaneError> {
         let _busy = self.busy.lock().await;
         let start = Instant::now();
-        let kernel = snapshot::read(&self.nl).await.map_err(DataplaneError::Snapshot)?;
+        let kernel = snapshot::read(&self.nl, &self.elements).await.map_err(DataplaneError::Snapshot)?;
         let plan = plan(desired, &kernel)?;
         let mut report = ApplyReport {
             unchanged: plan.unchanged,
@@ -98,7 +98,7 @@ impl Dataplane {
     /// Removes everything weft owns. A bridge with pods attached is kept unless `force`.
     pub async fn cleanup(&self, opts: &CleanupOptions) -> Result<CleanupReport, DataplaneError> {
         let _busy = self.busy.lock().await;
-        let kernel = snapshot::read(&self.nl).await.map_err(DataplaneError::Snapshot)?;
+        let kernel = snapshot::read(&self.nl, &self.elements).await.map_err(DataplaneError::Snapshot)?;
         let (plan, kept) = plan_cleanup(&kernel, opts);
         let mut report = CleanupReport { kept, failures: plan.failures.clone(), ..CleanupReport::default() };
         let outcome = execute::run(self.kernel(), plan).await.map_err(DataplaneError::Device)?;

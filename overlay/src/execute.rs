@@ -11,7 +11,7 @@ use crate::bridge::{BridgeError, ensure_bridge};
 use crate::desired::DEFAULT_VXLAN_DEVICE;
 use crate::firewall;
 use crate::netlink::{FdbEntry, Neighbour, Netlink, NetlinkError};
-use crate::nft::elements::ElementWriter;
+use crate::nft::elements::ElementSocket;
 use crate::nft::{self, NftError};
 use crate::plan::{Dev, Op, Plan, Step, Tally};
 use crate::report::Failure;
@@ -54,7 +54,7 @@ pub struct Outcome {
 #[derive(Debug)]
 pub struct Kernel<'a> {
     pub nl: &'a Netlink,
-    pub elements: &'a ElementWriter,
+    pub elements: &'a ElementSocket,
 }
 
 pub async fn run(kernel: Kernel<'_>, plan: Plan) -> Result<Outcome, Box<Aborted>> {

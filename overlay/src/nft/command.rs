@@ -13,7 +13,7 @@ pub enum NftError {
     Spawn(#[source] std::io::Error),
     #[error("`{NFT} {args}` failed ({status}): {stderr}")]
     Failed { args: String, status: String, stderr: String },
-    #[error("`{NFT} -j list ruleset` printed invalid JSON: {0}")]
+    #[error("`{NFT} -j -t list ruleset` printed invalid JSON: {0}")]
     Json(#[source] serde_json::Error),
     #[error("nfnetlink: {0}")]
     Netlink(#[source] std::io::Error),
@@ -25,9 +25,10 @@ pub enum NftError {
     },
 }
 
-/// `nft -j list ruleset`, parsed as raw JSON.
+/// `nft -j -t list ruleset`, parsed as raw JSON: terse, so without set elements (see
+/// [`super::elements`] for why and how they are read).
 pub async fn list_ruleset() -> Result<Value, NftError> {
-    let out = run(&["-j", "list", "ruleset"], None).await?;
+    let out = run(&["-j", "-t", "list", "ruleset"], None).await?;
     serde_json::from_slice(&out).map_err(NftError::Json)
 }
 

@@ -20,7 +20,8 @@ pub struct ListingError(pub String);
 pub struct Listing {
     /// The shape of weft's own table; `None` when the table does not exist.
     pub table: Option<TableShape>,
-    /// The elements of each set of weft's table, by set name.
+    /// The elements of each set of weft's table, by set name (filled in from nfnetlink: the
+    /// listing itself is terse).
     pub elements: BTreeMap<String, BTreeSet<Ipv4Addr>>,
     /// The counters of weft's own rules, by rule comment.
     pub counters: BTreeMap<String, Counter>,
@@ -56,7 +57,6 @@ pub fn parse(listing: &Value, family: &str, name: &str) -> Result<Listing, Listi
     let mut table_found = false;
     let mut own: Vec<ChainShape> = Vec::new();
     let mut sets: Vec<(String, String)> = Vec::new();
-    let mut elements = BTreeMap::new();
     let mut counters = BTreeMap::new();
     let mut others = 0;
     let mut foreign: Vec<ForeignChain> = Vec::new();
@@ -86,14 +86,9 @@ pub fn parse(listing: &Value, family: &str, name: &str) -> Result<Listing, Listi
                     weft_rules: Vec::new(),
                 });
             }
-            "set" if ours => match set_elements(body) {
-                Some(elems) => {
-                    sets.push((text("name").to_string(), text("type").to_string()));
-                    elements.insert(text("name").to_string(), elems);
-                }
-                // Elements weft would not write (intervals, timeouts, …): the table differs.
-                None => others += 1,
-            },
+            // A set with flags (intervals, timeouts, …) is not one weft writes: the table differs.
+            "set" if ours && body.get("flags").is_some() => others += 1,
+            "set" if ours => sets.push((text("name").to_string(), text("type").to_string())),
             "rule" => {
                 let comment = body.get("comment").and_then(Value::as_str);
                 if ours {
@@ -126,16 +121,8 @@ pub fn parse(listing: &Value, family: &str, name: &str) -> Result<Listing, Listi
     foreign.retain(|c| c.forward_drop || !c.weft_rules.is_empty());
     own.sort_by(|a, b| a.name.cmp(&b.name));
     sets.sort();
-    Ok(Listing { table: table_found.then_some(TableShape { chains: own, sets, others }), elements, counters, foreign })
-}
-
-/// A set's elements when every one is a plain IPv4 address: `None` otherwise. A set without
-/// elements lists no `elem` key.
-fn set_elements(set: &Value) -> Option<BTreeSet<Ipv4Addr>> {
-    match set.get("elem") {
-        None => Some(BTreeSet::new()),
-        Some(elems) => elems.as_array()?.iter().map(|e| e.as_str()?.parse().ok()).collect(),
-    }
+    let table = table_found.then_some(TableShape { chains: own, sets, others });
+    Ok(Listing { table, elements: BTreeMap::new(), counters, foreign })
 }
 
 /// The first `counter` statement among a rule's expressions.
@@ -190,11 +177,10 @@ mod tests {
                       "comment": "weft:99990000", "expr": [{"match": {"op": "==", "left": {"payload":
                       {"protocol": "udp", "field": "dport"}}, "right": 8472}},
                       {"counter": {"packets": 3, "bytes": 150}}, {"drop": null}]}},
-            {"set": {"family": "inet", "table": "weft", "name": "s", "handle": 5, "type": "ipv4_addr",
-                     "elem": ["192.0.2.11", "198.51.100.10"]}},
+            {"set": {"family": "inet", "table": "weft", "name": "s", "handle": 5, "type": "ipv4_addr"}},
             {"set": {"family": "inet", "table": "weft", "name": "empty", "handle": 6, "type": "ipv4_addr"}},
             {"set": {"family": "inet", "table": "weft", "name": "ranges", "handle": 7, "type": "ipv4_addr",
-                     "flags": ["interval"], "elem": [{"prefix": {"addr": "10.0.0.0", "len": 8}}]}},
+                     "flags": ["interval"]}},
             {"table": {"family": "ip6", "name": "weft", "handle": 3}},
             {"chain": {"family": "ip6", "table": "weft", "name": "forward", "handle": 1,
                        "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}
@@ -215,12 +201,8 @@ mod tests {
     }
 
     #[test]
-    fn reads_set_elements_and_rule_counters() {
+    fn reads_rule_counters() {
         let l = parse(&sample(), "inet", "weft").unwrap();
-        let s: Vec<String> = l.elements["s"].iter().map(Ipv4Addr::to_string).collect();
-        assert_eq!(s, ["192.0.2.11", "198.51.100.10"]);
-        assert!(l.elements["empty"].is_empty());
-        assert!(!l.elements.contains_key("ranges"));
         // Only rules of weft's table with a comment and a counter.
         assert_eq!(l.counters.len(), 1);
         assert_eq!(l.counters["weft:99990000"], Counter { packets: 3, bytes: 150 });

@@ -1,6 +1,6 @@
 //! nftables through the `nft` tool: tables are rendered as nft text and written in one atomic
 //! `nft -f -` transaction (set elements change over nfnetlink, see [`elements`]); the kernel's
-//! state is read back with `nft -j list ruleset`.
+//! state is read back with `nft -j -t list ruleset` and set elements over nfnetlink.
 //!
 //! Every rule weft writes carries a self-identifying comment (`weft:` + a hash of its text), so
 //! comparing the desired rules with the kernel's needs only the comments of the JSON listing, not

@@ -215,17 +215,23 @@ fn measure(peers: usize, interval_ms: u64, args: &Args) -> Result<ScaleResult> {
         swarm.add(Duration::from_millis(args.peer_interval_ms))?;
     }
     let limit = Duration::from_secs(60 + peers as u64 / 5);
+    let mut seen = 0;
     wait::until(&format!("{peers} simulated peers to see each other"), limit, Duration::from_millis(500), || {
-        (swarm.min_live() >= peers).then_some(())
-    })?;
+        seen = swarm.min_live();
+        (seen >= peers).then_some(())
+    })
+    .map_err(|e| LabError::Other(format!("{e} (the worst-informed one saw {seen} alive)")))?;
     let peers_converged = start.elapsed();
 
     let start = Instant::now();
     c.start_agent(0)?;
     let pid = c.agents[0].as_ref().expect("just started").pid();
+    let mut routed = 0;
     wait::until(&format!("the real node to route {peers} peers"), limit, POLL, || {
-        routes(&c).is_ok_and(|r| r.len() >= peers).then_some(())
-    })?;
+        routed = routes(&c).map_or(0, |r| r.len());
+        (routed >= peers).then_some(())
+    })
+    .map_err(|e| LabError::Other(format!("{e} (it routed {routed})")))?;
     let programmed = start.elapsed();
     let (initial_reconciles, initial_reconcile_s) = {
         let s = sample(&c, pid)?;
@@ -241,7 +247,7 @@ fn measure(peers: usize, interval_ms: u64, args: &Args) -> Result<ScaleResult> {
     let rate = |f: fn(&Sample) -> f64| (f(&s1) - f(&s0)) / secs;
 
     // The peer that joins and leaves gossips as often as the real node, like an agent would.
-    let joiner = swarm.add(Duration::from_millis(interval_ms))?;
+    let joiner = swarm.add_agent_like(Duration::from_millis(interval_ms))?;
     let block = swarm.block(joiner)?;
     let j0 = sample(&c, pid)?;
     let join = wait_route(&c, block, true)?;

@@ -59,11 +59,12 @@ pub struct SwarmSpec {
     pub prefix: u8,
 }
 
-/// A node about to start: index, name, gossip address, generation, announcement.
+/// A node about to start: index, name, gossip address, seed, generation, announcement.
 struct Next {
     k: usize,
     name: String,
     listen: SocketAddr,
+    seed: String,
     generation: u64,
     kvs: Vec<(String, String)>,
 }
@@ -98,9 +99,25 @@ impl Swarm {
         Ok(Swarm { spec, keys, counters: GossipCounters::default(), nodes: Vec::new(), live: Vec::new(), runtime })
     }
 
-    /// The seed every simulated node joins through (node 0).
+    /// The gossip address of node `k`.
+    fn addr(&self, k: usize) -> Result<SocketAddr> {
+        let port = u16::try_from(k)
+            .ok()
+            .and_then(|k| FIRST_PORT.checked_add(k))
+            .ok_or_else(|| LabError::Other(format!("no port for simulated node {k}")))?;
+        Ok(SocketAddr::new(self.spec.ip.into(), port))
+    }
+
+    /// Node 0, the seed for nodes outside the swarm.
     pub fn seed(&self) -> SocketAddr {
         SocketAddr::new(self.spec.ip.into(), FIRST_PORT)
+    }
+
+    /// Node `k` joins through node (k − 1) / 2: with one seed for all, the seed's single task
+    /// cannot answer a thousand newcomers per round, its socket drops their datagrams, and
+    /// newcomers that know no one else only ever ask the seed.
+    fn seed_of(&self, k: usize) -> Result<String> {
+        Ok(self.addr(k.saturating_sub(1) / 2)?.to_string())
     }
 
     /// The PodCIDR simulated node `k` announces.
@@ -114,13 +131,13 @@ impl Swarm {
 
     /// Starts the next node as plain chitchat gossiping every `interval`; its index.
     pub fn add(&mut self, interval: Duration) -> Result<usize> {
-        let Next { k, name, listen, generation, kvs } = self.next()?;
+        let Next { k, name, listen, seed, generation, kvs } = self.next()?;
         let config = ChitchatConfig {
             chitchat_id: ChitchatId::new(name, generation, listen),
             cluster_id: "weft".into(),
             gossip_interval: interval,
             listen_addr: listen,
-            seed_nodes: vec![self.seed().to_string()],
+            seed_nodes: vec![seed],
             failure_detector_config: FailureDetectorConfig {
                 phi_threshold: DEFAULT_PHI_THRESHOLD,
                 sampling_window_size: DETECTOR_WINDOW,
@@ -149,11 +166,11 @@ impl Swarm {
     /// Starts the next node with an agent's own gossip (`weft_agent::gossip::Gossip`), gossiping
     /// every `interval`; its index.
     pub fn add_agent_like(&mut self, interval: Duration) -> Result<usize> {
-        let Next { k, name, listen, generation, kvs } = self.next()?;
+        let Next { k, name, listen, seed, generation, kvs } = self.next()?;
         let settings = GossipSettings {
             cluster_id: "weft".into(),
             listen,
-            seeds: vec![self.seed().to_string()],
+            seeds: vec![seed],
             interval,
             phi_threshold: DEFAULT_PHI_THRESHOLD,
             dead_node_grace_period: DEAD_NODE_GRACE,
@@ -171,10 +188,6 @@ impl Swarm {
     /// Who the next node is.
     fn next(&self) -> Result<Next> {
         let k = self.nodes.len();
-        let port = u16::try_from(k)
-            .ok()
-            .and_then(|k| FIRST_PORT.checked_add(k))
-            .ok_or_else(|| LabError::Other(format!("no port for simulated node {k}")))?;
         let name = format!("sim{k}");
         let now = unix_ms(SystemTime::now());
         let facts = Facts {
@@ -184,8 +197,14 @@ impl Swarm {
             vxlan_port: DEFAULT_VXLAN_PORT,
         };
         let claim = Claim { cidr: self.block(k)?, kind: ClaimKind::Static, since_ms: now };
-        let listen = SocketAddr::new(self.spec.ip.into(), port);
-        Ok(Next { k, name, listen, generation: now, kvs: facts.key_values(Some(claim)) })
+        Ok(Next {
+            k,
+            name,
+            listen: self.addr(k)?,
+            seed: self.seed_of(k)?,
+            generation: now,
+            kvs: facts.key_values(Some(claim)),
+        })
     }
 
     /// Waits for a node's start, which runs on the runtime (not on this thread, which is not in

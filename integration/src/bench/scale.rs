@@ -31,7 +31,7 @@ const NODE_PREFIX: u8 = 26;
 /// How often routes and counters are polled while waiting.
 const POLL: Duration = Duration::from_millis(100);
 /// The longest wait for one peer joining or leaving.
-const EVENT_LIMIT: Duration = Duration::from_secs(60);
+const EVENT_LIMIT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, ClapArgs)]
 pub struct Args {

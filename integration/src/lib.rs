@@ -18,6 +18,7 @@ pub mod podman;
 pub mod probe;
 pub mod process;
 pub mod report;
+pub mod swarm;
 pub mod topology;
 pub mod wait;
 

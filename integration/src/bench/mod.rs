@@ -20,7 +20,7 @@ pub enum Bench {
     Convergence(convergence::Args),
     /// Apply latency of the overlay dataplane with many peers, inside a namespace.
     Dataplane(dataplane::Args),
-    /// Gossip bytes, CPU and memory of many in-process agents (in-memory transport).
+    /// One real agent among N simulated gossip peers: time to program, traffic, CPU, memory.
     Scale(scale::Args),
     /// iperf3 pod-to-pod throughput through weft against a routed underlay and a flannel-style VXLAN.
     Throughput(throughput::Args),

@@ -1,37 +1,51 @@
-//! `weft-lab bench scale`: gossip traffic and agent cost with many members. Real agents (the
-//! `weft-agent` library, allocation and reconcile loop included) run in this one process over
-//! chitchat's in-memory transport, each with a datapath that only counts the peers it is given.
-//! So the figures are the gossip protocol's bytes per node and the agents' CPU and memory summed
-//! over all members on this machine — not a kernel dataplane (see `bench dataplane` for that).
+//! `weft-lab bench scale`: one real node in a cluster of N simulated peers. The real node is the
+//! `weft-agent` binary in a lab node namespace with its kernel datapath, sealed gossip over UDP,
+//! as in production; its figures come from outside the process (`/proc/<pid>`, its `/metrics`,
+//! its kernel routes). The peers are simulated (`crate::swarm`): the agent's own gossip with valid
+//! weft announcements, sealed with the lab's key, all sharing one namespace on the other underlay
+//! subnet, behind the router. They may gossip more slowly than the real node, so that N of them
+//! fit on this machine; the report gives the message rate the real node actually sees.
+//!
+//! Per (N, interval): the peers start and converge among themselves; then the real agent starts
+//! (the node joins a cluster of N) and is timed until it has a kernel route for every peer; a
+//! steady-state window measures its gossip traffic, CPU and memory; then one more peer (gossiping
+//! at the real node's interval) joins and leaves, each timed to the route appearing / going, with
+//! the reconciles they caused.
 
 use std::fmt::Write;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use chitchat::transport::ChannelTransport;
 use clap::Args as ClapArgs;
 use ipnet::Ipv4Net;
 use serde::Serialize;
-use weft_agent::agent::Agent;
-use weft_agent::config::Config;
-use weft_agent::datapath::{CleanupSummary, Datapath, DatapathError};
-use weft_agent::detect::Underlay;
-use weft_agent::files::Paths;
-use weft_overlay::ApplyReport;
-use weft_overlay::desired::Desired;
 
+use crate::cluster::{AgentOptions, Cluster, KEY_FILE};
 use crate::cmd::{LabError, Result};
+use crate::swarm::{Swarm, SwarmSpec};
+use crate::topology::{Lab, LabSpec};
+use crate::wait;
+
+/// /26 blocks of the default cluster CIDR: 1024, room for the real node and 1022 peers.
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
+const NODE_PREFIX: u8 = 26;
+/// How often routes and counters are polled while waiting.
+const POLL: Duration = Duration::from_millis(100);
+/// The longest wait for one peer joining or leaving.
+const EVENT_LIMIT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, ClapArgs)]
 pub struct Args {
-    /// Member counts, each measured in a fresh set of agents, e.g. `--members 100,300`.
-    #[arg(long, value_delimiter = ',', default_values_t = [100usize])]
-    pub members: Vec<usize>,
-    /// Seconds of steady state measured once every member programs every other.
-    #[arg(long, default_value_t = 10)]
+    /// Simulated peer counts, each in a fresh lab, e.g. `--peers 100,1000`.
+    #[arg(long, value_delimiter = ',', default_values_t = [100usize, 1000])]
+    pub peers: Vec<usize>,
+    /// The real node's `--gossip-interval` in ms, each measured per peer count, e.g. `100,500,1000`.
+    #[arg(long, value_delimiter = ',', default_values_t = [100u64])]
+    pub gossip_interval_ms: Vec<u64>,
+    /// Gossip interval of the simulated peers, in ms.
+    #[arg(long, default_value_t = 1000)]
+    pub peer_interval_ms: u64,
+    /// Seconds of steady state measured once the real node routes every peer.
+    #[arg(long, default_value_t = 20)]
     pub window: u64,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -40,168 +54,316 @@ pub struct Args {
 
 #[derive(Debug, Serialize)]
 pub struct ScaleResult {
-    pub members: usize,
-    /// Start of all agents until every one programs all the others.
-    pub converged_s: f64,
+    pub peers: usize,
+    /// The real node's gossip interval, and the simulated peers'.
+    pub gossip_interval_ms: u64,
+    pub peer_interval_ms: u64,
+    /// `/proc/loadavg` when this measurement started.
+    pub loadavg: String,
+    /// Start of the peers until each one sees all the others alive.
+    pub peers_converged_s: f64,
+    /// Start of the real agent until it has a kernel route for every peer.
+    pub programmed_s: f64,
+    /// Reconciles the real node ran until then, and their summed and longest-bucket duration.
+    pub initial_reconciles: u64,
+    pub initial_reconcile_s: f64,
     pub window_s: f64,
-    /// Gossip bytes sent per member per second in steady state (payloads, no UDP/IP headers).
-    pub gossip_bytes_per_member_per_s: f64,
-    pub gossip_messages_per_member_per_s: f64,
-    /// CPU seconds per second of the whole process (all members), and per member.
-    pub cpu_cores_total: f64,
-    pub cpu_ms_per_member_per_s: f64,
-    /// Resident memory of the process after the window, and growth per member over the baseline.
+    /// The real node's routes to peers at the end of the window (N unless peers flapped).
+    pub routes_after_window: usize,
+    /// Gossip payload of the real node (sealed datagrams, no UDP/IP headers).
+    pub bytes_in_per_s: f64,
+    pub bytes_out_per_s: f64,
+    pub messages_in_per_s: f64,
+    pub messages_out_per_s: f64,
+    /// UDP datagrams the real node's namespace dropped for a full receive buffer, in the window.
+    pub udp_rcvbuf_errors: u64,
+    /// The real agent's CPU (cores) over the window and its resident memory after it.
+    pub cpu_cores: f64,
     pub rss_mib: f64,
-    pub rss_kib_per_member: f64,
+    /// The simulation's own CPU (this process) over the window, to judge contention.
+    pub simulation_cpu_cores: f64,
+    /// One more peer joining: until the real node routes it, and the reconciles meanwhile.
+    pub join_s: f64,
+    pub join_reconciles: u64,
+    pub join_reconcile_ms: f64,
+    /// That peer leaving (announced, as on SIGTERM): until the route is gone.
+    pub leave_s: f64,
+    pub leave_reconciles: u64,
+    pub leave_reconcile_ms: f64,
 }
 
-/// Counts the peers of the last state it was given.
-#[derive(Default)]
-struct CountingDatapath {
-    peers: AtomicUsize,
+/// The real node's counters at one moment.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    bytes_in: f64,
+    bytes_out: f64,
+    messages_in: f64,
+    messages_out: f64,
+    reconciles: f64,
+    reconcile_s: f64,
+    cpu_s: f64,
+    simulation_cpu_s: f64,
+    rcvbuf_errors: f64,
 }
 
-#[async_trait]
-impl Datapath for CountingDatapath {
-    async fn apply(&self, desired: &Desired) -> std::result::Result<ApplyReport, DatapathError> {
-        self.peers.store(desired.peers.len(), Ordering::SeqCst);
-        Ok(ApplyReport::default())
-    }
-
-    async fn cleanup(&self) -> std::result::Result<CleanupSummary, DatapathError> {
-        Ok(CleanupSummary::default())
-    }
+fn sample(c: &Cluster, pid: u32) -> Result<Sample> {
+    Ok(Sample {
+        at: Instant::now(),
+        bytes_in: c.metric(0, "weft_gossip_bytes_total{direction=\"in\"}")?,
+        bytes_out: c.metric(0, "weft_gossip_bytes_total{direction=\"out\"}")?,
+        messages_in: c.metric(0, "weft_gossip_messages_total{direction=\"in\"}")?,
+        messages_out: c.metric(0, "weft_gossip_messages_total{direction=\"out\"}")?,
+        reconciles: c.metric(0, "weft_reconcile_duration_seconds_count")?,
+        reconcile_s: c.metric(0, "weft_reconcile_duration_seconds_sum")?,
+        cpu_s: cpu_seconds(pid)?,
+        simulation_cpu_s: cpu_seconds(std::process::id())?,
+        rcvbuf_errors: udp_rcvbuf_errors(c)?,
+    })
 }
 
-fn node_ip(k: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 10)) + k as u32)
+/// Reconciles between two samples, and their mean duration in ms.
+fn reconciles(a: &Sample, b: &Sample) -> (u64, f64) {
+    let n = b.reconciles - a.reconciles;
+    (n as u64, if n > 0.0 { (b.reconcile_s - a.reconcile_s) / n * 1e3 } else { 0.0 })
 }
 
-fn config(k: usize, dir: &std::path::Path) -> Config {
-    let ip = node_ip(k);
-    let name = format!("m{k}");
-    let node_dir = dir.join(&name);
-    let underlay =
-        Underlay { node_ip: ip, iface: "eth0".into(), subnet: "172.16.0.0/16".parse().expect("valid"), mtu: 1500 };
-    let paths = Paths {
-        state_dir: node_dir.join("run"),
-        cni_conf_dir: node_dir.join("net.d"),
-        ipam_dir: node_dir.join("ipam"),
+fn proc_file(pid: u32, name: &str) -> Result<String> {
+    let path = format!("/proc/{pid}/{name}");
+    std::fs::read_to_string(&path).map_err(|e| LabError::Other(format!("read {path}: {e}")))
+}
+
+/// utime + stime of process `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = proc_file(pid, "stat")?;
+    // After the command name (in parentheses) come the fields from 3 (state) on: utime is 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    let (Some(utime), Some(stime)) = (ticks(11), ticks(12)) else {
+        return Err(LabError::Other(format!("no utime/stime in /proc/{pid}/stat")));
     };
-    let seed = SocketAddr::new(node_ip(0).into(), 8473).to_string();
-    let mut config = Config::with_defaults(&name, underlay, vec![seed], paths);
-    config.cluster_cidr = "10.0.0.0/8".parse::<Ipv4Net>().expect("valid");
-    config
-}
-
-/// (utime + stime) of this process, in seconds.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses): state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
-    (ticks(11) + ticks(12)) / hz
+    Ok((utime + stime) / hz)
 }
 
-fn rss_kib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
+fn rss_kib(pid: u32) -> Result<f64> {
+    proc_file(pid, "status")?
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+        .ok_or_else(|| LabError::Other(format!("no VmRSS in /proc/{pid}/status")))
 }
 
-async fn measure(members: usize, window: Duration) -> Result<ScaleResult> {
-    let dir = crate::topology::lab_dir(&format!("{}-scale", crate::unique_prefix()));
-    let rss_before = rss_kib();
-    let transport = ChannelTransport::with_mtu(65_507);
-    let mut agents = Vec::with_capacity(members);
-    let mut datapaths = Vec::with_capacity(members);
+/// `Udp: … RcvbufErrors` of the real node's namespace (/proc/net/snmp: a header line, then values).
+fn udp_rcvbuf_errors(c: &Cluster) -> Result<f64> {
+    let snmp = c.lab.nodes[0].ns.run("cat", &["/proc/net/snmp"])?;
+    let udp: Vec<Vec<&str>> =
+        snmp.lines().filter_map(|l| l.strip_prefix("Udp:")).map(|l| l.split_whitespace().collect()).collect();
+    let found = match udp.as_slice() {
+        [names, values, ..] => names.iter().position(|n| *n == "RcvbufErrors").and_then(|i| values.get(i)),
+        _ => None,
+    };
+    found.and_then(|v| v.parse().ok()).ok_or_else(|| LabError::Other("no Udp RcvbufErrors in /proc/net/snmp".into()))
+}
+
+/// Destinations of the routes weft installed on the real node.
+fn routes(c: &Cluster) -> Result<Vec<String>> {
+    let out = c.lab.nodes[0].ns.ip(&["route", "show", "proto", "87"])?;
+    Ok(out.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect())
+}
+
+/// Waits until the real node has (`present`) or lacks a route for `block`; how long it took.
+fn wait_route(c: &Cluster, block: Ipv4Net, present: bool) -> Result<Duration> {
     let start = Instant::now();
-    let result = async {
-        for k in 0..members {
-            let dp = Arc::new(CountingDatapath::default());
-            let agent = Agent::start(config(k, &dir), |_| Arc::new(transport.clone()), dp.clone())
-                .await
-                .map_err(|e| LabError::Other(format!("start member {k}: {e}")))?;
-            agents.push(agent);
-            datapaths.push(dp);
-        }
-        let limit = Duration::from_secs(120 + members as u64 / 5);
-        while !datapaths.iter().all(|d| d.peers.load(Ordering::SeqCst) == members - 1) {
-            if start.elapsed() > limit {
-                let done = datapaths.iter().filter(|d| d.peers.load(Ordering::SeqCst) == members - 1).count();
-                return Err(LabError::Timeout {
-                    what: format!("{members} members to converge ({done} programmed all peers)"),
-                    secs: limit.as_secs_f64(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let converged = start.elapsed();
-        let (s0, c0, t0) = (transport.statistics(), cpu_seconds(), Instant::now());
-        tokio::time::sleep(window).await;
-        let (s1, c1, secs) = (transport.statistics(), cpu_seconds(), t0.elapsed().as_secs_f64());
-        let rss = rss_kib();
-        let per = |x: f64| x / members as f64 / secs;
-        Ok(ScaleResult {
-            members,
-            converged_s: converged.as_secs_f64(),
-            window_s: secs,
-            gossip_bytes_per_member_per_s: per((s1.num_bytes_total - s0.num_bytes_total) as f64),
-            gossip_messages_per_member_per_s: per((s1.num_messages_total - s0.num_messages_total) as f64),
-            cpu_cores_total: (c1 - c0) / secs,
-            cpu_ms_per_member_per_s: per((c1 - c0) * 1e3),
-            rss_mib: rss / 1024.0,
-            rss_kib_per_member: (rss - rss_before) / members as f64,
-        })
+    let what = format!("the real node to {} {block}", if present { "route" } else { "withdraw" });
+    let block = block.to_string();
+    wait::until(&what, EVENT_LIMIT, POLL, || (routes(c).is_ok_and(|r| r.contains(&block)) == present).then_some(()))?;
+    Ok(start.elapsed())
+}
+
+fn cluster_cidr() -> Ipv4Net {
+    CLUSTER_CIDR.parse().expect("valid CIDR")
+}
+
+fn measure(peers: usize, interval_ms: u64, args: &Args) -> Result<ScaleResult> {
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string();
+    let lab = Lab::build(&crate::unique_prefix(), LabSpec { nodes: 2, subnets: 2, gro: true })?;
+    let cluster_cidr = cluster_cidr();
+    let spec = SwarmSpec {
+        netns: lab.nodes[1].ns.path(),
+        ip: lab.nodes[1].ip,
+        key_file: lab.nodes[1].path(KEY_FILE),
+        cluster_cidr,
+        prefix: NODE_PREFIX,
+    };
+    let real_block = cluster_cidr.subnets(NODE_PREFIX).ok().and_then(|mut b| b.next()).expect("a first block");
+    // The real node is node 0; node 1 only hosts the swarm. Agents get the lab's cluster key.
+    let mut c = Cluster::start_some(lab, AgentOptions::default(), 0)?;
+    // Declared after the cluster, so dropped before it: its threads sit in a lab namespace.
+    let mut swarm = Swarm::new(spec)?;
+    c.options.extra_args = vec![
+        format!("--gossip-interval={interval_ms}ms"),
+        format!("--cluster-cidr={CLUSTER_CIDR}"),
+        format!("--node-cidr-prefix={NODE_PREFIX}"),
+        format!("--pod-cidr={real_block}"),
+        format!("--peers={}", swarm.seed()),
+    ];
+
+    let start = Instant::now();
+    for _ in 0..peers {
+        swarm.add(Duration::from_millis(args.peer_interval_ms))?;
     }
-    .await;
-    for agent in agents {
-        agent.kill().await;
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    // Bounds for the simulation converging and for the real node programming every peer: far
+    // beyond what was measured, only to never hang (the simulation needs 2–4 min for 1000).
+    let limit = Duration::from_secs(60 + peers as u64 / 2);
+    let mut seen = 0;
+    wait::until(&format!("{peers} simulated peers to see each other"), limit, Duration::from_millis(500), || {
+        seen = swarm.min_live();
+        (seen >= peers).then_some(())
+    })
+    .map_err(|e| LabError::Other(format!("{e} (the worst-informed one saw {seen} alive)")))?;
+    let peers_converged = start.elapsed();
+
+    let start = Instant::now();
+    c.start_agent(0)?;
+    let pid = c.agents[0].as_ref().expect("just started").pid();
+    let mut routed = 0;
+    wait::until(&format!("the real node to route {peers} peers"), limit, POLL, || {
+        routed = routes(&c).map_or(0, |r| r.len());
+        (routed >= peers).then_some(())
+    })
+    .map_err(|e| LabError::Other(format!("{e} (it routed {routed})")))?;
+    let programmed = start.elapsed();
+    let (initial_reconciles, initial_reconcile_s) = {
+        let s = sample(&c, pid)?;
+        (s.reconciles as u64, s.reconcile_s)
+    };
+
+    let s0 = sample(&c, pid)?;
+    std::thread::sleep(Duration::from_secs(args.window));
+    let s1 = sample(&c, pid)?;
+    let rss = rss_kib(pid)?;
+    let routes_after_window = routes(&c)?.len();
+    let secs = s1.at.duration_since(s0.at).as_secs_f64();
+    let rate = |f: fn(&Sample) -> f64| (f(&s1) - f(&s0)) / secs;
+
+    // The peer that joins and leaves gossips as often as the real node, like an agent would.
+    let joiner = swarm.add_agent_like(Duration::from_millis(interval_ms))?;
+    let block = swarm.block(joiner)?;
+    let j0 = sample(&c, pid)?;
+    let join = wait_route(&c, block, true)?;
+    let j1 = sample(&c, pid)?;
+    swarm.leave(joiner);
+    let leave = wait_route(&c, block, false)?;
+    let l1 = sample(&c, pid)?;
+    let (join_reconciles, join_reconcile_ms) = reconciles(&j0, &j1);
+    let (leave_reconciles, leave_reconcile_ms) = reconciles(&j1, &l1);
+
+    Ok(ScaleResult {
+        peers,
+        gossip_interval_ms: interval_ms,
+        peer_interval_ms: args.peer_interval_ms,
+        loadavg,
+        peers_converged_s: peers_converged.as_secs_f64(),
+        programmed_s: programmed.as_secs_f64(),
+        initial_reconciles,
+        initial_reconcile_s,
+        window_s: secs,
+        routes_after_window,
+        bytes_in_per_s: rate(|s| s.bytes_in),
+        bytes_out_per_s: rate(|s| s.bytes_out),
+        messages_in_per_s: rate(|s| s.messages_in),
+        messages_out_per_s: rate(|s| s.messages_out),
+        udp_rcvbuf_errors: (s1.rcvbuf_errors - s0.rcvbuf_errors) as u64,
+        cpu_cores: rate(|s| s.cpu_s),
+        rss_mib: rss / 1024.0,
+        simulation_cpu_cores: rate(|s| s.simulation_cpu_s),
+        join_s: join.as_secs_f64(),
+        join_reconciles,
+        join_reconcile_ms,
+        leave_s: leave.as_secs_f64(),
+        leave_reconciles,
+        leave_reconcile_ms,
+    })
 }
 
 pub fn run(args: &Args) -> Result<String> {
-    if args.members.iter().any(|&m| m < 2) {
-        return Err(LabError::Other("--members must all be at least 2".into()));
+    // One block for the real node and one for the peer that joins at N.
+    let max = (1usize << (NODE_PREFIX - cluster_cidr().prefix_len())) - 2;
+    if args.peers.iter().any(|&p| p == 0 || p > max) {
+        return Err(LabError::Other(format!("--peers must all be 1..={max}")));
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| LabError::Other(format!("tokio runtime: {e}")))?;
-    let window = Duration::from_secs(args.window);
-    let results =
-        args.members.iter().map(|&m| rt.block_on(measure(m, window))).collect::<Result<Vec<ScaleResult>>>()?;
+    let mut results = Vec::new();
+    for &peers in &args.peers {
+        for &interval in &args.gossip_interval_ms {
+            results.push(measure(peers, interval, args)?);
+        }
+    }
     if args.json {
         return Ok(serde_json::to_string_pretty(&results).expect("serializable"));
     }
-    let mut out =
-        String::from("Gossip and agent cost, all members in this process (in-memory transport, 100 ms rounds)\n");
+    Ok(table(&results))
+}
+
+fn table(results: &[ScaleResult]) -> String {
+    let mut out = String::from(
+        "One real weft-agent (kernel datapath, sealed UDP gossip) among N simulated peers\n\
+         (programmed: agent start to a route for every peer; traffic: sealed payload, no UDP/IP headers)\n",
+    );
     let _ = writeln!(
         out,
-        "{:>7} {:>10} {:>14} {:>10} {:>10} {:>14} {:>9} {:>12}",
-        "members", "converged", "bytes/s/member", "msgs/s/m", "CPU cores", "CPU ms/s/m", "RSS MiB", "RSS KiB/m"
+        "{:>5} {:>6} {:>6} {:>10} {:>11} {:>10} {:>10} {:>8} {:>8} {:>6} {:>6} {:>5} {:>14} {:>14}",
+        "peers",
+        "gossip",
+        "peers@",
+        "programmed",
+        "reconciles",
+        "in kB/s",
+        "out kB/s",
+        "in msg/s",
+        "out m/s",
+        "CPU",
+        "RSS",
+        "drops",
+        "join (rec ms)",
+        "leave (rec ms)"
     );
-    for r in &results {
+    for r in results {
         let _ = writeln!(
             out,
-            "{:>7} {:>9.1}s {:>14.0} {:>10.1} {:>10.2} {:>14.2} {:>9.1} {:>12.0}",
-            r.members,
-            r.converged_s,
-            r.gossip_bytes_per_member_per_s,
-            r.gossip_messages_per_member_per_s,
-            r.cpu_cores_total,
-            r.cpu_ms_per_member_per_s,
+            "{:>5} {:>4}ms {:>4}ms {:>9.1}s {:>4} {:>5.2}s {:>10.1} {:>10.1} {:>8.1} {:>8.1} {:>6.2} {:>5.0}M {:>5} {:>6.2}s ({:>4.0}) {:>6.2}s ({:>4.0})",
+            r.peers,
+            r.gossip_interval_ms,
+            r.peer_interval_ms,
+            r.programmed_s,
+            r.initial_reconciles,
+            r.initial_reconcile_s,
+            r.bytes_in_per_s / 1e3,
+            r.bytes_out_per_s / 1e3,
+            r.messages_in_per_s,
+            r.messages_out_per_s,
+            r.cpu_cores,
             r.rss_mib,
-            r.rss_kib_per_member
+            r.udp_rcvbuf_errors,
+            r.join_s,
+            r.join_reconcile_ms,
+            r.leave_s,
+            r.leave_reconcile_ms
         );
     }
-    Ok(out)
+    for r in results {
+        let _ = writeln!(
+            out,
+            "N={} @{}ms: peers converged in {:.1}s; {} of {} routes after the window; simulation used {:.2} cores; load {}",
+            r.peers,
+            r.gossip_interval_ms,
+            r.peers_converged_s,
+            r.routes_after_window,
+            r.peers,
+            r.simulation_cpu_cores,
+            r.loadavg
+        );
+    }
+    out
 }

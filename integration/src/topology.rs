@@ -3,7 +3,7 @@
 //! for its connected subnets, so pod addresses can cross it only inside VXLAN.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 
@@ -121,6 +121,10 @@ impl Lab {
                 .map_err(|e| LabError::Other(format!("create {}: {e}", node_dir.display())))?;
             nodes.push(Node { name, ns, ip, subnet, iface: "eth0".into(), dir: node_dir });
         }
+        let mut hosts: Vec<(&Netns, Ipv4Addr, &Subnet)> =
+            nodes.iter().map(|n| (&n.ns, n.ip, &subnets[n.subnet])).collect();
+        hosts.push((&external.ns, external.ip, &external_segment));
+        pin_neighbours(&router, &hosts, &dir)?;
         Ok(Lab { prefix: prefix.to_string(), dir, subnets, nodes, external, router })
     }
 
@@ -159,10 +163,44 @@ fn host(net: &Ipv4Net, n: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(net.network()) + n)
 }
 
+/// Makes every underlay neighbour entry permanent. The kernel's ARP table is one table for all
+/// namespaces, and its dynamic entries are capped machine-wide (`gc_thresh3`, 1024 by default,
+/// settable only from the machine's own namespace): with a few dozen nodes learning each other by
+/// ARP, a new node could no longer resolve its gateway (its sends failed with ENOBUFS).
+/// Permanent entries are exempt from the cap; on real machines every node has its own table.
+fn pin_neighbours(router: &Netns, hosts: &[(&Netns, Ipv4Addr, &Subnet)], dir: &Path) -> Result<()> {
+    let entry = |ip: Ipv4Addr, dev: &str| format!("neigh replace {ip} lladdr {} dev {dev} nud permanent\n", mac(ip));
+    let mut on_router = String::new();
+    for &(ns, ip, subnet) in hosts {
+        on_router.push_str(&entry(ip, &subnet.bridge));
+        let mut own = entry(subnet.gateway, "eth0");
+        for &(_, other, _) in hosts.iter().filter(|h| h.2.bridge == subnet.bridge && h.1 != ip) {
+            own.push_str(&entry(other, "eth0"));
+        }
+        batch(ns, &own, dir)?;
+    }
+    batch(router, &on_router, dir)
+}
+
+/// Runs `commands` (one `ip` command per line) in `ns` with a single `ip -batch`.
+fn batch(ns: &Netns, commands: &str, dir: &Path) -> Result<()> {
+    let path = dir.join(format!("{}.ip-batch", ns.name()));
+    std::fs::write(&path, commands).map_err(|e| LabError::Other(format!("write {}: {e}", path.display())))?;
+    ns.ip(&["-batch", &path.to_string_lossy()])?;
+    std::fs::remove_file(&path).map_err(|e| LabError::Other(format!("remove {}: {e}", path.display())))
+}
+
+/// The MAC of an underlay address (the gateway's on the bridge, a host's on its `eth0`): known
+/// in advance, so neighbour entries can be written without reading them back.
+fn mac(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("02:77:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
 /// A bridge in the router namespace with the subnet's first address: one L2 segment.
 fn add_segment(router: &Netns, bridge: &str, cidr: Ipv4Net) -> Result<Subnet> {
     let gateway = host(&cidr, 1);
-    router.ip(&["link", "add", bridge, "type", "bridge"])?;
+    router.ip(&["link", "add", bridge, "address", &mac(gateway), "type", "bridge"])?;
     router.ip(&["addr", "add", &format!("{gateway}/{}", cidr.prefix_len()), "dev", bridge])?;
     router.ip(&["link", "set", bridge, "up"])?;
     Ok(Subnet { cidr, gateway, bridge: bridge.to_string() })
@@ -171,7 +209,7 @@ fn add_segment(router: &Netns, bridge: &str, cidr: Ipv4Net) -> Result<Subnet> {
 /// A new namespace plugged into `segment` with address `ip` and a default route via the router.
 fn attach_host(router: &Netns, name: &str, port: &str, segment: &Subnet, ip: Ipv4Addr, gro: bool) -> Result<Netns> {
     let ns = Netns::create(name)?;
-    router.ip(&["link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", name])?;
+    router.ip(&["link", "add", port, "type", "veth", "peer", "name", "eth0", "address", &mac(ip), "netns", name])?;
     router.ip(&["link", "set", port, "master", &segment.bridge, "up"])?;
     ns.ip(&["addr", "add", &format!("{ip}/{}", segment.cidr.prefix_len()), "dev", "eth0"])?;
     ns.ip(&["link", "set", "eth0", "up"])?;

@@ -255,11 +255,13 @@ fn stale_entries_are_removed_and_foreign_ones_kept() {
     c.apply(0, &d);
     let n1 = c.ns(0);
     let stale_mac = "02:00:00:00:09:09";
-    let planted: [&[&str]; 8] = [
+    let planted: [&[&str]; 9] = [
         // Stale, owned: weft's protocol, or permanent entries on vxlan0.
         &["route", "add", "10.244.9.0/24", "via", "10.244.9.0", "dev", "vxlan0", "onlink", "proto", "87"],
         &["neigh", "add", "10.244.9.0", "lladdr", stale_mac, "dev", "vxlan0", "nud", "permanent"],
         &["addr", "add", "10.244.1.99/32", "dev", "vxlan0"],
+        // A previous PodCIDR's gateway: its connected route would still claim that block.
+        &["addr", "add", "10.244.77.1/24", "dev", "cni0"],
         // Foreign: another protocol, another device, another table.
         &["route", "add", "10.244.8.0/24", "via", "10.244.8.0", "dev", "vxlan0", "onlink", "proto", "static"],
         &["route", "add", "172.16.5.0/24", "via", "192.0.2.1", "dev", "eth0"],
@@ -273,10 +275,11 @@ fn stale_entries_are_removed_and_foreign_ones_kept() {
     c.text(0, "bridge", &["fdb", "add", stale_mac, "dev", "vxlan0", "dst", "192.0.2.99", "self", "permanent"]);
 
     let report = c.apply(0, &d);
-    assert_eq!((report.created, report.changed, report.removed), (0, 0, 4), "{report:#?}");
+    assert_eq!((report.created, report.changed, report.removed), (0, 0, 5), "{report:#?}");
 
     let main = n1.ip(&["route", "show"]).unwrap();
     assert!(!main.contains("10.244.9.0"), "{main}");
+    assert!(!main.contains("10.244.77.0/24"), "{main}");
     assert!(main.contains("10.244.8.0/24 via 10.244.8.0 dev vxlan0 proto static onlink"), "{main}");
     assert!(main.contains("172.16.5.0/24 via 192.0.2.1 dev eth0"), "{main}");
     let table100 = n1.ip(&["route", "show", "table", "100"]).unwrap();
@@ -289,6 +292,8 @@ fn stale_entries_are_removed_and_foreign_ones_kept() {
     assert!(!fdb.contains(stale_mac), "{fdb}");
     let addrs = n1.ip(&["-4", "addr", "show", "dev", "vxlan0"]).unwrap();
     assert!(!addrs.contains("10.244.1.99"), "{addrs}");
+    let bridge = n1.ip(&["-4", "addr", "show", "dev", "cni0"]).unwrap();
+    assert!(!bridge.contains("10.244.77.1") && bridge.contains(&format!("{}/", d.local.gateway())), "{bridge}");
     assert_eq!(c.apply(0, &d).writes(), 0);
 }
 

@@ -120,7 +120,7 @@ async fn run_step(kernel: &Kernel<'_>, step: &Step, vxlan: Option<u32>) -> Resul
             Err(e) if e.is_exists() => Ok(unchanged()),
             other => Ok(other.map(|()| done)?),
         },
-        Op::DeleteAddress(addr) => gone_ok(nl.delete_address(vx()?, *addr).await, done),
+        Op::DeleteAddress { index, address, .. } => gone_ok(nl.delete_address(*index, *address).await, done),
         Op::Sysctl { key, value } => Ok(if sysctl::ensure(key, value)? { done } else { unchanged() }),
         Op::Neighbour { ip, mac } => {
             let n = Neighbour { ifindex: vx()?, ip: *ip, mac: *mac, permanent: true };

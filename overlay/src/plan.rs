@@ -71,8 +71,14 @@ pub enum Op {
         mtu: u32,
         gateway: Ipv4Net,
     },
+    /// On vxlan0 (which may be created in the same apply, so its index is not known yet).
     AddAddress(Ipv4Net),
-    DeleteAddress(Ipv4Net),
+    /// From an existing link: vxlan0, or cni0 keeping a previous PodCIDR's gateway.
+    DeleteAddress {
+        link: String,
+        index: u32,
+        address: Ipv4Net,
+    },
     Sysctl {
         key: String,
         value: &'static str,
@@ -115,7 +121,8 @@ impl fmt::Display for Op {
             Op::DeleteLink { name, .. } => write!(f, "link {name}"),
             Op::CreateVxlan(_) | Op::FixVxlan(_) | Op::VxlanLearningOff => write!(f, "link {vx}"),
             Op::EnsureBridge { name, .. } => write!(f, "bridge {name}"),
-            Op::AddAddress(a) | Op::DeleteAddress(a) => write!(f, "address {a} on {vx}"),
+            Op::AddAddress(a) => write!(f, "address {a} on {vx}"),
+            Op::DeleteAddress { link, address, .. } => write!(f, "address {address} on {link}"),
             Op::Sysctl { key, value } => write!(f, "sysctl {key}={value}"),
             Op::Neighbour { ip, .. } => write!(f, "neighbour {ip} on {vx}"),
             Op::DeleteNeighbour(n) => write!(f, "neighbour {} on {vx}", n.ip),
@@ -435,7 +442,8 @@ fn plan_vxlan<'k>(
         if *addr == want_addr {
             b.unchanged += 1;
         } else {
-            b.removal(Stage::DeviceConfig, Op::DeleteAddress(*addr));
+            let op = Op::DeleteAddress { link: link.name.clone(), index: link.index, address: *addr };
+            b.removal(Stage::DeviceConfig, op);
         }
     }
     if !addresses.contains(&want_addr) {
@@ -450,21 +458,26 @@ fn plan_vxlan<'k>(
     }
 }
 
-/// cni0 is handed to `bridge::ensure_bridge` only when the snapshot shows it is not right.
+/// cni0 is handed to `bridge::ensure_bridge` only when the snapshot shows it is not right. Any
+/// other IPv4 address on it is a previous PodCIDR's gateway: left there, its connected route
+/// would keep that block on this node after the block has moved to another.
 fn plan_bridge(b: &mut Builder, local: &LocalNode, kernel: &Kernel) {
     let gateway = local.gateway_net();
-    let right = kernel.link(&local.bridge).is_some_and(|l| {
-        l.kind.as_deref() == Some("bridge")
-            && l.up
-            && l.mtu == local.mtu
-            && kernel.addresses_of(l.index).any(|a| a == gateway)
-    });
+    let bridge = kernel.link(&local.bridge).filter(|l| l.kind.as_deref() == Some("bridge"));
+    let right =
+        bridge.is_some_and(|l| l.up && l.mtu == local.mtu && kernel.addresses_of(l.index).any(|a| a == gateway));
     if right {
         b.unchanged += 1;
     } else {
         let op = Op::EnsureBridge { name: local.bridge.clone(), mtu: local.mtu, gateway };
         // The executor counts what ensure_bridge reports it did.
         b.push(Stage::Device, op, Tally::default(), None);
+    }
+    if let Some(link) = bridge {
+        for address in kernel.addresses_of(link.index).filter(|a| *a != gateway) {
+            let op = Op::DeleteAddress { link: link.name.clone(), index: link.index, address };
+            b.removal(Stage::DeviceConfig, op);
+        }
     }
 }
 
@@ -798,8 +811,23 @@ pub(crate) mod tests {
         assert_eq!(ops.len(), 3, "{ops:#?}");
         assert!(ops.contains(&&Op::FixVxlan(LinkChange { mtu: Some(1450), up: Some(true), ..LinkChange::default() })));
         assert!(ops.contains(&&Op::VxlanLearningOff));
-        assert!(ops.contains(&&Op::DeleteAddress("10.244.1.7/24".parse().unwrap())));
+        let stray =
+            Op::DeleteAddress { link: "vxlan0".into(), index: VXLAN, address: "10.244.1.7/24".parse().unwrap() };
+        assert!(ops.contains(&&stray));
         assert!(p.steps().all(|s| !s.critical));
+    }
+
+    #[test]
+    fn a_previous_pod_cidrs_gateway_is_taken_off_cni0() {
+        let d = desired_with(&[2]);
+        let mut k = converged(&d);
+        let old: Ipv4Net = "10.244.9.1/24".parse().unwrap();
+        k.addresses.push((CNI0, old));
+        let p = plan(&d, &k).unwrap();
+        let ops: Vec<&Op> = p.steps().map(|s| &s.op).collect();
+        // cni0 itself is right: only the stray address goes, the bridge is not touched.
+        assert_eq!(ops, [&Op::DeleteAddress { link: "cni0".into(), index: CNI0, address: old }]);
+        assert_eq!(tally(&p).removed, 1);
     }
 
     #[test]

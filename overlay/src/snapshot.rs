@@ -7,8 +7,7 @@ use ipnet::Ipv4Net;
 use crate::desired::DEFAULT_VXLAN_DEVICE;
 use crate::firewall;
 use crate::netlink::{FdbEntry, Link, Neighbour, Netlink, NetlinkError, Route4};
-use crate::nft::elements::ElementSocket;
-use crate::nft::{self, Listing};
+use crate::nft::{self, Listing, NftSocket};
 use crate::sysctl;
 
 /// The value weft gives `rp_filter` on vxlan0: loose (see docs/datapath.md).
@@ -48,14 +47,14 @@ impl Kernel {
 /// per netlink socket (a second one gets EBUSY), so the dumps go one after the other while
 /// `nft` lists the ruleset in its own process meanwhile; the elements of weft's sets follow the
 /// listing on their own socket.
-pub async fn read(nl: &Netlink, elements: &ElementSocket) -> Result<Kernel, NetlinkError> {
+pub async fn read(nl: &Netlink, nft: &NftSocket) -> Result<Kernel, NetlinkError> {
     let nft_listing = async {
         let value = nft::list_ruleset().await.map_err(|e| e.to_string())?;
         let mut listing = nft::listing::parse(&value, firewall::FAMILY, firewall::TABLE).map_err(|e| e.to_string())?;
         let names: Vec<String> =
             listing.table.iter().flat_map(|t| t.sets.iter().map(|(name, _)| name.clone())).collect();
         for name in names {
-            let listed = elements.list(firewall::TABLE, name.clone()).await.map_err(|e| e.to_string())?;
+            let listed = nft.elements(firewall::TABLE, name.clone()).await.map_err(|e| e.to_string())?;
             listing.elements.insert(name, listed);
         }
         Ok::<_, String>(listing)

@@ -9,10 +9,13 @@
 mod command;
 pub mod elements;
 pub mod listing;
+mod netlink;
+pub mod socket;
 pub mod table;
 
 pub use command::{NftError, list_ruleset, run_script};
 pub use listing::{Counter, ForeignChain, Listing, ListingError};
+pub use socket::NftSocket;
 pub use table::{BaseChain, Chain, ChainShape, Rule, Set, Table, TableShape};
 
 /// The prefix of every comment weft puts on a rule; what cleanup looks for in foreign chains.

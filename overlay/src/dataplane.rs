@@ -41,7 +41,7 @@ pub struct Dataplane {
 
 impl Dataplane {
     /// Connects to the kernel in the caller's network namespace. Must run inside a tokio
-    /// runtime with IO enabled; `apply` and `cleanup` run `nft` as a child process.
+    /// runtime with IO enabled; `apply` and `cleanup` run `nft` as a child process to write a table.
     pub fn new() -> Result<Dataplane, DataplaneError> {
         Ok(Dataplane {
             nl: Netlink::connect().map_err(DataplaneError::Connect)?,
@@ -62,7 +62,7 @@ impl Dataplane {
             unchanged: plan.unchanged,
             failures: plan.failures.clone(),
             rejected: plan.rejected.clone(),
-            // Read from the listing the plan needed anyway: no extra nft run.
+            // Read from the listing the plan needed anyway: no extra read.
             vxlan_dropped: kernel.nft.as_ref().ok().and_then(|l| firewall::vxlan_dropped(l, &desired.local)),
             ..ApplyReport::default()
         };

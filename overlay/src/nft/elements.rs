@@ -1,9 +1,9 @@
-//! Elements of an `ipv4_addr` set in an `inet` table, read and changed over nfnetlink directly:
-//! `nft -f` costs a process start and, before deleting an element, loads every element of the set
-//! (about 15 ms at 1000 elements on a busy two-core machine), and `nft` lists 1000 elements about
-//! 7 ms slower than none — costs a peer joining or leaving must not pay. So the ruleset is listed
-//! tersely (without elements) and the elements are dumped here. A change is one transaction, like
-//! an `nft -f` run, on the dataplane's kept socket ([`super::socket`]).
+//! Elements of an `ipv4_addr` set, read and changed over nfnetlink directly: `nft -f` costs a
+//! process start and, before deleting an element, loads every element of the set (about 15 ms at
+//! 1000 elements on a busy two-core machine), a cost a peer joining or leaving must not pay. The
+//! listing names the sets (`ruleset.rs`) and their elements are dumped here; a change is one
+//! transaction in an `inet` table, like an `nft -f` run, on the dataplane's kept socket
+//! ([`super::socket`]).
 
 use std::collections::BTreeSet;
 use std::io;
@@ -69,22 +69,22 @@ pub(super) fn write(conn: &mut Conn, table: &str, set: &str, changes: &ElementCh
     Ok(())
 }
 
-/// The elements of set `set` of table `inet <table>`. Keys that are not 4 bytes are not IPv4
-/// addresses and are skipped (the listing already treats such a set as foreign).
-pub(super) fn list(conn: &mut Conn, table: &str, set: &str) -> Result<BTreeSet<Ipv4Addr>, NftError> {
+/// The elements of set `set` of table `<family> <table>`. Keys that are not 4 bytes are not
+/// IPv4 addresses and are skipped (the listing already treats such a set as foreign).
+pub(super) fn list(conn: &mut Conn, family: u8, table: &str, set: &str) -> Result<BTreeSet<Ipv4Addr>, NftError> {
     let seq = conn.take_seqs(1);
     let reply = conn
-        .ask(&encode_dump(seq, table, set), seq)
+        .ask(&encode_dump(seq, family, table, set), seq)
         .map_err(|source| NftError::Elements { set: set.to_string(), source })?;
     Ok(parse_dump(&reply))
 }
 
 /// A request to dump the elements of one set.
-pub fn encode_dump(seq: u32, table: &str, set: &str) -> Vec<u8> {
+pub fn encode_dump(seq: u32, family: u8, table: &str, set: &str) -> Vec<u8> {
     let mut attrs = Vec::new();
     attr(&mut attrs, NFTA_SET_ELEM_LIST_TABLE, &nul_terminated(table));
     attr(&mut attrs, NFTA_SET_ELEM_LIST_SET, &nul_terminated(set));
-    request(nft_kind(NFT_MSG_GETSETELEM), NLM_F_REQUEST | NLM_F_DUMP, seq, NFPROTO_INET, &attrs)
+    request(nft_kind(NFT_MSG_GETSETELEM), NLM_F_REQUEST | NLM_F_DUMP, seq, family, &attrs)
 }
 
 /// The IPv4 keys in a dump of set elements.
@@ -218,7 +218,7 @@ mod tests {
 
     #[test]
     fn a_dump_request_names_the_table_and_set() {
-        let request = encode_dump(5, "weft", "vxlan_peers");
+        let request = encode_dump(5, NFPROTO_INET, "weft", "vxlan_peers");
         let h = headers(&request);
         assert_eq!(h, [(20 + 12 + 16, nft_kind(NFT_MSG_GETSETELEM), NLM_F_REQUEST | NLM_F_DUMP, 5)]);
         assert_eq!(request[16], NFPROTO_INET);

@@ -20,6 +20,11 @@ pub const fn nft_kind(msg: u16) -> u16 {
     (NFNL_SUBSYS_NFTABLES << 8) | msg
 }
 
+/// The nf_tables message (`NFT_MSG_*`) a netlink message type stands for, if any.
+pub const fn nft_msg(kind: u16) -> Option<u16> {
+    if kind >> 8 == NFNL_SUBSYS_NFTABLES { Some(kind & 0xff) } else { None }
+}
+
 /// The nfgenmsg of a batch message: addressed to the nf_tables subsystem.
 pub const BATCH_NFGEN: [u8; 4] = {
     let subsys = NFNL_SUBSYS_NFTABLES.to_be_bytes();
@@ -73,6 +78,11 @@ pub struct Message<'a> {
 }
 
 impl<'a> Message<'a> {
+    /// The address family of an nf_tables message (the nfgenmsg's first byte).
+    pub fn family(&self) -> Option<u8> {
+        self.body.first().copied()
+    }
+
     /// The attributes of an nf_tables message, after the nfgenmsg.
     pub fn attrs(&self) -> Attrs<'a> {
         Attrs::of(self.body.get(4..).unwrap_or_default())
@@ -119,6 +129,23 @@ impl<'a> Attrs<'a> {
     /// The nested attributes of attribute `kind` (none when it is absent).
     pub fn nested(self, kind: u16) -> Attrs<'a> {
         Attrs::of(self.get(kind).unwrap_or_default())
+    }
+
+    /// A string attribute without its NUL terminator; names that are not UTF-8 are read lossily.
+    pub fn string(self, kind: u16) -> Option<String> {
+        let bytes = self.get(kind)?;
+        let text = bytes.split(|&b| b == 0).next().unwrap_or_default();
+        Some(String::from_utf8_lossy(text).into_owned())
+    }
+
+    /// A big-endian 32-bit attribute; `None` when absent or of another size.
+    pub fn be32(self, kind: u16) -> Option<u32> {
+        Some(u32::from_be_bytes(self.get(kind)?.try_into().ok()?))
+    }
+
+    /// A big-endian 64-bit attribute; `None` when absent or of another size.
+    pub fn be64(self, kind: u16) -> Option<u64> {
+        Some(u64::from_be_bytes(self.get(kind)?.try_into().ok()?))
     }
 }
 
@@ -244,6 +271,29 @@ pub mod tests {
     }
 
     #[test]
+    fn attributes_are_read_with_their_flags_masked_and_padding_skipped() {
+        let mut inner = Vec::new();
+        attr(&mut inner, 1, &7u32.to_be_bytes());
+        attr(&mut inner, 2, &(-5i32).to_be_bytes());
+        let mut payload = Vec::new();
+        attr(&mut payload, 1, b"filter\0");
+        attr(&mut payload, 3 | NLA_F_NESTED, &inner);
+        attr(&mut payload, 4, &9u64.to_be_bytes());
+        attr(&mut payload, 5, &[1, 2]);
+        let a = Attrs::of(&payload);
+        assert_eq!(a.string(1).as_deref(), Some("filter"));
+        assert_eq!(a.nested(3).be32(1), Some(7));
+        assert_eq!(a.nested(3).be32(2).map(|p| p as i32), Some(-5));
+        assert_eq!(a.be64(4), Some(9));
+        // The wrong size is no value; an absent attribute neither.
+        assert_eq!(a.be32(5), None);
+        assert_eq!(a.be32(6), None);
+        assert_eq!(a.nested(6).into_iter().count(), 0);
+        // Truncation ends the attributes; no panic.
+        assert_eq!(Attrs::of(&payload[..payload.len() - 3]).into_iter().count(), 3);
+    }
+
+    #[test]
     fn a_reply_gathers_its_messages_over_reads_until_done() {
         let mut reply = Reply::new(5);
         let mut first = request(nft_kind(0), 2, 5, 1, &[]);
@@ -253,8 +303,8 @@ pub mod tests {
         let mut last = request(nft_kind(3), 2, 5, 2, &[]);
         last.extend(done(5, 0));
         assert_eq!(reply.absorb(last), Ok(true));
-        let got: Vec<_> = reply.messages().map(|m| (m.kind, m.body[0])).collect();
-        assert_eq!(got, [(nft_kind(0), 1), (nft_kind(3), 2)]);
+        let got: Vec<_> = reply.messages().map(|m| (m.kind, m.family())).collect();
+        assert_eq!(got, [(nft_kind(0), Some(1)), (nft_kind(3), Some(2))]);
     }
 
     #[test]

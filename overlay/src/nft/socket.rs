@@ -1,16 +1,15 @@
-//! The nfnetlink socket a dataplane keeps: set elements are read and changed through it. It stays open because closing a socket that made an nftables transaction costs
+//! The nfnetlink socket a dataplane keeps: the ruleset is read and set elements are changed
+//! through it. It stays open because closing a socket that made an nftables transaction costs
 //! the kernel milliseconds of release work.
 
-use std::collections::BTreeSet;
 use std::io;
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
-use super::NftError;
 use super::elements::{self, ElementChanges};
 use super::netlink::Reply;
+use super::{Listing, NftError, ruleset};
 
 /// recv(2) flag: return a datagram's real length even when it did not fit (linux/socket.h).
 const MSG_TRUNC: i32 = 0x20;
@@ -39,9 +38,9 @@ impl NftSocket {
         Ok(NftSocket { conn: Arc::new(Mutex::new(Conn { socket, seq: 1 })) })
     }
 
-    /// The elements of set `set` of table `inet <table>`.
-    pub async fn elements(&self, table: &'static str, set: String) -> Result<BTreeSet<Ipv4Addr>, NftError> {
-        self.run(move |conn| elements::list(conn, table, &set)).await
+    /// What the kernel holds that weft cares about; `family`/`table` name weft's own table.
+    pub async fn listing(&self, family: &'static str, table: &'static str) -> Result<Listing, NftError> {
+        self.run(move |conn| ruleset::read(conn, family, table)).await
     }
 
     /// Applies `changes` to set `set` of table `inet <table>` in one transaction.

@@ -12,8 +12,7 @@ use crate::desired::Desired;
 use crate::execute::{self, Aborted};
 use crate::firewall;
 use crate::netlink::{Netlink, NetlinkError};
-use crate::nft::NftError;
-use crate::nft::elements::ElementSocket;
+use crate::nft::{NftError, NftSocket};
 use crate::plan::{PlanError, plan};
 use crate::report::ApplyReport;
 use crate::snapshot;
@@ -36,17 +35,17 @@ pub enum DataplaneError {
 #[derive(Debug)]
 pub struct Dataplane {
     nl: Netlink,
-    elements: ElementSocket,
+    nft: NftSocket,
     busy: Mutex<()>,
 }
 
 impl Dataplane {
     /// Connects to the kernel in the caller's network namespace. Must run inside a tokio
-    /// runtime with IO enabled; `apply` and `cleanup` run `nft` as a child process.
+    /// runtime with IO enabled; `apply` and `cleanup` run `nft` as a child process to write a table.
     pub fn new() -> Result<Dataplane, DataplaneError> {
         Ok(Dataplane {
             nl: Netlink::connect().map_err(DataplaneError::Connect)?,
-            elements: ElementSocket::open().map_err(DataplaneError::ConnectNft)?,
+            nft: NftSocket::open().map_err(DataplaneError::ConnectNft)?,
             busy: Mutex::new(()),
         })
     }
@@ -57,13 +56,13 @@ impl Dataplane {
     pub async fn apply(&self, desired: &Desired) -> Result<ApplyReport, DataplaneError> {
         let _busy = self.busy.lock().await;
         let start = Instant::now();
-        let kernel = snapshot::read(&self.nl, &self.elements).await.map_err(DataplaneError::Snapshot)?;
+        let kernel = snapshot::read(&self.nl, &self.nft).await.map_err(DataplaneError::Snapshot)?;
         let plan = plan(desired, &kernel)?;
         let mut report = ApplyReport {
             unchanged: plan.unchanged,
             failures: plan.failures.clone(),
             rejected: plan.rejected.clone(),
-            // Read from the listing the plan needed anyway: no extra nft run.
+            // Read from the listing the plan needed anyway: no extra read.
             vxlan_dropped: kernel.nft.as_ref().ok().and_then(|l| firewall::vxlan_dropped(l, &desired.local)),
             ..ApplyReport::default()
         };
@@ -92,13 +91,13 @@ impl Dataplane {
     }
 
     fn kernel(&self) -> execute::Kernel<'_> {
-        execute::Kernel { nl: &self.nl, elements: &self.elements }
+        execute::Kernel { nl: &self.nl, nft: &self.nft }
     }
 
     /// Removes everything weft owns. A bridge with pods attached is kept unless `force`.
     pub async fn cleanup(&self, opts: &CleanupOptions) -> Result<CleanupReport, DataplaneError> {
         let _busy = self.busy.lock().await;
-        let kernel = snapshot::read(&self.nl, &self.elements).await.map_err(DataplaneError::Snapshot)?;
+        let kernel = snapshot::read(&self.nl, &self.nft).await.map_err(DataplaneError::Snapshot)?;
         let (plan, kept) = plan_cleanup(&kernel, opts);
         let mut report = CleanupReport { kept, failures: plan.failures.clone(), ..CleanupReport::default() };
         let outcome = execute::run(self.kernel(), plan).await.map_err(DataplaneError::Device)?;

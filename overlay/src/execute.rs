@@ -11,8 +11,7 @@ use crate::bridge::{BridgeError, ensure_bridge};
 use crate::desired::DEFAULT_VXLAN_DEVICE;
 use crate::firewall;
 use crate::netlink::{FdbEntry, Neighbour, Netlink, NetlinkError};
-use crate::nft::elements::ElementSocket;
-use crate::nft::{self, NftError};
+use crate::nft::{self, NftError, NftSocket};
 use crate::plan::{Dev, Op, Plan, Step, Tally};
 use crate::report::Failure;
 use crate::sysctl;
@@ -54,7 +53,7 @@ pub struct Outcome {
 #[derive(Debug)]
 pub struct Kernel<'a> {
     pub nl: &'a Netlink,
-    pub elements: &'a ElementSocket,
+    pub nft: &'a NftSocket,
 }
 
 pub async fn run(kernel: Kernel<'_>, plan: Plan) -> Result<Outcome, Box<Aborted>> {
@@ -146,7 +145,7 @@ async fn run_step(kernel: &Kernel<'_>, step: &Step, vxlan: Option<u32>) -> Resul
             Ok(done)
         }
         Op::SetElements { set, changes } => {
-            kernel.elements.write(firewall::TABLE, set, changes.clone()).await?;
+            kernel.nft.write_elements(firewall::TABLE, set, changes.clone()).await?;
             Ok(done)
         }
     }

@@ -1,14 +1,13 @@
-//! Reading the kernel once per apply: one dump per object kind, plus one `nft -j list ruleset`
-//! (concurrently, in its own process) and the two sysctls weft sets. The result is plain data
-//! the planner diffs against; nothing here decides anything.
+//! Reading the kernel once per apply: one dump per object kind, the nftables listing (over
+//! nfnetlink, on its own socket) and the two sysctls weft sets. The result is plain data the
+//! planner diffs against; nothing here decides anything.
 
 use ipnet::Ipv4Net;
 
 use crate::desired::DEFAULT_VXLAN_DEVICE;
 use crate::firewall;
 use crate::netlink::{FdbEntry, Link, Neighbour, Netlink, NetlinkError, Route4};
-use crate::nft::elements::ElementSocket;
-use crate::nft::{self, Listing};
+use crate::nft::{Listing, NftSocket};
 use crate::sysctl;
 
 /// The value weft gives `rp_filter` on vxlan0: loose (see docs/datapath.md).
@@ -45,21 +44,10 @@ impl Kernel {
 }
 
 /// Reads everything; fails only when a netlink dump fails. The kernel runs one dump at a time
-/// per netlink socket (a second one gets EBUSY), so the dumps go one after the other while
-/// `nft` lists the ruleset in its own process meanwhile; the elements of weft's sets follow the
-/// listing on their own socket.
-pub async fn read(nl: &Netlink, elements: &ElementSocket) -> Result<Kernel, NetlinkError> {
-    let nft_listing = async {
-        let value = nft::list_ruleset().await.map_err(|e| e.to_string())?;
-        let mut listing = nft::listing::parse(&value, firewall::FAMILY, firewall::TABLE).map_err(|e| e.to_string())?;
-        let names: Vec<String> =
-            listing.table.iter().flat_map(|t| t.sets.iter().map(|(name, _)| name.clone())).collect();
-        for name in names {
-            let listed = elements.list(firewall::TABLE, name.clone()).await.map_err(|e| e.to_string())?;
-            listing.elements.insert(name, listed);
-        }
-        Ok::<_, String>(listing)
-    };
+/// per netlink socket (a second one gets EBUSY), so the dumps go one after the other, while the
+/// nftables listing is read on its own socket (on the blocking pool) meanwhile.
+pub async fn read(nl: &Netlink, nft: &NftSocket) -> Result<Kernel, NetlinkError> {
+    let nft_listing = async { nft.listing(firewall::FAMILY, firewall::TABLE).await.map_err(|e| e.to_string()) };
     let dumps = async {
         Ok::<_, NetlinkError>((
             nl.links().await?,

@@ -238,6 +238,7 @@ impl Controller {
             cluster_cidr: cfg.cluster_cidr,
             mtu: cfg.mtu,
             bridge: DEFAULT_BRIDGE.to_string(),
+            unavailable: None,
         });
         if rewrite || state != self.state_on_disk {
             let changed = state != self.state_on_disk;

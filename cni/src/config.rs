@@ -366,6 +366,7 @@ mod tests {
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             mtu: 1450,
             bridge: "cni0".into(),
+            unavailable: None,
         };
         state.write(&path).unwrap();
         let v = json!({"cniVersion":"1.1.0","name":"weft","type":"weft","stateFile":path,"mtu":1400});

@@ -27,6 +27,11 @@ pub struct NodeState {
     pub cluster_cidr: Ipv4Net,
     pub mtu: u32,
     pub bridge: String,
+    /// Set while the node must not hand out addresses from `podCIDR` (the agent is confirming
+    /// the block after a restart, another node owns it, or this node's name is taken): why.
+    /// ADD and STATUS fail with this reason; DEL, CHECK and GC keep working for existing pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +105,7 @@ mod tests {
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             mtu: 1450,
             bridge: "cni0".into(),
+            unavailable: None,
         }
     }
 

@@ -380,6 +380,7 @@ fn write_state(path: &std::path::Path, pod_cidr: &str, mtu: u32) {
         cluster_cidr: "10.244.0.0/16".parse().unwrap(),
         mtu,
         bridge: "cni0".into(),
+        unavailable: None,
     }
     .write(path)
     .unwrap();

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use weft_cni::state::NodeState;
 use weft_overlay::Mac;
 
-use crate::allocation::{Claim, ClaimKind};
+use crate::allocation::{self, Claim, ClaimKind};
 use crate::config::{Config, ConfigError};
 use crate::datapath::Datapath;
 use crate::files::{self, FileError, Lease};
@@ -90,7 +90,7 @@ impl Agent {
             &cfg.gossip,
             &cfg.node_name,
             generation,
-            facts.key_values(held),
+            facts.key_values(held.map(allocation::claiming)),
             transport(&counters),
             counters,
         )
@@ -101,7 +101,7 @@ impl Agent {
             node_ip = %cfg.underlay.node_ip,
             gossip = %cfg.gossip.listen,
             seeds = ?cfg.gossip.seeds,
-            pod_cidr = %held.map_or_else(|| "to be allocated".to_string(), |c| c.cidr.to_string()),
+            pod_cidr = %held.map_or_else(|| "to be allocated".to_string(), |c| format!("{} (to be confirmed)", c.cidr)),
             "agent started"
         );
         let cancel = CancellationToken::new();
@@ -113,7 +113,7 @@ impl Agent {
             view,
             datapath,
             shared: shared.clone(),
-            held,
+            start: held,
             lease_on_disk,
             state_on_disk,
         });

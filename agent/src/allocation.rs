@@ -118,10 +118,13 @@ pub fn pick_free_block(pool: Ipv4Net, prefix: u8, taken: &[Ipv4Net], start: u64)
 pub enum Phase {
     /// Membership has not settled: the free blocks are not known yet.
     Waiting,
-    /// Announced; confirmed at `confirm_at` unless it loses first.
+    /// Announced; confirmed at `confirm_at` (once membership has settled) unless it loses first.
     Claiming { claim: Claim, confirm_at: Instant },
     /// Static or confirmed: the node uses it.
     Held { claim: Claim },
+    /// The static PodCIDR is owned by a better claim: announced, never used, taken up again as
+    /// soon as the owner's claim is gone.
+    Blocked { claim: Claim, winner: String },
     /// No free block; retried on every step.
     Exhausted(AllocationError),
 }
@@ -149,8 +152,8 @@ pub enum Outcome {
     Announced(Claim),
     /// The claim became the node's lease: persist it and publish the node's files.
     Confirmed(Claim),
-    /// The held block was lost to a better claim; a new one is being claimed (or the pool is
-    /// exhausted).
+    /// The held or claimed block is owned by a better claim. An automatic claim moves on (see
+    /// the phase: a new claim, or the pool is exhausted); a static one is blocked.
     Lost {
         cidr: Ipv4Net,
         winner: String,
@@ -159,25 +162,35 @@ pub enum Outcome {
 }
 
 /// The node's side of the allocation protocol.
+///
+/// Every claim starts as `claiming`, also a static PodCIDR and a lease kept from an earlier run:
+/// a claiming claim loses to any held (static or confirmed) one, so a node coming back from
+/// maintenance, or started with a stale lease, can never take a block that another node holds
+/// and has pods in. Only a claim that stayed uncontested through the confirmation window, with
+/// membership settled, is held.
 #[derive(Debug, Clone)]
 pub struct Allocator {
     node: String,
     pool: Ipv4Net,
     prefix: u8,
     confirm_after: Duration,
+    /// The operator's `--pod-cidr` (as a claim, with its time): the only block it may hold.
+    fixed: Option<Claim>,
     phase: Phase,
 }
 
 impl Allocator {
-    /// `held` is a static PodCIDR or a lease persisted by an earlier run.
-    pub fn new(node: &str, pool: Ipv4Net, prefix: u8, confirm_after: Duration, held: Option<Claim>) -> Allocator {
+    /// `start` is a static PodCIDR or a lease persisted by an earlier run: claimed at once
+    /// (so that peers keep routing a restarting node's block), held only once confirmed.
+    pub fn new(node: &str, pool: Ipv4Net, prefix: u8, confirm_after: Duration, start: Option<Claim>, now: Instant) -> Allocator {
         Allocator {
             node: node.to_string(),
             pool,
             prefix,
             confirm_after,
-            phase: match held {
-                Some(claim) => Phase::Held { claim },
+            fixed: start.filter(|c| c.kind == ClaimKind::Static).map(claiming),
+            phase: match start {
+                Some(claim) => Phase::Claiming { claim: claiming(claim), confirm_at: now + confirm_after },
                 None => Phase::Waiting,
             },
         }
@@ -190,7 +203,7 @@ impl Allocator {
     /// The claim to announce, if any.
     pub fn claim(&self) -> Option<Claim> {
         match &self.phase {
-            Phase::Claiming { claim, .. } | Phase::Held { claim } => Some(*claim),
+            Phase::Claiming { claim, .. } | Phase::Held { claim } | Phase::Blocked { claim, .. } => Some(*claim),
             Phase::Waiting | Phase::Exhausted(_) => None,
         }
     }
@@ -203,28 +216,40 @@ impl Allocator {
         }
     }
 
+    /// Gives up the claim (the node may not use its name): back to waiting, announcing nothing.
+    pub fn withdraw(&mut self) {
+        self.phase = Phase::Waiting;
+    }
+
     pub fn step(&mut self, input: &StepInput<'_>) -> Outcome {
         match self.phase.clone() {
             Phase::Waiting | Phase::Exhausted(_) if input.settled => self.choose(input, None),
             Phase::Waiting | Phase::Exhausted(_) => Outcome::Unchanged,
             Phase::Claiming { claim, confirm_at } => {
                 if let Some(winner) = self.beaten(claim, input.others) {
-                    tracing::info!(cidr = %claim.cidr, %winner, "claim lost, choosing another block");
-                    return self.choose(input, Some(claim.cidr));
+                    tracing::info!(cidr = %claim.cidr, %winner, "claim lost");
+                    return self.lose(input, claim, winner);
                 }
-                if input.now < confirm_at {
+                if !input.settled || input.now < confirm_at {
                     return Outcome::Unchanged;
                 }
-                let claim = Claim { kind: ClaimKind::Confirmed, ..claim };
+                let kind = if self.fixed.is_some() { ClaimKind::Static } else { ClaimKind::Confirmed };
+                let claim = Claim { kind, ..claim };
                 self.phase = Phase::Held { claim };
                 Outcome::Confirmed(claim)
             }
-            Phase::Held { claim } if claim.kind == ClaimKind::Static => Outcome::Unchanged,
             Phase::Held { claim } => match self.beaten(claim, input.others) {
                 None => Outcome::Unchanged,
+                Some(winner) => self.lose(input, claiming(claim), winner),
+            },
+            Phase::Blocked { claim, .. } => match self.beaten(claim, input.others) {
+                None => {
+                    self.phase = Phase::Claiming { claim, confirm_at: input.now + self.confirm_after };
+                    Outcome::Announced(claim)
+                }
                 Some(winner) => {
-                    let _ = self.choose(input, Some(claim.cidr));
-                    Outcome::Lost { cidr: claim.cidr, winner }
+                    self.phase = Phase::Blocked { claim, winner };
+                    Outcome::Unchanged
                 }
             },
         }
@@ -235,11 +260,27 @@ impl Allocator {
         beaten_by(&ours, others).map(|w| w.node.clone())
     }
 
-    /// Claims a block: the previous generation's if nobody beats it, else a free one.
+    /// `claim` is owned by `winner`: a static claim stays blocked on it, an automatic one moves
+    /// to another block (or waits for membership to settle to know which are free).
+    fn lose(&mut self, input: &StepInput<'_>, claim: Claim, winner: String) -> Outcome {
+        if self.fixed.is_some() {
+            self.phase = Phase::Blocked { claim: claiming(claim), winner: winner.clone() };
+        } else if input.settled {
+            let _ = self.choose(input, Some(claim.cidr));
+        } else {
+            self.phase = Phase::Waiting;
+        }
+        Outcome::Lost { cidr: claim.cidr, winner }
+    }
+
+    /// Claims a block: the static one, else the previous generation's if nobody beats it, else
+    /// a free one.
     fn choose(&mut self, input: &StepInput<'_>, avoid: Option<Ipv4Net>) -> Outcome {
-        let reclaim = input.previous.filter(|p| Some(p.cidr) != avoid && self.beaten(*p, input.others).is_none());
+        let reclaim = self.fixed.or_else(|| {
+            input.previous.map(claiming).filter(|p| Some(p.cidr) != avoid && self.beaten(*p, input.others).is_none())
+        });
         let claim = match reclaim {
-            Some(previous) => Claim { kind: ClaimKind::Claiming, ..previous },
+            Some(claim) => claim,
             None => {
                 let taken: Vec<Ipv4Net> = input.others.iter().map(|o| o.claim.cidr).chain(avoid).collect();
                 match pick_free_block(self.pool, self.prefix, &taken, input.random) {
@@ -255,6 +296,11 @@ impl Allocator {
         self.phase = Phase::Claiming { claim, confirm_at: input.now + self.confirm_after };
         Outcome::Announced(claim)
     }
+}
+
+/// The same claim, announced as not held yet (keeping its original time, its rank).
+pub fn claiming(claim: Claim) -> Claim {
+    Claim { kind: ClaimKind::Claiming, ..claim }
 }
 
 #[cfg(test)]
@@ -329,14 +375,16 @@ mod tests {
         StepInput { now, now_ms: 1_000, settled, others, previous: None, random }
     }
 
-    fn allocator(held: Option<Claim>) -> Allocator {
-        Allocator::new("me", net(POOL), 24, Duration::from_secs(1), held)
+    fn allocator(start: Option<Claim>, now: Instant) -> Allocator {
+        Allocator::new("me", net(POOL), 24, Duration::from_secs(1), start, now)
     }
+
+    const WINDOW: Duration = Duration::from_secs(1);
 
     #[test]
     fn waits_for_settled_membership_then_claims_and_confirms_after_the_window() {
         let t0 = Instant::now();
-        let mut a = allocator(None);
+        let mut a = allocator(None, t0);
         assert_eq!(a.step(&input(t0, false, &[], 5)), Outcome::Unchanged);
         assert_eq!(a.claim(), None);
         let Outcome::Announced(claim) = a.step(&input(t0, true, &[], 5)) else {
@@ -347,7 +395,7 @@ mod tests {
         assert_eq!(a.held(), None);
         let later = t0 + Duration::from_millis(999);
         assert_eq!(a.step(&input(later, true, &[], 0)), Outcome::Unchanged);
-        let done = t0 + Duration::from_secs(1);
+        let done = t0 + WINDOW;
         let Outcome::Confirmed(held) = a.step(&input(done, true, &[], 0)) else {
             panic!("expected confirmation");
         };
@@ -360,7 +408,7 @@ mod tests {
     fn blocks_of_other_nodes_are_never_chosen() {
         let t0 = Instant::now();
         let others = [claimant("x", "10.244.5.0/24", ClaimKind::Confirmed, 1)];
-        let mut a = allocator(None);
+        let mut a = allocator(None, t0);
         let Outcome::Announced(claim) = a.step(&input(t0, true, &others, 5)) else {
             panic!();
         };
@@ -370,24 +418,28 @@ mod tests {
     #[test]
     fn a_claim_that_loses_re_picks_and_a_winning_one_stays() {
         let t0 = Instant::now();
-        let mut a = allocator(None);
+        let mut a = allocator(None, t0);
         let Outcome::Announced(ours) = a.step(&input(t0, true, &[], 5)) else {
             panic!();
         };
         let later_rival = [claimant("zz", "10.244.5.0/24", ClaimKind::Claiming, ours.since_ms + 1)];
         assert_eq!(a.step(&input(t0, true, &later_rival, 0)), Outcome::Unchanged);
         let earlier_rival = [claimant("zz", "10.244.5.0/24", ClaimKind::Claiming, ours.since_ms - 1)];
-        let Outcome::Announced(next) = a.step(&input(t0, true, &earlier_rival, 5)) else {
-            panic!();
-        };
-        assert_ne!(next.cidr, ours.cidr);
+        assert_eq!(a.step(&input(t0, true, &earlier_rival, 5)), Outcome::Lost { cidr: ours.cidr, winner: "zz".into() });
+        assert_ne!(a.claim().unwrap().cidr, ours.cidr);
     }
 
     #[test]
-    fn a_held_lease_is_lost_only_to_a_better_claim() {
+    fn a_lease_is_announced_at_once_but_held_only_after_settling_and_the_window() {
         let t0 = Instant::now();
         let lease = Claim { cidr: net("10.244.9.0/24"), kind: ClaimKind::Confirmed, since_ms: 500 };
-        let mut a = allocator(Some(lease));
+        let mut a = allocator(Some(lease), t0);
+        // Peers keep routing a restarting node's block: the claim is out before anything settles.
+        assert_eq!(a.claim(), Some(Claim { kind: ClaimKind::Claiming, ..lease }));
+        assert_eq!(a.held(), None);
+        assert_eq!(a.step(&input(t0 + WINDOW, false, &[], 0)), Outcome::Unchanged, "not before settling");
+        assert_eq!(a.step(&input(t0 + WINDOW, true, &[], 0)), Outcome::Confirmed(lease));
+        // Held: a newcomer's claim, whatever its time, never displaces it; an older held one does.
         let newcomer = [claimant("n", "10.244.9.0/24", ClaimKind::Claiming, 1)];
         assert_eq!(a.step(&input(t0, true, &newcomer, 0)), Outcome::Unchanged);
         let older = [claimant("o", "10.244.9.0/24", ClaimKind::Confirmed, 100)];
@@ -397,20 +449,65 @@ mod tests {
     }
 
     #[test]
-    fn a_static_claim_is_kept_even_when_it_loses() {
+    fn a_node_back_from_maintenance_never_takes_its_old_block_from_the_node_now_holding_it() {
         let t0 = Instant::now();
-        let ours = Claim { cidr: net("10.244.9.0/24"), kind: ClaimKind::Static, since_ms: 500 };
-        let mut a = allocator(Some(ours));
-        let rival = [claimant("o", "10.244.9.0/24", ClaimKind::Static, 100)];
-        assert_eq!(a.step(&input(t0, true, &rival, 0)), Outcome::Unchanged);
-        assert_eq!(a.held(), Some(ours));
+        // Its lease is older than the current owner's claim: that does not matter, the owner
+        // holds the block (and has pods in it); the returning node only claims it.
+        let lease = Claim { cidr: net("10.245.0.0/24"), kind: ClaimKind::Confirmed, since_ms: 100 };
+        let mut a = Allocator::new("b", net("10.245.0.0/23"), 24, WINDOW, Some(lease), t0);
+        let owner = [claimant("c", "10.245.0.0/24", ClaimKind::Confirmed, 9_000)];
+        assert_eq!(a.step(&input(t0, true, &owner, 0)), Outcome::Lost { cidr: lease.cidr, winner: "c".into() });
+        assert_eq!(a.claim().unwrap().cidr, net("10.245.1.0/24"));
+        assert_eq!(a.held(), None);
+    }
+
+    #[test]
+    fn an_automatic_claim_beaten_before_membership_settles_waits_to_choose() {
+        let t0 = Instant::now();
+        let lease = Claim { cidr: net("10.244.9.0/24"), kind: ClaimKind::Confirmed, since_ms: 500 };
+        let mut a = allocator(Some(lease), t0);
+        let owner = [claimant("o", "10.244.9.0/24", ClaimKind::Confirmed, 600)];
+        assert_eq!(a.step(&input(t0, false, &owner, 0)), Outcome::Lost { cidr: lease.cidr, winner: "o".into() });
+        assert_eq!(a.phase(), &Phase::Waiting);
+        assert_eq!(a.claim(), None);
+    }
+
+    #[test]
+    fn a_static_claim_that_loses_is_blocked_and_taken_up_once_the_owner_is_gone() {
+        let t0 = Instant::now();
+        let ours = Claim { cidr: net("10.244.77.0/24"), kind: ClaimKind::Static, since_ms: 500 };
+        let mut a = allocator(Some(ours), t0);
+        let owner = [claimant("o", "10.244.77.0/24", ClaimKind::Static, 900)];
+        assert_eq!(a.step(&input(t0, true, &owner, 0)), Outcome::Lost { cidr: ours.cidr, winner: "o".into() });
+        assert_eq!(a.phase(), &Phase::Blocked { claim: Claim { kind: ClaimKind::Claiming, ..ours }, winner: "o".into() });
+        assert_eq!(a.held(), None);
+        // Still announced (every node sees the conflict), never moved.
+        assert_eq!(a.claim().map(|c| c.cidr), Some(ours.cidr));
+        assert_eq!(a.step(&input(t0, true, &owner, 0)), Outcome::Unchanged);
+        // The owner is forgotten: claimed again, held after the window.
+        let t1 = t0 + WINDOW;
+        assert!(matches!(a.step(&input(t1, true, &[], 0)), Outcome::Announced(c) if c.cidr == ours.cidr));
+        assert_eq!(a.step(&input(t1 + WINDOW, true, &[], 0)), Outcome::Confirmed(ours));
+    }
+
+    #[test]
+    fn a_held_static_claim_beaten_by_an_older_static_one_is_blocked() {
+        let t0 = Instant::now();
+        let ours = Claim { cidr: net("10.244.77.0/24"), kind: ClaimKind::Static, since_ms: 500 };
+        let mut a = allocator(Some(ours), t0);
+        assert_eq!(a.step(&input(t0 + WINDOW, true, &[], 0)), Outcome::Confirmed(ours));
+        let confirmed_rival = [claimant("o", "10.244.77.0/24", ClaimKind::Confirmed, 1)];
+        assert_eq!(a.step(&input(t0, true, &confirmed_rival, 0)), Outcome::Unchanged, "static beats confirmed");
+        let older_static = [claimant("o", "10.244.77.0/24", ClaimKind::Static, 1)];
+        assert_eq!(a.step(&input(t0, true, &older_static, 0)), Outcome::Lost { cidr: ours.cidr, winner: "o".into() });
+        assert!(matches!(a.phase(), Phase::Blocked { .. }));
     }
 
     #[test]
     fn the_previous_generations_block_is_reclaimed_with_its_original_time() {
         let t0 = Instant::now();
         let previous = Claim { cidr: net("10.244.42.0/24"), kind: ClaimKind::Confirmed, since_ms: 7 };
-        let mut a = allocator(None);
+        let mut a = allocator(None, t0);
         let step = StepInput { previous: Some(previous), ..input(t0, true, &[], 0) };
         assert_eq!(a.step(&step), Outcome::Announced(Claim { kind: ClaimKind::Claiming, ..previous }));
     }
@@ -418,7 +515,7 @@ mod tests {
     #[test]
     fn exhaustion_is_reported_once_and_cleared_when_a_block_frees_up() {
         let t0 = Instant::now();
-        let mut a = Allocator::new("me", net("10.244.0.0/24"), 24, Duration::from_secs(1), None);
+        let mut a = Allocator::new("me", net("10.244.0.0/24"), 24, WINDOW, None, t0);
         let full = [claimant("x", "10.244.0.0/24", ClaimKind::Confirmed, 1)];
         assert!(matches!(a.step(&input(t0, true, &full, 0)), Outcome::Exhausted(_)));
         assert_eq!(a.step(&input(t0, true, &full, 0)), Outcome::Unchanged);

@@ -16,6 +16,7 @@ pub mod detect;
 pub mod files;
 pub mod gossip;
 pub mod http;
+pub mod identity;
 pub mod logging;
 pub mod membership;
 pub mod peers;

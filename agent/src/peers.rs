@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::allocation::{self, Claim, Claimant, Conflict};
 use crate::gossip::keys;
+use crate::identity;
 use crate::membership::{Liveness, Member, View};
 use crate::validate::{self, Announcement, Rejection, Rules};
 
@@ -29,16 +30,22 @@ pub struct Peers {
     pub peers: Vec<Peer>,
     /// The claim this node's own previous generation announced, if gossip still has it.
     pub previous_self: Option<Claim>,
+    /// Other generations under this node's own name: earlier runs, or another agent using it.
+    pub same_name: Vec<Member>,
 }
 
-/// The generation that stands for a node: the newest programmable one (alive, or leaving but not
-/// yet declared dead), else the newest. A restarted node's new generation takes over once the
-/// detector has heard it, so peers keep programming the old one (same name, MAC and PodCIDR)
-/// meanwhile instead of flapping.
+/// The generation that stands for a node: among the programmable ones (alive, or leaving but
+/// not yet declared dead) that have not refused the name, the newest one holding its block;
+/// else the newest. A restarted node's new generation takes over once the detector has heard
+/// it and it has confirmed its block again, so peers keep programming the old one (same name,
+/// MAC and PodCIDR) meanwhile instead of flapping; and an agent that starts under a name
+/// already in use (a cloned VM) never displaces the one holding it.
 fn representative<'a>(generations: &[&'a Member]) -> &'a Member {
     generations
         .iter()
-        .max_by_key(|m| (m.liveness.programmable(), m.generation))
+        .max_by_key(|m| {
+            (m.liveness.programmable() && !identity::refused(m), identity::established(m), m.generation)
+        })
         .expect("a node has at least one generation")
 }
 
@@ -49,13 +56,13 @@ pub fn collect(view: &View, me: &str, my_generation: u64, rules: &Rules) -> Peer
     for m in &view.members {
         by_name.entry(m.name.as_str()).or_default().push(m);
     }
-    let previous_self = by_name
-        .remove(me)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|m| m.generation < my_generation)
-        .max_by_key(|m| m.generation)
-        .and_then(|m| keys::decode_claim(m.keys.get(keys::POD_CIDR)?).ok())
+    let same_name: Vec<Member> = by_name.remove(me).unwrap_or_default().into_iter().cloned().collect();
+    let previous_self = same_name
+        .iter()
+        .filter(|m| m.generation < my_generation && !identity::refused(m))
+        .filter_map(|m| Some((m.generation, keys::decode_claim(m.keys.get(keys::POD_CIDR)?).ok()?)))
+        .max_by_key(|(generation, _)| *generation)
+        .map(|(_, claim)| claim)
         .filter(|c| validate::check_pod_cidr(c.cidr, rules.cluster_cidr, rules.node_cidr_prefix).is_ok());
     let peers = by_name
         .into_values()
@@ -69,7 +76,7 @@ pub fn collect(view: &View, me: &str, my_generation: u64, rules: &Rules) -> Peer
             }
         })
         .collect();
-    Peers { peers, previous_self }
+    Peers { peers, previous_self, same_name }
 }
 
 impl Peers {
@@ -248,5 +255,43 @@ mod tests {
         assert_eq!(decided.verdicts, vec![Err(Skip::OverlapsOurs)]);
         assert_eq!(decided.conflicts[0].winner, "a");
         assert_eq!(decided.conflicts[0].losers, vec!["me".to_string()]);
+    }
+    #[test]
+    fn a_restarted_generation_stands_once_it_holds_its_block_again() {
+        let v = view(vec![
+            member("b", 1, Liveness::Leaving, "192.0.2.2", Some("10.244.1.0/24;confirmed;1")),
+            member("b", 2, Liveness::Alive, "192.0.2.2", Some("10.244.1.0/24;claiming;1")),
+        ]);
+        assert_eq!(collect(&v, "me", 5, &rules()).peers[0].generation, 1);
+        let v = view(vec![
+            member("b", 1, Liveness::Dead, "192.0.2.2", Some("10.244.1.0/24;confirmed;1")),
+            member("b", 2, Liveness::Alive, "192.0.2.2", Some("10.244.1.0/24;claiming;1")),
+        ]);
+        assert_eq!(collect(&v, "me", 5, &rules()).peers[0].generation, 2, "the old one is gone");
+    }
+
+    #[test]
+    fn an_agent_started_under_a_name_in_use_never_displaces_the_node_holding_it() {
+        let holder = member("b", 1, Liveness::Alive, "192.0.2.2", Some("10.244.1.0/24;confirmed;1"));
+        let clone = member("b", 2, Liveness::Alive, "198.51.100.9", Some("10.244.1.0/24;claiming;1"));
+        let peers = collect(&view(vec![holder.clone(), clone.clone()]), "me", 5, &rules());
+        assert_eq!(peers.peers[0].generation, 1);
+        let mut refused = clone;
+        refused.keys.insert(keys::STATUS.into(), keys::STATUS_REFUSED.into());
+        refused.keys.remove(keys::POD_CIDR);
+        let mut dead = holder;
+        dead.liveness = Liveness::Dead;
+        let peers = collect(&view(vec![dead, refused]), "me", 5, &rules());
+        assert_eq!(peers.peers[0].generation, 1, "a refused agent stands for nobody");
+    }
+
+    #[test]
+    fn our_previous_claim_ignores_agents_that_refused_our_name() {
+        let mut refused = member("me", 4, Liveness::Alive, "198.51.100.9", Some("10.244.8.0/24;claiming;1"));
+        refused.keys.insert(keys::STATUS.into(), keys::STATUS_REFUSED.into());
+        let v = view(vec![member("me", 3, Liveness::Dead, "192.0.2.1", Some("10.244.9.0/24;confirmed;77")), refused]);
+        let peers = collect(&v, "me", 5, &rules());
+        assert_eq!(peers.previous_self.map(|c| c.cidr), Some("10.244.9.0/24".parse().unwrap()));
+        assert_eq!(peers.same_name.len(), 2);
     }
 }

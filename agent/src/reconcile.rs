@@ -5,6 +5,7 @@
 //! a turn that sees the same inputs changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,8 +23,9 @@ use crate::config::Config;
 use crate::datapath::Datapath;
 use crate::files::{self, Lease};
 use crate::gossip::{self, keys};
-use crate::http::status::{self, ReadinessInput, ReconcileStatus, Status};
-use crate::membership::{Liveness, Settle, View};
+use crate::http::status::{self, NamesakeStatus, ReadinessInput, ReconcileStatus, ServingInput, Status, StrandedPods};
+use crate::identity::{self, Namesake};
+use crate::membership::{Liveness, Member, Settle, View};
 use crate::peers::{self, Peers, Verdicts};
 use crate::shared::Shared;
 use crate::validate::{Rejection, Rules};
@@ -52,8 +54,8 @@ pub struct Init {
     pub view: watch::Receiver<View>,
     pub datapath: Arc<dyn Datapath>,
     pub shared: Arc<Shared>,
-    /// Static PodCIDR or persisted lease.
-    pub held: Option<Claim>,
+    /// Static PodCIDR or persisted lease: claimed at once, served once confirmed.
+    pub start: Option<Claim>,
     /// The lease file as found at start (possibly no longer usable).
     pub lease_on_disk: Option<Lease>,
     /// The node state file as found at start.
@@ -83,6 +85,10 @@ pub struct Controller {
     last_reconcile: Option<ReconcileStatus>,
     rejections: BTreeMap<String, Rejection>,
     conflicts: Vec<Conflict>,
+    /// Other live agents announcing this node's name from other addresses.
+    namesakes: Vec<Namesake>,
+    /// The one this agent yields its name to: it serves nothing meanwhile.
+    yielded_to: Option<Namesake>,
 }
 
 impl Controller {
@@ -90,19 +96,21 @@ impl Controller {
         let cfg = init.config;
         let now = Instant::now();
         let interval = cfg.gossip.interval;
+        let allocator = Allocator::new(
+            &cfg.node_name,
+            cfg.cluster_cidr,
+            cfg.node_cidr_prefix,
+            interval * CONFIRM_ROUNDS,
+            init.start,
+            now,
+        );
         Controller {
             rules: cfg.rules(),
             generation: init.generation,
             vtep_mac: Mac::derived(&cfg.node_name),
-            allocator: Allocator::new(
-                &cfg.node_name,
-                cfg.cluster_cidr,
-                cfg.node_cidr_prefix,
-                interval * CONFIRM_ROUNDS,
-                init.held,
-            ),
+            published_claim: allocator.claim(),
+            allocator,
             settle: Settle::new(now, cfg.startup_grace, interval * SETTLE_ROUNDS, cfg.expects_peers()),
-            published_claim: init.held,
             lease_on_disk: init.lease_on_disk,
             state_on_disk: init.state_on_disk,
             conflist_written: false,
@@ -114,6 +122,8 @@ impl Controller {
             last_reconcile: None,
             rejections: BTreeMap::new(),
             conflicts: Vec::new(),
+            namesakes: Vec::new(),
+            yielded_to: None,
             chitchat: init.chitchat,
             view: init.view,
             datapath: init.datapath,
@@ -161,35 +171,122 @@ impl Controller {
         let view = self.view.borrow_and_update().clone();
         let settled = self.settle.observe(&view, now);
         let peers = peers::collect(&view, &self.cfg.node_name, self.generation, &self.rules);
+        self.check_name(&peers.same_name, settled).await;
         let others = peers.claimants();
-        let outcome = self.allocator.step(&StepInput {
-            now,
-            now_ms: unix_ms(SystemTime::now()),
-            settled,
-            others: &others,
-            previous: peers.previous_self,
-            random: rand::random(),
-        });
+        let outcome = if self.yielded_to.is_some() {
+            self.allocator.withdraw();
+            Outcome::Unchanged
+        } else {
+            self.allocator.step(&StepInput {
+                now,
+                now_ms: unix_ms(SystemTime::now()),
+                settled,
+                others: &others,
+                previous: peers.previous_self,
+                random: rand::random(),
+            })
+        };
         log_outcome(&outcome);
         self.publish_claim().await;
         let verdicts = peers::decide(&peers, &self.cfg.node_name, self.allocator.claim());
         self.note_rejections(&peers);
         self.note_conflicts(&verdicts.conflicts);
+        let serving = status::serving(&ServingInput {
+            node: &self.cfg.node_name,
+            phase: self.allocator.phase(),
+            conflicts: &verdicts.conflicts,
+            name_in_use_by: self.yielded_to.as_ref(),
+        });
         // The periodic resync rewrites the files and re-applies the datapath even when nothing
         // changed here, repairing whatever was changed under us.
         let resync = now >= self.next_resync;
         if resync {
             self.next_resync = now + self.cfg.resync_interval;
         }
-        let held = self.allocator.held();
-        self.sync_files(held, resync);
-        if let (Some(held), true) = (held, settled) {
+        self.sync_files(&serving, resync);
+        if let (Ok(held), true) = (&serving, settled) {
             let desired = self.desired(held.cidr, &peers, &verdicts);
             if resync || self.apply_due(&desired, now) {
                 self.apply(desired).await;
             }
         }
-        self.publish_status(&view, &peers, &verdicts, settled);
+        let stranded = self.stranded(&serving);
+        self.publish_status(&view, &peers, &verdicts, settled, &serving, stranded);
+    }
+
+    /// Decides whether this agent may use its node name (see [`identity`]), and says so in
+    /// gossip, the log and the metrics when that changes.
+    async fn check_name(&mut self, same_name: &[Member], settled: bool) {
+        let me = identity::Me {
+            node_ip: IpAddr::V4(self.cfg.underlay.node_ip),
+            generation: self.generation,
+            established: self.allocator.held().is_some(),
+            refused: self.yielded_to.is_some(),
+        };
+        let same_name: Vec<&Member> = same_name.iter().collect();
+        let mut namesakes = identity::namesakes(&me, &same_name);
+        namesakes.retain(|n| !matches!(n.liveness, Liveness::Dead | Liveness::Left));
+        let yielded_to = if settled { identity::yield_to(&me, &namesakes) } else { None };
+        for n in namesakes.iter().filter(|n| !self.namesakes.iter().any(|o| o.node_ip == n.node_ip)) {
+            if yielded_to.is_none() {
+                tracing::warn!(
+                    node = %self.cfg.node_name, other = %n.node_ip, generation = n.generation,
+                    "another agent announces this node's name; this agent holds it and keeps it"
+                );
+            }
+        }
+        match (&self.yielded_to, &yielded_to) {
+            (None, Some(other)) => {
+                tracing::error!(
+                    node = %self.cfg.node_name, other = %other.node_ip, generation = other.generation,
+                    "node name in use by another live agent: not serving any PodCIDR; give this agent another --node-name"
+                );
+                gossip::publish(&self.chitchat, keys::STATUS, keys::STATUS_REFUSED).await;
+            }
+            (Some(_), None) => {
+                tracing::info!(node = %self.cfg.node_name, "the other agent using this node's name is gone: taking the name");
+                gossip::publish(&self.chitchat, keys::STATUS, keys::STATUS_UP).await;
+            }
+            _ => {}
+        }
+        self.shared.metrics.set_name_in_use(yielded_to.is_some());
+        self.namesakes = namesakes;
+        self.yielded_to = yielded_to;
+    }
+
+    /// Pods whose addresses lie outside the block this node serves: reported, never touched
+    /// (deleting a pod is its owner's decision). Not judged while a claim is still settling.
+    fn stranded(&self, serving: &Result<Claim, String>) -> Option<StrandedPods> {
+        let settled_without_block =
+            matches!(self.allocator.phase(), Phase::Blocked { .. } | Phase::Exhausted(_)) || self.yielded_to.is_some();
+        if serving.is_err() && !settled_without_block {
+            return None;
+        }
+        let store = self.cfg.paths.ipam_dir.join(files::NETWORK_NAME);
+        let reserved = weft_cni::ipam::store::reserved_addresses(&store)
+            .inspect_err(|e| tracing::debug!(error = %e, store = %store.display(), "cannot list pod addresses"))
+            .ok()?;
+        let outside: Vec<IpAddr> = reserved
+            .into_iter()
+            .filter(|ip| !serving.as_ref().is_ok_and(|c| c.cidr.contains(ip)))
+            .map(IpAddr::V4)
+            .collect();
+        if outside.is_empty() {
+            return None;
+        }
+        let reason = match serving {
+            Ok(c) => format!(
+                "outside this node's PodCIDR {}: their block belongs to another node or to none now, so they \
+                 cannot reach pods on other nodes; delete them so that their controllers recreate them",
+                c.cidr
+            ),
+            Err(why) => format!("this node serves no PodCIDR ({why}); they cannot reach pods on other nodes"),
+        };
+        Some(StrandedPods {
+            count: outside.len(),
+            addresses: outside.into_iter().take(status::STRANDED_SHOWN).collect(),
+            reason,
+        })
     }
 
     /// Announces the allocator's current claim (or withdraws it) if gossip does not have it yet.
@@ -205,10 +302,10 @@ impl Controller {
         self.published_claim = claim;
     }
 
-    /// Makes the lease, node state file and conflist match the held PodCIDR. Failures are kept
-    /// for status and retried on the next turn.
-    fn sync_files(&mut self, held: Option<Claim>, rewrite: bool) {
-        let result = self.write_files(held, rewrite);
+    /// Makes the lease, node state file and conflist match the PodCIDR the node serves.
+    /// Failures are kept for status and retried on the next turn.
+    fn sync_files(&mut self, serving: &Result<Claim, String>, rewrite: bool) {
+        let result = self.write_files(serving, rewrite);
         let error = result.err().map(|e| e.to_string());
         if error.is_some() && error != self.files_error {
             tracing::warn!(error = error.as_deref(), "cannot write the node's files");
@@ -217,28 +314,34 @@ impl Controller {
     }
 
     /// `rewrite` writes (or removes) even what should already be in place.
-    fn write_files(&mut self, held: Option<Claim>, rewrite: bool) -> Result<(), files::FileError> {
+    ///
+    /// The lease follows the block the node serves; a block it only claims, or cannot serve,
+    /// leaves the last lease in place (a restart claims that one again). The state file names
+    /// the block the node serves, or, while it serves none, the block it claims or last
+    /// published, marked unavailable with the reason: the plugin then refuses ADDs with it.
+    fn write_files(&mut self, serving: &Result<Claim, String>, rewrite: bool) -> Result<(), files::FileError> {
         let cfg = &self.cfg;
-        let lease = held.map(|c| Lease { pod_cidr: c.cidr, since: c.since_ms, cluster_cidr: cfg.cluster_cidr });
-        if rewrite || lease != self.lease_on_disk {
-            match &lease {
-                Some(l) => files::write_lease(&cfg.paths.lease(), l)?,
-                None => {
-                    files::remove(&cfg.paths.lease())?;
-                }
+        if let Ok(c) = serving {
+            let lease = Lease { pod_cidr: c.cidr, since: c.since_ms, cluster_cidr: cfg.cluster_cidr };
+            if rewrite || Some(&lease) != self.lease_on_disk.as_ref() {
+                files::write_lease(&cfg.paths.lease(), &lease)?;
+                self.lease_on_disk = Some(lease);
             }
-            self.lease_on_disk = lease;
         }
-        let state = held.map(|c| NodeState {
+        let block = match serving {
+            Ok(c) => Some(c.cidr),
+            Err(_) => self.allocator.claim().map(|c| c.cidr).or(self.state_on_disk.as_ref().map(|s| s.pod_cidr)),
+        };
+        let state = block.map(|cidr| NodeState {
             version: STATE_FILE_VERSION,
             node: cfg.node_name.clone(),
             node_ip: cfg.underlay.node_ip,
-            pod_cidr: c.cidr,
-            gateway: gateway_of(&c.cidr),
+            pod_cidr: cidr,
+            gateway: gateway_of(&cidr),
             cluster_cidr: cfg.cluster_cidr,
             mtu: cfg.mtu,
             bridge: DEFAULT_BRIDGE.to_string(),
-            unavailable: None,
+            unavailable: serving.as_ref().err().cloned(),
         });
         if rewrite || state != self.state_on_disk {
             let changed = state != self.state_on_disk;
@@ -246,11 +349,13 @@ impl Controller {
                 Some(s) => {
                     files::write_node_state(&cfg.paths.state_file(), s)?;
                     if changed {
-                        tracing::info!(path = %cfg.paths.state_file().display(), pod_cidr = %s.pod_cidr, "node state file written");
+                        tracing::info!(
+                            path = %cfg.paths.state_file().display(), pod_cidr = %s.pod_cidr,
+                            unavailable = s.unavailable.as_deref(), "node state file written"
+                        );
                     }
                 }
                 None => {
-                    // A PodCIDR we no longer hold must not hand out addresses.
                     if files::remove(&cfg.paths.state_file())? {
                         tracing::warn!(path = %cfg.paths.state_file().display(), "node state file removed");
                     }
@@ -258,7 +363,7 @@ impl Controller {
             }
             self.state_on_disk = state;
         }
-        if held.is_some() && (rewrite || !self.conflist_written) {
+        if serving.is_ok() && (rewrite || !self.conflist_written) {
             let first = !self.conflist_written;
             files::write_conflist(&cfg.paths, cfg.portmap)?;
             if first {
@@ -367,14 +472,20 @@ impl Controller {
         self.shared.metrics.set_conflicts(conflicts.len());
     }
 
-    fn publish_status(&self, view: &View, peers: &Peers, verdicts: &Verdicts, settled: bool) {
+    fn publish_status(
+        &self,
+        view: &View,
+        peers: &Peers,
+        verdicts: &Verdicts,
+        settled: bool,
+        serving: &Result<Claim, String>,
+        stranded: Option<StrandedPods>,
+    ) {
         let cfg = &self.cfg;
         let ready = status::readiness(&ReadinessInput {
-            node: &cfg.node_name,
-            phase: self.allocator.phase(),
-            conflicts: &verdicts.conflicts,
+            serving,
             files_error: self.files_error.as_deref(),
-            files_written: self.state_on_disk.is_some(),
+            files_written: self.state_on_disk.as_ref().is_some_and(|s| s.unavailable.is_none()),
             membership_settled: settled,
             last_reconcile: self.last_reconcile.as_ref(),
         });
@@ -401,15 +512,26 @@ impl Controller {
         let metrics = &self.shared.metrics;
         metrics.set_peers(alive, peers.peers.len() - alive, self.programmed.len());
         metrics.set_ready(ready.is_ok());
+        metrics.set_stranded(stranded.as_ref().map_or(0, |s| s.count));
         self.shared.set_status(Status {
             node: status::NodeStatus {
                 name: cfg.node_name.clone(),
                 node_ip: cfg.underlay.node_ip,
-                pod_cidr: self.allocator.held().map(|c| c.cidr),
+                pod_cidr: serving.as_ref().ok().map(|c| c.cidr),
                 vtep_mac: self.vtep_mac,
                 mtu: cfg.mtu,
                 ready: ready.is_ok(),
                 not_ready_reason: ready.err(),
+                name_in_use_by: self
+                    .namesakes
+                    .iter()
+                    .map(|n| NamesakeStatus {
+                        node_ip: n.node_ip,
+                        generation: n.generation,
+                        holds_the_name: self.yielded_to.is_some_and(|y| y.node_ip == n.node_ip),
+                    })
+                    .collect(),
+                stranded_pods: stranded,
             },
             peers: rows,
             conflicts: verdicts.conflicts.iter().map(status::conflict_status).collect(),
@@ -424,7 +546,7 @@ fn log_outcome(outcome: &Outcome) {
         Outcome::Announced(c) => tracing::info!(pod_cidr = %c.cidr, "claiming PodCIDR"),
         Outcome::Confirmed(c) => tracing::info!(pod_cidr = %c.cidr, "PodCIDR confirmed"),
         Outcome::Lost { cidr, winner } => {
-            tracing::warn!(pod_cidr = %cidr, %winner, "PodCIDR lost to a better claim; choosing another")
+            tracing::warn!(pod_cidr = %cidr, %winner, "PodCIDR held by a better claim: not serving it")
         }
         Outcome::Exhausted(e) => tracing::error!(error = %e, "cannot allocate a PodCIDR"),
     }

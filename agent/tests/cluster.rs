@@ -209,18 +209,181 @@ async fn an_earlier_claim_wins_the_block_and_the_later_claimant_moves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_static_podcidr_displaces_an_allocated_one() {
+async fn a_static_podcidr_never_takes_a_block_in_use() {
     let mut c = Cluster::new();
     c.add_and_start(&["a", "b"]).await;
     converged(&c, "2 nodes converged").await;
     let taken = c.pod_cidr("a").unwrap();
     c.add("s").pod_cidr = Some(taken);
     c.start("s").await;
-    wait_until(CONVERGE, "a moved and s holds its static block", || {
-        c.pod_cidr("s") == Some(taken) && c.pod_cidr("a").is_some_and(|p| p != taken) && c.converged()
+    wait_until(CONVERGE, "s refuses the block a holds, and says so", || {
+        c.status("s").is_some_and(|st| {
+            !st.node.ready
+                && st.node.not_ready_reason.is_some_and(|r| r.contains(&format!("PodCIDR {taken} (--pod-cidr) is held by node a")))
+        })
     })
     .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(c.pod_cidr("a"), Some(taken), "a keeps its block");
+    assert!(c.ready("a"));
+    assert_eq!(c.datapath("b").programmed().get("a"), Some(&taken));
+    assert!(c.datapath("b").history().iter().all(|(_, d)| d.peers.iter().all(|p| p.name != "s")));
     c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_from_maintenance_never_takes_its_old_block_from_the_node_now_holding_it() {
+    // The reported case: two /24 blocks; b holds one, goes away long enough to be forgotten, c
+    // gets b's block and runs a pod in it, then b comes back with its state dir.
+    let mut c = Cluster::with_pool("10.245.0.0/23", 24);
+    for n in ["a", "b", "c"] {
+        c.add(n).gossip.dead_node_grace_period = Duration::from_secs(2);
+    }
+    c.start("a").await;
+    c.start("b").await;
+    converged(&c, "a and b converged").await;
+    let block = c.pod_cidr("b").unwrap();
+    pod_address(&c, "b", &format!("{}", nth_host(block, 5)));
+    c.stop("b").await;
+    wait_until(CONVERGE, "b forgotten by a", || c.status("a").unwrap().peers.iter().all(|p| p.name != "b")).await;
+    c.start("c").await;
+    converged(&c, "c joined").await;
+    assert_eq!(c.pod_cidr("c"), Some(block), "c got the forgotten block");
+    let c_lease = files::read_lease(&c.nodes["c"].config.paths.lease()).unwrap().unwrap();
+    let b_lease = files::read_lease(&c.nodes["b"].config.paths.lease()).unwrap().unwrap();
+    assert!(b_lease.since < c_lease.since, "b's claim is the older one: that alone must not win");
+
+    let back = Instant::now();
+    c.start("b").await;
+    wait_until(CONVERGE, "b reports that its block is gone and its old pod stranded", || {
+        c.status("b").is_some_and(|s| {
+            s.node.not_ready_reason.as_deref().is_some_and(|r| r.contains("exhausted"))
+                && s.node.stranded_pods.as_ref().is_some_and(|p| p.count == 1)
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // c never lost its block, its files or its routes on a.
+    assert_eq!(c.pod_cidr("c"), Some(block));
+    assert!(c.ready("c"));
+    let state = NodeState::read(&c.nodes["c"].config.paths.state_file()).unwrap();
+    assert_eq!((state.pod_cidr, state.unavailable), (block, None));
+    for (_, d) in c.datapath("a").history().iter().filter(|(at, _)| *at >= back) {
+        let owner: Vec<&str> = d.peers.iter().filter(|p| p.pod_cidr == block).map(|p| p.name.as_str()).collect();
+        assert_eq!(owner, ["c"], "a routed c's block elsewhere");
+    }
+    assert!(c.datapath("c").history().iter().all(|(_, d)| d.local.pod_cidr == block));
+    // b hands out nothing from the block: its state file says why.
+    let b_state = NodeState::read(&c.nodes["b"].config.paths.state_file()).unwrap();
+    assert!(b_state.unavailable.is_some_and(|r| r.contains("exhausted")), "b must not serve {block}");
+    assert!(metric(&c.metrics("b"), "weft_stranded_pod_addresses") == 1);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_naming_a_live_nodes_block_is_claimed_elsewhere() {
+    let mut c = Cluster::new();
+    c.add_and_start(&["a", "b"]).await;
+    converged(&c, "2 nodes converged").await;
+    let taken = c.pod_cidr("a").unwrap();
+    c.add("n");
+    // A stale lease, older than a's claim (a copied state dir, a restored backup).
+    let lease = files::Lease { pod_cidr: taken, since: 1, cluster_cidr: c.cluster_cidr };
+    files::write_lease(&c.nodes["n"].config.paths.lease(), &lease).unwrap();
+    c.start("n").await;
+    converged(&c, "n joined on another block").await;
+    assert_ne!(c.pod_cidr("n"), Some(taken));
+    assert_eq!(c.pod_cidr("a"), Some(taken));
+    assert!(c.datapath("b").history().iter().all(|(_, d)| d.peers.iter().all(|p| p.name != "n" || p.pod_cidr != taken)));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_started_under_a_live_nodes_name_refuses_and_takes_it_over_only_once_it_is_dead() {
+    let mut c = Cluster::new();
+    c.add_and_start(&["n1", "b", "c"]).await;
+    converged(&c, "3 nodes converged").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let block = c.pod_cidr("n1").unwrap();
+    let holder_ip = c.nodes["n1"].config.underlay.node_ip;
+    c.add_clone("clone", "n1");
+    let clone_ip = c.nodes["clone"].config.underlay.node_ip;
+    let started = Instant::now();
+    c.start("clone").await;
+    wait_until(CONVERGE, "the clone refuses the name, naming the holder", || {
+        c.status("clone").is_some_and(|s| {
+            !s.node.ready
+                && s.node.not_ready_reason.is_some_and(|r| r.contains(&format!("node name n1 is in use by the agent at {holder_ip}")))
+        }) && metric(&c.metrics("clone"), "weft_node_name_in_use") == 1
+    })
+    .await;
+    wait_until(CONVERGE, "the holder shows the clone", || {
+        c.status("n1").is_some_and(|s| s.node.name_in_use_by.iter().any(|n| n.node_ip == clone_ip && !n.holds_the_name))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(c.ready("n1"));
+    assert_eq!(c.pod_cidr("n1"), Some(block));
+    assert_eq!(c.pod_cidr("clone"), None);
+    for peer in ["b", "c"] {
+        for (_, d) in c.datapath(peer).history().iter().filter(|(at, _)| *at >= started) {
+            let n1 = d.peers.iter().find(|p| p.name == "n1").expect("n1 stays programmed");
+            assert_eq!(n1.node_ip, holder_ip, "{peer} sent n1's block to the clone");
+        }
+    }
+    assert!(c.datapath("clone").history().is_empty(), "the clone programs nothing");
+
+    // The holder dies: the name (and its block) pass to the agent at the new address, as for a
+    // VM that came back under another IP.
+    c.kill("n1").await;
+    wait_until(CONVERGE, "the clone took the name over and is routed", || {
+        c.ready("clone")
+            && ["b", "c"].iter().all(|p| {
+                c.datapath(p).last().is_some_and(|d| d.peers.iter().any(|x| x.name == "n1" && x.node_ip == clone_ip))
+            })
+    })
+    .await;
+    assert_eq!(c.pod_cidr("clone"), Some(block));
+    assert_eq!(metric(&c.metrics("clone"), "weft_node_name_in_use"), 0);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loser_of_a_static_podcidr_conflict_serves_nothing_and_reports_its_pods() {
+    let mut c = Cluster::new();
+    let block: Ipv4Net = "10.244.77.0/24".parse().unwrap();
+    c.add("w").pod_cidr = Some(block);
+    c.start("w").await;
+    wait_until(CONVERGE, "w holds its static block", || c.ready("w")).await;
+    c.add("l").pod_cidr = Some(block);
+    pod_address(&c, "l", "10.244.77.2");
+    c.start("l").await;
+    wait_until(CONVERGE, "l refuses to serve and says why", || {
+        c.status("l").is_some_and(|s| {
+            !s.node.ready
+                && s.node.pod_cidr.is_none()
+                && s.node.stranded_pods.as_ref().is_some_and(|p| p.addresses == ["10.244.77.2".parse::<std::net::IpAddr>().unwrap()])
+        })
+    })
+    .await;
+    let state = NodeState::read(&c.nodes["l"].config.paths.state_file()).unwrap();
+    let reason = state.unavailable.expect("the plugin must refuse ADDs on l");
+    assert!(reason.contains("10.244.77.0/24 (--pod-cidr) is held by node w"), "{reason}");
+    assert!(c.ready("w"));
+    assert!(c.datapath("l").history().is_empty());
+    assert!(metric(&c.metrics("l"), "weft_podcidr_conflicts_current") >= 1);
+    c.shutdown().await;
+}
+
+/// Reserves `ip` in `node`'s IPAM store as the plugin would for a pod.
+fn pod_address(c: &Cluster, node: &str, ip: &str) {
+    let dir = c.nodes[node].config.paths.ipam_dir.join(files::NETWORK_NAME);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{ip}@0123456789abcdef")), "pod\neth0\n").unwrap();
+}
+
+fn nth_host(net: Ipv4Net, n: u32) -> std::net::Ipv4Addr {
+    (u32::from(net.network()) + n).into()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

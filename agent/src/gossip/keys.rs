@@ -7,7 +7,7 @@
 //! | `vni`        | VXLAN network identifier                | never within a generation    |
 //! | `vxlan_port` | VXLAN UDP port                          | never within a generation    |
 //! | `version`    | agent version (informational)           | never within a generation    |
-//! | `status`     | `up`, or `leaving` during shutdown      | once, on shutdown            |
+//! | `status`     | `up`; `name-in-use` while the agent yields its name to another; `leaving` during shutdown | on those events |
 //! | `pod_cidr`   | `<cidr>;<claiming|confirmed|static>;<since ms>` | while allocating     |
 //!
 //! The claim is one key so that a peer can never see a block with another claim's time.
@@ -28,6 +28,8 @@ pub const POD_CIDR: &str = "pod_cidr";
 
 pub const STATUS_UP: &str = "up";
 pub const STATUS_LEAVING: &str = "leaving";
+/// This agent found its node name in use by another live agent and does not serve under it.
+pub const STATUS_REFUSED: &str = "name-in-use";
 
 /// The facts a node announces for its whole generation.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -57,6 +57,8 @@ pub struct Metrics {
     conflicts_seen: Counter,
     conflicts: Gauge,
     ready: Gauge,
+    name_in_use: Gauge,
+    stranded: Gauge,
     vxlan_dropped_packets: Counter,
     vxlan_dropped_bytes: Counter,
     /// The kernel counter at the last apply, to export what it gained since.
@@ -146,6 +148,18 @@ impl Metrics {
         registry.register("podcidr_conflicts_current", "PodCIDR conflicts not resolved yet", conflicts.clone());
         let ready = Gauge::default();
         registry.register("ready", "1 when the node is ready", ready.clone());
+        let name_in_use = Gauge::default();
+        registry.register(
+            "node_name_in_use",
+            "1 while another live agent holds this node's name, so this one serves nothing",
+            name_in_use.clone(),
+        );
+        let stranded = Gauge::default();
+        registry.register(
+            "stranded_pod_addresses",
+            "Pod addresses on this node outside the PodCIDR it serves (its block moved or is lost)",
+            stranded.clone(),
+        );
         let vxlan_dropped_packets = Counter::default();
         registry.register(
             "vxlan_dropped_packets",
@@ -174,6 +188,8 @@ impl Metrics {
             conflicts_seen,
             conflicts,
             ready,
+            name_in_use,
+            stranded,
             vxlan_dropped_packets,
             vxlan_dropped_bytes,
             vxlan_dropped_seen: Mutex::default(),
@@ -245,6 +261,14 @@ impl Metrics {
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
+    }
+
+    pub fn set_name_in_use(&self, in_use: bool) {
+        self.name_in_use.set(i64::from(in_use));
+    }
+
+    pub fn set_stranded(&self, n: usize) {
+        self.stranded.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 }
 

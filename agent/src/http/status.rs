@@ -2,7 +2,7 @@
 //! the reconciler's decisions, and how the command renders it as a table.
 
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::SystemTime;
 
 use ipnet::Ipv4Net;
@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use weft_overlay::Mac;
 use weft_overlay::desired::PeerPath;
 
-use crate::allocation::{Conflict, Phase};
+use crate::allocation::{Claim, Conflict, Phase};
+use crate::identity::Namesake;
 use crate::membership::Liveness;
 use crate::peers::{Peer, Skip};
 
@@ -38,7 +39,37 @@ pub struct NodeStatus {
     pub ready: bool,
     /// Why the node is not ready; `null` when it is.
     pub not_ready_reason: Option<String>,
+    /// Other live agents announcing this node's name from another address (cloned VMs): the
+    /// one holding the name keeps it, the others refuse to serve.
+    #[serde(default)]
+    pub name_in_use_by: Vec<NamesakeStatus>,
+    /// Pods on this node whose addresses are outside the PodCIDR it serves (its block moved to
+    /// another node, or it serves none): they cannot reach pods on other nodes.
+    #[serde(default)]
+    pub stranded_pods: Option<StrandedPods>,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamesakeStatus {
+    #[serde(rename = "nodeIP")]
+    pub node_ip: IpAddr,
+    pub generation: u64,
+    /// `true` when this agent yields the name to that one (and so serves nothing).
+    pub holds_the_name: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StrandedPods {
+    /// Their addresses (at most [`STRANDED_SHOWN`] listed; `count` has them all).
+    pub addresses: Vec<IpAddr>,
+    pub count: usize,
+    pub reason: String,
+}
+
+/// How many stranded addresses `/status` lists.
+pub const STRANDED_SHOWN: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -126,22 +157,24 @@ pub fn conflict_status(c: &Conflict) -> ConflictStatus {
     ConflictStatus { pod_cidr: c.cidr, winner: c.winner.clone(), losers: c.losers.clone() }
 }
 
-/// What readiness depends on, in the order it is checked.
+/// Whether the node may serve pods from its PodCIDR: it holds the block uncontested under a name
+/// no other live agent holds. Otherwise why not: the reason the plugin gives for refusing ADDs.
 #[derive(Debug, Clone, Copy)]
-pub struct ReadinessInput<'a> {
+pub struct ServingInput<'a> {
     pub node: &'a str,
     pub phase: &'a Phase,
     pub conflicts: &'a [Conflict],
-    /// The last failure writing the node's files, if the last attempt failed.
-    pub files_error: Option<&'a str>,
-    pub files_written: bool,
-    pub membership_settled: bool,
-    pub last_reconcile: Option<&'a ReconcileStatus>,
+    /// The agent this one yields its name to.
+    pub name_in_use_by: Option<&'a Namesake>,
 }
 
-/// Ready: the node holds its PodCIDR uncontested, its files are written, and the last
-/// reconcile succeeded. Otherwise the first reason that applies.
-pub fn readiness(i: &ReadinessInput<'_>) -> Result<(), String> {
+pub fn serving(i: &ServingInput<'_>) -> Result<Claim, String> {
+    if let Some(other) = i.name_in_use_by {
+        return Err(format!(
+            "node name {} is in use by the agent at {} (generation {}); give this agent another --node-name",
+            i.node, other.node_ip, other.generation
+        ));
+    }
     let held = match i.phase {
         Phase::Waiting => {
             return Err("waiting for gossip membership to settle before choosing a PodCIDR".into());
@@ -149,8 +182,14 @@ pub fn readiness(i: &ReadinessInput<'_>) -> Result<(), String> {
         Phase::Claiming { claim, .. } => {
             return Err(format!("claiming PodCIDR {} until it has propagated without a better claim", claim.cidr));
         }
+        Phase::Blocked { claim, winner } => {
+            return Err(format!(
+                "PodCIDR {} (--pod-cidr) is held by node {winner}, whose claim wins; set another --pod-cidr",
+                claim.cidr
+            ));
+        }
         Phase::Exhausted(e) => return Err(e.to_string()),
-        Phase::Held { claim } => claim,
+        Phase::Held { claim } => *claim,
     };
     if let Some(c) = i.conflicts.iter().find(|c| c.cidr == held.cidr && c.winner != i.node) {
         return Err(format!(
@@ -158,6 +197,24 @@ pub fn readiness(i: &ReadinessInput<'_>) -> Result<(), String> {
             c.cidr, c.winner
         ));
     }
+    Ok(held)
+}
+
+/// What readiness depends on, in the order it is checked.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadinessInput<'a> {
+    pub serving: &'a Result<Claim, String>,
+    /// The last failure writing the node's files, if the last attempt failed.
+    pub files_error: Option<&'a str>,
+    pub files_written: bool,
+    pub membership_settled: bool,
+    pub last_reconcile: Option<&'a ReconcileStatus>,
+}
+
+/// Ready: the node serves its PodCIDR, its files are written, and the last reconcile
+/// succeeded. Otherwise the first reason that applies.
+pub fn readiness(i: &ReadinessInput<'_>) -> Result<(), String> {
+    i.serving.as_ref().map_err(Clone::clone)?;
     if let Some(e) = i.files_error {
         return Err(format!("cannot write the node's files: {e}"));
     }
@@ -194,6 +251,13 @@ pub fn render(s: &Status) -> String {
     );
     if let Some(reason) = &n.not_ready_reason {
         let _ = writeln!(out, "  not ready: {reason}");
+    }
+    for other in &n.name_in_use_by {
+        let role = if other.holds_the_name { "holds it; this agent serves nothing" } else { "refused; this agent keeps it" };
+        let _ = writeln!(out, "  node name also used by the agent at {}: {role}", other.node_ip);
+    }
+    if let Some(s) = &n.stranded_pods {
+        let _ = writeln!(out, "  {} pod address(es) stranded: {}", s.count, s.reason);
     }
     let header = ["PEER", "NODE IP", "POD CIDR", "VTEP MAC", "STATE", "PATH", "PROGRAMMED", "LAST SEEN", "NOTE"];
     let rows: Vec<[String; 9]> = s
@@ -274,25 +338,17 @@ mod tests {
     }
 
     #[test]
-    fn readiness_names_the_first_thing_missing() {
-        let held = Phase::Held { claim: claim("10.244.1.0/24", ClaimKind::Confirmed) };
-        let ok = ok_reconcile();
-        let failed = ReconcileStatus { error: Some("boom".into()), ..ok_reconcile() };
-        let base = ReadinessInput {
-            node: "me",
-            phase: &held,
-            conflicts: &[],
-            files_error: None,
-            files_written: true,
-            membership_settled: true,
-            last_reconcile: Some(&ok),
-        };
-        assert_eq!(readiness(&base), Ok(()));
+    fn serving_needs_a_held_uncontested_block_under_a_name_nobody_else_holds() {
+        let held_claim = claim("10.244.1.0/24", ClaimKind::Confirmed);
+        let held = Phase::Held { claim: held_claim };
+        let base = ServingInput { node: "me", phase: &held, conflicts: &[], name_in_use_by: None };
+        assert_eq!(serving(&base), Ok(held_claim));
         let waiting = Phase::Waiting;
         let claiming = Phase::Claiming {
             claim: claim("10.244.1.0/24", ClaimKind::Claiming),
             confirm_at: tokio::time::Instant::now(),
         };
+        let blocked = Phase::Blocked { claim: claim("10.244.77.0/24", ClaimKind::Claiming), winner: "n2".into() };
         let exhausted = Phase::Exhausted(AllocationError::Exhausted {
             pool: "10.244.0.0/24".parse().unwrap(),
             prefix: 24,
@@ -300,11 +356,42 @@ mod tests {
         });
         let lost =
             [Conflict { cidr: "10.244.1.0/24".parse().unwrap(), winner: "other".into(), losers: vec!["me".into()] }];
+        let namesake = Namesake {
+            node_ip: "198.51.100.7".parse().unwrap(),
+            generation: 9,
+            liveness: Liveness::Alive,
+            established: true,
+        };
+        let cases: Vec<(ServingInput<'_>, &str)> = vec![
+            (ServingInput { phase: &waiting, ..base }, "settle"),
+            (ServingInput { phase: &claiming, ..base }, "claiming PodCIDR 10.244.1.0/24"),
+            (ServingInput { phase: &blocked, ..base }, "PodCIDR 10.244.77.0/24 (--pod-cidr) is held by node n2"),
+            (ServingInput { phase: &exhausted, ..base }, "exhausted"),
+            (ServingInput { conflicts: &lost, ..base }, "also claimed by other"),
+            (ServingInput { name_in_use_by: Some(&namesake), ..base }, "node name me is in use by the agent at 198.51.100.7"),
+        ];
+        for (input, expected) in cases {
+            let reason = serving(&input).unwrap_err();
+            assert!(reason.contains(expected), "{reason:?} lacks {expected:?}");
+        }
+    }
+
+    #[test]
+    fn readiness_names_the_first_thing_missing() {
+        let ok = ok_reconcile();
+        let failed = ReconcileStatus { error: Some("boom".into()), ..ok_reconcile() };
+        let serves = Ok(claim("10.244.1.0/24", ClaimKind::Confirmed));
+        let base = ReadinessInput {
+            serving: &serves,
+            files_error: None,
+            files_written: true,
+            membership_settled: true,
+            last_reconcile: Some(&ok),
+        };
+        assert_eq!(readiness(&base), Ok(()));
+        let refused = Err("name in use".to_string());
         let cases: Vec<(ReadinessInput<'_>, &str)> = vec![
-            (ReadinessInput { phase: &waiting, ..base }, "settle"),
-            (ReadinessInput { phase: &claiming, ..base }, "claiming PodCIDR 10.244.1.0/24"),
-            (ReadinessInput { phase: &exhausted, ..base }, "exhausted"),
-            (ReadinessInput { conflicts: &lost, ..base }, "also claimed by other"),
+            (ReadinessInput { serving: &refused, ..base }, "name in use"),
             (ReadinessInput { files_error: Some("EROFS"), ..base }, "EROFS"),
             (ReadinessInput { files_written: false, ..base }, "not written"),
             (ReadinessInput { membership_settled: false, ..base }, "programming peers"),
@@ -376,6 +463,16 @@ mod tests {
                 mtu: 1450,
                 ready: false,
                 not_ready_reason: Some("last reconcile failed: x".into()),
+                name_in_use_by: vec![NamesakeStatus {
+                    node_ip: "198.51.100.7".parse().unwrap(),
+                    generation: 4,
+                    holds_the_name: false,
+                }],
+                stranded_pods: Some(StrandedPods {
+                    addresses: vec!["10.244.9.2".parse().unwrap()],
+                    count: 1,
+                    reason: "10.244.9.0/24 is held by n2".into(),
+                }),
             },
             peers: vec![PeerStatus {
                 name: "b".into(),
@@ -408,6 +505,8 @@ mod tests {
         assert!(table.starts_with("node a  ip 192.0.2.1  podCIDR 10.244.1.0/24"));
         assert!(table.contains("NOT READY"));
         assert!(table.contains("not ready: last reconcile failed: x"));
+        assert!(table.contains("node name also used by the agent at 198.51.100.7: refused; this agent keeps it"));
+        assert!(table.contains("1 pod address(es) stranded: 10.244.9.0/24 is held by n2"));
         let row = table.lines().find(|l| l.starts_with("b ")).unwrap();
         for cell in ["192.0.2.2", "10.244.2.0/24", "alive", "direct", "no"] {
             assert!(row.contains(cell), "{row}");

@@ -156,6 +156,13 @@ impl Cluster {
         &mut self.nodes.get_mut(name).unwrap().config
     }
 
+    /// Adds a second agent under `name`'s node name on another machine (a cloned VM), known
+    /// to the harness as `key`.
+    pub fn add_clone(&mut self, key: &str, name: &str) -> &mut Config {
+        self.add(key).node_name = name.to_string();
+        &mut self.nodes.get_mut(key).unwrap().config
+    }
+
     /// Starts (or restarts) a node with a fresh recording datapath.
     pub async fn start(&mut self, name: &str) {
         let node = self.nodes.get_mut(name).unwrap();

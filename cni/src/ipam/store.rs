@@ -89,15 +89,7 @@ impl Store {
     }
 
     pub fn allocations(&self) -> Result<Vec<Allocation>, StoreError> {
-        let entries = fs::read_dir(&self.dir).map_err(|e| self.io_err(e))?;
-        let mut out = Vec::new();
-        for entry in entries {
-            let name = entry.map_err(|e| self.io_err(e))?.file_name();
-            if let Some(alloc) = name.to_str().and_then(parse_file_name) {
-                out.push(alloc);
-            }
-        }
-        Ok(out)
+        read_allocations(&self.dir).map_err(|e| self.io_err(e))
     }
 
     pub fn find(&self, owner: &Owner) -> Result<Option<Ipv4Addr>, StoreError> {
@@ -182,6 +174,26 @@ fn parse_file_name(name: &str) -> Option<Allocation> {
     let (ip, key) = name.split_once('@')?;
     let valid_key = key.len() == OWNER_HEX && key.bytes().all(|b| b.is_ascii_hexdigit());
     Some(Allocation { ip: ip.parse().ok()?, owner_key: key.to_string(), file: name.to_string() }).filter(|_| valid_key)
+}
+
+fn read_allocations(dir: &Path) -> io::Result<Vec<Allocation>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        if let Some(alloc) = entry?.file_name().to_str().and_then(parse_file_name) {
+            out.push(alloc);
+        }
+    }
+    Ok(out)
+}
+
+/// The addresses reserved in the store at `dir`, read without taking its lock: a snapshot for
+/// reporting (allocation files appear and vanish whole). A store not created yet has none.
+pub fn reserved_addresses(dir: &Path) -> io::Result<Vec<Ipv4Addr>> {
+    match read_allocations(dir) {
+        Ok(allocations) => Ok(allocations.into_iter().map(|a| a.ip).collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@ pub struct Namesake {
     pub liveness: Liveness,
     /// Holds a confirmed or static PodCIDR.
     pub established: bool,
+    /// Announced that it yields the name to another agent.
+    pub refused: bool,
 }
 
 /// This agent as the rule sees it.
@@ -51,15 +53,20 @@ pub fn refused(m: &Member) -> bool {
     m.keys.get(keys::STATUS).is_some_and(|s| s == keys::STATUS_REFUSED)
 }
 
-/// Every other agent that uses `me`'s name from another address and has not refused it.
-/// `same_name` are the view's members of this node's name (its own generation excluded).
+/// Every other agent that announces `me`'s name from another address. `same_name` are the
+/// view's members of this node's name.
 pub fn namesakes(me: &Me, same_name: &[&Member]) -> Vec<Namesake> {
     same_name
         .iter()
-        .filter(|m| m.generation != me.generation && !refused(m))
+        .filter(|m| m.generation != me.generation)
         .filter_map(|m| {
-            let ip = node_ip(m).filter(|ip| *ip != me.node_ip)?;
-            Some(Namesake { node_ip: ip, generation: m.generation, liveness: m.liveness, established: established(m) })
+            Some(Namesake {
+                node_ip: node_ip(m).filter(|ip| *ip != me.node_ip)?,
+                generation: m.generation,
+                liveness: m.liveness,
+                established: established(m),
+                refused: refused(m),
+            })
         })
         .collect()
 }
@@ -70,11 +77,11 @@ pub fn namesakes(me: &Me, same_name: &[&Member]) -> Vec<Namesake> {
 /// cannot alternate.
 pub fn yield_to(me: &Me, namesakes: &[Namesake]) -> Option<Namesake> {
     let rank = |established: bool, generation: u64| (!established, generation);
+    let mut contenders = namesakes.iter().filter(|n| !n.refused);
     if me.refused {
-        return namesakes.iter().find(|n| !matches!(n.liveness, Liveness::Dead | Liveness::Left)).copied();
+        return contenders.find(|n| !matches!(n.liveness, Liveness::Dead | Liveness::Left)).copied();
     }
-    namesakes
-        .iter()
+    contenders
         .filter(|n| n.liveness == Liveness::Alive)
         .find(|n| rank(n.established, n.generation) < rank(me.established, me.generation))
         .copied()

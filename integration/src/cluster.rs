@@ -112,6 +112,11 @@ impl Cluster {
 
     /// Starts (or restarts) node `i`'s agent inside its namespace; logs go to `<node dir>/agent.log`.
     pub fn start_agent(&mut self, i: usize) -> Result<()> {
+        self.start_agent_with(i, self.agent_args(i))
+    }
+
+    /// Starts node `i`'s agent with the given `weft-agent` arguments (see [`Cluster::agent_args`]).
+    pub fn start_agent_with(&mut self, i: usize, args: Vec<String>) -> Result<()> {
         let node = &self.lab.nodes[i];
         let log = File::options()
             .create(true)
@@ -120,7 +125,7 @@ impl Cluster {
             .map_err(|e| LabError::Other(format!("open agent log: {e}")))?;
         let log2 = log.try_clone().map_err(|e| LabError::Other(format!("agent log: {e}")))?;
         let mut cmd = Command::new(bins::path("weft-agent")?);
-        cmd.args(self.agent_args(i)).stdin(Stdio::null()).stdout(log).stderr(log2);
+        cmd.args(args).stdin(Stdio::null()).stdout(log).stderr(log2);
         let name = format!("weft-agent {}", node.name);
         let process = netns::within(&node.ns.path(), || Process::spawn(&name, &mut cmd))??;
         self.agents[i] = Some(process);

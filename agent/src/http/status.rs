@@ -361,6 +361,7 @@ mod tests {
             generation: 9,
             liveness: Liveness::Alive,
             established: true,
+            refused: false,
         };
         let cases: Vec<(ServingInput<'_>, &str)> = vec![
             (ServingInput { phase: &waiting, ..base }, "settle"),

@@ -76,16 +76,62 @@ impl Cluster {
 
     /// Waits until pod `from` gets a ping reply from pod `to`.
     fn reaches(&self, from: usize, to: usize) {
-        let target = self.pods[to].ip;
-        wait::until(&format!("pod on n{} to reach pod on n{}", from + 1, to + 1), LIMIT, EVERY, || {
-            self.pods[from].ping_once(target).then_some(())
-        })
-        .expect("ping");
+        reaches(&self.pods[from], &self.pods[to]);
+    }
+
+    /// Attaches a second pod to node `i`'s cni0, in `cidr` (the node's PodCIDR by now).
+    fn second_pod(&self, i: usize, cidr: Ipv4Net) -> Pod {
+        let spec = PodSpec {
+            name: &format!("{}-{}-pod2", self.lab.prefix, self.lab.nodes[i].name),
+            host_veth: "vpod1",
+            bridge: "cni0",
+            address: Ipv4Net::new(Ipv4Addr::from(u32::from(cidr.network()) + 10), cidr.prefix_len()).unwrap(),
+            gateway: gateway_of(&cidr),
+            mtu: 1450,
+        };
+        pod::attach(self.ns(i), &spec).expect("pod")
+    }
+
+    /// Applies every other node's desired state with node `i` as `changed` says it now is.
+    fn peers_learn(&self, i: usize, encap: Encap, changed: impl Fn(&mut Peer)) {
+        for j in (0..self.lab.nodes.len()).filter(|&j| j != i) {
+            let mut d = self.desired(j, encap);
+            d.peers.iter_mut().filter(|p| p.name == self.lab.nodes[i].name).for_each(&changed);
+            self.apply(j, &d);
+        }
     }
 
     fn text(&self, i: usize, program: &str, args: &[&str]) -> String {
         self.ns(i).run(program, args).expect(program)
     }
+}
+
+/// Waits until pod `from` gets a ping reply from pod `to`.
+fn reaches(from: &Pod, to: &Pod) {
+    wait::until(&format!("{} to reach {}", from.ns.name(), to.ns.name()), LIMIT, EVERY, || {
+        from.ping_once(to.ip).then_some(())
+    })
+    .expect("ping");
+}
+
+/// What a node has programmed for its peers: weft's routes, vxlan0's permanent neighbours and
+/// its FDB entries.
+fn peer_entries(ns: &Netns) -> [String; 3] {
+    [
+        weft_routes(ns),
+        ns.ip(&["neigh", "show", "dev", "vxlan0", "nud", "permanent"]).expect("neighbours"),
+        ns.run("bridge", &["fdb", "show", "dev", "vxlan0"]).expect("fdb"),
+    ]
+}
+
+/// Node `i`'s peer entries are still `before`, right after the apply and a second later (where
+/// the agent saw them vanish), and the next apply has nothing to repair.
+fn keeps_peer_entries(c: &Cluster, i: usize, d: &Desired, before: &[String; 3]) {
+    assert_eq!(&peer_entries(c.ns(i)), before, "right after the apply");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(&peer_entries(c.ns(i)), before, "a second after the apply");
+    let again = c.apply(i, d);
+    assert_eq!(again.writes(), 0, "{again:#?}");
 }
 
 fn ip_json(ns: &Netns, args: &[&str]) -> Value {
@@ -246,6 +292,48 @@ fn vni_change_recreates_vxlan_and_restores_connectivity() {
     assert_eq!(link["linkinfo"]["info_data"]["id"], 7);
     c.reaches(0, 1);
     c.reaches(1, 2);
+}
+
+#[test]
+fn a_pod_cidr_change_keeps_every_peer_entry_and_pods_reach_across_the_overlay() {
+    let c = cluster();
+    // n1 reaches n2 through vxlan0 and n3 directly: both kinds of route must survive.
+    c.apply_all(Encap::CrossSubnet);
+    let before = peer_entries(c.ns(0));
+    let moved: Ipv4Net = "10.244.11.0/24".parse().unwrap();
+    let mut d = c.desired(0, Encap::CrossSubnet);
+    d.local.pod_cidr = moved;
+    let report = c.apply(0, &d);
+    // vxlan0's and cni0's addresses swapped, the table rewritten for the new PodCIDR.
+    assert_eq!((report.created, report.changed, report.removed), (2, 1, 2), "{report:#?}");
+    keeps_peer_entries(&c, 0, &d, &before);
+    let addrs = c.ns(0).ip(&["-4", "-o", "addr", "show"]).unwrap();
+    assert!(addrs.contains("10.244.11.0/32") && addrs.contains("10.244.11.1/24"), "{addrs}");
+    assert!(!addrs.contains("10.244.1."), "{addrs}");
+
+    c.peers_learn(0, Encap::CrossSubnet, |p| p.pod_cidr = moved);
+    let pod = c.second_pod(0, moved);
+    reaches(&pod, &c.pods[1]);
+    reaches(&pod, &c.pods[2]);
+    reaches(&c.pods[1], &pod);
+}
+
+#[test]
+fn a_vtep_mac_change_keeps_every_peer_neighbour() {
+    let c = cluster();
+    c.apply_all(Encap::Always);
+    let before = peer_entries(c.ns(0));
+    let renamed = Mac::derived("n1-renamed");
+    let mut d = c.desired(0, Encap::Always);
+    d.local.vtep_mac = renamed;
+    let report = c.apply(0, &d);
+    // The kernel drops vxlan0's neighbours with its old MAC: both are written again.
+    assert_eq!((report.created, report.changed, report.removed), (2, 1, 0), "{report:#?}");
+    keeps_peer_entries(&c, 0, &d, &before);
+
+    c.peers_learn(0, Encap::Always, |p| p.vtep_mac = renamed);
+    c.reaches(0, 1);
+    c.reaches(2, 0);
 }
 
 #[test]

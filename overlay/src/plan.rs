@@ -204,6 +204,8 @@ pub enum PlanError {
 /// The stages, in the order they run. Adds come before removals so that a changed peer is
 /// never without a path; per peer the route comes last on the way in and first on the way
 /// out, so no route ever points at a tunnel endpoint that is not (or no longer) programmed.
+/// A step never destroys what a later one relies on or what the plan counts unchanged: the
+/// kernel's own flushes (see `plan_vxlan`) are either avoided by the order or planned for.
 #[derive(Clone, Copy)]
 enum Stage {
     /// Deleting a vxlan0 that must be recreated.
@@ -213,6 +215,10 @@ enum Stage {
     /// What needs vxlan0 to exist: its address and sysctl; then rules in other tables (a
     /// second nft run, kept apart from the first so two transactions never race).
     DeviceConfig,
+    /// Addresses no longer wanted, once the wanted one is on: removing a device's last IPv4
+    /// address makes the kernel flush every route and neighbour through it. Before any peer
+    /// entry, since a peer may have taken over a removed address's block.
+    StaleAddresses,
     NeighboursAndFdb,
     Routes,
     RouteRemovals,
@@ -242,7 +248,8 @@ impl Builder {
 }
 
 /// The kernel's weft-relevant state around vxlan0, as the plan sees it after deciding about the
-/// device: empty when vxlan0 is (re)created, since its entries go with it.
+/// device: empty when vxlan0 is (re)created, since its entries go with it; without neighbours
+/// when its MAC changes, since the kernel flushes them then.
 struct OnVxlan<'k> {
     index: Option<u32>,
     neighbours: Grouped<'k, Ipv4Addr, Neighbour>,
@@ -428,6 +435,9 @@ fn plan_vxlan<'k>(
         up: (!link.up).then_some(true),
         ..LinkChange::default()
     };
+    // A new MAC (NETDEV_CHANGEADDR) makes the kernel drop every neighbour on the device,
+    // permanent ones too: they are written again after the change, not counted unchanged.
+    let neighbours_kept = change.mac.is_none();
     if change == LinkChange::default() {
         b.unchanged += 1;
     } else {
@@ -443,7 +453,7 @@ fn plan_vxlan<'k>(
             b.unchanged += 1;
         } else {
             let op = Op::DeleteAddress { link: link.name.clone(), index: link.index, address: *addr };
-            b.removal(Stage::DeviceConfig, op);
+            b.removal(Stage::StaleAddresses, op);
         }
     }
     if !addresses.contains(&want_addr) {
@@ -453,7 +463,7 @@ fn plan_vxlan<'k>(
     let on_link = |ifindex: u32| ifindex == link.index;
     OnVxlan {
         index: Some(link.index),
-        neighbours: Grouped::new(kernel.neighbours.iter().filter(|n| on_link(n.ifindex)), |n| n.ip),
+        neighbours: Grouped::new(kernel.neighbours.iter().filter(|n| neighbours_kept && on_link(n.ifindex)), |n| n.ip),
         fdb: Grouped::new(kernel.fdb.iter().filter(|e| on_link(e.ifindex)), |e| e.mac),
     }
 }
@@ -476,7 +486,7 @@ fn plan_bridge(b: &mut Builder, local: &LocalNode, kernel: &Kernel) {
     if let Some(link) = bridge {
         for address in kernel.addresses_of(link.index).filter(|a| *a != gateway) {
             let op = Op::DeleteAddress { link: link.name.clone(), index: link.index, address };
-            b.removal(Stage::DeviceConfig, op);
+            b.removal(Stage::StaleAddresses, op);
         }
     }
 }
@@ -635,7 +645,7 @@ pub(crate) mod tests {
         Desired { local: local(), peers: peers.iter().map(|&n| peer(n, PeerPath::Vxlan)).collect() }
     }
 
-    fn link(index: u32, name: &str, kind: Option<&str>) -> Link {
+    pub(crate) fn link(index: u32, name: &str, kind: Option<&str>) -> Link {
         Link {
             index,
             name: name.into(),
@@ -828,6 +838,50 @@ pub(crate) mod tests {
         // cni0 itself is right: only the stray address goes, the bridge is not touched.
         assert_eq!(ops, [&Op::DeleteAddress { link: "cni0".into(), index: CNI0, address: old }]);
         assert_eq!(tally(&p).removed, 1);
+    }
+
+    #[test]
+    fn a_pod_cidr_change_adds_the_new_addresses_before_removing_the_old() {
+        let mut d = desired_with(&[2, 3]);
+        d.peers.push(peer(4, PeerPath::Direct));
+        let k = converged(&d);
+        d.local.pod_cidr = "10.244.41.0/24".parse().unwrap();
+        // Another node has taken the old block over meanwhile.
+        let taker = Peer { pod_cidr: "10.244.1.0/24".parse().unwrap(), ..peer(9, PeerPath::Vxlan) };
+        d.peers.push(taker);
+        let p = plan(&d, &k).unwrap();
+        let old = |link: &'static str| move |o: &Op| matches!(o, Op::DeleteAddress { link: l, .. } if l == link);
+        let vxlan_add = stage_of(&p, |o| *o == Op::AddAddress("10.244.41.0/32".parse().unwrap()));
+        let cni0_add =
+            stage_of(&p, |o| matches!(o, Op::EnsureBridge { gateway, .. } if *gateway == d.local.gateway_net()));
+        let (vxlan_del, cni0_del) = (stage_of(&p, old("vxlan0")), stage_of(&p, old("cni0")));
+        // Removing a device's last address would flush every route and neighbour through it.
+        assert!(vxlan_add < vxlan_del && cni0_add < cni0_del, "{:#?}", p.stages);
+        // The old block's addresses (and cni0's connected route) are gone before the taker's
+        // neighbour and route are written.
+        let first_entry = stage_of(&p, |o| matches!(o, Op::Neighbour { .. }));
+        assert!(vxlan_del < first_entry && cni0_del < first_entry, "{:#?}", p.stages);
+        // The other peers' entries survive the change and are rightly left alone.
+        assert!(p.steps().filter_map(|s| s.peer.as_deref()).all(|n| n == "n9"));
+    }
+
+    #[test]
+    fn a_vtep_mac_change_rewrites_every_neighbour_the_kernel_flushes() {
+        let mut d = desired_with(&[2, 3]);
+        d.peers.push(peer(4, PeerPath::Direct));
+        let mut k = converged(&d);
+        k.neighbours.push(neighbour_of(&peer(9, PeerPath::Vxlan)));
+        d.local.vtep_mac = Mac::derived("n1-renamed");
+        let p = plan(&d, &k).unwrap();
+        let fix = stage_of(&p, |o| matches!(o, Op::FixVxlan(c) if c.mac == Some(d.local.vtep_mac)));
+        let neighbours: Vec<(usize, &Op)> =
+            staged(&p).into_iter().filter(|(_, o)| matches!(o, Op::Neighbour { .. })).collect();
+        assert_eq!(neighbours.len(), 2, "{:#?}", p.stages);
+        assert!(neighbours.iter().all(|(stage, _)| *stage > fix));
+        // FDB entries and routes survive a MAC change; the stale neighbour goes with the rest.
+        let ops: Vec<&Op> = p.steps().map(|s| &s.op).collect();
+        assert!(!ops.iter().any(|o| matches!(o, Op::Fdb { .. } | Op::Route { .. } | Op::DeleteNeighbour(_))));
+        assert_eq!(tally(&p), Tally::of(2, 1, 0));
     }
 
     #[test]

@@ -30,7 +30,8 @@ pub struct Peers {
     pub peers: Vec<Peer>,
     /// The claim this node's own previous generation announced, if gossip still has it.
     pub previous_self: Option<Claim>,
-    /// Other generations under this node's own name: earlier runs, or another agent using it.
+    /// Other generations under this node's own name (earlier runs, or another agent using it),
+    /// by generation.
     pub same_name: Vec<Member>,
 }
 
@@ -56,7 +57,8 @@ pub fn collect(view: &View, me: &str, my_generation: u64, rules: &Rules) -> Peer
     for m in &view.members {
         by_name.entry(m.name.as_str()).or_default().push(m);
     }
-    let same_name: Vec<Member> = by_name.remove(me).unwrap_or_default().into_iter().cloned().collect();
+    let mut same_name: Vec<Member> = by_name.remove(me).unwrap_or_default().into_iter().cloned().collect();
+    same_name.sort_by_key(|m| m.generation);
     let previous_self = same_name
         .iter()
         .filter(|m| m.generation < my_generation && !identity::refused(m))

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use chitchat::transport::{Transport, UdpTransport};
+use chitchat::transport::Transport;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -13,7 +13,7 @@ use crate::config::ConfigError;
 use crate::datapath::{self, BuildOnDemand};
 use crate::detect::{self, DetectError};
 use crate::gossip::keyfile::{KeyFileError, KeyWatch};
-use crate::gossip::transport::{GossipCounters, SealedUdp};
+use crate::gossip::transport::{GossipCounters, GossipUdp, Sealing};
 use crate::http;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,13 +58,11 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
             None
         }
     };
-    let sealing = keys.as_ref().map(|(_, receiver)| receiver.clone());
-    let replay_window = args.gossip_replay_window;
+    let sealing =
+        keys.as_ref().map(|(_, receiver)| Sealing { keys: receiver.clone(), replay_window: args.gossip_replay_window });
+    let cluster_id = cfg.gossip.cluster_id.clone();
     let transport = move |counters: &GossipCounters| -> Arc<dyn Transport> {
-        match sealing {
-            Some(keys) => Arc::new(SealedUdp::new(keys, replay_window, counters)),
-            None => Arc::new(UdpTransport),
-        }
+        Arc::new(GossipUdp::new(&cluster_id, sealing, counters))
     };
     let datapath = Arc::new(BuildOnDemand::new(datapath::kernel));
     let agent = Agent::start(cfg, transport, datapath).await?;

@@ -12,8 +12,8 @@ use prometheus_client::registry::Registry;
 use weft_overlay::ApplyReport;
 use weft_overlay::nft::Counter as KernelCounter;
 
-use crate::gossip::seal::{Keyring, Rejection};
-use crate::gossip::transport::GossipCounters;
+use crate::gossip::seal::Keyring;
+use crate::gossip::transport::{DropReason, GossipCounters};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
@@ -111,12 +111,12 @@ impl Metrics {
         let bytes_out = counter(&bytes, "out");
         let dropped = Family::<ReasonLabel, Counter>::default();
         // Every reason shows from the start, at 0: an alert can then watch a rate, not a gap.
-        for why in Rejection::ALL {
+        for why in DropReason::ALL {
             drop(dropped.get_or_create(&ReasonLabel { reason: why.as_str() }));
         }
         registry.register(
             "gossip_datagrams_dropped",
-            "Gossip datagrams dropped before decoding: unsealed, unknown key, forged, stale or replayed",
+            "Gossip datagrams dropped before chitchat saw them: unsealed, unknown key, forged, stale, replayed, malformed or of another cluster",
             dropped.clone(),
         );
         let gossip = GossipCounters { messages_in, messages_out, bytes_in, bytes_out, dropped };
@@ -294,6 +294,8 @@ mod tests {
             "weft_ready 0",
             "weft_gossip_datagrams_dropped_total{reason=\"forged\"} 1",
             "weft_gossip_datagrams_dropped_total{reason=\"replayed\"} 0",
+            "weft_gossip_datagrams_dropped_total{reason=\"malformed\"} 0",
+            "weft_gossip_datagrams_dropped_total{reason=\"foreign_cluster\"} 0",
             &format!("weft_gossip_keys{{key_id=\"{primary}\",role=\"primary\"}} 1"),
             &format!("weft_gossip_keys{{key_id=\"{accepted}\",role=\"accepted\"}} 1"),
             "weft_gossip_key_reload_errors_total 1",

@@ -29,7 +29,7 @@ pub enum RunError {
     #[error(transparent)]
     Start(#[from] StartError),
     #[error("status server failed: {0}")]
-    Http(std::io::Error),
+    Http(tokio::task::JoinError),
     #[error("cluster key: {0}")]
     Keys(#[from] KeyFileError),
 }
@@ -73,8 +73,14 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
         tokio::spawn(watch.run(move |ring, loaded| shared.metrics.set_gossip_keys(ring, loaded)));
     }
     let http_cancel = CancellationToken::new();
-    let mut server = tokio::spawn(http::serve(listener, agent.shared(), http_cancel.clone()));
-    tracing::info!(addr = %args.status_addr, "status server listening");
+    let limits = args.status_limits(http::open_files_limit());
+    let mut server = tokio::spawn(http::serve(listener, agent.shared(), limits, http_cancel.clone()));
+    tracing::info!(
+        addr = %args.status_addr,
+        idle_timeout = %humantime::format_duration(limits.idle_timeout),
+        max_connections = limits.max_connections,
+        "status server listening"
+    );
     let http_result = tokio::select! {
         _ = sigterm.recv() => { tracing::info!("SIGTERM: leaving the cluster"); None }
         _ = sigint.recv() => { tracing::info!("SIGINT: leaving the cluster"); None }
@@ -88,9 +94,5 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
             server.await
         }
     };
-    match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(RunError::Http(e)),
-        Err(e) => Err(RunError::Http(std::io::Error::other(e))),
-    }
+    result.map_err(RunError::Http)
 }

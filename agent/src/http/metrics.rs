@@ -61,6 +61,8 @@ pub struct Metrics {
     vxlan_dropped_bytes: Counter,
     /// The kernel counter at the last apply, to export what it gained since.
     vxlan_dropped_seen: Mutex<KernelCounter>,
+    http_connections: Gauge,
+    http_rejected: Counter,
 }
 
 impl Default for Metrics {
@@ -158,6 +160,14 @@ impl Metrics {
             "Bytes of VXLAN datagrams from non-peers dropped (as of the last apply)",
             vxlan_dropped_bytes.clone(),
         );
+        let http_connections = Gauge::default();
+        registry.register("http_connections", "Open connections to the status server", http_connections.clone());
+        let http_rejected = Counter::default();
+        registry.register(
+            "http_connections_rejected",
+            "Status connections closed unserved: the server was at --status-max-connections",
+            http_rejected.clone(),
+        );
         Metrics {
             registry,
             peers,
@@ -177,6 +187,8 @@ impl Metrics {
             vxlan_dropped_packets,
             vxlan_dropped_bytes,
             vxlan_dropped_seen: Mutex::default(),
+            http_connections,
+            http_rejected,
         }
     }
 
@@ -246,6 +258,18 @@ impl Metrics {
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
     }
+
+    pub fn http_connection_opened(&self) {
+        self.http_connections.inc();
+    }
+
+    pub fn http_connection_closed(&self) {
+        self.http_connections.dec();
+    }
+
+    pub fn http_connection_rejected(&self) {
+        self.http_rejected.inc();
+    }
 }
 
 /// What a kernel counter gained since it read `last`. The kernel's counter restarts from zero
@@ -301,6 +325,8 @@ mod tests {
             "weft_gossip_key_reload_errors_total 1",
             "weft_vxlan_dropped_packets_total 0",
             "weft_vxlan_dropped_bytes_total 0",
+            "weft_http_connections 0",
+            "weft_http_connections_rejected_total 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -1,6 +1,7 @@
 //! The command line. Every flag can also be set through the environment as `WEFT_<FLAG>`.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use weft_overlay::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT};
 use crate::config::{self, Config, ConfigError, Encap, GossipSettings};
 use crate::detect::Underlay;
 use crate::files::Paths;
+use crate::http;
 
 pub const DEFAULT_GOSSIP_PORT: u16 = 8473;
 pub const DEFAULT_STATUS_ADDR: &str = "127.0.0.1:9473";
@@ -51,6 +53,13 @@ pub enum Command {
 
 fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match duration(s) {
+        Ok(d) if d.is_zero() => Err("must be positive".into()),
+        parsed => parsed.map_err(|e| e.to_string()),
+    }
 }
 
 /// Where the agent keeps and publishes its files; several agents sharing one filesystem (lab
@@ -131,6 +140,14 @@ pub struct RunArgs {
     /// Address of the status HTTP server.
     #[arg(long, env = "WEFT_STATUS_ADDR", default_value = DEFAULT_STATUS_ADDR)]
     pub status_addr: SocketAddr,
+    /// Status connections that send no complete request head within this long (of opening, or
+    /// of their last answer) are closed.
+    #[arg(long, env = "WEFT_STATUS_IDLE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub status_idle_timeout: Duration,
+    /// Status connections served at once (at most a quarter of the open-file limit); further
+    /// ones are closed as they arrive.
+    #[arg(long, env = "WEFT_STATUS_MAX_CONNECTIONS", default_value = "64")]
+    pub status_max_connections: NonZeroUsize,
     #[command(flatten)]
     pub paths: PathArgs,
     /// Chain the portmap plugin after weft in the conflist (hostPort support; needs the
@@ -185,6 +202,11 @@ impl RunArgs {
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The status server's limits, given this process's open-file limit.
+    pub fn status_limits(&self, open_files: u64) -> http::Limits {
+        http::Limits::within(self.status_idle_timeout, self.status_max_connections.get(), open_files)
     }
 }
 
@@ -290,6 +312,20 @@ mod tests {
         assert!(err.to_string().contains("--pod-cidr"));
         let err = run_args(&[]).config(underlay(), || "bad host".into()).unwrap_err();
         assert!(err.to_string().contains("--node-name"));
+    }
+
+    #[test]
+    fn status_limits_default_to_10s_and_64_connections_and_refuse_zero() {
+        let limits = run_args(&[]).status_limits(1024);
+        assert_eq!(limits, http::Limits { idle_timeout: Duration::from_secs(10), max_connections: 64 });
+        let args = run_args(&["--status-idle-timeout=2s", "--status-max-connections=500"]);
+        assert_eq!(
+            args.status_limits(1024),
+            http::Limits { idle_timeout: Duration::from_secs(2), max_connections: 256 }
+        );
+        for bad in ["--status-idle-timeout=0s", "--status-max-connections=0"] {
+            assert!(Cli::try_parse_from(["weft-agent", "run", bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]

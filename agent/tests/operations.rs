@@ -81,7 +81,8 @@ async fn the_status_endpoints_and_command_show_what_the_agent_sees() {
     let addr = listener.local_addr().unwrap();
     let cancel = CancellationToken::new();
     let shared = c.nodes["a"].agent.as_ref().unwrap().shared();
-    let server = tokio::spawn(weft_agent::http::serve(listener, shared, cancel.clone()));
+    let limits = weft_agent::http::Limits { idle_timeout: Duration::from_secs(10), max_connections: 8 };
+    let server = tokio::spawn(weft_agent::http::serve(listener, shared, limits, cancel.clone()));
     let http: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let base = format!("http://{addr}");
 
@@ -130,6 +131,6 @@ async fn the_status_endpoints_and_command_show_what_the_agent_sees() {
     tokio::task::spawn_blocking(move || weft_agent::commands::status::status(&args)).await.unwrap().unwrap();
 
     cancel.cancel();
-    server.await.unwrap().unwrap();
+    server.await.unwrap();
     c.shutdown().await;
 }

@@ -36,6 +36,8 @@ pub struct AgentOptions {
     pub plain_gossip: bool,
     /// Further flags for every agent.
     pub extra_args: Vec<String>,
+    /// Runs every agent with this open-file limit (RLIMIT_NOFILE, set by `prlimit`).
+    pub open_files: Option<u64>,
 }
 
 /// A pod: a namespace attached to its node's bridge by the plugin.
@@ -124,7 +126,15 @@ impl Cluster {
             .open(node.path("agent.log"))
             .map_err(|e| LabError::Other(format!("open agent log: {e}")))?;
         let log2 = log.try_clone().map_err(|e| LabError::Other(format!("agent log: {e}")))?;
-        let mut cmd = Command::new(bins::path("weft-agent")?);
+        let agent = bins::path("weft-agent")?;
+        let mut cmd = match self.options.open_files {
+            Some(limit) => {
+                let mut prlimit = Command::new("prlimit");
+                prlimit.arg(format!("--nofile={limit}")).arg("--").arg(agent);
+                prlimit
+            }
+            None => Command::new(agent),
+        };
         cmd.args(args).stdin(Stdio::null()).stdout(log).stderr(log2);
         let name = format!("weft-agent {}", node.name);
         let process = netns::within(&node.ns.path(), || Process::spawn(&name, &mut cmd))??;

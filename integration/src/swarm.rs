@@ -26,8 +26,7 @@ use weft_agent::cli::DEFAULT_PHI_THRESHOLD;
 use weft_agent::config::GossipSettings;
 use weft_agent::gossip::keyfile;
 use weft_agent::gossip::keys::Facts;
-use weft_agent::gossip::seal::Keyring;
-use weft_agent::gossip::transport::{GossipCounters, SealedUdp};
+use weft_agent::gossip::transport::{GossipCounters, GossipUdp, Sealing};
 use weft_agent::gossip::{Gossip, GossipError};
 use weft_agent::reconcile::unix_ms;
 use weft_overlay::Mac;
@@ -76,7 +75,7 @@ enum Peer {
 
 pub struct Swarm {
     spec: SwarmSpec,
-    keys: watch::Receiver<Arc<Keyring>>,
+    sealing: Sealing,
     counters: GossipCounters,
     nodes: Vec<Option<Peer>>,
     /// Each plain node's view of the live nodes (itself included), read without its lock.
@@ -96,7 +95,8 @@ impl Swarm {
         let ring = keyfile::parse(&spec.key_file, &text).map_err(LabError::other)?;
         // The keys never change here: the sender can go, receivers keep the last value.
         let (_, keys) = watch::channel(Arc::new(ring));
-        Ok(Swarm { spec, keys, counters: GossipCounters::default(), nodes: Vec::new(), live: Vec::new(), runtime })
+        let sealing = Sealing { keys, replay_window: REPLAY_WINDOW };
+        Ok(Swarm { spec, sealing, counters: GossipCounters::default(), nodes: Vec::new(), live: Vec::new(), runtime })
     }
 
     /// The gossip address of node `k`.
@@ -150,7 +150,7 @@ impl Swarm {
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V0,
         };
-        let transport = SealedUdp::new(self.keys.clone(), REPLAY_WINDOW, &self.counters);
+        let transport = GossipUdp::new("weft", Some(self.sealing.clone()), &self.counters);
         let started = self.runtime.spawn(async move {
             let handle = spawn_chitchat(config, kvs, &transport).await.map_err(|e| format!("{e:#}"))?;
             let live = handle.chitchat().lock().await.live_nodes_watcher();
@@ -175,7 +175,7 @@ impl Swarm {
             phi_threshold: DEFAULT_PHI_THRESHOLD,
             dead_node_grace_period: DEAD_NODE_GRACE,
         };
-        let transport = Arc::new(SealedUdp::new(self.keys.clone(), REPLAY_WINDOW, &self.counters));
+        let transport = Arc::new(GossipUdp::new("weft", Some(self.sealing.clone()), &self.counters));
         let counters = self.counters.clone();
         let started = self
             .runtime

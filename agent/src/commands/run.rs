@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use chitchat::transport::{Transport, UdpTransport};
+use chitchat::transport::Transport;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -13,7 +13,7 @@ use crate::config::ConfigError;
 use crate::datapath::{self, BuildOnDemand};
 use crate::detect::{self, DetectError};
 use crate::gossip::keyfile::{KeyFileError, KeyWatch};
-use crate::gossip::transport::{GossipCounters, SealedUdp};
+use crate::gossip::transport::{GossipCounters, GossipUdp, Sealing};
 use crate::http;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +29,7 @@ pub enum RunError {
     #[error(transparent)]
     Start(#[from] StartError),
     #[error("status server failed: {0}")]
-    Http(std::io::Error),
+    Http(tokio::task::JoinError),
     #[error("cluster key: {0}")]
     Keys(#[from] KeyFileError),
 }
@@ -58,13 +58,11 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
             None
         }
     };
-    let sealing = keys.as_ref().map(|(_, receiver)| receiver.clone());
-    let replay_window = args.gossip_replay_window;
+    let sealing =
+        keys.as_ref().map(|(_, receiver)| Sealing { keys: receiver.clone(), replay_window: args.gossip_replay_window });
+    let cluster_id = cfg.gossip.cluster_id.clone();
     let transport = move |counters: &GossipCounters| -> Arc<dyn Transport> {
-        match sealing {
-            Some(keys) => Arc::new(SealedUdp::new(keys, replay_window, counters)),
-            None => Arc::new(UdpTransport),
-        }
+        Arc::new(GossipUdp::new(&cluster_id, sealing, counters))
     };
     let datapath = Arc::new(BuildOnDemand::new(datapath::kernel));
     let agent = Agent::start(cfg, transport, datapath).await?;
@@ -75,8 +73,14 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
         tokio::spawn(watch.run(move |ring, loaded| shared.metrics.set_gossip_keys(ring, loaded)));
     }
     let http_cancel = CancellationToken::new();
-    let mut server = tokio::spawn(http::serve(listener, agent.shared(), http_cancel.clone()));
-    tracing::info!(addr = %args.status_addr, "status server listening");
+    let limits = args.status_limits(http::open_files_limit());
+    let mut server = tokio::spawn(http::serve(listener, agent.shared(), limits, http_cancel.clone()));
+    tracing::info!(
+        addr = %args.status_addr,
+        idle_timeout = %humantime::format_duration(limits.idle_timeout),
+        max_connections = limits.max_connections,
+        "status server listening"
+    );
     let http_result = tokio::select! {
         _ = sigterm.recv() => { tracing::info!("SIGTERM: leaving the cluster"); None }
         _ = sigint.recv() => { tracing::info!("SIGINT: leaving the cluster"); None }
@@ -90,9 +94,5 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
             server.await
         }
     };
-    match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(RunError::Http(e)),
-        Err(e) => Err(RunError::Http(std::io::Error::other(e))),
-    }
+    result.map_err(RunError::Http)
 }

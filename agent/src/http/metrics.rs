@@ -12,8 +12,8 @@ use prometheus_client::registry::Registry;
 use weft_overlay::ApplyReport;
 use weft_overlay::nft::Counter as KernelCounter;
 
-use crate::gossip::seal::{Keyring, Rejection};
-use crate::gossip::transport::GossipCounters;
+use crate::gossip::seal::Keyring;
+use crate::gossip::transport::{DropReason, GossipCounters};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
@@ -63,6 +63,8 @@ pub struct Metrics {
     vxlan_dropped_bytes: Counter,
     /// The kernel counter at the last apply, to export what it gained since.
     vxlan_dropped_seen: Mutex<KernelCounter>,
+    http_connections: Gauge,
+    http_rejected: Counter,
 }
 
 impl Default for Metrics {
@@ -113,12 +115,12 @@ impl Metrics {
         let bytes_out = counter(&bytes, "out");
         let dropped = Family::<ReasonLabel, Counter>::default();
         // Every reason shows from the start, at 0: an alert can then watch a rate, not a gap.
-        for why in Rejection::ALL {
+        for why in DropReason::ALL {
             drop(dropped.get_or_create(&ReasonLabel { reason: why.as_str() }));
         }
         registry.register(
             "gossip_datagrams_dropped",
-            "Gossip datagrams dropped before decoding: unsealed, unknown key, forged, stale or replayed",
+            "Gossip datagrams dropped before chitchat saw them: unsealed, unknown key, forged, stale, replayed, malformed or of another cluster",
             dropped.clone(),
         );
         let gossip = GossipCounters { messages_in, messages_out, bytes_in, bytes_out, dropped };
@@ -172,6 +174,14 @@ impl Metrics {
             "Bytes of VXLAN datagrams from non-peers dropped (as of the last apply)",
             vxlan_dropped_bytes.clone(),
         );
+        let http_connections = Gauge::default();
+        registry.register("http_connections", "Open connections to the status server", http_connections.clone());
+        let http_rejected = Counter::default();
+        registry.register(
+            "http_connections_rejected",
+            "Status connections closed unserved: the server was at --status-max-connections",
+            http_rejected.clone(),
+        );
         Metrics {
             registry,
             peers,
@@ -193,6 +203,8 @@ impl Metrics {
             vxlan_dropped_packets,
             vxlan_dropped_bytes,
             vxlan_dropped_seen: Mutex::default(),
+            http_connections,
+            http_rejected,
         }
     }
 
@@ -270,6 +282,18 @@ impl Metrics {
     pub fn set_stranded(&self, n: usize) {
         self.stranded.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
+
+    pub fn http_connection_opened(&self) {
+        self.http_connections.inc();
+    }
+
+    pub fn http_connection_closed(&self) {
+        self.http_connections.dec();
+    }
+
+    pub fn http_connection_rejected(&self) {
+        self.http_rejected.inc();
+    }
 }
 
 /// What a kernel counter gained since it read `last`. The kernel's counter restarts from zero
@@ -318,11 +342,15 @@ mod tests {
             "weft_ready 0",
             "weft_gossip_datagrams_dropped_total{reason=\"forged\"} 1",
             "weft_gossip_datagrams_dropped_total{reason=\"replayed\"} 0",
+            "weft_gossip_datagrams_dropped_total{reason=\"malformed\"} 0",
+            "weft_gossip_datagrams_dropped_total{reason=\"foreign_cluster\"} 0",
             &format!("weft_gossip_keys{{key_id=\"{primary}\",role=\"primary\"}} 1"),
             &format!("weft_gossip_keys{{key_id=\"{accepted}\",role=\"accepted\"}} 1"),
             "weft_gossip_key_reload_errors_total 1",
             "weft_vxlan_dropped_packets_total 0",
             "weft_vxlan_dropped_bytes_total 0",
+            "weft_http_connections 0",
+            "weft_http_connections_rejected_total 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

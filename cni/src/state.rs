@@ -14,7 +14,7 @@ pub const DEFAULT_STATE_FILE: &str = "/run/weft/node.json";
 pub const STATE_FILE_NAME: &str = "node.json";
 pub const STATE_FILE_VERSION: u32 = 1;
 /// A real state file is a few hundred bytes; anything far larger is not one.
-pub const MAX_STATE_FILE_BYTES: u64 = 64 * 1024;
+const MAX_STATE_FILE_BYTES: u64 = 64 * 1024;
 /// Longest `unavailable` reason accepted: it ends up in every failed ADD's error message.
 pub const MAX_REASON_BYTES: usize = 1024;
 

@@ -18,7 +18,7 @@ use crate::result::CniResult;
 
 /// A network config is a few kilobytes (a GC's list of attachments, a few hundred); stdin far
 /// larger than this is no config and must not exhaust memory.
-pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
 /// What the plugin prints and how it exits.
 #[derive(Debug, Clone, PartialEq, Eq)]

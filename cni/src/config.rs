@@ -65,13 +65,22 @@ pub struct Request {
     pub conf: NetConf,
 }
 
-/// Where addresses come from.
+/// Where addresses come from. Either way the network's store `dataDir/<network name>` records
+/// which attachments the network has on this node (GC finds their veths through it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IpamMode {
-    /// weft's own store under `dataDir/<network name>`.
+    /// weft's own store hands out the addresses.
     BuiltIn { store_dir: PathBuf },
-    /// Another IPAM plugin, run from CNI_PATH.
-    Delegate { plugin: String },
+    /// Another IPAM plugin, run from CNI_PATH, hands out the addresses.
+    Delegate { plugin: String, store_dir: PathBuf },
+}
+
+impl IpamMode {
+    pub fn store_dir(&self) -> &Path {
+        match self {
+            IpamMode::BuiltIn { store_dir } | IpamMode::Delegate { store_dir, .. } => store_dir,
+        }
+    }
 }
 
 /// Everything ADD and CHECK need to know about the network on this node.
@@ -85,6 +94,20 @@ pub struct Network {
     /// The node's PodCIDR and gateway; always known with built-in IPAM, where it is the pool.
     pub pool: Option<Pool>,
     pub dns: Dns,
+    /// Why the node must not hand out addresses from `pool` now (the state file's `unavailable`).
+    pub unavailable: Option<String>,
+}
+
+impl Network {
+    /// ADD and STATUS: may this node give out addresses now? The message says why not.
+    pub fn check_available(&self) -> Result<(), String> {
+        match (&self.unavailable, &self.pool) {
+            (Some(reason), Some(pool)) => {
+                Err(format!("this node cannot give out addresses from {}: {reason}", pool.net))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Reads the version first, so that even a body that fails to decode gets an answer in its version.
@@ -146,6 +169,11 @@ impl NetConf {
             }
             None => None,
         };
+        // Only a pool taken from the state file is the agent's to withhold; a static one is not.
+        let unavailable = match (&ipam, &state) {
+            (IpamMode::BuiltIn { .. }, Some(state)) => state.unavailable.clone(),
+            _ => None,
+        };
         let mtu = self.mtu.or(state.as_ref().map(|s| s.mtu)).unwrap_or(DEFAULT_MTU);
         check_mtu(mtu).map_err(invalid)?;
         let bridge = self.bridge_name(state.as_ref());
@@ -158,6 +186,7 @@ impl NetConf {
             ipam,
             pool,
             dns: self.dns.clone(),
+            unavailable,
         })
     }
 
@@ -172,7 +201,7 @@ impl NetConf {
             Some(Value::Object(map)) if map.is_empty() => Ok(self.built_in_ipam()),
             Some(Value::Object(map)) => match map.get("type").and_then(Value::as_str) {
                 Some(plugin) if validate_id("ipam type", plugin).is_ok() => {
-                    Ok(IpamMode::Delegate { plugin: plugin.to_string() })
+                    Ok(IpamMode::Delegate { plugin: plugin.to_string(), store_dir: self.store_dir() })
                 }
                 _ => Err(CniError::new(Code::InvalidConfig, "ipam.type must name an IPAM plugin")),
             },
@@ -181,23 +210,58 @@ impl NetConf {
     }
 
     fn built_in_ipam(&self) -> IpamMode {
-        let root = self.data_dir.as_deref().unwrap_or(Path::new(DEFAULT_DATA_DIR));
-        IpamMode::BuiltIn { store_dir: root.join(&self.name) }
+        IpamMode::BuiltIn { store_dir: self.store_dir() }
+    }
+
+    fn store_dir(&self) -> PathBuf {
+        self.data_dir.as_deref().unwrap_or(Path::new(DEFAULT_DATA_DIR)).join(&self.name)
     }
 }
 
 fn parse_pod_cidr(text: &str) -> Result<Ipv4Net, CniError> {
-    match text.parse::<IpNet>() {
-        Ok(IpNet::V4(net)) if net.prefix_len() <= 30 => Ok(net.trunc()),
-        Ok(IpNet::V4(net)) => Err(CniError::new(
-            Code::InvalidConfig,
-            format!("podCIDR {net} is too small: at least a /30 is needed for a gateway and one pod"),
-        )),
-        Ok(IpNet::V6(_)) => {
-            Err(CniError::new(Code::UnsupportedField, format!("podCIDR {text}: IPv6 is not supported")))
-        }
-        Err(e) => Err(CniError::new(Code::InvalidConfig, format!("podCIDR {text:?} is not a CIDR")).with_details(e)),
+    let net = text
+        .parse::<IpNet>()
+        .map_err(|e| CniError::new(Code::InvalidConfig, format!("podCIDR {text:?} is not a CIDR")).with_details(e))?;
+    let IpNet::V4(v4) = net else {
+        return Err(CniError::new(Code::UnsupportedField, format!("podCIDR {text}: IPv6 is not supported")));
+    };
+    check_pod_cidr(net).map_err(|e| CniError::new(Code::InvalidConfig, format!("podCIDR {e}")))?;
+    Ok(v4)
+}
+
+/// Ranges no pod may be addressed from: "this network", loopback, link-local, multicast,
+/// reserved (IPv4); unspecified, loopback, link-local, multicast (IPv6).
+const NOT_FOR_PODS: [&str; 9] = [
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/128",
+    "::1/128",
+    "fe80::/10",
+    "ff00::/8",
+];
+
+/// A pod CIDR is an exact network (no host bits: a typo must not silently move the pool), of
+/// unicast addresses, big enough for a gateway and a pod and small enough not to swallow the
+/// node's own routes (IPv4 /8 to /30, IPv6 /48 to /126). Errors start with the CIDR.
+pub fn check_pod_cidr(net: IpNet) -> Result<(), String> {
+    if net != net.trunc() {
+        return Err(format!("{net} has host bits set (the network is {})", net.trunc()));
     }
+    let (shortest, longest) = match net {
+        IpNet::V4(_) => (8, 30),
+        IpNet::V6(_) => (48, 126),
+    };
+    if !(shortest..=longest).contains(&net.prefix_len()) {
+        return Err(format!("{net} must have a prefix length from /{shortest} to /{longest}"));
+    }
+    let special = NOT_FOR_PODS.iter().map(|r| r.parse::<IpNet>().expect("literal CIDR"));
+    if let Some(range) = special.into_iter().find(|r| r.contains(&net) || net.contains(r)) {
+        return Err(format!("{net} overlaps {range}, which is not for unicast pod addresses"));
+    }
+    Ok(())
 }
 
 fn parse_ipv4(what: &str, text: &str) -> Result<Ipv4Addr, CniError> {
@@ -338,24 +402,50 @@ mod tests {
     }
 
     #[test]
-    fn host_bits_in_pod_cidr_are_dropped() {
+    fn host_bits_in_pod_cidr_are_rejected_naming_the_field() {
         let mut v = base();
-        v["podCIDR"] = "10.244.3.77/24".into();
-        assert_eq!(parse(v).unwrap().conf.resolve().unwrap().pool.unwrap().net.to_string(), "10.244.3.0/24");
+        v["podCIDR"] = "10.244.3.7/24".into();
+        let err = parse(v).unwrap().conf.resolve().unwrap_err();
+        assert_eq!(err.code, Code::InvalidConfig as u32);
+        assert_eq!(err.msg, "podCIDR 10.244.3.7/24 has host bits set (the network is 10.244.3.0/24)");
+    }
+
+    #[test]
+    fn a_pod_cidr_must_be_a_sane_unicast_block() {
+        for ok in ["10.0.0.0/8", "10.244.3.0/30", "192.168.0.0/16", "fd00:10:244:1::/64", "2001:db8::/48"] {
+            assert_eq!(check_pod_cidr(ok.parse().unwrap()), Ok(()), "{ok}");
+        }
+        for bad in [
+            "0.0.0.0/0",
+            "0.0.0.0/8",
+            "10.0.0.0/7",
+            "10.244.3.0/31",
+            "127.0.0.0/24",
+            "169.254.1.0/24",
+            "224.0.0.0/24",
+            "255.255.255.0/30",
+            "::/48",
+            "fe80::/64",
+            "ff02::/64",
+            "fd00::/127",
+        ] {
+            let err = check_pod_cidr(bad.parse().unwrap()).unwrap_err();
+            assert!(err.starts_with(bad), "{bad}: {err}");
+        }
     }
 
     #[test]
     fn ipam_type_selects_delegation_and_empty_ipam_is_built_in() {
         let mut v = base();
         v["ipam"] = json!({"type":"host-local","subnet":"10.244.3.0/24"});
-        assert_eq!(parse(v).unwrap().conf.ipam_mode().unwrap(), IpamMode::Delegate { plugin: "host-local".into() });
+        let delegate = IpamMode::Delegate { plugin: "host-local".into(), store_dir: "/var/lib/cni/weft/weft".into() };
+        assert_eq!(parse(v).unwrap().conf.ipam_mode().unwrap(), delegate);
         let mut v = base();
         v["ipam"] = json!({});
         assert!(matches!(parse(v).unwrap().conf.ipam_mode().unwrap(), IpamMode::BuiltIn { .. }));
     }
 
-    #[test]
-    fn without_pod_cidr_the_state_file_is_used_and_config_overrides_it() {
+    fn state_file(unavailable: Option<&str>) -> PathBuf {
         let path = std::env::temp_dir().join(format!("weft-conf-{}.json", rand::random::<u64>()));
         let state = NodeState {
             version: 1,
@@ -366,15 +456,40 @@ mod tests {
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             mtu: 1450,
             bridge: "cni0".into(),
-            unavailable: None,
+            unavailable: unavailable.map(String::from),
         };
         state.write(&path).unwrap();
+        path
+    }
+
+    #[test]
+    fn without_pod_cidr_the_state_file_is_used_and_config_overrides_it() {
+        let path = state_file(None);
         let v = json!({"cniVersion":"1.1.0","name":"weft","type":"weft","stateFile":path,"mtu":1400});
         let net = parse(v).unwrap().conf.resolve().unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(net.pool.unwrap().net.to_string(), "10.244.7.0/24");
         assert_eq!(net.mtu, 1400);
         assert_eq!(net.pool.unwrap().gateway.to_string(), "10.244.7.1");
+    }
+
+    #[test]
+    fn an_unavailable_node_withholds_the_state_files_pool_but_not_a_static_one() {
+        let path = state_file(Some("block 10.244.7.0/24 is owned by node-b"));
+        let from_state = json!({"cniVersion":"1.1.0","name":"weft","type":"weft","stateFile":path});
+        let net = parse(from_state.clone()).unwrap().conf.resolve().unwrap();
+        assert_eq!(
+            net.check_available().unwrap_err(),
+            "this node cannot give out addresses from 10.244.7.0/24: block 10.244.7.0/24 is owned by node-b"
+        );
+        let mut static_cidr = from_state.clone();
+        static_cidr["podCIDR"] = "10.244.7.0/24".into();
+        let mut delegated = from_state;
+        delegated["ipam"] = json!({"type":"host-local","subnet":"10.1.0.0/24"});
+        for v in [static_cidr, delegated] {
+            assert_eq!(parse(v.clone()).unwrap().conf.resolve().unwrap().check_available(), Ok(()), "{v}");
+        }
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
@@ -391,7 +506,7 @@ mod tests {
                        "ipam":{"type":"host-local","subnet":"10.1.0.0/24"}});
         let net = parse(v).unwrap().conf.resolve().unwrap();
         assert_eq!(net.pool, None);
-        assert_eq!(net.ipam, IpamMode::Delegate { plugin: "host-local".into() });
+        assert!(matches!(net.ipam, IpamMode::Delegate { plugin, .. } if plugin == "host-local"));
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! The plugin's kernel work: attach a container to the bridge, detach it, verify it, collect
 //! leftovers. Every step is one netlink request through `weft_overlay::netlink`.
 
+use std::collections::HashSet;
 use std::fs::File;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsFd;
-use std::path::Path;
 
 use ipnet::{IpNet, Ipv4Net};
-use weft_overlay::bridge::{BridgeError, ensure_address, ensure_bridge, ensure_bridge_link};
+use weft_overlay::bridge::{BridgeError, ensure_address, ensure_bridge_link};
 use weft_overlay::netlink::{
     Link, LinkChange, MAIN_TABLE, Netlink, NetlinkError, PendingSocket, Route4, VethSpec, WEFT_ROUTE_PROTOCOL,
 };
@@ -54,21 +54,19 @@ pub struct Attached {
 pub struct Plugged {
     host_nl: Netlink,
     bridge: Link,
-    /// Whether the bridge already carries the gateway address (it does when it was known up front).
-    bridge_addressed: bool,
     host_name: String,
     host_mac: Mac,
 }
 
 /// ADD's first kernel part, which needs no address yet and so runs while IPAM works: the bridge
-/// (with its gateway address when `gateway` is known already) and the veth pair, the container
-/// end created directly inside the container's namespace.
-pub async fn plug(a: &PortSpec<'_>, netns: &File, gateway: Option<Ipv4Net>) -> Result<Plugged, CniError> {
+/// link (its address comes last, in `configure`) and the veth pair, the container end created
+/// directly inside the container's namespace.
+pub async fn plug(a: &PortSpec<'_>, netns: &File, gateway: Option<Ipv4Addr>) -> Result<Plugged, CniError> {
     let host_nl = Netlink::connect()?;
-    let bridge = match gateway {
-        Some(gateway) => ensure_bridge(&host_nl, a.bridge, a.mtu, gateway).await?.0,
-        None => ensure_bridge_link(&host_nl, a.bridge, a.mtu, Mac::derived(a.bridge)).await?.0,
-    };
+    // A fixed MAC, as the agent gives it: otherwise the bridge takes its lowest port's MAC, which
+    // changes as pods come and go.
+    let bridge_mac = gateway.map_or_else(|| Mac::derived(a.bridge), Mac::for_ipv4);
+    let bridge = ensure_bridge_link(&host_nl, a.bridge, a.mtu, bridge_mac).await?.0;
     sysctl::ensure(sysctl::IP_FORWARD, "1")
         .map_err(|e| CniError::new(Code::Kernel, "cannot enable IPv4 forwarding").with_details(e))?;
 
@@ -102,22 +100,19 @@ pub async fn plug(a: &PortSpec<'_>, netns: &File, gateway: Option<Ipv4Net>) -> R
             }
         }
     }
-    Ok(Plugged { host_nl, bridge, bridge_addressed: gateway.is_some(), host_name, host_mac })
+    Ok(Plugged { host_nl, bridge, host_name, host_mac })
 }
 
 impl Plugged {
     /// ADD's second kernel part, once the address is known: the container end gets its MAC
-    /// (derived from the address), address, link up and routes; hairpin on the host end.
+    /// (derived from the address), address, link up and routes; hairpin on the host end; and
+    /// last the gateway address on the bridge, so that a failed ADD never leaves one there.
     pub async fn configure(
         &self,
         a: &PortSpec<'_>,
         container: PendingSocket,
         lease: &Lease,
     ) -> Result<Attached, CniError> {
-        if !self.bridge_addressed {
-            let gateway = Ipv4Net::new(lease.gateway, lease.address.prefix_len()).expect("prefix is valid");
-            ensure_address(&self.host_nl, self.bridge.index, gateway).await?;
-        }
         let ns_nl = container.connect()?;
         let iface = ns_nl
             .link(a.ifname)
@@ -139,6 +134,8 @@ impl Plugged {
                 .ok_or_else(|| CniError::new(Code::Kernel, format!("{} vanished", self.host_name)))?;
             self.host_nl.set_hairpin(host.index, true).await?;
         }
+        let gateway = Ipv4Net::new(lease.gateway, lease.address.prefix_len()).expect("prefix is valid");
+        ensure_address(&self.host_nl, self.bridge.index, gateway).await?;
         Ok(Attached {
             bridge: self.bridge.clone(),
             host_name: self.host_name.clone(),
@@ -176,16 +173,17 @@ fn container_routes(lease: &Lease, oif: u32) -> Vec<Route4> {
 }
 
 /// DEL's kernel part: cut the container off and free both interface names at once; the kernel's
-/// slow device removal finishes in a detached reaper. Missing pieces are not errors.
-pub async fn detach(container_id: &str, ifname: &str, netns: Option<&Path>) -> Result<(), CniError> {
+/// slow device removal finishes in a detached reaper. Missing pieces (the veth, the container's
+/// namespace) are not errors.
+pub async fn detach(container_id: &str, ifname: &str, container: Option<PendingSocket>) -> Result<(), CniError> {
     let host_nl = Netlink::connect()?;
     let host_name = host_veth_name(container_id, ifname);
     let Some(host) = host_nl.link(&host_name).await? else {
         return Ok(());
     };
     let tombstone = tombstone_name(host.index);
-    if let Some(path) = netns {
-        free_container_name(path, ifname, host.index).await;
+    if let Some(container) = container {
+        free_container_name(container, ifname, host.index).await;
     }
     let cut = LinkChange { up: Some(false), master: Some(None), ..LinkChange::default() };
     host_nl.set_link(host.index, &cut).await?;
@@ -197,8 +195,8 @@ pub async fn detach(container_id: &str, ifname: &str, netns: Option<&Path>) -> R
 
 /// Renames the container end (if it is still there and is our pair's) so CNI_IFNAME is free at
 /// once. A netns that is gone or unreadable is fine: the pair dies with the host end anyway.
-async fn free_container_name(netns: &Path, ifname: &str, host_index: u32) {
-    let Ok(ns_nl) = Netlink::connect_in(netns) else {
+async fn free_container_name(container: PendingSocket, ifname: &str, host_index: u32) {
+    let Ok(ns_nl) = container.connect() else {
         return;
     };
     let Ok(Some(iface)) = ns_nl.link(ifname).await else {
@@ -215,20 +213,19 @@ async fn free_container_name(netns: &Path, ifname: &str, host_index: u32) {
     }
     .await
     {
-        tracing::warn!("cannot free {ifname} in {}: {e}", netns.display());
+        tracing::warn!("cannot free {ifname} in the container: {e}");
     }
 }
 
-/// GC's kernel part: remove host veths on `bridge` that belong to no valid attachment, and every
-/// tombstone (cut off by DEL, not yet reaped). Returns the names removed.
-pub async fn collect_veths(bridge: &str, keep: &[String]) -> Result<Vec<String>, CniError> {
+/// GC's kernel part: remove the host veths named in `stale`, on the bridge or not (a DEL killed
+/// half-way leaves one down and off it), and every tombstone (cut off by DEL, not yet reaped: it
+/// is no pod's any more, whichever network it was in). Returns the names removed.
+pub async fn collect_veths(stale: &HashSet<String>) -> Result<Vec<String>, CniError> {
     let nl = Netlink::connect()?;
-    let bridge_index = nl.link(bridge).await?.map(|l| l.index);
     let mut removed = Vec::new();
     for link in nl.links().await? {
-        let ours = is_weft_veth(&link.name)
-            && (link.name.starts_with(TOMBSTONE_PREFIX) || (bridge_index.is_some() && link.master == bridge_index));
-        if !ours || keep.contains(&link.name) {
+        let tombstone = is_weft_veth(&link.name) && link.name.starts_with(TOMBSTONE_PREFIX);
+        if !tombstone && !stale.contains(&link.name) {
             continue;
         }
         match nl.delete_link(link.index).await {
@@ -249,11 +246,11 @@ pub struct Expected<'a> {
     pub mac: Option<Mac>,
     pub mtu: u32,
     pub addresses: Vec<Ipv4Net>,
-    pub routes: Vec<(Ipv4Net, Option<std::net::Ipv4Addr>)>,
+    pub routes: Vec<(Ipv4Net, Option<Ipv4Addr>)>,
 }
 
 /// CHECK's kernel part: every difference is reported, not just the first.
-pub async fn verify(e: &Expected<'_>, netns_path: &Path) -> Result<(), CniError> {
+pub async fn verify(e: &Expected<'_>, container: PendingSocket) -> Result<(), CniError> {
     let mut problems = Vec::new();
     let host_nl = Netlink::connect()?;
     let bridge = host_nl.link(e.bridge).await?;
@@ -270,7 +267,7 @@ pub async fn verify(e: &Expected<'_>, netns_path: &Path) -> Result<(), CniError>
             }
         }
     }
-    let ns_nl = Netlink::connect_in(netns_path)?;
+    let ns_nl = container.connect()?;
     match ns_nl.link(e.ifname).await? {
         None => problems.push(format!("{} is missing in the container", e.ifname)),
         Some(iface) => {

@@ -9,6 +9,7 @@ pub mod fsutil;
 pub mod ipam;
 pub mod logging;
 pub mod names;
+pub mod netns;
 pub mod reaper;
 pub mod result;
 pub mod runtime;

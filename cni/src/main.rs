@@ -1,6 +1,6 @@
 //! `weft`: the CNI plugin binary. stdout carries only the CNI result or error JSON.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use weft_cni::commands::{Reply, run};
@@ -16,10 +16,7 @@ fn main() -> ExitCode {
             Err(_) => ExitCode::FAILURE,
         };
     }
-    let mut stdin = Vec::new();
-    // An unreadable stdin reads as empty; the config parser then reports code 6.
-    let _ = std::io::stdin().read_to_end(&mut stdin);
-    let (out, code) = match run(|k| std::env::var(k).ok(), stdin) {
+    let (out, code) = match run(|k| std::env::var(k).ok(), std::io::stdin().lock()) {
         Reply::Success(out) => (out, ExitCode::SUCCESS),
         Reply::Failure(json) => (Some(json), ExitCode::FAILURE),
     };

@@ -52,7 +52,13 @@ pub fn attachment_hash(container_id: &str, ifname: &str) -> String {
 
 /// The host end of the attachment's veth pair: found again by name on DEL even without the netns.
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    format!("{HOST_VETH_PREFIX}{}", &attachment_hash(container_id, ifname)[..NAME_HASH_HEX])
+    host_veth_name_for_hash(&attachment_hash(container_id, ifname))
+}
+
+/// The host veth of the attachment whose [`attachment_hash`] starts with `hash` (at least 11 hex
+/// characters: the IPAM store keeps 16).
+pub fn host_veth_name_for_hash(hash: &str) -> String {
+    format!("{HOST_VETH_PREFIX}{}", &hash[..NAME_HASH_HEX])
 }
 
 /// The name a cut-off veth end carries until the kernel has finished removing it. It is made

@@ -7,12 +7,16 @@ use std::path::Path;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::write_atomic;
+use crate::fsutil::{read_regular, write_atomic};
 
 /// Default location, as in the agent's `--state-dir`.
 pub const DEFAULT_STATE_FILE: &str = "/run/weft/node.json";
 pub const STATE_FILE_NAME: &str = "node.json";
 pub const STATE_FILE_VERSION: u32 = 1;
+/// A real state file is a few hundred bytes; anything far larger is not one.
+const MAX_STATE_FILE_BYTES: u64 = 64 * 1024;
+/// Longest `unavailable` reason accepted: it ends up in every failed ADD's error message.
+pub const MAX_REASON_BYTES: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeState {
@@ -51,8 +55,8 @@ impl StateError {
 
 impl NodeState {
     pub fn read(path: &Path) -> Result<NodeState, StateError> {
-        let bytes =
-            std::fs::read(path).map_err(|source| StateError::Read { path: path.display().to_string(), source })?;
+        let bytes = read_regular(path, MAX_STATE_FILE_BYTES)
+            .map_err(|source| StateError::Read { path: path.display().to_string(), source })?;
         NodeState::parse(&bytes).map_err(|reason| StateError::Invalid { path: path.display().to_string(), reason })
     }
 
@@ -75,11 +79,9 @@ impl NodeState {
         if self.version != STATE_FILE_VERSION {
             return Err(format!("unsupported version {}", self.version));
         }
-        // The plugin's own podCIDR setting is normalised; a file is not, so it must be exact.
-        for (field, net) in [("podCIDR", self.pod_cidr), ("clusterCIDR", self.cluster_cidr)] {
-            if net != net.trunc() {
-                return Err(format!("{field} {net} has host bits set"));
-            }
+        crate::config::check_pod_cidr(self.pod_cidr.into()).map_err(|e| format!("podCIDR {e}"))?;
+        if self.cluster_cidr != self.cluster_cidr.trunc() {
+            return Err(format!("clusterCIDR {} has host bits set", self.cluster_cidr));
         }
         if !self.cluster_cidr.contains(&self.pod_cidr) {
             return Err(format!("podCIDR {} is outside clusterCIDR {}", self.pod_cidr, self.cluster_cidr));
@@ -87,8 +89,25 @@ impl NodeState {
         crate::config::check_gateway(&self.pod_cidr, self.gateway)?;
         crate::config::check_mtu(self.mtu)?;
         crate::names::validate_ifname(&self.bridge).map_err(|e| format!("bridge: {e}"))?;
+        if let Some(reason) = &self.unavailable {
+            check_reason(reason).map_err(|e| format!("unavailable: {e}"))?;
+        }
         Ok(())
     }
+}
+
+/// The reason is shown to operators in error messages and logs: one bounded line of text.
+fn check_reason(reason: &str) -> Result<(), String> {
+    if reason.trim().is_empty() {
+        return Err("the reason is empty".into());
+    }
+    if reason.len() > MAX_REASON_BYTES {
+        return Err(format!("the reason is longer than {MAX_REASON_BYTES} bytes"));
+    }
+    if reason.chars().any(char::is_control) {
+        return Err("the reason contains control characters".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -145,10 +164,42 @@ mod tests {
     }
 
     #[test]
+    fn an_unavailable_reason_must_be_one_bounded_line() {
+        let with = |reason: &str| NodeState { unavailable: Some(reason.into()), ..sample() };
+        assert_eq!(with("confirming the block after a restart").validate(), Ok(()));
+        assert_eq!(with(&"é".repeat(MAX_REASON_BYTES / 2)).validate(), Ok(()));
+        for bad in ["", "  ", "two\nlines", "bell\u{7}", "esc\u{1b}[31m", &"x".repeat(MAX_REASON_BYTES + 1)] {
+            assert!(with(bad).validate().is_err(), "{bad:?}");
+        }
+        let text = serde_json::to_string(&with("taken")).unwrap();
+        assert!(text.contains(r#""unavailable":"taken""#), "{text}");
+        assert!(!serde_json::to_string(&sample()).unwrap().contains("unavailable"), "absent when None");
+    }
+
+    #[test]
+    fn a_state_file_that_is_not_a_regular_file_is_refused() {
+        for path in ["/dev/zero", "/proc/self"] {
+            let err = NodeState::read(Path::new(path)).unwrap_err();
+            assert!(!err.is_missing() && err.to_string().contains("not a regular file"), "{path}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_pod_cidr_that_is_no_sane_unicast_block_is_rejected() {
+        let mut s = sample();
+        (s.pod_cidr, s.cluster_cidr, s.gateway) =
+            ("0.0.0.0/0".parse().unwrap(), "0.0.0.0/0".parse().unwrap(), "0.0.0.1".parse().unwrap());
+        assert!(s.validate().unwrap_err().starts_with("podCIDR"));
+    }
+
+    #[test]
     fn cidrs_with_host_bits_are_rejected() {
         // Found by the state_file fuzz target: such a PodCIDR became the plugin's pool as is.
         let text = serde_json::to_string(&sample()).unwrap().replace("10.244.3.0/24", "10.244.3.0/22");
-        assert_eq!(NodeState::parse(text.as_bytes()).unwrap_err(), "podCIDR 10.244.3.0/22 has host bits set");
+        assert_eq!(
+            NodeState::parse(text.as_bytes()).unwrap_err(),
+            "podCIDR 10.244.3.0/22 has host bits set (the network is 10.244.0.0/22)"
+        );
         let mut s = sample();
         s.cluster_cidr = "10.244.0.1/16".parse().unwrap();
         assert!(s.validate().is_err());

@@ -26,7 +26,7 @@ fn env(command: &'static str) -> impl Fn(&str) -> Option<String> {
 proptest! {
     #[test]
     fn any_bytes_on_stdin_get_a_spec_error_never_a_panic(stdin in proptest::collection::vec(any::<u8>(), 0..512)) {
-        match run(env("CHECK"), stdin) {
+        match run(env("CHECK"), stdin.as_slice()) {
             Reply::Success(out) => prop_assert!(false, "CHECK of garbage succeeded: {out:?}"),
             Reply::Failure(json) => {
                 let v: serde_json::Value = serde_json::from_str(&json).unwrap();

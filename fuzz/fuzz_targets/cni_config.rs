@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use libfuzzer_sys::fuzz_target;
-use weft_cni::config::{Request, check_gateway, check_mtu, peek_version};
+use weft_cni::config::{Request, check_gateway, check_mtu, check_pod_cidr, peek_version};
 use weft_cni::env::{Command, Invocation};
 use weft_cni::error::{CniError, Code};
 use weft_cni::names::{validate_id, validate_ifname};
@@ -60,8 +60,8 @@ fn check_request(stdin: &[u8]) {
     check_mtu(network.mtu).expect("resolved MTU is in range");
     validate_ifname(&network.bridge).expect("resolved bridge name is valid");
     if let Some(pool) = network.pool {
-        assert_eq!(pool.net, pool.net.trunc(), "the pool is a network, not a host address");
-        assert!(pool.net.prefix_len() <= 30, "room for a gateway and a pod");
+        // An exact network of unicast addresses, with room for a gateway and a pod.
+        check_pod_cidr(pool.net.into()).expect("resolved pool is a sane pod CIDR");
         check_gateway(&pool.net, pool.gateway).expect("resolved gateway is a host of the pool");
     }
 }

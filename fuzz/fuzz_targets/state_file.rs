@@ -14,12 +14,17 @@ use weft_agent::files::{Paths, parse_lease};
 use weft_agent::validate::check_pod_cidr;
 use weft_cni::config::{check_gateway, check_mtu};
 use weft_cni::names::validate_ifname;
-use weft_cni::state::NodeState;
+use weft_cni::state::{MAX_REASON_BYTES, NodeState};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(state) = NodeState::parse(data) {
         assert!(state.cluster_cidr.contains(&state.pod_cidr));
-        assert_eq!(state.pod_cidr, state.pod_cidr.trunc(), "the PodCIDR is a network, not a host address");
+        weft_cni::config::check_pod_cidr(state.pod_cidr.into()).expect("accepted PodCIDR is a sane pod CIDR");
+        if let Some(reason) = &state.unavailable {
+            // It ends up in error messages and logs: one bounded line.
+            assert!(!reason.trim().is_empty() && reason.len() <= MAX_REASON_BYTES, "{reason:?}");
+            assert!(!reason.chars().any(char::is_control), "{reason:?}");
+        }
         check_gateway(&state.pod_cidr, state.gateway).expect("accepted gateway is a host of the PodCIDR");
         check_mtu(state.mtu).expect("accepted MTU is in range");
         validate_ifname(&state.bridge).expect("accepted bridge name is valid");

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{GATEWAY, PluginLab, VERSIONS, target, with_prev};
+use common::{GATEWAY, PluginLab, VERSIONS, target, with_prev, write_state};
 use serde_json::{Value, json};
 use weft_lab::cni::{Chain, Target};
 
@@ -150,7 +150,7 @@ fn status_says_50_until_the_pod_cidr_is_known() {
     assert_eq!(lab.call("STATUS", None, &conf).error_code(), Some(50));
     let pod = lab.pod("p");
     assert_eq!(lab.call("ADD", Some(&target("c1", &pod)), &conf).error_code(), Some(11), "ADD: try again later");
-    write_state(&state, "10.244.9.0/24", 1400);
+    write_state(&state, "10.244.9.0/24", 1400, None);
     lab.call("STATUS", None, &conf).success().unwrap();
     assert_eq!(lab.call("STATUS", None, &lab.conf("1.0.0", json!({}))).error_code(), Some(1), "STATUS needs 1.1.0");
 }
@@ -159,7 +159,7 @@ fn status_says_50_until_the_pod_cidr_is_known() {
 fn the_agents_state_file_supplies_pod_cidr_and_mtu() {
     let lab = PluginLab::new();
     let state = lab.dir.join("node.json");
-    write_state(&state, "10.244.9.0/24", 1400);
+    write_state(&state, "10.244.9.0/24", 1400, None);
     let conf = lab.conf("1.0.0", json!({"podCIDR": null, "mtu": null, "stateFile": state}));
     let pod = lab.pod("p");
     let t = target("c1", &pod);
@@ -367,21 +367,4 @@ fn two_hundred_parallel_adds_then_dels_leave_no_duplicate_and_no_leak() {
     });
     assert!(lab.allocations().is_empty(), "leaked: {:?}", lab.allocations());
     lab.assert_no_weft_links();
-}
-
-fn write_state(path: &std::path::Path, pod_cidr: &str, mtu: u32) {
-    let net: ipnet::Ipv4Net = pod_cidr.parse().unwrap();
-    weft_cni::state::NodeState {
-        version: 1,
-        node: "n1".into(),
-        node_ip: "192.0.2.10".parse().unwrap(),
-        pod_cidr: net,
-        gateway: weft_cni::config::first_host(&net),
-        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-        mtu,
-        bridge: "cni0".into(),
-        unavailable: None,
-    }
-    .write(path)
-    .unwrap();
 }

@@ -8,6 +8,7 @@ use crate::env::Invocation;
 use crate::error::{CniError, Code};
 use crate::ipam::delegate;
 use crate::ipam::store::{Owner, Store};
+use crate::netns;
 use crate::runtime;
 
 pub fn check(inv: &Invocation, req: &Request) -> Result<(), CniError> {
@@ -22,7 +23,7 @@ pub fn check(inv: &Invocation, req: &Request) -> Result<(), CniError> {
         super::parse_prev_result(req)?.ok_or_else(|| CniError::new(Code::InvalidConfig, "CHECK needs prevResult"))?;
     let net = req.conf.resolve()?;
     let netns_path = att.netns.as_deref().expect("CHECK always carries a netns");
-    super::open_netns(netns_path)?;
+    let netns = netns::open(netns_path)?;
 
     let index = prev.interfaces.iter().position(|i| i.name == att.ifname && i.sandbox.is_some()).ok_or_else(|| {
         CniError::new(Code::InvalidConfig, format!("prevResult has no container interface {}", att.ifname))
@@ -54,7 +55,7 @@ pub fn check(inv: &Invocation, req: &Request) -> Result<(), CniError> {
         addresses: addresses.clone(),
         routes,
     };
-    runtime::block_on(datapath::verify(&expected, netns_path))?;
+    runtime::block_on(datapath::verify(&expected, netns::socket_in(&netns, netns_path)?))?;
 
     match &net.ipam {
         IpamMode::BuiltIn { store_dir } => {
@@ -68,7 +69,7 @@ pub fn check(inv: &Invocation, req: &Request) -> Result<(), CniError> {
                 }
             }
         }
-        IpamMode::Delegate { plugin } => {
+        IpamMode::Delegate { plugin, .. } => {
             delegate::run(&delegate::find(plugin, &inv.plugin_path)?, "CHECK", &req.raw)?;
         }
     }

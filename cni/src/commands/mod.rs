@@ -7,14 +7,18 @@ mod gc;
 mod status;
 mod version;
 
-use std::fs::File;
-use std::path::Path;
+use std::io::Read;
 
 use crate::config::{Request, peek_version};
 use crate::env::{Command, Invocation};
 use crate::error::{CniError, Code};
+use crate::fsutil::read_limited;
 use crate::logging;
 use crate::result::CniResult;
+
+/// A network config is a few kilobytes (a GC's list of attachments, a few hundred); stdin far
+/// larger than this is no config and must not exhaust memory.
+const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
 /// What the plugin prints and how it exits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +30,14 @@ pub enum Reply {
 }
 
 /// The whole plugin, minus process plumbing: environment and stdin in, reply out.
-pub fn run(var: impl Fn(&str) -> Option<String>, stdin: Vec<u8>) -> Reply {
+pub fn run(var: impl Fn(&str) -> Option<String>, stdin: impl Read) -> Reply {
+    let stdin = match read_limited(stdin, MAX_CONFIG_BYTES) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let e = CniError::new(Code::DecodeFailure, "cannot read the network config on stdin").with_details(e);
+            return Reply::Failure(e.to_json(None));
+        }
+    };
     let version = peek_version(&stdin);
     match dispatch(var, stdin) {
         Ok(out) => Reply::Success(out.map(|v| v.to_string())),
@@ -77,10 +88,6 @@ fn require_v1_1(req: &Request, command: &str) -> Result<(), CniError> {
     ))
 }
 
-fn open_netns(path: &Path) -> Result<File, CniError> {
-    add::open(path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,7 +95,7 @@ mod tests {
 
     fn run_with(env: &[(&str, &str)], stdin: &str) -> Reply {
         let map: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        run(|k| map.get(k).cloned(), stdin.as_bytes().to_vec())
+        run(|k| map.get(k).cloned(), stdin.as_bytes())
     }
 
     fn failure_code(reply: Reply) -> (u64, serde_json::Value) {
@@ -130,6 +137,14 @@ mod tests {
         assert_eq!(failure_code(run_with(&[("CNI_COMMAND", "STATUS")], no_cidr)).0, 50);
         let with = r#"{"cniVersion":"1.1.0","name":"n","type":"weft","podCIDR":"10.244.1.0/24"}"#;
         assert_eq!(run_with(&[("CNI_COMMAND", "STATUS")], with), Reply::Success(None));
+    }
+
+    #[test]
+    fn an_endless_stdin_is_refused_not_read_to_the_end() {
+        let endless = std::io::repeat(b' ');
+        let (code, v) = failure_code(run(|_| Some("VERSION".into()), endless));
+        assert_eq!(code, 6);
+        assert!(v["details"].as_str().unwrap().contains("larger than"), "{v}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! STATUS (1.1.0): can ADD succeed now? Not before the node's PodCIDR is known.
+//! STATUS (1.1.0): can ADD succeed now? Not before the node's PodCIDR is known, nor while the
+//! agent says the node must not hand out addresses from it.
 
 use crate::config::{IpamMode, Request};
 use crate::env::Invocation;
@@ -15,7 +16,8 @@ pub fn status(inv: &Invocation, req: &Request) -> Result<(), CniError> {
         }
     }
     let net = req.conf.resolve()?;
-    if let IpamMode::Delegate { plugin } = net.ipam {
+    net.check_available().map_err(|reason| CniError::new(Code::PluginNotAvailable, reason))?;
+    if let IpamMode::Delegate { plugin, .. } = net.ipam {
         match delegate::run(&delegate::find(&plugin, &inv.plugin_path)?, "STATUS", &req.raw) {
             // A delegate older than 1.1.0 has no STATUS; that says nothing about its health.
             Err(e) if e.code == Code::IncompatibleVersion as u32 => {}

@@ -6,7 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::error::{CniError, Code};
+use crate::fsutil::read_limited;
 use crate::result::CniResult;
+
+/// A result is a few kilobytes; a delegate printing more is broken and must not exhaust memory.
+const MAX_ANSWER_BYTES: u64 = 1024 * 1024;
 
 /// Finds `plugin` in the CNI_PATH directories.
 pub fn find(plugin: &str, plugin_path: &[PathBuf]) -> Result<PathBuf, CniError> {
@@ -31,13 +35,16 @@ pub fn run(plugin: &Path, command: &str, stdin: &[u8]) -> Result<Option<CniResul
     // A plugin may exit without reading all of stdin; its answer still counts.
     let _ = pipe.write_all(stdin);
     drop(pipe);
-    let out =
-        child.wait_with_output().map_err(|e| failed(format!("IPAM plugin {name} did not finish")).with_details(e))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        return Err(passed_through_error(&text).unwrap_or_else(|| {
-            failed(format!("IPAM plugin {name} failed ({})", out.status)).with_details(text.trim())
-        }));
+    let stdout = read_limited(child.stdout.take().expect("stdout is piped"), MAX_ANSWER_BYTES);
+    if stdout.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait().map_err(|e| failed(format!("IPAM plugin {name} did not finish")).with_details(e))?;
+    let stdout = stdout.map_err(|e| failed(format!("cannot read the answer of IPAM plugin {name}")).with_details(e))?;
+    let text = String::from_utf8_lossy(&stdout);
+    if !status.success() {
+        return Err(passed_through_error(&text)
+            .unwrap_or_else(|| failed(format!("IPAM plugin {name} failed ({status})")).with_details(text.trim())));
     }
     if text.trim().is_empty() {
         return Ok(None);
@@ -74,6 +81,13 @@ mod tests {
         let err = find("no-such-ipam", &[PathBuf::from("/nonexistent")]).unwrap_err();
         assert_eq!(err.code, Code::InvalidConfig as u32);
         assert!(err.details.contains("/nonexistent"));
+    }
+
+    #[test]
+    fn an_endless_answer_is_cut_off_and_reported() {
+        let err = run(Path::new("/usr/bin/yes"), "ADD", b"{}").unwrap_err();
+        assert_eq!(err.code, Code::DelegateFailed as u32);
+        assert!(err.details.contains("larger than"), "{err}");
     }
 
     #[test]

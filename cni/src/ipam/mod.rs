@@ -39,6 +39,12 @@ impl From<StoreError> for CniError {
     }
 }
 
+/// Records the attachment in its network's store: ADD does this before the host veth exists, so
+/// GC of this network can always find the veth.
+pub fn record(mode: &IpamMode, owner: &Owner) -> Result<(), CniError> {
+    Ok(Store::open(mode.store_dir())?.record(owner)?)
+}
+
 /// Reserves an address for `owner` (the same one again on a repeated ADD).
 pub fn acquire(net: &Network, owner: &Owner, delegate_input: DelegateInput<'_>) -> Result<Lease, CniError> {
     match (&net.ipam, &net.pool) {
@@ -53,7 +59,7 @@ pub fn acquire(net: &Network, owner: &Owner, delegate_input: DelegateInput<'_>) 
             })
         }
         (IpamMode::BuiltIn { .. }, None) => Err(CniError::new(Code::TryAgainLater, "the node's PodCIDR is not known")),
-        (IpamMode::Delegate { plugin }, _) => {
+        (IpamMode::Delegate { plugin, .. }, _) => {
             let path = delegate::find(plugin, delegate_input.plugin_path)?;
             let result = delegate::run(&path, "ADD", delegate_input.stdin)?.ok_or_else(|| {
                 CniError::new(Code::DelegateFailed, format!("IPAM plugin {plugin} returned no result"))
@@ -68,17 +74,13 @@ pub fn acquire(net: &Network, owner: &Owner, delegate_input: DelegateInput<'_>) 
     }
 }
 
-/// Releases whatever `owner` holds; holding nothing is not an error.
+/// Releases whatever `owner` holds, then forgets its record; holding nothing is not an error.
 pub fn release(mode: &IpamMode, owner: &Owner, delegate_input: DelegateInput<'_>) -> Result<(), CniError> {
-    match mode {
-        IpamMode::BuiltIn { store_dir } => {
-            Store::open(store_dir)?.release(owner)?;
-        }
-        IpamMode::Delegate { plugin } => {
-            let path = delegate::find(plugin, delegate_input.plugin_path)?;
-            delegate::run(&path, "DEL", delegate_input.stdin)?;
-        }
+    if let IpamMode::Delegate { plugin, .. } = mode {
+        let path = delegate::find(plugin, delegate_input.plugin_path)?;
+        delegate::run(&path, "DEL", delegate_input.stdin)?;
     }
+    Store::open(mode.store_dir())?.release(owner)?;
     Ok(())
 }
 

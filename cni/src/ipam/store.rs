@@ -1,9 +1,11 @@
-//! weft's built-in IPAM store: one directory per network, one file per allocation.
+//! A network's store on this node: one directory per network, one file per allocation (built-in
+//! IPAM) and one record per attachment (any IPAM).
 //!
 //! ```text
 //! <dataDir>/<network>/lock                      flock'd for the whole of every operation
 //! <dataDir>/<network>/last_reserved_ip          where the next search starts
 //! <dataDir>/<network>/10.244.3.7@<hash16>       an allocation; content "<container id>\n<ifname>\n"
+//! <dataDir>/<network>/attached@<hash16>         an attachment record; same content
 //! ```
 //!
 //! The file name alone says which address is taken and by which attachment (a 64-bit hash of
@@ -11,6 +13,10 @@
 //! claimed with an exclusive create under the lock; a crash right after the create leaves an empty
 //! file that still reserves its address and is released like any other, so neither a crash nor a
 //! damaged file can ever cause a duplicate. `last_reserved_ip` is only a hint for where to search.
+//!
+//! ADD records the attachment before its host veth exists and DEL forgets it only after the veth
+//! is gone, so the store always knows every veth of its network: that is how GC of one network
+//! finds its own veths (the veth name derives from the same hash) and never another network's.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -21,10 +27,15 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 
 use super::pool::Pool;
-use crate::names::attachment_hash;
+use crate::fsutil::{open_regular, read_regular};
+use crate::names::{attachment_hash, host_veth_name_for_hash};
 
 const LOCK_FILE: &str = "lock";
 const LAST_RESERVED_FILE: &str = "last_reserved_ip";
+/// An address in text is at most 15 bytes; the hint file is never legitimately larger.
+const MAX_LAST_RESERVED_BYTES: u64 = 64;
+/// Names an attachment record, where an allocation has its address.
+const RECORD_MARK: &str = "attached";
 const OWNER_HEX: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,14 +61,27 @@ impl Owner {
     fn key(&self) -> String {
         attachment_hash(&self.container_id, &self.ifname)[..OWNER_HEX].to_string()
     }
+
+    /// What an allocation or record file says, for operators reading the store.
+    fn content(&self) -> String {
+        format!("{}\n{}\n", self.container_id, self.ifname)
+    }
 }
 
-/// One allocation as read from the directory.
+/// One file of the store: an owner's allocation, or its attachment record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Allocation {
-    pub ip: Ipv4Addr,
+pub struct Entry {
+    /// The address held; `None` for an attachment record.
+    pub ip: Option<Ipv4Addr>,
     owner_key: String,
     file: String,
+}
+
+impl Entry {
+    /// The host veth of the entry's attachment.
+    pub fn host_veth(&self) -> String {
+        host_veth_name_for_hash(&self.owner_key)
+    }
 }
 
 /// An open, locked store. The lock is released when this is dropped (or the process dies).
@@ -72,10 +96,7 @@ impl Store {
     /// other plugin processes to finish theirs.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let io_err = |source| StoreError::Io { path: dir.to_path_buf(), source };
-        let open_lock = || {
-            let path = dir.join(LOCK_FILE);
-            OpenOptions::new().create(true).truncate(false).write(true).open(path)
-        };
+        let open_lock = || open_regular(&dir.join(LOCK_FILE), OpenOptions::new().create(true).write(true));
         let file = match open_lock() {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::create_dir_all(dir).map_err(io_err)?;
@@ -88,76 +109,98 @@ impl Store {
         Ok(Store { dir: dir.to_path_buf(), _lock: lock })
     }
 
-    pub fn allocations(&self) -> Result<Vec<Allocation>, StoreError> {
-        read_allocations(&self.dir).map_err(|e| self.io_err(e))
+    /// Every allocation and record.
+    pub fn entries(&self) -> Result<Vec<Entry>, StoreError> {
+        read_entries(&self.dir).map_err(|e| self.io_err(e))
     }
 
     pub fn find(&self, owner: &Owner) -> Result<Option<Ipv4Addr>, StoreError> {
         let key = owner.key();
-        Ok(self.allocations()?.into_iter().find(|a| a.owner_key == key).map(|a| a.ip))
+        Ok(self.entries()?.into_iter().find_map(|e| e.ip.filter(|_| e.owner_key == key)))
+    }
+
+    /// Records the attachment (again, on a repeated ADD: that is not an error).
+    pub fn record(&mut self, owner: &Owner) -> Result<(), StoreError> {
+        let path = self.dir.join(file_name(RECORD_MARK, &owner.key()));
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut file) => file.write_all(owner.content().as_bytes()).map_err(|e| self.io_err(e)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(self.io_err(e)),
+        }
     }
 
     /// The owner's address: the one it already holds in `pool`, else the next free one.
     pub fn allocate(&mut self, pool: &Pool, owner: &Owner) -> Result<Ipv4Addr, StoreError> {
         let key = owner.key();
-        let allocations = self.allocations()?;
-        let mut used = HashSet::with_capacity(allocations.len());
-        for alloc in &allocations {
-            if alloc.owner_key == key {
-                if pool.contains(alloc.ip) {
-                    return Ok(alloc.ip);
+        let entries = self.entries()?;
+        let mut used = HashSet::with_capacity(entries.len());
+        for entry in &entries {
+            let Some(ip) = entry.ip else { continue };
+            if entry.owner_key == key {
+                if pool.contains(ip) {
+                    return Ok(ip);
                 }
                 // Left from an earlier PodCIDR: drop it and allocate afresh.
-                self.remove(alloc)?;
+                self.remove(entry)?;
                 continue;
             }
-            used.insert(alloc.ip);
+            used.insert(ip);
         }
         let ip = pool.next_free(&used, self.last_reserved()).ok_or(StoreError::Exhausted(pool.net))?;
-        let content = format!("{}\n{}\n", owner.container_id, owner.ifname);
-        let path = self.dir.join(file_name(ip, &key));
+        let path = self.dir.join(file_name(&ip.to_string(), &key));
         let claim = OpenOptions::new().write(true).create_new(true).open(&path);
-        if let Err(e) = claim.and_then(|mut f| f.write_all(content.as_bytes())) {
+        if let Err(e) = claim.and_then(|mut f| f.write_all(owner.content().as_bytes())) {
             let _ = fs::remove_file(&path);
             return Err(self.io_err(e));
         }
         // Only a hint for where to search next: a torn or failed write costs nothing but fairness.
-        if let Err(e) = fs::write(self.dir.join(LAST_RESERVED_FILE), ip.to_string()) {
+        let mut hint = OpenOptions::new();
+        let written = open_regular(&self.dir.join(LAST_RESERVED_FILE), hint.write(true).create(true).truncate(true))
+            .and_then(|mut f| f.write_all(ip.to_string().as_bytes()));
+        if let Err(e) = written {
             tracing::warn!("cannot record last reserved address: {e}");
         }
         Ok(ip)
     }
 
-    /// Releases whatever the owner holds; releasing nothing is not an error.
+    /// Releases whatever the owner holds and forgets its record; nothing to release is not an
+    /// error. Returns the addresses released.
     pub fn release(&mut self, owner: &Owner) -> Result<Vec<Ipv4Addr>, StoreError> {
         let key = owner.key();
-        self.remove_where(|a| a.owner_key == key)
+        self.remove_where(|e| e.owner_key == key)
     }
 
-    /// Releases every allocation whose owner is not in `keep` (GC).
+    /// The entries of every attachment not in `keep`: what GC collects.
+    pub fn stale(&self, keep: &[Owner]) -> Result<Vec<Entry>, StoreError> {
+        let keep: HashSet<String> = keep.iter().map(Owner::key).collect();
+        Ok(self.entries()?.into_iter().filter(|e| !keep.contains(&e.owner_key)).collect())
+    }
+
+    /// Releases and forgets every attachment not in `keep` (GC). Returns the addresses released.
     pub fn retain(&mut self, keep: &[Owner]) -> Result<Vec<Ipv4Addr>, StoreError> {
         let keep: HashSet<String> = keep.iter().map(Owner::key).collect();
-        self.remove_where(|a| !keep.contains(&a.owner_key))
+        self.remove_where(|e| !keep.contains(&e.owner_key))
     }
 
-    fn remove_where(&mut self, pred: impl Fn(&Allocation) -> bool) -> Result<Vec<Ipv4Addr>, StoreError> {
+    fn remove_where(&mut self, pred: impl Fn(&Entry) -> bool) -> Result<Vec<Ipv4Addr>, StoreError> {
         let mut released = Vec::new();
-        for alloc in self.allocations()?.iter().filter(|a| pred(a)) {
-            self.remove(alloc)?;
-            released.push(alloc.ip);
+        for entry in self.entries()?.iter().filter(|e| pred(e)) {
+            self.remove(entry)?;
+            released.extend(entry.ip);
         }
         Ok(released)
     }
 
-    fn remove(&self, alloc: &Allocation) -> Result<(), StoreError> {
-        match fs::remove_file(self.dir.join(&alloc.file)) {
+    fn remove(&self, entry: &Entry) -> Result<(), StoreError> {
+        match fs::remove_file(self.dir.join(&entry.file)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(self.io_err(e)),
             _ => Ok(()),
         }
     }
 
     fn last_reserved(&self) -> Option<Ipv4Addr> {
-        fs::read_to_string(self.dir.join(LAST_RESERVED_FILE)).ok()?.trim().parse().ok()
+        let bytes = read_regular(&self.dir.join(LAST_RESERVED_FILE), MAX_LAST_RESERVED_BYTES).ok()?;
+        std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
     }
 
     fn io_err(&self, source: io::Error) -> StoreError {
@@ -165,22 +208,28 @@ impl Store {
     }
 }
 
-fn file_name(ip: Ipv4Addr, owner_key: &str) -> String {
-    format!("{ip}@{owner_key}")
+fn file_name(what: &str, owner_key: &str) -> String {
+    format!("{what}@{owner_key}")
 }
 
-/// `10.244.3.7@0123456789abcdef` → allocation; anything else (lock, temp files) → None.
-fn parse_file_name(name: &str) -> Option<Allocation> {
-    let (ip, key) = name.split_once('@')?;
+/// `10.244.3.7@0123456789abcdef` → allocation, `attached@0123456789abcdef` → record; anything
+/// else (lock, temp files) → None.
+fn parse_file_name(name: &str) -> Option<Entry> {
+    let (what, key) = name.split_once('@')?;
     let valid_key = key.len() == OWNER_HEX && key.bytes().all(|b| b.is_ascii_hexdigit());
-    Some(Allocation { ip: ip.parse().ok()?, owner_key: key.to_string(), file: name.to_string() }).filter(|_| valid_key)
+    let ip = if what == RECORD_MARK { None } else { Some(what.parse().ok()?) };
+    Some(Entry { ip, owner_key: key.to_string(), file: name.to_string() }).filter(|_| valid_key)
 }
 
-fn read_allocations(dir: &Path) -> io::Result<Vec<Allocation>> {
+/// The store's entries. Only regular files count: anything else is junk, like a name that does
+/// not parse.
+fn read_entries(dir: &Path) -> io::Result<Vec<Entry>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir)? {
-        if let Some(alloc) = entry?.file_name().to_str().and_then(parse_file_name) {
-            out.push(alloc);
+        let entry = entry?;
+        let parsed = entry.file_name().to_str().and_then(parse_file_name);
+        if let Some(parsed) = parsed.filter(|_| entry.file_type().is_ok_and(|t| t.is_file())) {
+            out.push(parsed);
         }
     }
     Ok(out)
@@ -189,8 +238,8 @@ fn read_allocations(dir: &Path) -> io::Result<Vec<Allocation>> {
 /// The addresses reserved in the store at `dir`, read without taking its lock: a snapshot for
 /// reporting (allocation files appear and vanish whole). A store not created yet has none.
 pub fn reserved_addresses(dir: &Path) -> io::Result<Vec<Ipv4Addr>> {
-    match read_allocations(dir) {
-        Ok(allocations) => Ok(allocations.into_iter().map(|a| a.ip).collect()),
+    match read_entries(dir) {
+        Ok(entries) => Ok(entries.into_iter().filter_map(|e| e.ip).collect()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e),
     }
@@ -226,7 +275,7 @@ mod tests {
         assert_eq!(a.to_string(), "10.244.3.2");
         assert!(a != b && b != c && a != c);
         assert_eq!(store.allocate(&p, &Owner::new("c1", "eth0")).unwrap(), a);
-        assert_eq!(store.allocations().unwrap().len(), 3);
+        assert_eq!(store.entries().unwrap().len(), 3);
     }
 
     #[test]
@@ -257,7 +306,7 @@ mod tests {
         let p = pool("10.244.3.0/30"); // one assignable address
         store.allocate(&p, &Owner::new("c1", "eth0")).unwrap();
         assert!(matches!(store.allocate(&p, &Owner::new("c2", "eth0")), Err(StoreError::Exhausted(_))));
-        assert_eq!(store.allocations().unwrap().len(), 1);
+        assert_eq!(store.entries().unwrap().len(), 1);
     }
 
     #[test]
@@ -292,7 +341,7 @@ mod tests {
         let dir = tempdir();
         let mut store = Store::open(&dir.0).unwrap();
         let owner = Owner::new("c1", "eth0");
-        fs::write(dir.0.join(file_name("10.244.3.2".parse().unwrap(), &owner.key())), b"").unwrap();
+        fs::write(dir.0.join(file_name("10.244.3.2", &owner.key())), b"").unwrap();
         assert_eq!(store.find(&owner).unwrap(), Some("10.244.3.2".parse().unwrap()));
         assert_ne!(
             store.allocate(&pool("10.244.3.0/24"), &Owner::new("c2", "eth0")).unwrap().to_string(),
@@ -308,13 +357,59 @@ mod tests {
         let old = store.allocate(&pool("10.244.3.0/24"), &Owner::new("c1", "eth0")).unwrap();
         let new = store.allocate(&pool("10.244.9.0/24"), &Owner::new("c1", "eth0")).unwrap();
         assert_ne!(old, new);
-        assert_eq!(store.allocations().unwrap().len(), 1);
+        assert_eq!(store.entries().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn records_name_their_veth_and_go_with_release_and_gc() {
+        let dir = tempdir();
+        let mut store = Store::open(&dir.0).unwrap();
+        let (a, b) = (Owner::new("a", "eth0"), Owner::new("b", "eth0"));
+        for owner in [&a, &b] {
+            store.record(owner).unwrap();
+            store.record(owner).unwrap(); // a repeated ADD
+        }
+        store.allocate(&pool("10.244.3.0/24"), &a).unwrap();
+        assert_eq!(store.find(&b).unwrap(), None, "a record holds no address");
+        let stale = store.stale(std::slice::from_ref(&a)).unwrap();
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].host_veth(), crate::names::host_veth_name("b", "eth0"));
+        assert!(store.retain(std::slice::from_ref(&a)).unwrap().is_empty(), "b held no address");
+        assert_eq!(store.entries().unwrap().len(), 2, "a's record and allocation stay");
+        assert_eq!(store.release(&a).unwrap().len(), 1);
+        assert!(store.entries().unwrap().is_empty());
+    }
+
+    #[test]
+    fn special_files_never_block_and_never_count() {
+        let dir = tempdir();
+        let mut store = Store::open(&dir.0).unwrap();
+        let fifo = |name: &str| nix::unistd::mkfifo(&dir.0.join(name), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        fifo(LAST_RESERVED_FILE);
+        fifo("10.244.3.2@00000000deadbeef");
+        fs::create_dir(dir.0.join("10.244.3.3@00000000deadbeef")).unwrap();
+        let ip = store.allocate(&pool("10.244.3.0/24"), &Owner::new("c1", "eth0")).unwrap();
+        assert_eq!(ip.to_string(), "10.244.3.2", "junk reserves nothing");
+        assert_eq!(store.last_reserved(), None, "the FIFO is no hint");
+        drop(store);
+        fs::remove_file(dir.0.join(LOCK_FILE)).unwrap();
+        fifo(LOCK_FILE);
+        assert!(Store::open(&dir.0).is_err(), "a FIFO lock fails at once");
     }
 
     #[test]
     fn file_names_parse_strictly() {
-        assert!(parse_file_name("10.244.3.7@0123456789abcdef").is_some());
-        for bad in ["lock", "last_reserved_ip", "10.244.3.7", "10.244.3.7@xyz", "1.2.3@0123456789abcdef"] {
+        assert!(parse_file_name("10.244.3.7@0123456789abcdef").is_some_and(|e| e.ip.is_some()));
+        assert!(parse_file_name("attached@0123456789abcdef").is_some_and(|e| e.ip.is_none()));
+        for bad in [
+            "lock",
+            "last_reserved_ip",
+            "10.244.3.7",
+            "10.244.3.7@xyz",
+            "1.2.3@0123456789abcdef",
+            "attached@xyz",
+            "other@0123456789abcdef",
+        ] {
             assert!(parse_file_name(bad).is_none(), "{bad}");
         }
     }

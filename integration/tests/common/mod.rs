@@ -3,8 +3,11 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::fs::File;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use weft_lab::cni::{PluginPath, Reply, Runtime, Target};
@@ -13,6 +16,11 @@ use weft_lab::{Netns, wait};
 pub const POD_CIDR: &str = "10.244.7.0/24";
 pub const GATEWAY: &str = "10.244.7.1";
 pub const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+/// A plugin run that has not answered after this long is hung.
+pub const HANG: Duration = Duration::from_secs(5);
+/// Address space a bounded plugin run may map: one reading without bound fails here instead of
+/// taking the machine's memory.
+const MEMORY_LIMIT: u64 = 1 << 30;
 
 pub struct PluginLab {
     pub prefix: String,
@@ -81,11 +89,57 @@ impl PluginLab {
         assert!(left.is_ok(), "veths left behind: {:?}", self.weft_links());
     }
 
-    /// Allocation files in the IPAM store of network `weft`.
+    /// Allocation files (`<address>@<owner>`) in the IPAM store of network `weft`.
     pub fn allocations(&self) -> Vec<String> {
-        let dir = self.ipam_dir().join("weft");
-        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+        let is_allocation = |n: &String| n.split_once('@').is_some_and(|(ip, _)| ip.parse::<IpAddr>().is_ok());
+        self.store_entries("weft").into_iter().filter(is_allocation).collect()
+    }
+
+    /// Allocations and attachment records (`…@<owner>`) in the store of `network`.
+    pub fn store_entries(&self, network: &str) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.ipam_dir().join(network)) else { return Vec::new() };
         entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.contains('@')).collect()
+    }
+
+    /// The IPv4 addresses on the node's `cni0` (none when it does not exist).
+    pub fn bridge_addresses(&self) -> Vec<String> {
+        let shown = self.node.ip(&["-o", "-4", "addr", "show", "dev", "cni0"]).unwrap_or_default();
+        shown.lines().filter_map(|l| Some(l.split_whitespace().nth(3)?.to_string())).collect()
+    }
+
+    /// Runs weft as `call` does, with `vars` as its CNI environment and `stdin` (any file: a
+    /// config written out, /dev/zero …), under a memory limit. Panics, after killing it, when it
+    /// has not answered within [`HANG`].
+    pub fn run_bounded(&self, what: &str, vars: &[(String, String)], stdin: File) -> Reply {
+        let plain = self.rt.command("weft").expect("weft");
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--as={MEMORY_LIMIT}")).arg("--").arg(plain.get_program()).env_clear();
+        for (key, value) in plain.get_envs() {
+            cmd.env(key, value.unwrap_or_default());
+        }
+        cmd.envs(vars.iter().cloned()).stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let start = Instant::now();
+        let mut child = self.rt.spawn(&mut cmd).expect("start weft");
+        let exited = wait::until(what, HANG, Duration::from_millis(10), || child.try_wait().ok().flatten());
+        if exited.is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: weft hung (no answer within {HANG:?})");
+        }
+        let out = child.wait_with_output().expect("collect weft's answer");
+        Reply {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            elapsed: start.elapsed(),
+        }
+    }
+
+    /// `conf` written to a file, to be a plugin's stdin.
+    pub fn stdin_file(&self, conf: &Value) -> File {
+        let path = self.dir.join(format!("stdin-{}.json", rand::random::<u32>()));
+        std::fs::write(&path, conf.to_string()).expect("write stdin file");
+        File::open(path).expect("open stdin file")
     }
 
     /// Runs ping inside `pod`; true when a reply came back.
@@ -102,6 +156,24 @@ impl Drop for PluginLab {
 
 pub fn target(id: &str, pod: &Netns) -> Target {
     Target::new(id, &pod.path(), "eth0")
+}
+
+/// What the agent publishes, with `unavailable` set when the node must not hand out addresses.
+pub fn write_state(path: &Path, pod_cidr: &str, mtu: u32, unavailable: Option<&str>) {
+    let net: ipnet::Ipv4Net = pod_cidr.parse().unwrap();
+    weft_cni::state::NodeState {
+        version: 1,
+        node: "n1".into(),
+        node_ip: "192.0.2.10".parse().unwrap(),
+        pod_cidr: net,
+        gateway: weft_cni::config::first_host(&net),
+        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        mtu,
+        bridge: "cni0".into(),
+        unavailable: unavailable.map(String::from),
+    }
+    .write(path)
+    .unwrap();
 }
 
 /// The config a runtime sends for CHECK/DEL: the ADD config plus its result as prevResult.

@@ -182,7 +182,14 @@ pub struct Allocator {
 impl Allocator {
     /// `start` is a static PodCIDR or a lease persisted by an earlier run: claimed at once
     /// (so that peers keep routing a restarting node's block), held only once confirmed.
-    pub fn new(node: &str, pool: Ipv4Net, prefix: u8, confirm_after: Duration, start: Option<Claim>, now: Instant) -> Allocator {
+    pub fn new(
+        node: &str,
+        pool: Ipv4Net,
+        prefix: u8,
+        confirm_after: Duration,
+        start: Option<Claim>,
+        now: Instant,
+    ) -> Allocator {
         Allocator {
             node: node.to_string(),
             pool,
@@ -479,7 +486,10 @@ mod tests {
         let mut a = allocator(Some(ours), t0);
         let owner = [claimant("o", "10.244.77.0/24", ClaimKind::Static, 900)];
         assert_eq!(a.step(&input(t0, true, &owner, 0)), Outcome::Lost { cidr: ours.cidr, winner: "o".into() });
-        assert_eq!(a.phase(), &Phase::Blocked { claim: Claim { kind: ClaimKind::Claiming, ..ours }, winner: "o".into() });
+        assert_eq!(
+            a.phase(),
+            &Phase::Blocked { claim: Claim { kind: ClaimKind::Claiming, ..ours }, winner: "o".into() }
+        );
         assert_eq!(a.held(), None);
         // Still announced (every node sees the conflict), never moved.
         assert_eq!(a.claim().map(|c| c.cidr), Some(ours.cidr));

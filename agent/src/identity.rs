@@ -42,10 +42,7 @@ fn node_ip(m: &Member) -> Option<IpAddr> {
 
 /// Whether the member holds its claim (confirmed or static), as announced.
 pub fn established(m: &Member) -> bool {
-    m.keys
-        .get(keys::POD_CIDR)
-        .and_then(|v| keys::decode_claim(v).ok())
-        .is_some_and(|c| c.kind != ClaimKind::Claiming)
+    m.keys.get(keys::POD_CIDR).and_then(|v| keys::decode_claim(v).ok()).is_some_and(|c| c.kind != ClaimKind::Claiming)
 }
 
 /// Whether the member announced that it refused its name.
@@ -165,7 +162,7 @@ mod tests {
     #[test]
     fn a_namesake_that_refused_the_name_never_keeps_it_from_anyone() {
         let refused = member(100, OTHER, Liveness::Alive, None, keys::STATUS_REFUSED);
-        assert_eq!(decide(&me(200, false, false), &[refused.clone()]), None);
+        assert_eq!(decide(&me(200, false, false), std::slice::from_ref(&refused)), None);
         assert_eq!(decide(&me(200, false, true), &[refused]), None);
     }
 }

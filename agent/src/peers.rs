@@ -44,9 +44,7 @@ pub struct Peers {
 fn representative<'a>(generations: &[&'a Member]) -> &'a Member {
     generations
         .iter()
-        .max_by_key(|m| {
-            (m.liveness.programmable() && !identity::refused(m), identity::established(m), m.generation)
-        })
+        .max_by_key(|m| (m.liveness.programmable() && !identity::refused(m), identity::established(m), m.generation))
         .expect("a node has at least one generation")
 }
 

@@ -219,7 +219,10 @@ async fn a_static_podcidr_never_takes_a_block_in_use() {
     wait_until(CONVERGE, "s refuses the block a holds, and says so", || {
         c.status("s").is_some_and(|st| {
             !st.node.ready
-                && st.node.not_ready_reason.is_some_and(|r| r.contains(&format!("PodCIDR {taken} (--pod-cidr) is held by node a")))
+                && st
+                    .node
+                    .not_ready_reason
+                    .is_some_and(|r| r.contains(&format!("PodCIDR {taken} (--pod-cidr) is held by node a")))
         })
     })
     .await;
@@ -294,7 +297,9 @@ async fn a_lease_naming_a_live_nodes_block_is_claimed_elsewhere() {
     converged(&c, "n joined on another block").await;
     assert_ne!(c.pod_cidr("n"), Some(taken));
     assert_eq!(c.pod_cidr("a"), Some(taken));
-    assert!(c.datapath("b").history().iter().all(|(_, d)| d.peers.iter().all(|p| p.name != "n" || p.pod_cidr != taken)));
+    assert!(
+        c.datapath("b").history().iter().all(|(_, d)| d.peers.iter().all(|p| p.name != "n" || p.pod_cidr != taken))
+    );
     c.shutdown().await;
 }
 
@@ -313,7 +318,9 @@ async fn an_agent_started_under_a_live_nodes_name_refuses_and_takes_it_over_only
     wait_until(CONVERGE, "the clone refuses the name, naming the holder", || {
         c.status("clone").is_some_and(|s| {
             !s.node.ready
-                && s.node.not_ready_reason.is_some_and(|r| r.contains(&format!("node name n1 is in use by the agent at {holder_ip}")))
+                && s.node
+                    .not_ready_reason
+                    .is_some_and(|r| r.contains(&format!("node name n1 is in use by the agent at {holder_ip}")))
         }) && metric(&c.metrics("clone"), "weft_node_name_in_use") == 1
     })
     .await;
@@ -362,7 +369,10 @@ async fn the_loser_of_a_static_podcidr_conflict_serves_nothing_and_reports_its_p
         c.status("l").is_some_and(|s| {
             !s.node.ready
                 && s.node.pod_cidr.is_none()
-                && s.node.stranded_pods.as_ref().is_some_and(|p| p.addresses == ["10.244.77.2".parse::<std::net::IpAddr>().unwrap()])
+                && s.node
+                    .stranded_pods
+                    .as_ref()
+                    .is_some_and(|p| p.addresses == ["10.244.77.2".parse::<std::net::IpAddr>().unwrap()])
         })
     })
     .await;

@@ -94,7 +94,9 @@ fn a_node_back_from_maintenance_never_takes_its_old_block_from_the_node_now_hold
     // n2 goes down for maintenance, long enough for the cluster to forget it.
     c.agent(1).unwrap().stop(Signal::SIGTERM, Duration::from_secs(10)).unwrap();
     c.agents[1] = None;
-    wait_status(&c, 0, "n1 to forget n2", |s| s["peers"].as_array().is_some_and(|p| p.iter().all(|p| p["name"] != "n2")));
+    wait_status(&c, 0, "n1 to forget n2", |s| {
+        s["peers"].as_array().is_some_and(|p| p.iter().all(|p| p["name"] != "n2"))
+    });
     c.start_agent(2).unwrap();
     converge(&c);
     assert_eq!(c.pod_cidr(2).unwrap(), block, "n3 gets the forgotten block");

@@ -253,7 +253,8 @@ pub fn render(s: &Status) -> String {
         let _ = writeln!(out, "  not ready: {reason}");
     }
     for other in &n.name_in_use_by {
-        let role = if other.holds_the_name { "holds it; this agent serves nothing" } else { "refused; this agent keeps it" };
+        let role =
+            if other.holds_the_name { "holds it; this agent serves nothing" } else { "refused; this agent keeps it" };
         let _ = writeln!(out, "  node name also used by the agent at {}: {role}", other.node_ip);
     }
     if let Some(s) = &n.stranded_pods {
@@ -369,7 +370,10 @@ mod tests {
             (ServingInput { phase: &blocked, ..base }, "PodCIDR 10.244.77.0/24 (--pod-cidr) is held by node n2"),
             (ServingInput { phase: &exhausted, ..base }, "exhausted"),
             (ServingInput { conflicts: &lost, ..base }, "also claimed by other"),
-            (ServingInput { name_in_use_by: Some(&namesake), ..base }, "node name me is in use by the agent at 198.51.100.7"),
+            (
+                ServingInput { name_in_use_by: Some(&namesake), ..base },
+                "node name me is in use by the agent at 198.51.100.7",
+            ),
         ];
         for (input, expected) in cases {
             let reason = serving(&input).unwrap_err();

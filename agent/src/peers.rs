@@ -92,6 +92,8 @@ impl Peers {
 pub enum Skip {
     #[error("rejected: {0}")]
     Rejected(Rejection),
+    #[error("has not announced its address yet")]
+    NotAnnounced,
     #[error("{}", match .0 {
         Liveness::Joining => "joining: no failure-detector verdict yet",
         Liveness::Leaving => "leaving",
@@ -127,7 +129,10 @@ pub fn decide(peers: &Peers, me: &str, own: Option<Claim>) -> Verdicts {
         .peers
         .iter()
         .map(|p| {
-            let announcement = p.announcement.as_ref().map_err(|r| Skip::Rejected(r.clone()))?;
+            let announcement = p.announcement.as_ref().map_err(|r| match r {
+                Rejection::NotAnnounced => Skip::NotAnnounced,
+                r => Skip::Rejected(r.clone()),
+            })?;
             if !p.liveness.programmable() {
                 return Err(Skip::NotAlive(p.liveness));
             }
@@ -293,5 +298,14 @@ mod tests {
         let peers = collect(&v, "me", 5, &rules());
         assert_eq!(peers.previous_self.map(|c| c.cidr), Some("10.244.9.0/24".parse().unwrap()));
         assert_eq!(peers.same_name.len(), 2);
+    }
+
+    #[test]
+    fn a_peer_listed_before_its_keys_arrive_is_pending_not_rejected() {
+        let mut bare = member("b", 1, Liveness::Alive, "192.0.2.2", None);
+        bare.keys.clear();
+        let peers = collect(&view(vec![bare]), "me", 5, &rules());
+        assert_eq!(peers.peers[0].announcement, Err(Rejection::NotAnnounced));
+        assert_eq!(decide(&peers, "me", None).verdicts, vec![Err(Skip::NotAnnounced)]);
     }
 }

@@ -448,8 +448,12 @@ impl Controller {
 
     /// Logs and counts each rejected announcement once, when it first shows up.
     fn note_rejections(&mut self, peers: &Peers) {
-        let current: BTreeMap<String, Rejection> =
-            peers.peers.iter().filter_map(|p| Some((p.name.clone(), p.announcement.clone().err()?))).collect();
+        let current: BTreeMap<String, Rejection> = peers
+            .peers
+            .iter()
+            .filter_map(|p| Some((p.name.clone(), p.announcement.clone().err()?)))
+            .filter(|(_, r)| *r != Rejection::NotAnnounced)
+            .collect();
         for (name, rejection) in &current {
             if self.rejections.get(name) != Some(rejection) {
                 tracing::warn!(peer = %name, reason = %rejection, "rejected a peer's gossip; it will not be programmed");

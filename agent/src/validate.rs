@@ -33,6 +33,10 @@ pub struct Announcement {
 pub enum Rejection {
     #[error("node name {0:?} is not valid: {1}")]
     Name(String, String),
+    /// None of its facts has arrived yet: gossip can list a node before its keys reach us.
+    /// Not a fault of the peer; never logged or counted.
+    #[error("has not announced its address yet")]
+    NotAnnounced,
     #[error("key {0} is missing")]
     Missing(&'static str),
     #[error("key {key} = {value:?} is malformed: {reason}")]
@@ -62,6 +66,7 @@ impl Rejection {
     pub fn label(&self) -> &'static str {
         match self {
             Rejection::Name(..) => "name",
+            Rejection::NotAnnounced => "not_announced",
             Rejection::Missing(_) => "missing_key",
             Rejection::Malformed { .. } => "malformed",
             Rejection::NodeIpNotUnicast(_) => "node_ip_not_unicast",
@@ -123,6 +128,9 @@ where
 /// Checks a peer's key-values against our rules.
 pub fn validate(name: &str, kvs: &BTreeMap<String, String>, rules: &Rules) -> Result<Announcement, Rejection> {
     check_node_name(name).map_err(|e| Rejection::Name(name.to_string(), e))?;
+    if [keys::NODE_IP, keys::VTEP_MAC, keys::VNI, keys::VXLAN_PORT].iter().all(|k| !kvs.contains_key(*k)) {
+        return Err(Rejection::NotAnnounced);
+    }
     let node_ip: Ipv4Addr = parse(kvs, keys::NODE_IP)?;
     if !is_unicast(node_ip) {
         return Err(Rejection::NodeIpNotUnicast(node_ip));
@@ -252,6 +260,8 @@ pub(crate) mod tests {
         let mut kvs = good();
         kvs.remove(keys::VTEP_MAC);
         assert_eq!(validate("node-b", &kvs, &rules()), Err(Rejection::Missing(keys::VTEP_MAC)));
+        // Listed by gossip before any of its keys arrived: not (yet) a fault.
+        assert_eq!(validate("node-b", &BTreeMap::new(), &rules()), Err(Rejection::NotAnnounced));
         // Another node's (valid) announcement under this name: its MAC gives it away.
         assert_eq!(validate("node-c", &good(), &rules()).unwrap_err().label(), "mac_not_of_name");
         for name in ["", "-x", "a b", "a/b", &"n".repeat(254)] {

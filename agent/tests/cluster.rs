@@ -62,6 +62,8 @@ async fn ten_nodes_join_and_program_each_other_with_distinct_podcidrs() {
         assert!(paths.conflist().exists());
         let lease = files::read_lease(&paths.lease()).unwrap().unwrap();
         assert_eq!(Some(lease.pod_cidr), c.pod_cidr(n));
+        // A healthy start rejects nothing: a peer listed before its keys arrive is only pending.
+        assert!(!c.metrics(n).contains("weft_gossip_rejected_total{"), "{n}: {}", c.metrics(n));
     }
     c.shutdown().await;
 }

@@ -19,6 +19,7 @@ use crate::gossip::keys::Facts;
 use crate::gossip::transport::GossipCounters;
 use crate::gossip::{Gossip, GossipError};
 use crate::membership;
+use crate::probe::{self, icmp::Pinger};
 use crate::reconcile::{self, Controller, unix_ms};
 use crate::shared::Shared;
 use crate::validate;
@@ -60,11 +61,12 @@ pub fn initial_claim(cfg: &Config, lease: Option<&Lease>, now_ms: u64) -> Option
 
 impl Agent {
     /// Starts the agent; `transport` makes the gossip transport, given the counters it may
-    /// count dropped datagrams in.
+    /// count dropped datagrams in; `pinger` sends the dataplane probes.
     pub async fn start(
         cfg: Config,
         transport: impl FnOnce(&GossipCounters) -> Arc<dyn Transport>,
         datapath: Arc<dyn Datapath>,
+        pinger: Arc<dyn Pinger>,
     ) -> Result<Agent, StartError> {
         cfg.validate()?;
         let now_ms = unix_ms(SystemTime::now());
@@ -106,6 +108,8 @@ impl Agent {
         );
         let cancel = CancellationToken::new();
         let (view, observer) = membership::spawn_observer(gossip.chitchat(), cfg.gossip.interval, cancel.clone());
+        let (probe_targets, targets) = tokio::sync::watch::channel(Vec::new());
+        let (probes, prober) = probe::spawn(pinger, targets, cfg.probe_interval, cancel.clone());
         let controller = Controller::new(reconcile::Init {
             config: Arc::new(cfg),
             generation,
@@ -116,6 +120,8 @@ impl Agent {
             start: held,
             lease_on_disk,
             state_on_disk,
+            probe_targets,
+            probes,
         });
         let reconciler = tokio::spawn(controller.run(cancel.clone()));
         let stopped = gossip.stopped();
@@ -129,7 +135,7 @@ impl Agent {
                 _ = watcher_cancel.cancelled() => {}
             }
         });
-        Ok(Agent { shared, gossip, cancel, tasks: vec![observer, reconciler, gossip_watch], generation })
+        Ok(Agent { shared, gossip, cancel, tasks: vec![observer, reconciler, gossip_watch, prober], generation })
     }
 
     pub fn shared(&self) -> Arc<Shared> {

@@ -157,6 +157,9 @@ pub struct RunArgs {
     /// Period of the full resync (rewrite files, re-apply the datapath).
     #[arg(long, env = "WEFT_RESYNC_INTERVAL", default_value = "30s", value_parser = duration)]
     pub resync_interval: Duration,
+    /// Period of the dataplane probes of every peer (through the tunnel, full size, underlay).
+    #[arg(long, env = "WEFT_PROBE_INTERVAL", default_value = "2s", value_parser = duration)]
+    pub probe_interval: Duration,
     /// Gossip round period.
     #[arg(long, env = "WEFT_GOSSIP_INTERVAL", default_value = "100ms", value_parser = duration)]
     pub gossip_interval: Duration,
@@ -197,6 +200,7 @@ impl RunArgs {
             },
             startup_grace: self.startup_grace,
             resync_interval: self.resync_interval,
+            probe_interval: self.probe_interval,
             paths: self.paths.paths(),
             portmap: self.portmap,
         };

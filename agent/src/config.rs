@@ -12,6 +12,10 @@ use crate::detect::Underlay;
 use crate::files::Paths;
 use crate::validate;
 
+/// Period of the dataplane probes: with three failed rounds to confirm a failure, a blocked
+/// tunnel is reported within 10 s.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Where peers' pod traffic is encapsulated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Encap {
@@ -54,6 +58,8 @@ pub struct Config {
     /// Upper bound on waiting for membership to settle after start.
     pub startup_grace: Duration,
     pub resync_interval: Duration,
+    /// Period of the dataplane probes of every peer.
+    pub probe_interval: Duration,
     pub paths: Paths,
     /// Chain the `portmap` plugin in the conflist (hostPort support).
     pub portmap: bool,
@@ -145,6 +151,7 @@ impl Config {
             encap: Encap::Always,
             startup_grace: Duration::from_secs(10),
             resync_interval: Duration::from_secs(30),
+            probe_interval: DEFAULT_PROBE_INTERVAL,
             paths,
             portmap: false,
         }
@@ -179,6 +186,7 @@ impl Config {
         for (name, d) in [
             ("--gossip-interval", self.gossip.interval),
             ("--resync-interval", self.resync_interval),
+            ("--probe-interval", self.probe_interval),
             ("--dead-node-grace-period", self.gossip.dead_node_grace_period),
         ] {
             if d.is_zero() {

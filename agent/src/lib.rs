@@ -20,6 +20,7 @@ pub mod identity;
 pub mod logging;
 pub mod membership;
 pub mod peers;
+pub mod probe;
 pub mod reconcile;
 pub mod shared;
 pub mod validate;

@@ -15,7 +15,7 @@ use tokio::sync::{Mutex, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use weft_cni::state::{NodeState, STATE_FILE_VERSION};
-use weft_overlay::desired::{DEFAULT_BRIDGE, Desired, LocalNode, gateway_of};
+use weft_overlay::desired::{DEFAULT_BRIDGE, Desired, LocalNode, PeerPath, gateway_of};
 use weft_overlay::{ApplyReport, Mac};
 
 use crate::allocation::{Allocator, Claim, Conflict, Outcome, Phase, StepInput};
@@ -27,6 +27,7 @@ use crate::http::status::{self, NamesakeStatus, ReadinessInput, ReconcileStatus,
 use crate::identity::{self, Namesake};
 use crate::membership::{Liveness, Member, Settle, View};
 use crate::peers::{self, Peers, Verdicts};
+use crate::probe::{self, verdict::Dataplane};
 use crate::shared::Shared;
 use crate::validate::{Rejection, Rules};
 
@@ -60,6 +61,10 @@ pub struct Init {
     pub lease_on_disk: Option<Lease>,
     /// The node state file as found at start.
     pub state_on_disk: Option<NodeState>,
+    /// Where the peers to probe go.
+    pub probe_targets: watch::Sender<Vec<probe::Target>>,
+    /// The probes' latest verdicts.
+    pub probes: watch::Receiver<probe::Results>,
 }
 
 pub struct Controller {
@@ -89,6 +94,8 @@ pub struct Controller {
     namesakes: Vec<Namesake>,
     /// The one this agent yields its name to: it serves nothing meanwhile.
     yielded_to: Option<Namesake>,
+    probe_targets: watch::Sender<Vec<probe::Target>>,
+    probes: watch::Receiver<probe::Results>,
 }
 
 impl Controller {
@@ -124,6 +131,8 @@ impl Controller {
             conflicts: Vec::new(),
             namesakes: Vec::new(),
             yielded_to: None,
+            probe_targets: init.probe_targets,
+            probes: init.probes,
             chitchat: init.chitchat,
             view: init.view,
             datapath: init.datapath,
@@ -417,7 +426,9 @@ impl Controller {
         };
         self.shared.metrics.observe_apply(took, report.as_ref(), error.is_some());
         if let Some(report) = &report {
-            let failed: BTreeSet<&str> = report.failures.iter().filter_map(|f| f.peer.as_deref()).collect();
+            // A peer the datapath refused (a MAC it shares with another) is not programmed either.
+            let failed: BTreeSet<&str> =
+                report.failures.iter().chain(&report.rejected).filter_map(|f| f.peer.as_deref()).collect();
             self.programmed =
                 desired.peers.iter().map(|p| p.name.clone()).filter(|n| !failed.contains(n.as_str())).collect();
             if report.writes() > 0 {
@@ -442,6 +453,12 @@ impl Controller {
             at: status::timestamp(at),
             duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
             error,
+        });
+        let targets = probe_targets(&desired, &self.programmed, self.cfg.mtu);
+        self.probe_targets.send_if_modified(|current| {
+            let changed = *current != targets;
+            *current = targets;
+            changed
         });
         self.last_attempt = Some(desired);
     }
@@ -486,6 +503,7 @@ impl Controller {
         stranded: Option<StrandedPods>,
     ) {
         let cfg = &self.cfg;
+        let probes = self.probes.borrow().clone();
         let ready = status::readiness(&ReadinessInput {
             serving,
             files_error: self.files_error.as_deref(),
@@ -503,18 +521,15 @@ impl Controller {
                     .as_ref()
                     .ok()
                     .map(|a| crate::desired::path(cfg.encap, cfg.underlay.subnet, a.node_ip));
-                status::peer_status(
-                    p,
-                    v,
-                    path,
-                    self.programmed.contains(&p.name),
-                    view.last_seen(&p.name, p.generation),
-                )
+                let programmed = self.programmed.contains(&p.name);
+                let dataplane = probes.get(&p.name).filter(|_| programmed).cloned().unwrap_or_else(Dataplane::unknown);
+                status::peer_status(p, v, path, programmed, view.last_seen(&p.name, p.generation), dataplane)
             })
             .collect();
-        let alive = peers.peers.iter().filter(|p| p.liveness == Liveness::Alive).count();
+        let alive = rows.iter().filter(|r| r.state == status::PeerState::Alive).count();
         let metrics = &self.shared.metrics;
-        metrics.set_peers(alive, peers.peers.len() - alive, self.programmed.len());
+        metrics.set_peers(alive, rows.len() - alive, self.programmed.len());
+        metrics.set_dataplane(rows.iter().map(|r| r.dataplane.state));
         metrics.set_ready(ready.is_ok());
         metrics.set_stranded(stranded.as_ref().map_or(0, |s| s.count));
         self.shared.set_status(Status {
@@ -542,6 +557,25 @@ impl Controller {
             last_reconcile: self.last_reconcile.clone(),
         });
     }
+}
+
+/// The programmed peers, each with the address its probes go to: the VTEP address on the
+/// peer's `vxlan0` (only the overlay reaches it), or its bridge gateway for a direct-path peer.
+fn probe_targets(desired: &Desired, programmed: &BTreeSet<String>, mtu: u32) -> Vec<probe::Target> {
+    desired
+        .peers
+        .iter()
+        .filter(|p| programmed.contains(&p.name))
+        .map(|p| probe::Target {
+            peer: p.name.clone(),
+            tunnel: match p.path {
+                PeerPath::Vxlan => p.vtep_ip(),
+                PeerPath::Direct => gateway_of(&p.pod_cidr),
+            },
+            underlay: p.node_ip,
+            full_size: u16::try_from(mtu).unwrap_or(u16::MAX),
+        })
+        .collect()
 }
 
 fn log_outcome(outcome: &Outcome) {

@@ -15,6 +15,7 @@ use crate::detect::{self, DetectError};
 use crate::gossip::keyfile::{KeyFileError, KeyWatch};
 use crate::gossip::transport::{GossipCounters, GossipUdp, Sealing};
 use crate::http;
+use crate::probe::icmp::RawPinger;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -32,6 +33,8 @@ pub enum RunError {
     Http(tokio::task::JoinError),
     #[error("cluster key: {0}")]
     Keys(#[from] KeyFileError),
+    #[error("cannot open the ICMP socket for dataplane probes (CAP_NET_RAW is needed): {0}")]
+    Probe(std::io::Error),
 }
 
 fn hostname() -> String {
@@ -65,7 +68,8 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
         Arc::new(GossipUdp::new(&cluster_id, sealing, counters))
     };
     let datapath = Arc::new(BuildOnDemand::new(datapath::kernel));
-    let agent = Agent::start(cfg, transport, datapath).await?;
+    let pinger = Arc::new(RawPinger::open().map_err(RunError::Probe)?);
+    let agent = Agent::start(cfg, transport, datapath, pinger).await?;
     if let Some((watch, _)) = keys {
         let shared = agent.shared();
         tracing::info!(primary = %watch.current().primary(), keys = ?watch.current(), "gossip is sealed with the cluster key");

@@ -1,5 +1,6 @@
 //! The agent's Prometheus metrics (served at `/metrics` in the OpenMetrics text format).
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use weft_overlay::nft::Counter as KernelCounter;
 
 use crate::gossip::seal::Keyring;
 use crate::gossip::transport::{DropReason, GossipCounters};
+use crate::probe::verdict::PathState;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
@@ -58,6 +60,7 @@ pub struct Metrics {
     conflicts: Gauge,
     ready: Gauge,
     name_in_use: Gauge,
+    peers_dataplane: Family<StateLabel, Gauge>,
     stranded: Gauge,
     vxlan_dropped_packets: Counter,
     vxlan_dropped_bytes: Counter,
@@ -150,6 +153,12 @@ impl Metrics {
         registry.register("podcidr_conflicts_current", "PodCIDR conflicts not resolved yet", conflicts.clone());
         let ready = Gauge::default();
         registry.register("ready", "1 when the node is ready", ready.clone());
+        let peers_dataplane = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "peers_dataplane",
+            "Peers by what the probes through the pods' path say: ok, tunnel-blocked, mtu, unreachable, unknown",
+            peers_dataplane.clone(),
+        );
         let name_in_use = Gauge::default();
         registry.register(
             "node_name_in_use",
@@ -199,6 +208,7 @@ impl Metrics {
             conflicts,
             ready,
             name_in_use,
+            peers_dataplane,
             stranded,
             vxlan_dropped_packets,
             vxlan_dropped_bytes,
@@ -273,6 +283,17 @@ impl Metrics {
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
+    }
+
+    /// Peers by what their dataplane probes say (every state always present).
+    pub fn set_dataplane(&self, states: impl Iterator<Item = PathState>) {
+        let mut counts: BTreeMap<&'static str, i64> = PathState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        for s in states {
+            *counts.entry(s.as_str()).or_default() += 1;
+        }
+        for (state, n) in counts {
+            self.peers_dataplane.get_or_create(&StateLabel { state }).set(n);
+        }
     }
 
     pub fn set_name_in_use(&self, in_use: bool) {

@@ -14,8 +14,9 @@ use crate::allocation::{Claim, Conflict, Phase};
 use crate::identity::Namesake;
 use crate::membership::Liveness;
 use crate::peers::{Peer, Skip};
+use crate::probe::verdict::Dataplane;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     pub node: NodeStatus,
@@ -78,7 +79,7 @@ pub enum PeerState {
     Dead,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerStatus {
     pub name: String,
@@ -98,6 +99,8 @@ pub struct PeerStatus {
     pub last_seen: Option<String>,
     /// Why the peer is not programmed (rejection, conflict, liveness); `null` otherwise.
     pub note: Option<String>,
+    /// What the probes through the pods' path say (`unknown` for a peer not programmed).
+    pub dataplane: Dataplane,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +132,7 @@ pub fn peer_status(
     path: Option<PeerPath>,
     programmed: bool,
     last_seen: Option<SystemTime>,
+    dataplane: Dataplane,
 ) -> PeerStatus {
     let announcement = peer.announcement.as_ref().ok();
     PeerStatus {
@@ -150,6 +154,7 @@ pub fn peer_status(
             }
             Ok(()) => None,
         },
+        dataplane,
     }
 }
 
@@ -260,8 +265,9 @@ pub fn render(s: &Status) -> String {
     if let Some(s) = &n.stranded_pods {
         let _ = writeln!(out, "  {} pod address(es) stranded: {}", s.count, s.reason);
     }
-    let header = ["PEER", "NODE IP", "POD CIDR", "VTEP MAC", "STATE", "PATH", "PROGRAMMED", "LAST SEEN", "NOTE"];
-    let rows: Vec<[String; 9]> = s
+    let header =
+        ["PEER", "NODE IP", "POD CIDR", "VTEP MAC", "STATE", "PATH", "PROGRAMMED", "DATAPLANE", "LAST SEEN", "NOTE"];
+    let rows: Vec<[String; 10]> = s
         .peers
         .iter()
         .map(|p| {
@@ -279,6 +285,7 @@ pub fn render(s: &Status) -> String {
                     PeerPath::Direct => "direct",
                 })),
                 if p.programmed { "yes" } else { "no" }.into(),
+                p.dataplane.state.as_str().into(),
                 or_dash(p.last_seen.as_deref()),
                 p.note.clone().unwrap_or_default(),
             ]
@@ -300,6 +307,11 @@ pub fn render(s: &Status) -> String {
         line(&header.map(String::from));
         for row in &rows {
             line(row);
+        }
+    }
+    for p in &s.peers {
+        if let Some(cause) = &p.dataplane.cause {
+            let _ = writeln!(out, "dataplane to {}: {}: {cause}", p.name, p.dataplane.state.as_str());
         }
     }
     for c in &s.conflicts {
@@ -328,6 +340,7 @@ mod tests {
 
     use super::*;
     use crate::allocation::{AllocationError, Claim, ClaimKind};
+    use crate::probe::verdict::PathState;
     use crate::validate::{Announcement, Rejection};
 
     fn claim(cidr: &str, kind: ClaimKind) -> Claim {
@@ -421,15 +434,34 @@ mod tests {
             claim: Some(claim("10.244.2.0/24", ClaimKind::Confirmed)),
         };
         let seen = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let row =
-            peer_status(&peer("b", Liveness::Alive, Ok(a.clone())), &Ok(()), Some(PeerPath::Vxlan), true, Some(seen));
+        let up = Dataplane {
+            state: PathState::Ok,
+            since: Some("2023-11-14T22:13:20.000Z".into()),
+            rtt_p50_ms: Some(0.25),
+            largest_size: Some(1450),
+            needed_size: Some(1450),
+            loss: Some(0.0),
+            ..Dataplane::unknown()
+        };
+        let row = peer_status(
+            &peer("b", Liveness::Alive, Ok(a.clone())),
+            &Ok(()),
+            Some(PeerPath::Vxlan),
+            true,
+            Some(seen),
+            up,
+        );
         let json = serde_json::to_value(&row).unwrap();
         assert_eq!(
             json,
             serde_json::json!({
                 "name": "b", "nodeIP": "192.0.2.2", "podCIDR": "10.244.2.0/24",
                 "vtepMAC": Mac::derived("b").to_string(), "state": "alive", "path": "vxlan",
-                "programmed": true, "lastSeen": "2023-11-14T22:13:20.000Z", "note": null
+                "programmed": true, "lastSeen": "2023-11-14T22:13:20.000Z", "note": null,
+                "dataplane": {
+                    "state": "ok", "cause": null, "since": "2023-11-14T22:13:20.000Z", "rttP50Ms": 0.25,
+                    "rttP99Ms": null, "loss": 0.0, "largestSize": 1450, "neededSize": 1450
+                }
             })
         );
         let rejected = peer_status(
@@ -438,12 +470,19 @@ mod tests {
             Some(PeerPath::Vxlan),
             false,
             None,
+            Dataplane::unknown(),
         );
         assert_eq!(rejected.node_ip, None);
         assert_eq!(rejected.path, None);
         assert_eq!(rejected.note.as_deref(), Some("rejected: VNI 2 differs from ours (1)"));
-        let leaving =
-            peer_status(&peer("l", Liveness::Leaving, Ok(a.clone())), &Ok(()), Some(PeerPath::Vxlan), true, None);
+        let leaving = peer_status(
+            &peer("l", Liveness::Leaving, Ok(a.clone())),
+            &Ok(()),
+            Some(PeerPath::Vxlan),
+            true,
+            None,
+            Dataplane::unknown(),
+        );
         assert_eq!(leaving.state, PeerState::Alive);
         assert_eq!(leaving.note.as_deref(), Some("leaving: routes kept until it is confirmed gone"));
         let left = peer_status(
@@ -452,6 +491,7 @@ mod tests {
             Some(PeerPath::Vxlan),
             false,
             None,
+            Dataplane::unknown(),
         );
         assert_eq!(left.state, PeerState::Dead);
         assert_eq!(left.note.as_deref(), Some("left the cluster"));
@@ -489,6 +529,11 @@ mod tests {
                 programmed: false,
                 last_seen: None,
                 note: None,
+                dataplane: Dataplane {
+                    state: PathState::TunnelBlocked,
+                    cause: Some("UDP dropped".into()),
+                    ..Dataplane::unknown()
+                },
             }],
             conflicts: vec![ConflictStatus {
                 pod_cidr: "10.244.3.0/24".parse().unwrap(),
@@ -513,10 +558,11 @@ mod tests {
         assert!(table.contains("node name also used by the agent at 198.51.100.7: refused; this agent keeps it"));
         assert!(table.contains("1 pod address(es) stranded: 10.244.9.0/24 is held by n2"));
         let row = table.lines().find(|l| l.starts_with("b ")).unwrap();
-        for cell in ["192.0.2.2", "10.244.2.0/24", "alive", "direct", "no"] {
+        for cell in ["192.0.2.2", "10.244.2.0/24", "alive", "direct", "no", "tunnel-blocked"] {
             assert!(row.contains(cell), "{row}");
         }
         assert!(table.contains("conflict: 10.244.3.0/24 won by c over d"));
+        assert!(table.contains("dataplane to b: tunnel-blocked: UDP dropped"), "{table}");
         assert!(table.contains("last reconcile: 2024-01-01T00:00:00.000Z (3 ms): x"));
     }
 }

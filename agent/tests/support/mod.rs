@@ -21,6 +21,7 @@ use weft_agent::datapath::{CleanupSummary, Datapath, DatapathError};
 use weft_agent::detect::Underlay;
 use weft_agent::files::Paths;
 use weft_agent::http::status::Status;
+use weft_agent::probe::icmp::Pinger;
 use weft_overlay::ApplyReport;
 use weft_overlay::desired::Desired;
 
@@ -88,6 +89,16 @@ impl FakeDatapath {
             .filter(|(at, _)| *at >= since)
             .find(|(_, d)| !d.peers.iter().any(|p| p.name == peer))
             .map(|(at, _)| at)
+    }
+}
+
+/// The in-process cluster has no kernel paths: every probe is answered.
+pub struct EveryPathWorks;
+
+#[async_trait]
+impl Pinger for EveryPathWorks {
+    async fn ping(&self, _: Ipv4Addr, _: u16, _: Duration) -> Option<Duration> {
+        Some(Duration::from_micros(100))
     }
 }
 
@@ -168,9 +179,14 @@ impl Cluster {
         let node = self.nodes.get_mut(name).unwrap();
         assert!(node.agent.is_none(), "{name} is running");
         node.datapath = Arc::new(FakeDatapath::default());
-        let agent = Agent::start(node.config.clone(), |_| Arc::new(self.transport.clone()), node.datapath.clone())
-            .await
-            .unwrap();
+        let agent = Agent::start(
+            node.config.clone(),
+            |_| Arc::new(self.transport.clone()),
+            node.datapath.clone(),
+            Arc::new(EveryPathWorks),
+        )
+        .await
+        .unwrap();
         node.agent = Some(agent);
     }
 

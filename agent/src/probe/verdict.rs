@@ -1,0 +1,285 @@
+//! From probe rounds to a verdict per peer: does its path carry pods' packets, and if not, why.
+//! Pure: the prober feeds rounds in, status reads reports out.
+
+use std::collections::VecDeque;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::icmp::MIN_PROBE;
+
+/// Rounds kept for loss and round-trip figures.
+pub const WINDOW: usize = 10;
+/// Consecutive failed rounds before a failure is reported (one passing round reports repair).
+pub const CONFIRM: usize = 3;
+/// The small probes' size: an IPv4 packet as `ping` sends by default.
+pub const SMALL_PROBE: u16 = MIN_PROBE + 56;
+/// The MTU search stops when it has the largest passing size to within this many bytes.
+const SEARCH_PRECISION: u16 = 8;
+
+/// What a peer's path does for pods' packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathState {
+    /// Not probed yet, or not for long enough to say.
+    Unknown,
+    /// Full-size packets pass through the path pods use.
+    Ok,
+    /// The node answers outside the tunnel, but nothing passes through it.
+    TunnelBlocked,
+    /// Small packets pass through the tunnel, packets of the pod MTU do not.
+    Mtu,
+    /// Neither the tunnel nor the node itself answers.
+    Unreachable,
+}
+
+impl PathState {
+    pub const ALL: [PathState; 5] =
+        [PathState::Unknown, PathState::Ok, PathState::TunnelBlocked, PathState::Mtu, PathState::Unreachable];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathState::Unknown => "unknown",
+            PathState::Ok => "ok",
+            PathState::TunnelBlocked => "tunnel-blocked",
+            PathState::Mtu => "mtu",
+            PathState::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// One probe round of one peer: each probe's round trip, `None` when it got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Round {
+    /// A small packet through the pods' path.
+    pub tunnel: Option<Duration>,
+    /// A packet of the pod MTU, don't-fragment, through the pods' path.
+    pub full: Option<Duration>,
+    /// A small packet to the node's underlay address, outside the tunnel.
+    pub underlay: Option<Duration>,
+    /// The MTU search's probe this round: (size, passed).
+    pub search: Option<(u16, bool)>,
+}
+
+/// What `/status` shows of a peer's path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Dataplane {
+    pub state: PathState,
+    /// What the state means for this peer, in plain words; `null` when it is `ok` or unknown.
+    pub cause: Option<String>,
+    /// Since when the state holds (RFC 3339); `null` while unknown.
+    pub since: Option<String>,
+    pub rtt_p50_ms: Option<f64>,
+    pub rtt_p99_ms: Option<f64>,
+    /// Share of the small tunnel probes of the last rounds that got no answer (0 to 1).
+    pub loss: Option<f64>,
+    /// The largest packet known to pass the tunnel with don't-fragment set.
+    pub largest_size: Option<u16>,
+    /// The size that must pass: the pod MTU.
+    pub needed_size: Option<u16>,
+}
+
+impl Dataplane {
+    pub fn unknown() -> Dataplane {
+        Dataplane {
+            state: PathState::Unknown,
+            cause: None,
+            since: None,
+            rtt_p50_ms: None,
+            rtt_p99_ms: None,
+            loss: None,
+            largest_size: None,
+            needed_size: None,
+        }
+    }
+}
+
+/// One peer's recent rounds and the verdict they support.
+#[derive(Debug, Clone)]
+pub struct History {
+    rounds: VecDeque<Round>,
+    state: PathState,
+    since: SystemTime,
+    /// The pod MTU: what must pass.
+    full: u16,
+    /// The MTU search's bounds: the largest size seen passing, the smallest seen failing.
+    passed: u16,
+    failed: u16,
+}
+
+impl History {
+    pub fn new(full: u16, now: SystemTime) -> History {
+        History {
+            rounds: VecDeque::with_capacity(WINDOW),
+            state: PathState::Unknown,
+            since: now,
+            full,
+            passed: SMALL_PROBE,
+            failed: full,
+        }
+    }
+
+    pub fn state(&self) -> PathState {
+        self.state
+    }
+
+    /// The size to probe this round to narrow down the largest passing packet, while full-size
+    /// packets fail and small ones pass.
+    pub fn search_size(&self) -> Option<u16> {
+        let searching = self.rounds.back().is_some_and(|r| r.tunnel.is_some() && r.full.is_none());
+        (searching && self.failed > self.passed + SEARCH_PRECISION)
+            .then(|| self.passed + (self.failed - self.passed) / 2)
+    }
+
+    /// Adds a round; returns the previous state when the verdict changed.
+    pub fn record(&mut self, round: Round, now: SystemTime) -> Option<PathState> {
+        if round.full.is_some() {
+            (self.passed, self.failed) = (self.full, self.full);
+        } else if self.failed == self.full && self.passed == self.full {
+            // Full size stopped passing: search again from the bottom.
+            (self.passed, self.failed) = (SMALL_PROBE, self.full);
+        }
+        if let Some((size, passed)) = round.search {
+            if passed {
+                self.passed = self.passed.max(size);
+            } else {
+                self.failed = self.failed.min(size);
+                if self.failed <= self.passed {
+                    self.passed = SMALL_PROBE;
+                }
+            }
+        }
+        if self.rounds.len() == WINDOW {
+            self.rounds.pop_front();
+        }
+        self.rounds.push_back(round);
+        let next = judge(&self.rounds, self.state);
+        if next == self.state {
+            return None;
+        }
+        let previous = std::mem::replace(&mut self.state, next);
+        self.since = now;
+        Some(previous)
+    }
+
+    pub fn report(&self) -> Dataplane {
+        let mut rtts: Vec<Duration> = self.rounds.iter().filter_map(|r| r.tunnel).collect();
+        rtts.sort();
+        let quantile = |q: f64| -> Option<f64> {
+            let i = ((rtts.len() as f64 - 1.0) * q).round() as usize;
+            rtts.get(i).map(|d| d.as_secs_f64() * 1000.0)
+        };
+        let lost = self.rounds.iter().filter(|r| r.tunnel.is_none()).count();
+        let known = self.state != PathState::Unknown;
+        Dataplane {
+            state: self.state,
+            cause: None,
+            since: known.then(|| crate::http::status::timestamp(self.since)),
+            rtt_p50_ms: quantile(0.5),
+            rtt_p99_ms: quantile(0.99),
+            loss: (!self.rounds.is_empty()).then(|| lost as f64 / self.rounds.len() as f64),
+            largest_size: match self.state {
+                PathState::Ok => Some(self.full),
+                PathState::Mtu => Some(self.passed),
+                _ => None,
+            },
+            needed_size: Some(self.full),
+        }
+    }
+}
+
+/// The verdict on the latest rounds. One round with full-size packets passing is enough to say
+/// the path works; a failure must hold for [`CONFIRM`] rounds (one lost probe is not an outage);
+/// anything in between keeps the previous verdict.
+fn judge(rounds: &VecDeque<Round>, previous: PathState) -> PathState {
+    let Some(last) = rounds.back() else { return previous };
+    if last.tunnel.is_some() && last.full.is_some() {
+        return PathState::Ok;
+    }
+    if rounds.len() < CONFIRM {
+        return previous;
+    }
+    let recent: Vec<&Round> = rounds.iter().rev().take(CONFIRM).collect();
+    if recent.iter().all(|r| r.tunnel.is_none()) {
+        return if recent.iter().any(|r| r.underlay.is_some()) {
+            PathState::TunnelBlocked
+        } else {
+            PathState::Unreachable
+        };
+    }
+    if recent.iter().all(|r| r.tunnel.is_some() && r.full.is_none()) {
+        return PathState::Mtu;
+    }
+    previous
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Option<Duration> = Some(Duration::from_millis(1));
+    const FULL: u16 = 1450;
+
+    fn round(tunnel: bool, full: bool, underlay: bool) -> Round {
+        let on = |b: bool| if b { MS } else { None };
+        Round { tunnel: on(tunnel), full: on(full), underlay: on(underlay), search: None }
+    }
+
+    fn feed(h: &mut History, rounds: &[Round]) -> Vec<PathState> {
+        rounds
+            .iter()
+            .map(|r| {
+                h.record(*r, SystemTime::now());
+                h.state()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_good_round_says_ok_and_a_failure_needs_three_rounds() {
+        use PathState::*;
+        let mut h = History::new(FULL, SystemTime::now());
+        assert_eq!(h.report().state, Unknown);
+        let ok = round(true, true, true);
+        let blocked = round(false, false, true);
+        assert_eq!(feed(&mut h, &[ok, blocked, blocked, blocked, ok]), [Ok, Ok, Ok, TunnelBlocked, Ok]);
+        let report = h.report();
+        assert_eq!(report.loss, Some(0.6));
+        assert_eq!((report.largest_size, report.needed_size), (Some(FULL), Some(FULL)));
+        assert!(report.since.is_some() && report.rtt_p50_ms.is_some());
+    }
+
+    #[test]
+    fn causes_are_told_apart_by_the_underlay_and_full_size_probes() {
+        use PathState::*;
+        let mut h = History::new(FULL, SystemTime::now());
+        assert_eq!(feed(&mut h, &[round(false, false, false); 3]), [Unknown, Unknown, Unreachable]);
+        let mut h = History::new(FULL, SystemTime::now());
+        assert_eq!(feed(&mut h, &[round(true, false, true); 3]), [Unknown, Unknown, Mtu]);
+        // A lost probe among good ones changes nothing.
+        let mut h = History::new(FULL, SystemTime::now());
+        assert_eq!(
+            feed(&mut h, &[round(true, true, true), round(false, false, false), round(true, true, true)]),
+            [Ok, Ok, Ok]
+        );
+    }
+
+    #[test]
+    fn the_mtu_search_narrows_down_the_largest_passing_size() {
+        let mut h = History::new(FULL, SystemTime::now());
+        let path_mtu = 1400; // what passes, don't-fragment
+        for _ in 0..20 {
+            let search = h.search_size().map(|size| (size, size <= path_mtu));
+            h.record(Round { search, ..round(true, false, true) }, SystemTime::now());
+        }
+        let report = h.report();
+        assert_eq!(report.state, PathState::Mtu);
+        let largest = report.largest_size.unwrap();
+        assert!(largest <= path_mtu && path_mtu - largest <= SEARCH_PRECISION, "{largest}");
+        assert_eq!(h.search_size(), None, "the search stops once precise enough");
+        // Full size passes again: repaired, the search forgotten.
+        h.record(round(true, true, true), SystemTime::now());
+        assert_eq!((h.state(), h.report().largest_size), (PathState::Ok, Some(FULL)));
+    }
+}

@@ -61,12 +61,13 @@ pub fn initial_claim(cfg: &Config, lease: Option<&Lease>, now_ms: u64) -> Option
 
 impl Agent {
     /// Starts the agent; `transport` makes the gossip transport, given the counters it may
-    /// count dropped datagrams in; `pinger` sends the dataplane probes.
+    /// count dropped datagrams in; `pinger` sends the dataplane probes (without one, no peer is
+    /// probed and every peer's dataplane stays unknown).
     pub async fn start(
         cfg: Config,
         transport: impl FnOnce(&GossipCounters) -> Arc<dyn Transport>,
         datapath: Arc<dyn Datapath>,
-        pinger: Arc<dyn Pinger>,
+        pinger: Option<Arc<dyn Pinger>>,
     ) -> Result<Agent, StartError> {
         cfg.validate()?;
         let now_ms = unix_ms(SystemTime::now());
@@ -109,7 +110,15 @@ impl Agent {
         let cancel = CancellationToken::new();
         let (view, observer) = membership::spawn_observer(gossip.chitchat(), cfg.gossip.interval, cancel.clone());
         let (probe_targets, targets) = tokio::sync::watch::channel(Vec::new());
-        let (probes, prober) = probe::spawn(pinger, targets, cfg.probe_interval, cancel.clone());
+        let mut tasks = vec![observer];
+        let probes = match pinger {
+            Some(pinger) => {
+                let (probes, prober) = probe::spawn(pinger, targets, cfg.probe_interval, cancel.clone());
+                tasks.push(prober);
+                probes
+            }
+            None => tokio::sync::watch::channel(probe::Results::new()).1,
+        };
         let controller = Controller::new(reconcile::Init {
             config: Arc::new(cfg),
             generation,
@@ -135,7 +144,8 @@ impl Agent {
                 _ = watcher_cancel.cancelled() => {}
             }
         });
-        Ok(Agent { shared, gossip, cancel, tasks: vec![observer, reconciler, gossip_watch, prober], generation })
+        tasks.extend([reconciler, gossip_watch]);
+        Ok(Agent { shared, gossip, cancel, tasks, generation })
     }
 
     pub fn shared(&self) -> Arc<Shared> {

@@ -15,7 +15,7 @@ use crate::detect::{self, DetectError};
 use crate::gossip::keyfile::{KeyFileError, KeyWatch};
 use crate::gossip::transport::{GossipCounters, GossipUdp, Sealing};
 use crate::http;
-use crate::probe::icmp::RawPinger;
+use crate::probe::icmp::{Pinger, RawPinger};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -33,8 +33,6 @@ pub enum RunError {
     Http(tokio::task::JoinError),
     #[error("cluster key: {0}")]
     Keys(#[from] KeyFileError),
-    #[error("cannot open the ICMP socket for dataplane probes (CAP_NET_RAW is needed): {0}")]
-    Probe(std::io::Error),
 }
 
 fn hostname() -> String {
@@ -68,7 +66,16 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
         Arc::new(GossipUdp::new(&cluster_id, sealing, counters))
     };
     let datapath = Arc::new(BuildOnDemand::new(datapath::kernel));
-    let pinger = Arc::new(RawPinger::open().map_err(RunError::Probe)?);
+    let pinger = match RawPinger::open() {
+        Ok(pinger) => Some(Arc::new(pinger) as Arc<dyn Pinger>),
+        Err(e) => {
+            tracing::error!(
+                error = %e,
+                "cannot open the ICMP socket for dataplane probes (CAP_NET_RAW is needed): every peer's dataplane stays unknown"
+            );
+            None
+        }
+    };
     let agent = Agent::start(cfg, transport, datapath, pinger).await?;
     if let Some((watch, _)) = keys {
         let shared = agent.shared();

@@ -183,7 +183,7 @@ impl Cluster {
             node.config.clone(),
             |_| Arc::new(self.transport.clone()),
             node.datapath.clone(),
-            Arc::new(EveryPathWorks),
+            Some(Arc::new(EveryPathWorks)),
         )
         .await
         .unwrap();

@@ -96,6 +96,8 @@ pub struct Controller {
     yielded_to: Option<Namesake>,
     probe_targets: watch::Sender<Vec<probe::Target>>,
     probes: watch::Receiver<probe::Results>,
+    /// Another node has been heard alive since start.
+    heard_peers: bool,
 }
 
 impl Controller {
@@ -133,6 +135,7 @@ impl Controller {
             yielded_to: None,
             probe_targets: init.probe_targets,
             probes: init.probes,
+            heard_peers: false,
             chitchat: init.chitchat,
             view: init.view,
             datapath: init.datapath,
@@ -494,7 +497,7 @@ impl Controller {
     }
 
     fn publish_status(
-        &self,
+        &mut self,
         view: &View,
         peers: &Peers,
         verdicts: &Verdicts,
@@ -527,6 +530,16 @@ impl Controller {
             })
             .collect();
         let alive = rows.iter().filter(|r| r.state == status::PeerState::Alive).count();
+        self.heard_peers |= alive > 0;
+        let isolated = (self.heard_peers && alive == 0).then(|| {
+            let last = rows.iter().filter_map(|r| r.last_seen.as_deref()).max().unwrap_or("never");
+            format!(
+                "no other node is heard any more (last heartbeat {last}): gossip (UDP {}) to or from this node is \
+                 blocked, or every other node is down",
+                cfg.gossip.listen.port()
+            )
+        });
+        self.shared.metrics.set_isolated(isolated.is_some());
         let metrics = &self.shared.metrics;
         metrics.set_peers(alive, rows.len() - alive, self.programmed.len());
         metrics.set_dataplane(rows.iter().map(|r| r.dataplane.state));
@@ -551,6 +564,7 @@ impl Controller {
                     })
                     .collect(),
                 stranded_pods: stranded,
+                isolated,
             },
             peers: rows,
             conflicts: verdicts.conflicts.iter().map(status::conflict_status).collect(),

@@ -387,6 +387,25 @@ async fn the_loser_of_a_static_podcidr_conflict_serves_nothing_and_reports_its_p
     c.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_hears_no_other_node_any_more_says_it_is_isolated() {
+    let mut c = Cluster::new();
+    c.add_and_start(&["a", "b", "c"]).await;
+    converged(&c, "3 nodes converged").await;
+    assert_eq!(c.status("a").unwrap().node.isolated, None);
+    c.kill("b").await;
+    c.kill("c").await;
+    wait_until(CONVERGE, "a says it is isolated", || {
+        c.status("a").unwrap().node.isolated.is_some_and(|why| why.contains("no other node is heard any more"))
+            && metric(&c.metrics("a"), "weft_isolated") == 1
+    })
+    .await;
+    c.start("b").await;
+    wait_until(CONVERGE, "a hears b again", || c.status("a").unwrap().node.isolated.is_none()).await;
+    assert_eq!(metric(&c.metrics("a"), "weft_isolated"), 0);
+    c.shutdown().await;
+}
+
 /// Reserves `ip` in `node`'s IPAM store as the plugin would for a pod.
 fn pod_address(c: &Cluster, node: &str, ip: &str) {
     let dir = c.nodes[node].config.paths.ipam_dir.join(files::NETWORK_NAME);

@@ -121,7 +121,8 @@ fn systemd_unit_has_what_the_agent_needs() {
     let value = |key: &str| -> String {
         unit.lines().filter_map(|l| l.trim().strip_prefix(&format!("{key}="))).collect::<Vec<_>>().join(" ")
     };
-    let caps: Vec<&str> = value("CapabilityBoundingSet").split_whitespace().collect();
+    let caps = value("CapabilityBoundingSet");
+    let caps: Vec<&str> = caps.split_whitespace().collect();
     assert!(caps.contains(&"CAP_NET_ADMIN") && caps.contains(&"CAP_NET_RAW"), "{caps:?}");
     // The directories the agent writes by default must be writable under ProtectSystem=strict.
     let help = agent_help();

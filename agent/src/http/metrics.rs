@@ -60,6 +60,7 @@ pub struct Metrics {
     conflicts: Gauge,
     ready: Gauge,
     name_in_use: Gauge,
+    isolated: Gauge,
     peers_dataplane: Family<StateLabel, Gauge>,
     stranded: Gauge,
     vxlan_dropped_packets: Counter,
@@ -159,6 +160,12 @@ impl Metrics {
             "Peers by what the probes through the pods' path say: ok, tunnel-blocked, mtu, unreachable, unknown",
             peers_dataplane.clone(),
         );
+        let isolated = Gauge::default();
+        registry.register(
+            "isolated",
+            "1 when this node heard other nodes before and hears none now (gossip blocked, or all others down)",
+            isolated.clone(),
+        );
         let name_in_use = Gauge::default();
         registry.register(
             "node_name_in_use",
@@ -208,6 +215,7 @@ impl Metrics {
             conflicts,
             ready,
             name_in_use,
+            isolated,
             peers_dataplane,
             stranded,
             vxlan_dropped_packets,
@@ -294,6 +302,10 @@ impl Metrics {
         for (state, n) in counts {
             self.peers_dataplane.get_or_create(&StateLabel { state }).set(n);
         }
+    }
+
+    pub fn set_isolated(&self, isolated: bool) {
+        self.isolated.set(i64::from(isolated));
     }
 
     pub fn set_name_in_use(&self, in_use: bool) {

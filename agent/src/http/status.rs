@@ -48,6 +48,9 @@ pub struct NodeStatus {
     /// another node, or it serves none): they cannot reach pods on other nodes.
     #[serde(default)]
     pub stranded_pods: Option<StrandedPods>,
+    /// Set when this node heard from other nodes before and hears from none now: why.
+    #[serde(default)]
+    pub isolated: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,6 +264,9 @@ pub fn render(s: &Status) -> String {
         let role =
             if other.holds_the_name { "holds it; this agent serves nothing" } else { "refused; this agent keeps it" };
         let _ = writeln!(out, "  node name also used by the agent at {}: {role}", other.node_ip);
+    }
+    if let Some(why) = &n.isolated {
+        let _ = writeln!(out, "  ISOLATED: {why}");
     }
     if let Some(s) = &n.stranded_pods {
         let _ = writeln!(out, "  {} pod address(es) stranded: {}", s.count, s.reason);
@@ -518,6 +524,7 @@ mod tests {
                     count: 1,
                     reason: "10.244.9.0/24 is held by n2".into(),
                 }),
+                isolated: Some("no other node heard".into()),
             },
             peers: vec![PeerStatus {
                 name: "b".into(),
@@ -557,6 +564,7 @@ mod tests {
         assert!(table.contains("not ready: last reconcile failed: x"));
         assert!(table.contains("node name also used by the agent at 198.51.100.7: refused; this agent keeps it"));
         assert!(table.contains("1 pod address(es) stranded: 10.244.9.0/24 is held by n2"));
+        assert!(table.contains("ISOLATED: no other node heard"));
         let row = table.lines().find(|l| l.starts_with("b ")).unwrap();
         for cell in ["192.0.2.2", "10.244.2.0/24", "alive", "direct", "no", "tunnel-blocked"] {
             assert!(row.contains(cell), "{row}");

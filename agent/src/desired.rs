@@ -17,23 +17,18 @@ pub fn path(encap: Encap, underlay_subnet: Ipv4Net, peer_ip: Ipv4Addr) -> PeerPa
     }
 }
 
-/// The datapath's desired state. `peers` are the programmable peers (name, announcement); only
-/// those with a PodCIDR are included, sorted by name so equal inputs give equal outputs.
-pub fn build<'a>(
-    local: LocalNode,
-    encap: Encap,
-    underlay_subnet: Ipv4Net,
-    peers: impl IntoIterator<Item = (&'a str, &'a Announcement)>,
-) -> Desired {
+/// The datapath's desired state. `peers` are the programmable peers (name, announcement, path);
+/// only those with a PodCIDR are included, sorted by name so equal inputs give equal outputs.
+pub fn build<'a>(local: LocalNode, peers: impl IntoIterator<Item = (&'a str, &'a Announcement, PeerPath)>) -> Desired {
     let mut peers: Vec<Peer> = peers
         .into_iter()
-        .filter_map(|(name, a)| {
+        .filter_map(|(name, a, path)| {
             Some(Peer {
                 name: name.to_string(),
                 node_ip: a.node_ip,
                 pod_cidr: a.claim?.cidr,
                 vtep_mac: a.vtep_mac,
-                path: path(encap, underlay_subnet, a.node_ip),
+                path,
             })
         })
         .collect();
@@ -88,7 +83,8 @@ mod tests {
         let c = announcement("198.51.100.3", Some("10.244.3.0/24"));
         let b = announcement("192.0.2.2", Some("10.244.2.0/24"));
         let d = announcement("192.0.2.4", None);
-        let desired = build(local(), Encap::CrossSubnet, subnet(), [("c", &c), ("b", &b), ("d", &d)]);
+        let path = |a: &Announcement| path(Encap::CrossSubnet, subnet(), a.node_ip);
+        let desired = build(local(), [("c", &c, path(&c)), ("b", &b, path(&b)), ("d", &d, path(&d))]);
         assert_eq!(desired.local, local());
         let names: Vec<&str> = desired.peers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["b", "c"]);

@@ -8,6 +8,8 @@ use crate::gossip::keys;
 use crate::identity;
 use crate::membership::{Liveness, Member, View};
 use crate::validate::{self, Announcement, Rejection, Rules};
+use std::net::Ipv4Addr;
+use weft_overlay::desired::PeerPath;
 
 /// One other node, as represented by one of its generations.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,44 +112,75 @@ pub enum Skip {
     OverlapsOurs,
 }
 
+/// What was decided about one peer, computed once per turn for the datapath and the status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision<'a> {
+    pub peer: &'a Peer,
+    /// How its pods are reached; `None` when its announcement was rejected.
+    pub path: Option<PeerPath>,
+    /// `Ok` means program it.
+    pub verdict: Result<(), Skip>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Verdicts {
-    /// Parallel to `Peers::peers`: `Ok` means program it.
-    pub verdicts: Vec<Result<(), Skip>>,
+pub struct Decided<'a> {
+    /// One per peer, in the order of `Peers::peers`.
+    pub peers: Vec<Decision<'a>>,
     /// Every contested block, this node's own claim included.
     pub conflicts: Vec<Conflict>,
 }
 
-/// Decides which peers to program, given this node's own claim.
-pub fn decide(peers: &Peers, me: &str, own: Option<Claim>) -> Verdicts {
+impl Decided<'_> {
+    /// The peers to program: name, announcement and path.
+    pub fn programmable(&self) -> impl Iterator<Item = (&str, &Announcement, PeerPath)> {
+        self.peers
+            .iter()
+            .filter(|d| d.verdict.is_ok())
+            .filter_map(|d| Some((d.peer.name.as_str(), d.peer.announcement.as_ref().ok()?, d.path?)))
+    }
+}
+
+/// Decides which peers to program, given this node's own claim; `path_of` says how a node IP's
+/// pods are reached.
+pub fn decide<'a>(
+    peers: &'a Peers,
+    me: &str,
+    own: Option<Claim>,
+    path_of: impl Fn(Ipv4Addr) -> PeerPath,
+) -> Decided<'a> {
     let mut claimants = peers.claimants();
     if let Some(claim) = own {
         claimants.push(Claimant { node: me.to_string(), claim });
     }
     let conflicts = allocation::conflicts(&claimants);
-    let verdicts = peers
+    let verdict = |p: &Peer| {
+        let announcement = p.announcement.as_ref().map_err(|r| match r {
+            Rejection::NotAnnounced => Skip::NotAnnounced,
+            r => Skip::Rejected(r.clone()),
+        })?;
+        if !p.liveness.programmable() {
+            return Err(Skip::NotAlive(p.liveness));
+        }
+        let claim = announcement.claim.ok_or(Skip::NoPodCidr)?;
+        match conflicts.iter().find(|c| c.cidr == claim.cidr) {
+            None => Ok(()),
+            Some(c) if c.winner != p.name => Err(Skip::LostConflict { winner: c.winner.clone() }),
+            // We cannot route our own block to a peer, winner or not: until we move (an
+            // automatic claim re-picks at once; a static one needs the operator) it stays out.
+            Some(_) if own.is_some_and(|o| o.cidr == claim.cidr) => Err(Skip::OverlapsOurs),
+            Some(_) => Ok(()),
+        }
+    };
+    let decisions = peers
         .peers
         .iter()
-        .map(|p| {
-            let announcement = p.announcement.as_ref().map_err(|r| match r {
-                Rejection::NotAnnounced => Skip::NotAnnounced,
-                r => Skip::Rejected(r.clone()),
-            })?;
-            if !p.liveness.programmable() {
-                return Err(Skip::NotAlive(p.liveness));
-            }
-            let claim = announcement.claim.ok_or(Skip::NoPodCidr)?;
-            match conflicts.iter().find(|c| c.cidr == claim.cidr) {
-                None => Ok(()),
-                Some(c) if c.winner != p.name => Err(Skip::LostConflict { winner: c.winner.clone() }),
-                // We cannot route our own block to a peer, winner or not: until we move (an
-                // automatic claim re-picks at once; a static one needs the operator) it stays out.
-                Some(_) if own.is_some_and(|o| o.cidr == claim.cidr) => Err(Skip::OverlapsOurs),
-                Some(_) => Ok(()),
-            }
+        .map(|p| Decision {
+            peer: p,
+            path: p.announcement.as_ref().ok().map(|a| path_of(a.node_ip)),
+            verdict: verdict(p),
         })
         .collect();
-    Verdicts { verdicts, conflicts }
+    Decided { peers: decisions, conflicts }
 }
 
 #[cfg(test)]
@@ -234,9 +267,9 @@ mod tests {
         ]);
         let peers = collect(&v, "me", 5, &rules());
         let own = Claim { cidr: "10.244.9.0/24".parse().unwrap(), kind: ClaimKind::Confirmed, since_ms: 3 };
-        let decided = decide(&peers, "me", Some(own));
+        let decided = decide(&peers, "me", Some(own), |_| PeerPath::Vxlan);
         let by_name: BTreeMap<&str, &Result<(), Skip>> =
-            peers.peers.iter().map(|p| p.name.as_str()).zip(&decided.verdicts).collect();
+            decided.peers.iter().map(|d| (d.peer.name.as_str(), &d.verdict)).collect();
         assert_eq!(by_name["a"], &Ok(()));
         assert_eq!(by_name["b"], &Err(Skip::LostConflict { winner: "a".into() }));
         assert_eq!(by_name["c"], &Err(Skip::NotAlive(Liveness::Dead)));
@@ -256,8 +289,8 @@ mod tests {
         let v = view(vec![member("a", 1, Liveness::Alive, "192.0.2.10", Some("10.244.1.0/24;static;1"))]);
         let peers = collect(&v, "me", 5, &rules());
         let ours = Claim { cidr: "10.244.1.0/24".parse().unwrap(), kind: ClaimKind::Static, since_ms: 9 };
-        let decided = decide(&peers, "me", Some(ours));
-        assert_eq!(decided.verdicts, vec![Err(Skip::OverlapsOurs)]);
+        let decided = decide(&peers, "me", Some(ours), |_| PeerPath::Vxlan);
+        assert_eq!(decided.peers[0].verdict, Err(Skip::OverlapsOurs));
         assert_eq!(decided.conflicts[0].winner, "a");
         assert_eq!(decided.conflicts[0].losers, vec!["me".to_string()]);
     }
@@ -306,6 +339,7 @@ mod tests {
         bare.keys.clear();
         let peers = collect(&view(vec![bare]), "me", 5, &rules());
         assert_eq!(peers.peers[0].announcement, Err(Rejection::NotAnnounced));
-        assert_eq!(decide(&peers, "me", None).verdicts, vec![Err(Skip::NotAnnounced)]);
+        let decided = decide(&peers, "me", None, |_| PeerPath::Vxlan);
+        assert_eq!((&decided.peers[0].verdict, decided.peers[0].path), (&Err(Skip::NotAnnounced), None));
     }
 }

@@ -26,7 +26,7 @@ use crate::gossip::{self, keys};
 use crate::http::status::{self, NamesakeStatus, ReadinessInput, ReconcileStatus, ServingInput, Status, StrandedPods};
 use crate::identity::{self, Namesake};
 use crate::membership::{Liveness, Member, Settle, View};
-use crate::peers::{self, Peers, Verdicts};
+use crate::peers::{self, Decided, Peers};
 use crate::probe::{self, verdict::Dataplane};
 use crate::shared::Shared;
 use crate::validate::{Rejection, Rules};
@@ -200,7 +200,10 @@ impl Controller {
         };
         log_outcome(&outcome);
         self.publish_claim().await;
-        let verdicts = peers::decide(&peers, &self.cfg.node_name, self.allocator.claim());
+        let (encap, subnet) = (self.cfg.encap, self.cfg.underlay.subnet);
+        let verdicts = peers::decide(&peers, &self.cfg.node_name, self.allocator.claim(), |ip| {
+            crate::desired::path(encap, subnet, ip)
+        });
         self.note_rejections(&peers);
         self.note_conflicts(&verdicts.conflicts);
         let serving = status::serving(&ServingInput {
@@ -217,13 +220,13 @@ impl Controller {
         }
         self.sync_files(&serving, resync);
         if let (Ok(held), true) = (&serving, settled) {
-            let desired = self.desired(held.cidr, &peers, &verdicts);
+            let desired = self.desired(held.cidr, &verdicts);
             if resync || self.apply_due(&desired, now) {
                 self.apply(desired).await;
             }
         }
         let stranded = self.stranded(&serving);
-        self.publish_status(&view, &peers, &verdicts, settled, &serving, stranded);
+        self.publish_status(&view, &verdicts, settled, &serving, stranded);
     }
 
     /// Decides whether this agent may use its node name (see [`identity`]), and says so in
@@ -386,7 +389,7 @@ impl Controller {
         Ok(())
     }
 
-    fn desired(&self, pod_cidr: Ipv4Net, peers: &Peers, verdicts: &Verdicts) -> Desired {
+    fn desired(&self, pod_cidr: Ipv4Net, decided: &Decided<'_>) -> Desired {
         let cfg = &self.cfg;
         let local = LocalNode {
             name: cfg.node_name.clone(),
@@ -400,13 +403,7 @@ impl Controller {
             vtep_mac: self.vtep_mac,
             bridge: DEFAULT_BRIDGE.to_string(),
         };
-        let programmable = peers
-            .peers
-            .iter()
-            .zip(&verdicts.verdicts)
-            .filter(|(_, v)| v.is_ok())
-            .filter_map(|(p, _)| Some((p.name.as_str(), p.announcement.as_ref().ok()?)));
-        crate::desired::build(local, cfg.encap, cfg.underlay.subnet, programmable)
+        crate::desired::build(local, decided.programmable())
     }
 
     /// Apply when the desired state changed since the last attempt, or when a retry is due
@@ -499,8 +496,7 @@ impl Controller {
     fn publish_status(
         &mut self,
         view: &View,
-        peers: &Peers,
-        verdicts: &Verdicts,
+        decided: &Decided<'_>,
         settled: bool,
         serving: &Result<Claim, String>,
         stranded: Option<StrandedPods>,
@@ -514,19 +510,14 @@ impl Controller {
             membership_settled: settled,
             last_reconcile: self.last_reconcile.as_ref(),
         });
-        let rows: Vec<_> = peers
+        let rows: Vec<_> = decided
             .peers
             .iter()
-            .zip(&verdicts.verdicts)
-            .map(|(p, v)| {
-                let path = p
-                    .announcement
-                    .as_ref()
-                    .ok()
-                    .map(|a| crate::desired::path(cfg.encap, cfg.underlay.subnet, a.node_ip));
+            .map(|d| {
+                let p = d.peer;
                 let programmed = self.programmed.contains(&p.name);
                 let dataplane = probes.get(&p.name).filter(|_| programmed).cloned().unwrap_or_else(Dataplane::unknown);
-                status::peer_status(p, v, path, programmed, view.last_seen(&p.name, p.generation), dataplane)
+                status::peer_status(p, &d.verdict, d.path, programmed, view.last_seen(&p.name, p.generation), dataplane)
             })
             .collect();
         let alive = rows.iter().filter(|r| r.state == status::PeerState::Alive).count();
@@ -567,7 +558,7 @@ impl Controller {
                 isolated,
             },
             peers: rows,
-            conflicts: verdicts.conflicts.iter().map(status::conflict_status).collect(),
+            conflicts: decided.conflicts.iter().map(status::conflict_status).collect(),
             last_reconcile: self.last_reconcile.clone(),
         });
     }

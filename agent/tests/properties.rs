@@ -7,7 +7,7 @@ use ipnet::Ipv4Net;
 use proptest::prelude::*;
 use weft_agent::allocation::{Claim, ClaimKind};
 use weft_agent::config::Encap;
-use weft_agent::desired::build;
+use weft_agent::desired::{build, path};
 use weft_agent::gossip::keys;
 use weft_agent::membership::{Liveness, Member, View};
 use weft_agent::peers::{collect, decide};
@@ -114,16 +114,13 @@ proptest! {
     fn the_desired_state_only_holds_valid_unique_peers(view in view(), encap in prop_oneof![Just(Encap::Always), Just(Encap::CrossSubnet)]) {
         let rules = rules();
         let peers = collect(&view, ME, MY_GENERATION, &rules);
-        let verdicts = decide(&peers, ME, Some(own_claim()));
-        prop_assert_eq!(verdicts.verdicts.len(), peers.peers.len());
-        let programmable = peers
-            .peers
-            .iter()
-            .zip(&verdicts.verdicts)
-            .filter(|(_, v)| v.is_ok())
-            .map(|(p, _)| (p.name.as_str(), p.announcement.as_ref().expect("a programmed peer passed validation")));
         let underlay: Ipv4Net = "192.0.2.0/24".parse().unwrap();
-        let desired = build(local(), encap, underlay, programmable);
+        let decided = decide(&peers, ME, Some(own_claim()), |ip| path(encap, underlay, ip));
+        prop_assert_eq!(decided.peers.len(), peers.peers.len());
+        for d in decided.peers.iter().filter(|d| d.verdict.is_ok()) {
+            prop_assert!(d.peer.announcement.is_ok() && d.path.is_some(), "a programmed peer passed validation");
+        }
+        let desired = build(local(), decided.programmable());
 
         let mut cidrs = HashSet::new();
         let mut names = HashSet::new();

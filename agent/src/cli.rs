@@ -160,6 +160,10 @@ pub struct RunArgs {
     /// Period of the dataplane probes of every peer (through the tunnel, full size, underlay).
     #[arg(long, env = "WEFT_PROBE_INTERVAL", default_value = "2s", value_parser = duration)]
     pub probe_interval: Duration,
+    /// How long a peer whose agent stopped keeps its routes while its tunnel still answers the
+    /// probes (an agent restart or upgrade); a peer whose tunnel stops answering is withdrawn.
+    #[arg(long, env = "WEFT_AGENT_DOWN_GRACE", default_value = "5m", value_parser = duration)]
+    pub agent_down_grace: Duration,
     /// Gossip round period.
     #[arg(long, env = "WEFT_GOSSIP_INTERVAL", default_value = "100ms", value_parser = duration)]
     pub gossip_interval: Duration,
@@ -201,6 +205,7 @@ impl RunArgs {
             startup_grace: self.startup_grace,
             resync_interval: self.resync_interval,
             probe_interval: self.probe_interval,
+            agent_down_grace: self.agent_down_grace,
             paths: self.paths.paths(),
             portmap: self.portmap,
         };

@@ -60,6 +60,8 @@ pub struct Config {
     pub resync_interval: Duration,
     /// Period of the dataplane probes of every peer.
     pub probe_interval: Duration,
+    /// How long a peer whose agent is gone keeps its routes while its tunnel answers.
+    pub agent_down_grace: Duration,
     pub paths: Paths,
     /// Chain the `portmap` plugin in the conflist (hostPort support).
     pub portmap: bool,
@@ -152,6 +154,7 @@ impl Config {
             startup_grace: Duration::from_secs(10),
             resync_interval: Duration::from_secs(30),
             probe_interval: DEFAULT_PROBE_INTERVAL,
+            agent_down_grace: Duration::from_secs(300),
             paths,
             portmap: false,
         }

@@ -1,7 +1,7 @@
 //! From the membership view to verdicts: which generation stands for each node, whether its
 //! announcement is valid, who owns contested blocks, and which peers to program.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::allocation::{self, Claim, Claimant, Conflict};
 use crate::gossip::keys;
@@ -141,12 +141,15 @@ impl Decided<'_> {
 }
 
 /// Decides which peers to program, given this node's own claim; `path_of` says how a node IP's
-/// pods are reached.
+/// pods are reached. `tunnel_answers` are peers whose agent gossip no longer hears but whose
+/// tunnel still answers the probes: a stopped agent is not a stopped node, so they stay
+/// programmed (the caller bounds how long).
 pub fn decide<'a>(
     peers: &'a Peers,
     me: &str,
     own: Option<Claim>,
     path_of: impl Fn(Ipv4Addr) -> PeerPath,
+    tunnel_answers: &BTreeSet<String>,
 ) -> Decided<'a> {
     let mut claimants = peers.claimants();
     if let Some(claim) = own {
@@ -158,7 +161,7 @@ pub fn decide<'a>(
             Rejection::NotAnnounced => Skip::NotAnnounced,
             r => Skip::Rejected(r.clone()),
         })?;
-        if !p.liveness.programmable() {
+        if !p.liveness.programmable() && !tunnel_answers.contains(&p.name) {
             return Err(Skip::NotAlive(p.liveness));
         }
         let claim = announcement.claim.ok_or(Skip::NoPodCidr)?;
@@ -267,7 +270,7 @@ mod tests {
         ]);
         let peers = collect(&v, "me", 5, &rules());
         let own = Claim { cidr: "10.244.9.0/24".parse().unwrap(), kind: ClaimKind::Confirmed, since_ms: 3 };
-        let decided = decide(&peers, "me", Some(own), |_| PeerPath::Vxlan);
+        let decided = decide(&peers, "me", Some(own), |_| PeerPath::Vxlan, &BTreeSet::new());
         let by_name: BTreeMap<&str, &Result<(), Skip>> =
             decided.peers.iter().map(|d| (d.peer.name.as_str(), &d.verdict)).collect();
         assert_eq!(by_name["a"], &Ok(()));
@@ -289,7 +292,7 @@ mod tests {
         let v = view(vec![member("a", 1, Liveness::Alive, "192.0.2.10", Some("10.244.1.0/24;static;1"))]);
         let peers = collect(&v, "me", 5, &rules());
         let ours = Claim { cidr: "10.244.1.0/24".parse().unwrap(), kind: ClaimKind::Static, since_ms: 9 };
-        let decided = decide(&peers, "me", Some(ours), |_| PeerPath::Vxlan);
+        let decided = decide(&peers, "me", Some(ours), |_| PeerPath::Vxlan, &BTreeSet::new());
         assert_eq!(decided.peers[0].verdict, Err(Skip::OverlapsOurs));
         assert_eq!(decided.conflicts[0].winner, "a");
         assert_eq!(decided.conflicts[0].losers, vec!["me".to_string()]);
@@ -339,7 +342,7 @@ mod tests {
         bare.keys.clear();
         let peers = collect(&view(vec![bare]), "me", 5, &rules());
         assert_eq!(peers.peers[0].announcement, Err(Rejection::NotAnnounced));
-        let decided = decide(&peers, "me", None, |_| PeerPath::Vxlan);
+        let decided = decide(&peers, "me", None, |_| PeerPath::Vxlan, &BTreeSet::new());
         assert_eq!((&decided.peers[0].verdict, decided.peers[0].path), (&Err(Skip::NotAnnounced), None));
     }
 }

@@ -201,9 +201,14 @@ impl Controller {
         log_outcome(&outcome);
         self.publish_claim().await;
         let (encap, subnet) = (self.cfg.encap, self.cfg.underlay.subnet);
-        let verdicts = peers::decide(&peers, &self.cfg.node_name, self.allocator.claim(), |ip| {
-            crate::desired::path(encap, subnet, ip)
-        });
+        let tunnel_answers = self.tunnel_answers(&view, &peers);
+        let verdicts = peers::decide(
+            &peers,
+            &self.cfg.node_name,
+            self.allocator.claim(),
+            |ip| crate::desired::path(encap, subnet, ip),
+            &tunnel_answers,
+        );
         self.note_rejections(&peers);
         self.note_conflicts(&verdicts.conflicts);
         let serving = status::serving(&ServingInput {
@@ -227,6 +232,25 @@ impl Controller {
         }
         let stranded = self.stranded(&serving);
         self.publish_status(&view, &verdicts, settled, &serving, stranded);
+    }
+
+    /// Programmed peers that gossip says are gone, whose tunnel answered the latest probe, heard
+    /// last within `--agent-down-grace`: their agent stopped (an upgrade, a crash and restart),
+    /// their node did not, and their pods keep working only if their routes stay.
+    fn tunnel_answers(&self, view: &View, peers: &Peers) -> BTreeSet<String> {
+        let probes = self.probes.borrow();
+        let now = SystemTime::now();
+        peers
+            .peers
+            .iter()
+            .filter(|p| !p.liveness.programmable() && self.programmed.contains(&p.name))
+            .filter(|p| probes.get(&p.name).is_some_and(|d| d.answering))
+            .filter(|p| {
+                view.last_seen(&p.name, p.generation)
+                    .is_some_and(|seen| now.duration_since(seen).unwrap_or_default() < self.cfg.agent_down_grace)
+            })
+            .map(|p| p.name.clone())
+            .collect()
     }
 
     /// Decides whether this agent may use its node name (see [`identity`]), and says so in

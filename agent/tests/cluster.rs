@@ -406,6 +406,62 @@ async fn a_node_that_hears_no_other_node_any_more_says_it_is_isolated() {
     c.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_agent_keeps_its_nodes_routes_while_its_tunnel_answers_and_loses_them_when_it_stops() {
+    let mut c = Cluster::new();
+    let nodes = names("n", 4);
+    c.add_and_start(&refs(&nodes)).await;
+    converged(&c, "4 nodes converged").await;
+    let block = c.pod_cidr("n03").unwrap();
+    let stopped = Instant::now();
+    c.stop_agent_only("n03").await;
+    // Well past the failure detector's verdict: an upgrade's slow image pull.
+    wait_until(CONVERGE, "n03 seen gone by gossip", || {
+        c.status("n00").unwrap().peers.iter().any(|p| p.name == "n03" && p.state == PeerState::Dead)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let others = ["n00", "n01", "n02"];
+    for n in others {
+        assert_eq!(c.datapath(n).programmed().get("n03"), Some(&block), "{n} withdrew a node whose tunnel answers");
+        assert_eq!(c.datapath(n).first_without("n03", stopped), None);
+    }
+    let row = c.status("n00").unwrap().peers.into_iter().find(|p| p.name == "n03").unwrap();
+    assert!(row.programmed && row.note.as_deref().is_some_and(|n| n.contains("its tunnel answers")), "{row:?}");
+
+    // Now the node itself goes: withdrawn as soon as its tunnel stops answering.
+    c.take_node_down("n03");
+    let gone = Instant::now();
+    wait_until(CONVERGE, "n03 withdrawn everywhere", || {
+        others.iter().all(|n| !c.datapath(n).programmed().contains_key("n03"))
+    })
+    .await;
+    println!("node gone after its agent: withdrawn after {} ms", ms(gone.elapsed()));
+    assert!(gone.elapsed() < Duration::from_secs(5), "{:?}", gone.elapsed());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_agent_keeps_its_routes_only_for_the_agent_down_grace() {
+    let mut c = Cluster::new();
+    for n in ["a", "b", "c"] {
+        c.add(n).agent_down_grace = Duration::from_secs(3);
+    }
+    c.start("a").await;
+    c.start("b").await;
+    c.start("c").await;
+    converged(&c, "3 nodes converged").await;
+    let stopped = Instant::now();
+    c.stop_agent_only("c").await;
+    wait_until(CONVERGE, "c withdrawn once the grace is over", || {
+        ["a", "b"].iter().all(|n| !c.datapath(n).programmed().contains_key("c"))
+    })
+    .await;
+    let withdrawn = ["a", "b"].iter().map(|n| c.datapath(n).first_without("c", stopped).unwrap()).min().unwrap();
+    assert!(withdrawn.duration_since(stopped) >= Duration::from_secs(3), "withdrawn before the grace ended");
+    c.shutdown().await;
+}
+
 /// Reserves `ip` in `node`'s IPAM store as the plugin would for a pod.
 fn pod_address(c: &Cluster, node: &str, ip: &str) {
     let dir = c.nodes[node].config.paths.ipam_dir.join(files::NETWORK_NAME);

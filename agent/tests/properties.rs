@@ -115,7 +115,7 @@ proptest! {
         let rules = rules();
         let peers = collect(&view, ME, MY_GENERATION, &rules);
         let underlay: Ipv4Net = "192.0.2.0/24".parse().unwrap();
-        let decided = decide(&peers, ME, Some(own_claim()), |ip| path(encap, underlay, ip));
+        let decided = decide(&peers, ME, Some(own_claim()), |ip| path(encap, underlay, ip), &Default::default());
         prop_assert_eq!(decided.peers.len(), peers.peers.len());
         for d in decided.peers.iter().filter(|d| d.verdict.is_ok()) {
             prop_assert!(d.peer.announcement.is_ok() && d.path.is_some(), "a programmed peer passed validation");

@@ -137,6 +137,13 @@ impl Lab {
         std::mem::forget(self);
     }
 
+    /// Unplugs (or plugs back) node `i`'s cable: its router port goes down, so nothing reaches
+    /// the node and nothing leaves it, as when the machine dies; its own state is untouched.
+    pub fn set_cable(&self, i: usize, plugged: bool) -> Result<()> {
+        self.router.ip(&["link", "set", &self.nodes[i].name, if plugged { "up" } else { "down" }])?;
+        Ok(())
+    }
+
     /// Adds a static route for every node's PodCIDR on the router: the plain routed underlay that
     /// benchmarks use as their 100 % line.
     pub fn route_pod_cidrs_on_router(&self, routes: &[(Ipv4Net, Ipv4Addr)]) -> Result<()> {

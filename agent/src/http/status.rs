@@ -155,6 +155,9 @@ pub fn peer_status(
             Ok(()) if peer.liveness == Liveness::Leaving => {
                 Some("leaving: routes kept until it is confirmed gone".into())
             }
+            Ok(()) if !peer.liveness.programmable() => {
+                Some("its agent is not heard, but its tunnel answers: routes kept (an agent restart or upgrade)".into())
+            }
             Ok(()) => None,
         },
         dataplane,
@@ -465,7 +468,7 @@ mod tests {
                 "vtepMAC": Mac::derived("b").to_string(), "state": "alive", "path": "vxlan",
                 "programmed": true, "lastSeen": "2023-11-14T22:13:20.000Z", "note": null,
                 "dataplane": {
-                    "state": "ok", "cause": null, "since": "2023-11-14T22:13:20.000Z", "rttP50Ms": 0.25,
+                    "state": "ok", "cause": null, "answering": false, "since": "2023-11-14T22:13:20.000Z", "rttP50Ms": 0.25,
                     "rttP99Ms": null, "loss": 0.0, "largestSize": 1450, "neededSize": 1450
                 }
             })

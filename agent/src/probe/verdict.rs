@@ -68,6 +68,10 @@ pub struct Dataplane {
     pub state: PathState,
     /// What the state means for this peer, in plain words; `null` when it is `ok` or unknown.
     pub cause: Option<String>,
+    /// The latest probe through the pods' path was answered (whatever the verdict says, which
+    /// waits for three failed rounds).
+    #[serde(default)]
+    pub answering: bool,
     /// Since when the state holds (RFC 3339); `null` while unknown.
     pub since: Option<String>,
     pub rtt_p50_ms: Option<f64>,
@@ -85,6 +89,7 @@ impl Dataplane {
         Dataplane {
             state: PathState::Unknown,
             cause: None,
+            answering: false,
             since: None,
             rtt_p50_ms: None,
             rtt_p99_ms: None,
@@ -175,6 +180,7 @@ impl History {
         Dataplane {
             state: self.state,
             cause: None,
+            answering: self.rounds.back().is_some_and(|r| r.tunnel.is_some()),
             since: known.then(|| crate::http::status::timestamp(self.since)),
             rtt_p50_ms: quantile(0.5),
             rtt_p99_ms: quantile(0.99),

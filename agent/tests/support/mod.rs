@@ -3,7 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses part of the harness
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -92,17 +92,28 @@ impl FakeDatapath {
     }
 }
 
-/// The in-process cluster has no kernel paths: every probe is answered.
-pub struct EveryPathWorks;
+/// The in-process cluster's network: every address answers probes except those of nodes the
+/// harness took down (a stopped or killed node is gone, kernel and all, unless only its agent
+/// was stopped: [`Cluster::stop_agent_only`]).
+#[derive(Clone, Default)]
+pub struct FakeNetwork {
+    down: Arc<Mutex<HashSet<Ipv4Addr>>>,
+}
 
 #[async_trait]
-impl Pinger for EveryPathWorks {
-    async fn ping(&self, _: Ipv4Addr, _: u16, _: Duration) -> Option<Duration> {
+impl Pinger for FakeNetwork {
+    async fn ping(&self, dst: Ipv4Addr, _: u16, timeout: Duration) -> Option<Duration> {
+        if self.down.lock().unwrap().contains(&dst) {
+            tokio::time::sleep(timeout).await;
+            return None;
+        }
         Some(Duration::from_micros(100))
     }
 }
 
 pub struct Node {
+    /// Addresses of the node taken down with it (they answer again when it starts).
+    pub down: Vec<Ipv4Addr>,
     pub config: Config,
     pub datapath: Arc<FakeDatapath>,
     pub agent: Option<Agent>,
@@ -110,6 +121,7 @@ pub struct Node {
 
 pub struct Cluster {
     pub transport: ChannelTransport,
+    pub network: FakeNetwork,
     root: tempfile::TempDir,
     pub nodes: BTreeMap<String, Node>,
     pub cluster_cidr: Ipv4Net,
@@ -138,6 +150,7 @@ impl Cluster {
     pub fn with_pool(cluster_cidr: &str, prefix: u8) -> Cluster {
         Cluster {
             transport: ChannelTransport::with_mtu(65_507),
+            network: FakeNetwork::default(),
             root: tempfile::tempdir().unwrap(),
             nodes: BTreeMap::new(),
             cluster_cidr: cluster_cidr.parse().unwrap(),
@@ -163,7 +176,11 @@ impl Cluster {
         config.node_cidr_prefix = self.prefix;
         config.gossip.interval = GOSSIP_INTERVAL;
         config.startup_grace = Duration::from_secs(5);
-        self.nodes.insert(name.to_string(), Node { config, datapath: Arc::new(FakeDatapath::default()), agent: None });
+        config.probe_interval = Duration::from_millis(500);
+        self.nodes.insert(
+            name.to_string(),
+            Node { down: Vec::new(), config, datapath: Arc::new(FakeDatapath::default()), agent: None },
+        );
         &mut self.nodes.get_mut(name).unwrap().config
     }
 
@@ -177,13 +194,15 @@ impl Cluster {
     /// Starts (or restarts) a node with a fresh recording datapath.
     pub async fn start(&mut self, name: &str) {
         let node = self.nodes.get_mut(name).unwrap();
+        self.network.down.lock().unwrap().retain(|a| !node.down.contains(a));
+        node.down.clear();
         assert!(node.agent.is_none(), "{name} is running");
         node.datapath = Arc::new(FakeDatapath::default());
         let agent = Agent::start(
             node.config.clone(),
             |_| Arc::new(self.transport.clone()),
             node.datapath.clone(),
-            Some(Arc::new(EveryPathWorks)),
+            Some(Arc::new(self.network.clone())),
         )
         .await
         .unwrap();
@@ -199,14 +218,35 @@ impl Cluster {
         }
     }
 
-    /// SIGTERM: announce leaving, then stop.
+    /// The node's addresses that probes reach: its underlay IP and its VTEP address.
+    fn addresses(&self, name: &str) -> Vec<Ipv4Addr> {
+        let config = &self.nodes[name].config;
+        let lease = weft_agent::files::read_lease(&config.paths.lease()).ok().flatten();
+        std::iter::once(config.underlay.node_ip).chain(lease.map(|l| l.pod_cidr.network())).collect()
+    }
+
+    /// The node's kernel stops answering probes (until it starts again).
+    pub fn take_node_down(&mut self, name: &str) {
+        let addresses = self.addresses(name);
+        self.network.down.lock().unwrap().extend(&addresses);
+        self.nodes.get_mut(name).unwrap().down = addresses;
+    }
+
+    /// The node shuts down: its agent announces leaving and stops, and the node is gone.
     pub async fn stop(&mut self, name: &str) {
+        self.take_node_down(name);
+        self.stop_agent_only(name).await;
+    }
+
+    /// Only the agent stops (SIGTERM, an upgrade): the node and its pods keep working.
+    pub async fn stop_agent_only(&mut self, name: &str) {
         let agent = self.nodes.get_mut(name).unwrap().agent.take().unwrap();
         agent.stop().await;
     }
 
-    /// A crash: stop without telling anybody.
+    /// The node crashes: its agent stops without telling anybody, and the node is gone.
     pub async fn kill(&mut self, name: &str) {
+        self.take_node_down(name);
         let agent = self.nodes.get_mut(name).unwrap().agent.take().unwrap();
         agent.kill().await;
     }

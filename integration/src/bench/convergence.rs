@@ -10,7 +10,9 @@
 //! Per cluster size N: agents run on N − 1 nodes until converged; each repeat then starts the last
 //! node's agent with empty state (no lease, so it allocates: the join of a new node), kills it with
 //! SIGKILL, starts it again keeping its state (a restart holding its lease) and stops it with
-//! SIGTERM. Every event waits for the previous one to be complete on every node.
+//! SIGTERM, each time unplugging the node as well (a stopped agent whose node still answers keeps
+//! its routes: that is not a node going away). Every event waits for the previous one to be
+//! complete on every node.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -110,11 +112,15 @@ pub fn measure(n: usize, repeats: usize) -> Result<SizeResult> {
             }
             // The whole cluster settles (every node programs every other) before the next event.
             c.wait_converged(LIMIT)?;
+            // The node dies with its agent: a stopped agent alone keeps its routes while its
+            // tunnel answers.
             let agent = c.agent(last).expect("just started");
             let start = Instant::now();
             agent.signal(signal)?;
+            c.lab.set_cable(last, false)?;
             routes_on_peers(&c, last, &cidr, false)?;
             let elapsed = start.elapsed();
+            c.lab.set_cable(last, true)?;
             match signal {
                 Signal::SIGKILL => killed.push(elapsed),
                 _ => termed.push(elapsed),

@@ -602,6 +602,10 @@ fn probe_targets(desired: &Desired, programmed: &BTreeSet<String>, mtu: u32) -> 
                 PeerPath::Direct => gateway_of(&p.pod_cidr),
             },
             underlay: p.node_ip,
+            peer_source: match p.path {
+                PeerPath::Vxlan => p.vtep_ip(),
+                PeerPath::Direct => p.node_ip,
+            },
             full_size: u16::try_from(mtu).unwrap_or(u16::MAX),
         })
         .collect()

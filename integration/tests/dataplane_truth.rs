@@ -149,3 +149,21 @@ fn an_mtu_black_hole_is_reported_with_the_largest_size_that_passes() {
     wait_for_every_node(&c, "ok", "the repair reported");
     assert!(pods_reach(&c, 0, 1, 1450));
 }
+
+#[test]
+fn a_one_way_block_is_told_apart_from_a_blocked_tunnel() {
+    let c = cluster(2);
+    wait_for_every_node(&c, "ok", "all paths ok");
+    // Only n1 -> n2 is dropped: n2's probes still reach n1 through the tunnel.
+    router_rules(&c, &[format!("ip saddr {S0} ip daddr {S1} udp dport 8472 drop")]);
+    let states_now = || (states(&c, 0), states(&c, 1));
+    wait::until("n1 to see one-way, n2 a blocked tunnel", REPORTED, Duration::from_millis(200), || {
+        (states_now() == (vec![("n2".into(), "one-way".into())], vec![("n1".into(), "tunnel-blocked".into())]))
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", states_now()));
+    assert!(!pods_reach(&c, 0, 1, 84) && !pods_reach(&c, 1, 0, 84), "pods' round trips fail both ways");
+    assert_eq!(c.metric(0, "weft_peers_dataplane{state=\"one-way\"}").unwrap(), 1.0);
+    router_rules(&c, &[]);
+    wait_for_every_node(&c, "ok", "the repair reported");
+}

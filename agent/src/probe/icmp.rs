@@ -29,6 +29,10 @@ pub trait Pinger: Send + Sync {
     /// An echo to `dst` as an IPv4 packet of `size` bytes with don't-fragment set; the round
     /// trip time, or `None` when no reply came within `timeout` (or it could not be sent).
     async fn ping(&self, dst: Ipv4Addr, size: u16, timeout: Duration) -> Option<Duration>;
+
+    /// When an echo request from `src` last arrived here (a peer's own probes): proof that
+    /// the path from it to us works, whatever happens to ours.
+    fn heard_from(&self, src: Ipv4Addr) -> Option<Instant>;
 }
 
 /// An ICMP echo request whose IPv4 packet is `size` bytes long (at least [`MIN_PROBE`]).
@@ -46,14 +50,30 @@ pub fn echo_request(id: u16, seq: u16, size: u16) -> Vec<u8> {
     msg
 }
 
-/// The (id, sequence) of an echo reply, given a whole IPv4 packet as a raw socket reads it.
-pub fn parse_reply(packet: &[u8]) -> Option<(u16, u16)> {
+/// An ICMP echo message read off a raw socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Echo {
+    /// An answer to one of ours: (id, sequence).
+    Reply { id: u16, seq: u16 },
+    /// Someone probing us, from this source address.
+    Request { from: Ipv4Addr },
+}
+
+/// The echo in a whole IPv4 packet as a raw socket reads it; anything else is `None`.
+pub fn parse_echo(packet: &[u8]) -> Option<Echo> {
     let header = usize::from(packet.first()? & 0x0f) * 4;
     let icmp = packet.get(header..)?;
-    if icmp.len() < ICMP_HEADER || icmp[0] != ECHO_REPLY || checksum(icmp) != 0 {
+    if header < IPV4_HEADER || icmp.len() < ICMP_HEADER || checksum(icmp) != 0 {
         return None;
     }
-    Some((u16::from_be_bytes([icmp[4], icmp[5]]), u16::from_be_bytes([icmp[6], icmp[7]])))
+    match icmp[0] {
+        ECHO_REPLY => Some(Echo::Reply {
+            id: u16::from_be_bytes([icmp[4], icmp[5]]),
+            seq: u16::from_be_bytes([icmp[6], icmp[7]]),
+        }),
+        ECHO_REQUEST => Some(Echo::Request { from: Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]) }),
+        _ => None,
+    }
 }
 
 /// The Internet checksum (RFC 1071); 0 over a message that carries a correct one.
@@ -67,6 +87,8 @@ fn checksum(data: &[u8]) -> u16 {
 
 /// Echoes waiting for their reply, by sequence number.
 type Waiting = Arc<Mutex<HashMap<u16, oneshot::Sender<Instant>>>>;
+/// When an echo request last arrived from each source.
+type Heard = Arc<Mutex<HashMap<Ipv4Addr, Instant>>>;
 
 /// The kernel's ICMP: one raw socket for every probe of this agent, a task matching replies.
 pub struct RawPinger {
@@ -74,6 +96,7 @@ pub struct RawPinger {
     id: u16,
     next_seq: Mutex<u16>,
     waiting: Waiting,
+    heard: Heard,
     receiver: JoinHandle<()>,
 }
 
@@ -90,10 +113,10 @@ impl RawPinger {
         set_ip_mtu_discover(&fd, Ipv4PathMtuDiscovery::PROBE)?;
         // A raw socket is a datagram socket: tokio's UDP socket drives it (sendto/recvfrom).
         let socket = Arc::new(UdpSocket::from_std(std::net::UdpSocket::from(fd))?);
-        let waiting: Waiting = Arc::default();
+        let (waiting, heard): (Waiting, Heard) = Default::default();
         let id: u16 = rand::random();
-        let receiver = tokio::spawn(receive(socket.clone(), id, waiting.clone()));
-        Ok(RawPinger { socket, id, next_seq: Mutex::new(rand::random()), waiting, receiver })
+        let receiver = tokio::spawn(receive(socket.clone(), id, waiting.clone(), heard.clone()));
+        Ok(RawPinger { socket, id, next_seq: Mutex::new(rand::random()), waiting, heard, receiver })
     }
 }
 
@@ -103,16 +126,24 @@ impl Drop for RawPinger {
     }
 }
 
-/// Reads every ICMP packet the socket sees and completes the probe each of our replies answers.
-async fn receive(socket: Arc<UdpSocket>, id: u16, waiting: Waiting) {
+/// Reads every ICMP packet the socket sees: completes the probe each of our replies answers,
+/// and notes who probes us. (The kernel answers those requests itself.)
+async fn receive(socket: Arc<UdpSocket>, id: u16, waiting: Waiting, heard: Heard) {
     let mut buf = vec![0u8; 65_536];
     loop {
         match socket.recv_from(&mut buf).await {
             Ok((len, _)) => {
                 let at = Instant::now();
-                let ours = parse_reply(&buf[..len]).filter(|(reply_id, _)| *reply_id == id);
-                if let Some(done) = ours.and_then(|(_, seq)| waiting.lock().expect("waiting").remove(&seq)) {
-                    let _ = done.send(at);
+                match parse_echo(&buf[..len]) {
+                    Some(Echo::Reply { id: reply_id, seq }) if reply_id == id => {
+                        if let Some(done) = waiting.lock().expect("waiting").remove(&seq) {
+                            let _ = done.send(at);
+                        }
+                    }
+                    Some(Echo::Request { from }) => {
+                        heard.lock().expect("heard").insert(from, at);
+                    }
+                    _ => {}
                 }
             }
             Err(e) => {
@@ -143,6 +174,10 @@ impl Pinger for RawPinger {
         self.waiting.lock().expect("waiting").remove(&seq);
         rtt
     }
+
+    fn heard_from(&self, src: Ipv4Addr) -> Option<Instant> {
+        self.heard.lock().expect("heard").get(&src).copied()
+    }
 }
 
 #[cfg(test)]
@@ -172,15 +207,20 @@ mod tests {
     }
 
     #[test]
-    fn replies_are_matched_by_id_and_sequence_and_anything_else_is_ignored() {
-        assert_eq!(parse_reply(&as_reply(echo_request(0xbeef, 42, 100))), Some((0xbeef, 42)));
-        let mut request_seen_raw = as_reply(echo_request(1, 1, 64));
-        request_seen_raw[IPV4_HEADER] = ECHO_REQUEST;
-        assert_eq!(parse_reply(&request_seen_raw), None, "an echo request is no reply");
+    fn replies_carry_id_and_sequence_requests_their_source_and_anything_else_is_ignored() {
+        assert_eq!(parse_echo(&as_reply(echo_request(0xbeef, 42, 100))), Some(Echo::Reply { id: 0xbeef, seq: 42 }));
+        let mut request = vec![0x45];
+        request.resize(IPV4_HEADER, 0);
+        request[12..16].copy_from_slice(&[10, 244, 7, 0]);
+        request.extend(echo_request(1, 1, 64));
+        assert_eq!(parse_echo(&request), Some(Echo::Request { from: Ipv4Addr::new(10, 244, 7, 0) }));
         let mut corrupt = as_reply(echo_request(1, 1, 64));
         corrupt[IPV4_HEADER + 10] ^= 0xff;
-        assert_eq!(parse_reply(&corrupt), None);
-        assert_eq!(parse_reply(&[0x45, 0, 0]), None);
-        assert_eq!(parse_reply(&[]), None);
+        assert_eq!(parse_echo(&corrupt), None);
+        let mut unreachable = as_reply(echo_request(1, 1, 64));
+        unreachable[IPV4_HEADER] = 3;
+        assert_eq!(parse_echo(&unreachable), None);
+        assert_eq!(parse_echo(&[0x45, 0, 0]), None);
+        assert_eq!(parse_echo(&[]), None);
     }
 }

@@ -39,6 +39,8 @@ pub struct Target {
     pub tunnel: Ipv4Addr,
     /// The peer's node (underlay) address.
     pub underlay: Ipv4Addr,
+    /// Where the peer's own probes of this node come from (its end of the same path).
+    pub peer_source: Ipv4Addr,
     /// The pod MTU: the packet size that must pass.
     pub full_size: u16,
 }
@@ -102,13 +104,13 @@ async fn probe_round(
         let offset = spacing * u32::try_from(i).unwrap_or(u32::MAX);
         probes.spawn(async move {
             sleep(offset).await;
-            (name, probe_peer(pinger.as_ref(), &target, search).await)
+            (name, probe_peer(pinger.as_ref(), &target, search, interval).await)
         });
     }
     probes.join_all().await
 }
 
-async fn probe_peer(pinger: &dyn Pinger, t: &Target, search: Option<u16>) -> Round {
+async fn probe_peer(pinger: &dyn Pinger, t: &Target, search: Option<u16>, interval: Duration) -> Round {
     let maybe_search = async {
         match search {
             Some(size) => Some((size, pinger.ping(t.tunnel, size, PROBE_TIMEOUT).await.is_some())),
@@ -121,7 +123,10 @@ async fn probe_peer(pinger: &dyn Pinger, t: &Target, search: Option<u16>) -> Rou
         pinger.ping(t.underlay, SMALL_PROBE, PROBE_TIMEOUT),
         maybe_search,
     );
-    Round { tunnel, full, underlay, search }
+    // The peer probes every interval too (if its settings match ours): allow two of them.
+    let fresh = interval * 2 + PROBE_TIMEOUT;
+    let inbound = pinger.heard_from(t.peer_source).is_some_and(|at| at.elapsed() < fresh);
+    Round { tunnel, full, underlay, search, inbound }
 }
 
 fn report(t: &Target, h: &History) -> Dataplane {
@@ -145,6 +150,11 @@ pub fn cause(state: PathState, t: &Target, largest: Option<u16>) -> Option<Strin
             largest.map_or_else(|| "not yet measured".to_string(), |s| s.to_string())
         )),
         PathState::Unreachable => Some(format!("neither the node at {} nor its tunnel answers", t.underlay)),
+        PathState::OneWay => Some(format!(
+            "the peer's probes reach this node through the tunnel, but this node's get no answer: one direction \
+             of the VXLAN port (UDP) between this node and {} is dropped on the path",
+            t.underlay
+        )),
     }
 }
 
@@ -184,6 +194,10 @@ mod tests {
             }
             Some(Duration::from_micros(300))
         }
+
+        fn heard_from(&self, _: Ipv4Addr) -> Option<Instant> {
+            None
+        }
     }
 
     fn target(peer: &str, n: u8) -> Target {
@@ -191,6 +205,7 @@ mod tests {
             peer: peer.into(),
             tunnel: Ipv4Addr::new(10, 244, n, 0),
             underlay: Ipv4Addr::new(192, 0, 2, n),
+            peer_source: Ipv4Addr::new(10, 244, n, 0),
             full_size: 1450,
         }
     }

@@ -31,11 +31,20 @@ pub enum PathState {
     Mtu,
     /// Neither the tunnel nor the node itself answers.
     Unreachable,
+    /// The peer's own probes reach this node through the tunnel, ours get no answer: one
+    /// direction of the path is blocked.
+    OneWay,
 }
 
 impl PathState {
-    pub const ALL: [PathState; 5] =
-        [PathState::Unknown, PathState::Ok, PathState::TunnelBlocked, PathState::Mtu, PathState::Unreachable];
+    pub const ALL: [PathState; 6] = [
+        PathState::Unknown,
+        PathState::Ok,
+        PathState::TunnelBlocked,
+        PathState::Mtu,
+        PathState::Unreachable,
+        PathState::OneWay,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -44,6 +53,7 @@ impl PathState {
             PathState::TunnelBlocked => "tunnel-blocked",
             PathState::Mtu => "mtu",
             PathState::Unreachable => "unreachable",
+            PathState::OneWay => "one-way",
         }
     }
 }
@@ -59,6 +69,8 @@ pub struct Round {
     pub underlay: Option<Duration>,
     /// The MTU search's probe this round: (size, passed).
     pub search: Option<(u16, bool)>,
+    /// The peer's own probes arrived here through the tunnel lately.
+    pub inbound: bool,
 }
 
 /// What `/status` shows of a peer's path.
@@ -208,7 +220,9 @@ fn judge(rounds: &VecDeque<Round>, previous: PathState) -> PathState {
     }
     let recent: Vec<&Round> = rounds.iter().rev().take(CONFIRM).collect();
     if recent.iter().all(|r| r.tunnel.is_none()) {
-        return if recent.iter().any(|r| r.underlay.is_some()) {
+        return if recent.iter().all(|r| r.inbound) {
+            PathState::OneWay
+        } else if recent.iter().any(|r| r.underlay.is_some()) {
             PathState::TunnelBlocked
         } else {
             PathState::Unreachable
@@ -229,7 +243,7 @@ mod tests {
 
     fn round(tunnel: bool, full: bool, underlay: bool) -> Round {
         let on = |b: bool| if b { MS } else { None };
-        Round { tunnel: on(tunnel), full: on(full), underlay: on(underlay), search: None }
+        Round { tunnel: on(tunnel), full: on(full), underlay: on(underlay), search: None, inbound: false }
     }
 
     fn feed(h: &mut History, rounds: &[Round]) -> Vec<PathState> {
@@ -263,6 +277,10 @@ mod tests {
         assert_eq!(feed(&mut h, &[round(false, false, false); 3]), [Unknown, Unknown, Unreachable]);
         let mut h = History::new(FULL, SystemTime::now());
         assert_eq!(feed(&mut h, &[round(true, false, true); 3]), [Unknown, Unknown, Mtu]);
+        // Our probes die, the peer's reach us: one direction is blocked.
+        let mut h = History::new(FULL, SystemTime::now());
+        let one_way = Round { inbound: true, ..round(false, false, true) };
+        assert_eq!(feed(&mut h, &[one_way; 3]), [Unknown, Unknown, OneWay]);
         // A lost probe among good ones changes nothing.
         let mut h = History::new(FULL, SystemTime::now());
         assert_eq!(

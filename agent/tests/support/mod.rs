@@ -109,6 +109,10 @@ impl Pinger for FakeNetwork {
         }
         Some(Duration::from_micros(100))
     }
+
+    fn heard_from(&self, _: Ipv4Addr) -> Option<Instant> {
+        None
+    }
 }
 
 pub struct Node {

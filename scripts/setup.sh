@@ -7,6 +7,9 @@ packages=(
   containernetworking-plugins podman runc busybox-static
   gcc g++ pkg-config ca-certificates curl
   yamllint systemd
+  # For promtool (the deploy test checks deploy/prometheus/). Where systemd runs, installing it
+  # also starts prometheus (:9090) and prometheus-node-exporter (:9100); no test uses them.
+  prometheus
 )
 
 missing=()

@@ -3,13 +3,20 @@
 //! API schemas) on the manifest, and every `--flag` / `WEFT_*` name they use against the built
 //! agent's own `weft-agent run --help`. Each checker is also shown a broken file, so a checker
 //! that silently accepts everything fails the test too. The Dockerfile, which nothing here can
-//! build, is checked by reading it. Needs no root and touches nothing
-//! outside a temporary directory. A missing tool fails the test, naming the package to install.
+//! build, is checked by reading it. The Prometheus rules in deploy/prometheus/ go through
+//! `promtool check rules` and their unit tests, and the series they name are checked against a
+//! real agent's /metrics: that one test needs root (a lab of network namespaces, removed after);
+//! the others need none. Nothing outside a temporary directory and the lab is touched. A missing
+//! tool fails the test, naming the package to install.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
+
+use weft_lab::cluster::Cluster;
+use weft_lab::topology::{Lab, LabSpec};
 
 /// Kubernetes versions the manifest is validated against: every schema set bundled with
 /// kubernetes-validate 1.37 (docs/deployment.md lists them).
@@ -212,7 +219,7 @@ fn kubernetes_validate_rejects_a_broken_manifest() {
 struct Help {
     flags: BTreeSet<String>,
     envs: BTreeSet<String>,
-    defaults: std::collections::BTreeMap<String, String>,
+    defaults: BTreeMap<String, String>,
 }
 
 /// Parses the flags, env names and defaults out of the built agent's `run --help`.
@@ -391,4 +398,240 @@ fn dockerfile_is_well_formed() {
     for name in &copied {
         assert!(ignore.lines().any(|l| l == format!("!target/x86_64-unknown-linux-gnu/release/{name}")));
     }
+}
+
+// ---- Prometheus ----
+
+const RULES: &str = "deploy/prometheus/weft-alerts.yaml";
+const RULE_TESTS: &str = "deploy/prometheus/weft-alerts.test.yaml";
+const POD_MONITOR: &str = "deploy/prometheus/podmonitor.yaml";
+const PROMTOOL: &str = "apt-get install prometheus (Debian's package ships promtool)";
+/// Labels the scrape adds to every series: the agent does not export them.
+const TARGET_LABELS: [&str; 2] = ["instance", "job"];
+
+fn check_rules(path: &Path) -> Output {
+    run("promtool", &["check", "rules", path.to_str().expect("utf-8 path")], PROMTOOL)
+}
+
+/// `promtool test rules` on copies of the rules (as given) and their unit tests, side by side.
+fn test_rules(rules: &str) -> Output {
+    let dir = temp_dir("promtool");
+    std::fs::write(dir.join("weft-alerts.yaml"), rules).expect("write rules copy");
+    std::fs::write(dir.join("weft-alerts.test.yaml"), read(RULE_TESTS)).expect("write rule tests copy");
+    let out = run("promtool", &["test", "rules", dir.join("weft-alerts.test.yaml").to_str().unwrap()], PROMTOOL);
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+#[test]
+fn alert_rules_pass_promtool_check() {
+    let out = check_rules(&repo().join(RULES));
+    assert!(out.ok, "promtool check rules {RULES} failed:\n{}", out.text);
+}
+
+/// Copies of `text` with one edit `(from, to)` each (the first occurrence); an edit that no longer
+/// applies fails the test.
+fn broken_copies(text: &str, edits: &[(&str, &str)]) -> Vec<String> {
+    let copies: Vec<String> = edits.iter().map(|(from, to)| text.replacen(from, to, 1)).collect();
+    for (copy, (from, _)) in copies.iter().zip(edits) {
+        assert_ne!(copy, text, "`{from}` is not there any more: the test's edit no longer applies");
+    }
+    copies
+}
+
+#[test]
+fn promtool_check_rejects_broken_rules() {
+    let broken = broken_copies(
+        &read(RULES),
+        &[
+            // PromQL that does not parse.
+            ("expr: weft_ready == 0", "expr: weft_ready =="),
+            // A duration without a unit Prometheus knows.
+            ("for: 5m", "for: 5 minutes"),
+            // A template that does not parse.
+            ("{{ $labels.instance }}", "{{ $labels.instance }"),
+        ],
+    );
+    let dir = temp_dir("promcheck");
+    for (i, b) in broken.iter().enumerate() {
+        let path = dir.join(format!("broken-{i}.yaml"));
+        std::fs::write(&path, b).unwrap();
+        assert!(!check_rules(&path).ok, "promtool check rules accepted broken rules #{i}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn alert_rule_unit_tests_pass() {
+    let out = test_rules(&read(RULES));
+    assert!(out.ok, "promtool test rules {RULE_TESTS} failed:\n{}", out.text);
+}
+
+/// A rule that can never fire, or fires with other labels, fails its unit test.
+#[test]
+fn alert_rule_unit_tests_catch_rules_that_cannot_fire() {
+    let broken = broken_copies(
+        &read(RULES),
+        &[
+            ("weft_isolated == 1", "weft_isolated == 2"),
+            ("> ignoring(state) weft_peers_programmed", "< ignoring(state) weft_peers_programmed"),
+            ("{state=\"mtu\"}", "{state=\"MTU\"}"),
+            ("rate(weft_reconcile_errors_total[5m]) > 0", "rate(weft_reconcile_errors_total[5m]) < 0"),
+        ],
+    );
+    for (i, b) in broken.iter().enumerate() {
+        assert!(!test_rules(b).ok, "the unit tests accepted broken rules #{i}");
+    }
+}
+
+/// The alerts of the rule file: each one's name and its lines (trimmed), up to the next alert.
+fn alerts(rules: &str) -> Vec<(String, Vec<&str>)> {
+    let mut alerts: Vec<(String, Vec<&str>)> = Vec::new();
+    for line in rules.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("- alert: ") {
+            alerts.push((name.to_string(), Vec::new()));
+        } else if let Some((_, lines)) = alerts.last_mut() {
+            lines.push(line);
+        }
+    }
+    alerts
+}
+
+/// Alerts that some unit test expects to fire: an `alertname:` whose `exp_alerts` are not empty.
+fn alerts_tested_firing(tests: &str) -> BTreeSet<String> {
+    let lines: Vec<&str> = tests.lines().map(str::trim).collect();
+    lines
+        .windows(3)
+        .filter(|w| w[1] == "exp_alerts:" && w[2].starts_with("- exp_labels:"))
+        .filter_map(|w| w[0].strip_prefix("alertname: ").map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn every_alert_says_what_to_do_and_is_unit_tested_firing() {
+    let rules = read(RULES);
+    let alerts = alerts(&rules);
+    assert!(alerts.len() >= 12, "found only {} alerts in {RULES}: the scanner is broken", alerts.len());
+    for (name, lines) in &alerts {
+        let has = |prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
+        assert!(has("expr: ") && has("for: "), "{name}: no expr or no `for:`");
+        assert!(has("severity: critical") || has("severity: warning"), "{name}: severity must be critical or warning");
+        assert!(has("summary: ") && has("description: "), "{name}: a summary and a description are needed");
+        let text = lines.join(" ");
+        assert!(text.contains("See docs/"), "{name}: the description must point to the docs");
+    }
+    let tested = alerts_tested_firing(&read(RULE_TESTS));
+    let untested: Vec<&String> = alerts.iter().map(|(name, _)| name).filter(|n| !tested.contains(*n)).collect();
+    assert!(untested.is_empty(), "{RULE_TESTS} has no case where these fire: {untested:?}");
+    // The scanner itself: an empty expectation does not count.
+    let empty = alerts_tested_firing("alertname: A\nexp_alerts: []\nalertname: B\nexp_alerts:\n  - exp_labels: {}");
+    assert_eq!(empty, BTreeSet::from(["B".to_string()]));
+}
+
+/// Series names and `label="value"` pairs of an OpenMetrics text.
+fn exported_series(metrics: &str) -> BTreeMap<String, BTreeSet<(String, String)>> {
+    let mut series: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+    for line in metrics.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let end = line.find(['{', ' ']).unwrap_or(line.len());
+        let labels = series.entry(line[..end].to_string()).or_default();
+        if let Some(inner) = line[end..].strip_prefix('{').and_then(|r| r.split_once('}')).map(|(inner, _)| inner) {
+            for (key, value) in inner.split(',').filter_map(|pair| pair.split_once('=')) {
+                labels.insert((key.trim().to_string(), value.trim_matches('"').to_string()));
+            }
+        }
+    }
+    series
+}
+
+/// A `weft_*` series a text names, with the label matchers that follow it in braces.
+#[derive(Debug, PartialEq)]
+struct Selector {
+    name: String,
+    /// `(label, values)`: the value of `=`, or the alternatives of a plain `=~` ("a|b").
+    matchers: Vec<(String, Vec<String>)>,
+}
+
+fn selectors(text: &str) -> Vec<Selector> {
+    let is_name_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+    let mut found = Vec::new();
+    for (i, _) in text.match_indices("weft_") {
+        if text[..i].chars().next_back().is_some_and(is_name_char) {
+            continue;
+        }
+        let rest = &text[i..];
+        let end = rest.find(|c: char| !is_name_char(c)).unwrap_or(rest.len());
+        let mut matchers = Vec::new();
+        if let Some((inner, _)) = rest[end..].strip_prefix('{').and_then(|r| r.split_once('}')) {
+            for m in inner.split(',') {
+                let Some((key, value)) = m.split_once('=') else { continue };
+                let (key, value) = (key.trim(), value.trim_start_matches('~').trim().trim_matches('"'));
+                if !key.ends_with('!') {
+                    matchers.push((key.to_string(), value.split('|').map(str::to_string).collect()));
+                }
+            }
+        }
+        found.push(Selector { name: rest[..end].to_string(), matchers });
+    }
+    found
+}
+
+/// Every series the rules and their unit tests name, with every label and value they match on,
+/// is one the built agent exports: read from a real agent's /metrics in a lab node namespace.
+#[test]
+fn alert_rules_name_only_series_the_agent_exports() {
+    weft_lab::require_root();
+    let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes: 2, subnets: 1, gro: true }).expect("build lab");
+    let cluster = Cluster::start(lab, Default::default()).expect("start agents");
+    cluster.wait_converged(Duration::from_secs(30)).expect("agents converge");
+    let (code, metrics) = cluster.get(0, "/metrics").expect("scrape /metrics");
+    assert_eq!(code, 200, "{metrics}");
+    let exported = exported_series(&metrics);
+    assert!(exported.contains_key("weft_ready"), "no weft_ready in the agent's /metrics:\n{metrics}");
+    let mut checked = 0;
+    for file in [RULES, RULE_TESTS] {
+        for s in selectors(&read(file)) {
+            let labels = exported.get(&s.name).unwrap_or_else(|| {
+                panic!("{file} names {}, which the agent does not export; it exports {:?}", s.name, exported.keys())
+            });
+            for (key, values) in s.matchers.iter().filter(|(key, _)| !TARGET_LABELS.contains(&key.as_str())) {
+                for value in values {
+                    let pair = (key.clone(), value.clone());
+                    assert!(
+                        labels.contains(&pair),
+                        "{file}: {}{{{key}=\"{value}\"}} is not exported: {labels:?}",
+                        s.name
+                    );
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 12, "only {checked} series found in the rules: the scanner is broken");
+    // The scanner itself: a misspelt name and a label are seen.
+    let seen = selectors("rate(weft_reconcile_error_total[5m]) and weft_peers{state=~\"alive|gone\", job!=\"x\"}");
+    assert_eq!(seen[0], Selector { name: "weft_reconcile_error_total".into(), matchers: vec![] });
+    assert_eq!(seen[1].matchers, vec![("state".to_string(), vec!["alive".to_string(), "gone".to_string()])]);
+}
+
+/// The PodMonitor selects the DaemonSet's pods in their namespace, on the metrics path.
+#[test]
+fn podmonitor_selects_the_weft_pods() {
+    let monitor = read(POD_MONITOR);
+    let has = |text: &str, line: &str| text.lines().any(|l| l.trim() == line);
+    for line in ["apiVersion: monitoring.coreos.com/v1", "kind: PodMonitor", "namespace: kube-system", "path: /metrics"]
+    {
+        assert!(has(&monitor, line), "{POD_MONITOR} lacks `{line}`");
+    }
+    let selector = monitor
+        .split_once("matchLabels:\n")
+        .and_then(|(_, rest)| rest.lines().next())
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("{POD_MONITOR} has no matchLabels"));
+    let manifest = read(MANIFEST);
+    let pod_labels = manifest
+        .split_once("  template:\n")
+        .and_then(|(_, rest)| rest.split_once("labels:\n"))
+        .map(|(_, rest)| rest.lines().next().unwrap_or_default().trim())
+        .expect("the DaemonSet's pod template labels");
+    assert_eq!(selector, pod_labels, "the PodMonitor selects other pods than the DaemonSet's");
 }

@@ -12,8 +12,8 @@ use super::icmp::MIN_PROBE;
 pub const WINDOW: usize = 10;
 /// Consecutive failed rounds before a failure is reported (one passing round reports repair).
 pub const CONFIRM: usize = 3;
-/// The small probes' size: an IPv4 packet as `ping` sends by default.
-pub const SMALL_PROBE: u16 = MIN_PROBE + 56;
+/// The small probes' size: an echo with no payload (the full-size probe measures size).
+pub const SMALL_PROBE: u16 = MIN_PROBE;
 /// The MTU search stops when it has the largest passing size to within this many bytes.
 const SEARCH_PRECISION: u16 = 8;
 

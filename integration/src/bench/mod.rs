@@ -4,6 +4,7 @@ pub mod cni;
 pub mod convergence;
 pub mod dataplane;
 pub mod flannel;
+pub mod probes;
 pub mod scale;
 pub mod stats;
 pub mod throughput;
@@ -20,6 +21,8 @@ pub enum Bench {
     Convergence(convergence::Args),
     /// Apply latency of the overlay dataplane with many peers, inside a namespace.
     Dataplane(dataplane::Args),
+    /// What the dataplane prober costs with many peers: CPU and bytes sent per second.
+    Probes(probes::Args),
     /// One real agent among N simulated gossip peers: time to program, traffic, CPU, memory.
     Scale(scale::Args),
     /// iperf3 pod-to-pod throughput through weft against a routed underlay and a flannel-style VXLAN.
@@ -33,6 +36,7 @@ impl Bench {
             Bench::Cni(args) => cni::report(&args),
             Bench::Convergence(args) => convergence::run(&args),
             Bench::Dataplane(args) => dataplane::run(&args),
+            Bench::Probes(args) => probes::run(&args),
             Bench::Scale(args) => scale::run(&args),
             Bench::Throughput(args) => throughput::run(&args),
         }

@@ -149,11 +149,14 @@ fn or_unknown(ip: Option<Ipv4Addr>) -> String {
 fn dataplane(node_ip: Ipv4Addr, peers: &[PeerStatus], port: &VxlanPort) -> Vec<Finding> {
     let found: Vec<Finding> = peers.iter().filter_map(|p| broken_path(node_ip, p, port)).collect();
     let count = |state: PathState| peers.iter().filter(|p| p.dataplane.state == state).count();
-    let mut passed = format!("the paths to {} peer(s) carry full-size packets", count(PathState::Ok));
-    let unknown = count(PathState::Unknown);
-    if unknown > 0 {
-        passed.push_str(&format!(" ({unknown} not judged: not programmed, or probed too briefly)"));
-    }
+    let passed = match (count(PathState::Ok), count(PathState::Unknown)) {
+        (0, 0) => "no peers to probe".to_string(),
+        (ok, 0) => format!("the paths to {ok} peer(s) carry full-size packets"),
+        (ok, unknown) => format!(
+            "the paths to {ok} peer(s) carry full-size packets; {unknown} not judged yet (probed too briefly, or not \
+             programmed)"
+        ),
+    };
     or_passed(found, "dataplane", passed)
 }
 
@@ -468,7 +471,7 @@ mod tests {
         let passed = status_findings(&s, &PORT).into_iter().find(|f| f.check == "dataplane").unwrap();
         assert!(passed.ok);
         assert!(
-            passed.message.starts_with("the paths to 1 peer(s) carry full-size packets (1 not judged"),
+            passed.message.starts_with("the paths to 1 peer(s) carry full-size packets; 1 not judged"),
             "{}",
             passed.message
         );

@@ -31,9 +31,10 @@ pub fn status_findings(s: &Status, port: &VxlanPort) -> Vec<Finding> {
 }
 
 fn readiness(node: &NodeStatus) -> Finding {
-    let Some(reason) = node.not_ready_reason.as_deref().filter(|_| !node.ready) else {
+    if node.ready {
         return Finding::passed("ready", format!("node {} is ready", node.name));
-    };
+    }
+    let reason = node.not_ready_reason.as_deref().unwrap_or("no reason given");
     // The agent's reasons put what to do after "; " when it knows.
     let fix = reason.split_once("; ").map_or(
         "if it stays, see the agent log and docs/operations.md, \"What to do when…\" (\"The node stays not ready\")",

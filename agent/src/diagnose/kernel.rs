@@ -233,22 +233,8 @@ mod tests {
     use weft_overlay::nft::{ForeignChain, Listing};
 
     use super::*;
+    use crate::detect::tests::link;
     use crate::diagnose::Severity;
-
-    fn link(index: u32, name: &str, mtu: u32) -> Link {
-        Link {
-            index,
-            name: name.into(),
-            mac: None,
-            mtu,
-            up: true,
-            master: None,
-            kind: None,
-            link: None,
-            vxlan: None,
-            hairpin: None,
-        }
-    }
 
     fn vxlan0() -> Link {
         let attrs = VxlanAttrs {

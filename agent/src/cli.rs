@@ -45,6 +45,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the node and peer table from a running agent's status endpoint.
     Status(StatusArgs),
+    /// Explain what is wrong on this node and its paths, and what to do (exit 0: nothing broken).
+    Diagnose(DiagnoseArgs),
     /// Remove everything weft put on this node (stop the agent first).
     Cleanup(CleanupArgs),
     /// Print a new random cluster key, a line for --cluster-key-file.
@@ -227,6 +229,22 @@ pub struct StatusArgs {
     /// Print the status document as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DiagnoseArgs {
+    /// Address of the agent's status HTTP server.
+    #[arg(long, env = "WEFT_STATUS_ADDR", default_value = DEFAULT_STATUS_ADDR)]
+    pub status_addr: SocketAddr,
+    /// Print the findings as a JSON list instead of lines.
+    #[arg(long)]
+    pub json: bool,
+    /// The VNI vxlan0 must have: the agent's --vni.
+    #[arg(long, env = "WEFT_VNI", default_value_t = DEFAULT_VNI)]
+    pub vni: u32,
+    /// The UDP port vxlan0 must use: the agent's --vxlan-port.
+    #[arg(long, env = "WEFT_VXLAN_PORT", default_value_t = DEFAULT_VXLAN_PORT)]
+    pub vxlan_port: u16,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -88,11 +88,12 @@ pub async fn detect(node_ip: Option<Ipv4Addr>, iface: Option<&str>) -> Result<Un
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use weft_overlay::netlink::{MAIN_TABLE, WEFT_ROUTE_PROTOCOL};
 
-    fn link(index: u32, name: &str, mtu: u32) -> Link {
+    /// A plain link, up, of no particular kind (also the diagnose tests' fixture).
+    pub(crate) fn link(index: u32, name: &str, mtu: u32) -> Link {
         Link {
             index,
             name: name.into(),

@@ -13,6 +13,7 @@ pub mod config;
 pub mod datapath;
 pub mod desired;
 pub mod detect;
+pub mod diagnose;
 pub mod files;
 pub mod gossip;
 pub mod http;

@@ -36,6 +36,7 @@ fn main() -> ExitCode {
     }
     let result: Result<(), Box<dyn Error>> = match &cli.command {
         Command::Status(args) => commands::status::status(args).map_err(Into::into),
+        Command::Diagnose(args) => commands::diagnose::diagnose(args).map_err(Into::into),
         Command::Run(args) => runtime()
             .map_err(Box::<dyn Error>::from)
             .and_then(|rt| rt.block_on(commands::run::run(args)).map_err(Into::into)),

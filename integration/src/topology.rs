@@ -152,6 +152,20 @@ impl Lab {
         }
         Ok(())
     }
+
+    /// Replaces the router's firewall between the subnets with `rules` (nft rule text, e.g.
+    /// `udp dport 8472 drop`), in a forward chain of a table of the lab's own; `&[]` lifts it.
+    pub fn router_firewall(&self, rules: &[String]) -> Result<()> {
+        let router = &self.router;
+        router.run("nft", &["add", "table", "inet", "lab"])?;
+        router.run("nft", &["add", "chain", "inet", "lab", "path", "{ type filter hook forward priority 0; }"])?;
+        router.run("nft", &["flush", "chain", "inet", "lab", "path"])?;
+        for rule in rules {
+            let words: Vec<&str> = ["add", "rule", "inet", "lab", "path"].into_iter().chain(rule.split(' ')).collect();
+            router.run("nft", &words)?;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Lab {

@@ -28,18 +28,6 @@ fn cluster(nodes: usize) -> Cluster {
     c
 }
 
-/// A firewall on the router, in a table of the test's own (removed with the router namespace).
-fn router_rules(c: &Cluster, rules: &[String]) {
-    let router = &c.lab.router;
-    router.run("nft", &["add", "table", "inet", "lab"]).unwrap();
-    router.run("nft", &["add", "chain", "inet", "lab", "path", "{ type filter hook forward priority 0; }"]).unwrap();
-    router.run("nft", &["flush", "chain", "inet", "lab", "path"]).unwrap();
-    for rule in rules {
-        let words: Vec<&str> = ["add", "rule", "inet", "lab", "path"].into_iter().chain(rule.split(' ')).collect();
-        router.run("nft", &words).unwrap();
-    }
-}
-
 /// Peer name → dataplane state, as node `i` reports it.
 fn states(c: &Cluster, i: usize) -> Vec<(String, String)> {
     let status = c.status(i).unwrap_or(Value::Null);
@@ -95,13 +83,12 @@ fn pods_reach(c: &Cluster, from: usize, to: usize, size: u16) -> bool {
 fn a_vxlan_port_blocked_between_subnets_is_reported_for_exactly_the_cross_subnet_pairs_and_so_is_the_repair() {
     let c = cluster(4);
     wait_for_every_node(&c, "ok", "all paths ok");
-    router_rules(
-        &c,
-        &[
+    c.lab
+        .router_firewall(&[
             format!("ip saddr {S0} ip daddr {S1} udp dport 8472 drop"),
             format!("ip saddr {S1} ip daddr {S0} udp dport 8472 drop"),
-        ],
-    );
+        ])
+        .unwrap();
     wait_for_every_node(&c, "tunnel-blocked", "UDP 8472 blocked between the subnets reported");
     // What pods experience agrees.
     for (from, to) in [(0, 1), (0, 2), (1, 3), (2, 3)] {
@@ -115,7 +102,7 @@ fn a_vxlan_port_blocked_between_subnets_is_reported_for_exactly_the_cross_subnet
     assert!(cause.contains("answers at 198.51.100.10") && cause.contains("dropped on the path"), "{cause}");
     assert_eq!(n1["node"]["ready"], true, "/readyz keeps meaning the control plane");
 
-    router_rules(&c, &[]);
+    c.lab.router_firewall(&[]).unwrap();
     wait_for_every_node(&c, "ok", "the repair reported");
     for (from, to) in [(0, 1), (2, 3)] {
         assert!(pods_reach(&c, from, to, 84));
@@ -128,7 +115,7 @@ fn an_mtu_black_hole_is_reported_with_the_largest_size_that_passes() {
     wait_for_every_node(&c, "ok", "all paths ok");
     // The path into the second subnet silently drops packets over 1400 bytes (no ICMP): VXLAN
     // adds 50, so pods' packets over 1350 bytes vanish.
-    router_rules(&c, &[format!("ip daddr {S1} meta length > 1400 drop")]);
+    c.lab.router_firewall(&[format!("ip daddr {S1} meta length > 1400 drop")]).unwrap();
     wait_for_every_node(&c, "mtu", "the MTU black hole reported");
     assert!(!pods_reach(&c, 0, 1, 1450), "full-size pod packets must be lost, as reported");
     assert!(pods_reach(&c, 0, 1, 1300));
@@ -145,7 +132,7 @@ fn an_mtu_black_hole_is_reported_with_the_largest_size_that_passes() {
     assert_eq!(needed, Some(1450));
     assert!(cause.is_some_and(|c| c.contains(&format!("the largest that does is {largest} bytes"))));
 
-    router_rules(&c, &[]);
+    c.lab.router_firewall(&[]).unwrap();
     wait_for_every_node(&c, "ok", "the repair reported");
     assert!(pods_reach(&c, 0, 1, 1450));
 }
@@ -155,7 +142,7 @@ fn a_one_way_block_is_told_apart_from_a_blocked_tunnel() {
     let c = cluster(2);
     wait_for_every_node(&c, "ok", "all paths ok");
     // Only n1 -> n2 is dropped: n2's probes still reach n1 through the tunnel.
-    router_rules(&c, &[format!("ip saddr {S0} ip daddr {S1} udp dport 8472 drop")]);
+    c.lab.router_firewall(&[format!("ip saddr {S0} ip daddr {S1} udp dport 8472 drop")]).unwrap();
     let states_now = || (states(&c, 0), states(&c, 1));
     wait::until("n1 to see one-way, n2 a blocked tunnel", REPORTED, Duration::from_millis(200), || {
         (states_now() == (vec![("n2".into(), "one-way".into())], vec![("n1".into(), "tunnel-blocked".into())]))
@@ -164,6 +151,6 @@ fn a_one_way_block_is_told_apart_from_a_blocked_tunnel() {
     .unwrap_or_else(|e| panic!("{e}: {:?}", states_now()));
     assert!(!pods_reach(&c, 0, 1, 84) && !pods_reach(&c, 1, 0, 84), "pods' round trips fail both ways");
     assert_eq!(c.metric(0, "weft_peers_dataplane{state=\"one-way\"}").unwrap(), 1.0);
-    router_rules(&c, &[]);
+    c.lab.router_firewall(&[]).unwrap();
     wait_for_every_node(&c, "ok", "the repair reported");
 }

@@ -1,5 +1,6 @@
 //! `weft-agent status`: the status table (or JSON) of a running agent.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::cli::StatusArgs;
@@ -16,16 +17,26 @@ pub enum StatusError {
 }
 
 pub fn status(args: &StatusArgs) -> Result<(), StatusError> {
-    let url = format!("http://{}/status", args.status_addr);
-    let http = |source| StatusError::Http { url: url.clone(), source };
-    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(TIMEOUT)).build().into();
-    let body = agent.get(&url).call().map_err(http)?.body_mut().read_to_string().map_err(http)?;
-    let status: Status =
-        serde_json::from_str(&body).map_err(|source| StatusError::Decode { url: url.clone(), source })?;
+    let status = fetch(args.status_addr)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
     } else {
         print!("{}", render(&status));
     }
     Ok(())
+}
+
+/// The `/status` document of the agent at `addr`.
+pub fn fetch(addr: SocketAddr) -> Result<Status, StatusError> {
+    let (url, body) = get(addr, "/status")?;
+    serde_json::from_str(&body).map_err(|source| StatusError::Decode { url, source })
+}
+
+/// `GET http://<addr><path>` on the agent's status server: the URL and the body of a 2xx answer.
+pub fn get(addr: SocketAddr, path: &str) -> Result<(String, String), StatusError> {
+    let url = format!("http://{addr}{path}");
+    let http = |source| StatusError::Http { url: url.clone(), source };
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(TIMEOUT)).build().into();
+    let body = agent.get(&url).call().map_err(http)?.body_mut().read_to_string().map_err(http)?;
+    Ok((url, body))
 }

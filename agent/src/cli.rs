@@ -229,6 +229,9 @@ pub struct StatusArgs {
     /// Print the status document as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Show every node's paths as each reports them in gossip: which pairs are broken and why.
+    #[arg(long, conflicts_with = "json")]
+    pub cluster: bool,
 }
 
 #[derive(Debug, Clone, Args)]

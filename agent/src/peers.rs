@@ -7,6 +7,7 @@ use crate::allocation::{self, Claim, Claimant, Conflict};
 use crate::gossip::keys;
 use crate::identity;
 use crate::membership::{Liveness, Member, View};
+use crate::probe::summary::Summary;
 use crate::validate::{self, Announcement, Rejection, Rules};
 use std::net::Ipv4Addr;
 use weft_overlay::desired::PeerPath;
@@ -18,6 +19,8 @@ pub struct Peer {
     pub generation: u64,
     pub liveness: Liveness,
     pub announcement: Result<Announcement, Rejection>,
+    /// What its own probes say of its peers, as it publishes them (malformed: ignored).
+    pub report: Option<Summary>,
 }
 
 impl Peer {
@@ -75,6 +78,7 @@ pub fn collect(view: &View, me: &str, my_generation: u64, rules: &Rules) -> Peer
                 generation: m.generation,
                 liveness: m.liveness,
                 announcement: validate::validate(&m.name, &m.keys, rules),
+                report: m.keys.get(keys::DATAPLANE).and_then(|v| Summary::decode(v)),
             }
         })
         .collect();

@@ -27,6 +27,7 @@ use crate::http::status::{self, NamesakeStatus, ReadinessInput, ReconcileStatus,
 use crate::identity::{self, Namesake};
 use crate::membership::{Liveness, Member, Settle, View};
 use crate::peers::{self, Decided, Peers};
+use crate::probe::summary::Summary;
 use crate::probe::{self, verdict::Dataplane};
 use crate::shared::Shared;
 use crate::validate::{Rejection, Rules};
@@ -98,6 +99,8 @@ pub struct Controller {
     probes: watch::Receiver<probe::Results>,
     /// Another node has been heard alive since start.
     heard_peers: bool,
+    /// This node's probe summary as last published in gossip.
+    published_summary: String,
 }
 
 impl Controller {
@@ -136,6 +139,7 @@ impl Controller {
             probe_targets: init.probe_targets,
             probes: init.probes,
             heard_peers: false,
+            published_summary: Summary::default().encode(),
             chitchat: init.chitchat,
             view: init.view,
             datapath: init.datapath,
@@ -231,7 +235,17 @@ impl Controller {
             }
         }
         let stranded = self.stranded(&serving);
-        self.publish_status(&view, &verdicts, settled, &serving, stranded);
+        let summary = self.publish_status(&view, &verdicts, settled, &serving, stranded);
+        self.publish_summary(&summary).await;
+    }
+
+    /// Puts this node's probe summary in gossip when it changed, for `status --cluster`.
+    async fn publish_summary(&mut self, summary: &Summary) {
+        let encoded = summary.encode();
+        if encoded != self.published_summary {
+            gossip::publish(&self.chitchat, keys::DATAPLANE, &encoded).await;
+            self.published_summary = encoded;
+        }
     }
 
     /// Programmed peers that gossip says are gone, whose tunnel answered the latest probe, heard
@@ -524,7 +538,7 @@ impl Controller {
         settled: bool,
         serving: &Result<Claim, String>,
         stranded: Option<StrandedPods>,
-    ) {
+    ) -> Summary {
         let cfg = &self.cfg;
         let probes = self.probes.borrow().clone();
         let ready = status::readiness(&ReadinessInput {
@@ -558,6 +572,7 @@ impl Controller {
         let metrics = &self.shared.metrics;
         metrics.set_peers(alive, rows.len() - alive, self.programmed.len());
         metrics.set_dataplane(rows.iter().map(|r| r.dataplane.state));
+        let summary = Summary::of(rows.iter().map(|r| (r.name.as_str(), r.dataplane.state)));
         metrics.set_ready(ready.is_ok());
         metrics.set_stranded(stranded.as_ref().map_or(0, |s| s.count));
         self.shared.set_status(Status {
@@ -580,11 +595,13 @@ impl Controller {
                     .collect(),
                 stranded_pods: stranded,
                 isolated,
+                dataplane: summary.clone(),
             },
             peers: rows,
             conflicts: decided.conflicts.iter().map(status::conflict_status).collect(),
             last_reconcile: self.last_reconcile.clone(),
         });
+        summary
     }
 }
 

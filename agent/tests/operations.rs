@@ -127,7 +127,7 @@ async fn the_status_endpoints_and_command_show_what_the_agent_sees() {
         assert!(metrics.contains(line), "{line} missing from\n{metrics}");
     }
 
-    let args = StatusArgs { status_addr: addr, json: false };
+    let args = StatusArgs { status_addr: addr, json: false, cluster: false };
     tokio::task::spawn_blocking(move || weft_agent::commands::status::status(&args)).await.unwrap().unwrap();
 
     cancel.cancel();

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use weft_lab::cluster::{AgentOptions, Cluster};
+use weft_lab::cluster::{AgentOptions, Cluster, STATUS_ADDR};
 use weft_lab::topology::{Lab, LabSpec};
 use weft_lab::wait;
 
@@ -71,6 +71,18 @@ fn wait_for_every_node(c: &Cluster, broken: &str, what: &str) -> Duration {
     took
 }
 
+/// `weft-agent status --cluster` run inside node `i`.
+fn cluster_view(c: &Cluster, i: usize) -> String {
+    let agent = weft_lab::bins::path("weft-agent").unwrap();
+    let out = c.lab.nodes[i]
+        .ns
+        .command(&agent.to_string_lossy())
+        .args(["status", "--cluster", &format!("--status-addr={STATUS_ADDR}")])
+        .output()
+        .expect("run weft-agent status --cluster");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Whether pod `from` reaches pod `to` with `size`-byte IPv4 packets, don't-fragment set.
 fn pods_reach(c: &Cluster, from: usize, to: usize, size: u16) -> bool {
     let src = &c.pods[from];
@@ -90,6 +102,15 @@ fn a_vxlan_port_blocked_between_subnets_is_reported_for_exactly_the_cross_subnet
         ])
         .unwrap();
     wait_for_every_node(&c, "tunnel-blocked", "UDP 8472 blocked between the subnets reported");
+    // The whole cluster from one node: the pairs n1 is not part of too, from the others' gossip.
+    let cross = ["n1 -> n2", "n1 -> n4", "n2 -> n1", "n2 -> n3", "n3 -> n2", "n3 -> n4", "n4 -> n1", "n4 -> n3"];
+    let view = wait::until("n1's cluster view to show every broken pair", REPORTED, Duration::from_millis(500), || {
+        let view = cluster_view(&c, 0);
+        cross.iter().all(|pair| view.contains(&format!("{pair}: tunnel-blocked"))).then_some(view)
+    })
+    .unwrap_or_else(|e| panic!("{e}:\n{}", cluster_view(&c, 0)));
+    assert!(view.ends_with("4 node(s), 8 failing path(s)\n"), "{view}");
+    assert!(!view.contains("n1 -> n3:") && !view.contains("n2 -> n4:"), "same-subnet pairs work: {view}");
     // What pods experience agrees.
     for (from, to) in [(0, 1), (0, 2), (1, 3), (2, 3)] {
         assert_eq!(pods_reach(&c, from, to, 84), !across(from, to), "pod on n{} -> n{}", from + 1, to + 1);

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::cli::StatusArgs;
-use crate::http::status::{Status, render};
+use crate::http::status::{Status, render, render_cluster};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -20,6 +20,8 @@ pub fn status(args: &StatusArgs) -> Result<(), StatusError> {
     let status = fetch(args.status_addr)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+    } else if args.cluster {
+        print!("{}", render_cluster(&status));
     } else {
         print!("{}", render(&status));
     }

@@ -298,6 +298,7 @@ mod tests {
             last_seen: None,
             note: None,
             dataplane: Dataplane { state, ..Dataplane::unknown() },
+            report: None,
         }
     }
 
@@ -314,6 +315,7 @@ mod tests {
                 name_in_use_by: Vec::new(),
                 stranded_pods: None,
                 isolated: None,
+                dataplane: Default::default(),
             },
             peers: vec![peer("n2", "198.51.100.10", PathState::Ok), peer("n3", "192.0.2.11", PathState::Ok)],
             conflicts: Vec::new(),

@@ -10,6 +10,8 @@
 //! | `status`     | `up`; `name-in-use` while the agent yields its name to another; `leaving` during shutdown | on those events |
 //! | `pod_cidr`   | `<cidr>;<claiming|confirmed|static>;<since ms>` | while allocating     |
 //!
+//! | `dataplane`  | this node's probe results, bounded (`probe::summary`) | when they change     |
+//!
 //! The claim is one key so that a peer can never see a block with another claim's time.
 
 use std::net::Ipv4Addr;
@@ -25,6 +27,7 @@ pub const VXLAN_PORT: &str = "vxlan_port";
 pub const VERSION: &str = "version";
 pub const STATUS: &str = "status";
 pub const POD_CIDR: &str = "pod_cidr";
+pub const DATAPLANE: &str = "dataplane";
 
 pub const STATUS_UP: &str = "up";
 pub const STATUS_LEAVING: &str = "leaving";

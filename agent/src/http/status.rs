@@ -14,6 +14,7 @@ use crate::allocation::{Claim, Conflict, Phase};
 use crate::identity::Namesake;
 use crate::membership::Liveness;
 use crate::peers::{Peer, Skip};
+use crate::probe::summary::Summary;
 use crate::probe::verdict::Dataplane;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +52,9 @@ pub struct NodeStatus {
     /// Set when this node heard from other nodes before and hears from none now: why.
     #[serde(default)]
     pub isolated: Option<String>,
+    /// This node's probe results as it publishes them (see `peers[].report` for the others').
+    #[serde(default)]
+    pub dataplane: Summary,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +108,9 @@ pub struct PeerStatus {
     pub note: Option<String>,
     /// What the probes through the pods' path say (`unknown` for a peer not programmed).
     pub dataplane: Dataplane,
+    /// What this peer's own probes say of its peers, as it publishes them in gossip.
+    #[serde(default)]
+    pub report: Option<Summary>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +168,7 @@ pub fn peer_status(
             Ok(()) => None,
         },
         dataplane,
+        report: peer.report.clone(),
     }
 }
 
@@ -240,6 +248,62 @@ pub fn readiness(i: &ReadinessInput<'_>) -> Result<(), String> {
         Some(ReconcileStatus { error: Some(e), .. }) => Err(format!("last reconcile failed: {e}")),
         Some(_) => Ok(()),
     }
+}
+
+/// Up to this many nodes `status --cluster` draws a matrix; beyond, only the failing pairs.
+pub const MATRIX_NODES: usize = 16;
+
+/// The whole cluster's paths as every node reports them (`weft-agent status --cluster`): a
+/// matrix for small clusters, then every failing pair with its state.
+pub fn render_cluster(s: &Status) -> String {
+    let mut reports: Vec<(&str, Option<&Summary>)> = vec![(s.node.name.as_str(), Some(&s.node.dataplane))];
+    reports.extend(s.peers.iter().map(|p| (p.name.as_str(), p.report.as_ref())));
+    let names: Vec<&str> = reports.iter().map(|(n, _)| *n).collect();
+    let mut out = String::new();
+    if names.len() <= MATRIX_NODES {
+        let width = names.iter().map(|n| n.len()).chain([14]).max().unwrap_or(14);
+        let _ = writeln!(
+            out,
+            "{:<width$}  {}",
+            "FROM \\ TO",
+            names.iter().map(|n| format!("{n:<width$}")).collect::<String>().trim_end()
+        );
+        for (from, report) in &reports {
+            let cells: String = names
+                .iter()
+                .map(|to| {
+                    let cell = match report {
+                        _ if to == from => "·",
+                        None => "?",
+                        Some(r) => r.failing.iter().find(|(p, _)| p == to).map_or("ok", |(_, st)| st.as_str()),
+                    };
+                    format!("{cell:<width$}")
+                })
+                .collect();
+            let _ = writeln!(out, "{from:<width$}  {}", cells.trim_end());
+        }
+        let _ = writeln!(out, "(ok: not reported failing; ?: no results published by that node)");
+    }
+    let mut failing = 0;
+    for (from, report) in &reports {
+        match report {
+            None => {
+                let _ = writeln!(out, "{from}: publishes no probe results (an older agent, or just started)");
+            }
+            Some(r) => {
+                for (to, state) in &r.failing {
+                    let _ = writeln!(out, "{from} -> {to}: {}", state.as_str());
+                }
+                let unlisted = r.failing_count as usize - r.failing.len();
+                if unlisted > 0 {
+                    let _ = writeln!(out, "{from} -> {unlisted} more peer(s) failing, not named (summary size bound)");
+                }
+                failing += r.failing_count as usize;
+            }
+        }
+    }
+    let _ = writeln!(out, "{} node(s), {failing} failing path(s)", names.len());
+    out
 }
 
 fn or_dash<T: ToString>(v: Option<T>) -> String {
@@ -432,7 +496,7 @@ mod tests {
     }
 
     fn peer(name: &str, liveness: Liveness, announcement: Result<Announcement, Rejection>) -> Peer {
-        Peer { name: name.into(), generation: 1, liveness, announcement }
+        Peer { name: name.into(), generation: 1, liveness, announcement, report: None }
     }
 
     #[test]
@@ -470,7 +534,8 @@ mod tests {
                 "dataplane": {
                     "state": "ok", "cause": null, "answering": false, "since": "2023-11-14T22:13:20.000Z", "rttP50Ms": 0.25,
                     "rttP99Ms": null, "loss": 0.0, "largestSize": 1450, "neededSize": 1450
-                }
+                },
+                "report": null
             })
         );
         let rejected = peer_status(
@@ -528,6 +593,7 @@ mod tests {
                     reason: "10.244.9.0/24 is held by n2".into(),
                 }),
                 isolated: Some("no other node heard".into()),
+                dataplane: Summary::default(),
             },
             peers: vec![PeerStatus {
                 name: "b".into(),
@@ -544,6 +610,7 @@ mod tests {
                     cause: Some("UDP dropped".into()),
                     ..Dataplane::unknown()
                 },
+                report: None,
             }],
             conflicts: vec![ConflictStatus {
                 pod_cidr: "10.244.3.0/24".parse().unwrap(),
@@ -574,6 +641,22 @@ mod tests {
         }
         assert!(table.contains("conflict: 10.244.3.0/24 won by c over d"));
         assert!(table.contains("dataplane to b: tunnel-blocked: UDP dropped"), "{table}");
+
+        let mut cluster = status.clone();
+        cluster.node.dataplane = Summary::of([("b", PathState::TunnelBlocked)]);
+        let view = render_cluster(&cluster);
+        assert!(view.contains("a -> b: tunnel-blocked"), "{view}");
+        assert!(view.contains("b: publishes no probe results"), "{view}");
+        assert!(view.ends_with("2 node(s), 1 failing path(s)\n"), "{view}");
+        let row = view.lines().find(|l| l.starts_with("a ")).unwrap();
+        assert!(row.contains("tunnel-blocked") && row.contains('·'), "{row}");
+        let many: Vec<PeerStatus> = (0..MATRIX_NODES)
+            .map(|i| PeerStatus { name: format!("p{i}"), report: Some(Summary::default()), ..cluster.peers[0].clone() })
+            .collect();
+        let large = Status { peers: many, ..cluster };
+        let view = render_cluster(&large);
+        assert!(!view.contains("FROM"), "no matrix beyond {MATRIX_NODES} nodes: {view}");
+        assert!(view.contains("a -> b: tunnel-blocked"));
         assert!(table.contains("last reconcile: 2024-01-01T00:00:00.000Z (3 ms): x"));
     }
 }

@@ -12,6 +12,7 @@
 //! The probes of a round are spread over the interval, never sent in a burst.
 
 pub mod icmp;
+pub mod summary;
 pub mod verdict;
 
 use std::collections::BTreeMap;

@@ -175,3 +175,32 @@ fn a_one_way_block_is_told_apart_from_a_blocked_tunnel() {
     c.lab.router_firewall(&[]).unwrap();
     wait_for_every_node(&c, "ok", "the repair reported");
 }
+
+#[test]
+fn gossip_blocked_with_the_tunnel_open_shows_both_distinctly_and_pods_keep_talking() {
+    let c = cluster(2);
+    wait_for_every_node(&c, "ok", "all paths ok");
+    // Only gossip (UDP 8473) is dropped between the subnets; VXLAN passes.
+    c.lab
+        .router_firewall(&[
+            format!("ip saddr {S0} ip daddr {S1} udp dport 8473 drop"),
+            format!("ip saddr {S1} ip daddr {S0} udp dport 8473 drop"),
+        ])
+        .unwrap();
+    let row = wait::until("n1 to see n2 gone from gossip", CONVERGE, Duration::from_millis(200), || {
+        let status = c.status(0).ok()?;
+        let row = status["peers"][0].clone();
+        (row["state"] == "dead").then_some(row)
+    })
+    .unwrap();
+    // Membership says gone; the probes say the tunnel works; the routes stay, and say why.
+    assert_eq!(row["dataplane"]["state"], "ok", "{row}");
+    assert_eq!(row["programmed"], true, "{row}");
+    assert!(row["note"].as_str().is_some_and(|n| n.contains("its tunnel answers")), "{row}");
+    assert!(pods_reach(&c, 0, 1, 84) && pods_reach(&c, 1, 0, 84));
+    c.lab.router_firewall(&[]).unwrap();
+    wait::until("n2 alive again", CONVERGE, Duration::from_millis(200), || {
+        (c.status(0).ok()?["peers"][0]["state"] == "alive").then_some(())
+    })
+    .unwrap();
+}

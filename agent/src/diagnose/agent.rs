@@ -26,8 +26,33 @@ pub fn status_findings(s: &Status, port: &VxlanPort) -> Vec<Finding> {
     out.extend(conflicts(s));
     out.extend(unprogrammed(&s.peers));
     out.extend(dataplane(s.node.node_ip, &s.peers, port));
+    out.extend(seen_by_peers(s));
     out.extend(last_reconcile(s));
     out
+}
+
+/// How the other nodes see this one, from the probe summaries they publish in gossip: a path
+/// that only they find broken (ours to them works) points at the direction towards this node.
+fn seen_by_peers(s: &Status) -> Vec<Finding> {
+    let me = s.node.name.as_str();
+    let found: Vec<Finding> = s
+        .peers
+        .iter()
+        .filter_map(|p| {
+            let (_, state) = p.report.as_ref()?.failing.iter().find(|(to, _)| to == me)?;
+            Some(Finding::error(
+                "seen-by-peers",
+                format!("peer {} reports its path to this node as {}", p.name, state.as_str()),
+                format!(
+                    "run `weft-agent diagnose` on {} for its view; a firewall on this node or in front of it may drop \
+                     UDP traffic to it",
+                    p.name
+                ),
+            ))
+        })
+        .collect();
+    let reporting = s.peers.iter().filter(|p| p.report.is_some()).count();
+    or_passed(found, "seen-by-peers", format!("{reporting} peer(s) report their path to this node working"))
 }
 
 fn readiness(node: &NodeStatus) -> Finding {
@@ -453,6 +478,20 @@ mod tests {
         let findings = status_findings(&s, &default);
         let f = findings.iter().find(|f| f.check == "dataplane").unwrap();
         assert!(f.message.contains("UDP 4789 from") && f.message.contains("4789 is the --vxlan-port given"));
+    }
+
+    #[test]
+    fn a_peer_that_finds_its_path_to_this_node_broken_is_named() {
+        use crate::probe::summary::Summary;
+        let mut s = healthy();
+        s.peers[0].report = Some(Summary::of([("n1", PathState::TunnelBlocked), ("n3", PathState::Ok)]));
+        s.peers[1].report = Some(Summary::of([("n1", PathState::Ok)]));
+        let f = only(&s, "seen-by-peers");
+        assert_eq!(f.message, "peer n2 reports its path to this node as tunnel-blocked");
+        s.peers[0].report = Some(Summary::default());
+        let passed: Vec<Finding> =
+            status_findings(&s, &PORT).into_iter().filter(|f| f.check == "seen-by-peers").collect();
+        assert!(passed.len() == 1 && passed[0].ok, "{passed:?}");
     }
 
     #[test]

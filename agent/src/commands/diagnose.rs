@@ -58,6 +58,7 @@ fn agent_findings(addr: SocketAddr, status: &Result<Status, StatusError>, port: 
     out.extend(agent::status_findings(status, port));
     let metrics = status::get(addr, "/metrics").map(|(_, text)| text).map_err(|e| e.to_string());
     out.push(agent::gossip_keys(metrics.as_deref().map_err(String::as_str)));
+    out.push(agent::clock_skew(metrics.as_deref().map_err(String::as_str)));
     out
 }
 

@@ -8,6 +8,7 @@ use crate::probe::verdict::PathState;
 
 /// The metric series counting gossip datagrams sealed with a key this node does not hold.
 pub const UNKNOWN_KEY_SERIES: &str = "weft_gossip_datagrams_dropped_total{reason=\"unknown_key\"}";
+pub const STALE_SERIES: &str = "weft_gossip_datagrams_dropped_total{reason=\"stale\"}";
 
 /// The agent did not answer: every other agent finding is out of reach.
 pub fn unreachable(addr: SocketAddr, error: &str) -> Finding {
@@ -275,9 +276,7 @@ pub fn gossip_keys(metrics: Result<&str, &str>) -> Finding {
             );
         }
     };
-    let refused =
-        text.lines().find_map(|l| l.strip_prefix(UNKNOWN_KEY_SERIES)?.strip_prefix(' ')?.trim().parse::<u64>().ok());
-    match refused {
+    match counter(text, UNKNOWN_KEY_SERIES) {
         None => Finding::warning(
             "gossip-keys",
             format!("the agent's /metrics has no {UNKNOWN_KEY_SERIES}"),
@@ -295,6 +294,33 @@ pub fn gossip_keys(metrics: Result<&str, &str>) -> Finding {
             "if the count still grows, another node seals with a key missing from this node's --cluster-key-file \
              (a rotation step missed, or another cluster): compare weft_gossip_keys on both nodes and add the key \
              to every node's key file (SIGHUP reloads it)",
+        ),
+    }
+}
+
+/// The value of one series in a metrics text.
+fn counter(text: &str, series: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse::<u64>().ok())
+}
+
+/// Clock skew beyond the gossip replay window: every sealed datagram of a node whose clock is
+/// that far off is refused as stale, so the count names it (a warning: it runs since start).
+pub fn clock_skew(metrics: Result<&str, &str>) -> Finding {
+    let Ok(text) = metrics else {
+        return Finding::warning("clock", "cannot read the agent's /metrics", "run diagnose again");
+    };
+    match counter(text, STALE_SERIES) {
+        None | Some(0) => {
+            Finding::passed("clock", "no gossip datagram refused as stale (no clock skew beyond the replay window)")
+        }
+        Some(n) => Finding::warning(
+            "clock",
+            format!(
+                "{n} gossip datagram(s) refused as stale since the agent started: a node's clock differs from this \
+                 one's by more than --gossip-replay-window (60 s by default), or old datagrams were replayed"
+            ),
+            "if the count still grows, check time synchronisation on every node (`timedatectl`, chrony or \
+             systemd-timesyncd): a node whose clock is that far off cannot take part in sealed gossip",
         ),
     }
 }
@@ -576,5 +602,14 @@ mod tests {
         assert!(f.fix.unwrap().contains("--cluster-key-file"));
         assert_eq!(gossip_keys(Ok("# EOF\n")).severity, Severity::Warning);
         assert!(gossip_keys(Err("timed out")).message.contains("timed out"));
+    }
+
+    #[test]
+    fn clock_skew_beyond_the_replay_window_is_read_from_the_stale_count() {
+        assert!(clock_skew(Ok(&format!("{STALE_SERIES} 0\n"))).ok);
+        let f = clock_skew(Ok(&format!("{UNKNOWN_KEY_SERIES} 9\n{STALE_SERIES} 12\n")));
+        assert_eq!(f.severity, Severity::Warning);
+        assert!(f.message.starts_with("12 gossip datagram(s) refused as stale"), "{}", f.message);
+        assert!(f.fix.unwrap().contains("timedatectl"));
     }
 }

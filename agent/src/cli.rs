@@ -142,6 +142,10 @@ pub struct RunArgs {
     /// Address of the status HTTP server.
     #[arg(long, env = "WEFT_STATUS_ADDR", default_value = DEFAULT_STATUS_ADDR)]
     pub status_addr: SocketAddr,
+    /// Also serve `/metrics` (and nothing else) here, e.g. the node IP and port 9474, so that a
+    /// Prometheus elsewhere can scrape it while `/status` stays on loopback. Off by default.
+    #[arg(long, env = "WEFT_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Status connections that send no complete request head within this long (of opening, or
     /// of their last answer) are closed.
     #[arg(long, env = "WEFT_STATUS_IDLE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]

@@ -82,7 +82,14 @@ async fn the_status_endpoints_and_command_show_what_the_agent_sees() {
     let cancel = CancellationToken::new();
     let shared = c.nodes["a"].agent.as_ref().unwrap().shared();
     let limits = weft_agent::http::Limits { idle_timeout: Duration::from_secs(10), max_connections: 8 };
-    let server = tokio::spawn(weft_agent::http::serve(listener, shared, limits, cancel.clone()));
+    let router = weft_agent::http::router(shared.clone());
+    let server = tokio::spawn(weft_agent::http::serve(listener, router, shared.clone(), limits, cancel.clone()));
+    // The metrics server, as --metrics-addr runs it: /metrics and nothing else.
+    let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = metrics_listener.local_addr().unwrap();
+    let metrics_router = weft_agent::http::metrics_router(shared.clone());
+    let metrics_server =
+        tokio::spawn(weft_agent::http::serve(metrics_listener, metrics_router, shared, limits, cancel.clone()));
     let http: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let base = format!("http://{addr}");
 
@@ -127,10 +134,19 @@ async fn the_status_endpoints_and_command_show_what_the_agent_sees() {
         assert!(metrics.contains(line), "{line} missing from\n{metrics}");
     }
 
+    let (h, m) = (http.clone(), format!("http://{metrics_addr}"));
+    let split = tokio::task::spawn_blocking(move || {
+        ["metrics", "status", "healthz", "readyz"].map(|p| get(&h, &format!("{m}/{p}")).0)
+    })
+    .await
+    .unwrap();
+    assert_eq!(split, [200, 404, 404, 404], "the metrics server serves /metrics and nothing else");
+
     let args = StatusArgs { status_addr: addr, json: false, cluster: false };
     tokio::task::spawn_blocking(move || weft_agent::commands::status::status(&args)).await.unwrap().unwrap();
 
     cancel.cancel();
     server.await.unwrap();
+    metrics_server.await.unwrap();
     c.shutdown().await;
 }

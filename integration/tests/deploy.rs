@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use weft_lab::cluster::Cluster;
+use weft_lab::cluster::{AgentOptions, Cluster};
 use weft_lab::topology::{Lab, LabSpec};
 
 /// Kubernetes versions the manifest is validated against: every schema set bundled with
@@ -581,10 +581,16 @@ fn selectors(text: &str) -> Vec<Selector> {
 fn alert_rules_name_only_series_the_agent_exports() {
     weft_lab::require_root();
     let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes: 2, subnets: 1, gro: true }).expect("build lab");
-    let cluster = Cluster::start(lab, Default::default()).expect("start agents");
+    // As the DaemonSet runs it: /metrics on the node IP too, for Prometheus.
+    let options = AgentOptions { extra_args: vec!["--metrics-addr=0.0.0.0:9474".into()], ..AgentOptions::default() };
+    let cluster = Cluster::start(lab, options).expect("start agents");
     cluster.wait_converged(Duration::from_secs(30)).expect("agents converge");
-    let (code, metrics) = cluster.get(0, "/metrics").expect("scrape /metrics");
+    // Scraped the way the PodMonitor does: the node IP, port 9474. It serves /metrics only.
+    let node = &cluster.lab.nodes[0];
+    let scrape = |path: &str| weft_lab::http::get(&node.ns.path(), (node.ip, 9474).into(), path).expect("scrape");
+    let (code, metrics) = scrape("/metrics");
     assert_eq!(code, 200, "{metrics}");
+    assert_eq!(scrape("/status").0, 404, "the metrics listener must not serve /status");
     let exported = exported_series(&metrics);
     assert!(exported.contains_key("weft_ready"), "no weft_ready in the agent's /metrics:\n{metrics}");
     let mut checked = 0;

@@ -46,6 +46,10 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
     let listener = TcpListener::bind(args.status_addr)
         .await
         .map_err(|source| RunError::Listen { addr: args.status_addr, source })?;
+    let metrics_listener = match args.metrics_addr {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| RunError::Listen { addr, source })?),
+        None => None,
+    };
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let keys = match &args.cluster_key_file {
@@ -85,7 +89,15 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
     }
     let http_cancel = CancellationToken::new();
     let limits = args.status_limits(http::open_files_limit());
-    let mut server = tokio::spawn(http::serve(listener, agent.shared(), limits, http_cancel.clone()));
+    let shared = agent.shared();
+    let router = http::router(shared.clone());
+    let mut server = tokio::spawn(http::serve(listener, router, shared.clone(), limits, http_cancel.clone()));
+    if let Some(listener) = metrics_listener {
+        let metrics_limits = http::Limits { max_connections: http::METRICS_MAX_CONNECTIONS, ..limits };
+        let router = http::metrics_router(shared.clone());
+        tokio::spawn(http::serve(listener, router, shared, metrics_limits, http_cancel.clone()));
+        tracing::info!(addr = ?args.metrics_addr, "metrics server listening (/metrics only)");
+    }
     tracing::info!(
         addr = %args.status_addr,
         idle_timeout = %humantime::format_duration(limits.idle_timeout),

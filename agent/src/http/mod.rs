@@ -25,6 +25,7 @@ use crate::shared::Shared;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// The status server (loopback by default): health, readiness, the status document, metrics.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -33,6 +34,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .with_state(shared)
 }
+
+/// The metrics server (`--metrics-addr`, reachable by a Prometheus elsewhere): `/metrics` and
+/// nothing else, so that the status document stays on loopback.
+pub fn metrics_router(shared: Arc<Shared>) -> Router {
+    Router::new().route("/metrics", get(metrics)).with_state(shared)
+}
+
+/// Connections the metrics server serves at once: scrapers are few.
+pub const METRICS_MAX_CONNECTIONS: usize = 16;
 
 /// What the status server allows its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,9 +69,16 @@ pub fn open_files_limit() -> u64 {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft)
 }
 
-/// Serves until `cancel` fires, then lets open requests finish (for at most the idle timeout).
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, limits: Limits, cancel: CancellationToken) {
-    let mut server = Server::new(shared, limits);
+/// Serves `router` until `cancel` fires, then lets open requests finish (for at most the idle
+/// timeout).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shared: Arc<Shared>,
+    limits: Limits,
+    cancel: CancellationToken,
+) {
+    let mut server = Server::new(router, shared, limits);
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
@@ -93,11 +110,11 @@ struct Server {
 }
 
 impl Server {
-    fn new(shared: Arc<Shared>, limits: Limits) -> Server {
+    fn new(router: Router, shared: Arc<Shared>, limits: Limits) -> Server {
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(limits.idle_timeout);
         Server {
-            service: TowerToHyperService::new(router(shared.clone())),
+            service: TowerToHyperService::new(router),
             shared,
             limits,
             http,

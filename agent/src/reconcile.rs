@@ -5,7 +5,7 @@
 //! a turn that sees the same inputs changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,7 +23,9 @@ use crate::config::Config;
 use crate::datapath::Datapath;
 use crate::files::{self, Lease};
 use crate::gossip::{self, keys};
-use crate::http::status::{self, NamesakeStatus, ReadinessInput, ReconcileStatus, ServingInput, Status, StrandedPods};
+use crate::http::status::{
+    self, IpamUse, NamesakeStatus, ReadinessInput, ReconcileStatus, ServingInput, Status, StrandedPods,
+};
 use crate::identity::{self, Namesake};
 use crate::membership::{Liveness, Member, Settle, View};
 use crate::peers::{self, Decided, Peers};
@@ -234,8 +236,10 @@ impl Controller {
                 self.apply(desired).await;
             }
         }
-        let stranded = self.stranded(&serving);
-        let summary = self.publish_status(&view, &verdicts, settled, &serving, stranded);
+        let reserved = self.pod_addresses();
+        let stranded = self.stranded(&serving, &reserved);
+        let ipam = serving.as_ref().ok().map(|c| ipam_use(c.cidr, &reserved));
+        let summary = self.publish_status(&view, &verdicts, settled, &serving, stranded, ipam);
         self.publish_summary(&summary).await;
     }
 
@@ -307,20 +311,26 @@ impl Controller {
         self.yielded_to = yielded_to;
     }
 
+    /// The pod addresses the plugin's store holds for this node's network (read without its
+    /// lock; a store that cannot be read counts as empty and says so in the debug log).
+    fn pod_addresses(&self) -> Vec<Ipv4Addr> {
+        let store = self.cfg.paths.ipam_dir.join(files::NETWORK_NAME);
+        weft_cni::ipam::store::reserved_addresses(&store)
+            .inspect_err(|e| tracing::debug!(error = %e, store = %store.display(), "cannot list pod addresses"))
+            .unwrap_or_default()
+    }
+
     /// Pods whose addresses lie outside the block this node serves: reported, never touched
     /// (deleting a pod is its owner's decision). Not judged while a claim is still settling.
-    fn stranded(&self, serving: &Result<Claim, String>) -> Option<StrandedPods> {
+    fn stranded(&self, serving: &Result<Claim, String>, reserved: &[Ipv4Addr]) -> Option<StrandedPods> {
         let settled_without_block =
             matches!(self.allocator.phase(), Phase::Blocked { .. } | Phase::Exhausted(_)) || self.yielded_to.is_some();
         if serving.is_err() && !settled_without_block {
             return None;
         }
-        let store = self.cfg.paths.ipam_dir.join(files::NETWORK_NAME);
-        let reserved = weft_cni::ipam::store::reserved_addresses(&store)
-            .inspect_err(|e| tracing::debug!(error = %e, store = %store.display(), "cannot list pod addresses"))
-            .ok()?;
         let outside: Vec<IpAddr> = reserved
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|ip| !serving.as_ref().is_ok_and(|c| c.cidr.contains(ip)))
             .map(IpAddr::V4)
             .collect();
@@ -538,6 +548,7 @@ impl Controller {
         settled: bool,
         serving: &Result<Claim, String>,
         stranded: Option<StrandedPods>,
+        ipam: Option<IpamUse>,
     ) -> Summary {
         let cfg = &self.cfg;
         let probes = self.probes.borrow().clone();
@@ -575,6 +586,7 @@ impl Controller {
         let summary = Summary::of(rows.iter().map(|r| (r.name.as_str(), r.dataplane.state)));
         metrics.set_ready(ready.is_ok());
         metrics.set_stranded(stranded.as_ref().map_or(0, |s| s.count));
+        metrics.set_ipam(ipam.as_ref());
         self.shared.set_status(Status {
             node: status::NodeStatus {
                 name: cfg.node_name.clone(),
@@ -596,6 +608,7 @@ impl Controller {
                 stranded_pods: stranded,
                 isolated,
                 dataplane: summary.clone(),
+                ipam,
             },
             peers: rows,
             conflicts: decided.conflicts.iter().map(status::conflict_status).collect(),
@@ -603,6 +616,13 @@ impl Controller {
         });
         summary
     }
+}
+
+/// How much of the block the plugin has handed out.
+fn ipam_use(cidr: Ipv4Net, reserved: &[Ipv4Addr]) -> IpamUse {
+    let pool = weft_cni::ipam::pool::Pool { net: cidr, gateway: gateway_of(&cidr) };
+    let in_use = reserved.iter().filter(|ip| pool.contains(**ip)).count() as u64;
+    IpamUse { in_use, total: pool.capacity() }
 }
 
 /// The programmed peers, each with the address its probes go to: the VTEP address on the

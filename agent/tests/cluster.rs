@@ -462,6 +462,24 @@ async fn a_stopped_agent_keeps_its_routes_only_for_the_agent_down_grace() {
     c.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipam_use_of_the_block_is_reported() {
+    let mut c = Cluster::new();
+    c.add_and_start(&["a"]).await;
+    wait_until(CONVERGE, "a ready", || c.ready("a")).await;
+    let block = c.pod_cidr("a").unwrap();
+    for n in [2, 3] {
+        pod_address(&c, "a", &nth_host(block, n).to_string());
+    }
+    wait_until(CONVERGE, "a reports 2 of 253 addresses in use", || {
+        c.status("a").unwrap().node.ipam.is_some_and(|i| (i.in_use, i.total) == (2, 253))
+            && metric(&c.metrics("a"), "weft_ipam_addresses_in_use") == 2
+            && metric(&c.metrics("a"), "weft_ipam_addresses_total") == 253
+    })
+    .await;
+    c.shutdown().await;
+}
+
 /// Reserves `ip` in `node`'s IPAM store as the plugin would for a pod.
 fn pod_address(c: &Cluster, node: &str, ip: &str) {
     let dir = c.nodes[node].config.paths.ipam_dir.join(files::NETWORK_NAME);

@@ -15,6 +15,7 @@ use weft_overlay::nft::Counter as KernelCounter;
 
 use crate::gossip::seal::Keyring;
 use crate::gossip::transport::{DropReason, GossipCounters};
+use crate::http::status::IpamUse;
 use crate::probe::verdict::PathState;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,6 +62,8 @@ pub struct Metrics {
     ready: Gauge,
     name_in_use: Gauge,
     isolated: Gauge,
+    ipam_in_use: Gauge,
+    ipam_total: Gauge,
     peers_dataplane: Family<StateLabel, Gauge>,
     stranded: Gauge,
     vxlan_dropped_packets: Counter,
@@ -160,6 +163,18 @@ impl Metrics {
             "Peers by what the probes through the pods' path say: ok, tunnel-blocked, mtu, unreachable, unknown",
             peers_dataplane.clone(),
         );
+        let ipam_in_use = Gauge::default();
+        registry.register(
+            "ipam_addresses_in_use",
+            "Pod addresses handed out of this node's PodCIDR",
+            ipam_in_use.clone(),
+        );
+        let ipam_total = Gauge::default();
+        registry.register(
+            "ipam_addresses_total",
+            "Pod addresses this node's PodCIDR can hand out (0 while it serves none)",
+            ipam_total.clone(),
+        );
         let isolated = Gauge::default();
         registry.register(
             "isolated",
@@ -216,6 +231,8 @@ impl Metrics {
             ready,
             name_in_use,
             isolated,
+            ipam_in_use,
+            ipam_total,
             peers_dataplane,
             stranded,
             vxlan_dropped_packets,
@@ -302,6 +319,13 @@ impl Metrics {
         for (state, n) in counts {
             self.peers_dataplane.get_or_create(&StateLabel { state }).set(n);
         }
+    }
+
+    /// Pod addresses handed out of the node's block, and how many it has (0 while it serves none).
+    pub fn set_ipam(&self, ipam: Option<&IpamUse>) {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.ipam_in_use.set(gauge(ipam.map_or(0, |i| i.in_use)));
+        self.ipam_total.set(gauge(ipam.map_or(0, |i| i.total)));
     }
 
     pub fn set_isolated(&self, isolated: bool) {

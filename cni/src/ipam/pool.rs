@@ -13,6 +13,14 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// How many addresses the pool can hand out: the ones `next_free` walks through.
+    pub fn capacity(&self) -> u64 {
+        let first = u64::from(u32::from(self.net.network())) + 1;
+        let end = u64::from(u32::from(self.net.broadcast()));
+        let gateway_inside = (first..end).contains(&u64::from(u32::from(self.gateway)));
+        end.saturating_sub(first).saturating_sub(u64::from(gateway_inside))
+    }
+
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         self.net.contains(&ip) && ip != self.net.network() && ip != self.net.broadcast() && ip != self.gateway
     }
@@ -98,5 +106,13 @@ mod tests {
             assert!(!p.contains(ip(special)), "{special}");
         }
         assert!(p.contains(ip("10.244.3.254")));
+    }
+
+    #[test]
+    fn capacity_counts_the_host_addresses_but_the_gateway() {
+        let pool = |net: &str, gw: &str| Pool { net: net.parse().unwrap(), gateway: gw.parse().unwrap() };
+        assert_eq!(pool("10.244.3.0/24", "10.244.3.1").capacity(), 253);
+        assert_eq!(pool("10.244.3.0/30", "10.244.3.1").capacity(), 1);
+        assert_eq!(pool("10.244.0.0/16", "10.244.0.1").capacity(), 65_533);
     }
 }

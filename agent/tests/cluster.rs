@@ -461,7 +461,9 @@ async fn a_stopped_agent_keeps_its_routes_only_for_the_agent_down_grace() {
     })
     .await;
     let withdrawn = ["a", "b"].iter().map(|n| c.datapath(n).first_without("c", stopped).unwrap()).min().unwrap();
-    assert!(withdrawn.duration_since(stopped) >= Duration::from_secs(3), "withdrawn before the grace ended");
+    // The grace runs from the last heartbeat heard, at most a few gossip rounds before the stop.
+    let after = withdrawn.duration_since(stopped);
+    assert!(after >= Duration::from_millis(2500), "withdrawn {after:?} after the stop: before the 3 s grace ended");
     c.shutdown().await;
 }
 

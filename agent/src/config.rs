@@ -6,6 +6,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 
 use weft_overlay::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT, VXLAN_OVERHEAD};
+use weft_overlay::rules::{MAX_NODE_PREFIX_V4, is_unicast};
 
 use crate::cli::{DEFAULT_GOSSIP_PORT, DEFAULT_PHI_THRESHOLD};
 use crate::detect::Underlay;
@@ -75,7 +76,7 @@ pub enum ConfigError {
     NodeIp(Ipv4Addr),
     #[error("--cluster-cidr {0} has host bits set")]
     ClusterCidr(Ipv4Net),
-    #[error("--node-cidr-prefix /{prefix} must be between the cluster CIDR's /{cluster} and /30")]
+    #[error("--node-cidr-prefix /{prefix} must be between the cluster CIDR's /{cluster} and /{MAX_NODE_PREFIX_V4}")]
     Prefix { prefix: u8, cluster: u8 },
     #[error("--pod-cidr {cidr}: {reason}")]
     PodCidr { cidr: Ipv4Net, reason: String },
@@ -164,7 +165,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate::check_node_name(&self.node_name)
             .map_err(|reason| ConfigError::NodeName { name: self.node_name.clone(), reason })?;
-        if !validate::is_unicast(self.underlay.node_ip) {
+        if !is_unicast(self.underlay.node_ip.into()) {
             return Err(ConfigError::NodeIp(self.underlay.node_ip));
         }
         // Every node, the datapath and the node state file compare blocks exactly.
@@ -172,7 +173,7 @@ impl Config {
             return Err(ConfigError::ClusterCidr(self.cluster_cidr));
         }
         let cluster = self.cluster_cidr.prefix_len();
-        if self.node_cidr_prefix < cluster || self.node_cidr_prefix > 30 {
+        if self.node_cidr_prefix < cluster || self.node_cidr_prefix > MAX_NODE_PREFIX_V4 {
             return Err(ConfigError::Prefix { prefix: self.node_cidr_prefix, cluster });
         }
         if let Some(cidr) = self.pod_cidr {

@@ -15,7 +15,8 @@ use tokio::sync::{Mutex, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use weft_cni::state::{NodeState, STATE_FILE_VERSION};
-use weft_overlay::desired::{DEFAULT_BRIDGE, Desired, LocalNode, PeerPath, gateway_of};
+use weft_overlay::desired::{Desired, LocalNode, PeerPath, gateway_of};
+use weft_overlay::rules::DEFAULT_BRIDGE;
 use weft_overlay::{ApplyReport, Mac};
 
 use crate::allocation::{Allocator, Claim, Conflict, Outcome, Phase, StepInput};

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use weft_overlay::Mac;
+use weft_overlay::rules::is_unicast;
 
 use crate::allocation::Claim;
 use crate::gossip::keys;
@@ -94,11 +95,6 @@ pub fn check_node_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// An address a VXLAN peer can be reached at.
-pub fn is_unicast(ip: Ipv4Addr) -> bool {
-    !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() || ip.octets()[0] >= 240)
-}
-
 /// A PodCIDR as every node must hold one: an aligned `/prefix` block of the cluster CIDR.
 pub fn check_pod_cidr(cidr: Ipv4Net, cluster: Ipv4Net, prefix: u8) -> Result<(), Rejection> {
     if cidr.trunc() != cidr {
@@ -132,7 +128,7 @@ pub fn validate(name: &str, kvs: &BTreeMap<String, String>, rules: &Rules) -> Re
         return Err(Rejection::NotAnnounced);
     }
     let node_ip: Ipv4Addr = parse(kvs, keys::NODE_IP)?;
-    if !is_unicast(node_ip) {
+    if !is_unicast(node_ip.into()) {
         return Err(Rejection::NodeIpNotUnicast(node_ip));
     }
     if node_ip == rules.local_node_ip {

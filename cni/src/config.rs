@@ -10,12 +10,13 @@ use serde_json::Value;
 
 use crate::error::{CniError, Code};
 use crate::ipam::pool::Pool;
-use crate::names::{validate_id, validate_ifname};
+use weft_overlay::rules::{DEFAULT_BRIDGE, MAX_MTU, MIN_MTU, check_ifname, mtu_in_range};
+
+use crate::names::validate_id;
 use crate::result::Dns;
 use crate::state::{DEFAULT_STATE_FILE, NodeState};
 use crate::version::CniVersion;
 
-pub const DEFAULT_BRIDGE: &str = "cni0";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/weft";
 /// Without an agent and without `mtu`, pods get a plain Ethernet MTU.
 pub const DEFAULT_MTU: u32 = 1500;
@@ -177,7 +178,7 @@ impl NetConf {
         let mtu = self.mtu.or(state.as_ref().map(|s| s.mtu)).unwrap_or(DEFAULT_MTU);
         check_mtu(mtu).map_err(invalid)?;
         let bridge = self.bridge_name(state.as_ref());
-        validate_ifname(&bridge).map_err(|e| invalid(format!("bridge: {e}")))?;
+        check_ifname(&bridge).map_err(|e| invalid(format!("bridge: {e}")))?;
         Ok(Network {
             name: self.name.clone(),
             bridge,
@@ -284,8 +285,8 @@ pub fn check_gateway(pod_cidr: &Ipv4Net, gateway: Ipv4Addr) -> Result<(), String
 }
 
 pub fn check_mtu(mtu: u32) -> Result<(), String> {
-    if !(68..=65535).contains(&mtu) {
-        return Err(format!("mtu {mtu} is outside 68..=65535"));
+    if !mtu_in_range(mtu) {
+        return Err(format!("mtu {mtu} is outside {MIN_MTU}..={MAX_MTU}"));
     }
     Ok(())
 }

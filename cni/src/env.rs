@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use crate::error::{CniError, Code};
-use crate::names::{validate_id, validate_ifname};
+use weft_overlay::rules::check_ifname;
+
+use crate::names::validate_id;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -57,7 +59,7 @@ impl Invocation {
                     non_empty("CNI_CONTAINERID").ok_or_else(|| bad_env("CNI_CONTAINERID is not set".into()))?;
                 validate_id("CNI_CONTAINERID", &container_id).map_err(bad_env)?;
                 let ifname = non_empty("CNI_IFNAME").ok_or_else(|| bad_env("CNI_IFNAME is not set".into()))?;
-                validate_ifname(&ifname).map_err(|e| bad_env(format!("CNI_IFNAME: {e}")))?;
+                check_ifname(&ifname).map_err(|e| bad_env(format!("CNI_IFNAME: {e}")))?;
                 let netns = non_empty("CNI_NETNS").map(PathBuf::from);
                 if netns.is_none() && command != Command::Del {
                     return Err(bad_env("CNI_NETNS is not set".into()));

@@ -88,7 +88,7 @@ impl NodeState {
         }
         crate::config::check_gateway(&self.pod_cidr, self.gateway)?;
         crate::config::check_mtu(self.mtu)?;
-        crate::names::validate_ifname(&self.bridge).map_err(|e| format!("bridge: {e}"))?;
+        weft_overlay::rules::check_ifname(&self.bridge).map_err(|e| format!("bridge: {e}"))?;
         if let Some(reason) = &self.unavailable {
             check_reason(reason).map_err(|e| format!("unavailable: {e}"))?;
         }

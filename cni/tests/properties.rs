@@ -9,9 +9,10 @@ use proptest::prelude::*;
 use weft_cni::commands::{Reply, run};
 use weft_cni::config::Request;
 use weft_cni::ipam::pool::Pool;
-use weft_cni::names::{host_veth_name, is_weft_veth, validate_id, validate_ifname};
+use weft_cni::names::{host_veth_name, is_weft_veth, validate_id};
 use weft_cni::result::CniResult;
 use weft_cni::version::CniVersion;
+use weft_overlay::rules::check_ifname;
 
 fn env(command: &'static str) -> impl Fn(&str) -> Option<String> {
     move |k| match k {
@@ -72,14 +73,14 @@ proptest! {
     fn interface_names_are_accepted_exactly_when_linux_and_the_spec_allow(name in "\\PC{0,20}") {
         let valid = !name.is_empty() && name.len() <= 15 && name != "." && name != ".."
             && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
-        prop_assert_eq!(validate_ifname(&name).is_ok(), valid);
+        prop_assert_eq!(check_ifname(&name).is_ok(), valid);
     }
 
     #[test]
     fn host_veth_names_are_always_valid_and_recognised(id in "[a-zA-Z0-9][a-zA-Z0-9_.-]{0,60}", ifname in "[a-z0-9]{1,15}") {
         prop_assert!(validate_id("id", &id).is_ok());
         let veth = host_veth_name(&id, &ifname);
-        prop_assert!(validate_ifname(&veth).is_ok());
+        prop_assert!(check_ifname(&veth).is_ok());
         prop_assert!(is_weft_veth(&veth));
     }
 

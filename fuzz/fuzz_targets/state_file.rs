@@ -13,7 +13,7 @@ use weft_agent::detect::Underlay;
 use weft_agent::files::{Paths, parse_lease};
 use weft_agent::validate::check_pod_cidr;
 use weft_cni::config::{check_gateway, check_mtu};
-use weft_cni::names::validate_ifname;
+use weft_overlay::rules::check_ifname;
 use weft_cni::state::{MAX_REASON_BYTES, NodeState};
 
 fuzz_target!(|data: &[u8]| {
@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
         }
         check_gateway(&state.pod_cidr, state.gateway).expect("accepted gateway is a host of the PodCIDR");
         check_mtu(state.mtu).expect("accepted MTU is in range");
-        validate_ifname(&state.bridge).expect("accepted bridge name is valid");
+        check_ifname(&state.bridge).expect("accepted bridge name is valid");
         let written = serde_json::to_vec_pretty(&state).expect("state serializes");
         assert_eq!(NodeState::parse(&written), Ok(state), "what is accepted round-trips");
     }

@@ -7,9 +7,8 @@ use std::process::Stdio;
 
 use clap::Subcommand;
 use ipnet::Ipv4Net;
-use weft_overlay::desired::{
-    DEFAULT_BRIDGE, DEFAULT_VNI, DEFAULT_VXLAN_PORT, Desired, LocalNode, Peer, PeerPath, VXLAN_OVERHEAD,
-};
+use weft_overlay::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT, Desired, LocalNode, Peer, PeerPath, VXLAN_OVERHEAD};
+use weft_overlay::rules::DEFAULT_BRIDGE;
 use weft_overlay::{ApplyReport, CleanupOptions, CleanupReport, Dataplane, Mac};
 
 use crate::cmd::{LabError, Result};

@@ -10,9 +10,10 @@ use std::process::Stdio;
 use serde_json::Value;
 use weft_lab::dataplane::runtime;
 use weft_lab::netns::{Netns, within};
-use weft_overlay::desired::{DEFAULT_BRIDGE, DEFAULT_VNI, DEFAULT_VXLAN_PORT, LocalNode};
+use weft_overlay::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT, LocalNode};
 use weft_overlay::firewall::{self, FAMILY, TABLE};
 use weft_overlay::nft::{BaseChain, ChainShape, Counter, ForeignChain, Listing, NftSocket, TableShape};
+use weft_overlay::rules::DEFAULT_BRIDGE;
 use weft_overlay::{Mac, nft};
 
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);

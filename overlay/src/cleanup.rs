@@ -4,11 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::desired::{DEFAULT_BRIDGE, DEFAULT_VXLAN_DEVICE};
+use crate::desired::DEFAULT_VXLAN_DEVICE;
 use crate::firewall;
 use crate::netlink::{MAIN_TABLE, WEFT_ROUTE_PROTOCOL};
 use crate::plan::{Op, Plan, Step, Tally};
 use crate::report::Failure;
+use crate::rules::DEFAULT_BRIDGE;
 use crate::snapshot::Kernel;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

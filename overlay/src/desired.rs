@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use crate::mac::Mac;
 
 pub const DEFAULT_VXLAN_DEVICE: &str = "vxlan0";
-pub const DEFAULT_BRIDGE: &str = "cni0";
 pub const DEFAULT_VNI: u32 = 1;
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 /// Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14) headers.

@@ -16,6 +16,7 @@ pub mod plan;
 #[cfg(test)]
 mod plan_properties;
 pub mod report;
+pub mod rules;
 pub mod snapshot;
 pub mod sysctl;
 pub mod validate;

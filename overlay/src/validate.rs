@@ -8,15 +8,10 @@ use ipnet::Ipv4Net;
 
 use crate::desired::{DEFAULT_VXLAN_DEVICE, Desired, LocalNode, Peer};
 use crate::mac::Mac;
+use crate::rules::{MAX_MTU, MAX_NODE_PREFIX_V4 as MAX_POD_PREFIX, MIN_MTU, check_ifname, is_unicast, mtu_in_range};
 
 /// Largest VXLAN network identifier (24 bits).
 pub const MAX_VNI: u32 = 0x00ff_ffff;
-/// The kernel's minimum IPv4 MTU.
-pub const MIN_MTU: u32 = 68;
-/// A pod subnet needs a network address (the VTEP) and a gateway host: /30 at most.
-pub const MAX_POD_PREFIX: u8 = 30;
-/// IFNAMSIZ minus the terminating NUL.
-const MAX_IFNAME: usize = 15;
 
 /// Why the local node cannot be programmed at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,7 +30,7 @@ pub enum InvalidLocal {
     BadVni(u32),
     #[error("VXLAN UDP port must not be 0")]
     ZeroPort,
-    #[error("MTU {0} is out of range ({MIN_MTU}..=65535)")]
+    #[error("MTU {0} is out of range ({MIN_MTU}..={MAX_MTU})")]
     BadMtu(u32),
     #[error("VTEP MAC {0} is not a unicast address")]
     BadMac(Mac),
@@ -101,7 +96,7 @@ pub fn validate(desired: &Desired) -> Result<Validated<'_>, InvalidLocal> {
 
 fn validate_local(l: &LocalNode) -> Result<(), InvalidLocal> {
     for (field, name) in [("underlay", &l.underlay), ("bridge", &l.bridge)] {
-        if !valid_ifname(name) {
+        if check_ifname(name).is_err() {
             return Err(InvalidLocal::BadInterfaceName { field, name: name.clone() });
         }
     }
@@ -125,13 +120,13 @@ fn validate_local(l: &LocalNode) -> Result<(), InvalidLocal> {
     if l.vxlan_port == 0 {
         return Err(InvalidLocal::ZeroPort);
     }
-    if !(MIN_MTU..=65535).contains(&l.mtu) {
+    if !mtu_in_range(l.mtu) {
         return Err(InvalidLocal::BadMtu(l.mtu));
     }
     if !l.vtep_mac.is_unicast() {
         return Err(InvalidLocal::BadMac(l.vtep_mac));
     }
-    if !unicast(l.node_ip) {
+    if !is_unicast(l.node_ip.into()) {
         return Err(InvalidLocal::BadNodeIp(l.node_ip));
     }
     Ok(())
@@ -149,7 +144,7 @@ fn check_peer(local: &LocalNode, p: &Peer) -> Option<InvalidPeer> {
         InvalidPeer::OutsideCluster { pod: cidr, cluster: local.cluster_cidr }
     } else if overlaps(&cidr, &local.pod_cidr) {
         InvalidPeer::OverlapsLocal(cidr)
-    } else if !unicast(p.node_ip) {
+    } else if !is_unicast(p.node_ip.into()) {
         InvalidPeer::BadNodeIp(p.node_ip)
     } else if p.node_ip == local.node_ip {
         InvalidPeer::LocalNodeIp(p.node_ip)
@@ -221,22 +216,11 @@ fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
     a.contains(b) || b.contains(a)
 }
 
-fn unicast(ip: Ipv4Addr) -> bool {
-    !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback())
-}
-
-fn valid_ifname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_IFNAME
-        && name != "."
-        && name != ".."
-        && !name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace())
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::desired::{DEFAULT_BRIDGE, DEFAULT_VNI, DEFAULT_VXLAN_PORT, PeerPath};
+    use crate::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT, PeerPath};
+    use crate::rules::DEFAULT_BRIDGE;
 
     pub(crate) fn local() -> LocalNode {
         LocalNode {

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args as ClapArgs;
 use ipnet::Ipv4Net;
-use weft_overlay::desired::{DEFAULT_BRIDGE, DEFAULT_VNI, DEFAULT_VXLAN_PORT, Desired, LocalNode, Peer, PeerPath};
+use weft_overlay::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT, Desired, LocalNode, Peer, PeerPath};
+use weft_overlay::rules::DEFAULT_BRIDGE;
 use weft_overlay::{ApplyReport, CleanupOptions, Dataplane, Mac};
 
 use super::stats::Summary;

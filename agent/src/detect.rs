@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use weft_overlay::netlink::{Link, Netlink, NetlinkError, Route4};
+use weft_overlay::netlink::{Netlink, NetlinkError};
+use weft_overlay::objects::{Link, Route4};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Underlay {
@@ -90,7 +91,7 @@ pub async fn detect(node_ip: Option<Ipv4Addr>, iface: Option<&str>) -> Result<Un
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use weft_overlay::netlink::{MAIN_TABLE, WEFT_ROUTE_PROTOCOL};
+    use weft_overlay::objects::{MAIN_TABLE, WEFT_ROUTE_PROTOCOL};
 
     /// A plain link, up, of no particular kind (also the diagnose tests' fixture).
     pub(crate) fn link(index: u32, name: &str, mtu: u32) -> Link {

@@ -8,9 +8,8 @@ use std::os::fd::AsFd;
 
 use ipnet::{IpNet, Ipv4Net};
 use weft_overlay::bridge::{BridgeError, ensure_address, ensure_bridge_link};
-use weft_overlay::netlink::{
-    Link, LinkChange, MAIN_TABLE, Netlink, NetlinkError, PendingSocket, Route4, VethSpec, WEFT_ROUTE_PROTOCOL,
-};
+use weft_overlay::netlink::{Netlink, NetlinkError, PendingSocket, VethSpec};
+use weft_overlay::objects::{Link, LinkChange, MAIN_TABLE, Route4, WEFT_ROUTE_PROTOCOL};
 use weft_overlay::{Mac, sysctl};
 
 use crate::error::{CniError, Code};

@@ -4,7 +4,8 @@
 use ipnet::Ipv4Net;
 
 use crate::mac::Mac;
-use crate::netlink::{Link, LinkChange, Netlink, NetlinkError};
+use crate::netlink::{Netlink, NetlinkError};
+use crate::objects::{Link, LinkChange};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::desired::DEFAULT_VXLAN_DEVICE;
 use crate::firewall;
-use crate::netlink::{MAIN_TABLE, WEFT_ROUTE_PROTOCOL};
+use crate::objects::{MAIN_TABLE, WEFT_ROUTE_PROTOCOL};
 use crate::plan::{Op, Plan, Step, Tally};
 use crate::report::Failure;
 use crate::rules::DEFAULT_BRIDGE;

@@ -1,7 +1,8 @@
 //! weft's kernel programming: desired state in, kernel converged, idempotently.
 //!
 //! [`Dataplane::apply`] reads the kernel ([`snapshot`]), decides in a pure function ([`plan`])
-//! and carries the plan out ([`execute`]); see docs/datapath.md for what is programmed and why.
+//! and carries the plan out ([`execute`]), all over the plain kernel objects of [`objects`]; only
+//! [`netlink`] speaks to the kernel. See docs/datapath.md for what is programmed and why.
 
 pub mod bridge;
 pub mod cleanup;
@@ -12,6 +13,7 @@ pub mod firewall;
 pub mod mac;
 pub mod netlink;
 pub mod nft;
+pub mod objects;
 pub mod plan;
 #[cfg(test)]
 mod plan_properties;

@@ -15,11 +15,11 @@ use ipnet::Ipv4Net;
 use crate::desired::{DEFAULT_VXLAN_DEVICE, Desired, LocalNode, PeerPath};
 use crate::firewall;
 use crate::mac::Mac;
-use crate::netlink::{
-    FdbEntry, Link, LinkChange, MAIN_TABLE, Neighbour, Route4, VxlanAttrs, VxlanSpec, WEFT_ROUTE_PROTOCOL,
-};
 use crate::nft::elements::ElementChanges;
 use crate::nft::{self, Listing};
+use crate::objects::{
+    FdbEntry, Link, LinkChange, MAIN_TABLE, Neighbour, Route4, VxlanAttrs, VxlanSpec, WEFT_ROUTE_PROTOCOL,
+};
 use crate::report::Failure;
 use crate::snapshot::{Kernel, RP_FILTER_LOOSE};
 use crate::sysctl;

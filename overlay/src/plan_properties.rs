@@ -17,7 +17,7 @@ use proptest::prelude::*;
 use crate::desired::{DEFAULT_VXLAN_DEVICE, Desired, LocalNode, Peer, PeerPath};
 use crate::firewall;
 use crate::mac::Mac;
-use crate::netlink::{FdbEntry, Link, LinkChange, MAIN_TABLE, Neighbour, Route4, VxlanSpec, WEFT_ROUTE_PROTOCOL};
+use crate::objects::{FdbEntry, Link, LinkChange, MAIN_TABLE, Neighbour, Route4, VxlanSpec, WEFT_ROUTE_PROTOCOL};
 use crate::plan::tests::{CNI0, ETH0, VXLAN, converged, desired_with, fdb_of, link, neighbour_of};
 use crate::plan::{Dev, Op, Plan, plan};
 use crate::snapshot::Kernel;

@@ -6,8 +6,9 @@ use ipnet::Ipv4Net;
 
 use crate::desired::DEFAULT_VXLAN_DEVICE;
 use crate::firewall;
-use crate::netlink::{FdbEntry, Link, Neighbour, Netlink, NetlinkError, Route4};
+use crate::netlink::{Netlink, NetlinkError};
 use crate::nft::{Listing, NftSocket};
+use crate::objects::{FdbEntry, Link, Neighbour, Route4};
 use crate::sysctl;
 
 /// The value weft gives `rp_filter` on vxlan0: loose (see docs/datapath.md).

@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use weft_overlay::desired::{DEFAULT_VXLAN_DEVICE, DEFAULT_VXLAN_PORT, VXLAN_OVERHEAD};
-use weft_overlay::netlink::{Link, VxlanAttrs};
+use weft_overlay::objects::{Link, VxlanAttrs};
 use weft_overlay::snapshot::{Kernel, RP_FILTER_LOOSE};
 
 use super::{Finding, VxlanPort, or_passed};

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use weft_overlay::netlink::{Netlink, NetlinkError};
-use weft_overlay::objects::{Link, Route4};
+use weft_overlay::objects::{Link, Route};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Underlay {
@@ -25,7 +25,7 @@ pub struct HostNetwork {
     /// IPv4 addresses by link index.
     pub addresses: BTreeMap<u32, Vec<Ipv4Net>>,
     /// Main-table IPv4 routes.
-    pub routes: Vec<Route4>,
+    pub routes: Vec<Route>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +120,7 @@ pub(crate) mod tests {
             .into_iter()
             .collect(),
             routes: vec![
-                Route4 {
+                Route {
                     dst: "192.0.2.0/24".parse().unwrap(),
                     gateway: None,
                     oif: Some(2),
@@ -129,7 +129,7 @@ pub(crate) mod tests {
                     table: MAIN_TABLE,
                     priority: None,
                 },
-                Route4 {
+                Route {
                     dst: "0.0.0.0/0".parse().unwrap(),
                     gateway: Some("198.51.100.1".parse().unwrap()),
                     oif: Some(3),

@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 use ipnet::{IpNet, Ipv4Net};
 use weft_overlay::bridge::{BridgeError, ensure_address, ensure_bridge_link};
 use weft_overlay::netlink::{Netlink, NetlinkError, PendingSocket, VethSpec};
-use weft_overlay::objects::{Link, LinkChange, MAIN_TABLE, Route4, WEFT_ROUTE_PROTOCOL};
+use weft_overlay::objects::{Link, LinkChange, MAIN_TABLE, Route, WEFT_ROUTE_PROTOCOL};
 use weft_overlay::{Mac, sysctl};
 
 use crate::error::{CniError, Code};
@@ -152,21 +152,22 @@ impl Plugged {
 }
 
 /// The lease's routes as kernel routes out of the container interface.
-fn container_routes(lease: &Lease, oif: u32) -> Vec<Route4> {
+fn container_routes(lease: &Lease, oif: u32) -> Vec<Route> {
     lease
         .routes
         .iter()
-        .filter_map(|r| match (r.dst, r.gw) {
-            (IpNet::V4(dst), Some(IpAddr::V4(gw))) => Some(Route4 {
-                dst,
-                gateway: Some(gw),
+        // The pod gets IPv4 addresses only so far; an IPv6 route would have no source to use.
+        .filter(|r| r.dst.addr().is_ipv4())
+        .filter_map(|r| {
+            Some(Route {
+                dst: r.dst,
+                gateway: Some(r.gw?),
                 oif: Some(oif),
                 onlink: false,
                 protocol: WEFT_ROUTE_PROTOCOL,
                 table: MAIN_TABLE,
                 priority: None,
-            }),
-            _ => None,
+            })
         })
         .collect()
 }
@@ -285,7 +286,9 @@ pub async fn verify(e: &Expected<'_>, container: PendingSocket) -> Result<(), Cn
             }
             let routes = ns_nl.routes().await?;
             for (dst, gw) in &e.routes {
-                let present = routes.iter().any(|r| r.dst == *dst && (gw.is_none() || r.gateway == *gw));
+                let present = routes
+                    .iter()
+                    .any(|r| r.dst == IpNet::from(*dst) && (gw.is_none() || r.gateway == gw.map(IpAddr::from)));
                 if !present {
                     let via = gw.map(|gw| format!(" via {gw}")).unwrap_or_default();
                     problems.push(format!("route {dst}{via} is missing"));

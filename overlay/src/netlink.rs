@@ -3,12 +3,12 @@
 
 use std::fs::File;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -24,7 +24,7 @@ use netlink_sys::{Socket, TokioSocket};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
 use crate::mac::Mac;
-use crate::objects::{FdbEntry, Link, LinkChange, MAIN_TABLE, Neighbour, Route4, VxlanAttrs, VxlanSpec};
+use crate::objects::{FdbEntry, Link, LinkChange, MAIN_TABLE, Neighbour, Route, VxlanAttrs, VxlanSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -212,8 +212,10 @@ impl Netlink {
     pub async fn add_vxlan(&self, spec: &VxlanSpec) -> Result<()> {
         let a = &spec.attrs;
         let mut msg = LinkVxlan::new(&spec.name, a.vni).port(a.port).learning(a.learning).udp_csum(a.udp_csum);
-        if let Some(local) = a.local {
-            msg = msg.local(local);
+        match a.local {
+            Some(IpAddr::V4(local)) => msg = msg.local(local),
+            Some(IpAddr::V6(local)) => msg = msg.local6(local),
+            None => {}
         }
         if let Some(dev) = a.underlay {
             msg = msg.dev(dev);
@@ -316,7 +318,7 @@ impl Netlink {
     // ---- routes ----
 
     /// IPv4 routes of the main table.
-    pub async fn routes(&self) -> Result<Vec<Route4>> {
+    pub async fn routes(&self) -> Result<Vec<Route>> {
         let req = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build());
         let msgs: Vec<RouteMessage> = req.execute().try_collect().await.map_err(kernel("dump routes"))?;
         Ok(msgs.iter().filter_map(parse_route).filter(|r| r.table == MAIN_TABLE).collect())
@@ -324,15 +326,17 @@ impl Netlink {
 
     /// Adds a route; with `replace` an existing route to the same destination is changed in
     /// place (atomically, so traffic is never without a route).
-    pub async fn add_route(&self, route: &Route4, replace: bool) -> Result<()> {
-        let req = self.handle.route().add(route_message(route, RouteScope::Universe));
+    pub async fn add_route(&self, route: &Route, replace: bool) -> Result<()> {
+        let op = || format!("add route {}", describe_route(route));
+        let req = self.handle.route().add(route_message(route, RouteScope::Universe).map_err(invalid(op()))?);
         let req = if replace { req.replace() } else { req };
-        req.execute().await.map_err(kernel(format!("add route {}", describe_route(route))))
+        req.execute().await.map_err(kernel(op()))
     }
 
-    pub async fn delete_route(&self, route: &Route4) -> Result<()> {
-        let msg = route_message(route, RouteScope::NoWhere);
-        self.handle.route().del(msg).execute().await.map_err(kernel(format!("delete route {}", describe_route(route))))
+    pub async fn delete_route(&self, route: &Route) -> Result<()> {
+        let op = || format!("delete route {}", describe_route(route));
+        let msg = route_message(route, RouteScope::NoWhere).map_err(invalid(op()))?;
+        self.handle.route().del(msg).execute().await.map_err(kernel(op()))
     }
 
     // ---- neighbours and FDB ----
@@ -352,16 +356,16 @@ impl Netlink {
     }
 
     pub async fn add_neighbour(&self, n: &Neighbour, replace: bool) -> Result<()> {
-        let req = self.handle.neighbours().add(n.ifindex, IpAddr::V4(n.ip)).link_layer_address(&n.mac.0);
+        let req = self.handle.neighbours().add(n.ifindex, n.ip).link_layer_address(&n.mac.0);
         let req = if replace { req.replace() } else { req };
         req.execute().await.map_err(kernel(format!("add neighbour {} lladdr {}", n.ip, n.mac)))
     }
 
     pub async fn delete_neighbour(&self, n: &Neighbour) -> Result<()> {
         let mut msg = NeighbourMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = family_of(n.ip);
         msg.header.ifindex = n.ifindex;
-        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(n.ip)));
+        msg.attributes.push(NeighbourAttribute::Destination(n.ip.into()));
         self.handle.neighbours().del(msg).execute().await.map_err(kernel(format!("delete neighbour {}", n.ip)))
     }
 
@@ -382,7 +386,7 @@ impl Netlink {
     pub async fn add_fdb(&self, e: &FdbEntry, replace: bool) -> Result<()> {
         let mut req = self.handle.neighbours().add_bridge(e.ifindex, &e.mac.0).flags(NeighbourFlags::Own);
         if let Some(dst) = e.dst {
-            req = req.destination(IpAddr::V4(dst));
+            req = req.destination(dst);
         }
         let req = if replace { req.replace() } else { req };
         req.execute().await.map_err(kernel(format!("add fdb {} dst {:?}", e.mac, e.dst)))
@@ -396,7 +400,7 @@ impl Netlink {
         msg.header.state = NeighbourState::Permanent;
         msg.attributes.push(NeighbourAttribute::LinkLayerAddress(e.mac.0.to_vec()));
         if let Some(dst) = e.dst {
-            msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+            msg.attributes.push(NeighbourAttribute::Destination(dst.into()));
         }
         self.handle.neighbours().del(msg).execute().await.map_err(kernel(format!("delete fdb {}", e.mac)))
     }
@@ -415,6 +419,10 @@ fn kernel(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkErro
         }
         other => NetlinkError::Kernel { op, errno: None, message: other.to_string() },
     }
+}
+
+fn invalid(op: String) -> impl FnOnce(String) -> NetlinkError {
+    move |message| NetlinkError::Kernel { op, errno: None, message }
 }
 
 /// A lookup whose "no such object" answer means `None`, not an error.
@@ -495,7 +503,8 @@ fn parse_vxlan(data: &[InfoVxlan]) -> VxlanAttrs {
         match d {
             InfoVxlan::Id(v) => attrs.vni = *v,
             InfoVxlan::Port(v) => attrs.port = *v,
-            InfoVxlan::Local(v) => attrs.local = Some(*v),
+            InfoVxlan::Local(v) => attrs.local = Some((*v).into()),
+            InfoVxlan::Local6(v) => attrs.local = Some((*v).into()),
             InfoVxlan::Link(v) => attrs.underlay = Some(*v),
             InfoVxlan::Learning(v) => attrs.learning = *v,
             InfoVxlan::UDPCsum(v) => attrs.udp_csum = *v,
@@ -512,13 +521,15 @@ fn parse_address(m: &AddressMessage) -> Option<Ipv4Net> {
     })
 }
 
-fn parse_route(m: &RouteMessage) -> Option<Route4> {
-    if m.header.address_family != AddressFamily::Inet {
-        return None;
-    }
-    let mut dst = Ipv4Addr::UNSPECIFIED;
-    let mut route = Route4 {
-        dst: Ipv4Net::default(),
+fn parse_route(m: &RouteMessage) -> Option<Route> {
+    let family = m.header.address_family;
+    let mut dst = match family {
+        AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    let mut route = Route {
+        dst: IpNet::default(),
         gateway: None,
         oif: None,
         onlink: m.header.flags.contains(RouteFlags::Onlink),
@@ -528,26 +539,44 @@ fn parse_route(m: &RouteMessage) -> Option<Route4> {
     };
     for attr in &m.attributes {
         match attr {
-            RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
-            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => route.gateway = Some(*ip),
+            RouteAttribute::Destination(a) => dst = route_ip(a)?,
+            RouteAttribute::Gateway(a) => route.gateway = Some(route_ip(a)?),
             RouteAttribute::Oif(i) => route.oif = Some(*i),
             RouteAttribute::Table(t) => route.table = *t,
             RouteAttribute::Priority(p) if *p != 0 => route.priority = Some(*p),
             _ => {}
         }
     }
-    route.dst = Ipv4Net::new(dst, m.header.destination_prefix_length).ok()?;
+    route.dst = IpNet::new(dst, m.header.destination_prefix_length).ok()?;
     Some(route)
 }
 
-fn route_message(r: &Route4, scope: RouteScope) -> RouteMessage {
-    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(ip) => Some((*ip).into()),
+        RouteAddress::Inet6(ip) => Some((*ip).into()),
+        _ => None,
+    }
+}
+
+fn family_of(ip: IpAddr) -> AddressFamily {
+    match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+/// The request for a route. An IPv4 route may have an IPv6 next hop (RTA_VIA); the other way
+/// round is refused, as the kernel would.
+fn route_message(r: &Route, scope: RouteScope) -> std::result::Result<RouteMessage, String> {
+    let mut b = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(r.dst.network(), r.dst.prefix_len())
+        .map_err(|e| e.to_string())?
         .protocol(RouteProtocol::from(r.protocol))
         .table_id(r.table)
         .scope(scope);
     if let Some(gw) = r.gateway {
-        b = b.gateway(gw);
+        b = b.gateway(gw).map_err(|e| e.to_string())?;
     }
     if let Some(oif) = r.oif {
         b = b.output_interface(oif);
@@ -558,10 +587,10 @@ fn route_message(r: &Route4, scope: RouteScope) -> RouteMessage {
     if let Some(priority) = r.priority {
         b = b.priority(priority);
     }
-    b.build()
+    Ok(b.build())
 }
 
-fn describe_route(r: &Route4) -> String {
+fn describe_route(r: &Route) -> String {
     let mut s = r.dst.to_string();
     if let Some(gw) = r.gateway {
         s.push_str(&format!(" via {gw}"));
@@ -583,7 +612,7 @@ fn parse_neighbour(m: &NeighbourMessage) -> Option<Neighbour> {
     let mut mac = None;
     for attr in &m.attributes {
         match attr {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(*v),
+            NeighbourAttribute::Destination(a) => ip = neighbour_ip(a),
             NeighbourAttribute::LinkLayerAddress(l) => mac = Mac::from_slice(l),
             _ => {}
         }
@@ -596,17 +625,27 @@ fn parse_neighbour(m: &NeighbourMessage) -> Option<Neighbour> {
     })
 }
 
+/// AF_BRIDGE dumps carry NDA_DST undecoded: its length tells the family.
+fn neighbour_ip(a: &NeighbourAddress) -> Option<IpAddr> {
+    match a {
+        NeighbourAddress::Inet(v) => Some((*v).into()),
+        NeighbourAddress::Inet6(v) => Some((*v).into()),
+        NeighbourAddress::Other(b) => match b.len() {
+            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn parse_fdb(m: &NeighbourMessage) -> Option<FdbEntry> {
     let mut mac = None;
     let mut dst = None;
     for attr in &m.attributes {
         match attr {
             NeighbourAttribute::LinkLayerAddress(l) => mac = Mac::from_slice(l),
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => dst = Some(*v),
-            // AF_BRIDGE dumps carry NDA_DST undecoded.
-            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
-                dst = Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
-            }
+            NeighbourAttribute::Destination(a) => dst = neighbour_ip(a),
             _ => {}
         }
     }
@@ -632,7 +671,7 @@ mod tests {
 
     #[test]
     fn routes_round_trip_through_messages() {
-        let route = Route4 {
+        let route = Route {
             dst: "10.244.2.0/24".parse().unwrap(),
             gateway: Some("10.244.2.0".parse().unwrap()),
             oif: Some(7),
@@ -641,6 +680,24 @@ mod tests {
             table: MAIN_TABLE,
             priority: Some(20),
         };
-        assert_eq!(parse_route(&route_message(&route, RouteScope::Universe)), Some(route));
+        assert_eq!(parse_route(&route_message(&route, RouteScope::Universe).unwrap()), Some(route.clone()));
+        let v6 = Route {
+            dst: "fd00:10:244:2::/64".parse().unwrap(),
+            gateway: Some("fd00:10:244:2::".parse().unwrap()),
+            ..route.clone()
+        };
+        assert_eq!(parse_route(&route_message(&v6, RouteScope::Universe).unwrap()), Some(v6.clone()));
+        // An IPv6 destination cannot have an IPv4 next hop: refused before the kernel sees it.
+        let mixed = Route { gateway: Some("10.244.2.0".parse().unwrap()), ..v6 };
+        assert!(route_message(&mixed, RouteScope::Universe).is_err());
+    }
+
+    #[test]
+    fn bridge_dumps_carry_either_family_undecoded() {
+        let v4 = NeighbourAddress::Other(vec![203, 0, 113, 7]);
+        assert_eq!(neighbour_ip(&v4), Some("203.0.113.7".parse().unwrap()));
+        let v6: Ipv6Addr = "2001:db8::7".parse().unwrap();
+        assert_eq!(neighbour_ip(&NeighbourAddress::Other(v6.octets().to_vec())), Some(v6.into()));
+        assert_eq!(neighbour_ip(&NeighbourAddress::Other(vec![1, 2, 3])), None);
     }
 }

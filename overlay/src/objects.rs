@@ -1,9 +1,9 @@
 //! The kernel objects weft reads and writes, as plain data: what the snapshot holds, what the
 //! planner compares and emits, and what [`crate::netlink`] encodes. No I/O here.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::mac::Mac;
 
@@ -32,7 +32,7 @@ pub struct Link {
 pub struct VxlanAttrs {
     pub vni: u32,
     pub port: u16,
-    pub local: Option<Ipv4Addr>,
+    pub local: Option<IpAddr>,
     pub underlay: Option<u32>,
     pub learning: bool,
     pub udp_csum: bool,
@@ -59,9 +59,9 @@ pub struct LinkChange {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Route4 {
-    pub dst: Ipv4Net,
-    pub gateway: Option<Ipv4Addr>,
+pub struct Route {
+    pub dst: IpNet,
+    pub gateway: Option<IpAddr>,
     pub oif: Option<u32>,
     pub onlink: bool,
     pub protocol: u8,
@@ -71,11 +71,11 @@ pub struct Route4 {
     pub priority: Option<u32>,
 }
 
-/// A permanent IPv4 neighbour entry (ip → MAC) on a device.
+/// A neighbour entry (ip → MAC) on a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Neighbour {
     pub ifindex: u32,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub mac: Mac,
     pub permanent: bool,
 }
@@ -85,6 +85,6 @@ pub struct Neighbour {
 pub struct FdbEntry {
     pub ifindex: u32,
     pub mac: Mac,
-    pub dst: Option<Ipv4Addr>,
+    pub dst: Option<IpAddr>,
     pub permanent: bool,
 }

@@ -3,14 +3,14 @@
 //! kernel. The executor only carries the plan out.
 //!
 //! Ownership (what may be removed): routes of protocol [`WEFT_ROUTE_PROTOCOL`] in the main
-//! table, permanent IPv4 neighbours and NTF_SELF FDB entries on vxlan0, the `inet weft` table
+//! table, permanent neighbours and NTF_SELF FDB entries on vxlan0, the `inet weft` table
 //! and weft-commented rules in other tables. Nothing else is ever changed or deleted.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::desired::{DEFAULT_VXLAN_DEVICE, Desired, LocalNode, PeerPath};
 use crate::firewall;
@@ -18,7 +18,7 @@ use crate::mac::Mac;
 use crate::nft::elements::ElementChanges;
 use crate::nft::{self, Listing};
 use crate::objects::{
-    FdbEntry, Link, LinkChange, MAIN_TABLE, Neighbour, Route4, VxlanAttrs, VxlanSpec, WEFT_ROUTE_PROTOCOL,
+    FdbEntry, Link, LinkChange, MAIN_TABLE, Neighbour, Route, VxlanAttrs, VxlanSpec, WEFT_ROUTE_PROTOCOL,
 };
 use crate::report::Failure;
 use crate::snapshot::{Kernel, RP_FILTER_LOOSE};
@@ -35,16 +35,16 @@ pub enum Dev {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSpec {
-    pub dst: Ipv4Net,
-    pub gateway: Ipv4Addr,
+    pub dst: IpNet,
+    pub gateway: IpAddr,
     pub dev: Dev,
     pub onlink: bool,
 }
 
 impl RouteSpec {
     /// The kernel route, once the device's index is known.
-    pub fn to_route(&self, oif: u32) -> Route4 {
-        Route4 {
+    pub fn to_route(&self, oif: u32) -> Route {
+        Route {
             dst: self.dst,
             gateway: Some(self.gateway),
             oif: Some(oif),
@@ -85,14 +85,14 @@ pub enum Op {
     },
     /// Permanent neighbour on vxlan0, created or replaced in place.
     Neighbour {
-        ip: Ipv4Addr,
+        ip: IpAddr,
         mac: Mac,
     },
     DeleteNeighbour(Neighbour),
     /// Permanent FDB entry on vxlan0, created or replaced in place.
     Fdb {
         mac: Mac,
-        dst: Ipv4Addr,
+        dst: IpAddr,
     },
     DeleteFdb(FdbEntry),
     /// `replace` changes weft's existing route to the destination in place; without it the
@@ -101,7 +101,7 @@ pub enum Op {
         route: RouteSpec,
         replace: bool,
     },
-    DeleteRoute(Route4),
+    DeleteRoute(Route),
     /// One `nft -f -` transaction; `object` names what it writes, for reports.
     Nft {
         object: &'static str,
@@ -252,7 +252,7 @@ impl Builder {
 /// when its MAC changes, since the kernel flushes them then.
 struct OnVxlan<'k> {
     index: Option<u32>,
-    neighbours: Grouped<'k, Ipv4Addr, Neighbour>,
+    neighbours: Grouped<'k, IpAddr, Neighbour>,
     /// By MAC; a MAC's entries in dump order (which is the kernel's remote list order).
     fdb: Grouped<'k, Mac, FdbEntry>,
 }
@@ -312,15 +312,18 @@ pub fn plan(desired: &Desired, kernel: &Kernel) -> Result<Plan, PlanError> {
         let name = Some(peer.name.as_str());
         let route = match peer.path {
             PeerPath::Vxlan => {
-                wanted_neighbours.insert(peer.vtep_ip());
+                wanted_neighbours.insert(IpAddr::from(peer.vtep_ip()));
                 wanted_macs.insert(peer.vtep_mac);
-                plan_neighbour(&mut b, &on_vxlan, peer.vtep_ip(), peer.vtep_mac, name);
-                plan_fdb(&mut b, &on_vxlan, peer.vtep_mac, peer.node_ip, name);
-                RouteSpec { dst: peer.pod_cidr, gateway: peer.vtep_ip(), dev: Dev::Vxlan, onlink: true }
+                plan_neighbour(&mut b, &on_vxlan, peer.vtep_ip().into(), peer.vtep_mac, name);
+                plan_fdb(&mut b, &on_vxlan, peer.vtep_mac, peer.node_ip.into(), name);
+                RouteSpec { dst: peer.pod_cidr.into(), gateway: peer.vtep_ip().into(), dev: Dev::Vxlan, onlink: true }
             }
-            PeerPath::Direct => {
-                RouteSpec { dst: peer.pod_cidr, gateway: peer.node_ip, dev: Dev::Index(underlay.index), onlink: false }
-            }
+            PeerPath::Direct => RouteSpec {
+                dst: peer.pod_cidr.into(),
+                gateway: peer.node_ip.into(),
+                dev: Dev::Index(underlay.index),
+                onlink: false,
+            },
         };
         wanted_routes.insert(route.dst);
         let existing = owned_routes.get(&route.dst);
@@ -373,7 +376,7 @@ pub fn vxlan_spec(local: &LocalNode, underlay: u32) -> VxlanSpec {
         attrs: VxlanAttrs {
             vni: local.vni,
             port: local.vxlan_port,
-            local: Some(local.node_ip),
+            local: Some(local.node_ip.into()),
             underlay: Some(underlay),
             learning: false,
             // Zero outer UDP checksum (RFC 7348's SHOULD for IPv4, the kernel's and flannel's
@@ -574,7 +577,7 @@ fn plan_set_elements(b: &mut Builder, table: &nft::Table, listing: &Listing) {
     }
 }
 
-fn plan_neighbour(b: &mut Builder, on: &OnVxlan<'_>, ip: Ipv4Addr, mac: Mac, peer: Option<&str>) {
+fn plan_neighbour(b: &mut Builder, on: &OnVxlan<'_>, ip: IpAddr, mac: Mac, peer: Option<&str>) {
     let tally = match on.neighbours.get(&ip).first() {
         Some(n) if n.mac == mac && n.permanent => {
             b.unchanged += 1;
@@ -589,7 +592,7 @@ fn plan_neighbour(b: &mut Builder, on: &OnVxlan<'_>, ip: Ipv4Addr, mac: Mac, pee
 /// A VXLAN FDB entry is keyed by MAC and may hold several remotes. A replace updates the remote
 /// that already has the destination, or else rewrites the first one (the kernel's list order is
 /// the dump order); any other remote of the MAC is deleted afterwards.
-fn plan_fdb(b: &mut Builder, on: &OnVxlan<'_>, mac: Mac, dst: Ipv4Addr, peer: Option<&str>) {
+fn plan_fdb(b: &mut Builder, on: &OnVxlan<'_>, mac: Mac, dst: IpAddr, peer: Option<&str>) {
     let entries = on.fdb.get(&mac);
     let matching = entries.iter().find(|e| e.dst == Some(dst));
     let kept = matching.or(entries.first());
@@ -609,7 +612,7 @@ fn plan_fdb(b: &mut Builder, on: &OnVxlan<'_>, mac: Mac, dst: Ipv4Addr, peer: Op
 
 /// `existing`: weft's routes to the same destination (at most one with metric 0, which a
 /// replace rewrites in place; any with another metric are removed).
-fn plan_route(b: &mut Builder, want: RouteSpec, vxlan_index: Option<u32>, existing: &[&Route4], peer: Option<&str>) {
+fn plan_route(b: &mut Builder, want: RouteSpec, vxlan_index: Option<u32>, existing: &[&Route], peer: Option<&str>) {
     let oif = match want.dev {
         Dev::Vxlan => vxlan_index,
         Dev::Index(i) => Some(i),
@@ -660,23 +663,25 @@ pub(crate) mod tests {
         }
     }
 
-    fn route_of(p: &Peer) -> Route4 {
+    fn route_of(p: &Peer) -> Route {
         match p.path {
             PeerPath::Vxlan => {
-                RouteSpec { dst: p.pod_cidr, gateway: p.vtep_ip(), dev: Dev::Vxlan, onlink: true }.to_route(VXLAN)
+                RouteSpec { dst: p.pod_cidr.into(), gateway: p.vtep_ip().into(), dev: Dev::Vxlan, onlink: true }
+                    .to_route(VXLAN)
             }
             PeerPath::Direct => {
-                RouteSpec { dst: p.pod_cidr, gateway: p.node_ip, dev: Dev::Index(ETH0), onlink: false }.to_route(ETH0)
+                RouteSpec { dst: p.pod_cidr.into(), gateway: p.node_ip.into(), dev: Dev::Index(ETH0), onlink: false }
+                    .to_route(ETH0)
             }
         }
     }
 
     pub(crate) fn neighbour_of(p: &Peer) -> Neighbour {
-        Neighbour { ifindex: VXLAN, ip: p.vtep_ip(), mac: p.vtep_mac, permanent: true }
+        Neighbour { ifindex: VXLAN, ip: p.vtep_ip().into(), mac: p.vtep_mac, permanent: true }
     }
 
     pub(crate) fn fdb_of(p: &Peer) -> FdbEntry {
-        FdbEntry { ifindex: VXLAN, mac: p.vtep_mac, dst: Some(p.node_ip), permanent: true }
+        FdbEntry { ifindex: VXLAN, mac: p.vtep_mac, dst: Some(p.node_ip.into()), permanent: true }
     }
 
     /// The kernel exactly as a successful apply of `d` leaves it, plus the usual foreign state.
@@ -689,9 +694,9 @@ pub(crate) mod tests {
         let mut cni0 = link(CNI0, &l.bridge, Some("bridge"));
         cni0.mtu = l.mtu;
         let vxlan_peers: Vec<&Peer> = d.peers.iter().filter(|p| p.path == PeerPath::Vxlan).collect();
-        let mut routes: Vec<Route4> = d.peers.iter().map(route_of).collect();
-        routes.push(Route4 {
-            dst: l.pod_cidr,
+        let mut routes: Vec<Route> = d.peers.iter().map(route_of).collect();
+        routes.push(Route {
+            dst: l.pod_cidr.into(),
             gateway: None,
             oif: Some(CNI0),
             onlink: false,
@@ -780,7 +785,7 @@ pub(crate) mod tests {
             unreachable!()
         };
         assert_eq!(spec.attrs.underlay, Some(ETH0));
-        assert_eq!(spec.attrs.local, Some(d.local.node_ip));
+        assert_eq!(spec.attrs.local, Some(d.local.node_ip.into()));
         assert!(!spec.attrs.learning && !spec.attrs.udp_csum);
         let routes: Vec<&RouteSpec> = p
             .steps()
@@ -794,9 +799,9 @@ pub(crate) mod tests {
             .collect();
         assert_eq!(routes.len(), 2);
         let direct = routes.iter().find(|r| r.dev == Dev::Index(ETH0)).unwrap();
-        assert_eq!((direct.gateway, direct.onlink), (d.peers[1].node_ip, false));
+        assert_eq!((direct.gateway, direct.onlink), (d.peers[1].node_ip.into(), false));
         let vx = routes.iter().find(|r| r.dev == Dev::Vxlan).unwrap();
-        assert_eq!((vx.gateway, vx.onlink), (d.peers[0].vtep_ip(), true));
+        assert_eq!((vx.gateway, vx.onlink), (d.peers[0].vtep_ip().into(), true));
         // Only one neighbour and FDB entry: the direct peer has none.
         let n = p.steps().filter(|s| matches!(s.op, Op::Neighbour { .. } | Op::Fdb { .. }));
         assert_eq!(n.count(), 2);
@@ -1034,7 +1039,7 @@ pub(crate) mod tests {
         let p = plan(&d, &k).unwrap();
         let ops: Vec<&Op> = p.steps().map(|s| &s.op).collect();
         assert_eq!(ops.len(), 2);
-        assert!(ops.contains(&&Op::Fdb { mac: extra.mac, dst: d.peers[0].node_ip }));
+        assert!(ops.contains(&&Op::Fdb { mac: extra.mac, dst: d.peers[0].node_ip.into() }));
         assert!(ops.contains(&&Op::DeleteFdb(second)));
     }
 

@@ -9,15 +9,15 @@
 //! on an object one of its own steps destroys leaves work for the next plan, which fails here.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use proptest::prelude::*;
 
 use crate::desired::{DEFAULT_VXLAN_DEVICE, Desired, LocalNode, Peer, PeerPath};
 use crate::firewall;
 use crate::mac::Mac;
-use crate::objects::{FdbEntry, Link, LinkChange, MAIN_TABLE, Neighbour, Route4, VxlanSpec, WEFT_ROUTE_PROTOCOL};
+use crate::objects::{FdbEntry, Link, LinkChange, MAIN_TABLE, Neighbour, Route, VxlanSpec, WEFT_ROUTE_PROTOCOL};
 use crate::plan::tests::{CNI0, ETH0, VXLAN, converged, desired_with, fdb_of, link, neighbour_of};
 use crate::plan::{Dev, Op, Plan, plan};
 use crate::snapshot::Kernel;
@@ -104,16 +104,16 @@ fn cidr(block: u8) -> Ipv4Net {
 
 /// Adds an extra entry unless the kernel already has one with the same key (it cannot hold two).
 fn add_extra(k: &mut Kernel, extra: &Extra) {
-    let route = |dst, gateway, oif, protocol, table, priority| Route4 {
-        dst,
-        gateway: Some(gateway),
+    let route = |dst, gateway, oif, protocol, table, priority| Route {
+        dst: IpNet::from(dst),
+        gateway: Some(IpAddr::from(gateway)),
         oif: Some(oif),
         onlink: oif == VXLAN,
         protocol,
         table,
         priority,
     };
-    let add_route = |k: &mut Kernel, r: Route4| {
+    let add_route = |k: &mut Kernel, r: Route| {
         if !k.routes.iter().any(|o| (o.table, o.dst, o.priority) == (r.table, r.dst, r.priority)) {
             k.routes.push(r);
         }
@@ -136,13 +136,13 @@ fn add_extra(k: &mut Kernel, extra: &Extra) {
         }
         Extra::VxlanNeighbour { block, permanent } => {
             let mac = Mac::derived(&format!("stale-{block}"));
-            add_neighbour(k, Neighbour { ifindex: VXLAN, ip: cidr(block).network(), mac, permanent });
+            add_neighbour(k, Neighbour { ifindex: VXLAN, ip: cidr(block).network().into(), mac, permanent });
         }
         Extra::UnderlayNeighbour { block } => {
             add_neighbour(k, Neighbour { ifindex: ETH0, ..neighbour_of(&peer(block, PeerPath::Vxlan)) });
         }
         Extra::VxlanFdb { n, dst } => {
-            let e = FdbEntry { dst: Some(Ipv4Addr::new(203, 0, 113, dst)), ..fdb_of(&peer(n, PeerPath::Vxlan)) };
+            let e = FdbEntry { dst: Some(Ipv4Addr::new(203, 0, 113, dst).into()), ..fdb_of(&peer(n, PeerPath::Vxlan)) };
             if !k.fdb.contains(&e) {
                 k.fdb.push(e);
             }
@@ -219,7 +219,7 @@ fn apply_op(k: &mut Kernel, op: &Op, desired: &Desired) {
                 }
                 Dev::Index(i) => i,
             };
-            let key = |r: &Route4| (r.table, r.dst, r.priority) == (MAIN_TABLE, route.dst, None);
+            let key = |r: &Route| (r.table, r.dst, r.priority) == (MAIN_TABLE, route.dst, None);
             let existing = k.routes.iter().position(key);
             match (existing, replace) {
                 (Some(i), true) => k.routes[i] = route.to_route(oif),
@@ -276,9 +276,9 @@ fn set_up(k: &mut Kernel, index: u32, up: bool) {
 }
 
 /// An address with a prefix shorter than the host's brings its connected route along.
-fn connected_route(index: u32, address: Ipv4Net) -> Option<Route4> {
-    (address.prefix_len() < 32).then(|| Route4 {
-        dst: address.trunc(),
+fn connected_route(index: u32, address: Ipv4Net) -> Option<Route> {
+    (address.prefix_len() < 32).then(|| Route {
+        dst: address.trunc().into(),
         gateway: None,
         oif: Some(index),
         onlink: false,
@@ -416,7 +416,7 @@ fn converges_in_one_plan(desired: &Desired, kernel: &Kernel) -> Result<Plan, Tes
 }
 
 /// Routes, neighbours and FDB entries weft does not own: nothing may change them.
-fn foreign(k: &Kernel) -> (Vec<Route4>, Vec<Neighbour>, Vec<FdbEntry>) {
+fn foreign(k: &Kernel) -> (Vec<Route>, Vec<Neighbour>, Vec<FdbEntry>) {
     (
         k.routes.iter().filter(|r| r.protocol != WEFT_ROUTE_PROTOCOL || r.table != MAIN_TABLE).cloned().collect(),
         k.neighbours.iter().filter(|n| n.ifindex != VXLAN).copied().collect(),
@@ -545,7 +545,7 @@ proptest! {
         }
         prop_assert_eq!(foreign(&apply(&p, &kernel, &desired, InStage::AsPlanned)), foreign(&kernel));
         // The kernel's own (non-permanent) vxlan0 neighbours go only when a peer needs the address.
-        let wanted: HashSet<Ipv4Addr> = desired.peers.iter().map(Peer::vtep_ip).collect();
+        let wanted: HashSet<IpAddr> = desired.peers.iter().map(|p| p.vtep_ip().into()).collect();
         let after = apply(&p, &kernel, &desired, InStage::AsPlanned);
         for n in kernel.neighbours.iter().filter(|n| n.ifindex == VXLAN && !n.permanent && !wanted.contains(&n.ip)) {
             prop_assert!(after.neighbours.contains(n), "{:?} was removed", n);
@@ -559,7 +559,7 @@ proptest! {
         prop_assert!(p.steps().all(|s| s.peer.as_deref().is_none_or(|n| !rejected.contains(n))));
         let after = apply(&p, &kernel, &desired, InStage::AsPlanned);
         for peer in desired.peers.iter().filter(|p| rejected.contains(p.name.as_str())) {
-            let weft_route = |r: &Route4| (r.dst, r.protocol, r.table) == (peer.pod_cidr, WEFT_ROUTE_PROTOCOL, MAIN_TABLE);
+            let weft_route = |r: &Route| (r.dst, r.protocol, r.table) == (peer.pod_cidr.into(), WEFT_ROUTE_PROTOCOL, MAIN_TABLE);
             prop_assert!(!after.routes.iter().any(weft_route), "{} is still routed", peer.name);
         }
     }

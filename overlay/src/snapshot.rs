@@ -8,7 +8,7 @@ use crate::desired::DEFAULT_VXLAN_DEVICE;
 use crate::firewall;
 use crate::netlink::{Netlink, NetlinkError};
 use crate::nft::{Listing, NftSocket};
-use crate::objects::{FdbEntry, Link, Neighbour, Route4};
+use crate::objects::{FdbEntry, Link, Neighbour, Route};
 use crate::sysctl;
 
 /// The value weft gives `rp_filter` on vxlan0: loose (see docs/datapath.md).
@@ -21,7 +21,7 @@ pub struct Kernel {
     /// Every IPv4 address as (link index, address).
     pub addresses: Vec<(u32, Ipv4Net)>,
     /// IPv4 routes of the main table, of every protocol.
-    pub routes: Vec<Route4>,
+    pub routes: Vec<Route>,
     /// IPv4 neighbours of every device.
     pub neighbours: Vec<Neighbour>,
     /// NTF_SELF forwarding entries of every device.

@@ -1,7 +1,7 @@
 //! Findings from a read-only look at this node's kernel: the overlay's own snapshot (links,
 //! addresses, the nftables listing, the sysctls weft sets), checked against what weft programs.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use weft_overlay::desired::{DEFAULT_VXLAN_DEVICE, DEFAULT_VXLAN_PORT, VXLAN_OVERHEAD};
 use weft_overlay::objects::{Link, VxlanAttrs};
@@ -15,7 +15,7 @@ pub struct Expected {
     pub vni: u32,
     pub vxlan_port: u16,
     /// The node's underlay address, as the agent reports it.
-    pub node_ip: Option<Ipv4Addr>,
+    pub node_ip: Option<IpAddr>,
     /// The pod MTU, as the agent reports it.
     pub pod_mtu: Option<u32>,
 }
@@ -223,8 +223,8 @@ fn pod_mtu(kernel: &Kernel, expected: &Expected) -> Finding {
     )
 }
 
-fn link_holding(kernel: &Kernel, ip: Ipv4Addr) -> Option<&Link> {
-    let (index, _) = kernel.addresses.iter().find(|(_, net)| net.addr() == ip)?;
+fn link_holding(kernel: &Kernel, ip: IpAddr) -> Option<&Link> {
+    let (index, _) = kernel.addresses.iter().find(|(_, net)| IpAddr::from(net.addr()) == ip)?;
     kernel.links.iter().find(|l| l.index == *index)
 }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use weft_overlay::netlink::{Netlink, NetlinkError};
 use weft_overlay::objects::{Link, Route};
 
@@ -22,8 +22,8 @@ pub struct Underlay {
 #[derive(Debug, Clone, Default)]
 pub struct HostNetwork {
     pub links: Vec<Link>,
-    /// IPv4 addresses by link index.
-    pub addresses: BTreeMap<u32, Vec<Ipv4Net>>,
+    /// Addresses by link index.
+    pub addresses: BTreeMap<u32, Vec<IpNet>>,
     /// Main-table IPv4 routes.
     pub routes: Vec<Route>,
 }
@@ -45,7 +45,15 @@ pub enum DetectError {
 /// Picks the underlay. Interface: `--iface`, else the one holding `--node-ip`, else the default
 /// route's. Address: `--node-ip` (which must be on that interface), else its first address.
 pub fn choose(net: &HostNetwork, node_ip: Option<Ipv4Addr>, iface: Option<&str>) -> Result<Underlay, DetectError> {
-    let addresses = |link: &Link| net.addresses.get(&link.index).cloned().unwrap_or_default();
+    // The underlay is IPv4 until weft carries VXLAN over IPv6.
+    let addresses = |link: &Link| -> Vec<Ipv4Net> {
+        let all = net.addresses.get(&link.index).into_iter().flatten();
+        all.filter_map(|a| match a {
+            IpNet::V4(v4) => Some(*v4),
+            IpNet::V6(_) => None,
+        })
+        .collect()
+    };
     let link = match (iface, node_ip) {
         (Some(name), _) => {
             net.links.iter().find(|l| l.name == name).ok_or_else(|| DetectError::NoSuchInterface(name.to_string()))?
@@ -59,7 +67,7 @@ pub fn choose(net: &HostNetwork, node_ip: Option<Ipv4Addr>, iface: Option<&str>)
             let oif = net
                 .routes
                 .iter()
-                .filter(|r| r.dst.prefix_len() == 0)
+                .filter(|r| r.dst.prefix_len() == 0 && r.dst.addr().is_ipv4())
                 .find_map(|r| r.oif)
                 .ok_or(DetectError::NoDefaultRoute)?;
             net.links.iter().find(|l| l.index == oif).ok_or(DetectError::NoDefaultRoute)?
@@ -80,9 +88,9 @@ pub fn choose(net: &HostNetwork, node_ip: Option<Ipv4Addr>, iface: Option<&str>)
 pub async fn detect(node_ip: Option<Ipv4Addr>, iface: Option<&str>) -> Result<Underlay, DetectError> {
     let nl = Netlink::connect()?;
     let links = nl.links().await?;
-    let mut addresses = BTreeMap::new();
-    for link in &links {
-        addresses.insert(link.index, nl.addresses(link.index).await?);
+    let mut addresses: BTreeMap<u32, Vec<IpNet>> = BTreeMap::new();
+    for (index, address) in nl.all_addresses().await? {
+        addresses.entry(index).or_default().push(address);
     }
     let routes = nl.routes().await?;
     choose(&HostNetwork { links, addresses, routes }, node_ip, iface)

@@ -119,7 +119,7 @@ impl Plugged {
             .ok_or_else(|| CniError::new(Code::Kernel, format!("{} vanished from the container", a.ifname)))?;
         // A reused address keeps its MAC, so neighbours' ARP caches stay right.
         let container_mac = Mac::for_ipv4(lease.address.addr());
-        ns_nl.add_address(iface.index, lease.address).await?;
+        ns_nl.add_address(iface.index, lease.address.into()).await?;
         let up = LinkChange { up: Some(true), mac: Some(container_mac), ..LinkChange::default() };
         ns_nl.set_link(iface.index, &up).await?;
         for route in container_routes(lease, iface.index) {
@@ -134,7 +134,7 @@ impl Plugged {
             self.host_nl.set_hairpin(host.index, true).await?;
         }
         let gateway = Ipv4Net::new(lease.gateway, lease.address.prefix_len()).expect("prefix is valid");
-        ensure_address(&self.host_nl, self.bridge.index, gateway).await?;
+        ensure_address(&self.host_nl, self.bridge.index, gateway.into()).await?;
         Ok(Attached {
             bridge: self.bridge.clone(),
             host_name: self.host_name.clone(),
@@ -281,7 +281,7 @@ pub async fn verify(e: &Expected<'_>, container: PendingSocket) -> Result<(), Cn
                 problems.push(format!("{} has MTU {}, expected {}", e.ifname, iface.mtu, e.mtu));
             }
             let addrs = ns_nl.addresses(iface.index).await?;
-            for want in e.addresses.iter().filter(|a| !addrs.contains(a)) {
+            for want in e.addresses.iter().filter(|a| !addrs.contains(&IpNet::from(**a))) {
                 problems.push(format!("{} lacks address {want}", e.ifname));
             }
             let routes = ns_nl.routes().await?;

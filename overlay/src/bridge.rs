@@ -1,7 +1,7 @@
 //! The node bridge `cni0`: ensured by the agent before the first pod and by the plugin on every
 //! ADD, so the two never disagree about what it looks like.
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::mac::Mac;
 use crate::netlink::{Netlink, NetlinkError};
@@ -35,7 +35,7 @@ pub async fn ensure_bridge(
 ) -> Result<(Link, BridgeChanges), BridgeError> {
     // A fixed MAC: otherwise the bridge takes its lowest port's MAC, which changes as pods come and go.
     let (link, mut changes) = ensure_bridge_link(nl, name, mtu, Mac::for_ipv4(gateway.addr())).await?;
-    changes.address_added = ensure_address(nl, link.index, gateway).await?;
+    changes.address_added = ensure_address(nl, link.index, gateway.into()).await?;
     Ok((link, changes))
 }
 
@@ -70,7 +70,7 @@ pub async fn ensure_bridge_link(
 }
 
 /// Puts `address` on the link unless it is there already; whether it was added.
-pub async fn ensure_address(nl: &Netlink, index: u32, address: Ipv4Net) -> Result<bool, BridgeError> {
+pub async fn ensure_address(nl: &Netlink, index: u32, address: IpNet) -> Result<bool, BridgeError> {
     if nl.addresses(index).await?.contains(&address) {
         return Ok(false);
     }

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -277,36 +277,38 @@ impl Netlink {
     // ---- addresses ----
 
     /// The IPv4 addresses on a link.
-    pub async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Net>> {
+    pub async fn addresses(&self, index: u32) -> Result<Vec<IpNet>> {
         // Without strict checking the kernel ignores a link filter and dumps every address.
         let all = self.all_addresses().await?;
         Ok(all.into_iter().filter(|(i, _)| *i == index).map(|(_, a)| a).collect())
     }
 
     /// Every IPv4 address of the namespace in one dump, as (link index, address).
-    pub async fn all_addresses(&self) -> Result<Vec<(u32, Ipv4Net)>> {
+    pub async fn all_addresses(&self) -> Result<Vec<(u32, IpNet)>> {
         let mut req = self.handle.address().get();
         req.message_mut().header.family = AddressFamily::Inet;
         let msgs: Vec<AddressMessage> = req.execute().try_collect().await.map_err(kernel("dump addresses"))?;
         Ok(msgs.iter().filter_map(|m| Some((m.header.index, parse_address(m)?))).collect())
     }
 
-    pub async fn add_address(&self, index: u32, addr: Ipv4Net) -> Result<()> {
+    pub async fn add_address(&self, index: u32, addr: IpNet) -> Result<()> {
         self.handle
             .address()
-            .add(index, IpAddr::V4(addr.addr()), addr.prefix_len())
+            .add(index, addr.addr(), addr.prefix_len())
             .execute()
             .await
             .map_err(kernel(format!("add address {addr} to link #{index}")))
     }
 
-    pub async fn delete_address(&self, index: u32, addr: Ipv4Net) -> Result<()> {
+    pub async fn delete_address(&self, index: u32, addr: IpNet) -> Result<()> {
         let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = family_of(addr.addr());
         msg.header.prefix_len = addr.prefix_len();
         msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
-        msg.attributes.push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
+        if addr.addr().is_ipv4() {
+            msg.attributes.push(AddressAttribute::Local(addr.addr()));
+        }
+        msg.attributes.push(AddressAttribute::Address(addr.addr()));
         self.handle
             .address()
             .del(msg)
@@ -514,11 +516,20 @@ fn parse_vxlan(data: &[InfoVxlan]) -> VxlanAttrs {
     attrs
 }
 
-fn parse_address(m: &AddressMessage) -> Option<Ipv4Net> {
-    m.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Local(IpAddr::V4(ip)) => Ipv4Net::new(*ip, m.header.prefix_len).ok(),
+/// IPv4 addresses carry IFA_LOCAL; IPv6 ones only IFA_ADDRESS (which on an IPv4 point-to-point
+/// link is the peer's, hence LOCAL first).
+fn parse_address(m: &AddressMessage) -> Option<IpNet> {
+    let local = m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(ip) => Some(*ip),
         _ => None,
-    })
+    });
+    let address = || {
+        m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        })
+    };
+    IpNet::new(local.or_else(address)?, m.header.prefix_len).ok()
 }
 
 fn parse_route(m: &RouteMessage) -> Option<Route> {
@@ -690,6 +701,20 @@ mod tests {
         // An IPv6 destination cannot have an IPv4 next hop: refused before the kernel sees it.
         let mixed = Route { gateway: Some("10.244.2.0".parse().unwrap()), ..v6 };
         assert!(route_message(&mixed, RouteScope::Universe).is_err());
+    }
+
+    #[test]
+    fn addresses_of_either_family_are_read() {
+        let mut v4 = AddressMessage::default();
+        v4.header.prefix_len = 24;
+        v4.attributes.push(AddressAttribute::Address("192.0.2.1".parse().unwrap()));
+        v4.attributes.push(AddressAttribute::Local("192.0.2.10".parse().unwrap()));
+        assert_eq!(parse_address(&v4), Some("192.0.2.10/24".parse().unwrap()));
+        let mut v6 = AddressMessage::default();
+        v6.header.prefix_len = 64;
+        v6.attributes.push(AddressAttribute::Address("2001:db8:1::10".parse().unwrap()));
+        assert_eq!(parse_address(&v6), Some("2001:db8:1::10/64".parse().unwrap()));
+        assert_eq!(parse_address(&AddressMessage::default()), None);
     }
 
     #[test]

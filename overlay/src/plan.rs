@@ -72,12 +72,12 @@ pub enum Op {
         gateway: Ipv4Net,
     },
     /// On vxlan0 (which may be created in the same apply, so its index is not known yet).
-    AddAddress(Ipv4Net),
+    AddAddress(IpNet),
     /// From an existing link: vxlan0, or cni0 keeping a previous PodCIDR's gateway.
     DeleteAddress {
         link: String,
         index: u32,
-        address: Ipv4Net,
+        address: IpNet,
     },
     Sysctl {
         key: String,
@@ -412,7 +412,7 @@ fn plan_vxlan<'k>(
     kernel: &'k Kernel,
 ) -> OnVxlan<'k> {
     let spec = vxlan_spec(local, underlay);
-    let want_addr = Ipv4Net::from(local.vtep_ip());
+    let want_addr = IpNet::from(Ipv4Net::from(local.vtep_ip()));
     let adopted = match existing {
         Some(link) if compatible(link, &spec.attrs) => Some(link),
         Some(link) => {
@@ -450,7 +450,7 @@ fn plan_vxlan<'k>(
         b.push(Stage::Device, Op::VxlanLearningOff, Tally::CHANGE, None);
     }
 
-    let addresses: Vec<Ipv4Net> = kernel.addresses_of(link.index).collect();
+    let addresses: Vec<IpNet> = kernel.addresses_of(link.index).collect();
     for addr in &addresses {
         if *addr == want_addr {
             b.unchanged += 1;
@@ -478,7 +478,7 @@ fn plan_bridge(b: &mut Builder, local: &LocalNode, kernel: &Kernel) {
     let gateway = local.gateway_net();
     let bridge = kernel.link(&local.bridge).filter(|l| l.kind.as_deref() == Some("bridge"));
     let right =
-        bridge.is_some_and(|l| l.up && l.mtu == local.mtu && kernel.addresses_of(l.index).any(|a| a == gateway));
+        bridge.is_some_and(|l| l.up && l.mtu == local.mtu && kernel.addresses_of(l.index).any(|a| a == gateway.into()));
     if right {
         b.unchanged += 1;
     } else {
@@ -487,7 +487,7 @@ fn plan_bridge(b: &mut Builder, local: &LocalNode, kernel: &Kernel) {
         b.push(Stage::Device, op, Tally::default(), None);
     }
     if let Some(link) = bridge {
-        for address in kernel.addresses_of(link.index).filter(|a| *a != gateway) {
+        for address in kernel.addresses_of(link.index).filter(|a| *a != gateway.into()) {
             let op = Op::DeleteAddress { link: link.name.clone(), index: link.index, address };
             b.removal(Stage::StaleAddresses, op);
         }
@@ -708,8 +708,8 @@ pub(crate) mod tests {
             links: vec![link(1, "lo", None), link(ETH0, "eth0", None), vxlan, cni0],
             addresses: vec![
                 (ETH0, "192.0.2.10/24".parse().unwrap()),
-                (VXLAN, Ipv4Net::new(l.vtep_ip(), 32).unwrap()),
-                (CNI0, Ipv4Net::new(l.gateway(), 24).unwrap()),
+                (VXLAN, Ipv4Net::new(l.vtep_ip(), 32).unwrap().into()),
+                (CNI0, Ipv4Net::new(l.gateway(), 24).unwrap().into()),
             ],
             routes,
             neighbours: vxlan_peers.iter().map(|p| neighbour_of(p)).collect(),
@@ -836,7 +836,7 @@ pub(crate) mod tests {
     fn a_previous_pod_cidrs_gateway_is_taken_off_cni0() {
         let d = desired_with(&[2]);
         let mut k = converged(&d);
-        let old: Ipv4Net = "10.244.9.1/24".parse().unwrap();
+        let old: IpNet = "10.244.9.1/24".parse().unwrap();
         k.addresses.push((CNI0, old));
         let p = plan(&d, &k).unwrap();
         let ops: Vec<&Op> = p.steps().map(|s| &s.op).collect();

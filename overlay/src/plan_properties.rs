@@ -276,9 +276,9 @@ fn set_up(k: &mut Kernel, index: u32, up: bool) {
 }
 
 /// An address with a prefix shorter than the host's brings its connected route along.
-fn connected_route(index: u32, address: Ipv4Net) -> Option<Route> {
-    (address.prefix_len() < 32).then(|| Route {
-        dst: address.trunc().into(),
+fn connected_route(index: u32, address: IpNet) -> Option<Route> {
+    (address.prefix_len() < address.max_prefix_len()).then(|| Route {
+        dst: address.trunc(),
         gateway: None,
         oif: Some(index),
         onlink: false,
@@ -288,14 +288,14 @@ fn connected_route(index: u32, address: Ipv4Net) -> Option<Route> {
     })
 }
 
-fn add_address(k: &mut Kernel, index: u32, address: Ipv4Net) {
+fn add_address(k: &mut Kernel, index: u32, address: IpNet) {
     if !k.addresses.contains(&(index, address)) {
         k.addresses.push((index, address));
         k.routes.extend(connected_route(index, address));
     }
 }
 
-fn delete_address(k: &mut Kernel, index: u32, address: Ipv4Net) {
+fn delete_address(k: &mut Kernel, index: u32, address: IpNet) {
     remove(&mut k.addresses, &(index, address));
     if let Some(route) = connected_route(index, address) {
         remove(&mut k.routes, &route);
@@ -347,7 +347,7 @@ fn ensure_bridge(k: &mut Kernel, name: &str, mtu: u32, gateway: Ipv4Net) {
     };
     let bridge = link_mut(k, index);
     (bridge.mtu, bridge.up) = (mtu, true);
-    add_address(k, index, gateway);
+    add_address(k, index, gateway.into());
 }
 
 fn set_sysctl(k: &mut Kernel, key: &str, value: &str) {

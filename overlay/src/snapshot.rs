@@ -2,7 +2,7 @@
 //! nfnetlink, on its own socket) and the two sysctls weft sets. The result is plain data the
 //! planner diffs against; nothing here decides anything.
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::desired::DEFAULT_VXLAN_DEVICE;
 use crate::firewall;
@@ -18,8 +18,8 @@ pub const RP_FILTER_LOOSE: &str = "2";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kernel {
     pub links: Vec<Link>,
-    /// Every IPv4 address as (link index, address).
-    pub addresses: Vec<(u32, Ipv4Net)>,
+    /// Every address as (link index, address); IPv4 only while weft programs only IPv4.
+    pub addresses: Vec<(u32, IpNet)>,
     /// IPv4 routes of the main table, of every protocol.
     pub routes: Vec<Route>,
     /// IPv4 neighbours of every device.
@@ -39,7 +39,7 @@ impl Kernel {
         self.links.iter().find(|l| l.name == name)
     }
 
-    pub fn addresses_of(&self, index: u32) -> impl Iterator<Item = Ipv4Net> + '_ {
+    pub fn addresses_of(&self, index: u32) -> impl Iterator<Item = IpNet> + '_ {
         self.addresses.iter().filter(move |(i, _)| *i == index).map(|(_, a)| *a)
     }
 }

@@ -224,7 +224,7 @@ fn pod_mtu(kernel: &Kernel, expected: &Expected) -> Finding {
 }
 
 fn link_holding(kernel: &Kernel, ip: IpAddr) -> Option<&Link> {
-    let (index, _) = kernel.addresses.iter().find(|(_, net)| IpAddr::from(net.addr()) == ip)?;
+    let (index, _) = kernel.addresses.iter().find(|(_, net)| net.addr() == ip)?;
     kernel.links.iter().find(|l| l.index == *index)
 }
 

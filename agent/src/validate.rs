@@ -80,6 +80,22 @@ impl Rejection {
     }
 }
 
+/// Every label [`Rejection::label`] gives a counted rejection (`not_announced` is never counted),
+/// so that the metric shows each at 0 from the start.
+pub const COUNTED_LABELS: [&str; 11] = [
+    "name",
+    "malformed",
+    "node_ip_not_unicast",
+    "node_ip_is_ours",
+    "mac_not_unicast",
+    "mac_not_of_name",
+    "vni_mismatch",
+    "vxlan_port_mismatch",
+    "pod_cidr_outside_cluster",
+    "pod_cidr_wrong_prefix",
+    "pod_cidr_not_aligned",
+];
+
 /// Longest node name accepted (a DNS subdomain, as Kubernetes node names are).
 pub const MAX_NODE_NAME_LEN: usize = 253;
 
@@ -176,6 +192,8 @@ pub fn validate(name: &str, kvs: &BTreeMap<String, String>, rules: &Rules) -> Re
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
     use crate::allocation::ClaimKind;
 
@@ -251,10 +269,13 @@ pub(crate) mod tests {
             (keys::POD_CIDR, "10.244.0.0/16;static;1", "pod_cidr_wrong_prefix"),
             (keys::POD_CIDR, "garbage", "malformed"),
         ];
+        let mut seen = BTreeSet::from(["name"]);
         for (key, value, label) in cases {
             let err = validate("node-b", &with(key, value), &rules()).unwrap_err();
             assert_eq!(err.label(), *label, "{key}={value}: {err}");
+            seen.insert(err.label());
         }
+        assert_eq!(seen, BTreeSet::from(COUNTED_LABELS), "the metric's list of reasons is out of date");
     }
 
     #[test]

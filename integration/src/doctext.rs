@@ -121,7 +121,7 @@ pub fn metric_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for (i, _) in text.match_indices("weft_") {
         let before = text[..i].chars().next_back();
-        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '/' || c == '.') {
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || "_-/.:".contains(c)) {
             continue;
         }
         let name: String =
@@ -253,7 +253,7 @@ mod tests {
     fn finds_metric_names_but_not_crate_paths_or_log_targets() {
         let names = metric_names(DOC);
         assert_eq!(names, ["weft_gossip_rejected_total".to_string()].into());
-        assert!(metric_names("/usr/lib/weft_x weft-lab").is_empty());
+        assert!(metric_names("/usr/lib/weft_x weft-lab `firewall::weft_table`").is_empty());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use weft_lab::cluster::{AgentOptions, Cluster};
 use weft_lab::doctext::{self, BINARIES, Code};
 use weft_lab::topology::{Lab, LabSpec};
-use weft_lab::{bins, netns};
+use weft_lab::{bins, netns, wait};
 
 /// How long one shell block may run (the getting-started block builds and removes a lab).
 const BLOCK_LIMIT: Duration = Duration::from_secs(60);
@@ -239,4 +239,48 @@ fn getting_started_blocks_run_against_a_private_lab() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// troubleshooting.md's check for "nothing arrives from a node": with UDP 8473 dropped between
+/// the subnets, n2 (alone on its subnet) is missing from the peer tables of n1 and n3 and has
+/// none itself, and is not ready, waiting for gossip; once the path opens it shows alive. The
+/// datagram counter `weft_gossip_messages_total{direction="in"}` is no such check: n1 hears n3
+/// on its own subnet, so it rises while n2 is cut off.
+#[test]
+fn a_node_cut_off_from_gossip_is_missing_from_the_peer_tables() {
+    weft_lab::require_root();
+    let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes: 3, subnets: 2, gro: true }).expect("build lab");
+    lab.block_between_subnets(8473).expect("block gossip between the subnets");
+    let c =
+        Cluster::start(lab, AgentOptions { extra_args: vec!["--startup-grace=60s".into()], ..AgentOptions::default() })
+            .expect("start agents");
+    // (name, state) of each peer in node i's /status; empty while its agent does not answer yet.
+    let peer_names = |i: usize| -> Vec<(String, String)> {
+        let peers = c.status(i).map(|s| s["peers"].as_array().cloned().unwrap_or_default()).unwrap_or_default();
+        peers
+            .iter()
+            .map(|p| (p["name"].as_str().unwrap_or("").into(), p["state"].as_str().unwrap_or("").into()))
+            .collect()
+    };
+    let n1_sees_n3 = || peer_names(0).contains(&("n3".into(), "alive".into())).then_some(());
+    for i in 0..3 {
+        wait::until("the agent to answer", Duration::from_secs(10), Duration::from_millis(50), || c.status(i).ok())
+            .expect("agent answers");
+    }
+    wait::until("n1 to hear n3 on its own subnet", Duration::from_secs(20), Duration::from_millis(100), n1_sees_n3)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", peer_names(0)));
+    for i in [0, 2] {
+        assert!(!peer_names(i).iter().any(|(name, _)| name == "n2"), "n{}: n2 listed while cut off", i + 1);
+    }
+    assert!(peer_names(1).is_empty(), "n2 lists peers while cut off: {:?}", peer_names(1));
+    assert_eq!(c.metric(1, "weft_peers{state=\"alive\"}").expect("alive peers"), 0.0);
+    let (code, reason) = c.get(1, "/readyz").expect("readyz");
+    assert!(code == 503 && reason.contains("gossip"), "n2: /readyz {code} {reason}");
+    let incoming = c.metric(0, "weft_gossip_messages_total{direction=\"in\"}").expect("messages in");
+    eprintln!("n1 received {incoming} gossip datagrams while n2 was cut off");
+    assert!(incoming > 0.0, "n1 heard nothing from n3 either");
+
+    c.lab.router_firewall(&[]).expect("open gossip");
+    c.wait_converged(Duration::from_secs(30)).expect("converge once gossip passes");
+    assert_eq!(c.metric(1, "weft_peers{state=\"alive\"}").expect("alive peers"), 2.0);
 }

@@ -258,6 +258,9 @@ pub struct DiagnoseArgs {
 pub struct CleanupArgs {
     #[command(flatten)]
     pub paths: PathArgs,
+    /// Also remove the bridge while pods are still attached to it (they lose their network).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[cfg(test)]

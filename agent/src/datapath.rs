@@ -29,8 +29,9 @@ pub struct CleanupSummary {
 #[async_trait]
 pub trait Datapath: Send + Sync + 'static {
     async fn apply(&self, desired: &Desired) -> Result<ApplyReport, DatapathError>;
-    /// Removes everything weft put into the kernel.
-    async fn cleanup(&self) -> Result<CleanupSummary, DatapathError>;
+    /// Removes everything weft put into the kernel; the bridge only while no pod is attached to
+    /// it, unless `force`.
+    async fn cleanup(&self, force: bool) -> Result<CleanupSummary, DatapathError>;
 }
 
 /// The kernel datapath of the calling network namespace. Must run inside a tokio runtime.
@@ -48,9 +49,9 @@ impl Datapath for Kernel {
         self.0.apply(desired).await.map_err(|e| DatapathError::Kernel(Box::new(e)))
     }
 
-    async fn cleanup(&self) -> Result<CleanupSummary, DatapathError> {
-        let report =
-            self.0.cleanup(&CleanupOptions::default()).await.map_err(|e| DatapathError::Kernel(Box::new(e)))?;
+    async fn cleanup(&self, force: bool) -> Result<CleanupSummary, DatapathError> {
+        let options = CleanupOptions { force, ..CleanupOptions::default() };
+        let report = self.0.cleanup(&options).await.map_err(|e| DatapathError::Kernel(Box::new(e)))?;
         if let Some(failure) = report.failures.first() {
             let all: Vec<String> = report.failures.iter().map(|f| format!("{}: {}", f.object, f.error)).collect();
             tracing::warn!(failures = ?all, "cleanup could not remove everything");
@@ -95,7 +96,7 @@ where
         self.get().await?.apply(desired).await
     }
 
-    async fn cleanup(&self) -> Result<CleanupSummary, DatapathError> {
-        self.get().await?.cleanup().await
+    async fn cleanup(&self, force: bool) -> Result<CleanupSummary, DatapathError> {
+        self.get().await?.cleanup(force).await
     }
 }

@@ -98,8 +98,8 @@ impl Peers {
 pub enum Skip {
     #[error("rejected: {0}")]
     Rejected(Rejection),
-    #[error("has not announced its address yet")]
-    NotAnnounced,
+    #[error("has not announced {0} yet")]
+    NotAnnounced(&'static str),
     #[error("{}", match .0 {
         Liveness::Joining => "joining: no failure-detector verdict yet",
         Liveness::Leaving => "leaving",
@@ -162,7 +162,7 @@ pub fn decide<'a>(
     let conflicts = allocation::conflicts(&claimants);
     let verdict = |p: &Peer| {
         let announcement = p.announcement.as_ref().map_err(|r| match r {
-            Rejection::NotAnnounced => Skip::NotAnnounced,
+            Rejection::NotAnnounced(key) => Skip::NotAnnounced(key),
             r => Skip::Rejected(r.clone()),
         })?;
         if !p.liveness.programmable() && !tunnel_answers.contains(&p.name) {
@@ -345,8 +345,8 @@ mod tests {
         let mut bare = member("b", 1, Liveness::Alive, "192.0.2.2", None);
         bare.keys.clear();
         let peers = collect(&view(vec![bare]), "me", 5, &rules());
-        assert_eq!(peers.peers[0].announcement, Err(Rejection::NotAnnounced));
+        assert_eq!(peers.peers[0].announcement, Err(Rejection::NotAnnounced(keys::NODE_IP)));
         let decided = decide(&peers, "me", None, |_| PeerPath::Vxlan, &BTreeSet::new());
-        assert_eq!((&decided.peers[0].verdict, decided.peers[0].path), (&Err(Skip::NotAnnounced), None));
+        assert_eq!((&decided.peers[0].verdict, decided.peers[0].path), (&Err(Skip::NotAnnounced(keys::NODE_IP)), None));
     }
 }

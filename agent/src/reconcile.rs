@@ -518,7 +518,7 @@ impl Controller {
             .peers
             .iter()
             .filter_map(|p| Some((p.name.clone(), p.announcement.clone().err()?)))
-            .filter(|(_, r)| *r != Rejection::NotAnnounced)
+            .filter(|(_, r)| !matches!(r, Rejection::NotAnnounced(_)))
             .collect();
         for (name, rejection) in &current {
             if self.rejections.get(name) != Some(rejection) {

@@ -34,12 +34,11 @@ pub struct Announcement {
 pub enum Rejection {
     #[error("node name {0:?} is not valid: {1}")]
     Name(String, String),
-    /// None of its facts has arrived yet: gossip can list a node before its keys reach us.
-    /// Not a fault of the peer; never logged or counted.
-    #[error("has not announced its address yet")]
-    NotAnnounced,
-    #[error("key {0} is missing")]
-    Missing(&'static str),
+    /// One of its facts has not arrived yet: gossip can list a node before its keys reach us,
+    /// and a delta cut at the datagram size carries only some of them. Not a fault of the peer;
+    /// never logged or counted (`/status` shows it on the peer while it lasts).
+    #[error("has not announced {0} yet")]
+    NotAnnounced(&'static str),
     #[error("key {key} = {value:?} is malformed: {reason}")]
     Malformed { key: &'static str, value: String, reason: String },
     #[error("node IP {0} is not a unicast address")]
@@ -67,8 +66,7 @@ impl Rejection {
     pub fn label(&self) -> &'static str {
         match self {
             Rejection::Name(..) => "name",
-            Rejection::NotAnnounced => "not_announced",
-            Rejection::Missing(_) => "missing_key",
+            Rejection::NotAnnounced(_) => "not_announced",
             Rejection::Malformed { .. } => "malformed",
             Rejection::NodeIpNotUnicast(_) => "node_ip_not_unicast",
             Rejection::NodeIpIsOurs(_) => "node_ip_is_ours",
@@ -82,6 +80,22 @@ impl Rejection {
         }
     }
 }
+
+/// Every label [`Rejection::label`] gives a counted rejection (`not_announced` is never counted),
+/// so that the metric shows each at 0 from the start.
+pub const COUNTED_LABELS: [&str; 11] = [
+    "name",
+    "malformed",
+    "node_ip_not_unicast",
+    "node_ip_is_ours",
+    "mac_not_unicast",
+    "mac_not_of_name",
+    "vni_mismatch",
+    "vxlan_port_mismatch",
+    "pod_cidr_outside_cluster",
+    "pod_cidr_wrong_prefix",
+    "pod_cidr_not_aligned",
+];
 
 /// Longest node name accepted (a DNS subdomain, as Kubernetes node names are).
 pub const MAX_NODE_NAME_LEN: usize = 253;
@@ -110,7 +124,7 @@ pub fn check_pod_cidr(cidr: Ipv4Net, cluster: Ipv4Net, prefix: u8) -> Result<(),
 }
 
 fn get<'a>(kvs: &'a BTreeMap<String, String>, key: &'static str) -> Result<&'a str, Rejection> {
-    kvs.get(key).map(String::as_str).ok_or(Rejection::Missing(key))
+    kvs.get(key).map(String::as_str).ok_or(Rejection::NotAnnounced(key))
 }
 
 fn parse<T: std::str::FromStr>(kvs: &BTreeMap<String, String>, key: &'static str) -> Result<T, Rejection>
@@ -124,8 +138,12 @@ where
 /// Checks a peer's key-values against our rules.
 pub fn validate(name: &str, kvs: &BTreeMap<String, String>, rules: &Rules) -> Result<Announcement, Rejection> {
     check_node_name(name).map_err(|e| Rejection::Name(name.to_string(), e))?;
-    if [keys::NODE_IP, keys::VTEP_MAC, keys::VNI, keys::VXLAN_PORT].iter().all(|k| !kvs.contains_key(*k)) {
-        return Err(Rejection::NotAnnounced);
+    // Every fact is checked for presence before any value: a partly arrived announcement is
+    // incomplete, not faulty, whatever its first keys hold.
+    if let Some(key) =
+        [keys::NODE_IP, keys::VTEP_MAC, keys::VNI, keys::VXLAN_PORT].into_iter().find(|k| !kvs.contains_key(*k))
+    {
+        return Err(Rejection::NotAnnounced(key));
     }
     let node_ip: Ipv4Addr = parse(kvs, keys::NODE_IP)?;
     if !is_unicast(node_ip.into()) {
@@ -170,6 +188,8 @@ pub fn validate(name: &str, kvs: &BTreeMap<String, String>, rules: &Rules) -> Re
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
     use crate::allocation::ClaimKind;
 
@@ -245,19 +265,26 @@ pub(crate) mod tests {
             (keys::POD_CIDR, "10.244.0.0/16;static;1", "pod_cidr_wrong_prefix"),
             (keys::POD_CIDR, "garbage", "malformed"),
         ];
+        let mut seen = BTreeSet::from(["name"]);
         for (key, value, label) in cases {
             let err = validate("node-b", &with(key, value), &rules()).unwrap_err();
             assert_eq!(err.label(), *label, "{key}={value}: {err}");
+            seen.insert(err.label());
         }
+        assert_eq!(seen, BTreeSet::from(COUNTED_LABELS), "the metric's list of reasons is out of date");
     }
 
     #[test]
-    fn missing_keys_and_bad_names_are_rejected() {
-        let mut kvs = good();
-        kvs.remove(keys::VTEP_MAC);
-        assert_eq!(validate("node-b", &kvs, &rules()), Err(Rejection::Missing(keys::VTEP_MAC)));
-        // Listed by gossip before any of its keys arrived: not (yet) a fault.
-        assert_eq!(validate("node-b", &BTreeMap::new(), &rules()), Err(Rejection::NotAnnounced));
+    fn missing_facts_are_not_announced_yet_and_bad_names_are_rejected() {
+        // Part of the facts arrived (a delta cut at the datagram size): not (yet) a fault, even
+        // when a value that did arrive would be rejected once the rest is there.
+        for key in [keys::NODE_IP, keys::VTEP_MAC, keys::VNI, keys::VXLAN_PORT] {
+            let mut kvs = with(keys::VNI, "2");
+            kvs.remove(key);
+            assert_eq!(validate("node-b", &kvs, &rules()), Err(Rejection::NotAnnounced(key)));
+        }
+        // Listed by gossip before any of its keys arrived.
+        assert_eq!(validate("node-b", &BTreeMap::new(), &rules()), Err(Rejection::NotAnnounced(keys::NODE_IP)));
         // Another node's (valid) announcement under this name: its MAC gives it away.
         assert_eq!(validate("node-c", &good(), &rules()).unwrap_err().label(), "mac_not_of_name");
         for name in ["", "-x", "a b", "a/b", &"n".repeat(254)] {

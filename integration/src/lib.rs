@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod cni;
 pub mod dataplane;
 pub mod demo;
+pub mod doctext;
 pub mod http;
 pub mod manage;
 pub mod netns;

@@ -166,6 +166,14 @@ impl Lab {
         }
         Ok(())
     }
+
+    /// Drops UDP to `port` between the first two subnets, both ways, at the router (traffic
+    /// within a subnet is untouched); `router_firewall(&[])` lifts it.
+    pub fn block_between_subnets(&self, port: u16) -> Result<()> {
+        let rule = |from: &str, to: &str| format!("ip saddr {from} ip daddr {to} udp dport {port} drop");
+        let [s0, s1] = NODE_RANGES;
+        self.router_firewall(&[rule(s0, s1), rule(s1, s0)])
+    }
 }
 
 impl Drop for Lab {

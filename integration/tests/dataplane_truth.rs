@@ -71,12 +71,6 @@ fn wait_for_every_node(c: &Cluster, broken: &str, what: &str) -> Duration {
     took
 }
 
-/// The router drops UDP to `port` between the two subnets, both ways.
-fn block_between_subnets(c: &Cluster, port: u16) {
-    let rule = |from: &str, to: &str| format!("ip saddr {from} ip daddr {to} udp dport {port} drop");
-    c.lab.router_firewall(&[rule(S0, S1), rule(S1, S0)]).unwrap();
-}
-
 /// `weft-agent status --cluster` run inside node `i`.
 fn cluster_view(c: &Cluster, i: usize) -> String {
     let agent = weft_lab::bins::path("weft-agent").unwrap();
@@ -101,7 +95,7 @@ fn pods_reach(c: &Cluster, from: usize, to: usize, size: u16) -> bool {
 fn a_vxlan_port_blocked_between_subnets_is_reported_for_exactly_the_cross_subnet_pairs_and_so_is_the_repair() {
     let c = cluster(4);
     wait_for_every_node(&c, "ok", "all paths ok");
-    block_between_subnets(&c, 8472);
+    c.lab.block_between_subnets(8472).unwrap();
     wait_for_every_node(&c, "tunnel-blocked", "UDP 8472 blocked between the subnets reported");
     // The whole cluster from one node: the pairs n1 is not part of too, from the others' gossip.
     let cross = ["n1 -> n2", "n1 -> n4", "n2 -> n1", "n2 -> n3", "n3 -> n2", "n3 -> n4", "n4 -> n1", "n4 -> n3"];
@@ -182,7 +176,7 @@ fn gossip_blocked_with_the_tunnel_open_shows_both_distinctly_and_pods_keep_talki
     let c = cluster(2);
     wait_for_every_node(&c, "ok", "all paths ok");
     // Only gossip (UDP 8473) is dropped between the subnets; VXLAN passes.
-    block_between_subnets(&c, 8473);
+    c.lab.block_between_subnets(8473).unwrap();
     let row = wait::until("n1 to see n2 gone from gossip", CONVERGE, Duration::from_millis(200), || {
         let status = c.status(0).ok()?;
         let row = status["peers"][0].clone();

@@ -55,7 +55,7 @@ pub fn plan_cleanup(kernel: &Kernel, opts: &CleanupOptions) -> (Plan, Vec<String
         if ports == 0 || opts.force {
             rest.push(step(Op::DeleteLink { index: bridge.index, name: bridge.name.clone() }));
         } else {
-            kept.push(format!("bridge {}: {ports} port(s) attached (force removes it)", bridge.name));
+            kept.push(format!("bridge {}: {ports} port(s) attached (--force removes it)", bridge.name));
         }
     }
     match &kernel.nft {

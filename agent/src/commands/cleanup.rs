@@ -22,7 +22,7 @@ pub async fn cleanup(args: &CleanupArgs) -> Result<(), CleanupError> {
     }
     // Only if empty: the state dir may be shared with other things.
     let _ = std::fs::remove_dir(&paths.state_dir);
-    let summary = datapath::kernel()?.cleanup().await?;
+    let summary = datapath::kernel()?.cleanup(args.force).await?;
     println!("removed {} kernel objects", summary.removed);
     for kept in &summary.kept {
         println!("kept {kept}");

@@ -146,6 +146,9 @@ impl Metrics {
             key_reload_errors.clone(),
         );
         let rejected = Family::<ReasonLabel, Counter>::default();
+        for reason in crate::validate::COUNTED_LABELS {
+            drop(rejected.get_or_create(&ReasonLabel { reason }));
+        }
         registry.register("gossip_rejected", "Peer announcements rejected by validation, by reason", rejected.clone());
         let conflicts_seen = Counter::default();
         registry.register(
@@ -394,6 +397,7 @@ mod tests {
             "weft_gossip_messages_total{direction=\"in\"} 1",
             "weft_gossip_bytes_total{direction=\"out\"} 100",
             "weft_gossip_rejected_total{reason=\"vni_mismatch\"} 1",
+            "weft_gossip_rejected_total{reason=\"malformed\"} 0",
             "weft_podcidr_conflicts_total 1",
             "weft_podcidr_conflicts_current 0",
             "weft_ready 0",

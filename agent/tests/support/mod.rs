@@ -46,7 +46,7 @@ impl Datapath for FakeDatapath {
         Ok(ApplyReport { created: desired.peers.len(), ..ApplyReport::default() })
     }
 
-    async fn cleanup(&self) -> Result<CleanupSummary, DatapathError> {
+    async fn cleanup(&self, _force: bool) -> Result<CleanupSummary, DatapathError> {
         Ok(CleanupSummary::default())
     }
 }

@@ -140,7 +140,8 @@ fn containerd_through_cri_gives_pods_addresses_routes_them_across_subnets_maps_h
 
     for (i, sandbox) in [(0, &web), (1, &client)] {
         let node = &c.lab.nodes[i];
-        // Files the cleanup below must find: libcni's results for weft and loopback, the shim socket.
+        // What containerd keeps outside its own directory while the sandbox runs (libcni's results
+        // for weft and loopback, the shim socket): found here, so the drop guard would find it too.
         let files = runtimes[i].leftovers(&sandbox.id);
         assert_eq!(files.len(), 3, "{files:?}");
         runtimes[i].stop_and_remove(&sandbox.id).expect("StopPodSandbox and RemovePodSandbox");

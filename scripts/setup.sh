@@ -5,6 +5,10 @@ set -euo pipefail
 packages=(
   iproute2 nftables iptables iperf3 iputils-ping ethtool tcpdump procps
   containernetworking-plugins podman runc busybox-static
+  # containerd 1.6, driven through CRI by integration/tests/containerd.rs (one instance per lab
+  # node, never the system service, which installing it starts where systemd runs); protoc builds
+  # the CRI client's bindings (crate k8s-cri).
+  containerd protobuf-compiler
   gcc g++ pkg-config ca-certificates curl
   yamllint systemd
   # For promtool (the deploy test checks deploy/prometheus/). Where systemd runs, installing it

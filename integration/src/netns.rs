@@ -82,6 +82,24 @@ impl Netns {
     }
 }
 
+/// Anything naming a network namespace file: a lab namespace, or one a runtime made (a
+/// sandbox's `/proc/<pid>/ns/net`).
+pub trait NsPath {
+    fn ns_path(&self) -> PathBuf;
+}
+
+impl NsPath for Netns {
+    fn ns_path(&self) -> PathBuf {
+        self.path()
+    }
+}
+
+impl NsPath for Path {
+    fn ns_path(&self) -> PathBuf {
+        self.to_path_buf()
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         delete(&self.name);

@@ -10,8 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::cmd::{LabError, Result};
-use crate::netns::Netns;
-use crate::netns::within;
+use crate::netns::{Netns, NsPath, within};
 
 /// A listener accepting one connection, bound before [`Listener::start`] returns.
 #[derive(Debug)]
@@ -21,9 +20,9 @@ pub struct Listener {
 
 impl Listener {
     /// Listens on 0.0.0.0:`port` inside `ns`; the accept waits at most `limit`.
-    pub fn start(ns: &Netns, port: u16, limit: Duration) -> Result<Listener> {
+    pub fn start(ns: &(impl NsPath + ?Sized), port: u16, limit: Duration) -> Result<Listener> {
         let (bound_tx, bound_rx) = mpsc::channel();
-        let path: PathBuf = ns.path();
+        let path: PathBuf = ns.ns_path();
         let accepted = std::thread::spawn(move || -> Result<SocketAddr> {
             within(&path, move || -> Result<SocketAddr> {
                 let listener =
@@ -75,8 +74,8 @@ impl Listener {
 }
 
 /// Connects from inside `ns` to `to` (within `limit`) and sends a byte.
-pub fn connect(ns: &Netns, to: SocketAddrV4, limit: Duration) -> Result<()> {
-    within(&ns.path(), move || {
+pub fn connect(ns: &(impl NsPath + ?Sized), to: SocketAddrV4, limit: Duration) -> Result<()> {
+    within(&ns.ns_path(), move || {
         TcpStream::connect_timeout(&to.into(), limit)
             .and_then(|mut s| s.write_all(b"x"))
             .map_err(|e| LabError::Other(format!("connect to {to}: {e}")))
@@ -85,7 +84,12 @@ pub fn connect(ns: &Netns, to: SocketAddrV4, limit: Duration) -> Result<()> {
 
 /// Opens a TCP connection from `client` to `server_ip:port`, served inside `server`, and returns
 /// the source address the server saw (the client's own, or a masquerading node's).
-pub fn tcp_source_seen(server: &Netns, server_ip: Ipv4Addr, port: u16, client: &Netns) -> Result<IpAddr> {
+pub fn tcp_source_seen(
+    server: &(impl NsPath + ?Sized),
+    server_ip: Ipv4Addr,
+    port: u16,
+    client: &(impl NsPath + ?Sized),
+) -> Result<IpAddr> {
     let limit = Duration::from_secs(5);
     let listener = Listener::start(server, port, limit)?;
     connect(client, SocketAddrV4::new(server_ip, port), limit)?;

@@ -13,8 +13,8 @@ use weft_agent::detect::Underlay;
 use weft_agent::files::{Paths, parse_lease};
 use weft_agent::validate::check_pod_cidr;
 use weft_cni::config::{check_gateway, check_mtu};
-use weft_overlay::rules::check_ifname;
 use weft_cni::state::{MAX_REASON_BYTES, NodeState};
+use weft_overlay::rules::check_ifname;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(state) = NodeState::parse(data) {

@@ -141,6 +141,11 @@ fn a_node_joining_late_is_programmed_everywhere() {
     assert!(a.ping(late.ip) && late.ping(a.ip));
 }
 
+/// Placeholders in [`DAMAGE`] for a block no node of the cluster holds (chosen once the blocks
+/// are allocated: a fixed one collides with a live peer's now and then).
+const GONE_CIDR: &str = "<gone-cidr>";
+const GONE_VTEP: &str = "<gone-vtep>";
+
 /// What a SIGKILL in the middle of an apply can leave behind: any part of weft's kernel objects
 /// missing or half-set, and objects of peers that have gone since. Each is one damage.
 const DAMAGE: &[(&str, &[&str])] = &[
@@ -153,7 +158,7 @@ const DAMAGE: &[(&str, &[&str])] = &[
     ("nftables table removed", &["nft", "delete", "table", "inet", "weft"]),
     (
         "a gone peer still routed",
-        &["ip", "route", "add", "10.244.250.0/24", "via", "10.244.250.0", "dev", "vxlan0", "onlink", "proto", "87"],
+        &["ip", "route", "add", GONE_CIDR, "via", GONE_VTEP, "dev", "vxlan0", "onlink", "proto", "87"],
     ),
     (
         "a gone peer's FDB entry",
@@ -180,11 +185,22 @@ fn an_agent_killed_mid_reconcile_converges_on_the_next_start() {
         rounds.push((0..DAMAGE.len()).filter(|_| rng.random_bool(0.5)).collect());
     }
     let peer_cidrs: Vec<String> = (1..3).map(|i| c.pod_cidr(i).unwrap()).collect();
+    let held = [c.pod_cidr(0).unwrap(), peer_cidrs[0].clone(), peer_cidrs[1].clone()];
+    let gone_vtep = (240..=250).map(|n| format!("10.244.{n}.0")).find(|v| !held.contains(&format!("{v}/24"))).unwrap();
+    let gone_cidr = format!("{gone_vtep}/24");
     for damage in rounds {
         c.agent(0).unwrap().stop(Signal::SIGKILL, Duration::from_secs(5)).unwrap();
         for &d in &damage {
             let (what, cmd) = DAMAGE[d];
-            c.lab.nodes[0].ns.run(cmd[0], &cmd[1..]).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let args: Vec<&str> = cmd[1..]
+                .iter()
+                .map(|&a| match a {
+                    GONE_CIDR => gone_cidr.as_str(),
+                    GONE_VTEP => gone_vtep.as_str(),
+                    a => a,
+                })
+                .collect();
+            c.lab.nodes[0].ns.run(cmd[0], &args).unwrap_or_else(|e| panic!("{what}: {e}"));
         }
         let names: Vec<&str> = damage.iter().map(|&d| DAMAGE[d].0).collect();
         c.start_agent(0).unwrap();
@@ -194,7 +210,7 @@ fn an_agent_killed_mid_reconcile_converges_on_the_next_start() {
         for cidr in &peer_cidrs {
             assert!(routes.contains(cidr.as_str()), "after {names:?}: no route to {cidr}: {routes}");
         }
-        assert!(!routes.contains("10.244.250.0/24"), "after {names:?}: the gone peer is still routed");
+        assert!(!routes.contains(&gone_cidr), "after {names:?}: the gone peer is still routed");
         let fdb = node.ns.run("bridge", &["fdb", "show", "dev", "vxlan0"]).unwrap();
         assert!(!fdb.contains("203.0.113.99"), "after {names:?}: the gone peer's FDB entry stayed: {fdb}");
         let link = node.ns.ip(&["link", "show", "vxlan0"]).unwrap();

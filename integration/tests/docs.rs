@@ -219,8 +219,9 @@ fn docs_metrics_endpoints_and_troubleshooting_blocks_are_real_on_a_lab_node() {
 }
 
 /// getting-started.md's `sh` blocks drive `weft-lab` itself (up, exec, down). They run in a
-/// mount namespace of their own with private /run/netns and /tmp, so `weft-lab` sees only the
-/// lab they build and `down` removes nothing of other labs; `down` also runs on any failure.
+/// mount namespace of their own with a private /run/netns and their own TMPDIR (not a tmpfs over
+/// /tmp: the binaries may be built under /tmp), so `weft-lab` sees only the lab they build and
+/// `down` removes nothing of other labs; `down` also runs on any failure.
 #[test]
 fn getting_started_blocks_run_against_a_private_lab() {
     weft_lab::require_root();
@@ -230,8 +231,8 @@ fn getting_started_blocks_run_against_a_private_lab() {
     std::fs::create_dir_all("/run/netns").expect("create /run/netns");
     // The inner shell gets the private mounts; `trap` tears the lab down whatever happens.
     let wrap = "exec unshare --mount --propagation private bash -euo pipefail -c '\
-        mount -t tmpfs weft-docs /run/netns && mount -t tmpfs weft-docs /tmp && \
-        trap \"weft-lab down >/dev/null 2>&1 || true\" EXIT && source /dev/stdin' <<'WEFT_BLOCK'\n{block}\nWEFT_BLOCK";
+        mount -t tmpfs weft-docs /run/netns && export TMPDIR=$(mktemp -d) && \
+        trap \"weft-lab down >/dev/null 2>&1 || true; rm -rf $TMPDIR\" EXIT && source /dev/stdin' <<'WEFT_BLOCK'\n{block}\nWEFT_BLOCK";
     let mut problems = Vec::new();
     for block in &blocks {
         if let Err(e) = run_block(block, None, &[], wrap) {

@@ -16,7 +16,8 @@ const CONVERGE: Duration = Duration::from_secs(30);
 
 fn cluster(nodes: usize, started: usize) -> Cluster {
     weft_lab::require_root();
-    let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes, subnets: 2, gro: true }).expect("build lab");
+    let lab =
+        Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes, subnets: 2, ..LabSpec::default() }).expect("build lab");
     Cluster::start_some(lab, AgentOptions::default(), started).expect("start agents")
 }
 

@@ -5,14 +5,14 @@
 //! n1→n3 (same subnet) is routed directly; the baseline labs have the same nodes and pods.
 
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::Stdio;
 use std::time::Duration;
 
 use clap::Args as ClapArgs;
 use serde::Serialize;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use super::flannel;
 use crate::cluster::{AgentOptions, Cluster};
@@ -20,7 +20,7 @@ use crate::cmd::{LabError, Result};
 use crate::netns::Netns;
 use crate::pod::{self, PodSpec};
 use crate::process::Process;
-use crate::topology::{Lab, LabSpec};
+use crate::topology::{Family, Lab, LabSpec};
 use crate::wait;
 
 #[derive(Debug, Clone, ClapArgs)]
@@ -70,7 +70,7 @@ pub fn run(args: &Args) -> Result<String> {
     if args.repeats == 0 || args.seconds == 0 {
         return Err(LabError::Other("--seconds and --repeats must be at least 1".into()));
     }
-    let spec = LabSpec { nodes: 3, subnets: 2, gro: true };
+    let spec = LabSpec { nodes: 3, subnets: 2, gro: true, underlay: Family::Ipv4 };
     // All three labs stay up, so that their runs can be interleaved.
     let routed_lab = Lab::build(&crate::unique_prefix(), spec)?;
     let routed = routed_pods(&routed_lab)?;
@@ -187,7 +187,7 @@ pub fn perf_pods(lab: &Lab, bridge: &str, mtu: u32) -> Result<(Vec<pod::Pod>, Ve
 /// (same subnet), no encapsulation, no NAT.
 fn routed_pods(lab: &Lab) -> Result<Vec<pod::Pod>> {
     let (pods, cidrs) = perf_pods(lab, "br0", 1500)?;
-    let routes: Vec<(Ipv4Net, Ipv4Addr)> = cidrs.into_iter().zip(lab.nodes.iter().map(|n| n.ip)).collect();
+    let routes: Vec<(IpNet, IpAddr)> = cidrs.into_iter().map(IpNet::from).zip(lab.nodes.iter().map(|n| n.ip)).collect();
     lab.route_pod_cidrs_on_router(&routes)?;
     // Same-subnet nodes reach each other's pods directly, as weft's direct path does.
     for (i, node) in lab.nodes.iter().enumerate() {

@@ -177,14 +177,21 @@ fn print_source_addresses(c: &Cluster, checks: &mut Checks) {
         ]);
     }
     let ext = &c.lab.external;
-    let seen = tcp_source_seen(&ext.ns, ext.ip, port + 1, &client.ns);
-    let ok = seen.as_ref().is_ok_and(|ip| *ip == client_node.ip);
-    rows.push(vec![
-        format!("{}-{} → off-cluster {}", client_node.name, client.name, ext.ip),
-        seen.map(|ip| ip.to_string()).unwrap_or_else(|e| e.to_string()),
-        format!("{} masqueraded to node {}", checks.mark(ok), client_node.ip),
-    ]);
+    // Pods are IPv4: off an IPv6-only underlay there is no IPv4 destination to leave for.
+    let egress = ext.ip.is_ipv4();
+    if egress {
+        let seen = tcp_source_seen(&ext.ns, ext.ip, port + 1, &client.ns);
+        let ok = seen.as_ref().is_ok_and(|ip| *ip == client_node.ip);
+        rows.push(vec![
+            format!("{}-{} → off-cluster {}", client_node.name, client.name, ext.ip),
+            seen.map(|ip| ip.to_string()).unwrap_or_else(|e| e.to_string()),
+            format!("{} masqueraded to node {}", checks.mark(ok), client_node.ip),
+        ]);
+    }
     print!("{}", table(&["CONNECTION", "SEEN FROM", "CHECK"], &rows));
+    if !egress {
+        println!("  (no egress check: IPv4 pods have no IPv4 destination off an IPv6-only underlay)");
+    }
 }
 
 /// Traffic an off-cluster host forges at node 1, and the counter that shows it was dropped.

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -28,11 +28,6 @@ fn cluster() -> Cluster {
         c.add_pod(i, &format!("p{}", i + 1)).expect("pod");
     }
     c
-}
-
-/// Whether node `i` has a kernel route for `cidr`.
-fn has_route(c: &Cluster, i: usize, cidr: &str) -> bool {
-    c.lab.nodes[i].ns.ip(&["route", "show", cidr]).is_ok_and(|out| !out.trim().is_empty())
 }
 
 fn peer<'a>(status: &'a Value, name: &str) -> &'a Value {
@@ -63,7 +58,7 @@ fn ipv4_pods_cross_an_ipv6_only_underlay_inside_ipv6_vxlan() {
         assert!(fdb.contains(&format!("dst {}", other.ip)), "no FDB entry to {}: {fdb}", other.ip);
     }
     // The pods' packets really cross the router as IPv6 UDP to the VXLAN port.
-    let capture = capture_vxlan6(&c, 0, || assert!(p1.ping(p2.ip)));
+    let capture = capture_vxlan6(&c, 0, c.lab.nodes[1].ip, || assert!(p1.ping(p2.ip)));
     assert!(capture.contains(&c.lab.nodes[1].ip.to_string()), "no IPv6 VXLAN to n2 on n1's eth0: {capture}");
 
     // /status names the family per peer and the node's IPv6 address.
@@ -103,31 +98,16 @@ fn ipv6_vxlan_drops(n: &weft_lab::topology::Node) -> u64 {
 fn over_ipv6_a_restart_loses_no_ping_a_dead_node_is_withdrawn_and_cleanup_removes_all() {
     let mut c = cluster();
     // 10 ms pings for 4 s from n1's pod to n2's while n2's agent stops and starts again.
-    let (src, dst) = (&c.pods[0], c.pods[1].ip.to_string());
-    let mut ping = src.ns.command("ping");
-    ping.args(["-i", "0.01", "-c", "400", "-W", "1", &dst]).stdout(Stdio::piped());
-    let pinger = ping.spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
     let cidr = c.pod_cidr(1).unwrap();
-    c.agent(1).unwrap().stop(Signal::SIGTERM, Duration::from_secs(10)).unwrap();
-    c.start_agent(1).unwrap();
-    c.wait_converged(CONVERGE).unwrap();
-    let out = pinger.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = c.ping_across_restart("p1", "p2", 1, 400).unwrap();
     assert!(text.contains("400 received"), "pings were lost across the restart: {text}");
     assert_eq!(c.pod_cidr(1).unwrap(), cidr, "a restart keeps the PodCIDR");
 
     // n3 dies, agent and network: the others withdraw it.
     let dead = c.pod_cidr(2).unwrap();
-    assert!(has_route(&c, 0, &dead) && has_route(&c, 1, &dead));
-    c.agent(2).unwrap().stop(Signal::SIGKILL, Duration::from_secs(5)).unwrap();
-    c.lab.set_cable(2, false).unwrap();
-    let start = Instant::now();
-    wait::until("n3 to be withdrawn", Duration::from_secs(30), Duration::from_millis(50), || {
-        (!has_route(&c, 0, &dead) && !has_route(&c, 1, &dead)).then_some(())
-    })
-    .unwrap();
-    eprintln!("dead node withdrawn after {:?}", start.elapsed());
+    assert!(c.has_route(0, &dead) && c.has_route(1, &dead));
+    let took = c.kill_node_until_withdrawn(2, &dead, Duration::from_secs(30)).unwrap();
+    eprintln!("dead node withdrawn after {took:?}");
     assert_eq!(programmed_peers(&c.status(0).unwrap()), 1);
 
     // Cleanup on n1 removes the IPv6 tunnel, its routes and the allow-list.
@@ -147,9 +127,10 @@ fn over_ipv6_a_restart_loses_no_ping_a_dead_node_is_withdrawn_and_cleanup_remove
     assert_eq!(n1.ns.ip(&["route", "show", "proto", "87"]).unwrap().trim(), "", "weft's routes stayed");
 }
 
-/// IPv6 UDP to the VXLAN port on node `i`'s eth0 while `traffic` runs (tcpdump's lines).
-fn capture_vxlan6(c: &Cluster, i: usize, traffic: impl FnOnce()) -> String {
-    let filter = format!("ip6 and udp port {VXLAN_PORT}");
+/// IPv6 UDP to the VXLAN port between node `i` and `peer`, on node `i`'s eth0 while `traffic`
+/// runs (tcpdump's lines).
+fn capture_vxlan6(c: &Cluster, i: usize, peer: std::net::IpAddr, traffic: impl FnOnce()) -> String {
+    let filter = format!("ip6 and udp port {VXLAN_PORT} and host {peer}");
     let dump = c.lab.nodes[i]
         .ns
         .command("timeout")

@@ -146,48 +146,58 @@ fn forward_drops(kernel: &Kernel) -> Vec<Finding> {
     )
 }
 
-/// vxlan0 exists, up, with the VNI and port of every node and learning off.
+/// The VXLAN device of the node's underlay family (vxlan0, or vxlan-v6 on an IPv6-only node)
+/// exists, up, with the VNI and port of every node and learning off.
 fn vxlan_device(kernel: &Kernel, expected: &Expected) -> Vec<Finding> {
     let check = "vxlan0";
-    let Some(link) = vxlan_link(kernel) else {
+    let family = expected.node_ip.map_or(Family::Ipv4, Family::of);
+    let name = family.vxlan_device();
+    let Some(link) = kernel.link(name) else {
         return vec![Finding::error(
             check,
-            "vxlan0 does not exist: this node carries no overlay traffic",
+            format!("{name} does not exist: this node carries no overlay traffic over {family}"),
             "start weft-agent and wait until it is ready (weft-agent status says why it is not)",
         )];
     };
     let Some(attrs) = link.vxlan.as_ref() else {
         return vec![Finding::error(
             check,
-            format!("vxlan0 is not a VXLAN device (kind {})", link.kind.as_deref().unwrap_or("unknown")),
-            "delete it (ip link del vxlan0): the agent creates the right one on its next reconcile",
+            format!("{name} is not a VXLAN device (kind {})", link.kind.as_deref().unwrap_or("unknown")),
+            format!("delete it (ip link del {name}): the agent creates the right one on its next reconcile"),
         )];
     };
-    let settings = "set the same --vni and --vxlan-port on every node: the agent recreates vxlan0 with them (if the \
-                    agent runs with other values than diagnose's defaults, pass them to diagnose too)";
+    let settings = format!(
+        "set the same --vni and --vxlan-port on every node: the agent recreates {name} with them (if the agent runs \
+         with other values than diagnose's defaults, pass them to diagnose too)"
+    );
     let mut found = Vec::new();
     if attrs.vni != expected.vni {
-        found.push(Finding::error(check, format!("vxlan0 has VNI {}, expected {}", attrs.vni, expected.vni), settings));
+        let message = format!("{name} has VNI {}, expected {}", attrs.vni, expected.vni);
+        found.push(Finding::error(check, message, settings.clone()));
     }
     if attrs.port != expected.vxlan_port {
-        let message = format!("vxlan0 uses UDP port {}, expected {}", attrs.port, expected.vxlan_port);
+        let message = format!("{name} uses UDP port {}, expected {}", attrs.port, expected.vxlan_port);
         found.push(Finding::error(check, message, settings));
     }
     if attrs.learning {
         found.push(Finding::error(
             check,
-            "vxlan0 learns addresses from received packets (learning on): forged frames can redirect pod traffic",
-            "the agent turns learning off on its next reconcile; if it comes back, something else configures vxlan0",
+            format!(
+                "{name} learns addresses from received packets (learning on): forged frames can redirect pod traffic"
+            ),
+            format!(
+                "the agent turns learning off on its next reconcile; if it comes back, something else configures {name}"
+            ),
         ));
     }
     if !link.up {
         found.push(Finding::error(
             check,
-            "vxlan0 is down",
-            "the agent sets it up on its next reconcile; if it stays down, something else configures vxlan0",
+            format!("{name} is down"),
+            format!("the agent sets it up on its next reconcile; if it stays down, something else configures {name}"),
         ));
     }
-    let summary = format!("vxlan0 is up with VNI {}, UDP port {}, learning off", attrs.vni, attrs.port);
+    let summary = format!("{name} is up with VNI {}, UDP port {}, learning off", attrs.vni, attrs.port);
     or_passed(found, check, summary)
 }
 
@@ -349,7 +359,12 @@ mod tests {
         k.vxlan_rp_filter.clear();
         let found = problems(&k, Some("0"), &expected());
         assert_eq!(found.iter().map(|f| f.check).collect::<Vec<_>>(), ["vxlan0"], "{found:?}");
-        assert_eq!(found[0].message, "vxlan0 does not exist: this node carries no overlay traffic");
+        assert_eq!(found[0].message, "vxlan0 does not exist: this node carries no overlay traffic over IPv4");
+        // An IPv6-only node's device is vxlan-v6.
+        let v6 = Expected { node_ip: Some("2001:db8:1::10".parse().unwrap()), ..expected() };
+        let found: Vec<Finding> =
+            kernel_findings(&k, Some("0"), &v6).into_iter().filter(|f| f.check == "vxlan0").collect();
+        assert_eq!(found[0].message, "vxlan-v6 does not exist: this node carries no overlay traffic over IPv6");
 
         let mut k = healthy();
         let attrs = vxlan_mut(&mut k).vxlan.as_mut().unwrap();

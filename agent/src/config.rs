@@ -287,6 +287,26 @@ pub(crate) mod tests {
         assert!(normalize_seed("node-a:x", 8473).is_err());
         assert!(normalize_seed(":8473", 8473).is_err());
         assert!(normalize_seed("", 8473).is_err());
+        // IPv6 seeds are written [addr]:port; a bare IPv6 address gets the gossip port.
+        assert_eq!(normalize_seed("2001:db8:1::10", 8473).unwrap(), "[2001:db8:1::10]:8473");
+        assert_eq!(normalize_seed("[2001:db8:1::10]:9000", 8473).unwrap(), "[2001:db8:1::10]:9000");
+    }
+
+    #[test]
+    fn an_ipv6_only_node_gossips_on_its_ipv6_address_and_a_dual_one_on_ipv4() {
+        let v6 = Underlay::single("2001:db8:1::10".parse().unwrap(), "eth0", "2001:db8:1::/64".parse().unwrap(), 1500);
+        let cfg = Config::with_defaults("n", v6, vec![], sample().paths);
+        assert_eq!(cfg.gossip.listen, "[2001:db8:1::10]:8473".parse().unwrap());
+        assert_eq!((cfg.mtu, cfg.validate()), (1430, Ok(())));
+        let mut dual = sample().underlay;
+        dual.addrs.push(crate::detect::UnderlayIp {
+            ip: "2001:db8:1::10".parse().unwrap(),
+            iface: "eth0".into(),
+            subnet: "2001:db8:1::/64".parse().unwrap(),
+            mtu: 1500,
+        });
+        let cfg = Config::with_defaults("n", dual, vec![], sample().paths);
+        assert_eq!(cfg.gossip.listen, "192.0.2.10:8473".parse().unwrap());
     }
 
     fn underlay_of(ips: &[(&str, u32)]) -> Underlay {

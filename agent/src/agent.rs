@@ -83,7 +83,7 @@ impl Agent {
         let state_on_disk = NodeState::read(&cfg.paths.state_file()).ok();
         let shared = Arc::new(Shared::default());
         let facts = Facts {
-            node_ip: cfg.underlay.node_ip,
+            node_ips: cfg.underlay.node_ips(),
             vtep_mac: Mac::derived(&cfg.node_name),
             vni: cfg.vni,
             vxlan_port: cfg.vxlan_port,
@@ -101,7 +101,7 @@ impl Agent {
         tracing::info!(
             node = %cfg.node_name,
             generation,
-            node_ip = %cfg.underlay.node_ip,
+            node_ip = %cfg.underlay.node_ips(),
             gossip = %cfg.gossip.listen,
             seeds = ?cfg.gossip.seeds,
             pod_cidr = %held.map_or_else(|| "to be allocated".to_string(), |c| format!("{} (to be confirmed)", c.cidr)),

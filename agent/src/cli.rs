@@ -1,6 +1,6 @@
 //! The command line. Every flag can also be set through the environment as `WEFT_<FLAG>`.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::Ipv4Net;
 use weft_overlay::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT};
+use weft_overlay::underlay::NodeIps;
 
 use crate::config::{self, Config, ConfigError, Encap, GossipSettings};
 use crate::detect::Underlay;
@@ -94,10 +95,13 @@ pub struct RunArgs {
     /// Node name, unique in the cluster [default: the hostname].
     #[arg(long, env = "WEFT_NODE_NAME")]
     pub node_name: Option<String>,
-    /// Underlay IPv4 address [default: from --iface, else the default route's interface].
+    /// Underlay addresses, at most one per family: `192.0.2.10`, `2001:db8:1::10` or both
+    /// comma-separated [default: from --iface, else the IPv4 default route's interface, else the
+    /// IPv6 one's; an IPv6 address is added to an IPv4 underlay only when given here].
     #[arg(long, env = "WEFT_NODE_IP")]
-    pub node_ip: Option<Ipv4Addr>,
-    /// Underlay interface [default: the one holding --node-ip, else the default route's].
+    pub node_ip: Option<NodeIps>,
+    /// Underlay interface [default: the one holding --node-ip, else the default route's]; without
+    /// --node-ip its first address of each family is used.
     #[arg(long, env = "WEFT_IFACE")]
     pub iface: Option<String>,
     /// Gossip seeds, `host:port,...` (a seed without a port uses --gossip-port).
@@ -133,7 +137,8 @@ pub struct RunArgs {
     /// VXLAN UDP port (the same on every node).
     #[arg(long, env = "WEFT_VXLAN_PORT", default_value_t = DEFAULT_VXLAN_PORT)]
     pub vxlan_port: u16,
-    /// Pod MTU [default: the underlay interface's MTU − 50].
+    /// Pod MTU [default: the underlay interface's MTU − 50 over IPv4, − 70 over IPv6, the
+    /// smaller of the two with underlays of both families].
     #[arg(long, env = "WEFT_MTU")]
     pub mtu: Option<u32>,
     /// Encapsulate always, or only to peers outside this node's underlay subnet.
@@ -188,11 +193,11 @@ impl RunArgs {
     /// The configuration, given the detected underlay and the hostname (used only when no
     /// --node-name is given).
     pub fn config(&self, underlay: Underlay, hostname: impl FnOnce() -> String) -> Result<Config, ConfigError> {
-        let listen = SocketAddr::new(underlay.node_ip.into(), self.gossip_port);
+        let listen = SocketAddr::new(underlay.primary().ip, self.gossip_port);
         let seeds = self.peers.iter().map(|s| config::normalize_seed(s, self.gossip_port)).collect::<Result<_, _>>()?;
         let cfg = Config {
             node_name: self.node_name.clone().unwrap_or_else(hostname),
-            mtu: config::pod_mtu(self.mtu, underlay.mtu)?,
+            mtu: config::pod_mtu(self.mtu, &underlay)?,
             underlay,
             cluster_cidr: self.cluster_cidr,
             node_cidr_prefix: self.node_cidr_prefix,
@@ -268,12 +273,7 @@ mod tests {
     use super::*;
 
     fn underlay() -> Underlay {
-        Underlay {
-            node_ip: "192.0.2.10".parse().unwrap(),
-            iface: "eth0".into(),
-            subnet: "192.0.2.0/24".parse().unwrap(),
-            mtu: 1500,
-        }
+        Underlay::single("192.0.2.10".parse().unwrap(), "eth0", "192.0.2.0/24".parse().unwrap(), 1500)
     }
 
     fn run_args(args: &[&str]) -> RunArgs {
@@ -349,6 +349,23 @@ mod tests {
         assert!(err.to_string().contains("--pod-cidr"));
         let err = run_args(&[]).config(underlay(), || "bad host".into()).unwrap_err();
         assert!(err.to_string().contains("--node-name"));
+    }
+
+    #[test]
+    fn node_ip_takes_one_address_per_family_and_names_itself_when_wrong() {
+        let args = run_args(&["--node-ip=2001:db8:1::10,192.0.2.10"]);
+        assert_eq!(args.node_ip, Some("192.0.2.10,2001:db8:1::10".parse().unwrap()));
+        for (bad, why) in [
+            ("--node-ip=192.0.2.10,198.51.100.1", "at most one per family"),
+            ("--node-ip=2001:db8::1,2001:db8::2", "at most one per family"),
+            ("--node-ip=fe80::1", "link-local"),
+            ("--node-ip=224.0.0.1", "unicast"),
+            ("--node-ip=::", "unicast"),
+            ("--node-ip=node-a", "not an IP address"),
+        ] {
+            let err = Cli::try_parse_from(["weft-agent", "run", bad]).unwrap_err().to_string();
+            assert!(err.contains("--node-ip") && err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

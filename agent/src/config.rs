@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
-use weft_overlay::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT, VXLAN_OVERHEAD};
-use weft_overlay::rules::{MAX_NODE_PREFIX_V4, is_unicast};
+use weft_overlay::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT};
+use weft_overlay::rules::MAX_NODE_PREFIX_V4;
+use weft_overlay::underlay::{self, NodeIpError, NodeIps};
 
 use crate::cli::{DEFAULT_GOSSIP_PORT, DEFAULT_PHI_THRESHOLD};
 use crate::detect::Underlay;
@@ -30,7 +31,8 @@ pub enum Encap {
 #[derive(Debug, Clone, PartialEq)]
 pub struct GossipSettings {
     pub cluster_id: String,
-    /// Bound and advertised: the node IP and the gossip port.
+    /// Bound and advertised: the node's primary underlay address (IPv4 when it has one) and
+    /// the gossip port.
     pub listen: SocketAddr,
     /// `host:port` of seed nodes.
     pub seeds: Vec<String>,
@@ -46,7 +48,7 @@ pub struct GossipSettings {
 pub struct Config {
     pub node_name: String,
     pub underlay: Underlay,
-    /// Pod MTU (of `vxlan0` and the bridge).
+    /// Pod MTU (of the VXLAN devices and the bridge).
     pub mtu: u32,
     pub cluster_cidr: Ipv4Net,
     pub node_cidr_prefix: u8,
@@ -72,8 +74,8 @@ pub struct Config {
 pub enum ConfigError {
     #[error("--node-name {name:?}: {reason}")]
     NodeName { name: String, reason: String },
-    #[error("node IP {0} is not a unicast address")]
-    NodeIp(Ipv4Addr),
+    #[error("--node-ip: {0}")]
+    NodeIp(NodeIpError),
     #[error("--cluster-cidr {0} has host bits set")]
     ClusterCidr(Ipv4Net),
     #[error("--node-cidr-prefix /{prefix} must be between the cluster CIDR's /{cluster} and /{MAX_NODE_PREFIX_V4}")]
@@ -86,8 +88,8 @@ pub enum ConfigError {
     VxlanPort,
     #[error("MTU: {0}")]
     Mtu(String),
-    #[error("the underlay MTU {underlay} leaves no room for VXLAN's {overhead} bytes")]
-    UnderlayMtu { underlay: u32, overhead: u32 },
+    #[error("an underlay MTU leaves no room for VXLAN's headers (50 bytes over IPv4, 70 over IPv6): {0:?}")]
+    UnderlayMtu(Vec<(underlay::Family, u32)>),
     #[error("{0} must be positive")]
     ZeroDuration(&'static str),
     #[error("--phi-threshold must be a positive number")]
@@ -117,13 +119,14 @@ pub fn normalize_seed(seed: &str, default_port: u16) -> Result<String, ConfigErr
     }
 }
 
-/// The pod MTU: explicit, else what VXLAN leaves of the underlay MTU.
-pub fn pod_mtu(explicit: Option<u32>, underlay_mtu: u32) -> Result<u32, ConfigError> {
+/// The pod MTU: explicit, else what VXLAN leaves of the underlay MTUs, the smallest over the
+/// underlay families the node has (pods may use either tunnel).
+pub fn pod_mtu(explicit: Option<u32>, underlay: &Underlay) -> Result<u32, ConfigError> {
     let mtu = match explicit {
         Some(mtu) => mtu,
-        None => underlay_mtu
-            .checked_sub(VXLAN_OVERHEAD)
-            .ok_or(ConfigError::UnderlayMtu { underlay: underlay_mtu, overhead: VXLAN_OVERHEAD })?,
+        None => {
+            underlay::pod_mtu(underlay.mtus()).ok_or_else(|| ConfigError::UnderlayMtu(underlay.mtus().collect()))?
+        }
     };
     weft_cni::config::check_mtu(mtu).map_err(ConfigError::Mtu)?;
     Ok(mtu)
@@ -136,10 +139,10 @@ impl Config {
     pub fn with_defaults(node_name: &str, underlay: Underlay, seeds: Vec<String>, paths: Paths) -> Config {
         Config {
             node_name: node_name.to_string(),
-            mtu: underlay.mtu.saturating_sub(VXLAN_OVERHEAD),
+            mtu: underlay::pod_mtu(underlay.mtus()).unwrap_or(0),
             gossip: GossipSettings {
                 cluster_id: "weft".into(),
-                listen: SocketAddr::new(underlay.node_ip.into(), DEFAULT_GOSSIP_PORT),
+                listen: SocketAddr::new(underlay.primary().ip, DEFAULT_GOSSIP_PORT),
                 seeds,
                 interval: Duration::from_millis(100),
                 phi_threshold: DEFAULT_PHI_THRESHOLD,
@@ -165,9 +168,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate::check_node_name(&self.node_name)
             .map_err(|reason| ConfigError::NodeName { name: self.node_name.clone(), reason })?;
-        if !is_unicast(self.underlay.node_ip.into()) {
-            return Err(ConfigError::NodeIp(self.underlay.node_ip));
-        }
+        NodeIps::new(self.underlay.addrs.iter().map(|a| a.ip)).map_err(ConfigError::NodeIp)?;
         // Every node, the datapath and the node state file compare blocks exactly.
         if self.cluster_cidr != self.cluster_cidr.trunc() {
             return Err(ConfigError::ClusterCidr(self.cluster_cidr));
@@ -218,7 +219,7 @@ impl Config {
             node_cidr_prefix: self.node_cidr_prefix,
             vni: self.vni,
             vxlan_port: self.vxlan_port,
-            local_node_ip: self.underlay.node_ip,
+            local_node_ips: self.underlay.node_ips(),
         }
     }
 }
@@ -228,12 +229,7 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> Config {
-        let underlay = Underlay {
-            node_ip: "192.0.2.10".parse().unwrap(),
-            iface: "eth0".into(),
-            subnet: "192.0.2.0/24".parse().unwrap(),
-            mtu: 1500,
-        };
+        let underlay = Underlay::single("192.0.2.10".parse().unwrap(), "eth0", "192.0.2.0/24".parse().unwrap(), 1500);
         let paths = Paths {
             state_dir: "/run/weft".into(),
             cni_conf_dir: "/etc/cni/net.d".into(),
@@ -259,7 +255,8 @@ pub(crate) mod tests {
         type Change = Box<dyn Fn(&mut Config)>;
         let cases: Vec<(Change, &str)> = vec![
             (Box::new(|c| c.node_name = "bad name".into()), "--node-name"),
-            (Box::new(|c| c.underlay.node_ip = Ipv4Addr::LOCALHOST), "unicast"),
+            (Box::new(|c| c.underlay.addrs[0].ip = Ipv4Addr::LOCALHOST.into()), "--node-ip"),
+            (Box::new(|c| c.underlay.addrs[0].ip = "fe80::1".parse().unwrap()), "link-local"),
             (Box::new(|c| c.cluster_cidr = "10.244.0.1/16".parse().unwrap()), "--cluster-cidr"),
             (Box::new(|c| c.node_cidr_prefix = 8), "/30"),
             (Box::new(|c| c.node_cidr_prefix = 31), "/30"),
@@ -290,14 +287,50 @@ pub(crate) mod tests {
         assert!(normalize_seed("node-a:x", 8473).is_err());
         assert!(normalize_seed(":8473", 8473).is_err());
         assert!(normalize_seed("", 8473).is_err());
+        // IPv6 seeds are written [addr]:port; a bare IPv6 address gets the gossip port.
+        assert_eq!(normalize_seed("2001:db8:1::10", 8473).unwrap(), "[2001:db8:1::10]:8473");
+        assert_eq!(normalize_seed("[2001:db8:1::10]:9000", 8473).unwrap(), "[2001:db8:1::10]:9000");
+    }
+
+    #[test]
+    fn an_ipv6_only_node_gossips_on_its_ipv6_address_and_a_dual_one_on_ipv4() {
+        let v6 = Underlay::single("2001:db8:1::10".parse().unwrap(), "eth0", "2001:db8:1::/64".parse().unwrap(), 1500);
+        let cfg = Config::with_defaults("n", v6, vec![], sample().paths);
+        assert_eq!(cfg.gossip.listen, "[2001:db8:1::10]:8473".parse().unwrap());
+        assert_eq!((cfg.mtu, cfg.validate()), (1430, Ok(())));
+        let mut dual = sample().underlay;
+        dual.addrs.push(crate::detect::UnderlayIp {
+            ip: "2001:db8:1::10".parse().unwrap(),
+            iface: "eth0".into(),
+            subnet: "2001:db8:1::/64".parse().unwrap(),
+            mtu: 1500,
+        });
+        let cfg = Config::with_defaults("n", dual, vec![], sample().paths);
+        assert_eq!(cfg.gossip.listen, "192.0.2.10:8473".parse().unwrap());
+    }
+
+    fn underlay_of(ips: &[(&str, u32)]) -> Underlay {
+        let addrs = ips
+            .iter()
+            .map(|(ip, mtu)| {
+                let ip: std::net::IpAddr = ip.parse().unwrap();
+                crate::detect::UnderlayIp { ip, iface: "eth0".into(), subnet: ip.into(), mtu: *mtu }
+            })
+            .collect();
+        Underlay { addrs }
     }
 
     #[test]
     fn pod_mtu_leaves_room_for_vxlan_unless_given() {
-        assert_eq!(pod_mtu(None, 1500), Ok(1450));
-        assert_eq!(pod_mtu(Some(1400), 1500), Ok(1400));
-        assert_eq!(pod_mtu(None, 9001), Ok(8951));
-        assert!(pod_mtu(None, 40).is_err());
-        assert!(pod_mtu(Some(10), 1500).is_err());
+        let v4 = |mtu| underlay_of(&[("192.0.2.10", mtu)]);
+        assert_eq!(pod_mtu(None, &v4(1500)), Ok(1450));
+        assert_eq!(pod_mtu(Some(1400), &v4(1500)), Ok(1400));
+        assert_eq!(pod_mtu(None, &v4(9001)), Ok(8951));
+        assert!(pod_mtu(None, &v4(40)).is_err());
+        assert!(pod_mtu(Some(10), &v4(1500)).is_err());
+        // An IPv6 underlay costs 70 bytes; with both, the smaller result fits either tunnel.
+        assert_eq!(pod_mtu(None, &underlay_of(&[("2001:db8:1::10", 1500)])), Ok(1430));
+        assert_eq!(pod_mtu(None, &underlay_of(&[("192.0.2.10", 1500), ("2001:db8:1::10", 1500)])), Ok(1430));
+        assert_eq!(pod_mtu(Some(1450), &underlay_of(&[("2001:db8:1::10", 1500)])), Ok(1450));
     }
 }

@@ -9,8 +9,7 @@ use crate::identity;
 use crate::membership::{Liveness, Member, View};
 use crate::probe::summary::Summary;
 use crate::validate::{self, Announcement, Rejection, Rules};
-use std::net::Ipv4Addr;
-use weft_overlay::desired::PeerPath;
+use weft_overlay::underlay::{NoSharedFamily, NodeIps, PathChoice};
 
 /// One other node, as represented by one of its generations.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,14 +113,18 @@ pub enum Skip {
     LostConflict { winner: String },
     #[error("its PodCIDR is also this node's own claim")]
     OverlapsOurs,
+    /// No tunnel can join the two nodes.
+    #[error(transparent)]
+    NoSharedFamily(NoSharedFamily),
 }
 
 /// What was decided about one peer, computed once per turn for the datapath and the status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision<'a> {
     pub peer: &'a Peer,
-    /// How its pods are reached; `None` when its announcement was rejected.
-    pub path: Option<PeerPath>,
+    /// How its pods are reached; `None` when its announcement was rejected or no underlay
+    /// family is shared.
+    pub path: Option<PathChoice>,
     /// `Ok` means program it.
     pub verdict: Result<(), Skip>,
 }
@@ -136,7 +139,7 @@ pub struct Decided<'a> {
 
 impl Decided<'_> {
     /// The peers to program: name, announcement and path.
-    pub fn programmable(&self) -> impl Iterator<Item = (&str, &Announcement, PeerPath)> {
+    pub fn programmable(&self) -> impl Iterator<Item = (&str, &Announcement, PathChoice)> {
         self.peers
             .iter()
             .filter(|d| d.verdict.is_ok())
@@ -144,15 +147,15 @@ impl Decided<'_> {
     }
 }
 
-/// Decides which peers to program, given this node's own claim; `path_of` says how a node IP's
-/// pods are reached. `tunnel_answers` are peers whose agent gossip no longer hears but whose
+/// Decides which peers to program, given this node's own claim; `path_of` says how the pods of
+/// a node with these underlay addresses are reached, or that no tunnel can join it. `tunnel_answers` are peers whose agent gossip no longer hears but whose
 /// tunnel still answers the probes: a stopped agent is not a stopped node, so they stay
 /// programmed (the caller bounds how long).
 pub fn decide<'a>(
     peers: &'a Peers,
     me: &str,
     own: Option<Claim>,
-    path_of: impl Fn(Ipv4Addr) -> PeerPath,
+    path_of: impl Fn(&NodeIps) -> Result<PathChoice, NoSharedFamily>,
     tunnel_answers: &BTreeSet<String>,
 ) -> Decided<'a> {
     let mut claimants = peers.claimants();
@@ -168,6 +171,7 @@ pub fn decide<'a>(
         if !p.liveness.programmable() && !tunnel_answers.contains(&p.name) {
             return Err(Skip::NotAlive(p.liveness));
         }
+        path_of(&announcement.node_ips).map_err(Skip::NoSharedFamily)?;
         let claim = announcement.claim.ok_or(Skip::NoPodCidr)?;
         match conflicts.iter().find(|c| c.cidr == claim.cidr) {
             None => Ok(()),
@@ -183,7 +187,7 @@ pub fn decide<'a>(
         .iter()
         .map(|p| Decision {
             peer: p,
-            path: p.announcement.as_ref().ok().map(|a| path_of(a.node_ip)),
+            path: p.announcement.as_ref().ok().and_then(|a| path_of(&a.node_ips).ok()),
             verdict: verdict(p),
         })
         .collect();
@@ -196,6 +200,12 @@ mod tests {
     use crate::allocation::ClaimKind;
     use crate::validate::tests::rules;
     use weft_overlay::Mac;
+    use weft_overlay::underlay::{Family, PeerPath, choose_path};
+
+    /// A node with underlays of both families, always tunnelling.
+    fn tunnel(ips: &NodeIps) -> Result<PathChoice, NoSharedFamily> {
+        choose_path(&"192.0.2.1,2001:db8:1::1".parse().unwrap(), ips, Family::Ipv4, None)
+    }
 
     fn member(name: &str, generation: u64, liveness: Liveness, ip: &str, claim: Option<&str>) -> Member {
         let mac = Mac::derived(name).to_string();
@@ -274,7 +284,7 @@ mod tests {
         ]);
         let peers = collect(&v, "me", 5, &rules());
         let own = Claim { cidr: "10.244.9.0/24".parse().unwrap(), kind: ClaimKind::Confirmed, since_ms: 3 };
-        let decided = decide(&peers, "me", Some(own), |_| PeerPath::Vxlan, &BTreeSet::new());
+        let decided = decide(&peers, "me", Some(own), tunnel, &BTreeSet::new());
         let by_name: BTreeMap<&str, &Result<(), Skip>> =
             decided.peers.iter().map(|d| (d.peer.name.as_str(), &d.verdict)).collect();
         assert_eq!(by_name["a"], &Ok(()));
@@ -296,7 +306,7 @@ mod tests {
         let v = view(vec![member("a", 1, Liveness::Alive, "192.0.2.10", Some("10.244.1.0/24;static;1"))]);
         let peers = collect(&v, "me", 5, &rules());
         let ours = Claim { cidr: "10.244.1.0/24".parse().unwrap(), kind: ClaimKind::Static, since_ms: 9 };
-        let decided = decide(&peers, "me", Some(ours), |_| PeerPath::Vxlan, &BTreeSet::new());
+        let decided = decide(&peers, "me", Some(ours), tunnel, &BTreeSet::new());
         assert_eq!(decided.peers[0].verdict, Err(Skip::OverlapsOurs));
         assert_eq!(decided.conflicts[0].winner, "a");
         assert_eq!(decided.conflicts[0].losers, vec!["me".to_string()]);
@@ -346,7 +356,28 @@ mod tests {
         bare.keys.clear();
         let peers = collect(&view(vec![bare]), "me", 5, &rules());
         assert_eq!(peers.peers[0].announcement, Err(Rejection::NotAnnounced(keys::NODE_IP)));
-        let decided = decide(&peers, "me", None, |_| PeerPath::Vxlan, &BTreeSet::new());
+        let decided = decide(&peers, "me", None, tunnel, &BTreeSet::new());
         assert_eq!((&decided.peers[0].verdict, decided.peers[0].path), (&Err(Skip::NotAnnounced(keys::NODE_IP)), None));
+    }
+
+    #[test]
+    fn a_peer_sharing_no_underlay_family_is_not_programmed_and_says_why() {
+        let mut v6 = member("b", 1, Liveness::Alive, "192.0.2.2", Some("10.244.1.0/24;confirmed;1"));
+        v6.keys.remove(keys::NODE_IP);
+        v6.keys.insert(keys::NODE_IP6.into(), "2001:db8:2::2".into());
+        let v4 = member("c", 1, Liveness::Alive, "192.0.2.3", Some("10.244.2.0/24;confirmed;1"));
+        let peers = collect(&view(vec![v6, v4]), "me", 5, &rules());
+        let v4_only = |ips: &NodeIps| choose_path(&"192.0.2.1".parse().unwrap(), ips, Family::Ipv4, None);
+        let decided = decide(&peers, "me", None, v4_only, &BTreeSet::new());
+        let why = decided.peers[0].verdict.clone().unwrap_err();
+        assert_eq!(why.to_string(), "no shared underlay family (this node: IPv4; peer: IPv6)");
+        assert_eq!(decided.peers[0].path, None);
+        assert_eq!(decided.peers[1].verdict, Ok(()));
+        // A node with an IPv6 underlay reaches it over IPv6.
+        let decided = decide(&peers, "me", None, tunnel, &BTreeSet::new());
+        let path = decided.peers[0].path.unwrap();
+        assert_eq!((path.family, path.path), (Family::Ipv6, PeerPath::Vxlan));
+        assert_eq!(path.endpoint, "2001:db8:2::2".parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(decided.programmable().count(), 2);
     }
 }

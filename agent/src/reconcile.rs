@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use weft_cni::state::{NodeState, STATE_FILE_VERSION};
 use weft_overlay::desired::{Desired, LocalNode, PeerPath, gateway_of};
 use weft_overlay::rules::DEFAULT_BRIDGE;
+use weft_overlay::underlay::Family;
 use weft_overlay::{ApplyReport, Mac};
 
 use crate::allocation::{Allocator, Claim, Conflict, Outcome, Phase, StepInput};
@@ -207,13 +208,14 @@ impl Controller {
         };
         log_outcome(&outcome);
         self.publish_claim().await;
-        let (encap, subnet) = (self.cfg.encap, self.cfg.underlay.subnet);
+        let (local_ips, subnets) = (self.cfg.underlay.node_ips(), self.cfg.underlay.subnets());
+        let pods = Family::of_net(&self.cfg.cluster_cidr.into());
         let tunnel_answers = self.tunnel_answers(&view, &peers);
         let verdicts = peers::decide(
             &peers,
             &self.cfg.node_name,
             self.allocator.claim(),
-            |ip| crate::desired::path(encap, subnet, ip),
+            |ips| crate::desired::path(self.cfg.encap, &local_ips, &subnets, pods, ips),
             &tunnel_answers,
         );
         self.note_rejections(&peers);
@@ -276,7 +278,7 @@ impl Controller {
     /// gossip, the log and the metrics when that changes.
     async fn check_name(&mut self, same_name: &[Member], settled: bool) {
         let me = identity::Me {
-            node_ip: IpAddr::V4(self.cfg.underlay.node_ip),
+            node_ip: self.cfg.underlay.primary().ip,
             generation: self.generation,
             established: self.allocator.held().is_some(),
             refused: self.yielded_to.is_some(),
@@ -399,7 +401,7 @@ impl Controller {
         let state = block.map(|cidr| NodeState {
             version: STATE_FILE_VERSION,
             node: cfg.node_name.clone(),
-            node_ip: cfg.underlay.node_ip,
+            node_ip: cfg.underlay.primary().ip,
             pod_cidr: cidr,
             gateway: gateway_of(&cidr),
             cluster_cidr: cfg.cluster_cidr,
@@ -442,8 +444,7 @@ impl Controller {
         let cfg = &self.cfg;
         let local = LocalNode {
             name: cfg.node_name.clone(),
-            node_ip: cfg.underlay.node_ip,
-            underlay: cfg.underlay.iface.clone(),
+            underlays: cfg.underlay.addrs(),
             pod_cidr,
             cluster_cidr: cfg.cluster_cidr,
             vni: cfg.vni,
@@ -591,7 +592,8 @@ impl Controller {
         self.shared.set_status(Status {
             node: status::NodeStatus {
                 name: cfg.node_name.clone(),
-                node_ip: cfg.underlay.node_ip,
+                node_ip: cfg.underlay.primary().ip,
+                node_ip6: cfg.underlay.node_ips().get(Family::Ipv6),
                 pod_cidr: serving.as_ref().ok().map(|c| c.cidr),
                 vtep_mac: self.vtep_mac,
                 mtu: cfg.mtu,
@@ -640,9 +642,10 @@ fn probe_targets(desired: &Desired, programmed: &BTreeSet<String>, mtu: u32) -> 
                 PeerPath::Direct => gateway_of(&p.pod_cidr),
             },
             underlay: p.node_ip,
-            peer_source: match p.path {
-                PeerPath::Vxlan => p.vtep_ip(),
-                PeerPath::Direct => p.node_ip,
+            peer_source: match (p.path, p.node_ip) {
+                (PeerPath::Direct, IpAddr::V4(ip)) => ip,
+                // Through the tunnel (a direct route is always of the pods' family).
+                _ => p.vtep_ip(),
             },
             full_size: u16::try_from(mtu).unwrap_or(u16::MAX),
         })

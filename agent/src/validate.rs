@@ -2,11 +2,11 @@
 //! is rejected, logged and counted, and the peer is never programmed.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::Ipv4Net;
 use weft_overlay::Mac;
-use weft_overlay::rules::is_unicast;
+use weft_overlay::underlay::{Family, NodeIpError, NodeIps, check_node_ip};
 
 use crate::allocation::Claim;
 use crate::gossip::keys;
@@ -18,13 +18,14 @@ pub struct Rules {
     pub node_cidr_prefix: u8,
     pub vni: u32,
     pub vxlan_port: u16,
-    pub local_node_ip: Ipv4Addr,
+    pub local_node_ips: NodeIps,
 }
 
 /// A peer's announcement that passed validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Announcement {
-    pub node_ip: Ipv4Addr,
+    /// Its underlay addresses: at least one.
+    pub node_ips: NodeIps,
     pub vtep_mac: Mac,
     /// `None` while the peer has not claimed a block yet.
     pub claim: Option<Claim>,
@@ -41,10 +42,10 @@ pub enum Rejection {
     NotAnnounced(&'static str),
     #[error("key {key} = {value:?} is malformed: {reason}")]
     Malformed { key: &'static str, value: String, reason: String },
-    #[error("node IP {0} is not a unicast address")]
-    NodeIpNotUnicast(Ipv4Addr),
+    #[error("node IP {0}: {1}")]
+    NodeIpNotUnicast(IpAddr, NodeIpError),
     #[error("node IP {0} is this node's own address")]
-    NodeIpIsOurs(Ipv4Addr),
+    NodeIpIsOurs(IpAddr),
     #[error("VTEP MAC {0} is not a unicast MAC")]
     MacNotUnicast(Mac),
     #[error("VTEP MAC {theirs} is not the one its name gives ({expected})")]
@@ -68,7 +69,7 @@ impl Rejection {
             Rejection::Name(..) => "name",
             Rejection::NotAnnounced(_) => "not_announced",
             Rejection::Malformed { .. } => "malformed",
-            Rejection::NodeIpNotUnicast(_) => "node_ip_not_unicast",
+            Rejection::NodeIpNotUnicast(..) => "node_ip_not_unicast",
             Rejection::NodeIpIsOurs(_) => "node_ip_is_ours",
             Rejection::MacNotUnicast(_) => "mac_not_unicast",
             Rejection::MacNotOfName { .. } => "mac_not_of_name",
@@ -139,18 +140,17 @@ where
 pub fn validate(name: &str, kvs: &BTreeMap<String, String>, rules: &Rules) -> Result<Announcement, Rejection> {
     check_node_name(name).map_err(|e| Rejection::Name(name.to_string(), e))?;
     // Every fact is checked for presence before any value: a partly arrived announcement is
-    // incomplete, not faulty, whatever its first keys hold.
-    if let Some(key) =
-        [keys::NODE_IP, keys::VTEP_MAC, keys::VNI, keys::VXLAN_PORT].into_iter().find(|k| !kvs.contains_key(*k))
-    {
+    // incomplete, not faulty, whatever its first keys hold. A node has an underlay address of
+    // at least one family; `node_ip` is named as missing when it has none.
+    if !kvs.contains_key(keys::NODE_IP) && !kvs.contains_key(keys::NODE_IP6) {
+        return Err(Rejection::NotAnnounced(keys::NODE_IP));
+    }
+    if let Some(key) = [keys::VTEP_MAC, keys::VNI, keys::VXLAN_PORT].into_iter().find(|k| !kvs.contains_key(*k)) {
         return Err(Rejection::NotAnnounced(key));
     }
-    let node_ip: Ipv4Addr = parse(kvs, keys::NODE_IP)?;
-    if !is_unicast(node_ip.into()) {
-        return Err(Rejection::NodeIpNotUnicast(node_ip));
-    }
-    if node_ip == rules.local_node_ip {
-        return Err(Rejection::NodeIpIsOurs(node_ip));
+    let node_ips = node_ips(kvs)?;
+    if let Some(ours) = node_ips.iter().find(|ip| rules.local_node_ips.contains(*ip)) {
+        return Err(Rejection::NodeIpIsOurs(ours));
     }
     let vtep_mac: Mac = parse(kvs, keys::VTEP_MAC)?;
     if !vtep_mac.is_unicast() {
@@ -183,7 +183,30 @@ pub fn validate(name: &str, kvs: &BTreeMap<String, String>, rules: &Rules) -> Re
             Some(claim)
         }
     };
-    Ok(Announcement { node_ip, vtep_mac, claim })
+    Ok(Announcement { node_ips, vtep_mac, claim })
+}
+
+/// The underlay addresses announced, each under its family's key and of that family.
+fn node_ips(kvs: &BTreeMap<String, String>) -> Result<NodeIps, Rejection> {
+    let mut ips = Vec::new();
+    for family in Family::ALL {
+        let key = keys::node_ip_key(family);
+        if !kvs.contains_key(key) {
+            continue;
+        }
+        let ip: IpAddr = match family {
+            Family::Ipv4 => parse::<Ipv4Addr>(kvs, key)?.into(),
+            Family::Ipv6 => parse::<Ipv6Addr>(kvs, key)?.into(),
+        };
+        check_node_ip(ip).map_err(|e| Rejection::NodeIpNotUnicast(ip, e))?;
+        ips.push(ip);
+    }
+    // One address per key, each of the key's family: at most one per family.
+    NodeIps::new(ips).map_err(|e| Rejection::Malformed {
+        key: keys::NODE_IP,
+        value: String::new(),
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -200,7 +223,7 @@ pub(crate) mod tests {
             node_cidr_prefix: 24,
             vni: 1,
             vxlan_port: 8472,
-            local_node_ip: "192.0.2.1".parse().unwrap(),
+            local_node_ips: "192.0.2.1".parse().unwrap(),
         }
     }
 
@@ -229,7 +252,7 @@ pub(crate) mod tests {
     #[test]
     fn a_well_formed_announcement_is_accepted() {
         let a = validate("node-b", &good(), &rules()).unwrap();
-        assert_eq!(a.node_ip, "198.51.100.7".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(a.node_ips, "198.51.100.7".parse().unwrap());
         assert_eq!(
             a.claim,
             Some(Claim { cidr: "10.244.7.0/24".parse().unwrap(), kind: ClaimKind::Confirmed, since_ms: 42 })
@@ -252,6 +275,10 @@ pub(crate) mod tests {
             (keys::NODE_IP, "224.0.0.5", "node_ip_not_unicast"),
             (keys::NODE_IP, "255.255.255.255", "node_ip_not_unicast"),
             (keys::NODE_IP, "192.0.2.1", "node_ip_is_ours"),
+            (keys::NODE_IP, "2001:db8::7", "malformed"),
+            (keys::NODE_IP6, "198.51.100.8", "malformed"),
+            (keys::NODE_IP6, "fe80::7", "node_ip_not_unicast"),
+            (keys::NODE_IP6, "ff02::1", "node_ip_not_unicast"),
             (keys::VTEP_MAC, "01:00:5e:00:00:01", "mac_not_unicast"),
             (keys::VTEP_MAC, "00:00:00:00:00:00", "mac_not_unicast"),
             (keys::VTEP_MAC, "0a:11:22", "malformed"),
@@ -272,6 +299,26 @@ pub(crate) mod tests {
             seen.insert(err.label());
         }
         assert_eq!(seen, BTreeSet::from(COUNTED_LABELS), "the metric's list of reasons is out of date");
+    }
+
+    #[test]
+    fn ipv6_and_dual_underlays_are_read_and_a_previous_release_is_ipv4_only() {
+        // What a node of the previous release announces: `node_ip` only.
+        let previous = validate("node-b", &good(), &rules()).unwrap();
+        assert_eq!(previous.node_ips.get(Family::Ipv6), None);
+        let mut v6 = good();
+        v6.remove(keys::NODE_IP);
+        v6.insert(keys::NODE_IP6.into(), "2001:db8:2::7".into());
+        let a = validate("node-b", &v6, &rules()).unwrap();
+        assert_eq!(a.node_ips, "2001:db8:2::7".parse().unwrap());
+        let dual = with(keys::NODE_IP6, "2001:db8:2::7");
+        assert_eq!(
+            validate("node-b", &dual, &rules()).unwrap().node_ips,
+            "198.51.100.7,2001:db8:2::7".parse().unwrap()
+        );
+        // Our own IPv6 address is ours too.
+        let ours = Rules { local_node_ips: "192.0.2.1,2001:db8:2::7".parse().unwrap(), ..rules() };
+        assert_eq!(validate("node-b", &v6, &ours).unwrap_err().label(), "node_ip_is_ours");
     }
 
     #[test]

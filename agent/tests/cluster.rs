@@ -317,9 +317,9 @@ async fn an_agent_started_under_a_live_nodes_name_refuses_and_takes_it_over_only
     converged(&c, "3 nodes converged").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let block = c.pod_cidr("n1").unwrap();
-    let holder_ip = c.nodes["n1"].config.underlay.node_ip;
+    let holder_ip = c.nodes["n1"].config.underlay.primary().ip;
     c.add_clone("clone", "n1");
-    let clone_ip = c.nodes["clone"].config.underlay.node_ip;
+    let clone_ip = c.nodes["clone"].config.underlay.primary().ip;
     let started = Instant::now();
     c.start("clone").await;
     wait_until(CONVERGE, "the clone refuses the name, naming the holder", || {

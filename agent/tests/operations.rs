@@ -69,9 +69,9 @@ async fn the_status_endpoints_and_command_show_what_the_agent_sees() {
     c.add("a");
     let b = c.add("b");
     // b sits in a's underlay subnet: with cross-subnet encapsulation a routes to it directly.
-    b.underlay.node_ip = "192.0.2.99".parse().unwrap();
+    b.underlay.addrs[0].ip = "192.0.2.99".parse().unwrap();
     b.gossip.listen = "192.0.2.99:8473".parse().unwrap();
-    c.add("far").underlay.node_ip = "198.51.100.7".parse().unwrap();
+    c.add("far").underlay.addrs[0].ip = "198.51.100.7".parse().unwrap();
     c.nodes.get_mut("far").unwrap().config.gossip.listen = "198.51.100.7:8473".parse().unwrap();
     c.nodes.get_mut("a").unwrap().config.encap = weft_agent::config::Encap::CrossSubnet;
     for n in ["a", "b", "far"] {

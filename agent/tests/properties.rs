@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use proptest::prelude::*;
 use weft_agent::allocation::{Claim, ClaimKind};
 use weft_agent::config::Encap;
@@ -13,32 +13,38 @@ use weft_agent::membership::{Liveness, Member, View};
 use weft_agent::peers::{collect, decide};
 use weft_agent::validate::{Rules, check_pod_cidr};
 use weft_overlay::Mac;
-use weft_overlay::desired::LocalNode;
+use weft_overlay::desired::{LocalNode, UnderlayAddr};
+use weft_overlay::underlay::{Family, NodeIps};
 use weft_overlay::validate::{InvalidPeer, validate};
 
 const ME: &str = "me";
 const MY_GENERATION: u64 = 3;
 
-fn rules() -> Rules {
+/// This node's underlays: IPv4 only (as before IPv6 underlays), IPv6 only, or both.
+const LOCAL_UNDERLAYS: [&str; 3] = ["192.0.2.1", "2001:db8:1::1", "192.0.2.1,2001:db8:1::1"];
+
+fn rules_for(local: &str) -> Rules {
     Rules {
         cluster_cidr: "10.244.0.0/16".parse().unwrap(),
         node_cidr_prefix: 24,
         vni: 1,
         vxlan_port: 8472,
-        local_node_ip: "192.0.2.1".parse().unwrap(),
+        local_node_ips: local.parse().unwrap(),
     }
+}
+
+fn rules() -> Rules {
+    rules_for(LOCAL_UNDERLAYS[0])
 }
 
 fn own_claim() -> Claim {
     Claim { cidr: "10.244.1.0/24".parse().unwrap(), kind: ClaimKind::Confirmed, since_ms: 50 }
 }
 
-fn local() -> LocalNode {
-    let rules = rules();
+fn local(rules: &Rules) -> LocalNode {
     LocalNode {
         name: ME.into(),
-        node_ip: rules.local_node_ip,
-        underlay: "eth0".into(),
+        underlays: rules.local_node_ips.iter().map(|ip| UnderlayAddr { ip, iface: "eth0".into() }).collect(),
         pod_cidr: own_claim().cidr,
         cluster_cidr: rules.cluster_cidr,
         vni: rules.vni,
@@ -74,6 +80,11 @@ prop_compose! {
         generation in 1u64..6,
         liveness in liveness(),
         node_ip in one_of(&["198.51.100.1", "198.51.100.2", "192.0.2.7", "192.0.2.1", "127.0.0.1", "240.0.0.1"]),
+        // IPv6 underlays: none (a previous release), ours, link-local, multicast, of the wrong family.
+        node_ip6 in prop_oneof![
+            2 => Just(None),
+            3 => one_of(&["2001:db8:2::1", "2001:db8:1::7", "2001:db8:1::1", "fe80::1", "ff02::1", "192.0.2.9"]),
+        ],
         // Two MACs shared on purpose: peers announcing the same MAC, and one announcing ours.
         vtep_mac in one_of(&["0a:00:00:00:00:01", "0a:00:00:00:00:02", "0a:00:00:00:00:03", "01:00:5e:00:00:01"]),
         vni in one_of(&["1", "1", "2"]),
@@ -85,6 +96,7 @@ prop_compose! {
     ) -> Member {
         let mut keys: BTreeMap<String, String> = [
             (keys::NODE_IP, node_ip),
+            (keys::NODE_IP6, node_ip6),
             (keys::VTEP_MAC, vtep_mac),
             (keys::VNI, vni),
             (keys::VXLAN_PORT, Some("8472".to_string())),
@@ -111,16 +123,24 @@ fn view() -> impl Strategy<Value = View> {
 
 proptest! {
     #[test]
-    fn the_desired_state_only_holds_valid_unique_peers(view in view(), encap in prop_oneof![Just(Encap::Always), Just(Encap::CrossSubnet)]) {
-        let rules = rules();
+    fn the_desired_state_only_holds_valid_unique_peers(
+        view in view(),
+        encap in prop_oneof![Just(Encap::Always), Just(Encap::CrossSubnet)],
+        underlays in prop::sample::select(&LOCAL_UNDERLAYS[..]),
+    ) {
+        let rules = rules_for(underlays);
         let peers = collect(&view, ME, MY_GENERATION, &rules);
-        let underlay: Ipv4Net = "192.0.2.0/24".parse().unwrap();
-        let decided = decide(&peers, ME, Some(own_claim()), |ip| path(encap, underlay, ip), &Default::default());
+        let subnets: Vec<IpNet> = vec!["192.0.2.0/24".parse().unwrap(), "2001:db8:1::/64".parse().unwrap()];
+        let mine = rules.local_node_ips;
+        let path_of = |ips: &NodeIps| path(encap, &mine, &subnets, Family::Ipv4, ips);
+        let decided = decide(&peers, ME, Some(own_claim()), path_of, &Default::default());
         prop_assert_eq!(decided.peers.len(), peers.peers.len());
         for d in decided.peers.iter().filter(|d| d.verdict.is_ok()) {
             prop_assert!(d.peer.announcement.is_ok() && d.path.is_some(), "a programmed peer passed validation");
+            let shared = d.path.expect("checked").family;
+            prop_assert!(mine.get(shared).is_some(), "a programmed peer shares an underlay family with us");
         }
-        let desired = build(local(), decided.programmable());
+        let desired = build(local(&rules), decided.programmable());
 
         let mut cidrs = HashSet::new();
         let mut names = HashSet::new();
@@ -129,7 +149,13 @@ proptest! {
             prop_assert!(names.insert(p.name.clone()), "{} twice", p.name);
             prop_assert!(cidrs.insert(p.pod_cidr), "two routes for {}", p.pod_cidr);
             prop_assert!(p.pod_cidr != own_claim().cidr, "our own block routed to {}", p.name);
-            prop_assert!(p.node_ip != rules.local_node_ip);
+            prop_assert!(!mine.contains(p.node_ip));
+            // IPv4 is used whenever both have it.
+            let announced = decided.peers.iter().find(|d| d.peer.name == p.name).and_then(|d| d.peer.announcement.as_ref().ok());
+            let theirs = announced.expect("a programmed peer's announcement").node_ips;
+            if mine.get(Family::Ipv4).is_some() && theirs.get(Family::Ipv4).is_some() {
+                prop_assert!(p.node_ip.is_ipv4());
+            }
             prop_assert!(check_pod_cidr(p.pod_cidr, rules.cluster_cidr, rules.node_cidr_prefix).is_ok());
             let generation = peers.peers.iter().find(|q| q.name == p.name).expect("a collected peer").generation;
             let member = view.members.iter().find(|m| (&m.name, m.generation) == (&p.name, generation)).unwrap();

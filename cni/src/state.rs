@@ -1,7 +1,7 @@
 //! The node state file: the agent publishes the node's PodCIDR and MTU here, the plugin reads it.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use ipnet::Ipv4Net;
@@ -22,8 +22,9 @@ pub const MAX_REASON_BYTES: usize = 1024;
 pub struct NodeState {
     pub version: u32,
     pub node: String,
+    /// The node's primary underlay address (IPv4 when it has one, else IPv6).
     #[serde(rename = "nodeIP")]
-    pub node_ip: Ipv4Addr,
+    pub node_ip: IpAddr,
     #[serde(rename = "podCIDR")]
     pub pod_cidr: Ipv4Net,
     pub gateway: Ipv4Addr,

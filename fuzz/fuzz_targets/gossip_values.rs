@@ -1,5 +1,6 @@
 //! What peers announce over gossip: arbitrary members with arbitrary key-values, through the
-//! agent's grouping and validation ([`weft_agent::peers::collect`]).
+//! agent's grouping and validation ([`weft_agent::peers::collect`]), against a node with
+//! underlays of both families (`node_ip`, `node_ip6`).
 //!
 //! Input, one item a line: `@<name> <generation> <liveness 0-4>` starts a member, and
 //! `<key>=<value>` lines give it keys.
@@ -11,7 +12,8 @@ use libfuzzer_sys::fuzz_target;
 use weft_agent::gossip::keys::Facts;
 use weft_agent::membership::{Liveness, Member, View};
 use weft_agent::peers::collect;
-use weft_agent::validate::{Rules, check_node_name, check_pod_cidr, is_unicast, validate};
+use weft_agent::validate::{Rules, check_node_name, check_pod_cidr, validate};
+use weft_overlay::underlay::check_node_ip;
 
 const ME: &str = "me";
 const MY_GENERATION: u64 = 5;
@@ -22,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         node_cidr_prefix: 24,
         vni: 1,
         vxlan_port: 8472,
-        local_node_ip: "192.0.2.1".parse().expect("literal"),
+        local_node_ips: "192.0.2.1,2001:db8:1::1".parse().expect("literal"),
     };
     let view = View { members: members(&String::from_utf8_lossy(data)), ..View::default() };
     let peers = collect(&view, ME, MY_GENERATION, &rules);
@@ -45,13 +47,16 @@ fuzz_target!(|data: &[u8]| {
             .expect("a peer is one of the view's members");
         let Ok(a) = &peer.announcement else { continue };
         check_node_name(&peer.name).expect("accepted name is valid");
-        assert!(is_unicast(a.node_ip) && a.node_ip != rules.local_node_ip);
+        assert!(!a.node_ips.is_empty());
+        for ip in a.node_ips.iter() {
+            assert!(check_node_ip(ip).is_ok() && !rules.local_node_ips.contains(ip));
+        }
         assert!(a.vtep_mac.is_unicast());
         if let Some(claim) = a.claim {
             check_pod_cidr(claim.cidr, rules.cluster_cidr, rules.node_cidr_prefix).expect("accepted claim fits");
         }
         // What we accept, re-announced in our own encoding, is accepted as the same thing.
-        let facts = Facts { node_ip: a.node_ip, vtep_mac: a.vtep_mac, vni: rules.vni, vxlan_port: rules.vxlan_port };
+        let facts = Facts { node_ips: a.node_ips, vtep_mac: a.vtep_mac, vni: rules.vni, vxlan_port: rules.vxlan_port };
         let reencoded: BTreeMap<String, String> = facts.key_values(a.claim).into_iter().collect();
         assert_eq!(validate(&peer.name, &reencoded, &rules).as_ref(), Ok(a));
         assert_eq!(validate(&member.name, &member.keys, &rules).as_ref(), Ok(a), "validation is deterministic");

@@ -33,12 +33,8 @@ fuzz_target!(|data: &[u8]| {
     }
 
     if let Ok(lease) = parse_lease(data) {
-        let underlay = Underlay {
-            node_ip: Ipv4Addr::new(192, 0, 2, 1),
-            iface: "eth0".into(),
-            subnet: Ipv4Net::new(Ipv4Addr::new(192, 0, 2, 0), 24).expect("literal"),
-            mtu: 1500,
-        };
+        let subnet = Ipv4Net::new(Ipv4Addr::new(192, 0, 2, 0), 24).expect("literal");
+        let underlay = Underlay::single(Ipv4Addr::new(192, 0, 2, 1).into(), "eth0", subnet.into(), 1500);
         let paths = Paths { state_dir: PathBuf::new(), cni_conf_dir: PathBuf::new(), ipam_dir: PathBuf::new() };
         let cfg = Config::with_defaults("me", underlay, Vec::new(), paths);
         // A lease only ever brings back a block that fits this cluster's settings.

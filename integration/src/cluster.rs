@@ -5,7 +5,7 @@ use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -258,6 +258,46 @@ impl Cluster {
 
     pub fn pod(&self, name: &str) -> Option<&Pod> {
         self.pods.iter().find(|p| p.name == name)
+    }
+
+    /// Whether node `i` has a kernel route for `cidr`.
+    pub fn has_route(&self, i: usize, cidr: &str) -> bool {
+        self.lab.nodes[i].ns.ip(&["route", "show", cidr]).is_ok_and(|out| !out.trim().is_empty())
+    }
+
+    /// Node `i` dies whole, agent and network (its tunnel stops answering too); waits until
+    /// every other node has withdrawn `cidr` (its PodCIDR) and says how long that took.
+    pub fn kill_node_until_withdrawn(&mut self, i: usize, cidr: &str, limit: Duration) -> Result<Duration> {
+        self.agents[i]
+            .as_mut()
+            .ok_or_else(|| LabError::Other(format!("node {i} runs no agent")))?
+            .stop(Signal::SIGKILL, Duration::from_secs(5))?;
+        self.lab.set_cable(i, false)?;
+        let start = Instant::now();
+        let others: Vec<usize> = (0..self.lab.nodes.len()).filter(|j| *j != i && self.agents[*j].is_some()).collect();
+        let what = format!("{} to be withdrawn", self.lab.nodes[i].name);
+        wait::until(&what, limit, Duration::from_millis(50), || {
+            others.iter().all(|&j| !self.has_route(j, cidr)).then_some(())
+        })?;
+        Ok(start.elapsed())
+    }
+
+    /// Pings pod `dst` from pod `src` every 10 ms, `count` times, while node `i`'s agent stops
+    /// (SIGTERM) and starts again and the cluster converges; ping's output.
+    pub fn ping_across_restart(&mut self, src: &str, dst: &str, i: usize, count: u32) -> Result<String> {
+        let missing = |name: &str| LabError::Other(format!("no pod {name}"));
+        let (src, dst) = (self.pod(src).ok_or_else(|| missing(src))?, self.pod(dst).ok_or_else(|| missing(dst))?);
+        let mut ping = src.ns.command("ping");
+        ping.args(["-i", "0.01", "-c", &count.to_string(), "-W", "1", &dst.ip.to_string()]).stdout(Stdio::piped());
+        let pinger = ping.spawn().map_err(|e| LabError::Other(format!("ping: {e}")))?;
+        std::thread::sleep(Duration::from_millis(500));
+        if let Some(agent) = self.agents[i].as_mut() {
+            agent.stop(Signal::SIGTERM, Duration::from_secs(10))?;
+        }
+        self.start_agent(i)?;
+        self.wait_converged(Duration::from_secs(30))?;
+        let out = pinger.wait_with_output().map_err(|e| LabError::Other(format!("ping: {e}")))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Keeps everything running after this value is gone (`weft-lab up`).

@@ -7,8 +7,9 @@ use std::process::Stdio;
 
 use clap::Subcommand;
 use ipnet::Ipv4Net;
-use weft_overlay::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT, Desired, LocalNode, Peer, PeerPath, VXLAN_OVERHEAD};
+use weft_overlay::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT, Desired, LocalNode, Peer, PeerPath, UnderlayAddr};
 use weft_overlay::rules::DEFAULT_BRIDGE;
+use weft_overlay::underlay::Family;
 use weft_overlay::{ApplyReport, CleanupOptions, CleanupReport, Dataplane, Mac};
 
 use crate::cmd::{LabError, Result};
@@ -52,13 +53,12 @@ pub fn desired_for(lab: &Lab, i: usize, encap: Encap) -> Desired {
     Desired {
         local: LocalNode {
             name: me.name.clone(),
-            node_ip: me.ip,
-            underlay: me.iface.clone(),
+            underlays: vec![UnderlayAddr { ip: me.ip, iface: me.iface.clone() }],
             pod_cidr: pod_cidr(i),
             cluster_cidr: CLUSTER_CIDR.parse().expect("valid CIDR"),
             vni: DEFAULT_VNI,
             vxlan_port: DEFAULT_VXLAN_PORT,
-            mtu: UNDERLAY_MTU - VXLAN_OVERHEAD,
+            mtu: UNDERLAY_MTU - Family::of(me.ip).vxlan_overhead(),
             vtep_mac: Mac::derived(&me.name),
             bridge: DEFAULT_BRIDGE.to_string(),
         },

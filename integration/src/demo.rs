@@ -12,7 +12,7 @@ use crate::cmd::{LabError, Result};
 use crate::netns::Netns;
 use crate::probe::{self, tcp_source_seen};
 use crate::report::{Colour, Steps, paint, table};
-use crate::topology::{Lab, LabSpec};
+use crate::topology::{Family, Lab, LabSpec};
 use crate::wait;
 use weft_overlay::desired::DEFAULT_VXLAN_PORT;
 
@@ -22,6 +22,8 @@ pub struct DemoOptions {
     pub subnets: usize,
     pub pods_per_node: usize,
     pub cross_subnet: bool,
+    /// The underlay's family (pods stay IPv4).
+    pub underlay: Family,
     /// Leave the lab running afterwards (`weft-lab down` removes it).
     pub keep: bool,
 }
@@ -35,9 +37,10 @@ pub fn run(opts: &DemoOptions) -> Result<bool> {
         paint(
             colour,
             &format!(
-                "weft demo: {} nodes on {} subnets, {} pods per node, encapsulation {}",
+                "weft demo: {} nodes on {} {} subnets, {} pods per node, encapsulation {}",
                 opts.nodes,
                 opts.subnets,
+                opts.underlay,
                 opts.pods_per_node,
                 if opts.cross_subnet { "cross-subnet" } else { "always" }
             ),
@@ -69,7 +72,7 @@ pub fn run(opts: &DemoOptions) -> Result<bool> {
 /// Builds the lab, starts the agents, waits for convergence and attaches the pods (three steps).
 pub fn start(opts: &DemoOptions, steps: &mut Steps) -> Result<Cluster> {
     let prefix = crate::unique_prefix();
-    let spec = LabSpec { nodes: opts.nodes, subnets: opts.subnets, gro: true };
+    let spec = LabSpec { nodes: opts.nodes, subnets: opts.subnets, gro: true, underlay: opts.underlay };
     let lab = steps.run("building nodes, router and off-cluster host", || Lab::build(&prefix, spec))?;
     for (k, s) in lab.subnets.iter().enumerate() {
         let members: Vec<&str> = lab.nodes.iter().filter(|n| n.subnet == k).map(|n| n.name.as_str()).collect();
@@ -174,14 +177,21 @@ fn print_source_addresses(c: &Cluster, checks: &mut Checks) {
         ]);
     }
     let ext = &c.lab.external;
-    let seen = tcp_source_seen(&ext.ns, ext.ip, port + 1, &client.ns);
-    let ok = seen.as_ref().is_ok_and(|ip| *ip == client_node.ip);
-    rows.push(vec![
-        format!("{}-{} → off-cluster {}", client_node.name, client.name, ext.ip),
-        seen.map(|ip| ip.to_string()).unwrap_or_else(|e| e.to_string()),
-        format!("{} masqueraded to node {}", checks.mark(ok), client_node.ip),
-    ]);
+    // Pods are IPv4: off an IPv6-only underlay there is no IPv4 destination to leave for.
+    let egress = ext.ip.is_ipv4();
+    if egress {
+        let seen = tcp_source_seen(&ext.ns, ext.ip, port + 1, &client.ns);
+        let ok = seen.as_ref().is_ok_and(|ip| *ip == client_node.ip);
+        rows.push(vec![
+            format!("{}-{} → off-cluster {}", client_node.name, client.name, ext.ip),
+            seen.map(|ip| ip.to_string()).unwrap_or_else(|e| e.to_string()),
+            format!("{} masqueraded to node {}", checks.mark(ok), client_node.ip),
+        ]);
+    }
     print!("{}", table(&["CONNECTION", "SEEN FROM", "CHECK"], &rows));
+    if !egress {
+        println!("  (no egress check: IPv4 pods have no IPv4 destination off an IPv6-only underlay)");
+    }
 }
 
 /// Traffic an off-cluster host forges at node 1, and the counter that shows it was dropped.

@@ -37,6 +37,15 @@ pub fn unique_prefix() -> String {
     format!("{NS_PREFIX}{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
+/// `ipv4` or `ipv6`: a lab underlay family as the command line names it.
+pub fn parse_family(s: &str) -> Result<topology::Family, String> {
+    match s {
+        "ipv4" => Ok(topology::Family::Ipv4),
+        "ipv6" => Ok(topology::Family::Ipv6),
+        other => Err(format!("{other:?} is not ipv4 or ipv6")),
+    }
+}
+
 /// Tests and the lab change network namespaces: fail clearly, never skip, without root.
 pub fn require_root() {
     assert!(

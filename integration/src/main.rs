@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use weft_lab::bench::Bench;
 use weft_lab::dataplane::Helper;
 use weft_lab::demo::DemoOptions;
+use weft_lab::topology::Family;
 use weft_lab::{demo, manage};
 
 #[derive(Parser)]
@@ -53,6 +54,9 @@ struct LabArgs {
     /// Route same-subnet peers directly instead of through VXLAN.
     #[arg(long)]
     cross_subnet: bool,
+    /// The underlay's address family, `ipv4` or `ipv6` (pods stay IPv4).
+    #[arg(long, default_value = "ipv4", value_parser = weft_lab::parse_family)]
+    underlay: Family,
     /// Leave the lab running afterwards (demo only; `weft-lab down` removes it).
     #[arg(long)]
     keep: bool,
@@ -65,6 +69,7 @@ impl LabArgs {
             subnets: self.subnets,
             pods_per_node: self.pods,
             cross_subnet: self.cross_subnet,
+            underlay: self.underlay,
             keep: self.keep,
         }
     }

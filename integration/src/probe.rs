@@ -74,9 +74,10 @@ impl Listener {
 }
 
 /// Connects from inside `ns` to `to` (within `limit`) and sends a byte.
-pub fn connect(ns: &(impl NsPath + ?Sized), to: SocketAddrV4, limit: Duration) -> Result<()> {
+pub fn connect(ns: &(impl NsPath + ?Sized), to: impl Into<SocketAddr>, limit: Duration) -> Result<()> {
+    let to: SocketAddr = to.into();
     within(&ns.ns_path(), move || {
-        TcpStream::connect_timeout(&to.into(), limit)
+        TcpStream::connect_timeout(&to, limit)
             .and_then(|mut s| s.write_all(b"x"))
             .map_err(|e| LabError::Other(format!("connect to {to}: {e}")))
     })?
@@ -86,13 +87,13 @@ pub fn connect(ns: &(impl NsPath + ?Sized), to: SocketAddrV4, limit: Duration) -
 /// the source address the server saw (the client's own, or a masquerading node's).
 pub fn tcp_source_seen(
     server: &(impl NsPath + ?Sized),
-    server_ip: Ipv4Addr,
+    server_ip: impl Into<IpAddr>,
     port: u16,
     client: &(impl NsPath + ?Sized),
 ) -> Result<IpAddr> {
     let limit = Duration::from_secs(5);
     let listener = Listener::start(server, port, limit)?;
-    connect(client, SocketAddrV4::new(server_ip, port), limit)?;
+    connect(client, SocketAddr::new(server_ip.into(), port), limit)?;
     Ok(listener.peer()?.ip())
 }
 
@@ -119,7 +120,7 @@ pub fn udp_source_seen(server: &Netns, server_ip: Ipv4Addr, port: u16, client: &
 
 /// Sends one UDP datagram with `payload` from `from` (an address inside `ns`) to `to`: traffic a
 /// host there could forge.
-pub fn send_udp(ns: &Netns, from: Ipv4Addr, to: SocketAddr, payload: &[u8]) -> Result<()> {
+pub fn send_udp(ns: &Netns, from: IpAddr, to: SocketAddr, payload: &[u8]) -> Result<()> {
     within(&ns.path(), || {
         UdpSocket::bind((from, 0))
             .and_then(|s| s.send_to(payload, to))

@@ -10,7 +10,7 @@
 //! to join and leave as an agent does.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -31,6 +31,7 @@ use weft_agent::gossip::{Gossip, GossipError};
 use weft_agent::reconcile::unix_ms;
 use weft_overlay::Mac;
 use weft_overlay::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT};
+use weft_overlay::underlay::NodeIps;
 
 use crate::cmd::{LabError, Result};
 use crate::netns;
@@ -49,7 +50,7 @@ const FIRST_PORT: u16 = 20_000;
 pub struct SwarmSpec {
     /// The namespace whose address they all share.
     pub netns: PathBuf,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// The cluster key file (the lab's, so that the real agents accept them).
     pub key_file: PathBuf,
     /// Simulated node `k` announces block `k + 1` of this CIDR split at `prefix`; block 0 is left
@@ -105,12 +106,12 @@ impl Swarm {
             .ok()
             .and_then(|k| FIRST_PORT.checked_add(k))
             .ok_or_else(|| LabError::Other(format!("no port for simulated node {k}")))?;
-        Ok(SocketAddr::new(self.spec.ip.into(), port))
+        Ok(SocketAddr::new(self.spec.ip, port))
     }
 
     /// Node 0, the seed for nodes outside the swarm.
     pub fn seed(&self) -> SocketAddr {
-        SocketAddr::new(self.spec.ip.into(), FIRST_PORT)
+        SocketAddr::new(self.spec.ip, FIRST_PORT)
     }
 
     /// Node `k` joins through node (k − 1) / 2. With one seed for all, every newcomer that knows
@@ -191,7 +192,7 @@ impl Swarm {
         let name = format!("sim{k}");
         let now = unix_ms(SystemTime::now());
         let facts = Facts {
-            node_ip: self.spec.ip,
+            node_ips: NodeIps::new([self.spec.ip]).map_err(LabError::other)?,
             vtep_mac: Mac::derived(&name),
             vni: DEFAULT_VNI,
             vxlan_port: DEFAULT_VXLAN_PORT,

@@ -1,18 +1,32 @@
 //! The multi-subnet underlay: a router namespace joins M subnets (one bridge each) and an
 //! off-cluster host; N node namespaces sit on the subnets round-robin. The router has routes only
-//! for its connected subnets, so pod addresses can cross it only inside VXLAN.
+//! for its connected subnets, so pod addresses can cross it only inside VXLAN. The underlay is of
+//! one family, IPv4 or IPv6 ([`LabSpec::underlay`]); the same builder makes both.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
+pub use weft_overlay::underlay::Family;
 
 use crate::cmd::{LabError, Result};
 use crate::netns::Netns;
 
 /// Underlays come from the documentation ranges; the off-cluster host gets the third one.
-const NODE_RANGES: [&str; 2] = ["192.0.2.0/24", "198.51.100.0/24"];
-const EXTERNAL_RANGE: &str = "203.0.113.0/24";
+fn node_ranges(family: Family) -> [&'static str; 2] {
+    match family {
+        Family::Ipv4 => ["192.0.2.0/24", "198.51.100.0/24"],
+        Family::Ipv6 => ["2001:db8:1::/64", "2001:db8:2::/64"],
+    }
+}
+
+fn external_range(family: Family) -> &'static str {
+    match family {
+        Family::Ipv4 => "203.0.113.0/24",
+        Family::Ipv6 => "2001:db8:3::/64",
+    }
+}
+
 pub const MAX_SUBNETS: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,18 +36,20 @@ pub struct LabSpec {
     /// GRO on the underlay veths, as real NICs have it (and MTU-sized frames from the router's
     /// ports, so that it takes effect).
     pub gro: bool,
+    /// The underlay's family: the nodes', router's and external host's addresses.
+    pub underlay: Family,
 }
 
 impl Default for LabSpec {
     fn default() -> Self {
-        LabSpec { nodes: 3, subnets: 2, gro: true }
+        LabSpec { nodes: 3, subnets: 2, gro: true, underlay: Family::Ipv4 }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Subnet {
-    pub cidr: Ipv4Net,
-    pub gateway: Ipv4Addr,
+    pub cidr: IpNet,
+    pub gateway: IpAddr,
     /// The bridge in the router namespace that is this subnet's L2 segment.
     pub bridge: String,
 }
@@ -43,7 +59,7 @@ pub struct Node {
     /// `n1`, `n2`, … (also the agent's node name).
     pub name: String,
     pub ns: Netns,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub subnet: usize,
     /// The node's underlay interface.
     pub iface: String,
@@ -54,7 +70,7 @@ pub struct Node {
 #[derive(Debug)]
 pub struct ExternalHost {
     pub ns: Netns,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
 }
 
 /// A lab; dropping it removes every namespace and file it made.
@@ -62,6 +78,7 @@ pub struct ExternalHost {
 pub struct Lab {
     pub prefix: String,
     pub dir: PathBuf,
+    pub underlay: Family,
     pub subnets: Vec<Subnet>,
     // Field order is drop order: nodes and the external host go before the router.
     pub nodes: Vec<Node>,
@@ -69,24 +86,25 @@ pub struct Lab {
     pub router: Netns,
 }
 
-/// The node subnets: the two documentation /24s, split into /26s when more are needed.
-pub fn subnet_cidrs(count: usize) -> Result<Vec<Ipv4Net>> {
+/// The node subnets: the two documentation ranges of the family (/24s, /64s), each split in
+/// four (/26s, /66s) when more are needed.
+pub fn subnet_cidrs(count: usize, family: Family) -> Result<Vec<IpNet>> {
     if count == 0 || count > MAX_SUBNETS {
         return Err(LabError::Other(format!("subnets must be 1..={MAX_SUBNETS}, got {count}")));
     }
-    let ranges = NODE_RANGES.iter().map(|r| r.parse::<Ipv4Net>().expect("valid range"));
-    if count <= NODE_RANGES.len() {
-        return Ok(ranges.take(count).collect());
+    let ranges = node_ranges(family).map(|r| r.parse::<IpNet>().expect("valid range"));
+    if count <= ranges.len() {
+        return Ok(ranges.into_iter().take(count).collect());
     }
-    Ok(ranges.flat_map(|r| r.subnets(26).expect("/26 fits in /24")).take(count).collect())
+    Ok(ranges.iter().flat_map(|r| r.subnets(r.prefix_len() + 2).expect("a quarter fits")).take(count).collect())
 }
 
 /// Node `i` (0-based) is on subnet `i % subnets`, at host 10 + its position on that subnet.
-pub fn node_address(i: usize, subnets: &[Ipv4Net]) -> Result<(usize, Ipv4Addr)> {
+pub fn node_address(i: usize, subnets: &[IpNet]) -> Result<(usize, IpAddr)> {
     let subnet = i % subnets.len();
     let position = (i / subnets.len()) as u32;
     let net = subnets[subnet];
-    let ip = Ipv4Addr::from(u32::from(net.network()) + 10 + position);
+    let ip = host(&net, 10 + position);
     if !net.contains(&ip) || ip == net.broadcast() {
         return Err(LabError::Other(format!("too many nodes for subnet {net}")));
     }
@@ -95,17 +113,18 @@ pub fn node_address(i: usize, subnets: &[Ipv4Net]) -> Result<(usize, Ipv4Addr)> 
 
 impl Lab {
     pub fn build(prefix: &str, spec: LabSpec) -> Result<Lab> {
-        let cidrs = subnet_cidrs(spec.subnets)?;
+        let cidrs = subnet_cidrs(spec.subnets, spec.underlay)?;
         let dir = std::env::temp_dir().join(prefix);
         std::fs::create_dir_all(&dir).map_err(|e| LabError::Other(format!("create {}: {e}", dir.display())))?;
         let router = Netns::create(&format!("{prefix}-router"))?;
-        router.sysctl("net.ipv4.ip_forward", "1")?;
+        router.sysctl(forwarding_sysctl(spec.underlay), "1")?;
         let subnets = cidrs
             .iter()
             .enumerate()
             .map(|(k, cidr)| add_segment(&router, &format!("s{k}"), *cidr))
             .collect::<Result<Vec<_>>>()?;
-        let external_segment = add_segment(&router, "ext", EXTERNAL_RANGE.parse().expect("valid range"))?;
+        let external_segment =
+            add_segment(&router, "ext", external_range(spec.underlay).parse().expect("valid range"))?;
         let external_ip = host(&external_segment.cidr, 10);
         let external = ExternalHost {
             ns: attach_host(&router, &format!("{prefix}-ext"), "ext0", &external_segment, external_ip, spec.gro)?,
@@ -121,11 +140,11 @@ impl Lab {
                 .map_err(|e| LabError::Other(format!("create {}: {e}", node_dir.display())))?;
             nodes.push(Node { name, ns, ip, subnet, iface: "eth0".into(), dir: node_dir });
         }
-        let mut hosts: Vec<(&Netns, Ipv4Addr, &Subnet)> =
+        let mut hosts: Vec<(&Netns, IpAddr, &Subnet)> =
             nodes.iter().map(|n| (&n.ns, n.ip, &subnets[n.subnet])).collect();
         hosts.push((&external.ns, external.ip, &external_segment));
         pin_neighbours(&router, &hosts, &dir)?;
-        Ok(Lab { prefix: prefix.to_string(), dir, subnets, nodes, external, router })
+        Ok(Lab { prefix: prefix.to_string(), dir, underlay: spec.underlay, subnets, nodes, external, router })
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {
@@ -146,7 +165,7 @@ impl Lab {
 
     /// Adds a static route for every node's PodCIDR on the router: the plain routed underlay that
     /// benchmarks use as their 100 % line.
-    pub fn route_pod_cidrs_on_router(&self, routes: &[(Ipv4Net, Ipv4Addr)]) -> Result<()> {
+    pub fn route_pod_cidrs_on_router(&self, routes: &[(IpNet, IpAddr)]) -> Result<()> {
         for (cidr, via) in routes {
             self.router.ip(&["route", "replace", &cidr.to_string(), "via", &via.to_string()])?;
         }
@@ -170,8 +189,9 @@ impl Lab {
     /// Drops UDP to `port` between the first two subnets, both ways, at the router (traffic
     /// within a subnet is untouched); `router_firewall(&[])` lifts it.
     pub fn block_between_subnets(&self, port: u16) -> Result<()> {
-        let rule = |from: &str, to: &str| format!("ip saddr {from} ip daddr {to} udp dport {port} drop");
-        let [s0, s1] = NODE_RANGES;
+        let proto = self.underlay.nft_proto();
+        let rule = |from: &str, to: &str| format!("{proto} saddr {from} {proto} daddr {to} udp dport {port} drop");
+        let [s0, s1] = node_ranges(self.underlay);
         self.router_firewall(&[rule(s0, s1), rule(s1, s0)])
     }
 }
@@ -188,8 +208,29 @@ impl Node {
     }
 }
 
-fn host(net: &Ipv4Net, n: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(net.network()) + n)
+/// The `n`th address of `net`.
+fn host(net: &IpNet, n: u32) -> IpAddr {
+    match net.network() {
+        IpAddr::V4(v4) => Ipv4Addr::from(u32::from(v4) + n).into(),
+        IpAddr::V6(v6) => Ipv6Addr::from(u128::from(v6) + u128::from(n)).into(),
+    }
+}
+
+fn forwarding_sysctl(family: Family) -> &'static str {
+    match family {
+        Family::Ipv4 => "net.ipv4.ip_forward",
+        Family::Ipv6 => "net.ipv6.conf.all.forwarding",
+    }
+}
+
+/// `ip addr add` arguments for `ip/prefix`: IPv6 addresses without duplicate address detection,
+/// so they are usable at once (a tentative address cannot be bound).
+fn addr_args(ip: IpAddr, prefix: u8) -> Vec<String> {
+    let mut args = vec!["addr".to_string(), "add".into(), format!("{ip}/{prefix}")];
+    if ip.is_ipv6() {
+        args.push("nodad".into());
+    }
+    args
 }
 
 /// Makes every underlay neighbour entry permanent. The kernel's ARP table is one table for all
@@ -197,8 +238,8 @@ fn host(net: &Ipv4Net, n: u32) -> Ipv4Addr {
 /// settable only from the machine's own namespace): with a few dozen nodes learning each other by
 /// ARP, a new node could no longer resolve its gateway (its sends failed with ENOBUFS).
 /// Permanent entries are exempt from the cap; on real machines every node has its own table.
-fn pin_neighbours(router: &Netns, hosts: &[(&Netns, Ipv4Addr, &Subnet)], dir: &Path) -> Result<()> {
-    let entry = |ip: Ipv4Addr, dev: &str| format!("neigh replace {ip} lladdr {} dev {dev} nud permanent\n", mac(ip));
+fn pin_neighbours(router: &Netns, hosts: &[(&Netns, IpAddr, &Subnet)], dir: &Path) -> Result<()> {
+    let entry = |ip: IpAddr, dev: &str| format!("neigh replace {ip} lladdr {} dev {dev} nud permanent\n", mac(ip));
     let mut on_router = String::new();
     for &(ns, ip, subnet) in hosts {
         on_router.push_str(&entry(ip, &subnet.bridge));
@@ -220,27 +261,38 @@ fn batch(ns: &Netns, commands: &str, dir: &Path) -> Result<()> {
 }
 
 /// The MAC of an underlay address (the gateway's on the bridge, a host's on its `eth0`): known
-/// in advance, so neighbour entries can be written without reading them back.
-fn mac(ip: Ipv4Addr) -> String {
-    let [a, b, c, d] = ip.octets();
-    format!("02:77:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+/// in advance, so neighbour entries can be written without reading them back. IPv6: the subnet
+/// byte of 2001:db8:N:: and the last three.
+fn mac(ip: IpAddr) -> String {
+    let (tag, [a, b, c, d]) = match ip {
+        IpAddr::V4(v4) => (0x77, v4.octets()),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            (0x76, [o[5], o[13], o[14], o[15]])
+        }
+    };
+    format!("02:{tag:02x}:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
 /// A bridge in the router namespace with the subnet's first address: one L2 segment.
-fn add_segment(router: &Netns, bridge: &str, cidr: Ipv4Net) -> Result<Subnet> {
+fn add_segment(router: &Netns, bridge: &str, cidr: IpNet) -> Result<Subnet> {
     let gateway = host(&cidr, 1);
     router.ip(&["link", "add", bridge, "address", &mac(gateway), "type", "bridge"])?;
-    router.ip(&["addr", "add", &format!("{gateway}/{}", cidr.prefix_len()), "dev", bridge])?;
+    let mut add: Vec<String> = addr_args(gateway, cidr.prefix_len());
+    add.extend(["dev".into(), bridge.into()]);
+    router.ip(&add.iter().map(String::as_str).collect::<Vec<_>>())?;
     router.ip(&["link", "set", bridge, "up"])?;
     Ok(Subnet { cidr, gateway, bridge: bridge.to_string() })
 }
 
 /// A new namespace plugged into `segment` with address `ip` and a default route via the router.
-fn attach_host(router: &Netns, name: &str, port: &str, segment: &Subnet, ip: Ipv4Addr, gro: bool) -> Result<Netns> {
+fn attach_host(router: &Netns, name: &str, port: &str, segment: &Subnet, ip: IpAddr, gro: bool) -> Result<Netns> {
     let ns = Netns::create(name)?;
     router.ip(&["link", "add", port, "type", "veth", "peer", "name", "eth0", "address", &mac(ip), "netns", name])?;
     router.ip(&["link", "set", port, "master", &segment.bridge, "up"])?;
-    ns.ip(&["addr", "add", &format!("{ip}/{}", segment.cidr.prefix_len()), "dev", "eth0"])?;
+    let mut add: Vec<String> = addr_args(ip, segment.cidr.prefix_len());
+    add.extend(["dev".into(), "eth0".into()]);
+    ns.ip(&add.iter().map(String::as_str).collect::<Vec<_>>())?;
     ns.ip(&["link", "set", "eth0", "up"])?;
     ns.ip(&["route", "add", "default", "via", &segment.gateway.to_string()])?;
     if gro {
@@ -279,28 +331,45 @@ mod tests {
 
     #[test]
     fn two_subnets_use_the_documentation_ranges() {
-        let s = subnet_cidrs(2).unwrap();
+        let s = subnet_cidrs(2, Family::Ipv4).unwrap();
         assert_eq!(s[0].to_string(), "192.0.2.0/24");
         assert_eq!(s[1].to_string(), "198.51.100.0/24");
+        let s = subnet_cidrs(2, Family::Ipv6).unwrap();
+        assert_eq!(s[0].to_string(), "2001:db8:1::/64");
+        assert_eq!(s[1].to_string(), "2001:db8:2::/64");
     }
 
     #[test]
-    fn more_subnets_split_into_26s_and_stay_disjoint() {
-        let s = subnet_cidrs(5).unwrap();
-        assert_eq!(s.len(), 5);
-        for (i, a) in s.iter().enumerate() {
-            for b in &s[i + 1..] {
-                assert!(!a.contains(b) && !b.contains(a));
+    fn more_subnets_split_in_four_and_stay_disjoint() {
+        for family in Family::ALL {
+            let s = subnet_cidrs(5, family).unwrap();
+            assert_eq!(s.len(), 5);
+            for (i, a) in s.iter().enumerate() {
+                for b in &s[i + 1..] {
+                    assert!(!a.contains(b) && !b.contains(a));
+                }
             }
+            assert!(subnet_cidrs(0, family).is_err() && subnet_cidrs(9, family).is_err());
         }
-        assert!(subnet_cidrs(0).is_err() && subnet_cidrs(9).is_err());
     }
 
     #[test]
     fn nodes_go_round_robin_over_subnets() {
-        let s = subnet_cidrs(2).unwrap();
+        let s = subnet_cidrs(2, Family::Ipv4).unwrap();
         assert_eq!(node_address(0, &s).unwrap(), (0, "192.0.2.10".parse().unwrap()));
         assert_eq!(node_address(1, &s).unwrap(), (1, "198.51.100.10".parse().unwrap()));
         assert_eq!(node_address(2, &s).unwrap(), (0, "192.0.2.11".parse().unwrap()));
+        let s = subnet_cidrs(2, Family::Ipv6).unwrap();
+        assert_eq!(node_address(1, &s).unwrap(), (1, "2001:db8:2::a".parse().unwrap()));
+    }
+
+    #[test]
+    fn underlay_macs_differ_across_subnets_and_families() {
+        let macs: std::collections::BTreeSet<String> =
+            ["192.0.2.10", "198.51.100.10", "2001:db8:1::a", "2001:db8:2::a", "2001:db8:1::1", "2001:db8:2::1"]
+                .iter()
+                .map(|ip| mac(ip.parse().unwrap()))
+                .collect();
+        assert_eq!(macs.len(), 6);
     }
 }

@@ -23,7 +23,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 fn cluster(nodes: usize, options: AgentOptions) -> Cluster {
     weft_lab::require_root();
     // GRO plays no part in what these tests check.
-    let spec = LabSpec { nodes, subnets: nodes.min(2), gro: false };
+    let spec = LabSpec { nodes, subnets: nodes.min(2), gro: false, ..LabSpec::default() };
     let lab = Lab::build(&weft_lab::unique_prefix(), spec).expect("build lab");
     let c = Cluster::start(lab, options).expect("start agents");
     if let Err(e) = c.wait_converged(CONVERGE) {

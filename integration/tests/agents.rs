@@ -10,19 +10,14 @@ use rand::{RngExt, SeedableRng};
 use weft_lab::cluster::{AgentOptions, Cluster, programmed_peers};
 use weft_lab::probe::tcp_source_seen;
 use weft_lab::topology::{Lab, LabSpec};
-use weft_lab::wait;
 
 const CONVERGE: Duration = Duration::from_secs(30);
 
 fn cluster(nodes: usize, started: usize) -> Cluster {
     weft_lab::require_root();
-    let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes, subnets: 2, gro: true }).expect("build lab");
+    let lab =
+        Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes, subnets: 2, ..LabSpec::default() }).expect("build lab");
     Cluster::start_some(lab, AgentOptions::default(), started).expect("start agents")
-}
-
-/// Whether node `i` has a kernel route for `cidr`.
-fn has_route(c: &Cluster, i: usize, cidr: &str) -> bool {
-    c.lab.nodes[i].ns.ip(&["route", "show", cidr]).is_ok_and(|out| !out.trim().is_empty())
 }
 
 #[test]
@@ -56,16 +51,10 @@ fn a_node_that_dies_is_withdrawn_by_the_others() {
     let mut c = cluster(3, 3);
     c.wait_converged(CONVERGE).unwrap();
     let dead_cidr = c.pod_cidr(2).unwrap();
-    assert!(has_route(&c, 0, &dead_cidr) && has_route(&c, 1, &dead_cidr));
+    assert!(c.has_route(0, &dead_cidr) && c.has_route(1, &dead_cidr));
     // The whole node goes: its agent and its network (its tunnel stops answering too).
-    c.agent(2).unwrap().stop(Signal::SIGKILL, Duration::from_secs(5)).unwrap();
-    c.lab.set_cable(2, false).unwrap();
-    let start = Instant::now();
-    wait::until("n3 to be withdrawn", Duration::from_secs(30), Duration::from_millis(50), || {
-        (!has_route(&c, 0, &dead_cidr) && !has_route(&c, 1, &dead_cidr)).then_some(())
-    })
-    .unwrap();
-    eprintln!("dead node withdrawn after {:?}", start.elapsed());
+    let took = c.kill_node_until_withdrawn(2, &dead_cidr, Duration::from_secs(30)).unwrap();
+    eprintln!("dead node withdrawn after {took:?}");
     for i in 0..2 {
         let status = c.status(i).unwrap();
         assert_eq!(programmed_peers(&status), 1, "{status}");
@@ -91,7 +80,7 @@ fn a_stopped_agent_costs_its_pods_nothing_while_its_node_works() {
     let stopped = Instant::now();
     let mut kept_while_away = true;
     while stopped.elapsed() < Duration::from_secs(60) {
-        kept_while_away &= has_route(&c, 0, &cidr) && has_route(&c, 1, &cidr);
+        kept_while_away &= c.has_route(0, &cidr) && c.has_route(1, &cidr);
         std::thread::sleep(Duration::from_millis(500));
     }
     let note =
@@ -114,17 +103,8 @@ fn a_restarted_agent_loses_no_ping_and_keeps_its_pod_cidr() {
     c.add_pod(0, "a").unwrap();
     c.add_pod(1, "b").unwrap();
     let cidr = c.pod_cidr(1).unwrap();
-    let (src, dst) = (c.pod("a").unwrap(), c.pod("b").unwrap().ip.to_string());
     // 10 ms pings for 4 s while n2's agent stops and starts again.
-    let mut ping = src.ns.command("ping");
-    ping.args(["-i", "0.01", "-c", "400", "-W", "1", &dst]).stdout(std::process::Stdio::piped());
-    let pinger = ping.spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    c.agent(1).unwrap().stop(Signal::SIGTERM, Duration::from_secs(10)).unwrap();
-    c.start_agent(1).unwrap();
-    c.wait_converged(CONVERGE).unwrap();
-    let out = pinger.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = c.ping_across_restart("a", "b", 1, 400).unwrap();
     assert!(text.contains("400 received"), "pings were lost across the restart: {text}");
     assert_eq!(c.pod_cidr(1).unwrap(), cidr, "a restart keeps the PodCIDR");
 }

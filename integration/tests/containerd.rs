@@ -2,7 +2,7 @@
 //! nodes on different subnets, a containerd in each node's namespace whose CNI config is the
 //! conflist the agent writes, pod sandboxes run, inspected and removed over the CRI API. Needs root.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -93,7 +93,9 @@ fn run_sandbox(runtime: &mut Containerd, pod: &PodSpec, cidr: Ipv4Net) -> Sandbo
 #[test]
 fn containerd_through_cri_gives_pods_addresses_routes_them_across_subnets_maps_host_ports_and_releases_them() {
     weft_lab::require_root();
-    let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes: 2, subnets: 2, gro: false }).expect("build lab");
+    let lab =
+        Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes: 2, subnets: 2, gro: false, ..LabSpec::default() })
+            .expect("build lab");
     let options = AgentOptions { extra_args: vec!["--portmap".into()], ..AgentOptions::default() };
     let c = Cluster::start(lab, options).expect("start agents");
     c.wait_converged(CONVERGE).expect("cluster converges");
@@ -135,8 +137,8 @@ fn containerd_through_cri_gives_pods_addresses_routes_them_across_subnets_maps_h
 
     // hostPort: n2 connects to n1's address; portmap on n1 sends it to the web pod.
     let listener = Listener::start(web.netns.as_path(), CONTAINER_PORT, LIMIT).expect("listen in web");
-    probe::connect(&n2.ns, SocketAddrV4::new(n1.ip, HOST_PORT), LIMIT).expect("connect to the hostPort");
-    assert_eq!(listener.peer().expect("accepted").ip(), IpAddr::V4(n2.ip), "hostPort peer");
+    probe::connect(&n2.ns, SocketAddr::new(n1.ip, HOST_PORT), LIMIT).expect("connect to the hostPort");
+    assert_eq!(listener.peer().expect("accepted").ip(), n2.ip, "hostPort peer");
 
     for (i, sandbox) in [(0, &web), (1, &client)] {
         let node = &c.lab.nodes[i];

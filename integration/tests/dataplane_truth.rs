@@ -19,7 +19,8 @@ const S1: &str = "198.51.100.0/24";
 
 fn cluster(nodes: usize) -> Cluster {
     weft_lab::require_root();
-    let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes, subnets: 2, gro: false }).expect("build lab");
+    let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes, subnets: 2, gro: false, ..LabSpec::default() })
+        .expect("build lab");
     let mut c = Cluster::start(lab, AgentOptions::default()).expect("start agents");
     c.wait_converged(CONVERGE).unwrap();
     for i in 0..nodes {

@@ -580,7 +580,8 @@ fn selectors(text: &str) -> Vec<Selector> {
 #[test]
 fn alert_rules_name_only_series_the_agent_exports() {
     weft_lab::require_root();
-    let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes: 2, subnets: 1, gro: true }).expect("build lab");
+    let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes: 2, subnets: 1, ..LabSpec::default() })
+        .expect("build lab");
     // As the DaemonSet runs it: /metrics on the node IP too, for Prometheus.
     let options = AgentOptions { extra_args: vec!["--metrics-addr=0.0.0.0:9474".into()], ..AgentOptions::default() };
     let cluster = Cluster::start(lab, options).expect("start agents");

@@ -19,7 +19,9 @@ const S1: &str = "198.51.100.0/24";
 /// Three nodes on two subnets (n1 and n3 on the first, n2 on the second), converged.
 fn cluster(options: AgentOptions) -> Cluster {
     weft_lab::require_root();
-    let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes: 3, subnets: 2, gro: false }).expect("build lab");
+    let lab =
+        Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes: 3, subnets: 2, gro: false, ..LabSpec::default() })
+            .expect("build lab");
     let c = Cluster::start(lab, options).expect("start agents");
     c.wait_converged(CONVERGE).unwrap();
     c

@@ -173,7 +173,8 @@ fn run_block(block: &Code, ns: Option<&Path>, env: &[(&str, String)], wrap: &str
 #[test]
 fn docs_metrics_endpoints_and_troubleshooting_blocks_are_real_on_a_lab_node() {
     weft_lab::require_root();
-    let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes: 2, subnets: 2, gro: true }).expect("build lab");
+    let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes: 2, subnets: 2, ..LabSpec::default() })
+        .expect("build lab");
     let mut c = Cluster::start(lab, AgentOptions::default()).expect("start agents");
     c.wait_converged(Duration::from_secs(30)).expect("agents converge");
     c.add_pod(0, "a").expect("attach a pod");
@@ -250,7 +251,8 @@ fn getting_started_blocks_run_against_a_private_lab() {
 #[test]
 fn a_node_cut_off_from_gossip_is_missing_from_the_peer_tables() {
     weft_lab::require_root();
-    let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes: 3, subnets: 2, gro: true }).expect("build lab");
+    let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes: 3, subnets: 2, ..LabSpec::default() })
+        .expect("build lab");
     lab.block_between_subnets(8473).expect("block gossip between the subnets");
     let c =
         Cluster::start(lab, AgentOptions { extra_args: vec!["--startup-grace=60s".into()], ..AgentOptions::default() })

@@ -17,7 +17,8 @@ const CONVERGE: Duration = Duration::from_secs(30);
 
 fn cluster(nodes: usize) -> Cluster {
     weft_lab::require_root();
-    let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes, subnets: 2, gro: true }).expect("build lab");
+    let lab =
+        Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes, subnets: 2, ..LabSpec::default() }).expect("build lab");
     let c = Cluster::start(lab, AgentOptions::default()).expect("start agents");
     c.wait_converged(CONVERGE).expect("sealed cluster converges");
     c

@@ -69,7 +69,8 @@ fn the_conflist_follows_the_confirmed_pod_cidr_and_outlives_the_agent_until_clea
         extra_args: vec!["--cluster-cidr=10.244.0.0/24".into(), "--node-cidr-prefix=24".into()],
         ..AgentOptions::default()
     };
-    let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes: 2, subnets: 2, gro: true }).expect("build lab");
+    let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes: 2, subnets: 2, ..LabSpec::default() })
+        .expect("build lab");
     let mut c = Cluster::start_some(lab, options, 1).expect("start n1's agent");
 
     // 1. First start: the conflist appears only after the claim is confirmed.

@@ -4,25 +4,29 @@
 //! never writes added to its table. Needs root (each test makes its own namespace).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::process::Stdio;
 
 use serde_json::Value;
 use weft_lab::dataplane::runtime;
 use weft_lab::netns::{Netns, within};
-use weft_overlay::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT, LocalNode};
+use weft_overlay::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT, LocalNode, UnderlayAddr};
 use weft_overlay::firewall::{self, FAMILY, TABLE};
 use weft_overlay::nft::{BaseChain, ChainShape, Counter, ForeignChain, Listing, NftSocket, TableShape};
 use weft_overlay::rules::DEFAULT_BRIDGE;
 use weft_overlay::{Mac, nft};
 
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10);
 
+/// A node with underlays of both families, so both allow-lists are written and read.
 fn local() -> LocalNode {
     LocalNode {
         name: "n1".into(),
-        node_ip: NODE_IP,
-        underlay: "lo".into(),
+        underlays: vec![
+            UnderlayAddr { ip: NODE_IP.into(), iface: "lo".into() },
+            UnderlayAddr { ip: NODE_IP6.into(), iface: "lo".into() },
+        ],
         pod_cidr: "10.244.1.0/24".parse().unwrap(),
         cluster_cidr: "10.244.0.0/16".parse().unwrap(),
         vni: DEFAULT_VNI,
@@ -36,8 +40,10 @@ fn local() -> LocalNode {
 fn namespace() -> Netns {
     weft_lab::require_root();
     let ns = Netns::create(&format!("{}-nft", weft_lab::unique_prefix())).expect("namespace");
-    // The node IP, for the VXLAN drop rule to count a packet.
+    // The node IPs, for the VXLAN drop rules to count packets.
     ns.ip(&["addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"]).expect("address");
+    ns.ip(&["addr", "add", &format!("{NODE_IP6}/128"), "dev", "lo", "nodad"]).expect("address");
+    ns.ip(&["link", "set", "lo", "up"]).expect("lo up");
     ns
 }
 
@@ -52,8 +58,7 @@ fn nft_script(ns: &Netns, script: &str) {
 /// them; iptables-nft chains as Docker leaves them; a weft rule left behind in another chain.
 fn load_agent_like_ruleset(ns: &Netns) {
     let local = local();
-    let peers = ["192.0.2.11".parse().unwrap(), "198.51.100.10".parse().unwrap()];
-    nft_script(ns, &firewall::weft_table(&local, peers).render_replace());
+    nft_script(ns, &firewall::weft_table(&local, peers()).render_replace());
     for args in [
         &["-P", "FORWARD", "DROP"][..],
         &["-N", "DOCKER-USER"],
@@ -86,14 +91,20 @@ fn load_agent_like_ruleset(ns: &Netns) {
         add rule ip old leftover accept comment \"other\"
         ",
     );
-    // Forged VXLAN from a non-peer: counted by weft's drop rule.
+    // Forged VXLAN from a non-peer, over each family: counted by weft's drop rules.
     within(&ns.path(), || {
-        let socket = UdpSocket::bind((NODE_IP, 0)).expect("bind");
-        for _ in 0..3 {
-            socket.send_to(b"forged", (NODE_IP, DEFAULT_VXLAN_PORT)).expect("send");
+        for (ip, count) in [(IpAddr::from(NODE_IP), 3), (IpAddr::from(NODE_IP6), 2)] {
+            let socket = UdpSocket::bind((ip, 0)).expect("bind");
+            for _ in 0..count {
+                socket.send_to(b"forged", (ip, DEFAULT_VXLAN_PORT)).expect("send");
+            }
         }
     })
     .expect("within");
+}
+
+fn peers() -> [IpAddr; 3] {
+    ["192.0.2.11".parse().unwrap(), "198.51.100.10".parse().unwrap(), "2001:db8:2::10".parse().unwrap()]
 }
 
 fn read_over_nfnetlink(ns: &Netns) -> Listing {
@@ -162,8 +173,8 @@ fn listing_from_nft(ns: &Netns) -> Listing {
                 let table = own.as_mut().expect("table");
                 table.sets.push((s(o, "name"), s(o, "type")));
                 let elements = o.get("elem").and_then(Value::as_array).cloned().unwrap_or_default();
-                let elements: BTreeSet<Ipv4Addr> =
-                    elements.iter().map(|e| e.as_str().expect("address").parse().expect("IPv4")).collect();
+                let elements: BTreeSet<IpAddr> =
+                    elements.iter().map(|e| e.as_str().expect("address").parse().expect("an address")).collect();
                 listing.elements.insert(s(o, "name"), elements);
             }
             _ if ours => own.as_mut().expect("table").others += 1,
@@ -189,10 +200,23 @@ fn the_nfnetlink_listing_matches_nft_for_an_agent_like_ruleset() {
     let table = listing.table.as_ref().expect("weft's table");
     assert_eq!(table.others, 0);
     assert_eq!(table.chains.len(), 3);
-    assert_eq!(table.sets, [(firewall::VXLAN_PEERS.to_string(), nft::table::SET_TYPE.to_string())]);
-    let peers: BTreeSet<Ipv4Addr> = ["192.0.2.11".parse().unwrap(), "198.51.100.10".parse().unwrap()].into();
-    assert_eq!(listing.elements, BTreeMap::from([(firewall::VXLAN_PEERS.to_string(), peers)]));
-    assert_eq!(firewall::vxlan_dropped(&listing, &local()).map(|c| c.packets), Some(3));
+    assert_eq!(
+        table.sets,
+        [
+            (firewall::VXLAN_PEERS.to_string(), "ipv4_addr".to_string()),
+            (firewall::VXLAN_PEERS6.into(), "ipv6_addr".into())
+        ]
+    );
+    let [a, b, c] = peers();
+    assert_eq!(
+        listing.elements,
+        BTreeMap::from([
+            (firewall::VXLAN_PEERS.to_string(), BTreeSet::from([a, b])),
+            (firewall::VXLAN_PEERS6.to_string(), BTreeSet::from([c]))
+        ])
+    );
+    // Both families' drops, counted together.
+    assert_eq!(firewall::vxlan_dropped(&listing, &local()).map(|c| c.packets), Some(5));
     let foreign: Vec<_> = listing
         .foreign
         .iter()
@@ -230,7 +254,7 @@ fn objects_weft_never_writes_count_the_same_as_nft_lists_them() {
     // is left out: nft 1.0.6 prints no `dynamic` flag in JSON, later versions do and so count
     // it as other, as the nfnetlink read does.)
     assert_eq!(table.others, 5);
-    assert_eq!(table.sets.len(), 1);
+    assert_eq!(table.sets.len(), 2);
     assert_eq!(table.chains.len(), 4);
 }
 

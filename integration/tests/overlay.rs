@@ -415,7 +415,7 @@ fn pod_egress_is_masqueraded_but_pod_to_pod_keeps_the_pod_ip() {
     c.reaches(0, 1);
     let external = &c.lab.external;
     let outside = Listener::start(&external.ns, 7002, LIMIT).expect("listen");
-    probe::connect(&c.pods[0].ns, SocketAddrV4::new(external.ip, 7002), LIMIT).expect("connect");
+    probe::connect(&c.pods[0].ns, SocketAddr::new(external.ip, 7002), LIMIT).expect("connect");
     assert_eq!(ip_of(outside.peer().expect("peer")), c.lab.nodes[0].ip);
 
     let remote_pod = Listener::start(&c.pods[1].ns, 7003, LIMIT).expect("listen");

@@ -19,7 +19,8 @@ const PINGS: u32 = 800;
 
 fn lab(nodes: usize) -> Lab {
     weft_lab::require_root();
-    Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes, subnets: 2, gro: false }).expect("build lab")
+    Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes, subnets: 2, gro: false, ..LabSpec::default() })
+        .expect("build lab")
 }
 
 fn converge(c: &Cluster) {

@@ -2,7 +2,7 @@
 //! router without pod routes, pods attached by the real plugin (and once by podman). n1 and n3
 //! share 192.0.2.0/24; n2 is on 198.51.100.0/24. Needs root.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,8 @@ const CONVERGE: Duration = Duration::from_secs(30);
 
 fn cluster(nodes: usize, options: AgentOptions) -> Cluster {
     weft_lab::require_root();
-    let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes, subnets: 2, gro: true }).expect("build lab");
+    let lab =
+        Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes, subnets: 2, ..LabSpec::default() }).expect("build lab");
     let c = Cluster::start(lab, options).expect("start agents");
     c.wait_converged(CONVERGE)
         .unwrap_or_else(|e| panic!("{e}: {:?}", (0..nodes).map(|i| c.status(i)).collect::<Vec<_>>()));
@@ -42,7 +43,7 @@ fn ping_output(child: Child) -> String {
 
 /// UDP 8472 packets to or from `host` that tcpdump sees on node `ns`'s eth0 within `secs`.
 /// Returns the captured lines (empty when nothing was captured).
-fn capture_vxlan(ns: &Netns, host: Ipv4Addr, secs: u32) -> String {
+fn capture_vxlan(ns: &Netns, host: IpAddr, secs: u32) -> String {
     let filter = format!("udp port 8472 and host {host}");
     let out = ns
         .command("timeout")

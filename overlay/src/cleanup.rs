@@ -1,16 +1,16 @@
 //! Removing everything weft owns from the kernel: its routes first (so nothing routes into a
-//! device that is going away), then vxlan0 (its neighbours and FDB entries go with it), the
+//! device that is going away), then the VXLAN devices of both families (their neighbours and FDB entries go with it), the
 //! nftables table and weft's rules in other tables, and cni0 when no pod is attached to it.
 
 use serde::{Deserialize, Serialize};
 
-use crate::desired::DEFAULT_VXLAN_DEVICE;
 use crate::firewall;
 use crate::objects::{MAIN_TABLE, WEFT_ROUTE_PROTOCOL};
 use crate::plan::{Op, Plan, Step, Tally};
 use crate::report::Failure;
 use crate::rules::DEFAULT_BRIDGE;
 use crate::snapshot::Kernel;
+use crate::underlay::Family;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CleanupOptions {
@@ -47,7 +47,7 @@ pub fn plan_cleanup(kernel: &Kernel, opts: &CleanupOptions) -> (Plan, Vec<String
         .map(|r| step(Op::DeleteRoute(r.clone())))
         .collect();
     let mut rest = Vec::new();
-    if let Some(link) = kernel.link(DEFAULT_VXLAN_DEVICE) {
+    for link in Family::ALL.iter().filter_map(|f| kernel.link(f.vxlan_device())) {
         rest.push(step(Op::DeleteLink { index: link.index, name: link.name.clone() }));
     }
     if let Some(bridge) = kernel.link(&opts.bridge).filter(|l| l.kind.as_deref() == Some("bridge")) {
@@ -101,6 +101,19 @@ mod tests {
         assert!(rest.contains(&"link vxlan0".to_string()));
         assert!(rest.contains(&"link cni0".to_string()));
         assert!(rest.iter().any(|o| o.starts_with("nftables")));
+        assert!(!rest.contains(&"link vxlan-v6".to_string()));
+    }
+
+    #[test]
+    fn removes_the_ipv6_underlays_device_too() {
+        let mut kernel = converged(&desired_with(&[2]));
+        let mut v6 = kernel.link("vxlan0").unwrap().clone();
+        v6.name = "vxlan-v6".into();
+        v6.index = 41;
+        kernel.links.push(v6);
+        let (plan, _) = plan_cleanup(&kernel, &CleanupOptions::default());
+        let rest = ops(&plan);
+        assert!(rest.contains(&"link vxlan0".to_string()) && rest.contains(&"link vxlan-v6".to_string()), "{rest:?}");
     }
 
     #[test]

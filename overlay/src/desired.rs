@@ -1,18 +1,18 @@
 //! The desired state of one node's datapath: the local node and its live peers. The agent builds
 //! it; [`crate::Dataplane::apply`] makes the kernel match it.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::mac::Mac;
+pub use crate::underlay::PeerPath;
+use crate::underlay::{Family, NodeIps};
 
 pub const DEFAULT_VXLAN_DEVICE: &str = "vxlan0";
 pub const DEFAULT_VNI: u32 = 1;
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
-/// Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14) headers.
-pub const VXLAN_OVERHEAD: u32 = 50;
 /// kube-proxy marks packets it will masquerade itself with this bit.
 pub const KUBE_PROXY_MASQ_MARK: u32 = 0x4000;
 
@@ -25,40 +25,48 @@ pub struct Desired {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalNode {
     pub name: String,
-    /// The node's underlay address: VXLAN's local IP and the FDB destination peers use.
-    pub node_ip: Ipv4Addr,
-    /// The underlay interface carrying `node_ip`.
-    pub underlay: String,
+    /// The node's underlay addresses, at most one per family (IPv4 first): the local IP of
+    /// that family's VXLAN device and the FDB destination peers use.
+    pub underlays: Vec<UnderlayAddr>,
     pub pod_cidr: Ipv4Net,
     pub cluster_cidr: Ipv4Net,
     pub vni: u32,
     pub vxlan_port: u16,
-    /// The pod MTU: of `vxlan0` and of the bridge.
+    /// The pod MTU: of the VXLAN devices and of the bridge.
     pub mtu: u32,
     pub vtep_mac: Mac,
     pub bridge: String,
 }
 
+/// One underlay address of the node and the interface carrying it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnderlayAddr {
+    pub ip: IpAddr,
+    pub iface: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
     pub name: String,
-    pub node_ip: Ipv4Addr,
+    /// The peer's underlay address of the family chosen for it: which VXLAN device (or, on the
+    /// direct path, which underlay) carries its traffic follows from the family.
+    pub node_ip: IpAddr,
     pub pod_cidr: Ipv4Net,
     pub vtep_mac: Mac,
     pub path: PeerPath,
 }
 
-/// How traffic to a peer's pods travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PeerPath {
-    /// Encapsulated in VXLAN to the peer's node IP.
-    Vxlan,
-    /// Routed natively via the peer's node IP (same underlay subnet).
-    Direct,
-}
-
 impl LocalNode {
+    /// The underlay address of one family, if the node has one.
+    pub fn underlay(&self, family: Family) -> Option<&UnderlayAddr> {
+        self.underlays.iter().find(|u| Family::of(u.ip) == family)
+    }
+
+    /// The underlay addresses as a set per family (duplicates of a family: the first).
+    pub fn node_ips(&self) -> NodeIps {
+        NodeIps::new(Family::ALL.into_iter().filter_map(|f| self.underlay(f).map(|u| u.ip))).unwrap_or_default()
+    }
+
     /// The bridge's address: the first host of the PodCIDR (10.244.N.1).
     pub fn gateway(&self) -> Ipv4Addr {
         gateway_of(&self.pod_cidr)

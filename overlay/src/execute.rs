@@ -1,14 +1,14 @@
 //! Doing: carries a [`Plan`] out, stage by stage; the steps of a stage run concurrently on the
 //! one netlink connection. A failed step is recorded and the rest of the plan goes on, except a
-//! critical one (vxlan0 cannot be set up), which ends the run.
+//! critical one (a VXLAN device cannot be set up), which ends the run.
 
+use std::collections::BTreeMap;
 use std::io;
 
 use futures::future::join_all;
 use tracing::{debug, warn};
 
 use crate::bridge::{BridgeError, ensure_bridge};
-use crate::desired::DEFAULT_VXLAN_DEVICE;
 use crate::firewall;
 use crate::netlink::{Netlink, NetlinkError};
 use crate::nft::{self, NftError, NftSocket};
@@ -16,6 +16,7 @@ use crate::objects::{FdbEntry, Neighbour};
 use crate::plan::{Dev, Op, Plan, Step, Tally};
 use crate::report::Failure;
 use crate::sysctl;
+use crate::underlay::Family;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
@@ -27,8 +28,8 @@ pub enum OpError {
     Nft(#[from] NftError),
     #[error(transparent)]
     Sysctl(#[from] io::Error),
-    #[error("{DEFAULT_VXLAN_DEVICE} does not exist")]
-    NoVxlan,
+    #[error("{} does not exist", .0.vxlan_device())]
+    NoVxlan(Family),
 }
 
 /// A critical step failed; the steps after it were not run.
@@ -62,7 +63,7 @@ pub async fn run(kernel: Kernel<'_>, plan: Plan) -> Result<Outcome, Box<Aborted>
     let mut outcome = Outcome::default();
     let mut vxlan = plan.vxlan_index;
     for stage in plan.stages {
-        let results = join_all(stage.iter().map(|step| run_step(&kernel, step, vxlan))).await;
+        let results = join_all(stage.iter().map(|step| run_step(&kernel, step, &vxlan))).await;
         for (step, result) in stage.iter().zip(results) {
             match result {
                 Ok(tally) => {
@@ -86,56 +87,59 @@ pub async fn run(kernel: Kernel<'_>, plan: Plan) -> Result<Outcome, Box<Aborted>
                 }
             }
         }
-        if vxlan.is_none() && stage.iter().any(|s| matches!(s.op, Op::CreateVxlan(_))) {
-            let created = nl.link(DEFAULT_VXLAN_DEVICE).await;
-            vxlan = match created {
-                Ok(Some(link)) => Ok(Some(link.index)),
-                Ok(None) => Err(OpError::NoVxlan),
+        let created = stage.iter().filter_map(|s| match s.op {
+            Op::CreateVxlan(family, _) if !vxlan.contains_key(&family) => Some(family),
+            _ => None,
+        });
+        for family in created.collect::<Vec<_>>() {
+            let name = family.vxlan_device();
+            let index = match nl.link(name).await {
+                Ok(Some(link)) => Ok(link.index),
+                Ok(None) => Err(OpError::NoVxlan(family)),
                 Err(e) => Err(e.into()),
             }
-            .map_err(|source| {
-                Box::new(Aborted { object: format!("link {DEFAULT_VXLAN_DEVICE}"), source, outcome: outcome.clone() })
-            })?;
+            .map_err(|source| Box::new(Aborted { object: format!("link {name}"), source, outcome: outcome.clone() }))?;
+            vxlan.insert(family, index);
         }
     }
     Ok(outcome)
 }
 
 /// Performs one step; the tally says what it actually did.
-async fn run_step(kernel: &Kernel<'_>, step: &Step, vxlan: Option<u32>) -> Result<Tally, OpError> {
+async fn run_step(kernel: &Kernel<'_>, step: &Step, vxlan: &BTreeMap<Family, u32>) -> Result<Tally, OpError> {
     let nl = kernel.nl;
-    let vx = || vxlan.ok_or(OpError::NoVxlan);
+    let vx = |family: Family| vxlan.get(&family).copied().ok_or(OpError::NoVxlan(family));
     let done = step.tally;
     match &step.op {
         Op::DeleteLink { index, .. } => gone_ok(nl.delete_link(*index).await, done),
-        Op::CreateVxlan(spec) => nl.add_vxlan(spec).await.map(|()| done).map_err(Into::into),
-        Op::FixVxlan(change) => Ok(nl.set_link(vx()?, change).await.map(|()| done)?),
-        Op::VxlanLearningOff => Ok(nl.set_vxlan_learning(vx()?, false).await.map(|()| done)?),
+        Op::CreateVxlan(_, spec) => nl.add_vxlan(spec).await.map(|()| done).map_err(Into::into),
+        Op::FixVxlan(family, change) => Ok(nl.set_link(vx(*family)?, change).await.map(|()| done)?),
+        Op::VxlanLearningOff(family) => Ok(nl.set_vxlan_learning(vx(*family)?, false).await.map(|()| done)?),
         Op::EnsureBridge { name, mtu, gateway } => {
             let (_, c) = ensure_bridge(nl, name, *mtu, *gateway).await?;
             let tally = Tally::of(usize::from(c.created) + usize::from(c.address_added), usize::from(c.changed), 0);
             Ok(if tally == Tally::default() { unchanged() } else { tally })
         }
-        Op::AddAddress(addr) => match nl.add_address(vx()?, *addr).await {
+        Op::AddAddress(family, addr) => match nl.add_address(vx(*family)?, *addr).await {
             Err(e) if e.is_exists() => Ok(unchanged()),
             other => Ok(other.map(|()| done)?),
         },
         Op::DeleteAddress { index, address, .. } => gone_ok(nl.delete_address(*index, *address).await, done),
         Op::Sysctl { key, value } => Ok(if sysctl::ensure(key, value)? { done } else { unchanged() }),
-        Op::Neighbour { ip, mac } => {
-            let n = Neighbour { ifindex: vx()?, ip: *ip, mac: *mac, permanent: true };
-            // Replace-or-create: every entry on vxlan0 is weft's, so there is nothing to spare.
+        Op::Neighbour { family, ip, mac } => {
+            let n = Neighbour { ifindex: vx(*family)?, ip: *ip, mac: *mac, permanent: true };
+            // Replace-or-create: every entry on a VXLAN device is weft's, so there is nothing to spare.
             Ok(nl.add_neighbour(&n, true).await.map(|()| done)?)
         }
-        Op::DeleteNeighbour(n) => gone_ok(nl.delete_neighbour(n).await, done),
+        Op::DeleteNeighbour(_, n) => gone_ok(nl.delete_neighbour(n).await, done),
         Op::Fdb { mac, dst } => {
-            let e = FdbEntry { ifindex: vx()?, mac: *mac, dst: Some(*dst), permanent: true };
+            let e = FdbEntry { ifindex: vx(Family::of(*dst))?, mac: *mac, dst: Some(*dst), permanent: true };
             Ok(nl.add_fdb(&e, true).await.map(|()| done)?)
         }
-        Op::DeleteFdb(e) => gone_ok(nl.delete_fdb(e).await, done),
+        Op::DeleteFdb(_, e) => gone_ok(nl.delete_fdb(e).await, done),
         Op::Route { route, replace } => {
             let oif = match route.dev {
-                Dev::Vxlan => vx()?,
+                Dev::Vxlan(family) => vx(family)?,
                 Dev::Index(i) => i,
             };
             Ok(nl.add_route(&route.to_route(oif), *replace).await.map(|()| done)?)

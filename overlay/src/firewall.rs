@@ -3,31 +3,53 @@
 //! other tables' forward chains whose policy drops (Docker's).
 
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use ipnet::Ipv4Net;
 
 use crate::desired::{KUBE_PROXY_MASQ_MARK, LocalNode};
 use crate::nft::table::plain_identifier;
 use crate::nft::{BaseChain, Chain, Counter, ForeignChain, Listing, Rule, Set, Table};
+use crate::underlay::Family;
 
 pub const FAMILY: &str = "inet";
 pub const TABLE: &str = "weft";
-/// The node IPs of the current peers: the only senders of VXLAN this node accepts.
+/// The IPv4 node IPs of the current peers: the only IPv4 senders of VXLAN this node accepts.
 pub const VXLAN_PEERS: &str = "vxlan_peers";
+/// The same for IPv6 underlays.
+pub const VXLAN_PEERS6: &str = "vxlan_peers6";
 const MULTICAST: &str = "224.0.0.0/4";
 /// nft's `priority raw`, `priority filter` and `priority srcnat`, as the listing reports them.
 const PRIORITY_RAW: i64 = -300;
 const PRIORITY_FILTER: i64 = 0;
 const PRIORITY_SRCNAT: i64 = 100;
 
+/// The allow-list set of one underlay family.
+pub fn peer_set(family: Family) -> &'static str {
+    match family {
+        Family::Ipv4 => VXLAN_PEERS,
+        Family::Ipv6 => VXLAN_PEERS6,
+    }
+}
+
 /// The whole `inet weft` table for this node; `peers` are the node IPs allowed to send VXLAN.
-pub fn weft_table(local: &LocalNode, peers: impl IntoIterator<Item = Ipv4Addr>) -> Table {
-    let peers = Set { name: VXLAN_PEERS, elements: peers.into_iter().collect() };
+/// One allow-list (set and drop rule) per underlay family the node has: a peer's address of a
+/// family this node has no tunnel of has nothing to be let in to.
+pub fn weft_table(local: &LocalNode, peers: impl IntoIterator<Item = IpAddr>) -> Table {
+    let peers: Vec<IpAddr> = peers.into_iter().collect();
+    let families: Vec<Family> = local.node_ips().families().collect();
+    let sets = families
+        .iter()
+        .map(|&family| Set {
+            name: peer_set(family),
+            family,
+            elements: peers.iter().copied().filter(|ip| Family::of(*ip) == family).collect(),
+        })
+        .collect();
     Table {
         family: FAMILY,
         name: TABLE,
-        sets: vec![peers],
+        sets,
         chains: vec![forward_chain(local.cluster_cidr), postrouting_chain(local), vxlan_ingress_chain(local)],
     }
 }
@@ -40,23 +62,31 @@ pub fn weft_table(local: &LocalNode, peers: impl IntoIterator<Item = Ipv4Addr>) 
 /// already reassembled (defrag runs at -400) but not yet tracked (conntrack at -200), so a flood
 /// of forged datagrams fills no conntrack table; `ip daddr <node IP>` limits the rule to what the
 /// vxlan0 socket (bound to the node IP) would receive, leaving VXLAN routed through this host
-/// alone. One rule: an `accept` for peers would end only this chain, so the negated set match
-/// says the same with one lookup per packet.
+/// alone. One rule per underlay family: an `accept` for peers would end only this chain, so the
+/// negated set match says the same with one lookup per packet.
 fn vxlan_ingress_chain(local: &LocalNode) -> Chain {
-    Chain { name: "vxlan_ingress", base: base("filter", "prerouting", PRIORITY_RAW), rules: vec![vxlan_drop(local)] }
+    Chain { name: "vxlan_ingress", base: base("filter", "prerouting", PRIORITY_RAW), rules: vxlan_drops(local) }
 }
 
-fn vxlan_drop(local: &LocalNode) -> Rule {
-    Rule::new(format!(
-        "ip daddr {} udp dport {} ip saddr != @{VXLAN_PEERS} counter drop",
-        local.node_ip, local.vxlan_port
-    ))
+fn vxlan_drops(local: &LocalNode) -> Vec<Rule> {
+    let port = local.vxlan_port;
+    let drop = |ip: IpAddr| {
+        let family = Family::of(ip);
+        let (proto, set) = (family.nft_proto(), peer_set(family));
+        Rule::new(format!("{proto} daddr {ip} udp dport {port} {proto} saddr != @{set} counter drop"))
+    };
+    local.node_ips().iter().map(drop).collect()
 }
 
-/// What the VXLAN drop rule has counted, when the table in `listing` has the rule for `local`.
-/// The count restarts from zero whenever the table is rewritten.
+/// What the VXLAN drop rules have counted together, when the table in `listing` has the rules
+/// for `local`. The count restarts from zero whenever the table is rewritten.
 pub fn vxlan_dropped(listing: &Listing, local: &LocalNode) -> Option<Counter> {
-    listing.counters.get(&vxlan_drop(local).comment).copied()
+    let counters: Vec<Counter> =
+        vxlan_drops(local).iter().filter_map(|r| listing.counters.get(&r.comment).copied()).collect();
+    (!counters.is_empty()).then(|| Counter {
+        packets: counters.iter().map(|c| c.packets).sum(),
+        bytes: counters.iter().map(|c| c.bytes).sum(),
+    })
 }
 
 /// Forwarding to and from pods is allowed whatever else the host's firewall says in weft's
@@ -188,7 +218,7 @@ mod tests {
     #[test]
     fn vxlan_senders_are_the_peer_ips_and_the_drop_is_counted() {
         let l = local();
-        let peers: [Ipv4Addr; 2] = ["198.51.100.10".parse().unwrap(), "192.0.2.11".parse().unwrap()];
+        let peers: [IpAddr; 2] = ["198.51.100.10".parse().unwrap(), "192.0.2.11".parse().unwrap()];
         let table = weft_table(&l, peers);
         let text = table.render_replace();
         assert!(text.contains("elements = { 192.0.2.11, 198.51.100.10 }"), "{text}");
@@ -204,6 +234,34 @@ mod tests {
         let mut moved = l.clone();
         moved.vxlan_port = 4789;
         assert_eq!(vxlan_dropped(&listing, &moved), None);
+    }
+
+    #[test]
+    fn each_underlay_family_has_its_own_allow_list() {
+        use crate::desired::UnderlayAddr;
+        let mut l = local();
+        l.underlays.push(UnderlayAddr { ip: "2001:db8:1::10".parse().unwrap(), iface: "eth0".into() });
+        let peers: [IpAddr; 3] =
+            ["198.51.100.10".parse().unwrap(), "2001:db8:2::20".parse().unwrap(), "2001:db8:1::30".parse().unwrap()];
+        let table = weft_table(&l, peers);
+        let text = table.render_replace();
+        for line in [
+            "set vxlan_peers {\n\t\ttype ipv4_addr\n\t\telements = { 198.51.100.10 }\n\t}",
+            "set vxlan_peers6 {\n\t\ttype ipv6_addr\n\t\telements = { 2001:db8:1::30, 2001:db8:2::20 }\n\t}",
+            "ip daddr 192.0.2.10 udp dport 8472 ip saddr != @vxlan_peers counter drop comment",
+            "ip6 daddr 2001:db8:1::10 udp dport 8472 ip6 saddr != @vxlan_peers6 counter drop comment",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        // An IPv6-only node has no IPv4 allow-list, and IPv4 peers are not in its set.
+        l.underlays.remove(0);
+        let text = weft_table(&l, peers).render_replace();
+        assert!(!text.contains("vxlan_peers {") && !text.contains("198.51.100.10"), "{text}");
+        // Both rules' drops are counted together.
+        let rules = &weft_table(&l, peers).chains[2].rules;
+        let mut listing = Listing::default();
+        listing.counters.insert(rules[0].comment.clone(), Counter { packets: 2, bytes: 200 });
+        assert_eq!(vxlan_dropped(&listing, &l), Some(Counter { packets: 2, bytes: 200 }));
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod report;
 pub mod rules;
 pub mod snapshot;
 pub mod sysctl;
+pub mod underlay;
 pub mod validate;
 
 pub use cleanup::{CleanupOptions, CleanupReport};

@@ -25,6 +25,7 @@ use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVx
 
 use crate::mac::Mac;
 use crate::objects::{FdbEntry, Link, LinkChange, MAIN_TABLE, Neighbour, Route, VxlanAttrs, VxlanSpec};
+use crate::underlay::Family;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -285,8 +286,16 @@ impl Netlink {
 
     /// Every IPv4 address of the namespace in one dump, as (link index, address).
     pub async fn all_addresses(&self) -> Result<Vec<(u32, IpNet)>> {
+        self.all_addresses_of(Family::Ipv4).await
+    }
+
+    /// Every address of one family in one dump, as (link index, address).
+    pub async fn all_addresses_of(&self, family: Family) -> Result<Vec<(u32, IpNet)>> {
         let mut req = self.handle.address().get();
-        req.message_mut().header.family = AddressFamily::Inet;
+        req.message_mut().header.family = match family {
+            Family::Ipv4 => AddressFamily::Inet,
+            Family::Ipv6 => AddressFamily::Inet6,
+        };
         let msgs: Vec<AddressMessage> = req.execute().try_collect().await.map_err(kernel("dump addresses"))?;
         Ok(msgs.iter().filter_map(|m| Some((m.header.index, parse_address(m)?))).collect())
     }
@@ -319,11 +328,17 @@ impl Netlink {
 
     // ---- routes ----
 
-    /// IPv4 routes of the main table.
+    /// IPv4 and IPv6 routes of the main table (one dump per family: pod routes are of the pod
+    /// family whatever the underlay's, direct routes of the underlay's).
     pub async fn routes(&self) -> Result<Vec<Route>> {
-        let req = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build());
-        let msgs: Vec<RouteMessage> = req.execute().try_collect().await.map_err(kernel("dump routes"))?;
-        Ok(msgs.iter().filter_map(parse_route).filter(|r| r.table == MAIN_TABLE).collect())
+        let mut out = Vec::new();
+        for request in [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()]
+        {
+            let msgs: Vec<RouteMessage> =
+                self.handle.route().get(request).execute().try_collect().await.map_err(kernel("dump routes"))?;
+            out.extend(msgs.iter().filter_map(parse_route).filter(|r| r.table == MAIN_TABLE));
+        }
+        Ok(out)
     }
 
     /// Adds a route; with `replace` an existing route to the same destination is changed in
@@ -343,18 +358,22 @@ impl Netlink {
 
     // ---- neighbours and FDB ----
 
-    /// IPv4 neighbour entries of one device.
+    /// IPv4 and IPv6 neighbour entries of one device.
     pub async fn neighbours(&self, ifindex: u32) -> Result<Vec<Neighbour>> {
         let mut all = self.all_neighbours().await?;
         all.retain(|n| n.ifindex == ifindex);
         Ok(all)
     }
 
-    /// IPv4 neighbour entries of every device in one dump.
+    /// IPv4 and IPv6 neighbour entries of every device, one dump per family.
     pub async fn all_neighbours(&self) -> Result<Vec<Neighbour>> {
-        let req = self.handle.neighbours().get().set_address_family(AddressFamily::Inet);
-        let msgs: Vec<NeighbourMessage> = req.execute().try_collect().await.map_err(kernel("dump neighbours"))?;
-        Ok(msgs.iter().filter_map(parse_neighbour).collect())
+        let mut out = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let req = self.handle.neighbours().get().set_address_family(family);
+            let msgs: Vec<NeighbourMessage> = req.execute().try_collect().await.map_err(kernel("dump neighbours"))?;
+            out.extend(msgs.iter().filter_map(parse_neighbour));
+        }
+        Ok(out)
     }
 
     pub async fn add_neighbour(&self, n: &Neighbour, replace: bool) -> Result<()> {

@@ -3,16 +3,17 @@
 //! kernel. The executor only carries the plan out.
 //!
 //! Ownership (what may be removed): routes of protocol [`WEFT_ROUTE_PROTOCOL`] in the main
-//! table, permanent neighbours and NTF_SELF FDB entries on vxlan0, the `inet weft` table
-//! and weft-commented rules in other tables. Nothing else is ever changed or deleted.
+//! table, permanent neighbours and NTF_SELF FDB entries on the VXLAN devices (vxlan0, vxlan-v6),
+//! the `inet weft` table and weft-commented rules in other tables. Nothing else is ever changed
+//! or deleted.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::desired::{DEFAULT_VXLAN_DEVICE, Desired, LocalNode, PeerPath};
+use crate::desired::{Desired, LocalNode, PeerPath, UnderlayAddr};
 use crate::firewall;
 use crate::mac::Mac;
 use crate::nft::elements::ElementChanges;
@@ -23,13 +24,14 @@ use crate::objects::{
 use crate::report::Failure;
 use crate::snapshot::{Kernel, RP_FILTER_LOOSE};
 use crate::sysctl;
+use crate::underlay::Family;
 use crate::validate::{InvalidLocal, validate};
 
-/// A device an operation acts on. vxlan0's index is unknown until it exists, so operations on
-/// it name it symbolically and the executor fills the index in.
+/// A device an operation acts on. A VXLAN device's index is unknown until it exists, so
+/// operations on it name it by family and the executor fills the index in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dev {
-    Vxlan,
+    Vxlan(Family),
     Index(u32),
 }
 
@@ -62,18 +64,18 @@ pub enum Op {
         index: u32,
         name: String,
     },
-    CreateVxlan(VxlanSpec),
+    CreateVxlan(Family, VxlanSpec),
     /// MTU, MAC and up/down: the attributes a VXLAN device takes in place.
-    FixVxlan(LinkChange),
-    VxlanLearningOff,
+    FixVxlan(Family, LinkChange),
+    VxlanLearningOff(Family),
     EnsureBridge {
         name: String,
         mtu: u32,
         gateway: Ipv4Net,
     },
-    /// On vxlan0 (which may be created in the same apply, so its index is not known yet).
-    AddAddress(IpNet),
-    /// From an existing link: vxlan0, or cni0 keeping a previous PodCIDR's gateway.
+    /// On a VXLAN device (which may be created in the same apply, so its index is not known yet).
+    AddAddress(Family, IpNet),
+    /// From an existing link: a VXLAN device, or cni0 keeping a previous PodCIDR's gateway.
     DeleteAddress {
         link: String,
         index: u32,
@@ -83,18 +85,19 @@ pub enum Op {
         key: String,
         value: &'static str,
     },
-    /// Permanent neighbour on vxlan0, created or replaced in place.
+    /// Permanent neighbour on the VXLAN device of `family`, created or replaced in place.
     Neighbour {
+        family: Family,
         ip: IpAddr,
         mac: Mac,
     },
-    DeleteNeighbour(Neighbour),
-    /// Permanent FDB entry on vxlan0, created or replaced in place.
+    DeleteNeighbour(Family, Neighbour),
+    /// Permanent FDB entry on the VXLAN device of `dst`'s family, created or replaced in place.
     Fdb {
         mac: Mac,
         dst: IpAddr,
     },
-    DeleteFdb(FdbEntry),
+    DeleteFdb(Family, FdbEntry),
     /// `replace` changes weft's existing route to the destination in place; without it the
     /// add fails rather than overwrite someone else's route.
     Route {
@@ -116,18 +119,18 @@ pub enum Op {
 
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let vx = DEFAULT_VXLAN_DEVICE;
+        let vx = |family: &Family| family.vxlan_device();
         match self {
             Op::DeleteLink { name, .. } => write!(f, "link {name}"),
-            Op::CreateVxlan(_) | Op::FixVxlan(_) | Op::VxlanLearningOff => write!(f, "link {vx}"),
+            Op::CreateVxlan(fam, _) | Op::FixVxlan(fam, _) | Op::VxlanLearningOff(fam) => write!(f, "link {}", vx(fam)),
             Op::EnsureBridge { name, .. } => write!(f, "bridge {name}"),
-            Op::AddAddress(a) => write!(f, "address {a} on {vx}"),
+            Op::AddAddress(fam, a) => write!(f, "address {a} on {}", vx(fam)),
             Op::DeleteAddress { link, address, .. } => write!(f, "address {address} on {link}"),
             Op::Sysctl { key, value } => write!(f, "sysctl {key}={value}"),
-            Op::Neighbour { ip, .. } => write!(f, "neighbour {ip} on {vx}"),
-            Op::DeleteNeighbour(n) => write!(f, "neighbour {} on {vx}", n.ip),
-            Op::Fdb { mac, .. } => write!(f, "fdb {mac} on {vx}"),
-            Op::DeleteFdb(e) => write!(f, "fdb {} on {vx}", e.mac),
+            Op::Neighbour { family, ip, .. } => write!(f, "neighbour {ip} on {}", vx(family)),
+            Op::DeleteNeighbour(family, n) => write!(f, "neighbour {} on {}", n.ip, vx(family)),
+            Op::Fdb { mac, dst } => write!(f, "fdb {mac} on {}", vx(&Family::of(*dst))),
+            Op::DeleteFdb(family, e) => write!(f, "fdb {} on {}", e.mac, vx(family)),
             Op::Route { route, .. } => write!(f, "route {}", route.dst),
             Op::DeleteRoute(r) => write!(f, "route {}", r.dst),
             Op::Nft { object, .. } => write!(f, "{object}"),
@@ -169,7 +172,7 @@ pub struct Step {
     pub tally: Tally,
     /// The peer the object serves, for failure reports.
     pub peer: Option<String>,
-    /// A failure aborts the run (vxlan0 cannot be set up: nothing after it can work).
+    /// A failure aborts the run (a VXLAN device cannot be set up: nothing after it can work).
     pub critical: bool,
 }
 
@@ -177,8 +180,8 @@ pub struct Step {
 pub struct Plan {
     /// Run in order; the steps of one stage are independent and may run concurrently.
     pub stages: Vec<Vec<Step>>,
-    /// vxlan0's index when it is adopted; `None` when the plan creates it.
-    pub vxlan_index: Option<u32>,
+    /// The index of each VXLAN device that is adopted; one the plan creates is not in it.
+    pub vxlan_index: BTreeMap<Family, u32>,
     /// Desired objects the kernel already has right.
     pub unchanged: usize,
     /// Peers left out as invalid.
@@ -247,9 +250,9 @@ impl Builder {
     }
 }
 
-/// The kernel's weft-relevant state around vxlan0, as the plan sees it after deciding about the
-/// device: empty when vxlan0 is (re)created, since its entries go with it; without neighbours
-/// when its MAC changes, since the kernel flushes them then.
+/// The kernel's weft-relevant state around one VXLAN device, as the plan sees it after deciding
+/// about the device: empty when it is (re)created or removed, since its entries go with it;
+/// without neighbours when its MAC changes, since the kernel flushes them then.
 struct OnVxlan<'k> {
     index: Option<u32>,
     neighbours: Grouped<'k, IpAddr, Neighbour>,
@@ -283,24 +286,52 @@ impl<'k, K: Ord, T> Grouped<'k, K, T> {
     }
 }
 
+impl OnVxlan<'_> {
+    fn empty() -> Self {
+        OnVxlan {
+            index: None,
+            neighbours: Grouped::new(std::iter::empty(), |n| n.ip),
+            fdb: Grouped::new(std::iter::empty(), |e| e.mac),
+        }
+    }
+}
+
 pub fn plan(desired: &Desired, kernel: &Kernel) -> Result<Plan, PlanError> {
     let valid = validate(desired)?;
     let local = &desired.local;
-    let underlay = kernel.link(&local.underlay).ok_or_else(|| PlanError::NoUnderlay(local.underlay.clone()))?;
+    let mut underlays = BTreeMap::new();
+    for u in &local.underlays {
+        let link = kernel.link(&u.iface).ok_or_else(|| PlanError::NoUnderlay(u.iface.clone()))?;
+        underlays.insert(Family::of(u.ip), link.index);
+    }
     let mut b = Builder { stages: Default::default(), unchanged: 0 };
     let mut failures = Vec::new();
 
-    let existing = kernel.link(DEFAULT_VXLAN_DEVICE);
-    let on_vxlan = plan_vxlan(&mut b, local, underlay.index, existing, kernel);
+    // One device per underlay family the node has; one of a family it no longer has goes.
+    let mut on_vxlan = BTreeMap::new();
+    let mut dying = Vec::new();
+    for family in Family::ALL {
+        let existing = kernel.link(family.vxlan_device());
+        let on = match local.underlay(family) {
+            Some(u) => plan_vxlan(&mut b, local, u, underlays[&family], existing, kernel),
+            None => {
+                if let Some(link) = existing {
+                    b.removal(Stage::DeviceDelete, Op::DeleteLink { index: link.index, name: link.name.clone() });
+                }
+                OnVxlan::empty()
+            }
+        };
+        // Routes of a removed or replaced device vanish with it.
+        dying.extend(existing.filter(|_| on.index.is_none()).map(|l| l.index));
+        on_vxlan.insert(family, on);
+    }
     plan_bridge(&mut b, local, kernel);
-    plan_sysctls(&mut b, kernel, on_vxlan.index.is_some());
+    plan_sysctls(&mut b, kernel, local, &on_vxlan);
     plan_nft(&mut b, local, valid.peers.iter().map(|p| p.node_ip), kernel, &mut failures);
 
-    // Routes of a replaced vxlan0 vanish with it; every other weft route is a candidate.
-    let dying = existing.filter(|_| on_vxlan.index.is_none()).map(|l| l.index);
     let owned_routes = Grouped::new(
         kernel.routes.iter().filter(|r| {
-            r.protocol == WEFT_ROUTE_PROTOCOL && r.table == MAIN_TABLE && dying.is_none_or(|d| r.oif != Some(d))
+            r.protocol == WEFT_ROUTE_PROTOCOL && r.table == MAIN_TABLE && r.oif.is_none_or(|oif| !dying.contains(&oif))
         }),
         |r| r.dst,
     );
@@ -310,24 +341,28 @@ pub fn plan(desired: &Desired, kernel: &Kernel) -> Result<Plan, PlanError> {
     let mut wanted_routes = HashSet::with_capacity(n);
     for peer in &valid.peers {
         let name = Some(peer.name.as_str());
+        // Validation guarantees an underlay (so a device) of the peer's family.
+        let family = Family::of(peer.node_ip);
+        let on = &on_vxlan[&family];
         let route = match peer.path {
             PeerPath::Vxlan => {
-                wanted_neighbours.insert(IpAddr::from(peer.vtep_ip()));
-                wanted_macs.insert(peer.vtep_mac);
-                plan_neighbour(&mut b, &on_vxlan, peer.vtep_ip().into(), peer.vtep_mac, name);
-                plan_fdb(&mut b, &on_vxlan, peer.vtep_mac, peer.node_ip.into(), name);
-                RouteSpec { dst: peer.pod_cidr.into(), gateway: peer.vtep_ip().into(), dev: Dev::Vxlan, onlink: true }
+                wanted_neighbours.insert((family, IpAddr::from(peer.vtep_ip())));
+                wanted_macs.insert((family, peer.vtep_mac));
+                plan_neighbour(&mut b, on, family, peer.vtep_ip().into(), peer.vtep_mac, name);
+                plan_fdb(&mut b, on, peer.vtep_mac, peer.node_ip, name);
+                let gateway = peer.vtep_ip().into();
+                RouteSpec { dst: peer.pod_cidr.into(), gateway, dev: Dev::Vxlan(family), onlink: true }
             }
             PeerPath::Direct => RouteSpec {
                 dst: peer.pod_cidr.into(),
-                gateway: peer.node_ip.into(),
-                dev: Dev::Index(underlay.index),
+                gateway: peer.node_ip,
+                dev: Dev::Index(underlays[&family]),
                 onlink: false,
             },
         };
         wanted_routes.insert(route.dst);
         let existing = owned_routes.get(&route.dst);
-        plan_route(&mut b, route, on_vxlan.index, existing, name);
+        plan_route(&mut b, route, on.index, existing, name);
     }
 
     // Whatever weft owns and nothing wants any more.
@@ -338,16 +373,18 @@ pub fn plan(desired: &Desired, kernel: &Kernel) -> Result<Plan, PlanError> {
             }
         }
     }
-    for entries in on_vxlan.fdb.groups() {
-        if !wanted_macs.contains(&entries[0].mac) {
-            for e in entries {
-                b.removal(Stage::FdbRemovals, Op::DeleteFdb(**e));
+    for (family, on) in &on_vxlan {
+        for entries in on.fdb.groups() {
+            if !wanted_macs.contains(&(*family, entries[0].mac)) {
+                for e in entries {
+                    b.removal(Stage::FdbRemovals, Op::DeleteFdb(*family, **e));
+                }
             }
         }
-    }
-    for n in on_vxlan.neighbours.groups().flatten() {
-        if n.permanent && !wanted_neighbours.contains(&n.ip) {
-            b.removal(Stage::NeighbourRemovals, Op::DeleteNeighbour(**n));
+        for n in on.neighbours.groups().flatten() {
+            if n.permanent && !wanted_neighbours.contains(&(*family, n.ip)) {
+                b.removal(Stage::NeighbourRemovals, Op::DeleteNeighbour(*family, **n));
+            }
         }
     }
 
@@ -362,25 +399,25 @@ pub fn plan(desired: &Desired, kernel: &Kernel) -> Result<Plan, PlanError> {
         .collect();
     Ok(Plan {
         stages: b.stages.into_iter().filter(|s| !s.is_empty()).collect(),
-        vxlan_index: on_vxlan.index,
+        vxlan_index: on_vxlan.iter().filter_map(|(f, on)| Some((*f, on.index?))).collect(),
         unchanged: b.unchanged,
         rejected,
         failures,
     })
 }
 
-/// The VXLAN device weft wants.
-pub fn vxlan_spec(local: &LocalNode, underlay: u32) -> VxlanSpec {
+/// The VXLAN device weft wants for the underlay address `underlay` (on link `index`).
+pub fn vxlan_spec(local: &LocalNode, underlay: &UnderlayAddr, index: u32) -> VxlanSpec {
     VxlanSpec {
-        name: DEFAULT_VXLAN_DEVICE.to_string(),
+        name: Family::of(underlay.ip).vxlan_device().to_string(),
         attrs: VxlanAttrs {
             vni: local.vni,
             port: local.vxlan_port,
-            local: Some(local.node_ip.into()),
-            underlay: Some(underlay),
+            local: Some(underlay.ip),
+            underlay: Some(index),
             learning: false,
             // Zero outer UDP checksum (RFC 7348's SHOULD for IPv4, the kernel's and flannel's
-            // default): a non-zero one must be computed wherever the tunnel's packets are
+            // default; over IPv6 the kernel computes it anyway): a non-zero one must be computed wherever the tunnel's packets are
             // segmented in software (a NIC without tx-udp_tnl-csum-segmentation, a bridge on
             // the path), and one the receiver cannot validate blocks its tunnel GRO; the inner
             // TCP checksum still protects the payload. Measured ~10 % faster in the lab.
@@ -391,7 +428,7 @@ pub fn vxlan_spec(local: &LocalNode, underlay: u32) -> VxlanSpec {
     }
 }
 
-/// Whether an existing link can serve as vxlan0: the tunnel's identity (VNI, port, local IP,
+/// Whether an existing link can serve as the VXLAN device: the tunnel's identity (VNI, port, local IP,
 /// underlay) and the UDP checksum setting cannot change without recreating the device.
 fn compatible(link: &Link, want: &VxlanAttrs) -> bool {
     link.kind.as_deref() == Some("vxlan")
@@ -404,14 +441,18 @@ fn compatible(link: &Link, want: &VxlanAttrs) -> bool {
         })
 }
 
+/// The VXLAN device of `underlay`'s family. Each device carries the VTEP address, so that
+/// traffic the node itself sends through either tunnel has a source in its own PodCIDR.
 fn plan_vxlan<'k>(
     b: &mut Builder,
     local: &LocalNode,
-    underlay: u32,
+    underlay: &UnderlayAddr,
+    index: u32,
     existing: Option<&'k Link>,
     kernel: &'k Kernel,
 ) -> OnVxlan<'k> {
-    let spec = vxlan_spec(local, underlay);
+    let family = Family::of(underlay.ip);
+    let spec = vxlan_spec(local, underlay, index);
     let want_addr = IpNet::from(Ipv4Net::from(local.vtep_ip()));
     let adopted = match existing {
         Some(link) if compatible(link, &spec.attrs) => Some(link),
@@ -423,13 +464,9 @@ fn plan_vxlan<'k>(
         None => None,
     };
     let Some(link) = adopted else {
-        b.critical(Stage::Device, Op::CreateVxlan(spec), Tally::CREATE);
-        b.push(Stage::DeviceConfig, Op::AddAddress(want_addr), Tally::CREATE, None);
-        return OnVxlan {
-            index: None,
-            neighbours: Grouped::new(std::iter::empty(), |n| n.ip),
-            fdb: Grouped::new(std::iter::empty(), |e| e.mac),
-        };
+        b.critical(Stage::Device, Op::CreateVxlan(family, spec), Tally::CREATE);
+        b.push(Stage::DeviceConfig, Op::AddAddress(family, want_addr), Tally::CREATE, None);
+        return OnVxlan::empty();
     };
 
     let change = LinkChange {
@@ -444,10 +481,10 @@ fn plan_vxlan<'k>(
     if change == LinkChange::default() {
         b.unchanged += 1;
     } else {
-        b.push(Stage::Device, Op::FixVxlan(change), Tally::CHANGE, None);
+        b.push(Stage::Device, Op::FixVxlan(family, change), Tally::CHANGE, None);
     }
     if link.vxlan.as_ref().is_some_and(|a| a.learning) {
-        b.push(Stage::Device, Op::VxlanLearningOff, Tally::CHANGE, None);
+        b.push(Stage::Device, Op::VxlanLearningOff(family), Tally::CHANGE, None);
     }
 
     let addresses: Vec<IpNet> = kernel.addresses_of(link.index).collect();
@@ -460,7 +497,7 @@ fn plan_vxlan<'k>(
         }
     }
     if !addresses.contains(&want_addr) {
-        b.push(Stage::DeviceConfig, Op::AddAddress(want_addr), Tally::CREATE, None);
+        b.push(Stage::DeviceConfig, Op::AddAddress(family, want_addr), Tally::CREATE, None);
     }
 
     let on_link = |ifindex: u32| ifindex == link.index;
@@ -494,19 +531,24 @@ fn plan_bridge(b: &mut Builder, local: &LocalNode, kernel: &Kernel) {
     }
 }
 
-fn plan_sysctls(b: &mut Builder, kernel: &Kernel, vxlan_adopted: bool) {
+/// `on_vxlan`: the VXLAN devices by family (with their index when adopted).
+fn plan_sysctls(b: &mut Builder, kernel: &Kernel, local: &LocalNode, on_vxlan: &BTreeMap<Family, OnVxlan<'_>>) {
     if kernel.ip_forward.as_deref() == Some("1") {
         b.unchanged += 1;
     } else {
         let op = Op::Sysctl { key: sysctl::IP_FORWARD.to_string(), value: "1" };
         b.push(Stage::Device, op, Tally::CHANGE, None);
     }
-    // A new vxlan0 starts from the namespace default: set it after creating the device.
-    if vxlan_adopted && kernel.vxlan_rp_filter.as_deref() == Some(RP_FILTER_LOOSE) {
-        b.unchanged += 1;
-    } else {
-        let op = Op::Sysctl { key: sysctl::dev_key("rp_filter", DEFAULT_VXLAN_DEVICE), value: RP_FILTER_LOOSE };
-        b.push(Stage::DeviceConfig, op, Tally::CHANGE, None);
+    // A new device starts from the namespace default: set it after creating the device.
+    for family in local.node_ips().families() {
+        let is_loose = kernel.vxlan_rp_filter.get(&family).map(String::as_str) == Some(RP_FILTER_LOOSE);
+        if on_vxlan[&family].index.is_some() && is_loose {
+            b.unchanged += 1;
+        } else {
+            let key = sysctl::dev_key("rp_filter", family.vxlan_device());
+            let op = Op::Sysctl { key, value: RP_FILTER_LOOSE };
+            b.push(Stage::DeviceConfig, op, Tally::CHANGE, None);
+        }
     }
 }
 
@@ -516,7 +558,7 @@ fn plan_sysctls(b: &mut Builder, kernel: &Kernel, vxlan_adopted: bool) {
 fn plan_nft(
     b: &mut Builder,
     local: &LocalNode,
-    peers: impl Iterator<Item = Ipv4Addr>,
+    peers: impl Iterator<Item = IpAddr>,
     kernel: &Kernel,
     failures: &mut Vec<Failure>,
 ) {
@@ -577,7 +619,7 @@ fn plan_set_elements(b: &mut Builder, table: &nft::Table, listing: &Listing) {
     }
 }
 
-fn plan_neighbour(b: &mut Builder, on: &OnVxlan<'_>, ip: IpAddr, mac: Mac, peer: Option<&str>) {
+fn plan_neighbour(b: &mut Builder, on: &OnVxlan<'_>, family: Family, ip: IpAddr, mac: Mac, peer: Option<&str>) {
     let tally = match on.neighbours.get(&ip).first() {
         Some(n) if n.mac == mac && n.permanent => {
             b.unchanged += 1;
@@ -586,13 +628,14 @@ fn plan_neighbour(b: &mut Builder, on: &OnVxlan<'_>, ip: IpAddr, mac: Mac, peer:
         Some(_) => Tally::CHANGE,
         None => Tally::CREATE,
     };
-    b.push(Stage::NeighboursAndFdb, Op::Neighbour { ip, mac }, tally, peer);
+    b.push(Stage::NeighboursAndFdb, Op::Neighbour { family, ip, mac }, tally, peer);
 }
 
 /// A VXLAN FDB entry is keyed by MAC and may hold several remotes. A replace updates the remote
 /// that already has the destination, or else rewrites the first one (the kernel's list order is
 /// the dump order); any other remote of the MAC is deleted afterwards.
 fn plan_fdb(b: &mut Builder, on: &OnVxlan<'_>, mac: Mac, dst: IpAddr, peer: Option<&str>) {
+    let family = Family::of(dst);
     let entries = on.fdb.get(&mac);
     let matching = entries.iter().find(|e| e.dst == Some(dst));
     let kept = matching.or(entries.first());
@@ -605,7 +648,7 @@ fn plan_fdb(b: &mut Builder, on: &OnVxlan<'_>, mac: Mac, dst: IpAddr, peer: Opti
     }
     for e in entries {
         if kept.is_none_or(|k| !std::ptr::eq(*k, *e)) {
-            b.removal(Stage::FdbRemovals, Op::DeleteFdb(**e));
+            b.removal(Stage::FdbRemovals, Op::DeleteFdb(family, **e));
         }
     }
 }
@@ -614,7 +657,7 @@ fn plan_fdb(b: &mut Builder, on: &OnVxlan<'_>, mac: Mac, dst: IpAddr, peer: Opti
 /// replace rewrites in place; any with another metric are removed).
 fn plan_route(b: &mut Builder, want: RouteSpec, vxlan_index: Option<u32>, existing: &[&Route], peer: Option<&str>) {
     let oif = match want.dev {
-        Dev::Vxlan => vxlan_index,
+        Dev::Vxlan(_) => vxlan_index,
         Dev::Index(i) => Some(i),
     };
     let primary = existing.iter().find(|r| r.priority.is_none());
@@ -643,6 +686,15 @@ pub(crate) mod tests {
     pub(crate) const ETH0: u32 = 2;
     pub(crate) const VXLAN: u32 = 5;
     pub(crate) const CNI0: u32 = 6;
+    pub(crate) const VXLAN6: u32 = 7;
+
+    /// The test kernel's index of a family's VXLAN device.
+    pub(crate) fn vx(family: Family) -> u32 {
+        match family {
+            Family::Ipv4 => VXLAN,
+            Family::Ipv6 => VXLAN6,
+        }
+    }
 
     pub(crate) fn desired_with(peers: &[u8]) -> Desired {
         Desired { local: local(), peers: peers.iter().map(|&n| peer(n, PeerPath::Vxlan)).collect() }
@@ -664,33 +716,44 @@ pub(crate) mod tests {
     }
 
     fn route_of(p: &Peer) -> Route {
+        let family = Family::of(p.node_ip);
         match p.path {
             PeerPath::Vxlan => {
-                RouteSpec { dst: p.pod_cidr.into(), gateway: p.vtep_ip().into(), dev: Dev::Vxlan, onlink: true }
-                    .to_route(VXLAN)
+                let gateway = p.vtep_ip().into();
+                RouteSpec { dst: p.pod_cidr.into(), gateway, dev: Dev::Vxlan(family), onlink: true }
+                    .to_route(vx(family))
             }
             PeerPath::Direct => {
-                RouteSpec { dst: p.pod_cidr.into(), gateway: p.node_ip.into(), dev: Dev::Index(ETH0), onlink: false }
+                RouteSpec { dst: p.pod_cidr.into(), gateway: p.node_ip, dev: Dev::Index(ETH0), onlink: false }
                     .to_route(ETH0)
             }
         }
     }
 
     pub(crate) fn neighbour_of(p: &Peer) -> Neighbour {
-        Neighbour { ifindex: VXLAN, ip: p.vtep_ip().into(), mac: p.vtep_mac, permanent: true }
+        Neighbour { ifindex: vx(Family::of(p.node_ip)), ip: p.vtep_ip().into(), mac: p.vtep_mac, permanent: true }
     }
 
     pub(crate) fn fdb_of(p: &Peer) -> FdbEntry {
-        FdbEntry { ifindex: VXLAN, mac: p.vtep_mac, dst: Some(p.node_ip.into()), permanent: true }
+        FdbEntry { ifindex: vx(Family::of(p.node_ip)), mac: p.vtep_mac, dst: Some(p.node_ip), permanent: true }
     }
 
     /// The kernel exactly as a successful apply of `d` leaves it, plus the usual foreign state.
+    /// Every underlay is on eth0.
     pub(crate) fn converged(d: &Desired) -> Kernel {
         let l = &d.local;
-        let mut vxlan = link(VXLAN, DEFAULT_VXLAN_DEVICE, Some("vxlan"));
-        vxlan.mtu = l.mtu;
-        vxlan.mac = Some(l.vtep_mac);
-        vxlan.vxlan = Some(vxlan_spec(l, ETH0).attrs);
+        let devices: Vec<Link> = l
+            .underlays
+            .iter()
+            .map(|u| {
+                let family = Family::of(u.ip);
+                let mut vxlan = link(vx(family), family.vxlan_device(), Some("vxlan"));
+                vxlan.mtu = l.mtu;
+                vxlan.mac = Some(l.vtep_mac);
+                vxlan.vxlan = Some(vxlan_spec(l, u, ETH0).attrs);
+                vxlan
+            })
+            .collect();
         let mut cni0 = link(CNI0, &l.bridge, Some("bridge"));
         cni0.mtu = l.mtu;
         let vxlan_peers: Vec<&Peer> = d.peers.iter().filter(|p| p.path == PeerPath::Vxlan).collect();
@@ -704,23 +767,29 @@ pub(crate) mod tests {
             table: MAIN_TABLE,
             priority: None,
         });
+        let mut addresses: Vec<(u32, IpNet)> = vec![(ETH0, "192.0.2.10/24".parse().unwrap())];
+        addresses.extend(devices.iter().map(|d| (d.index, Ipv4Net::new(l.vtep_ip(), 32).unwrap().into())));
+        addresses.push((CNI0, Ipv4Net::new(l.gateway(), 24).unwrap().into()));
+        let elements = l
+            .node_ips()
+            .families()
+            .map(|f| {
+                let ips = d.peers.iter().map(|p| p.node_ip).filter(|ip| Family::of(*ip) == f).collect();
+                (firewall::peer_set(f).to_string(), ips)
+            })
+            .collect();
+        let mut links = vec![link(1, "lo", None), link(ETH0, "eth0", None)];
+        links.extend(devices);
+        links.push(cni0);
         Kernel {
-            links: vec![link(1, "lo", None), link(ETH0, "eth0", None), vxlan, cni0],
-            addresses: vec![
-                (ETH0, "192.0.2.10/24".parse().unwrap()),
-                (VXLAN, Ipv4Net::new(l.vtep_ip(), 32).unwrap().into()),
-                (CNI0, Ipv4Net::new(l.gateway(), 24).unwrap().into()),
-            ],
+            links,
+            addresses,
             routes,
             neighbours: vxlan_peers.iter().map(|p| neighbour_of(p)).collect(),
             fdb: vxlan_peers.iter().map(|p| fdb_of(p)).collect(),
-            nft: Ok(Listing {
-                table: Some(firewall::weft_table(l, []).shape()),
-                elements: [(firewall::VXLAN_PEERS.to_string(), d.peers.iter().map(|p| p.node_ip).collect())].into(),
-                ..Listing::default()
-            }),
+            nft: Ok(Listing { table: Some(firewall::weft_table(l, []).shape()), elements, ..Listing::default() }),
             ip_forward: Some("1".into()),
-            vxlan_rp_filter: Some(RP_FILTER_LOOSE.into()),
+            vxlan_rp_filter: l.node_ips().families().map(|f| (f, RP_FILTER_LOOSE.to_string())).collect(),
         }
     }
 
@@ -733,7 +802,7 @@ pub(crate) mod tests {
             fdb: Vec::new(),
             nft: Ok(Listing::default()),
             ip_forward: Some("0".into()),
-            vxlan_rp_filter: None,
+            vxlan_rp_filter: BTreeMap::new(),
         }
     }
 
@@ -766,7 +835,7 @@ pub(crate) mod tests {
         // 3 allowed VXLAN senders (direct peers too).
         assert_eq!(p.unchanged, 6 + 6 + 1 + 3);
         assert!(p.failures.is_empty() && p.rejected.is_empty());
-        assert_eq!(p.vxlan_index, Some(VXLAN));
+        assert_eq!(p.vxlan_index, [(Family::Ipv4, VXLAN)].into());
     }
 
     #[test]
@@ -774,18 +843,18 @@ pub(crate) mod tests {
         let mut d = desired_with(&[2]);
         d.peers.push(peer(3, PeerPath::Direct));
         let p = plan(&d, &empty()).unwrap();
-        assert_eq!(p.vxlan_index, None);
-        let create = stage_of(&p, |o| matches!(o, Op::CreateVxlan(_)));
-        let addr = stage_of(&p, |o| matches!(o, Op::AddAddress(_)));
+        assert!(p.vxlan_index.is_empty());
+        let create = stage_of(&p, |o| matches!(o, Op::CreateVxlan(..)));
+        let addr = stage_of(&p, |o| matches!(o, Op::AddAddress(..)));
         let neigh = stage_of(&p, |o| matches!(o, Op::Neighbour { .. }));
         let fdb = stage_of(&p, |o| matches!(o, Op::Fdb { .. }));
         let route = stage_of(&p, |o| matches!(o, Op::Route { .. }));
         assert!(create < addr && addr < neigh && neigh == fdb && fdb < route);
-        let Some(Op::CreateVxlan(spec)) = p.steps().map(|s| &s.op).find(|o| matches!(o, Op::CreateVxlan(_))) else {
+        let Some(Op::CreateVxlan(_, spec)) = p.steps().map(|s| &s.op).find(|o| matches!(o, Op::CreateVxlan(..))) else {
             unreachable!()
         };
         assert_eq!(spec.attrs.underlay, Some(ETH0));
-        assert_eq!(spec.attrs.local, Some(d.local.node_ip.into()));
+        assert_eq!(spec.attrs.local, Some(d.local.underlays[0].ip));
         assert!(!spec.attrs.learning && !spec.attrs.udp_csum);
         let routes: Vec<&RouteSpec> = p
             .steps()
@@ -799,8 +868,8 @@ pub(crate) mod tests {
             .collect();
         assert_eq!(routes.len(), 2);
         let direct = routes.iter().find(|r| r.dev == Dev::Index(ETH0)).unwrap();
-        assert_eq!((direct.gateway, direct.onlink), (d.peers[1].node_ip.into(), false));
-        let vx = routes.iter().find(|r| r.dev == Dev::Vxlan).unwrap();
+        assert_eq!((direct.gateway, direct.onlink), (d.peers[1].node_ip, false));
+        let vx = routes.iter().find(|r| r.dev == Dev::Vxlan(Family::Ipv4)).unwrap();
         assert_eq!((vx.gateway, vx.onlink), (d.peers[0].vtep_ip().into(), true));
         // Only one neighbour and FDB entry: the direct peer has none.
         let n = p.steps().filter(|s| matches!(s.op, Op::Neighbour { .. } | Op::Fdb { .. }));
@@ -808,7 +877,7 @@ pub(crate) mod tests {
         assert!(p.steps().any(|s| matches!(&s.op, Op::EnsureBridge { name, .. } if name == "cni0")));
         assert!(p.steps().any(|s| matches!(&s.op, Op::Nft { script, .. } if script.contains("table inet weft {"))));
         assert_eq!(p.steps().filter(|s| matches!(s.op, Op::Sysctl { .. })).count(), 2);
-        assert!(p.steps().filter(|s| s.critical).all(|s| matches!(s.op, Op::CreateVxlan(_))));
+        assert!(p.steps().filter(|s| s.critical).all(|s| matches!(s.op, Op::CreateVxlan(..))));
         assert_eq!(tally(&p).removed, 0);
     }
 
@@ -824,8 +893,11 @@ pub(crate) mod tests {
         let p = plan(&d, &k).unwrap();
         let ops: Vec<&Op> = p.steps().map(|s| &s.op).collect();
         assert_eq!(ops.len(), 3, "{ops:#?}");
-        assert!(ops.contains(&&Op::FixVxlan(LinkChange { mtu: Some(1450), up: Some(true), ..LinkChange::default() })));
-        assert!(ops.contains(&&Op::VxlanLearningOff));
+        assert!(ops.contains(&&Op::FixVxlan(
+            Family::Ipv4,
+            LinkChange { mtu: Some(1450), up: Some(true), ..LinkChange::default() }
+        )));
+        assert!(ops.contains(&&Op::VxlanLearningOff(Family::Ipv4)));
         let stray =
             Op::DeleteAddress { link: "vxlan0".into(), index: VXLAN, address: "10.244.1.7/24".parse().unwrap() };
         assert!(ops.contains(&&stray));
@@ -856,7 +928,7 @@ pub(crate) mod tests {
         d.peers.push(taker);
         let p = plan(&d, &k).unwrap();
         let old = |link: &'static str| move |o: &Op| matches!(o, Op::DeleteAddress { link: l, .. } if l == link);
-        let vxlan_add = stage_of(&p, |o| *o == Op::AddAddress("10.244.41.0/32".parse().unwrap()));
+        let vxlan_add = stage_of(&p, |o| *o == Op::AddAddress(Family::Ipv4, "10.244.41.0/32".parse().unwrap()));
         let cni0_add =
             stage_of(&p, |o| matches!(o, Op::EnsureBridge { gateway, .. } if *gateway == d.local.gateway_net()));
         let (vxlan_del, cni0_del) = (stage_of(&p, old("vxlan0")), stage_of(&p, old("cni0")));
@@ -878,14 +950,14 @@ pub(crate) mod tests {
         k.neighbours.push(neighbour_of(&peer(9, PeerPath::Vxlan)));
         d.local.vtep_mac = Mac::derived("n1-renamed");
         let p = plan(&d, &k).unwrap();
-        let fix = stage_of(&p, |o| matches!(o, Op::FixVxlan(c) if c.mac == Some(d.local.vtep_mac)));
+        let fix = stage_of(&p, |o| matches!(o, Op::FixVxlan(_, c) if c.mac == Some(d.local.vtep_mac)));
         let neighbours: Vec<(usize, &Op)> =
             staged(&p).into_iter().filter(|(_, o)| matches!(o, Op::Neighbour { .. })).collect();
         assert_eq!(neighbours.len(), 2, "{:#?}", p.stages);
         assert!(neighbours.iter().all(|(stage, _)| *stage > fix));
         // FDB entries and routes survive a MAC change; the stale neighbour goes with the rest.
         let ops: Vec<&Op> = p.steps().map(|s| &s.op).collect();
-        assert!(!ops.iter().any(|o| matches!(o, Op::Fdb { .. } | Op::Route { .. } | Op::DeleteNeighbour(_))));
+        assert!(!ops.iter().any(|o| matches!(o, Op::Fdb { .. } | Op::Route { .. } | Op::DeleteNeighbour(..))));
         assert_eq!(tally(&p), Tally::of(2, 1, 0));
     }
 
@@ -896,11 +968,11 @@ pub(crate) mod tests {
         let k = converged(&d);
         d.local.vni = 42;
         let p = plan(&d, &k).unwrap();
-        assert_eq!(p.vxlan_index, None);
+        assert!(p.vxlan_index.is_empty());
         assert_eq!(p.stages[0][0].op, Op::DeleteLink { index: VXLAN, name: "vxlan0".into() });
         assert!(p.stages[0][0].critical);
         assert!(
-            matches!(&p.stages[1].iter().find(|s| s.critical).unwrap().op, Op::CreateVxlan(s) if s.attrs.vni == 42)
+            matches!(&p.stages[1].iter().find(|s| s.critical).unwrap().op, Op::CreateVxlan(_, s) if s.attrs.vni == 42)
         );
         let t = tally(&p);
         // address + 2 neighbours + 2 fdb + 2 routes created (+ vxlan0); nothing else removed:
@@ -908,7 +980,7 @@ pub(crate) mod tests {
         assert_eq!((t.created, t.removed), (1 + 1 + 2 + 2 + 2, 1));
         assert!(p.steps().all(|s| !matches!(s.op, Op::Route { replace: true, .. })));
         // The direct route does not depend on vxlan0 and stays.
-        assert!(!p.steps().any(|s| matches!(&s.op, Op::Route { route, .. } if route.dev != Dev::Vxlan)));
+        assert!(!p.steps().any(|s| matches!(&s.op, Op::Route { route, .. } if route.dev != Dev::Vxlan(Family::Ipv4))));
     }
 
     #[test]
@@ -946,7 +1018,7 @@ pub(crate) mod tests {
         assert_eq!((n.tally, n.peer.as_deref()), (Tally::CHANGE, Some("n2")));
         let f = find(&|o| matches!(o, Op::Fdb { mac, .. } if *mac == d.peers[0].vtep_mac)).unwrap();
         assert_eq!(f.tally, Tally::CREATE);
-        assert!(find(&|o| matches!(o, Op::DeleteFdb(e) if e.mac == old_mac)).is_some());
+        assert!(find(&|o| matches!(o, Op::DeleteFdb(_, e) if e.mac == old_mac)).is_some());
         // n3: its FDB entry gets a new destination in place.
         let f = find(&|o| matches!(o, Op::Fdb { dst, .. } if *dst == d.peers[1].node_ip)).unwrap();
         assert_eq!(f.tally, Tally::CHANGE);
@@ -956,7 +1028,7 @@ pub(crate) mod tests {
         // n3's and n4's new node IPs replace their old ones in the VXLAN allow-list.
         let t = tally(&p);
         assert_eq!((t.created, t.changed, t.removed), (1 + 2, 3, 1 + 2));
-        assert!(!steps.iter().any(|s| matches!(s.op, Op::DeleteRoute(_) | Op::DeleteNeighbour(_))));
+        assert!(!steps.iter().any(|s| matches!(s.op, Op::DeleteRoute(_) | Op::DeleteNeighbour(..))));
     }
 
     #[test]
@@ -964,8 +1036,8 @@ pub(crate) mod tests {
         let k = converged(&desired_with(&[2, 3]));
         let p = plan(&desired_with(&[2]), &k).unwrap();
         let route = stage_of(&p, |o| matches!(o, Op::DeleteRoute(r) if r.dst.to_string() == "10.244.3.0/24"));
-        let fdb = stage_of(&p, |o| matches!(o, Op::DeleteFdb(e) if e.mac == Mac::derived("n3")));
-        let neigh = stage_of(&p, |o| matches!(o, Op::DeleteNeighbour(n) if n.ip.to_string() == "10.244.3.0"));
+        let fdb = stage_of(&p, |o| matches!(o, Op::DeleteFdb(_, e) if e.mac == Mac::derived("n3")));
+        let neigh = stage_of(&p, |o| matches!(o, Op::DeleteNeighbour(_, n) if n.ip.to_string() == "10.244.3.0"));
         assert!(route < fdb && fdb < neigh);
         // Route, FDB entry, neighbour and the allow-list element.
         assert_eq!(tally(&p), Tally::of(0, 0, 4));
@@ -979,15 +1051,70 @@ pub(crate) mod tests {
         direct.peers[0].path = PeerPath::Direct;
         let p = plan(&direct, &converged(&d)).unwrap();
         let route = stage_of(&p, |o| matches!(o, Op::Route { replace: true, route } if route.dev == Dev::Index(ETH0)));
-        let fdb = stage_of(&p, |o| matches!(o, Op::DeleteFdb(_)));
-        let neigh = stage_of(&p, |o| matches!(o, Op::DeleteNeighbour(_)));
+        let fdb = stage_of(&p, |o| matches!(o, Op::DeleteFdb(..)));
+        let neigh = stage_of(&p, |o| matches!(o, Op::DeleteNeighbour(..)));
         assert!(route < fdb && fdb < neigh);
         // direct → vxlan: entries first, then the route is replaced.
         let p = plan(&d, &converged(&direct)).unwrap();
         let neigh = stage_of(&p, |o| matches!(o, Op::Neighbour { .. }));
-        let route = stage_of(&p, |o| matches!(o, Op::Route { replace: true, route } if route.dev == Dev::Vxlan));
+        let route =
+            stage_of(&p, |o| matches!(o, Op::Route { replace: true, route } if route.dev == Dev::Vxlan(Family::Ipv4)));
         assert!(neigh < route);
         assert_eq!(tally(&p), Tally::of(2, 1, 0));
+    }
+
+    fn dual_underlay(peers: &[u8]) -> Desired {
+        let mut d = desired_with(peers);
+        d.local.underlays.push(UnderlayAddr { ip: "2001:db8:1::10".parse().unwrap(), iface: "eth0".into() });
+        d
+    }
+
+    #[test]
+    fn each_underlay_family_gets_its_own_device_and_peers_go_on_theirs() {
+        let mut d = dual_underlay(&[2, 3]);
+        d.peers[1].node_ip = "2001:db8:2::13".parse().unwrap();
+        let p = plan(&d, &empty()).unwrap();
+        let created: Vec<(Family, &VxlanSpec)> = p
+            .steps()
+            .filter_map(|s| match &s.op {
+                Op::CreateVxlan(f, spec) => Some((*f, spec)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(created.len(), 2);
+        assert_eq!((created[1].0, created[1].1.name.as_str()), (Family::Ipv6, "vxlan-v6"));
+        assert_eq!(created[1].1.attrs.local, Some("2001:db8:1::10".parse().unwrap()));
+        // Same VNI, port and VTEP MAC on both.
+        assert_eq!(
+            (created[0].1.attrs.vni, created[0].1.attrs.port),
+            (created[1].1.attrs.vni, created[1].1.attrs.port)
+        );
+        assert_eq!(created[0].1.mac, created[1].1.mac);
+        let n3 = &d.peers[1];
+        let ops: Vec<&Op> = p.steps().map(|s| &s.op).collect();
+        assert!(ops.contains(&&Op::Fdb { mac: n3.vtep_mac, dst: n3.node_ip }));
+        assert!(ops.contains(&&Op::Neighbour { family: Family::Ipv6, ip: n3.vtep_ip().into(), mac: n3.vtep_mac }));
+        assert!(ops.iter().any(|o| matches!(o, Op::Route { route, .. }
+            if route.dst == IpNet::from(n3.pod_cidr) && route.dev == Dev::Vxlan(Family::Ipv6))));
+        assert!(ops.contains(&&Op::AddAddress(Family::Ipv6, "10.244.1.0/32".parse().unwrap())));
+        assert!(ops.iter().any(|o| matches!(o, Op::Sysctl { key, .. } if key.contains("vxlan-v6"))));
+        // Converged, nothing is left to do.
+        assert!(plan(&d, &converged(&d)).unwrap().stages.is_empty());
+    }
+
+    #[test]
+    fn a_device_of_a_family_the_node_no_longer_has_is_removed_with_its_routes() {
+        let mut d = dual_underlay(&[2, 3]);
+        d.peers[1].node_ip = "2001:db8:2::13".parse().unwrap();
+        let k = converged(&d);
+        // The node lost its IPv6 underlay, and with it the IPv6 peer.
+        let mut now = desired_with(&[2]);
+        now.peers.truncate(1);
+        let p = plan(&now, &k).unwrap();
+        let ops: Vec<String> = p.steps().map(|s| s.op.to_string()).collect();
+        // Its routes and entries go with it; the allow-list loses its IPv6 set and rule.
+        assert_eq!(ops, ["link vxlan-v6", "nftables table inet weft"], "{ops:?}");
+        assert_eq!(p.vxlan_index, [(Family::Ipv4, VXLAN)].into());
     }
 
     #[test]
@@ -1031,7 +1158,7 @@ pub(crate) mod tests {
         let extra = FdbEntry { dst: Some("203.0.113.5".parse().unwrap()), ..fdb_of(&d.peers[0]) };
         k.fdb.insert(0, extra);
         let p = plan(&d, &k).unwrap();
-        assert_eq!(p.steps().map(|s| &s.op).collect::<Vec<_>>(), [&Op::DeleteFdb(extra)]);
+        assert_eq!(p.steps().map(|s| &s.op).collect::<Vec<_>>(), [&Op::DeleteFdb(Family::Ipv4, extra)]);
         // Without the right remote, the first is rewritten and the others deleted.
         k.fdb.retain(|e| e.dst == extra.dst);
         let second = FdbEntry { dst: Some("203.0.113.6".parse().unwrap()), ..extra };
@@ -1039,8 +1166,8 @@ pub(crate) mod tests {
         let p = plan(&d, &k).unwrap();
         let ops: Vec<&Op> = p.steps().map(|s| &s.op).collect();
         assert_eq!(ops.len(), 2);
-        assert!(ops.contains(&&Op::Fdb { mac: extra.mac, dst: d.peers[0].node_ip.into() }));
-        assert!(ops.contains(&&Op::DeleteFdb(second)));
+        assert!(ops.contains(&&Op::Fdb { mac: extra.mac, dst: d.peers[0].node_ip }));
+        assert!(ops.contains(&&Op::DeleteFdb(Family::Ipv4, second)));
     }
 
     #[test]
@@ -1061,7 +1188,7 @@ pub(crate) mod tests {
     #[test]
     fn a_bad_local_node_or_missing_underlay_is_an_error() {
         let mut d = desired_with(&[]);
-        d.local.underlay = "eth9".into();
+        d.local.underlays[0].iface = "eth9".into();
         assert_eq!(plan(&d, &empty()), Err(PlanError::NoUnderlay("eth9".into())));
         d.local.vni = u32::MAX;
         assert!(matches!(plan(&d, &empty()), Err(PlanError::Invalid(_))));
@@ -1115,7 +1242,7 @@ pub(crate) mod tests {
     fn a_peer_change_updates_the_vxlan_allow_list_by_element() {
         let full = desired_with(&[2, 3]);
         let less = desired_with(&[2]);
-        let n3: Ipv4Addr = "198.51.100.13".parse().unwrap();
+        let n3: IpAddr = "198.51.100.13".parse().unwrap();
         // Joining: one element added, with the peer's neighbour and FDB entry; no table rewrite.
         let p = plan(&full, &converged(&less)).unwrap();
         assert!(nft_scripts(&p).is_empty());

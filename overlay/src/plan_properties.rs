@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::{IpNet, Ipv4Net};
 use proptest::prelude::*;
 
-use crate::desired::{DEFAULT_VXLAN_DEVICE, Desired, LocalNode, Peer, PeerPath};
+use crate::desired::{Desired, LocalNode, Peer, PeerPath};
 use crate::firewall;
 use crate::mac::Mac;
 use crate::objects::{FdbEntry, Link, LinkChange, MAIN_TABLE, Neighbour, Route, VxlanSpec, WEFT_ROUTE_PROTOCOL};
@@ -22,6 +22,7 @@ use crate::plan::tests::{CNI0, ETH0, VXLAN, converged, desired_with, fdb_of, lin
 use crate::plan::{Dev, Op, Plan, plan};
 use crate::snapshot::Kernel;
 use crate::sysctl;
+use crate::underlay::Family;
 use crate::validate::tests::peer;
 use crate::validate::validate;
 
@@ -60,7 +61,7 @@ fn twisted(n: u8, path: PeerPath, twist: Twist) -> Peer {
     let mut p = peer(n, path);
     match twist {
         Twist::None => {}
-        Twist::NodeIp => p.node_ip = Ipv4Addr::new(203, 0, 113, n),
+        Twist::NodeIp => p.node_ip = Ipv4Addr::new(203, 0, 113, n).into(),
         Twist::Mac => p.vtep_mac = Mac::derived(&format!("moved-{n}")),
         Twist::SharedMac => p.vtep_mac = Mac::derived("n2"),
         Twist::OutsideCluster => p.pod_cidr = Ipv4Net::new(Ipv4Addr::new(10, 99, n, 0), 24).unwrap(),
@@ -106,7 +107,7 @@ fn cidr(block: u8) -> Ipv4Net {
 fn add_extra(k: &mut Kernel, extra: &Extra) {
     let route = |dst, gateway, oif, protocol, table, priority| Route {
         dst: IpNet::from(dst),
-        gateway: Some(IpAddr::from(gateway)),
+        gateway: Some(gateway),
         oif: Some(oif),
         onlink: oif == VXLAN,
         protocol,
@@ -125,7 +126,7 @@ fn add_extra(k: &mut Kernel, extra: &Extra) {
     };
     match *extra {
         Extra::WeftRoute { block, via_vxlan, metric } => {
-            let (oif, gateway) = if via_vxlan { (VXLAN, cidr(block).network()) } else { (ETH0, node_ip(block)) };
+            let (oif, gateway) = if via_vxlan { (VXLAN, cidr(block).network().into()) } else { (ETH0, node_ip(block)) };
             add_route(k, route(cidr(block), gateway, oif, WEFT_ROUTE_PROTOCOL, MAIN_TABLE, metric));
         }
         Extra::ForeignRoute { block, other_table } => {
@@ -156,7 +157,7 @@ fn add_extra(k: &mut Kernel, extra: &Extra) {
     }
 }
 
-fn node_ip(block: u8) -> Ipv4Addr {
+fn node_ip(block: u8) -> IpAddr {
     peer(block, PeerPath::Direct).node_ip
 }
 
@@ -186,22 +187,22 @@ fn apply(plan: &Plan, kernel: &Kernel, desired: &Desired, order: InStage) -> Ker
 fn apply_op(k: &mut Kernel, op: &Op, desired: &Desired) {
     match op {
         Op::DeleteLink { index, .. } => delete_link(k, *index),
-        Op::CreateVxlan(spec) => create_vxlan(k, spec),
-        Op::FixVxlan(change) => fix_vxlan(k, change),
-        Op::VxlanLearningOff => vxlan_mut(k).vxlan.as_mut().expect("vxlan attributes").learning = false,
+        Op::CreateVxlan(family, spec) => create_vxlan(k, *family, spec),
+        Op::FixVxlan(family, change) => fix_vxlan(k, *family, change),
+        Op::VxlanLearningOff(f) => vxlan_mut(k, *f).vxlan.as_mut().expect("vxlan attributes").learning = false,
         Op::EnsureBridge { name, mtu, gateway } => ensure_bridge(k, name, *mtu, *gateway),
-        Op::AddAddress(a) => add_address(k, vxlan(k).index, *a),
+        Op::AddAddress(family, a) => add_address(k, vxlan(k, *family).index, *a),
         Op::DeleteAddress { index, address, .. } => delete_address(k, *index, *address),
         Op::Sysctl { key, value } => set_sysctl(k, key, value),
         Op::Nft { script, .. } => write_table(k, script, desired),
-        Op::Neighbour { ip, mac } => {
-            let vxlan = vxlan(k).index;
+        Op::Neighbour { family, ip, mac } => {
+            let vxlan = vxlan(k, *family).index;
             k.neighbours.retain(|n| (n.ifindex, n.ip) != (vxlan, *ip));
             k.neighbours.push(Neighbour { ifindex: vxlan, ip: *ip, mac: *mac, permanent: true });
         }
-        Op::DeleteNeighbour(n) => remove(&mut k.neighbours, n),
+        Op::DeleteNeighbour(_, n) => remove(&mut k.neighbours, n),
         Op::Fdb { mac, dst } => {
-            let vxlan = vxlan(k).index;
+            let vxlan = vxlan(k, Family::of(*dst)).index;
             let on_mac = |e: &FdbEntry| e.ifindex == vxlan && e.mac == *mac;
             let same_dst = k.fdb.iter().position(|e| on_mac(e) && e.dst == Some(*dst));
             match same_dst.or_else(|| k.fdb.iter().position(on_mac)) {
@@ -209,13 +210,13 @@ fn apply_op(k: &mut Kernel, op: &Op, desired: &Desired) {
                 None => k.fdb.push(FdbEntry { ifindex: vxlan, mac: *mac, dst: Some(*dst), permanent: true }),
             }
         }
-        Op::DeleteFdb(e) => remove(&mut k.fdb, e),
+        Op::DeleteFdb(_, e) => remove(&mut k.fdb, e),
         Op::Route { route, replace } => {
             let oif = match route.dev {
-                Dev::Vxlan => {
+                Dev::Vxlan(family) => {
                     // An on-link route through a device that is down fails (ENETDOWN).
-                    assert!(vxlan(k).up, "route {route:?} through vxlan0 while it is down");
-                    vxlan(k).index
+                    assert!(vxlan(k, family).up, "route {route:?} through {family} VXLAN while it is down");
+                    vxlan(k, family).index
                 }
                 Dev::Index(i) => i,
             };
@@ -247,8 +248,10 @@ fn apply_op(k: &mut Kernel, op: &Op, desired: &Desired) {
 // FDB entries go only with the device.
 
 fn delete_link(k: &mut Kernel, index: u32) {
-    if k.links.iter().any(|l| l.index == index && l.name == DEFAULT_VXLAN_DEVICE) {
-        k.vxlan_rp_filter = None;
+    for family in Family::ALL {
+        if k.links.iter().any(|l| l.index == index && l.name == family.vxlan_device()) {
+            k.vxlan_rp_filter.remove(&family);
+        }
     }
     k.links.retain(|l| l.index != index);
     k.addresses.retain(|(i, _)| *i != index);
@@ -309,7 +312,7 @@ fn next_index(k: &Kernel) -> u32 {
     k.links.iter().map(|l| l.index).max().unwrap_or(0) + 1
 }
 
-fn create_vxlan(k: &mut Kernel, spec: &VxlanSpec) {
+fn create_vxlan(k: &mut Kernel, family: Family, spec: &VxlanSpec) {
     assert!(k.link(&spec.name).is_none(), "creating {}, which exists", spec.name);
     let mut vxlan = link(next_index(k), &spec.name, Some("vxlan"));
     vxlan.mtu = spec.mtu;
@@ -317,11 +320,11 @@ fn create_vxlan(k: &mut Kernel, spec: &VxlanSpec) {
     vxlan.vxlan = Some(spec.attrs.clone());
     k.links.push(vxlan);
     // A new device starts from the namespace's default.
-    k.vxlan_rp_filter = Some("0".into());
+    k.vxlan_rp_filter.insert(family, "0".into());
 }
 
-fn fix_vxlan(k: &mut Kernel, change: &LinkChange) {
-    let index = vxlan(k).index;
+fn fix_vxlan(k: &mut Kernel, family: Family, change: &LinkChange) {
+    let index = vxlan(k, family).index;
     if let Some(mtu) = change.mtu {
         link_mut(k, index).mtu = mtu;
     }
@@ -353,8 +356,8 @@ fn ensure_bridge(k: &mut Kernel, name: &str, mtu: u32, gateway: Ipv4Net) {
 fn set_sysctl(k: &mut Kernel, key: &str, value: &str) {
     if key == sysctl::IP_FORWARD {
         k.ip_forward = Some(value.into());
-    } else if key == sysctl::dev_key("rp_filter", DEFAULT_VXLAN_DEVICE) {
-        k.vxlan_rp_filter = Some(value.into());
+    } else if let Some(f) = Family::ALL.into_iter().find(|f| key == sysctl::dev_key("rp_filter", f.vxlan_device())) {
+        k.vxlan_rp_filter.insert(f, value.into());
     } else {
         panic!("sysctl {key} is not weft's");
     }
@@ -370,12 +373,12 @@ fn write_table(k: &mut Kernel, script: &str, desired: &Desired) {
     listing.elements = table.sets.iter().map(|s| (s.name.to_string(), s.elements.clone())).collect();
 }
 
-fn vxlan(k: &Kernel) -> &Link {
-    k.link(DEFAULT_VXLAN_DEVICE).expect("vxlan0 exists")
+fn vxlan(k: &Kernel, family: Family) -> &Link {
+    k.link(family.vxlan_device()).expect("the VXLAN device exists")
 }
 
-fn vxlan_mut(k: &mut Kernel) -> &mut Link {
-    let index = vxlan(k).index;
+fn vxlan_mut(k: &mut Kernel, family: Family) -> &mut Link {
+    let index = vxlan(k, family).index;
     link_mut(k, index)
 }
 
@@ -393,9 +396,9 @@ fn is_local(op: &Op) -> bool {
     !matches!(
         op,
         Op::Neighbour { .. }
-            | Op::DeleteNeighbour(_)
+            | Op::DeleteNeighbour(..)
             | Op::Fdb { .. }
-            | Op::DeleteFdb(_)
+            | Op::DeleteFdb(..)
             | Op::Route { .. }
             | Op::DeleteRoute(_)
             | Op::SetElements { .. }
@@ -493,7 +496,7 @@ fn restarted(local: &LocalNode, r: &Restart) -> LocalNode {
 
 /// The peer that took the local node's old PodCIDR over.
 fn taker(old: &LocalNode, path: PeerPath) -> Peer {
-    Peer { pod_cidr: old.pod_cidr, node_ip: Ipv4Addr::new(198, 51, 100, 250), ..peer(99, path) }
+    Peer { pod_cidr: old.pod_cidr, node_ip: Ipv4Addr::new(198, 51, 100, 250).into(), ..peer(99, path) }
 }
 
 prop_compose! {
@@ -510,7 +513,7 @@ prop_compose! {
             desired.peers.push(taker(&old, taker_path));
         }
         if restart.learning {
-            vxlan_mut(&mut kernel).vxlan.as_mut().expect("vxlan attributes").learning = true;
+            vxlan_mut(&mut kernel, Family::Ipv4).vxlan.as_mut().expect("vxlan attributes").learning = true;
         }
         if restart.down {
             set_up(&mut kernel, VXLAN, false);
@@ -538,8 +541,8 @@ proptest! {
         for step in p.steps() {
             match &step.op {
                 Op::DeleteRoute(r) => prop_assert!(r.protocol == WEFT_ROUTE_PROTOCOL && r.table == MAIN_TABLE),
-                Op::DeleteNeighbour(n) => prop_assert!(n.ifindex == VXLAN && n.permanent),
-                Op::DeleteFdb(e) => prop_assert_eq!(e.ifindex, VXLAN),
+                Op::DeleteNeighbour(_, n) => prop_assert!(n.ifindex == VXLAN && n.permanent),
+                Op::DeleteFdb(_, e) => prop_assert_eq!(e.ifindex, VXLAN),
                 _ => {}
             }
         }

@@ -2,14 +2,16 @@
 //! nfnetlink, on its own socket) and the two sysctls weft sets. The result is plain data the
 //! planner diffs against; nothing here decides anything.
 
+use std::collections::BTreeMap;
+
 use ipnet::IpNet;
 
-use crate::desired::DEFAULT_VXLAN_DEVICE;
 use crate::firewall;
 use crate::netlink::{Netlink, NetlinkError};
 use crate::nft::{Listing, NftSocket};
 use crate::objects::{FdbEntry, Link, Neighbour, Route};
 use crate::sysctl;
+use crate::underlay::Family;
 
 /// The value weft gives `rp_filter` on vxlan0: loose (see docs/datapath.md).
 pub const RP_FILTER_LOOSE: &str = "2";
@@ -18,11 +20,11 @@ pub const RP_FILTER_LOOSE: &str = "2";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kernel {
     pub links: Vec<Link>,
-    /// Every address as (link index, address); IPv4 only while weft programs only IPv4.
+    /// Every IPv4 address as (link index, address).
     pub addresses: Vec<(u32, IpNet)>,
-    /// IPv4 routes of the main table, of every protocol.
+    /// IPv4 and IPv6 routes of the main table, of every protocol.
     pub routes: Vec<Route>,
-    /// IPv4 neighbours of every device.
+    /// IPv4 and IPv6 neighbours of every device.
     pub neighbours: Vec<Neighbour>,
     /// NTF_SELF forwarding entries of every device.
     pub fdb: Vec<FdbEntry>,
@@ -30,8 +32,8 @@ pub struct Kernel {
     pub nft: Result<Listing, String>,
     /// `net.ipv4.ip_forward`; `None` when unreadable.
     pub ip_forward: Option<String>,
-    /// `rp_filter` of vxlan0; `None` when the device (or the key) does not exist.
-    pub vxlan_rp_filter: Option<String>,
+    /// `rp_filter` of each VXLAN device that exists (and has the key).
+    pub vxlan_rp_filter: BTreeMap<Family, String>,
 }
 
 impl Kernel {
@@ -68,6 +70,9 @@ pub async fn read(nl: &Netlink, nft: &NftSocket) -> Result<Kernel, NetlinkError>
         fdb,
         nft,
         ip_forward: sysctl::read(sysctl::IP_FORWARD).ok(),
-        vxlan_rp_filter: sysctl::read(&sysctl::dev_key("rp_filter", DEFAULT_VXLAN_DEVICE)).ok(),
+        vxlan_rp_filter: Family::ALL
+            .into_iter()
+            .filter_map(|f| Some((f, sysctl::read(&sysctl::dev_key("rp_filter", f.vxlan_device())).ok()?)))
+            .collect(),
     })
 }

@@ -2,13 +2,14 @@
 //! impossible, a bad peer is reported and left out (never programmed), so one misconfigured or
 //! conflicting node cannot break routing to the others.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use ipnet::Ipv4Net;
 
-use crate::desired::{DEFAULT_VXLAN_DEVICE, Desired, LocalNode, Peer};
+use crate::desired::{Desired, LocalNode, Peer, PeerPath};
 use crate::mac::Mac;
-use crate::rules::{MAX_MTU, MAX_NODE_PREFIX_V4 as MAX_POD_PREFIX, MIN_MTU, check_ifname, is_unicast, mtu_in_range};
+use crate::rules::{MAX_MTU, MAX_NODE_PREFIX_V4 as MAX_POD_PREFIX, MIN_MTU, check_ifname, mtu_in_range};
+use crate::underlay::{Family, NodeIpError, NodeIps, check_node_ip};
 
 /// Largest VXLAN network identifier (24 bits).
 pub const MAX_VNI: u32 = 0x00ff_ffff;
@@ -34,8 +35,8 @@ pub enum InvalidLocal {
     BadMtu(u32),
     #[error("VTEP MAC {0} is not a unicast address")]
     BadMac(Mac),
-    #[error("node IP {0} is not a unicast address")]
-    BadNodeIp(Ipv4Addr),
+    #[error("underlay addresses: {0}")]
+    BadNodeIps(NodeIpError),
 }
 
 /// Why one peer is left out.
@@ -53,10 +54,14 @@ pub enum InvalidPeer {
     OverlapsLocal(Ipv4Net),
     #[error("pod CIDR {0} overlaps another peer's")]
     OverlapsPeer(Ipv4Net),
-    #[error("node IP {0} is not a unicast address")]
-    BadNodeIp(Ipv4Addr),
+    #[error("node IP {0}: {1}")]
+    BadNodeIp(IpAddr, NodeIpError),
     #[error("node IP {0} is the local node's")]
-    LocalNodeIp(Ipv4Addr),
+    LocalNodeIp(IpAddr),
+    #[error("node IP {0} is of a family ({1}) the local node has no underlay of")]
+    NoUnderlayOfFamily(IpAddr, Family),
+    #[error("a direct route to pod CIDR {0} cannot go via node IP {1} of another family")]
+    DirectAcrossFamilies(Ipv4Net, IpAddr),
     #[error("VTEP MAC {0} is not a unicast address")]
     BadMac(Mac),
     #[error("VTEP MAC {0} is the local node's")]
@@ -95,12 +100,13 @@ pub fn validate(desired: &Desired) -> Result<Validated<'_>, InvalidLocal> {
 }
 
 fn validate_local(l: &LocalNode) -> Result<(), InvalidLocal> {
-    for (field, name) in [("underlay", &l.underlay), ("bridge", &l.bridge)] {
+    let names = l.underlays.iter().map(|u| ("underlay", &u.iface)).chain([("bridge", &l.bridge)]);
+    for (field, name) in names {
         if check_ifname(name).is_err() {
             return Err(InvalidLocal::BadInterfaceName { field, name: name.clone() });
         }
     }
-    if l.bridge == l.underlay || l.bridge == DEFAULT_VXLAN_DEVICE {
+    if l.underlays.iter().any(|u| u.iface == l.bridge) || Family::ALL.iter().any(|f| f.vxlan_device() == l.bridge) {
         return Err(InvalidLocal::BridgeNameClash(l.bridge.clone()));
     }
     for (field, net) in [("pod CIDR", l.pod_cidr), ("cluster CIDR", l.cluster_cidr)] {
@@ -126,10 +132,11 @@ fn validate_local(l: &LocalNode) -> Result<(), InvalidLocal> {
     if !l.vtep_mac.is_unicast() {
         return Err(InvalidLocal::BadMac(l.vtep_mac));
     }
-    if !is_unicast(l.node_ip.into()) {
-        return Err(InvalidLocal::BadNodeIp(l.node_ip));
+    match NodeIps::new(l.underlays.iter().map(|u| u.ip)) {
+        Ok(ips) if ips.is_empty() => Err(InvalidLocal::BadNodeIps(NodeIpError::Empty)),
+        Ok(_) => Ok(()),
+        Err(e) => Err(InvalidLocal::BadNodeIps(e)),
     }
-    Ok(())
 }
 
 fn check_peer(local: &LocalNode, p: &Peer) -> Option<InvalidPeer> {
@@ -144,10 +151,14 @@ fn check_peer(local: &LocalNode, p: &Peer) -> Option<InvalidPeer> {
         InvalidPeer::OutsideCluster { pod: cidr, cluster: local.cluster_cidr }
     } else if overlaps(&cidr, &local.pod_cidr) {
         InvalidPeer::OverlapsLocal(cidr)
-    } else if !is_unicast(p.node_ip.into()) {
-        InvalidPeer::BadNodeIp(p.node_ip)
-    } else if p.node_ip == local.node_ip {
+    } else if let Err(e) = check_node_ip(p.node_ip) {
+        InvalidPeer::BadNodeIp(p.node_ip, e)
+    } else if local.underlays.iter().any(|u| u.ip == p.node_ip) {
         InvalidPeer::LocalNodeIp(p.node_ip)
+    } else if local.underlay(Family::of(p.node_ip)).is_none() {
+        InvalidPeer::NoUnderlayOfFamily(p.node_ip, Family::of(p.node_ip))
+    } else if p.path == PeerPath::Direct && Family::of(p.node_ip) != Family::of(cidr.addr().into()) {
+        InvalidPeer::DirectAcrossFamilies(cidr, p.node_ip)
     } else if !p.vtep_mac.is_unicast() {
         InvalidPeer::BadMac(p.vtep_mac)
     } else if p.vtep_mac == local.vtep_mac {
@@ -219,14 +230,14 @@ fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT, PeerPath};
+    use crate::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT, UnderlayAddr};
     use crate::rules::DEFAULT_BRIDGE;
+    use std::net::Ipv4Addr;
 
     pub(crate) fn local() -> LocalNode {
         LocalNode {
             name: "n1".into(),
-            node_ip: "192.0.2.10".parse().unwrap(),
-            underlay: "eth0".into(),
+            underlays: vec![UnderlayAddr { ip: "192.0.2.10".parse().unwrap(), iface: "eth0".into() }],
             pod_cidr: "10.244.1.0/24".parse().unwrap(),
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             vni: DEFAULT_VNI,
@@ -240,7 +251,7 @@ pub(crate) mod tests {
     pub(crate) fn peer(n: u8, path: PeerPath) -> Peer {
         Peer {
             name: format!("n{n}"),
-            node_ip: Ipv4Addr::new(198, 51, 100, 10 + n),
+            node_ip: Ipv4Addr::new(198, 51, 100, 10 + n).into(),
             pod_cidr: Ipv4Net::new(Ipv4Addr::new(10, 244, n, 0), 24).unwrap(),
             vtep_mac: Mac::derived(&format!("n{n}")),
             path,
@@ -348,18 +359,41 @@ pub(crate) mod tests {
         let mut ours = peer(3, PeerPath::Vxlan);
         ours.vtep_mac = local().vtep_mac;
         let mut zero_ip = peer(4, PeerPath::Vxlan);
-        zero_ip.node_ip = Ipv4Addr::UNSPECIFIED;
+        zero_ip.node_ip = Ipv4Addr::UNSPECIFIED.into();
         let mut our_ip = peer(5, PeerPath::Direct);
-        our_ip.node_ip = local().node_ip;
+        our_ip.node_ip = local().underlays[0].ip;
         let mut unnamed = peer(6, PeerPath::Vxlan);
         unnamed.name.clear();
-        let d = desired(vec![multicast, ours, zero_ip, our_ip, unnamed]);
+        let mut v6 = peer(7, PeerPath::Vxlan);
+        v6.node_ip = "2001:db8:2::7".parse().unwrap();
+        let d = desired(vec![multicast, ours, zero_ip, our_ip, unnamed, v6]);
         let why: Vec<_> = rejected(&d).into_iter().map(|(_, w)| w).collect();
         assert!(matches!(why[0], InvalidPeer::BadMac(_)));
         assert!(matches!(why[1], InvalidPeer::LocalMac(_)));
-        assert!(matches!(why[2], InvalidPeer::BadNodeIp(_)));
+        assert!(matches!(why[2], InvalidPeer::BadNodeIp(..)));
         assert!(matches!(why[3], InvalidPeer::LocalNodeIp(_)));
         assert_eq!(why[4], InvalidPeer::NoName);
+        // An IPv6 endpoint needs an IPv6 underlay here.
+        assert!(matches!(why[5], InvalidPeer::NoUnderlayOfFamily(_, Family::Ipv6)));
+    }
+
+    #[test]
+    fn ipv6_endpoints_are_taken_on_an_ipv6_underlay_but_never_direct_for_ipv4_pods() {
+        let mut d = desired(vec![]);
+        d.local.underlays = vec![UnderlayAddr { ip: "2001:db8:1::10".parse().unwrap(), iface: "eth0".into() }];
+        let mut tunnel = peer(2, PeerPath::Vxlan);
+        tunnel.node_ip = "2001:db8:2::20".parse().unwrap();
+        let mut direct = peer(3, PeerPath::Direct);
+        direct.node_ip = "2001:db8:1::30".parse().unwrap();
+        let mut link_local = peer(4, PeerPath::Vxlan);
+        link_local.node_ip = "fe80::4".parse().unwrap();
+        d.peers = vec![tunnel, direct, link_local];
+        let v = validate(&d).unwrap();
+        assert_eq!(v.peers.len(), 1);
+        assert_eq!(v.peers[0].name, "n2");
+        let why: Vec<_> = v.rejected.iter().map(|(_, w)| w.clone()).collect();
+        assert!(matches!(why[0], InvalidPeer::DirectAcrossFamilies(..)));
+        assert!(matches!(why[1], InvalidPeer::BadNodeIp(_, NodeIpError::LinkLocal(_))));
     }
 
     #[test]
@@ -376,9 +410,18 @@ pub(crate) mod tests {
             (|l| l.vxlan_port = 0, |e| *e == InvalidLocal::ZeroPort),
             (|l| l.mtu = 20, |e| matches!(e, InvalidLocal::BadMtu(20))),
             (|l| l.vtep_mac = "ff:ff:ff:ff:ff:ff".parse().unwrap(), |e| matches!(e, InvalidLocal::BadMac(_))),
-            (|l| l.node_ip = "127.0.0.1".parse().unwrap(), |e| matches!(e, InvalidLocal::BadNodeIp(_))),
-            (|l| l.underlay = "a-name-longer-than-15".into(), |e| matches!(e, InvalidLocal::BadInterfaceName { .. })),
+            (|l| l.underlays[0].ip = "127.0.0.1".parse().unwrap(), |e| matches!(e, InvalidLocal::BadNodeIps(_))),
+            (|l| l.underlays.clear(), |e| *e == InvalidLocal::BadNodeIps(NodeIpError::Empty)),
+            (
+                |l| l.underlays.push(UnderlayAddr { ip: "198.51.100.1".parse().unwrap(), iface: "eth1".into() }),
+                |e| matches!(e, InvalidLocal::BadNodeIps(NodeIpError::TwoOfOneFamily(..))),
+            ),
+            (
+                |l| l.underlays[0].iface = "a-name-longer-than-15".into(),
+                |e| matches!(e, InvalidLocal::BadInterfaceName { .. }),
+            ),
             (|l| l.bridge = "vxlan0".into(), |e| matches!(e, InvalidLocal::BridgeNameClash(_))),
+            (|l| l.bridge = "vxlan-v6".into(), |e| matches!(e, InvalidLocal::BridgeNameClash(_))),
         ];
         for (break_it, expected) in cases {
             let mut d = desired(vec![]);

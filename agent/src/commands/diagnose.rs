@@ -74,7 +74,7 @@ fn kernel_findings(
     let expected = Expected {
         vni: args.vni,
         vxlan_port: args.vxlan_port,
-        node_ip: status.map(|s| s.node.node_ip.into()),
+        node_ip: status.map(|s| s.node.node_ip),
         pod_mtu: status.map(|s| s.node.mtu),
     };
     let rp_filter_all = sysctl::read(&sysctl::dev_key("rp_filter", "all")).ok();

@@ -40,7 +40,7 @@ fn hostname() -> String {
 }
 
 pub async fn run(args: &RunArgs) -> Result<(), RunError> {
-    let underlay = detect::detect(args.node_ip, args.iface.as_deref()).await?;
+    let underlay = detect::detect(args.node_ip.as_ref(), args.iface.as_deref()).await?;
     let cfg = args.config(underlay, hostname)?;
     // Bind first: a taken status port fails the start before the node joins the cluster.
     let listener = TcpListener::bind(args.status_addr)

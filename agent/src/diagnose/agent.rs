@@ -1,6 +1,6 @@
 //! Findings from what the agent reports: its `/status` document and its `/metrics` text.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use super::{Finding, VxlanPort, or_passed};
 use crate::http::status::{NodeStatus, PeerState, PeerStatus, Status};
@@ -168,12 +168,12 @@ fn unprogrammed(peers: &[PeerStatus]) -> Vec<Finding> {
     or_passed(found, "peers", format!("all {} alive peer(s) are programmed", alive.count()))
 }
 
-fn or_unknown(ip: Option<Ipv4Addr>) -> String {
+fn or_unknown(ip: Option<IpAddr>) -> String {
     ip.map_or_else(|| "address unknown".into(), |ip| ip.to_string())
 }
 
 /// Each peer whose path does not carry pods' packets, with the cause turned into what to do.
-fn dataplane(node_ip: Ipv4Addr, peers: &[PeerStatus], port: &VxlanPort) -> Vec<Finding> {
+fn dataplane(node_ip: IpAddr, peers: &[PeerStatus], port: &VxlanPort) -> Vec<Finding> {
     let found: Vec<Finding> = peers.iter().filter_map(|p| broken_path(node_ip, p, port)).collect();
     let count = |state: PathState| peers.iter().filter(|p| p.dataplane.state == state).count();
     let passed = match (count(PathState::Ok), count(PathState::Unknown)) {
@@ -187,7 +187,7 @@ fn dataplane(node_ip: Ipv4Addr, peers: &[PeerStatus], port: &VxlanPort) -> Vec<F
     or_passed(found, "dataplane", passed)
 }
 
-fn broken_path(node_ip: Ipv4Addr, p: &PeerStatus, port: &VxlanPort) -> Option<Finding> {
+fn broken_path(node_ip: IpAddr, p: &PeerStatus, port: &VxlanPort) -> Option<Finding> {
     let peer_ip = or_unknown(p.node_ip);
     let (message, fix) = match p.dataplane.state {
         PathState::Ok | PathState::Unknown => return None,
@@ -341,6 +341,8 @@ mod tests {
         PeerStatus {
             name: name.into(),
             node_ip: Some(ip.parse().unwrap()),
+            node_ip6: None,
+            underlay_family: Some(weft_overlay::underlay::Family::Ipv4),
             pod_cidr: Some("10.244.2.0/24".parse().unwrap()),
             vtep_mac: Some(Mac::derived(name)),
             state: PeerState::Alive,
@@ -358,6 +360,7 @@ mod tests {
             node: NodeStatus {
                 name: "n1".into(),
                 node_ip: "192.0.2.10".parse().unwrap(),
+                node_ip6: None,
                 pod_cidr: Some("10.244.1.0/24".parse().unwrap()),
                 vtep_mac: Mac::derived("n1"),
                 mtu: 1450,

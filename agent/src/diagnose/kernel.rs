@@ -3,9 +3,10 @@
 
 use std::net::IpAddr;
 
-use weft_overlay::desired::{DEFAULT_VXLAN_DEVICE, DEFAULT_VXLAN_PORT, VXLAN_OVERHEAD};
+use weft_overlay::desired::{DEFAULT_VXLAN_DEVICE, DEFAULT_VXLAN_PORT};
 use weft_overlay::objects::{Link, VxlanAttrs};
 use weft_overlay::snapshot::{Kernel, RP_FILTER_LOOSE};
+use weft_overlay::underlay::Family;
 
 use super::{Finding, VxlanPort, or_passed};
 
@@ -79,7 +80,7 @@ fn ip_forward(kernel: &Kernel) -> Finding {
 /// Strict reverse-path filtering (1) on vxlan0 drops pods' packets that arrive through the tunnel
 /// from a peer this node routes otherwise; the agent sets loose (2). Nothing to say without vxlan0.
 fn rp_filter(kernel: &Kernel, all: Option<&str>) -> Option<Finding> {
-    let device = kernel.vxlan_rp_filter.as_deref()?;
+    let device = kernel.vxlan_rp_filter.get(&Family::Ipv4)?.as_str();
     let number = |v: &str| v.parse::<u8>().unwrap_or(0);
     let effective = number(device).max(all.map_or(0, number));
     if effective != 1 {
@@ -145,48 +146,58 @@ fn forward_drops(kernel: &Kernel) -> Vec<Finding> {
     )
 }
 
-/// vxlan0 exists, up, with the VNI and port of every node and learning off.
+/// The VXLAN device of the node's underlay family (vxlan0, or vxlan-v6 on an IPv6-only node)
+/// exists, up, with the VNI and port of every node and learning off.
 fn vxlan_device(kernel: &Kernel, expected: &Expected) -> Vec<Finding> {
     let check = "vxlan0";
-    let Some(link) = vxlan_link(kernel) else {
+    let family = expected.node_ip.map_or(Family::Ipv4, Family::of);
+    let name = family.vxlan_device();
+    let Some(link) = kernel.link(name) else {
         return vec![Finding::error(
             check,
-            "vxlan0 does not exist: this node carries no overlay traffic",
+            format!("{name} does not exist: this node carries no overlay traffic over {family}"),
             "start weft-agent and wait until it is ready (weft-agent status says why it is not)",
         )];
     };
     let Some(attrs) = link.vxlan.as_ref() else {
         return vec![Finding::error(
             check,
-            format!("vxlan0 is not a VXLAN device (kind {})", link.kind.as_deref().unwrap_or("unknown")),
-            "delete it (ip link del vxlan0): the agent creates the right one on its next reconcile",
+            format!("{name} is not a VXLAN device (kind {})", link.kind.as_deref().unwrap_or("unknown")),
+            format!("delete it (ip link del {name}): the agent creates the right one on its next reconcile"),
         )];
     };
-    let settings = "set the same --vni and --vxlan-port on every node: the agent recreates vxlan0 with them (if the \
-                    agent runs with other values than diagnose's defaults, pass them to diagnose too)";
+    let settings = format!(
+        "set the same --vni and --vxlan-port on every node: the agent recreates {name} with them (if the agent runs \
+         with other values than diagnose's defaults, pass them to diagnose too)"
+    );
     let mut found = Vec::new();
     if attrs.vni != expected.vni {
-        found.push(Finding::error(check, format!("vxlan0 has VNI {}, expected {}", attrs.vni, expected.vni), settings));
+        let message = format!("{name} has VNI {}, expected {}", attrs.vni, expected.vni);
+        found.push(Finding::error(check, message, settings.clone()));
     }
     if attrs.port != expected.vxlan_port {
-        let message = format!("vxlan0 uses UDP port {}, expected {}", attrs.port, expected.vxlan_port);
+        let message = format!("{name} uses UDP port {}, expected {}", attrs.port, expected.vxlan_port);
         found.push(Finding::error(check, message, settings));
     }
     if attrs.learning {
         found.push(Finding::error(
             check,
-            "vxlan0 learns addresses from received packets (learning on): forged frames can redirect pod traffic",
-            "the agent turns learning off on its next reconcile; if it comes back, something else configures vxlan0",
+            format!(
+                "{name} learns addresses from received packets (learning on): forged frames can redirect pod traffic"
+            ),
+            format!(
+                "the agent turns learning off on its next reconcile; if it comes back, something else configures {name}"
+            ),
         ));
     }
     if !link.up {
         found.push(Finding::error(
             check,
-            "vxlan0 is down",
-            "the agent sets it up on its next reconcile; if it stays down, something else configures vxlan0",
+            format!("{name} is down"),
+            format!("the agent sets it up on its next reconcile; if it stays down, something else configures {name}"),
         ));
     }
-    let summary = format!("vxlan0 is up with VNI {}, UDP port {}, learning off", attrs.vni, attrs.port);
+    let summary = format!("{name} is up with VNI {}, UDP port {}, learning off", attrs.vni, attrs.port);
     or_passed(found, check, summary)
 }
 
@@ -203,22 +214,25 @@ fn pod_mtu(kernel: &Kernel, expected: &Expected) -> Finding {
             "start weft-agent, then run diagnose again",
         );
     };
-    let room = underlay.mtu.saturating_sub(VXLAN_OVERHEAD);
+    let family = node_ip.map_or(Family::Ipv4, Family::of);
+    let overhead = family.vxlan_overhead();
+    let room = underlay.mtu.saturating_sub(overhead);
     if pod_mtu <= room {
         return Finding::passed(
             check,
-            format!("the pod MTU {pod_mtu} fits {} (MTU {} − {VXLAN_OVERHEAD})", underlay.name, underlay.mtu),
+            format!("the pod MTU {pod_mtu} fits {} (MTU {} − {overhead})", underlay.name, underlay.mtu),
         );
     }
     Finding::error(
         check,
         format!(
-            "the pod MTU {pod_mtu} is larger than {}'s MTU {} − {VXLAN_OVERHEAD} (VXLAN's headers): full-size pod \
-             packets cannot leave this node",
+            "the pod MTU {pod_mtu} is larger than {}'s MTU {} − {overhead} (VXLAN's headers over {family}): \
+             full-size pod packets cannot leave this node",
             underlay.name, underlay.mtu
         ),
         format!(
-            "set --mtu to at most {room} on every node (or leave it out: the agent then uses the underlay MTU − 50)"
+            "set --mtu to at most {room} on every node (or leave it out: the agent then uses the underlay MTU − \
+             {overhead})"
         ),
     )
 }
@@ -258,7 +272,7 @@ mod tests {
             fdb: Vec::new(),
             nft: Ok(Listing::default()),
             ip_forward: Some("1".into()),
-            vxlan_rp_filter: Some(RP_FILTER_LOOSE.into()),
+            vxlan_rp_filter: [(Family::Ipv4, RP_FILTER_LOOSE.into())].into(),
         }
     }
 
@@ -301,11 +315,11 @@ mod tests {
     #[test]
     fn strict_rp_filter_on_vxlan0_is_found_also_when_all_overrides_it() {
         let mut k = healthy();
-        k.vxlan_rp_filter = Some("1".into());
+        k.vxlan_rp_filter = [(Family::Ipv4, "1".into())].into();
         let f = only(&k, &expected());
         assert_eq!(f.check, "rp-filter");
         assert!(f.fix.unwrap().starts_with("sysctl -w net.ipv4.conf.vxlan0.rp_filter=2"));
-        k.vxlan_rp_filter = Some("0".into());
+        k.vxlan_rp_filter = [(Family::Ipv4, "0".into())].into();
         let f = problems(&k, Some("1"), &expected()).remove(0);
         assert!(f.message.contains("net.ipv4.conf.all.rp_filter = 1 overrides vxlan0's 0"), "{}", f.message);
         assert!(f.fix.unwrap().starts_with("sysctl -w net.ipv4.conf.all.rp_filter=2"));
@@ -342,10 +356,15 @@ mod tests {
     fn vxlan0_missing_or_set_up_otherwise_is_an_error() {
         let mut k = healthy();
         k.links.retain(|l| l.name != "vxlan0");
-        k.vxlan_rp_filter = None;
+        k.vxlan_rp_filter.clear();
         let found = problems(&k, Some("0"), &expected());
         assert_eq!(found.iter().map(|f| f.check).collect::<Vec<_>>(), ["vxlan0"], "{found:?}");
-        assert_eq!(found[0].message, "vxlan0 does not exist: this node carries no overlay traffic");
+        assert_eq!(found[0].message, "vxlan0 does not exist: this node carries no overlay traffic over IPv4");
+        // An IPv6-only node's device is vxlan-v6.
+        let v6 = Expected { node_ip: Some("2001:db8:1::10".parse().unwrap()), ..expected() };
+        let found: Vec<Finding> =
+            kernel_findings(&k, Some("0"), &v6).into_iter().filter(|f| f.check == "vxlan0").collect();
+        assert_eq!(found[0].message, "vxlan-v6 does not exist: this node carries no overlay traffic over IPv6");
 
         let mut k = healthy();
         let attrs = vxlan_mut(&mut k).vxlan.as_mut().unwrap();
@@ -369,15 +388,15 @@ mod tests {
         assert_eq!(f.check, "mtu");
         assert_eq!(
             f.message,
-            "the pod MTU 1450 is larger than eth0's MTU 1400 − 50 (VXLAN's headers): full-size pod packets cannot \
-             leave this node"
+            "the pod MTU 1450 is larger than eth0's MTU 1400 − 50 (VXLAN's headers over IPv4): full-size pod packets \
+             cannot leave this node"
         );
         assert!(f.fix.unwrap().starts_with("set --mtu to at most 1350 on every node"));
         // Without the agent, vxlan0 names the node IP and the pod MTU.
         let alone = Expected { node_ip: None, pod_mtu: None, ..expected() };
         assert_eq!(only(&k, &alone).check, "mtu");
         k.links.retain(|l| l.name != "vxlan0");
-        k.vxlan_rp_filter = None;
+        k.vxlan_rp_filter.clear();
         let unknown = problems(&k, Some("0"), &alone).into_iter().find(|f| f.check == "mtu").unwrap();
         assert_eq!(unknown.severity, Severity::Warning);
     }

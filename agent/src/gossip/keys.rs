@@ -2,7 +2,8 @@
 //!
 //! | key          | value                                   | changes                      |
 //! |--------------|-----------------------------------------|------------------------------|
-//! | `node_ip`    | underlay IPv4 address                   | never within a generation    |
+//! | `node_ip`    | underlay IPv4 address (absent on an IPv6-only node) | never within a generation |
+//! | `node_ip6`   | underlay IPv6 address (absent without one) | never within a generation |
 //! | `vtep_mac`   | VTEP MAC (`Mac::derived(node name)`)    | never                        |
 //! | `vni`        | VXLAN network identifier                | never within a generation    |
 //! | `vxlan_port` | VXLAN UDP port                          | never within a generation    |
@@ -13,14 +14,17 @@
 //! | `dataplane`  | this node's probe results, bounded (`probe::summary`) | when they change     |
 //!
 //! The claim is one key so that a peer can never see a block with another claim's time.
-
-use std::net::Ipv4Addr;
+//! `node_ip` keeps its meaning of the previous release (which knows only IPv4 underlays), so
+//! such nodes keep understanding IPv4 nodes, and their announcements (no `node_ip6`) still are
+//! an IPv4-only underlay here.
 
 use weft_overlay::Mac;
+use weft_overlay::underlay::{Family, NodeIps};
 
 use crate::allocation::{Claim, ClaimKind};
 
 pub const NODE_IP: &str = "node_ip";
+pub const NODE_IP6: &str = "node_ip6";
 pub const VTEP_MAC: &str = "vtep_mac";
 pub const VNI: &str = "vni";
 pub const VXLAN_PORT: &str = "vxlan_port";
@@ -34,10 +38,18 @@ pub const STATUS_LEAVING: &str = "leaving";
 /// This agent found its node name in use by another live agent and does not serve under it.
 pub const STATUS_REFUSED: &str = "name-in-use";
 
+/// The key carrying a node's underlay address of one family.
+pub fn node_ip_key(family: Family) -> &'static str {
+    match family {
+        Family::Ipv4 => NODE_IP,
+        Family::Ipv6 => NODE_IP6,
+    }
+}
+
 /// The facts a node announces for its whole generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Facts {
-    pub node_ip: Ipv4Addr,
+    pub node_ips: NodeIps,
     pub vtep_mac: Mac,
     pub vni: u32,
     pub vxlan_port: u16,
@@ -46,14 +58,15 @@ pub struct Facts {
 impl Facts {
     /// The key-values a node starts gossiping with.
     pub fn key_values(&self, claim: Option<Claim>) -> Vec<(String, String)> {
-        let mut kvs = vec![
-            (NODE_IP.to_string(), self.node_ip.to_string()),
+        let mut kvs: Vec<(String, String)> =
+            self.node_ips.iter().map(|ip| (node_ip_key(Family::of(ip)).to_string(), ip.to_string())).collect();
+        kvs.extend([
             (VTEP_MAC.to_string(), self.vtep_mac.to_string()),
             (VNI.to_string(), self.vni.to_string()),
             (VXLAN_PORT.to_string(), self.vxlan_port.to_string()),
             (VERSION.to_string(), env!("CARGO_PKG_VERSION").to_string()),
             (STATUS.to_string(), STATUS_UP.to_string()),
-        ];
+        ]);
         if let Some(claim) = claim {
             kvs.push((POD_CIDR.to_string(), encode_claim(&claim)));
         }
@@ -124,12 +137,27 @@ mod tests {
 
     #[test]
     fn facts_include_the_claim_only_when_there_is_one() {
-        let facts =
-            Facts { node_ip: "192.0.2.1".parse().unwrap(), vtep_mac: Mac::derived("a"), vni: 1, vxlan_port: 8472 };
+        let node_ips = "192.0.2.1".parse().unwrap();
+        let facts = Facts { node_ips, vtep_mac: Mac::derived("a"), vni: 1, vxlan_port: 8472 };
         assert!(!facts.key_values(None).iter().any(|(k, _)| k == POD_CIDR));
         let claim = Claim { cidr: "10.244.3.0/24".parse().unwrap(), kind: ClaimKind::Claiming, since_ms: 1 };
         let kvs = facts.key_values(Some(claim));
         assert!(kvs.contains(&(POD_CIDR.into(), "10.244.3.0/24;claiming;1".into())));
         assert!(kvs.contains(&(STATUS.into(), STATUS_UP.into())));
+    }
+
+    #[test]
+    fn underlay_addresses_are_announced_one_key_per_family() {
+        let facts =
+            |ips: &str| Facts { node_ips: ips.parse().unwrap(), vtep_mac: Mac::derived("a"), vni: 1, vxlan_port: 8472 };
+        let get = |kvs: &[(String, String)], key: &str| kvs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        let dual = facts("192.0.2.1,2001:db8:1::1").key_values(None);
+        assert_eq!(get(&dual, NODE_IP).as_deref(), Some("192.0.2.1"));
+        assert_eq!(get(&dual, NODE_IP6).as_deref(), Some("2001:db8:1::1"));
+        // An IPv6-only node has no `node_ip`: a previous release never mistakes it for IPv4.
+        let v6 = facts("2001:db8:1::1").key_values(None);
+        assert_eq!(get(&v6, NODE_IP), None);
+        assert_eq!(get(&v6, NODE_IP6).as_deref(), Some("2001:db8:1::1"));
+        assert_eq!(get(&facts("192.0.2.1").key_values(None), NODE_IP6), None);
     }
 }

@@ -2,13 +2,14 @@
 //! the reconciler's decisions, and how the command renders it as a table.
 
 use std::fmt::Write;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::time::SystemTime;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use weft_overlay::Mac;
 use weft_overlay::desired::PeerPath;
+use weft_overlay::underlay::{Family, PathChoice};
 
 use crate::allocation::{Claim, Conflict, Phase};
 use crate::identity::Namesake;
@@ -30,8 +31,12 @@ pub struct Status {
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatus {
     pub name: String,
+    /// The IPv4 underlay address, or on an IPv6-only node its IPv6 one.
     #[serde(rename = "nodeIP")]
-    pub node_ip: Ipv4Addr,
+    pub node_ip: IpAddr,
+    /// The IPv6 underlay address; `null` without one.
+    #[serde(rename = "nodeIP6", default)]
+    pub node_ip6: Option<IpAddr>,
     /// The PodCIDR the node holds; `null` while it is still being allocated.
     #[serde(rename = "podCIDR")]
     pub pod_cidr: Option<Ipv4Net>,
@@ -100,9 +105,17 @@ pub enum PeerState {
 #[serde(rename_all = "camelCase")]
 pub struct PeerStatus {
     pub name: String,
-    /// `null` when the peer's announcement was rejected before this field could be read.
+    /// Its IPv4 underlay address, or for an IPv6-only peer its IPv6 one; `null` when the
+    /// peer's announcement was rejected before this field could be read.
     #[serde(rename = "nodeIP")]
-    pub node_ip: Option<Ipv4Addr>,
+    pub node_ip: Option<IpAddr>,
+    /// Its IPv6 underlay address; `null` without one.
+    #[serde(rename = "nodeIP6", default)]
+    pub node_ip6: Option<IpAddr>,
+    /// The underlay family its tunnel (or direct route) uses; `null` when none is shared
+    /// (`note` says so) or its announcement was rejected.
+    #[serde(default)]
+    pub underlay_family: Option<Family>,
     #[serde(rename = "podCIDR")]
     pub pod_cidr: Option<Ipv4Net>,
     #[serde(rename = "vtepMAC")]
@@ -149,22 +162,25 @@ pub fn timestamp(t: SystemTime) -> String {
 pub fn peer_status(
     peer: &Peer,
     verdict: &Result<(), Skip>,
-    path: Option<PeerPath>,
+    path: Option<PathChoice>,
     programmed: bool,
     last_seen: Option<SystemTime>,
     dataplane: Dataplane,
 ) -> PeerStatus {
     let announcement = peer.announcement.as_ref().ok();
+    let path = announcement.and(path);
     PeerStatus {
         name: peer.name.clone(),
-        node_ip: announcement.map(|a| a.node_ip),
+        node_ip: announcement.and_then(|a| a.node_ips.primary()),
+        node_ip6: announcement.and_then(|a| a.node_ips.get(Family::Ipv6)),
+        underlay_family: path.map(|p| p.family),
         pod_cidr: peer.claim().map(|c| c.cidr),
         vtep_mac: announcement.map(|a| a.vtep_mac),
         state: match peer.liveness {
             Liveness::Alive | Liveness::Leaving => PeerState::Alive,
             Liveness::Joining | Liveness::Left | Liveness::Dead => PeerState::Dead,
         },
-        path: announcement.and(path),
+        path: path.map(|p| p.path),
         programmed,
         last_seen: last_seen.map(timestamp),
         note: match verdict {
@@ -320,6 +336,15 @@ fn or_dash<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
+/// Underlay addresses for a table cell: the IPv4 (or only) one and the IPv6 one, deduplicated.
+fn ips(primary: Option<IpAddr>, v6: Option<IpAddr>) -> String {
+    match (primary, v6) {
+        (Some(p), Some(v6)) if p != v6 => format!("{p},{v6}"),
+        (Some(p), _) => p.to_string(),
+        (None, _) => "-".to_string(),
+    }
+}
+
 /// The human rendering printed by `weft-agent status`.
 pub fn render(s: &Status) -> String {
     let mut out = String::new();
@@ -328,7 +353,7 @@ pub fn render(s: &Status) -> String {
         out,
         "node {}  ip {}  podCIDR {}  vtep {}  mtu {}  {}",
         n.name,
-        n.node_ip,
+        ips(Some(n.node_ip), n.node_ip6),
         or_dash(n.pod_cidr),
         n.vtep_mac,
         n.mtu,
@@ -359,16 +384,23 @@ pub fn render(s: &Status) -> String {
         .map(|p| {
             [
                 p.name.clone(),
-                or_dash(p.node_ip),
+                ips(p.node_ip, p.node_ip6),
                 or_dash(p.pod_cidr),
                 or_dash(p.vtep_mac),
                 match p.state {
                     PeerState::Alive => "alive".into(),
                     PeerState::Dead => "dead".into(),
                 },
-                or_dash(p.path.map(|p| match p {
-                    PeerPath::Vxlan => "vxlan",
-                    PeerPath::Direct => "direct",
+                or_dash(p.path.map(|path| {
+                    let how = match path {
+                        PeerPath::Vxlan => "vxlan",
+                        PeerPath::Direct => "direct",
+                    };
+                    // IPv4 is the default, so tables of IPv4 clusters read as before.
+                    match p.underlay_family {
+                        Some(Family::Ipv6) => format!("{how}/IPv6"),
+                        _ => how.to_string(),
+                    }
                 })),
                 if p.programmed { "yes" } else { "no" }.into(),
                 p.dataplane.state.as_str().into(),
@@ -431,6 +463,24 @@ mod tests {
 
     fn claim(cidr: &str, kind: ClaimKind) -> Claim {
         Claim { cidr: cidr.parse().unwrap(), kind, since_ms: 1 }
+    }
+
+    fn sample_node() -> NodeStatus {
+        NodeStatus {
+            name: "a".into(),
+            node_ip: "192.0.2.1".parse().unwrap(),
+            node_ip6: None,
+            pod_cidr: None,
+            vtep_mac: Mac::derived("a"),
+            mtu: 1450,
+            ready: true,
+            not_ready_reason: None,
+            name_in_use_by: vec![],
+            stranded_pods: None,
+            isolated: None,
+            dataplane: Summary::default(),
+            ipam: None,
+        }
     }
 
     fn ok_reconcile() -> ReconcileStatus {
@@ -508,6 +558,66 @@ mod tests {
         }
     }
 
+    fn vxlan4() -> PathChoice {
+        PathChoice { family: Family::Ipv4, endpoint: "192.0.2.2".parse().unwrap(), path: PeerPath::Vxlan }
+    }
+
+    #[test]
+    fn a_peer_over_an_ipv6_underlay_or_sharing_none_shows_it() {
+        let a = Announcement {
+            node_ips: "2001:db8:2::2".parse().unwrap(),
+            vtep_mac: Mac::derived("b"),
+            claim: Some(claim("10.244.2.0/24", ClaimKind::Confirmed)),
+        };
+        let v6 = PathChoice { family: Family::Ipv6, endpoint: "2001:db8:2::2".parse().unwrap(), path: PeerPath::Vxlan };
+        let row = peer_status(
+            &peer("b", Liveness::Alive, Ok(a.clone())),
+            &Ok(()),
+            Some(v6),
+            true,
+            None,
+            Dataplane::unknown(),
+        );
+        let json = serde_json::to_value(&row).unwrap();
+        assert_eq!((json["nodeIP"].as_str(), json["nodeIP6"].as_str()), (Some("2001:db8:2::2"), Some("2001:db8:2::2")));
+        assert_eq!(json["underlayFamily"], "ipv6");
+        let none = weft_overlay::underlay::NoSharedFamily { local: "192.0.2.1".parse().unwrap(), peer: a.node_ips };
+        let row = peer_status(
+            &peer("b", Liveness::Alive, Ok(a)),
+            &Err(Skip::NoSharedFamily(none)),
+            None,
+            false,
+            None,
+            Dataplane::unknown(),
+        );
+        assert_eq!(row.note.as_deref(), Some("no shared underlay family (this node: IPv4; peer: IPv6)"));
+        assert_eq!((row.path, row.underlay_family), (None, None));
+        let status = Status {
+            node: NodeStatus { node_ip: "192.0.2.1".parse().unwrap(), node_ip6: None, ..sample_node() },
+            peers: vec![
+                row,
+                PeerStatus {
+                    name: "c".into(),
+                    underlay_family: Some(Family::Ipv6),
+                    path: Some(PeerPath::Vxlan),
+                    ..peer_status(
+                        &peer("c", Liveness::Alive, Err(Rejection::NotAnnounced("x"))),
+                        &Ok(()),
+                        None,
+                        true,
+                        None,
+                        Dataplane::unknown(),
+                    )
+                },
+            ],
+            conflicts: vec![],
+            last_reconcile: None,
+        };
+        let table = render(&status);
+        assert!(table.contains("no shared underlay family (this node: IPv4; peer: IPv6)"), "{table}");
+        assert!(table.contains("vxlan/IPv6"), "{table}");
+    }
+
     fn peer(name: &str, liveness: Liveness, announcement: Result<Announcement, Rejection>) -> Peer {
         Peer { name: name.into(), generation: 1, liveness, announcement, report: None }
     }
@@ -515,7 +625,7 @@ mod tests {
     #[test]
     fn peer_rows_carry_the_spec_fields_and_a_note_when_not_programmed() {
         let a = Announcement {
-            node_ip: "192.0.2.2".parse().unwrap(),
+            node_ips: "192.0.2.2".parse().unwrap(),
             vtep_mac: Mac::derived("b"),
             claim: Some(claim("10.244.2.0/24", ClaimKind::Confirmed)),
         };
@@ -529,19 +639,13 @@ mod tests {
             loss: Some(0.0),
             ..Dataplane::unknown()
         };
-        let row = peer_status(
-            &peer("b", Liveness::Alive, Ok(a.clone())),
-            &Ok(()),
-            Some(PeerPath::Vxlan),
-            true,
-            Some(seen),
-            up,
-        );
+        let row =
+            peer_status(&peer("b", Liveness::Alive, Ok(a.clone())), &Ok(()), Some(vxlan4()), true, Some(seen), up);
         let json = serde_json::to_value(&row).unwrap();
         assert_eq!(
             json,
             serde_json::json!({
-                "name": "b", "nodeIP": "192.0.2.2", "podCIDR": "10.244.2.0/24",
+                "name": "b", "nodeIP": "192.0.2.2", "nodeIP6": null, "underlayFamily": "ipv4", "podCIDR": "10.244.2.0/24",
                 "vtepMAC": Mac::derived("b").to_string(), "state": "alive", "path": "vxlan",
                 "programmed": true, "lastSeen": "2023-11-14T22:13:20.000Z", "note": null,
                 "dataplane": {
@@ -554,7 +658,7 @@ mod tests {
         let rejected = peer_status(
             &peer("x", Liveness::Alive, Err(Rejection::VniMismatch { ours: 1, theirs: 2 })),
             &Err(Skip::Rejected(Rejection::VniMismatch { ours: 1, theirs: 2 })),
-            Some(PeerPath::Vxlan),
+            Some(vxlan4()),
             false,
             None,
             Dataplane::unknown(),
@@ -565,7 +669,7 @@ mod tests {
         let leaving = peer_status(
             &peer("l", Liveness::Leaving, Ok(a.clone())),
             &Ok(()),
-            Some(PeerPath::Vxlan),
+            Some(vxlan4()),
             true,
             None,
             Dataplane::unknown(),
@@ -575,7 +679,7 @@ mod tests {
         let left = peer_status(
             &peer("l", Liveness::Left, Ok(a)),
             &Err(Skip::NotAlive(Liveness::Left)),
-            Some(PeerPath::Vxlan),
+            Some(vxlan4()),
             false,
             None,
             Dataplane::unknown(),
@@ -590,6 +694,7 @@ mod tests {
             node: NodeStatus {
                 name: "a".into(),
                 node_ip: "192.0.2.1".parse().unwrap(),
+                node_ip6: Some("2001:db8:1::1".parse().unwrap()),
                 pod_cidr: Some("10.244.1.0/24".parse().unwrap()),
                 vtep_mac: Mac::derived("a"),
                 mtu: 1450,
@@ -612,6 +717,8 @@ mod tests {
             peers: vec![PeerStatus {
                 name: "b".into(),
                 node_ip: Some("192.0.2.2".parse().unwrap()),
+                node_ip6: None,
+                underlay_family: Some(Family::Ipv4),
                 pod_cidr: Some("10.244.2.0/24".parse().unwrap()),
                 vtep_mac: Some(Mac::derived("b")),
                 state: PeerState::Alive,
@@ -643,7 +750,7 @@ mod tests {
         assert_eq!(back, status);
 
         let table = render(&status);
-        assert!(table.starts_with("node a  ip 192.0.2.1  podCIDR 10.244.1.0/24"));
+        assert!(table.starts_with("node a  ip 192.0.2.1,2001:db8:1::1  podCIDR 10.244.1.0/24"), "{table}");
         assert!(table.contains("NOT READY"));
         assert!(table.contains("not ready: last reconcile failed: x"));
         assert!(table.contains("node name also used by the agent at 198.51.100.7: refused; this agent keeps it"));

@@ -16,7 +16,7 @@ pub mod summary;
 pub mod verdict;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -47,8 +47,8 @@ pub struct Target {
     pub peer: String,
     /// An address of the peer reached only along the pods' path.
     pub tunnel: Ipv4Addr,
-    /// The peer's node (underlay) address.
-    pub underlay: Ipv4Addr,
+    /// The peer's node (underlay) address, of the family its tunnel uses.
+    pub underlay: IpAddr,
     /// Where the peer's own probes of this node come from (its end of the same path).
     pub peer_source: Ipv4Addr,
     /// The pod MTU: the packet size that must pass.
@@ -131,13 +131,22 @@ async fn probe_peer(pinger: &dyn Pinger, t: &Target, search: Option<u16>, interv
     let (tunnel, full, underlay, search) = tokio::join!(
         pinger.ping(t.tunnel, SMALL_PROBE, PROBE_TIMEOUT),
         pinger.ping(t.tunnel, t.full_size, PROBE_TIMEOUT),
-        pinger.ping(t.underlay, SMALL_PROBE, PROBE_TIMEOUT),
+        ping_underlay(pinger, t.underlay),
         maybe_search,
     );
     // The peer probes every interval too (if its settings match ours): allow two of them.
     let fresh = interval * 2 + PROBE_TIMEOUT;
     let inbound = pinger.heard_from(t.peer_source).is_some_and(|at| at.elapsed() < fresh);
     Round { tunnel, full, underlay, search, inbound }
+}
+
+/// The prober speaks ICMP over IPv4 only: a peer reached over an IPv6 underlay is probed through
+/// its tunnel alone, so a tunnel blocked on the way reads as unreachable, not tunnel-blocked.
+async fn ping_underlay(pinger: &dyn Pinger, underlay: IpAddr) -> Option<Duration> {
+    match underlay {
+        IpAddr::V4(ip) => pinger.ping(ip, SMALL_PROBE, PROBE_TIMEOUT).await,
+        IpAddr::V6(_) => None,
+    }
 }
 
 fn report(t: &Target, h: &History) -> Dataplane {
@@ -215,7 +224,7 @@ mod tests {
         Target {
             peer: peer.into(),
             tunnel: Ipv4Addr::new(10, 244, n, 0),
-            underlay: Ipv4Addr::new(192, 0, 2, n),
+            underlay: Ipv4Addr::new(192, 0, 2, n).into(),
             peer_source: Ipv4Addr::new(10, 244, n, 0),
             full_size: 1450,
         }

@@ -172,8 +172,7 @@ impl Cluster {
         let ip = node_ip(self.next_ip);
         self.next_ip += 1;
         let dir = self.dir(name);
-        let underlay =
-            Underlay { node_ip: ip, iface: "eth0".into(), subnet: Ipv4Net::new(ip, 24).unwrap().trunc(), mtu: 1500 };
+        let underlay = Underlay::single(ip.into(), "eth0", Ipv4Net::new(ip, 24).unwrap().trunc().into(), 1500);
         let paths = Paths { state_dir: dir.join("run"), cni_conf_dir: dir.join("net.d"), ipam_dir: dir.join("ipam") };
         let mut config = Config::with_defaults(name, underlay, vec![seed()], paths);
         config.cluster_cidr = self.cluster_cidr;
@@ -226,7 +225,11 @@ impl Cluster {
     fn addresses(&self, name: &str) -> Vec<Ipv4Addr> {
         let config = &self.nodes[name].config;
         let lease = weft_agent::files::read_lease(&config.paths.lease()).ok().flatten();
-        std::iter::once(config.underlay.node_ip).chain(lease.map(|l| l.pod_cidr.network())).collect()
+        let ip = match config.underlay.primary().ip {
+            std::net::IpAddr::V4(ip) => ip,
+            std::net::IpAddr::V6(ip) => panic!("the in-memory cluster has IPv4 underlays, not {ip}"),
+        };
+        std::iter::once(ip).chain(lease.map(|l| l.pod_cidr.network())).collect()
     }
 
     /// The node's kernel stops answering probes (until it starts again).

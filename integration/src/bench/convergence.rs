@@ -25,7 +25,7 @@ use serde::Serialize;
 use super::stats::Summary;
 use crate::cluster::{AgentOptions, Cluster};
 use crate::cmd::{LabError, Result};
-use crate::topology::{Lab, LabSpec};
+use crate::topology::{Family, Lab, LabSpec};
 use crate::wait;
 
 /// Longest wait for any one event; far beyond the expected seconds, only to never hang.
@@ -94,7 +94,7 @@ fn ms(samples: &[Duration]) -> Vec<f64> {
 
 /// One lab of `n` nodes, `repeats` cycles of the last node.
 pub fn measure(n: usize, repeats: usize) -> Result<SizeResult> {
-    let lab = Lab::build(&crate::unique_prefix(), LabSpec { nodes: n, subnets: 2, gro: true })?;
+    let lab = Lab::build(&crate::unique_prefix(), LabSpec { nodes: n, subnets: 2, gro: true, underlay: Family::Ipv4 })?;
     let mut c = Cluster::start_some(lab, AgentOptions::default(), n - 1)?;
     c.wait_converged(Duration::from_secs(60))?;
     let last = n - 1;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args as ClapArgs;
 use ipnet::Ipv4Net;
-use weft_overlay::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT, Desired, LocalNode, Peer, PeerPath};
+use weft_overlay::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT, Desired, LocalNode, Peer, PeerPath, UnderlayAddr};
 use weft_overlay::rules::DEFAULT_BRIDGE;
 use weft_overlay::{ApplyReport, CleanupOptions, Dataplane, Mac};
 
@@ -114,8 +114,7 @@ fn desired(peers: usize) -> Desired {
     Desired {
         local: LocalNode {
             name: "bench".into(),
-            node_ip: node_ip.addr(),
-            underlay: "eth0".into(),
+            underlays: vec![UnderlayAddr { ip: node_ip.addr().into(), iface: "eth0".into() }],
             pod_cidr: subnet(0),
             cluster_cidr: cluster,
             vni: DEFAULT_VNI,
@@ -127,7 +126,7 @@ fn desired(peers: usize) -> Desired {
         peers: (1..=peers)
             .map(|k| Peer {
                 name: format!("peer-{k}"),
-                node_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + k as u32),
+                node_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + k as u32).into(),
                 pod_cidr: subnet(k),
                 vtep_mac: Mac::derived(&format!("peer-{k}")),
                 path: PeerPath::Vxlan,

@@ -80,7 +80,7 @@ fn measure(n: usize, seconds: u64) -> Result<(Duration, Duration, u64, u64)> {
             .map(|i| Target {
                 peer: format!("p{i}"),
                 tunnel: peer_ip(i),
-                underlay: peer_ip(i),
+                underlay: peer_ip(i).into(),
                 peer_source: peer_ip(i),
                 full_size: 1450,
             })

@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::cluster::{AgentOptions, Cluster, KEY_FILE};
 use crate::cmd::{LabError, Result};
 use crate::swarm::{Swarm, SwarmSpec};
-use crate::topology::{Lab, LabSpec};
+use crate::topology::{Family, Lab, LabSpec};
 use crate::wait;
 
 /// /26 blocks of the default cluster CIDR: 1024, room for the real node and 1022 peers.
@@ -188,7 +188,7 @@ fn cluster_cidr() -> Ipv4Net {
 
 fn measure(peers: usize, interval_ms: u64, args: &Args) -> Result<ScaleResult> {
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string();
-    let lab = Lab::build(&crate::unique_prefix(), LabSpec { nodes: 2, subnets: 2, gro: true })?;
+    let lab = Lab::build(&crate::unique_prefix(), LabSpec { nodes: 2, subnets: 2, gro: true, underlay: Family::Ipv4 })?;
     let cluster_cidr = cluster_cidr();
     let spec = SwarmSpec {
         netns: lab.nodes[1].ns.path(),

@@ -5,14 +5,14 @@
 //! n1→n3 (same subnet) is routed directly; the baseline labs have the same nodes and pods.
 
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::Stdio;
 use std::time::Duration;
 
 use clap::Args as ClapArgs;
 use serde::Serialize;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use super::flannel;
 use crate::cluster::{AgentOptions, Cluster};
@@ -20,7 +20,7 @@ use crate::cmd::{LabError, Result};
 use crate::netns::Netns;
 use crate::pod::{self, PodSpec};
 use crate::process::Process;
-use crate::topology::{Lab, LabSpec};
+use crate::topology::{Family, Lab, LabSpec};
 use crate::wait;
 
 #[derive(Debug, Clone, ClapArgs)]
@@ -53,6 +53,8 @@ pub struct Throughput {
     pub routed_cross_subnet: Case,
     pub flannel_vxlan_cross_subnet: Case,
     pub weft_vxlan_cross_subnet: Case,
+    /// IPv4 pods over an IPv6-only underlay (vxlan-v6, pod MTU 1430).
+    pub weft_vxlan6_cross_subnet: Case,
     pub routed_same_subnet: Case,
     pub weft_direct_same_subnet: Case,
     /// Ratios of medians.
@@ -60,9 +62,11 @@ pub struct Throughput {
     pub flannel_ratio: f64,
     pub vxlan_ratio: f64,
     pub direct_ratio: f64,
+    /// weft over an IPv6 underlay against weft over an IPv4 underlay.
+    pub vxlan6_vs_vxlan4: f64,
 }
 
-/// The cluster CIDR of all three labs (weft's default).
+/// The cluster CIDR of all four labs (weft's default).
 const CLUSTER: &str = "10.244.0.0/16";
 
 pub fn run(args: &Args) -> Result<String> {
@@ -70,8 +74,8 @@ pub fn run(args: &Args) -> Result<String> {
     if args.repeats == 0 || args.seconds == 0 {
         return Err(LabError::Other("--seconds and --repeats must be at least 1".into()));
     }
-    let spec = LabSpec { nodes: 3, subnets: 2, gro: true };
-    // All three labs stay up, so that their runs can be interleaved.
+    let spec = LabSpec { nodes: 3, subnets: 2, gro: true, underlay: Family::Ipv4 };
+    // All four labs stay up, so that their runs can be interleaved.
     let routed_lab = Lab::build(&crate::unique_prefix(), spec)?;
     let routed = routed_pods(&routed_lab)?;
     let flannel_lab = Lab::build(&crate::unique_prefix(), spec)?;
@@ -82,11 +86,18 @@ pub fn run(args: &Args) -> Result<String> {
     for node in 0..3 {
         c.add_pod(node, "perf")?;
     }
+    let lab6 = Lab::build(&crate::unique_prefix(), LabSpec { underlay: Family::Ipv6, ..spec })?;
+    let mut c6 = Cluster::start(lab6, AgentOptions::default())?;
+    c6.wait_converged(Duration::from_secs(60))?;
+    for node in 0..2 {
+        c6.add_pod(node, "perf")?;
+    }
     let weft: Vec<(&Netns, Ipv4Addr)> = c.pods.iter().map(|p| (&p.ns, p.ip)).collect();
+    let weft6: Vec<(&Netns, Ipv4Addr)> = c6.pods.iter().map(|p| (&p.ns, p.ip)).collect();
     let routed: Vec<(&Netns, Ipv4Addr)> = routed.iter().map(|p| (&p.ns, p.ip)).collect();
     let flannel: Vec<(&Netns, Ipv4Addr)> = flannel.iter().map(|p| (&p.ns, p.ip)).collect();
     // n1 → n2 crosses the router, n1 → n3 stays on the subnet.
-    let cases = [(&routed, 1), (&flannel, 1), (&weft, 1), (&routed, 2), (&weft, 2)];
+    let cases = [(&routed, 1), (&flannel, 1), (&weft, 1), (&weft6, 1), (&routed, 2), (&weft, 2)];
     let load_before = load_average();
     let mut samples = vec![Vec::with_capacity(args.repeats); cases.len()];
     for _ in 0..args.repeats {
@@ -96,7 +107,7 @@ pub fn run(args: &Args) -> Result<String> {
     }
     let mut cases = samples.into_iter().map(|samples| Case { median: median(&samples), samples });
     let mut next = || cases.next().expect("one per case");
-    let (routed_cross, flannel, vxlan, routed_same, direct) = (next(), next(), next(), next(), next());
+    let (routed_cross, flannel, vxlan, vxlan6, routed_same, direct) = (next(), next(), next(), next(), next(), next());
     let t = Throughput {
         seconds: args.seconds,
         repeats: args.repeats,
@@ -106,9 +117,11 @@ pub fn run(args: &Args) -> Result<String> {
         flannel_ratio: flannel.median / routed_cross.median,
         vxlan_ratio: vxlan.median / routed_cross.median,
         direct_ratio: direct.median / routed_same.median,
+        vxlan6_vs_vxlan4: vxlan6.median / vxlan.median,
         routed_cross_subnet: routed_cross,
         flannel_vxlan_cross_subnet: flannel,
         weft_vxlan_cross_subnet: vxlan,
+        weft_vxlan6_cross_subnet: vxlan6,
         routed_same_subnet: routed_same,
         weft_direct_same_subnet: direct,
     };
@@ -134,6 +147,12 @@ fn table(t: &Throughput) -> String {
             t.vxlan_ratio,
             Some(t.weft_vs_flannel),
         ),
+        (
+            "weft VXLAN over IPv6, across the router (MTU 1430)",
+            &t.weft_vxlan6_cross_subnet,
+            t.weft_vxlan6_cross_subnet.median / t.routed_cross_subnet.median,
+            None,
+        ),
         ("routed, same subnet (pod MTU 1500)", &t.routed_same_subnet, 1.0, None),
         ("weft direct (cross-subnet mode), same subnet", &t.weft_direct_same_subnet, t.direct_ratio, None),
     ];
@@ -148,6 +167,7 @@ fn table(t: &Throughput) -> String {
             runs.join(" ")
         );
     }
+    let _ = writeln!(out, "weft over an IPv6 underlay / over an IPv4 underlay: {:.2}×", t.vxlan6_vs_vxlan4);
     out
 }
 
@@ -187,7 +207,7 @@ pub fn perf_pods(lab: &Lab, bridge: &str, mtu: u32) -> Result<(Vec<pod::Pod>, Ve
 /// (same subnet), no encapsulation, no NAT.
 fn routed_pods(lab: &Lab) -> Result<Vec<pod::Pod>> {
     let (pods, cidrs) = perf_pods(lab, "br0", 1500)?;
-    let routes: Vec<(Ipv4Net, Ipv4Addr)> = cidrs.into_iter().zip(lab.nodes.iter().map(|n| n.ip)).collect();
+    let routes: Vec<(IpNet, IpAddr)> = cidrs.into_iter().map(IpNet::from).zip(lab.nodes.iter().map(|n| n.ip)).collect();
     lab.route_pod_cidrs_on_router(&routes)?;
     // Same-subnet nodes reach each other's pods directly, as weft's direct path does.
     for (i, node) in lab.nodes.iter().enumerate() {

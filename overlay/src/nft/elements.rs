@@ -1,4 +1,4 @@
-//! Elements of an `ipv4_addr` set, read and changed over nfnetlink directly: `nft -f` costs a
+//! Elements of an `ipv4_addr` or `ipv6_addr` set, read and changed over nfnetlink directly: `nft -f` costs a
 //! process start and, before deleting an element, loads every element of the set (about 15 ms at
 //! 1000 elements on a busy two-core machine), a cost a peer joining or leaving must not pay. The
 //! listing names the sets (`ruleset.rs`) and their elements are dumped here; a change is one
@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::NftError;
 use super::netlink::{
@@ -30,8 +30,8 @@ const NFTA_DATA_VALUE: u16 = 1;
 /// What turns a set's listed elements into the wanted ones.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ElementChanges {
-    pub added: Vec<Ipv4Addr>,
-    pub removed: Vec<Ipv4Addr>,
+    pub added: Vec<IpAddr>,
+    pub removed: Vec<IpAddr>,
 }
 
 impl ElementChanges {
@@ -41,7 +41,7 @@ impl ElementChanges {
 }
 
 /// The elements to add (wanted, not listed) and to delete (listed, not wanted), sorted.
-pub fn diff(wanted: &BTreeSet<Ipv4Addr>, listed: &BTreeSet<Ipv4Addr>) -> ElementChanges {
+pub fn diff(wanted: &BTreeSet<IpAddr>, listed: &BTreeSet<IpAddr>) -> ElementChanges {
     ElementChanges {
         added: wanted.difference(listed).copied().collect(),
         removed: listed.difference(wanted).copied().collect(),
@@ -69,9 +69,9 @@ pub(super) fn write(conn: &mut Conn, table: &str, set: &str, changes: &ElementCh
     Ok(())
 }
 
-/// The elements of set `set` of table `<family> <table>`. Keys that are not 4 bytes are not
-/// IPv4 addresses and are skipped (the listing already treats such a set as foreign).
-pub(super) fn list(conn: &mut Conn, family: u8, table: &str, set: &str) -> Result<BTreeSet<Ipv4Addr>, NftError> {
+/// The elements of set `set` of table `<family> <table>`. Keys that are neither 4 nor 16 bytes
+/// are not addresses and are skipped (the listing already treats such a set as foreign).
+pub(super) fn list(conn: &mut Conn, family: u8, table: &str, set: &str) -> Result<BTreeSet<IpAddr>, NftError> {
     let seq = conn.take_seqs(1);
     let reply = conn
         .ask(&encode_dump(seq, family, table, set), seq)
@@ -87,8 +87,8 @@ pub fn encode_dump(seq: u32, family: u8, table: &str, set: &str) -> Vec<u8> {
     request(nft_kind(NFT_MSG_GETSETELEM), NLM_F_REQUEST | NLM_F_DUMP, seq, family, &attrs)
 }
 
-/// The IPv4 keys in a dump of set elements.
-pub fn parse_dump(reply: &Reply) -> BTreeSet<Ipv4Addr> {
+/// The address keys in a dump of set elements: 4 bytes IPv4, 16 bytes IPv6.
+pub fn parse_dump(reply: &Reply) -> BTreeSet<IpAddr> {
     reply
         .messages()
         .filter(|m| m.kind == nft_kind(NFT_MSG_NEWSETELEM))
@@ -96,10 +96,25 @@ pub fn parse_dump(reply: &Reply) -> BTreeSet<Ipv4Addr> {
         .filter(|(kind, _)| *kind == NFTA_LIST_ELEM)
         .filter_map(|(_, element)| {
             let value = Attrs::of(element).nested(NFTA_SET_ELEM_KEY).get(NFTA_DATA_VALUE)?;
-            let octets: [u8; 4] = value.try_into().ok()?;
-            Some(Ipv4Addr::from(octets))
+            key_address(value)
         })
         .collect()
+}
+
+fn key_address(value: &[u8]) -> Option<IpAddr> {
+    match value.len() {
+        4 => <[u8; 4]>::try_from(value).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(value).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
+/// A set element's key: the address in network order, 4 or 16 bytes.
+fn key_bytes(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
 }
 
 /// The batch (begin, an add and/or a delete message, end) and how many acknowledgements it asks
@@ -123,7 +138,7 @@ pub fn encode(seq: u32, table: &str, set: &str, changes: &ElementChanges) -> (Ve
         let mut list = Vec::new();
         for ip in elements {
             let mut value = Vec::new();
-            attr(&mut value, NFTA_DATA_VALUE, &ip.octets());
+            attr(&mut value, NFTA_DATA_VALUE, &key_bytes(ip));
             let mut key = Vec::new();
             attr(&mut key, NFTA_SET_ELEM_KEY | NLA_F_NESTED, &value);
             attr(&mut list, NFTA_LIST_ELEM | NLA_F_NESTED, &key);
@@ -141,7 +156,7 @@ mod tests {
     use crate::nft::netlink::tests::{done, headers};
     use crate::nft::netlink::{NLM_F_DUMP, align};
 
-    fn ips(list: &[&str]) -> BTreeSet<Ipv4Addr> {
+    fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
         list.iter().map(|s| s.parse().unwrap()).collect()
     }
 
@@ -150,8 +165,8 @@ mod tests {
         let wanted = ips(&["192.0.2.11", "198.51.100.10", "198.51.100.11"]);
         let listed = ips(&["192.0.2.11", "203.0.113.10"]);
         let d = diff(&wanted, &listed);
-        assert_eq!(d.added, ["198.51.100.10".parse::<Ipv4Addr>().unwrap(), "198.51.100.11".parse().unwrap()]);
-        assert_eq!(d.removed, ["203.0.113.10".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(d.added, ["198.51.100.10".parse::<IpAddr>().unwrap(), "198.51.100.11".parse().unwrap()]);
+        assert_eq!(d.removed, ["203.0.113.10".parse::<IpAddr>().unwrap()]);
         assert!(diff(&wanted, &wanted).is_empty());
         assert_eq!(diff(&BTreeSet::new(), &listed).removed.len(), 2);
     }
@@ -192,6 +207,19 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_elements_are_16_byte_keys() {
+        let ip: std::net::Ipv6Addr = "2001:db8:1::10".parse().unwrap();
+        let changes = ElementChanges { added: vec![ip.into()], removed: vec![] };
+        let (batch, acked) = encode(1, "weft", "vxlan_peers6", &changes);
+        assert_eq!(acked, 1);
+        let h = headers(&batch);
+        // As above, with "vxlan_peers6\0" (padded to 16) and a 16-byte value.
+        assert_eq!(h[1].0, 20 + 12 + 20 + 4 + 4 + 4 + 4 + 16);
+        let add_end = h[0].0 + h[1].0;
+        assert_eq!(&batch[add_end - 16..add_end], &ip.octets());
+    }
+
+    #[test]
     fn only_non_empty_changes_are_sent() {
         let changes = ElementChanges { added: vec![], removed: vec!["203.0.113.10".parse().unwrap()] };
         let (batch, acked) = encode(1, "weft", "s", &changes);
@@ -229,13 +257,15 @@ mod tests {
     fn dumped_elements_are_read_over_several_reads() {
         let mut reply = Reply::new(5);
         let mut first = dump_message(5, &[&[192, 0, 2, 11], &[198, 51, 100, 10]]);
-        first.extend(dump_message(5, &[&[1, 2, 3, 4, 5, 6]])); // not an IPv4 key: skipped
+        first.extend(dump_message(5, &[&[1, 2, 3, 4, 5, 6]])); // not an address key: skipped
+        let v6: std::net::Ipv6Addr = "2001:db8::7".parse().unwrap();
+        first.extend(dump_message(5, &[&v6.octets()]));
         first.extend(dump_message(4, &[&[203, 0, 113, 1]])); // another request's answer
         assert_eq!(reply.absorb(first), Ok(false));
         let mut last = dump_message(5, &[&[203, 0, 113, 10]]);
         last.extend(done(5, 0));
         assert_eq!(reply.absorb(last), Ok(true));
-        assert_eq!(parse_dump(&reply), ips(&["192.0.2.11", "198.51.100.10", "203.0.113.10"]));
+        assert_eq!(parse_dump(&reply), ips(&["192.0.2.11", "198.51.100.10", "203.0.113.10", "2001:db8::7"]));
         // Truncated input is no panic.
         let truncated = dump_message(5, &[&[192, 0, 2, 11]]);
         let mut reply = Reply::new(5);

@@ -5,13 +5,14 @@
 //! `nft list ruleset` shows, which is what weft compared before it read nfnetlink itself.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 use super::COMMENT_PREFIX;
 use super::netlink::{Attrs, Message, NFTA_LIST_ELEM, nft_msg};
-use super::table::{BaseChain, ChainShape, SET_TYPE, TableShape};
+use super::table::{BaseChain, ChainShape, TableShape};
+use crate::underlay::Family;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unexpected nfnetlink listing: {0}")]
@@ -24,7 +25,7 @@ pub struct Listing {
     pub table: Option<TableShape>,
     /// The elements of each set of weft's table, by set name (dumped set by set after the
     /// listing has named the sets).
-    pub elements: BTreeMap<String, BTreeSet<Ipv4Addr>>,
+    pub elements: BTreeMap<String, BTreeSet<IpAddr>>,
     /// The counters of weft's own rules, by rule comment.
     pub counters: BTreeMap<String, Counter>,
     /// Chains of other tables that weft must act on: IPv4 forward hooks whose policy drops
@@ -90,9 +91,10 @@ const NFT_SET_MAP: u32 = 0x8;
 const NFT_SET_TIMEOUT: u32 = 0x10;
 const NFT_SET_EVAL: u32 = 0x20;
 const NFT_SET_OBJECT: u32 = 0x40;
-/// nft's number for `ipv4_addr` (TYPE_IPADDR in nft's datatype.h), what the kernel keeps as
-/// the set's key type.
+/// nft's numbers for `ipv4_addr` and `ipv6_addr` (TYPE_IPADDR, TYPE_IP6ADDR in nft's
+/// datatype.h), what the kernel keeps as the set's key type.
 const TYPE_IPADDR: u32 = 7;
+const TYPE_IP6ADDR: u32 = 8;
 
 /// Named sets weft never writes: maps (nft lists them as `map`) and sets with any of the flags
 /// nft shows (`constant`, `interval`, `timeout`, `dynamic`; nft 1.0.6 leaves `dynamic` out of
@@ -290,10 +292,11 @@ fn rule_counter(a: Attrs<'_>) -> Result<Option<Counter>, ListingError> {
     Ok(None)
 }
 
-/// nft's name for a set's key type, for the one type weft writes; any other differs from it.
+/// nft's name for a set's key type, for the types weft writes; any other differs from them.
 fn key_type_name(key_type: Option<u32>) -> String {
     match key_type {
-        Some(TYPE_IPADDR) => SET_TYPE.to_string(),
+        Some(TYPE_IPADDR) => Family::Ipv4.nft_addr_type().to_string(),
+        Some(TYPE_IP6ADDR) => Family::Ipv6.nft_addr_type().to_string(),
         Some(other) => format!("type {other}"),
         None => "no type".to_string(),
     }
@@ -544,7 +547,7 @@ mod tests {
         .concat();
         let t = parse_bytes(&bytes).unwrap().table.unwrap();
         assert_eq!(t.others, 5);
-        assert_eq!(t.sets, [("counted".to_string(), "ipv4_addr".to_string()), ("v6".into(), "type 8".into())]);
+        assert_eq!(t.sets, [("counted".to_string(), "ipv4_addr".to_string()), ("v6".into(), "ipv6_addr".into())]);
     }
 
     #[test]

@@ -3,11 +3,12 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use sha2::{Digest, Sha256};
 
 use super::COMMENT_PREFIX;
+use crate::underlay::Family;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
@@ -17,17 +18,16 @@ pub struct Table {
     pub chains: Vec<Chain>,
 }
 
-/// A named set of IPv4 addresses (`type ipv4_addr`). Its elements are written with the table
+/// A named set of addresses of one family (`type ipv4_addr` or `ipv6_addr`). Its elements are written with the table
 /// but are not part of its shape: they change with membership and are updated element by
 /// element ([`super::elements`]), without rewriting the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Set {
     pub name: &'static str,
-    pub elements: BTreeSet<Ipv4Addr>,
+    pub family: Family,
+    /// Of `family` only.
+    pub elements: BTreeSet<IpAddr>,
 }
-
-/// nft's name of the sets' type, as the listing reports it.
-pub const SET_TYPE: &str = "ipv4_addr";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
@@ -98,10 +98,10 @@ impl Table {
         let _ = writeln!(s, "table {family} {name} {{");
         for set in &self.sets {
             let _ = writeln!(s, "\tset {} {{", set.name);
-            let _ = writeln!(s, "\t\ttype {SET_TYPE}");
+            let _ = writeln!(s, "\t\ttype {}", set.family.nft_addr_type());
             // nft rejects an empty element list.
             if !set.elements.is_empty() {
-                let elements: Vec<String> = set.elements.iter().map(Ipv4Addr::to_string).collect();
+                let elements: Vec<String> = set.elements.iter().map(IpAddr::to_string).collect();
                 let _ = writeln!(s, "\t\telements = {{ {} }}", elements.join(", "));
             }
             s.push_str("\t}\n\n");
@@ -134,7 +134,7 @@ impl Table {
             .collect();
         chains.sort_by(|a, b| a.name.cmp(&b.name));
         let mut sets: Vec<(String, String)> =
-            self.sets.iter().map(|s| (s.name.to_string(), SET_TYPE.to_string())).collect();
+            self.sets.iter().map(|s| (s.name.to_string(), s.family.nft_addr_type().to_string())).collect();
         sets.sort();
         TableShape { chains, sets, others: 0 }
     }
@@ -190,24 +190,33 @@ mod tests {
     }
 
     fn set(elements: &[&str]) -> Set {
-        Set { name: "peers", elements: elements.iter().map(|e| e.parse().unwrap()).collect() }
+        Set { name: "peers", family: Family::Ipv4, elements: elements.iter().map(|e| e.parse().unwrap()).collect() }
     }
 
     #[test]
     fn sets_are_rendered_before_chains_with_their_elements() {
         let mut t = table();
-        t.sets = vec![set(&["198.51.100.10", "192.0.2.11"]), Set { name: "none", ..set(&[]) }];
+        let v6 = Set { name: "six", family: Family::Ipv6, elements: ["2001:db8::2".parse().unwrap()].into() };
+        t.sets = vec![set(&["198.51.100.10", "192.0.2.11"]), Set { name: "none", ..set(&[]) }, v6];
         let text = t.render_replace();
         assert!(
             text.contains(
                 "table inet t {\n\tset peers {\n\t\ttype ipv4_addr\n\t\telements = { 192.0.2.11, 198.51.100.10 }\n\t}\n\n\
-                 \tset none {\n\t\ttype ipv4_addr\n\t}\n\n\tchain forward {"
+                 \tset none {\n\t\ttype ipv4_addr\n\t}\n\n\tset six {\n\t\ttype ipv6_addr\n\t\telements = { 2001:db8::2 }\n\t}\n\n\
+                 \tchain forward {"
             ),
             "{text}"
         );
         // Elements are not part of the shape: membership changes are element updates.
         let shape = t.shape();
-        assert_eq!(shape.sets, [("none".to_string(), "ipv4_addr".to_string()), ("peers".into(), "ipv4_addr".into())]);
+        assert_eq!(
+            shape.sets,
+            [
+                ("none".to_string(), "ipv4_addr".to_string()),
+                ("peers".into(), "ipv4_addr".into()),
+                ("six".into(), "ipv6_addr".into())
+            ]
+        );
         t.sets[0].elements.clear();
         assert_eq!(t.shape(), shape);
     }

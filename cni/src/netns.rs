@@ -11,6 +11,7 @@ use nix::fcntl::OFlag;
 use nix::sched::{CloneFlags, setns};
 use nix::sys::statfs::{NSFS_MAGIC, fstatfs};
 use weft_overlay::netlink::PendingSocket;
+use weft_overlay::sysctl;
 
 use crate::error::{CniError, Code};
 
@@ -45,6 +46,21 @@ pub fn socket_in(netns: &File, path: &Path) -> Result<PendingSocket, CniError> {
         .try_clone()
         .map_err(|e| CniError::new(Code::IoFailure, "cannot duplicate the netns handle").with_details(e))?;
     Ok(PendingSocket::open(dup, path))
+}
+
+/// Sets sysctls of the namespace (`/proc/sys/net` follows the writer's namespace) from a thread
+/// that enters it and ends, so the caller's thread never moves.
+pub fn sysctls_in(ns: &File, settings: &[(String, &str)]) -> io::Result<()> {
+    std::thread::scope(|s| {
+        let thread = std::thread::Builder::new().stack_size(64 * 1024).spawn_scoped(s, || -> io::Result<()> {
+            setns(ns, CloneFlags::CLONE_NEWNET)?;
+            for (key, value) in settings {
+                sysctl::ensure(key, value)?;
+            }
+            Ok(())
+        })?;
+        thread.join().map_err(|_| io::Error::other("the sysctl thread panicked"))?
+    })
 }
 
 fn is_own(ns: &File) -> bool {

@@ -59,11 +59,14 @@ fn check_request(stdin: &[u8]) {
     assert_eq!(network.name, conf.name);
     check_mtu(network.mtu).expect("resolved MTU is in range");
     validate_ifname(&network.bridge).expect("resolved bridge name is valid");
-    if let Some(pool) = network.pool {
+    for pool in &network.pools {
         // An exact network of unicast addresses, with room for a gateway and a pod.
-        check_pod_cidr(pool.net.into()).expect("resolved pool is a sane pod CIDR");
+        check_pod_cidr(pool.net).expect("resolved pool is a sane pod CIDR");
         check_gateway(&pool.net, pool.gateway).expect("resolved gateway is a host of the pool");
     }
+    // At most one pool per family, IPv4 first.
+    assert!(network.pools.len() <= 2);
+    assert!(network.pools.windows(2).all(|w| w[0].net.addr().is_ipv4() && w[1].net.addr().is_ipv6()));
 }
 
 /// What the runtime reads back: the spec's error JSON, in the request's version when it has one.

@@ -112,7 +112,7 @@ async fn run_step(kernel: &Kernel<'_>, step: &Step, vxlan: Option<u32>) -> Resul
         Op::FixVxlan(change) => Ok(nl.set_link(vx()?, change).await.map(|()| done)?),
         Op::VxlanLearningOff => Ok(nl.set_vxlan_learning(vx()?, false).await.map(|()| done)?),
         Op::EnsureBridge { name, mtu, gateway } => {
-            let (_, c) = ensure_bridge(nl, name, *mtu, *gateway).await?;
+            let (_, c) = ensure_bridge(nl, name, *mtu, (*gateway).into()).await?;
             let tally = Tally::of(usize::from(c.created) + usize::from(c.address_added), usize::from(c.changed), 0);
             Ok(if tally == Tally::default() { unchanged() } else { tally })
         }

@@ -114,10 +114,14 @@ impl Plugged {
         (netns, container): (&File, PendingSocket),
         lease: &Lease,
     ) -> Result<Attached, CniError> {
-        if lease.ips.iter().any(|ip| ip.address.addr().is_ipv6()) {
-            netns::sysctls_in(netns, &ipv6_interface_settings(a.ifname))
-                .map_err(|e| CniError::new(Code::Kernel, "cannot prepare the container for IPv6").with_details(e))?;
-        }
+        let unprepared =
+            |e: std::io::Error| CniError::new(Code::Kernel, "cannot prepare the container for IPv6").with_details(e);
+        // Entering the namespace takes a thread: it works while the link is looked up and the
+        // IPv4 address (first in the lease) is added, and is waited for before the IPv6 one.
+        let mut preparing = match lease.ips.iter().any(|ip| ip.address.addr().is_ipv6()) {
+            true => Some(netns::sysctls_in(netns, ipv6_interface_settings(a.ifname)).map_err(unprepared)?),
+            false => None,
+        };
         let ns_nl = container.connect()?;
         let iface = ns_nl
             .link(a.ifname)
@@ -126,6 +130,12 @@ impl Plugged {
         // A reused address keeps its MAC, so neighbours' ARP and NDP caches stay right.
         let container_mac = container_mac(lease);
         for ip in &lease.ips {
+            if let Some(thread) = preparing.take_if(|_| ip.address.addr().is_ipv6()) {
+                thread
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("the sysctl thread panicked")))
+                    .map_err(unprepared)?;
+            }
             ns_nl.add_address(iface.index, ip.address).await?;
         }
         let up = LinkChange { up: Some(true), mac: Some(container_mac), ..LinkChange::default() };
@@ -179,8 +189,8 @@ fn container_mac(lease: &Lease) -> Mac {
 /// IPv6 on the container's interface: enabled (a runtime may have disabled it in the
 /// namespace), and no router advertisements: the pod's addresses and routes are weft's alone,
 /// nothing on the bridge may add others (SLAAC addresses, a default route to a rogue router).
-fn ipv6_interface_settings(ifname: &str) -> [(String, &'static str); 2] {
-    [(format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0"), (format!("net/ipv6/conf/{ifname}/accept_ra"), "0")]
+fn ipv6_interface_settings(ifname: &str) -> Vec<(String, &'static str)> {
+    vec![(format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0"), (format!("net/ipv6/conf/{ifname}/accept_ra"), "0")]
 }
 
 /// The lease's routes as kernel routes out of the container interface; only those of a family

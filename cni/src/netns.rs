@@ -5,6 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::thread::JoinHandle;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -49,17 +50,16 @@ pub fn socket_in(netns: &File, path: &Path) -> Result<PendingSocket, CniError> {
 }
 
 /// Sets sysctls of the namespace (`/proc/sys/net` follows the writer's namespace) from a thread
-/// that enters it and ends, so the caller's thread never moves.
-pub fn sysctls_in(ns: &File, settings: &[(String, &str)]) -> io::Result<()> {
-    std::thread::scope(|s| {
-        let thread = std::thread::Builder::new().stack_size(64 * 1024).spawn_scoped(s, || -> io::Result<()> {
-            setns(ns, CloneFlags::CLONE_NEWNET)?;
-            for (key, value) in settings {
-                sysctl::ensure(key, value)?;
-            }
-            Ok(())
-        })?;
-        thread.join().map_err(|_| io::Error::other("the sysctl thread panicked"))?
+/// that enters it, so the caller's thread never moves and can work on meanwhile; joining the
+/// handle gives the outcome.
+pub fn sysctls_in(ns: &File, settings: Vec<(String, &'static str)>) -> io::Result<JoinHandle<io::Result<()>>> {
+    let ns = ns.try_clone()?;
+    std::thread::Builder::new().stack_size(64 * 1024).spawn(move || {
+        setns(&ns, CloneFlags::CLONE_NEWNET)?;
+        for (key, value) in settings {
+            sysctl::ensure(&key, value)?;
+        }
+        Ok(())
     })
 }
 

@@ -138,7 +138,10 @@ impl Store {
     /// One address from each pool (one pool per family), all or nothing: when one pool fails,
     /// the owner's allocations are released again (its record stays).
     pub fn allocate_all(&mut self, pools: &[Pool], owner: &Owner) -> Result<Vec<IpAddr>, StoreError> {
-        let allocated: Result<Vec<IpAddr>, StoreError> = pools.iter().map(|pool| self.allocate(pool, owner)).collect();
+        // One directory read serves every family: each allocation only looks at its own.
+        let entries = self.entries()?;
+        let allocated: Result<Vec<IpAddr>, StoreError> =
+            pools.iter().map(|pool| self.allocate_from(&entries, pool, owner)).collect();
         if allocated.is_err() {
             let key = owner.key();
             if let Err(e) = self.remove_where(|e| e.owner_key == key && e.ip.is_some()) {
@@ -151,11 +154,16 @@ impl Store {
     /// The owner's address of the pool's family: the one it already holds in `pool`, else the
     /// next free one.
     pub fn allocate(&mut self, pool: &Pool, owner: &Owner) -> Result<IpAddr, StoreError> {
-        let key = owner.key();
         let entries = self.entries()?;
+        self.allocate_from(&entries, pool, owner)
+    }
+
+    /// `allocate` over the store's entries as read under this lock.
+    fn allocate_from(&mut self, entries: &[Entry], pool: &Pool, owner: &Owner) -> Result<IpAddr, StoreError> {
+        let key = owner.key();
         let mut used = HashSet::with_capacity(entries.len());
         let same_family = |ip: &IpAddr| ip.is_ipv4() == pool.net.addr().is_ipv4();
-        for entry in &entries {
+        for entry in entries {
             let Some(ip) = entry.ip.filter(same_family) else { continue };
             if entry.owner_key == key {
                 if pool.contains(ip) {

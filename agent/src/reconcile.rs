@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chitchat::Chitchat;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use tokio::sync::{Mutex, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
-use weft_cni::state::{NodeState, STATE_FILE_VERSION};
+use weft_cni::state::{NodePool, NodeState, STATE_FILE_VERSION};
 use weft_overlay::desired::{Desired, LocalNode, PeerPath, gateway_of};
 use weft_overlay::rules::DEFAULT_BRIDGE;
 use weft_overlay::underlay::Family;
@@ -314,13 +314,20 @@ impl Controller {
         self.yielded_to = yielded_to;
     }
 
-    /// The pod addresses the plugin's store holds for this node's network (read without its
-    /// lock; a store that cannot be read counts as empty and says so in the debug log).
+    /// The IPv4 pod addresses the plugin's store holds for this node's network (read without
+    /// its lock; a store that cannot be read counts as empty and says so in the debug log). The
+    /// agent serves IPv4 blocks only so far: IPv6 pod addresses are not its to judge.
     fn pod_addresses(&self) -> Vec<Ipv4Addr> {
         let store = self.cfg.paths.ipam_dir.join(files::NETWORK_NAME);
         weft_cni::ipam::store::reserved_addresses(&store)
             .inspect_err(|e| tracing::debug!(error = %e, store = %store.display(), "cannot list pod addresses"))
             .unwrap_or_default()
+            .into_iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect()
     }
 
     /// Pods whose addresses lie outside the block this node serves: reported, never touched
@@ -396,15 +403,17 @@ impl Controller {
         }
         let block = match serving {
             Ok(c) => Some(c.cidr),
-            Err(_) => self.allocator.claim().map(|c| c.cidr).or(self.state_on_disk.as_ref().map(|s| s.pod_cidr)),
+            Err(_) => self.allocator.claim().map(|c| c.cidr).or(self.state_on_disk.as_ref().and_then(published_block)),
         };
         let state = block.map(|cidr| NodeState {
             version: STATE_FILE_VERSION,
             node: cfg.node_name.clone(),
-            node_ip: cfg.underlay.primary().ip,
-            pod_cidr: cidr,
-            gateway: gateway_of(&cidr),
-            cluster_cidr: cfg.cluster_cidr,
+            node_ips: cfg.underlay.addrs.iter().map(|u| u.ip).collect(),
+            pools: vec![NodePool {
+                pod_cidr: cidr.into(),
+                gateway: gateway_of(&cidr).into(),
+                cluster_cidr: cfg.cluster_cidr.into(),
+            }],
             mtu: cfg.mtu,
             bridge: DEFAULT_BRIDGE.to_string(),
             unavailable: serving.as_ref().err().cloned(),
@@ -416,7 +425,7 @@ impl Controller {
                     files::write_node_state(&cfg.paths.state_file(), s)?;
                     if changed {
                         tracing::info!(
-                            path = %cfg.paths.state_file().display(), pod_cidr = %s.pod_cidr,
+                            path = %cfg.paths.state_file().display(), pod_cidr = %s.pools[0].pod_cidr,
                             unavailable = s.unavailable.as_deref(), "node state file written"
                         );
                     }
@@ -621,10 +630,18 @@ impl Controller {
     }
 }
 
+/// The IPv4 block a state file names (the agent publishes only that family so far).
+fn published_block(state: &NodeState) -> Option<Ipv4Net> {
+    state.pools.iter().find_map(|p| match p.pod_cidr {
+        IpNet::V4(v4) => Some(v4),
+        IpNet::V6(_) => None,
+    })
+}
+
 /// How much of the block the plugin has handed out.
 fn ipam_use(cidr: Ipv4Net, reserved: &[Ipv4Addr]) -> IpamUse {
-    let pool = weft_cni::ipam::pool::Pool { net: cidr, gateway: gateway_of(&cidr) };
-    let in_use = reserved.iter().filter(|ip| pool.contains(**ip)).count() as u64;
+    let pool = weft_cni::ipam::pool::Pool { net: cidr.into(), gateway: gateway_of(&cidr).into() };
+    let in_use = reserved.iter().filter(|ip| pool.contains((**ip).into())).count() as u64;
     IpamUse { in_use, total: pool.capacity() }
 }
 

@@ -57,7 +57,7 @@ async fn ten_nodes_join_and_program_each_other_with_distinct_podcidrs() {
     for n in &nodes {
         let paths = &c.nodes[n].config.paths;
         let state = NodeState::read(&paths.state_file()).unwrap();
-        assert_eq!(Some(state.pod_cidr), c.pod_cidr(n));
+        assert_eq!(Some(state.pools[0].pod_cidr), c.pod_cidr(n).map(Into::into));
         assert_eq!(state.mtu, 1450);
         assert!(paths.conflist().exists());
         let lease = files::read_lease(&paths.lease()).unwrap().unwrap();
@@ -191,7 +191,7 @@ async fn an_earlier_claim_wins_the_block_and_the_later_claimant_moves() {
     .await;
     let moved = c.pod_cidr("b").unwrap();
     let state = NodeState::read(&c.nodes["b"].config.paths.state_file()).unwrap();
-    assert_eq!(state.pod_cidr, moved);
+    assert_eq!(state.pools[0].pod_cidr, moved.into());
 
     // A later claim on a's block loses: nobody programs it and a keeps its block.
     let a_block = c.pod_cidr("a").unwrap();
@@ -277,7 +277,7 @@ async fn a_node_back_from_maintenance_never_takes_its_old_block_from_the_node_no
     assert_eq!(c.pod_cidr("c"), Some(block));
     assert!(c.ready("c"));
     let state = NodeState::read(&c.nodes["c"].config.paths.state_file()).unwrap();
-    assert_eq!((state.pod_cidr, state.unavailable), (block, None));
+    assert_eq!((state.pools[0].pod_cidr, state.unavailable), (block.into(), None));
     for (_, d) in c.datapath("a").history().iter().filter(|(at, _)| *at >= back) {
         let owner: Vec<&str> = d.peers.iter().filter(|p| p.pod_cidr == block).map(|p| p.name.as_str()).collect();
         assert_eq!(owner, ["c"], "a routed c's block elsewhere");

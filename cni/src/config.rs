@@ -1,10 +1,10 @@
 //! The network configuration on stdin, and the effective network it resolves to once the node
 //! state file is consulted. Explicit configuration beats the state file.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -14,6 +14,8 @@ use weft_overlay::rules::{DEFAULT_BRIDGE, MAX_MTU, MIN_MTU, check_ifname, mtu_in
 
 use crate::names::validate_id;
 use crate::result::Dns;
+#[cfg(test)]
+use crate::state::NodePool;
 use crate::state::{DEFAULT_STATE_FILE, NodeState};
 use crate::version::CniVersion;
 
@@ -34,6 +36,9 @@ pub struct NetConf {
     #[serde(rename = "podCIDR", alias = "podcidr", alias = "subnet")]
     pub pod_cidr: Option<String>,
     pub gateway: Option<String>,
+    /// "IPv4", "IPv6": the families the pod gets; default every family the node has a pool for.
+    #[serde(rename = "ipFamilies")]
+    pub ip_families: Option<Vec<String>>,
     pub mtu: Option<u32>,
     pub data_dir: Option<PathBuf>,
     pub ipam: Option<Value>,
@@ -92,8 +97,9 @@ pub struct Network {
     pub mtu: u32,
     pub hairpin: bool,
     pub ipam: IpamMode,
-    /// The node's PodCIDR and gateway; always known with built-in IPAM, where it is the pool.
-    pub pool: Option<Pool>,
+    /// The node's PodCIDR and gateway per family, IPv4 first; with built-in IPAM the pools the
+    /// pod gets an address from (never empty then), with a delegate whatever the node has.
+    pub pools: Vec<Pool>,
     pub dns: Dns,
     /// Why the node must not hand out addresses from `pool` now (the state file's `unavailable`).
     pub unavailable: Option<String>,
@@ -102,9 +108,10 @@ pub struct Network {
 impl Network {
     /// ADD and STATUS: may this node give out addresses now? The message says why not.
     pub fn check_available(&self) -> Result<(), String> {
-        match (&self.unavailable, &self.pool) {
-            (Some(reason), Some(pool)) => {
-                Err(format!("this node cannot give out addresses from {}: {reason}", pool.net))
+        match &self.unavailable {
+            Some(reason) if !self.pools.is_empty() => {
+                let nets: Vec<String> = self.pools.iter().map(|p| p.net.to_string()).collect();
+                Err(format!("this node cannot give out addresses from {}: {reason}", nets.join(", ")))
             }
             _ => Ok(()),
         }
@@ -154,21 +161,16 @@ impl NetConf {
                     .with_details(e)
             })?),
         };
-        let pod_cidr = match (&self.pod_cidr, &state) {
-            (Some(text), _) => Some(parse_pod_cidr(text)?),
-            (None, state) => state.as_ref().map(|s| s.pod_cidr),
-        };
-        let pool = match pod_cidr {
-            Some(net) => {
-                let gateway = match (&self.gateway, &state) {
-                    (Some(text), _) => parse_ipv4("gateway", text)?,
-                    (None, Some(state)) => state.gateway,
-                    (None, None) => first_host(&net),
-                };
-                check_gateway(&net, gateway).map_err(invalid)?;
-                Some(Pool { net, gateway })
+        let pools = self.pools(state.as_ref())?;
+        let pools = match (&self.ip_families, &ipam) {
+            (None, _) => pools,
+            (Some(_), IpamMode::Delegate { .. }) => {
+                return Err(invalid(
+                    "ipFamilies applies to weft's own IPAM; with ipam.type the IPAM plugin's ranges choose the families"
+                        .into(),
+                ));
             }
-            None => None,
+            (Some(families), IpamMode::BuiltIn { .. }) => select_families(families, pools).map_err(invalid)?,
         };
         // Only a pool taken from the state file is the agent's to withhold; a static one is not.
         let unavailable = match (&ipam, &state) {
@@ -185,10 +187,40 @@ impl NetConf {
             mtu,
             hairpin: self.hairpin_mode,
             ipam,
-            pool,
+            pools,
             dns: self.dns.clone(),
             unavailable,
         })
+    }
+
+    /// The node's pools: the configured `podCIDR` list, else the state file's; each gateway the
+    /// configured one of its family, else the state file's, else the block's first host.
+    fn pools(&self, state: Option<&NodeState>) -> Result<Vec<Pool>, CniError> {
+        let invalid = |msg: String| CniError::new(Code::InvalidConfig, msg);
+        let nets = match (&self.pod_cidr, state) {
+            (Some(text), _) => parse_list("podCIDR", text, parse_pod_cidr, |n| n.addr().is_ipv4())?,
+            (None, Some(state)) => state.pools.iter().map(|p| p.pod_cidr).collect(),
+            (None, None) => Vec::new(),
+        };
+        let gateways = match &self.gateway {
+            Some(text) => parse_list("gateway", text, parse_address, IpAddr::is_ipv4)?,
+            None => Vec::new(),
+        };
+        if let Some(gw) = gateways.iter().find(|gw| !nets.iter().any(|n| n.addr().is_ipv4() == gw.is_ipv4())) {
+            return Err(invalid(format!("gateway {gw}: there is no podCIDR of its family")));
+        }
+        let mut pools: Vec<Pool> = nets
+            .into_iter()
+            .map(|net| {
+                let configured = gateways.iter().find(|gw| gw.is_ipv4() == net.addr().is_ipv4()).copied();
+                let from_state = || state.and_then(|s| s.pool_of(net.addr())).map(|p| p.gateway);
+                let gateway = configured.or_else(from_state).unwrap_or_else(|| first_host(&net));
+                check_gateway(&net, gateway).map_err(|e| invalid(format!("gateway {e}")))?;
+                Ok(Pool { net, gateway })
+            })
+            .collect::<Result<_, CniError>>()?;
+        pools.sort_by_key(|p| p.net.addr().is_ipv6());
+        Ok(pools)
     }
 
     /// The bridge: configured, else the agent's, else `cni0`.
@@ -219,15 +251,30 @@ impl NetConf {
     }
 }
 
-fn parse_pod_cidr(text: &str) -> Result<Ipv4Net, CniError> {
+/// A comma-separated list with at most one entry per family (like the agent's `--cluster-cidr`).
+fn parse_list<T>(
+    field: &str,
+    text: &str,
+    parse: impl Fn(&str) -> Result<T, CniError>,
+    is_ipv4: impl Fn(&T) -> bool,
+) -> Result<Vec<T>, CniError> {
+    let items = text.split(',').map(|item| parse(item.trim())).collect::<Result<Vec<T>, CniError>>()?;
+    let v4 = items.iter().filter(|i| is_ipv4(i)).count();
+    if v4 > 1 || items.len() - v4 > 1 {
+        return Err(CniError::new(
+            Code::InvalidConfig,
+            format!("{field} {text:?}: at most one per family (one IPv4 and one IPv6)"),
+        ));
+    }
+    Ok(items)
+}
+
+fn parse_pod_cidr(text: &str) -> Result<IpNet, CniError> {
     let net = text
         .parse::<IpNet>()
         .map_err(|e| CniError::new(Code::InvalidConfig, format!("podCIDR {text:?} is not a CIDR")).with_details(e))?;
-    let IpNet::V4(v4) = net else {
-        return Err(CniError::new(Code::UnsupportedField, format!("podCIDR {text}: IPv6 is not supported")));
-    };
     check_pod_cidr(net).map_err(|e| CniError::new(Code::InvalidConfig, format!("podCIDR {e}")))?;
-    Ok(v4)
+    Ok(net)
 }
 
 /// Ranges no pod may be addressed from: "this network", loopback, link-local, multicast,
@@ -265,21 +312,42 @@ pub fn check_pod_cidr(net: IpNet) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_ipv4(what: &str, text: &str) -> Result<Ipv4Addr, CniError> {
-    match text.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => Ok(ip),
-        Ok(IpAddr::V6(_)) => {
-            Err(CniError::new(Code::UnsupportedField, format!("{what} {text}: IPv6 is not supported")))
-        }
-        Err(e) => Err(CniError::new(Code::InvalidConfig, format!("{what} {text:?} is not an address")).with_details(e)),
-    }
+fn parse_address(text: &str) -> Result<IpAddr, CniError> {
+    text.parse::<IpAddr>()
+        .map_err(|e| CniError::new(Code::InvalidConfig, format!("gateway {text:?} is not an address")).with_details(e))
 }
 
-pub use weft_overlay::desired::gateway_of as first_host;
+/// The pod's families from `ipFamilies` ("IPv4", "IPv6", Kubernetes' spelling): each must name a
+/// family the node has a pool for, once.
+fn select_families(families: &[String], pools: Vec<Pool>) -> Result<Vec<Pool>, String> {
+    if families.is_empty() {
+        return Err("ipFamilies is empty: list IPv4, IPv6 or both, or leave it out".into());
+    }
+    let mut wanted = Vec::new();
+    for family in families {
+        let v4 = match family.as_str() {
+            "IPv4" => true,
+            "IPv6" => false,
+            other => return Err(format!("ipFamilies: {other:?} is neither IPv4 nor IPv6")),
+        };
+        if wanted.contains(&v4) {
+            return Err(format!("ipFamilies lists {family} twice"));
+        }
+        if !pools.iter().any(|p| p.net.addr().is_ipv4() == v4) {
+            return Err(format!("ipFamilies asks for {family}, but the node has no {family} pool"));
+        }
+        wanted.push(v4);
+    }
+    Ok(pools.into_iter().filter(|p| wanted.contains(&p.net.addr().is_ipv4())).collect())
+}
 
-pub fn check_gateway(pod_cidr: &Ipv4Net, gateway: Ipv4Addr) -> Result<(), String> {
+pub use weft_overlay::rules::first_host;
+
+/// The gateway is a host of its pool (neither its first nor its last address). Errors start
+/// with the gateway, for the caller to prefix with its field name.
+pub fn check_gateway(pod_cidr: &IpNet, gateway: IpAddr) -> Result<(), String> {
     if !pod_cidr.contains(&gateway) || gateway == pod_cidr.network() || gateway == pod_cidr.broadcast() {
-        return Err(format!("gateway {gateway} is not a host address of {pod_cidr}"));
+        return Err(format!("{gateway} is not a host address of {pod_cidr}"));
     }
     Ok(())
 }
@@ -318,7 +386,7 @@ mod tests {
     fn minimal_static_config_resolves_with_defaults() {
         let net = parse(base()).unwrap().conf.resolve().unwrap();
         assert_eq!(net.bridge, "cni0");
-        let pool = net.pool.unwrap();
+        let pool = net.pools[0];
         assert_eq!(pool.net.to_string(), "10.244.3.0/24");
         assert_eq!(pool.gateway.to_string(), "10.244.3.1");
         assert_eq!(net.mtu, 1500);
@@ -332,7 +400,7 @@ mod tests {
             let mut v = base();
             v.as_object_mut().unwrap().remove("podCIDR");
             v[key] = "10.244.9.0/24".into();
-            assert_eq!(parse(v).unwrap().conf.resolve().unwrap().pool.unwrap().net.to_string(), "10.244.9.0/24");
+            assert_eq!(parse(v).unwrap().conf.resolve().unwrap().pools[0].net.to_string(), "10.244.9.0/24");
         }
     }
 
@@ -347,7 +415,7 @@ mod tests {
         assert_eq!(req.conf.state_file(), Path::new("/tmp/s.json"));
         let net = req.conf.resolve().unwrap();
         assert_eq!((net.bridge.as_str(), net.mtu, net.hairpin), ("br9", 1400, true));
-        assert_eq!(net.pool.unwrap().gateway.to_string(), "10.244.3.254");
+        assert_eq!(net.pools[0].gateway.to_string(), "10.244.3.254");
         assert_eq!(net.dns.nameservers, vec!["1.1.1.1".to_string()]);
         assert_eq!(net.ipam, IpamMode::BuiltIn { store_dir: "/tmp/d/n1".into() });
     }
@@ -380,15 +448,14 @@ mod tests {
     }
 
     #[test]
-    fn bad_values_are_invalid_config_and_ipv6_is_unsupported() {
+    fn bad_values_are_invalid_config() {
         let cases: Vec<(&str, Value, Code)> = vec![
             ("podCIDR", "10.244.3.0/31".into(), Code::InvalidConfig),
             ("podCIDR", "banana".into(), Code::InvalidConfig),
-            ("podCIDR", "fd00::/64".into(), Code::UnsupportedField),
             ("gateway", "10.244.4.1".into(), Code::InvalidConfig),
             ("gateway", "10.244.3.0".into(), Code::InvalidConfig),
             ("gateway", "10.244.3.255".into(), Code::InvalidConfig),
-            ("gateway", "fd00::1".into(), Code::UnsupportedField),
+            ("gateway", "fd00::1".into(), Code::InvalidConfig),
             ("mtu", 20.into(), Code::InvalidConfig),
             ("bridge", "a-name-much-too-long".into(), Code::InvalidConfig),
             ("ipam", json!({"subnet":"10.0.0.0/24"}), Code::InvalidConfig),
@@ -400,6 +467,107 @@ mod tests {
             let err = parse(v).unwrap().conf.resolve().unwrap_err();
             assert_eq!(err.code, code as u32, "{key}={value}: {err}");
         }
+    }
+
+    fn dual_stack() -> Value {
+        json!({"cniVersion":"1.0.0","name":"weft","type":"weft","podCIDR":"10.244.3.0/24,fd00:10:244:3::/64"})
+    }
+
+    fn resolve_with(mut v: Value, key: &str, value: Value) -> Result<Network, CniError> {
+        v[key] = value;
+        parse(v).unwrap().conf.resolve()
+    }
+
+    #[test]
+    fn a_pod_cidr_list_gives_a_pool_per_family_ipv4_first() {
+        for text in ["10.244.3.0/24,fd00:10:244:3::/64", " fd00:10:244:3::/64 , 10.244.3.0/24"] {
+            let net = resolve_with(base(), "podCIDR", text.into()).unwrap();
+            let pools: Vec<String> = net.pools.iter().map(|p| format!("{} via {}", p.net, p.gateway)).collect();
+            assert_eq!(pools, ["10.244.3.0/24 via 10.244.3.1", "fd00:10:244:3::/64 via fd00:10:244:3::1"], "{text}");
+        }
+        let net = resolve_with(dual_stack(), "gateway", "fd00:10:244:3::fe,10.244.3.254".into()).unwrap();
+        assert_eq!(net.pools[0].gateway.to_string(), "10.244.3.254");
+        assert_eq!(net.pools[1].gateway.to_string(), "fd00:10:244:3::fe");
+        let net = resolve_with(dual_stack(), "gateway", "fd00:10:244:3::fe".into()).unwrap();
+        assert_eq!(net.pools[0].gateway.to_string(), "10.244.3.1", "a family without one gets the first host");
+        let v6_only = resolve_with(base(), "podCIDR", "fd00:10:244:3::/64".into()).unwrap();
+        assert_eq!(v6_only.pools.len(), 1);
+    }
+
+    #[test]
+    fn bad_lists_are_invalid_config_naming_the_field() {
+        let cases: Vec<(&str, &str, &str)> = vec![
+            ("podCIDR", "10.244.3.0/24,10.244.4.0/24", "podCIDR"),
+            ("podCIDR", "fd00:10:244:3::/64,fd00:10:244:4::/64", "podCIDR"),
+            ("podCIDR", "10.244.3.0/24,", "podCIDR"),
+            ("podCIDR", "10.244.3.0/24,fd00:10:244:3::/64,10.244.4.0/24", "podCIDR"),
+            (
+                "podCIDR",
+                "10.244.3.0/24,fd00:10:200::/40",
+                "podCIDR fd00:10:200::/40 must have a prefix length from /48",
+            ),
+            ("podCIDR", "10.244.3.0/24,fd00:10:244:3::/127", "podCIDR fd00:10:244:3::/127"),
+            ("podCIDR", "10.244.3.0/24,fd00:10:244:3::1/64", "podCIDR fd00:10:244:3::1/64 has host bits set"),
+            ("podCIDR", "10.244.3.0/24,fe80::/64", "podCIDR fe80::/64 overlaps"),
+            ("gateway", "10.244.3.1,10.244.3.2", "gateway"),
+            ("gateway", "fd00:10:244:4::1", "gateway fd00:10:244:4::1 is not a host address"),
+            ("gateway", "fd00:10:244:3::", "gateway fd00:10:244:3:: is not a host address"),
+            ("gateway", "10.244.3.1,fd00::zz", "gateway \"fd00::zz\""),
+        ];
+        for (key, value, msg) in cases {
+            let err = resolve_with(dual_stack(), key, value.into()).unwrap_err();
+            assert_eq!(err.code, Code::InvalidConfig as u32, "{key}={value}: {err}");
+            assert!(err.msg.starts_with(msg), "{key}={value}: {err}");
+        }
+        let err = resolve_with(base(), "gateway", "fd00::1".into()).unwrap_err();
+        assert_eq!(err.msg, "gateway fd00::1: there is no podCIDR of its family");
+    }
+
+    #[test]
+    fn ip_families_chooses_among_the_nodes_pools() {
+        let families = |list: Value| resolve_with(dual_stack(), "ipFamilies", list);
+        let nets = |net: Network| net.pools.iter().map(|p| p.net.to_string()).collect::<Vec<_>>();
+        assert_eq!(nets(families(json!(["IPv6"])).unwrap()), ["fd00:10:244:3::/64"]);
+        assert_eq!(nets(families(json!(["IPv4"])).unwrap()), ["10.244.3.0/24"]);
+        assert_eq!(nets(families(json!(["IPv6", "IPv4"])).unwrap()).len(), 2);
+        assert_eq!(nets(parse(dual_stack()).unwrap().conf.resolve().unwrap()).len(), 2, "default: every pool");
+        for (list, msg) in [
+            (json!([]), "ipFamilies is empty"),
+            (json!(["ipv6"]), "ipFamilies: \"ipv6\" is neither"),
+            (json!(["IPv4", "IPv4"]), "ipFamilies lists IPv4 twice"),
+        ] {
+            let err = families(list.clone()).unwrap_err();
+            assert_eq!((err.code, err.msg.starts_with(msg)), (Code::InvalidConfig as u32, true), "{list}: {err}");
+        }
+        let err = resolve_with(base(), "ipFamilies", json!(["IPv4", "IPv6"])).unwrap_err();
+        assert_eq!(err.code, Code::InvalidConfig as u32);
+        assert_eq!(err.msg, "ipFamilies asks for IPv6, but the node has no IPv6 pool");
+        let mut delegated = base();
+        delegated["ipam"] = json!({"type":"host-local"});
+        assert!(resolve_with(delegated, "ipFamilies", json!(["IPv4"])).unwrap_err().msg.starts_with("ipFamilies"));
+    }
+
+    #[test]
+    fn a_dual_stack_state_file_gives_both_pools_and_a_config_gateway_overrides_one() {
+        let path = std::env::temp_dir().join(format!("weft-conf-{}.json", rand::random::<u64>()));
+        let v6 = NodePool {
+            pod_cidr: "fd00:10:244:7::/64".parse().unwrap(),
+            gateway: "fd00:10:244:7::1".parse().unwrap(),
+            cluster_cidr: "fd00:10:244::/56".parse().unwrap(),
+        };
+        let mut state = NodeState::read(&state_file(None)).unwrap();
+        state.pools.push(v6);
+        state.write(&path).unwrap();
+        let v = json!({"cniVersion":"1.1.0","name":"weft","type":"weft","stateFile":path,"gateway":"fd00:10:244:7::9"});
+        let net = parse(v.clone()).unwrap().conf.resolve();
+        let mut only_v6 = v;
+        only_v6["ipFamilies"] = json!(["IPv6"]);
+        let only_v6 = parse(only_v6).unwrap().conf.resolve();
+        std::fs::remove_file(&path).unwrap();
+        let net = net.unwrap();
+        assert_eq!(net.pools[0].gateway.to_string(), "10.244.7.1", "from the state file");
+        assert_eq!(net.pools[1].gateway.to_string(), "fd00:10:244:7::9", "from the config");
+        assert_eq!(only_v6.unwrap().pools.len(), 1);
     }
 
     #[test]
@@ -451,10 +619,12 @@ mod tests {
         let state = NodeState {
             version: 1,
             node: "n".into(),
-            node_ip: "192.0.2.10".parse().unwrap(),
-            pod_cidr: "10.244.7.0/24".parse().unwrap(),
-            gateway: "10.244.7.1".parse().unwrap(),
-            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            node_ips: vec!["192.0.2.10".parse().unwrap()],
+            pools: vec![NodePool {
+                pod_cidr: "10.244.7.0/24".parse().unwrap(),
+                gateway: "10.244.7.1".parse().unwrap(),
+                cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            }],
             mtu: 1450,
             bridge: "cni0".into(),
             unavailable: unavailable.map(String::from),
@@ -469,9 +639,9 @@ mod tests {
         let v = json!({"cniVersion":"1.1.0","name":"weft","type":"weft","stateFile":path,"mtu":1400});
         let net = parse(v).unwrap().conf.resolve().unwrap();
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(net.pool.unwrap().net.to_string(), "10.244.7.0/24");
+        assert_eq!(net.pools[0].net.to_string(), "10.244.7.0/24");
         assert_eq!(net.mtu, 1400);
-        assert_eq!(net.pool.unwrap().gateway.to_string(), "10.244.7.1");
+        assert_eq!(net.pools[0].gateway.to_string(), "10.244.7.1");
     }
 
     #[test]
@@ -506,7 +676,7 @@ mod tests {
         let v = json!({"cniVersion":"1.0.0","name":"weft","type":"weft","stateFile":"/nonexistent/node.json",
                        "ipam":{"type":"host-local","subnet":"10.1.0.0/24"}});
         let net = parse(v).unwrap().conf.resolve().unwrap();
-        assert_eq!(net.pool, None);
+        assert!(net.pools.is_empty());
         assert!(matches!(net.ipam, IpamMode::Delegate { plugin, .. } if plugin == "host-local"));
     }
 

@@ -3,11 +3,11 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::os::fd::AsFd;
 
-use ipnet::{IpNet, Ipv4Net};
-use weft_overlay::bridge::{BridgeError, ensure_address, ensure_bridge_link};
+use ipnet::IpNet;
+use weft_overlay::bridge::{BridgeError, bridge_mac, ensure_address, ensure_bridge_link};
 use weft_overlay::netlink::{Netlink, NetlinkError, PendingSocket, VethSpec};
 use weft_overlay::objects::{Link, LinkChange, MAIN_TABLE, Route, WEFT_ROUTE_PROTOCOL};
 use weft_overlay::{Mac, sysctl};
@@ -15,7 +15,12 @@ use weft_overlay::{Mac, sysctl};
 use crate::error::{CniError, Code};
 use crate::ipam::Lease;
 use crate::names::{TOMBSTONE_PREFIX, host_veth_name, is_weft_veth, tombstone_name};
-use crate::reaper;
+use crate::{netns, reaper};
+
+/// The node forwards pod traffic of every family its pods have.
+fn forwarding_key(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() { sysctl::IP_FORWARD } else { "net/ipv6/conf/all/forwarding" }
+}
 
 impl From<NetlinkError> for CniError {
     fn from(e: NetlinkError) -> Self {
@@ -60,14 +65,9 @@ pub struct Plugged {
 /// ADD's first kernel part, which needs no address yet and so runs while IPAM works: the bridge
 /// link (its address comes last, in `configure`) and the veth pair, the container end created
 /// directly inside the container's namespace.
-pub async fn plug(a: &PortSpec<'_>, netns: &File, gateway: Option<Ipv4Addr>) -> Result<Plugged, CniError> {
+pub async fn plug(a: &PortSpec<'_>, netns: &File, first_gateway: Option<IpAddr>) -> Result<Plugged, CniError> {
     let host_nl = Netlink::connect()?;
-    // A fixed MAC, as the agent gives it: otherwise the bridge takes its lowest port's MAC, which
-    // changes as pods come and go.
-    let bridge_mac = gateway.map_or_else(|| Mac::derived(a.bridge), Mac::for_ipv4);
-    let bridge = ensure_bridge_link(&host_nl, a.bridge, a.mtu, bridge_mac).await?.0;
-    sysctl::ensure(sysctl::IP_FORWARD, "1")
-        .map_err(|e| CniError::new(Code::Kernel, "cannot enable IPv4 forwarding").with_details(e))?;
+    let bridge = ensure_bridge_link(&host_nl, a.bridge, a.mtu, bridge_mac(a.bridge, first_gateway)).await?.0;
 
     let host_name = host_veth_name(a.container_id, a.ifname);
     // Fixed by what it belongs to, so a repeated ADD reproduces it and the result needs no read-back.
@@ -103,23 +103,41 @@ pub async fn plug(a: &PortSpec<'_>, netns: &File, gateway: Option<Ipv4Addr>) -> 
 }
 
 impl Plugged {
-    /// ADD's second kernel part, once the address is known: the container end gets its MAC
-    /// (derived from the address), address, link up and routes; hairpin on the host end; and
-    /// last the gateway address on the bridge, so that a failed ADD never leaves one there.
+    /// ADD's second kernel part, once the addresses are known: the container end gets its MAC
+    /// (derived from an address), its addresses (an IPv6 one usable at once, see
+    /// `Netlink::add_address`), link up and routes; hairpin on the host end; forwarding of the
+    /// pod's families; and last the gateway addresses on the bridge, so that a failed ADD never
+    /// leaves one there.
     pub async fn configure(
         &self,
         a: &PortSpec<'_>,
-        container: PendingSocket,
+        (netns, container): (&File, PendingSocket),
         lease: &Lease,
     ) -> Result<Attached, CniError> {
+        let unprepared =
+            |e: std::io::Error| CniError::new(Code::Kernel, "cannot prepare the container for IPv6").with_details(e);
+        // Entering the namespace takes a thread: it works while the link is looked up and the
+        // IPv4 address (first in the lease) is added, and is waited for before the IPv6 one.
+        let mut preparing = match lease.ips.iter().any(|ip| ip.address.addr().is_ipv6()) {
+            true => Some(netns::sysctls_in(netns, ipv6_interface_settings(a.ifname)).map_err(unprepared)?),
+            false => None,
+        };
         let ns_nl = container.connect()?;
         let iface = ns_nl
             .link(a.ifname)
             .await?
             .ok_or_else(|| CniError::new(Code::Kernel, format!("{} vanished from the container", a.ifname)))?;
-        // A reused address keeps its MAC, so neighbours' ARP caches stay right.
-        let container_mac = Mac::for_ipv4(lease.address.addr());
-        ns_nl.add_address(iface.index, lease.address.into()).await?;
+        // A reused address keeps its MAC, so neighbours' ARP and NDP caches stay right.
+        let container_mac = container_mac(lease);
+        for ip in &lease.ips {
+            if let Some(thread) = preparing.take_if(|_| ip.address.addr().is_ipv6()) {
+                thread
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("the sysctl thread panicked")))
+                    .map_err(unprepared)?;
+            }
+            ns_nl.add_address(iface.index, ip.address).await?;
+        }
         let up = LinkChange { up: Some(true), mac: Some(container_mac), ..LinkChange::default() };
         ns_nl.set_link(iface.index, &up).await?;
         for route in container_routes(lease, iface.index) {
@@ -133,8 +151,16 @@ impl Plugged {
                 .ok_or_else(|| CniError::new(Code::Kernel, format!("{} vanished", self.host_name)))?;
             self.host_nl.set_hairpin(host.index, true).await?;
         }
-        let gateway = Ipv4Net::new(lease.gateway, lease.address.prefix_len()).expect("prefix is valid");
-        ensure_address(&self.host_nl, self.bridge.index, gateway.into()).await?;
+        for ip in &lease.ips {
+            let family = forwarding_key(ip.address.addr());
+            sysctl::ensure(family, "1").map_err(|e| {
+                CniError::new(Code::Kernel, format!("cannot enable forwarding ({family})")).with_details(e)
+            })?;
+        }
+        for ip in &lease.ips {
+            let gateway = IpNet::new(ip.gateway, ip.address.prefix_len()).expect("prefix is valid");
+            ensure_address(&self.host_nl, self.bridge.index, gateway).await?;
+        }
         Ok(Attached {
             bridge: self.bridge.clone(),
             host_name: self.host_name.clone(),
@@ -151,13 +177,30 @@ impl Plugged {
     }
 }
 
-/// The lease's routes as kernel routes out of the container interface.
+/// The container's MAC: from its IPv4 address as other CNIs do (`0a:58:` + the address), else
+/// derived from its IPv6 address; either way the same again for the same address.
+fn container_mac(lease: &Lease) -> Mac {
+    match lease.ips.first().expect("a lease has an address").address.addr() {
+        IpAddr::V4(v4) => Mac::for_ipv4(v4),
+        v6 => Mac::derived(&v6.to_string()),
+    }
+}
+
+/// IPv6 on the container's interface: enabled (a runtime may have disabled it in the
+/// namespace), and no router advertisements: the pod's addresses and routes are weft's alone,
+/// nothing on the bridge may add others (SLAAC addresses, a default route to a rogue router).
+fn ipv6_interface_settings(ifname: &str) -> Vec<(String, &'static str)> {
+    vec![(format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0"), (format!("net/ipv6/conf/{ifname}/accept_ra"), "0")]
+}
+
+/// The lease's routes as kernel routes out of the container interface; only those of a family
+/// the pod has an address of (a route of another family would have no source address).
 fn container_routes(lease: &Lease, oif: u32) -> Vec<Route> {
+    let has_family = |dst: &IpNet| lease.ips.iter().any(|ip| ip.address.addr().is_ipv4() == dst.addr().is_ipv4());
     lease
         .routes
         .iter()
-        // The pod gets IPv4 addresses only so far; an IPv6 route would have no source to use.
-        .filter(|r| r.dst.addr().is_ipv4())
+        .filter(|r| has_family(&r.dst))
         .filter_map(|r| {
             Some(Route {
                 dst: r.dst,
@@ -245,8 +288,8 @@ pub struct Expected<'a> {
     pub bridge: &'a str,
     pub mac: Option<Mac>,
     pub mtu: u32,
-    pub addresses: Vec<Ipv4Net>,
-    pub routes: Vec<(Ipv4Net, Option<Ipv4Addr>)>,
+    pub addresses: Vec<IpNet>,
+    pub routes: Vec<(IpNet, Option<IpAddr>)>,
 }
 
 /// CHECK's kernel part: every difference is reported, not just the first.
@@ -281,14 +324,12 @@ pub async fn verify(e: &Expected<'_>, container: PendingSocket) -> Result<(), Cn
                 problems.push(format!("{} has MTU {}, expected {}", e.ifname, iface.mtu, e.mtu));
             }
             let addrs = ns_nl.addresses(iface.index).await?;
-            for want in e.addresses.iter().filter(|a| !addrs.contains(&IpNet::from(**a))) {
+            for want in e.addresses.iter().filter(|a| !addrs.contains(a)) {
                 problems.push(format!("{} lacks address {want}", e.ifname));
             }
             let routes = ns_nl.routes().await?;
             for (dst, gw) in &e.routes {
-                let present = routes
-                    .iter()
-                    .any(|r| r.dst == IpNet::from(*dst) && (gw.is_none() || r.gateway == gw.map(IpAddr::from)));
+                let present = routes.iter().any(|r| r.dst == *dst && (gw.is_none() || r.gateway == *gw));
                 if !present {
                     let via = gw.map(|gw| format!(" via {gw}")).unwrap_or_default();
                     problems.push(format!("route {dst}{via} is missing"));
@@ -307,22 +348,50 @@ pub async fn verify(e: &Expected<'_>, container: PendingSocket) -> Result<(), Cn
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ipam::LeasedIp;
     use crate::result::{Dns, Route};
+
+    fn lease(ips: &[(&str, &str)], routes: &[(&str, &str)]) -> Lease {
+        Lease {
+            ips: ips
+                .iter()
+                .map(|(a, gw)| LeasedIp { address: a.parse().unwrap(), gateway: gw.parse().unwrap() })
+                .collect(),
+            routes: routes
+                .iter()
+                .map(|(dst, gw)| Route::new(dst.parse().unwrap(), Some(gw.parse().unwrap())))
+                .collect(),
+            dns: Dns::default(),
+        }
+    }
 
     #[test]
     fn lease_routes_become_routes_out_of_the_container_interface() {
-        let lease = Lease {
-            address: "10.244.3.7/24".parse().unwrap(),
-            gateway: "10.244.3.1".parse().unwrap(),
-            routes: vec![
-                Route::new("0.0.0.0/0".parse().unwrap(), Some("10.244.3.1".parse().unwrap())),
-                Route::new("fd00::/64".parse().unwrap(), Some("fd00::1".parse().unwrap())),
-            ],
-            dns: Dns::default(),
-        };
-        let routes = container_routes(&lease, 5);
-        assert_eq!(routes.len(), 1, "IPv6 routes are not installed");
+        let v4 = lease(&[("10.244.3.7/24", "10.244.3.1")], &[("0.0.0.0/0", "10.244.3.1"), ("::/0", "fd00::1")]);
+        let routes = container_routes(&v4, 5);
+        assert_eq!(routes.len(), 1, "no IPv6 route without an IPv6 address");
         assert_eq!(routes[0].oif, Some(5));
         assert_eq!(routes[0].gateway, Some("10.244.3.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_dual_stack_lease_gets_a_default_route_per_family() {
+        let dual = lease(
+            &[("10.244.3.7/24", "10.244.3.1"), ("fd00:10:244:3::7/64", "fd00:10:244:3::1")],
+            &[("0.0.0.0/0", "10.244.3.1"), ("::/0", "fd00:10:244:3::1")],
+        );
+        let routes: Vec<String> =
+            container_routes(&dual, 5).iter().map(|r| format!("{} via {}", r.dst, r.gateway.unwrap())).collect();
+        assert_eq!(routes, ["0.0.0.0/0 via 10.244.3.1", "::/0 via fd00:10:244:3::1"]);
+        assert_eq!(container_mac(&dual).to_string(), "0a:58:0a:f4:03:07", "from the IPv4 address");
+    }
+
+    #[test]
+    fn an_ipv6_only_container_gets_a_stable_mac_of_its_address() {
+        let v6 = lease(&[("fd00:10:244:3::7/64", "fd00:10:244:3::1")], &[]);
+        assert_eq!(container_mac(&v6), container_mac(&v6.clone()));
+        assert!(container_mac(&v6).is_unicast());
+        let other = lease(&[("fd00:10:244:3::8/64", "fd00:10:244:3::1")], &[]);
+        assert_ne!(container_mac(&v6), container_mac(&other));
     }
 }

@@ -131,7 +131,7 @@ impl CniResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn sample() -> CniResult {
         CniResult {
@@ -165,6 +165,28 @@ mod tests {
             assert_eq!(j["ips"][0]["interface"], 1);
             assert!(j["interfaces"][0].get("mtu").is_none());
             assert!(j["routes"][0].get("mtu").is_none());
+        }
+    }
+
+    #[test]
+    fn a_dual_stack_result_carries_both_addresses_in_every_version() {
+        let mut dual = sample();
+        dual.ips.push(IpConfig {
+            version: None,
+            address: "fd00:10:244:3::7/64".parse().unwrap(),
+            gateway: Some("fd00:10:244:3::1".parse().unwrap()),
+            interface: Some(1),
+        });
+        dual.routes.push(Route::new("::/0".parse().unwrap(), Some("fd00:10:244:3::1".parse().unwrap())));
+        for v in CniVersion::ALL {
+            let j = dual.to_json(v);
+            let versions: Vec<&Value> = j["ips"].as_array().unwrap().iter().map(|ip| &ip["version"]).collect();
+            let want = if v.ips_carry_version() { vec![json!("4"), json!("6")] } else { vec![Value::Null; 2] };
+            assert_eq!(versions, want.iter().collect::<Vec<_>>(), "{v}");
+            assert_eq!(j["ips"][1]["address"], "fd00:10:244:3::7/64", "{v}");
+            assert_eq!(j["ips"][1]["gateway"], "fd00:10:244:3::1", "{v}");
+            assert_eq!(j["routes"][1], json!({"dst": "::/0", "gw": "fd00:10:244:3::1"}), "{v}");
+            assert_eq!(CniResult::from_value(&j).unwrap().ips, dual.ips, "{v}");
         }
     }
 

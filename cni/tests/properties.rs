@@ -2,9 +2,9 @@
 //! and what they accept obeys the spec.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use proptest::prelude::*;
 use weft_cni::commands::{Reply, run};
 use weft_cni::config::Request;
@@ -53,13 +53,25 @@ proptest! {
 
     #[test]
     fn the_allocator_only_hands_out_free_host_addresses(
-        prefix in 22u8..=30, used_bits in proptest::collection::vec(any::<bool>(), 1024), last in any::<u32>()
+        v6 in any::<bool>(), host_bits in 2u8..=10, used_bits in proptest::collection::vec(any::<bool>(), 1024),
+        last in any::<u32>()
     ) {
-        let net = Ipv4Net::new(Ipv4Addr::new(10, 244, 4, 0), prefix).unwrap().trunc();
+        // Blocks of 4 to 1024 addresses in either family: small enough to check exhaustively.
+        let net: IpNet = if v6 {
+            Ipv6Net::new(Ipv6Addr::new(0xfd00, 0x10, 0x244, 4, 0, 0, 0, 0), 128 - host_bits).unwrap().trunc().into()
+        } else {
+            Ipv4Net::new(Ipv4Addr::new(10, 244, 4, 0), 32 - host_bits).unwrap().trunc().into()
+        };
         let pool = Pool { net, gateway: weft_cni::config::first_host(&net) };
-        let hosts: Vec<Ipv4Addr> = net.hosts().collect();
-        let used: HashSet<Ipv4Addr> = hosts.iter().zip(&used_bits).filter(|(_, u)| **u).map(|(ip, _)| *ip).collect();
-        let last = Some(Ipv4Addr::from(u32::from(net.network()).wrapping_add(last % 2048)));
+        let at = |offset: u32| -> IpAddr {
+            match net.network() {
+                IpAddr::V4(n) => Ipv4Addr::from(u32::from(n) + offset).into(),
+                IpAddr::V6(n) => Ipv6Addr::from(u128::from(n) + u128::from(offset)).into(),
+            }
+        };
+        let hosts: Vec<IpAddr> = (1..(1u32 << host_bits) - 1).map(at).collect();
+        let used: HashSet<IpAddr> = hosts.iter().zip(&used_bits).filter(|(_, u)| **u).map(|(ip, _)| *ip).collect();
+        let last = Some(at(last % 2048));
         match pool.next_free(&used, last) {
             Some(ip) => {
                 prop_assert!(pool.contains(ip));

@@ -10,7 +10,8 @@ use libfuzzer_sys::fuzz_target;
 use weft_cni::config::{Request, check_gateway, check_mtu, check_pod_cidr, peek_version};
 use weft_cni::env::{Command, Invocation};
 use weft_cni::error::{CniError, Code};
-use weft_cni::names::{validate_id, validate_ifname};
+use weft_cni::names::validate_id;
+use weft_overlay::rules::check_ifname;
 
 fuzz_target!(|data: &[u8]| {
     let (env, stdin) = match data.iter().position(|&b| b == 0) {
@@ -33,7 +34,7 @@ fn check_invocation(inv: Result<Invocation, CniError>) {
     assert_eq!(inv.attachment.is_some(), needs_attachment);
     if let Some(a) = inv.attachment {
         validate_id("container id", &a.container_id).expect("accepted container id is valid");
-        validate_ifname(&a.ifname).expect("accepted ifname is valid");
+        check_ifname(&a.ifname).expect("accepted ifname is valid");
         assert!(a.netns.is_some() || inv.command == Command::Del, "only DEL may lack a netns");
     }
 }
@@ -58,12 +59,15 @@ fn check_request(stdin: &[u8]) {
     };
     assert_eq!(network.name, conf.name);
     check_mtu(network.mtu).expect("resolved MTU is in range");
-    validate_ifname(&network.bridge).expect("resolved bridge name is valid");
-    if let Some(pool) = network.pool {
+    check_ifname(&network.bridge).expect("resolved bridge name is valid");
+    for pool in &network.pools {
         // An exact network of unicast addresses, with room for a gateway and a pod.
-        check_pod_cidr(pool.net.into()).expect("resolved pool is a sane pod CIDR");
+        check_pod_cidr(pool.net).expect("resolved pool is a sane pod CIDR");
         check_gateway(&pool.net, pool.gateway).expect("resolved gateway is a host of the pool");
     }
+    // At most one pool per family, IPv4 first.
+    assert!(network.pools.len() <= 2);
+    assert!(network.pools.windows(2).all(|w| w[0].net.addr().is_ipv4() && w[1].net.addr().is_ipv6()));
 }
 
 /// What the runtime reads back: the spec's error JSON, in the request's version when it has one.

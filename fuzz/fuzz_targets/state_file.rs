@@ -18,14 +18,18 @@ use weft_overlay::rules::check_ifname;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(state) = NodeState::parse(data) {
-        assert!(state.cluster_cidr.contains(&state.pod_cidr));
-        weft_cni::config::check_pod_cidr(state.pod_cidr.into()).expect("accepted PodCIDR is a sane pod CIDR");
+        assert!(!state.pools.is_empty() && !state.node_ips.is_empty());
+        for pool in &state.pools {
+            assert!(pool.cluster_cidr.contains(&pool.pod_cidr));
+            weft_cni::config::check_pod_cidr(pool.pod_cidr).expect("accepted PodCIDR is a sane pod CIDR");
+            check_gateway(&pool.pod_cidr, pool.gateway).expect("accepted gateway is a host of the PodCIDR");
+            assert_eq!(state.pool_of(pool.gateway), Some(pool), "one pool per family");
+        }
         if let Some(reason) = &state.unavailable {
             // It ends up in error messages and logs: one bounded line.
             assert!(!reason.trim().is_empty() && reason.len() <= MAX_REASON_BYTES, "{reason:?}");
             assert!(!reason.chars().any(char::is_control), "{reason:?}");
         }
-        check_gateway(&state.pod_cidr, state.gateway).expect("accepted gateway is a host of the PodCIDR");
         check_mtu(state.mtu).expect("accepted MTU is in range");
         check_ifname(&state.bridge).expect("accepted bridge name is valid");
         let written = serde_json::to_vec_pretty(&state).expect("state serializes");

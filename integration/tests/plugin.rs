@@ -311,7 +311,18 @@ fn bad_input_gets_the_right_code_and_leaves_nothing() {
         ("empty stdin", env(&[]), Vec::new(), 6),
         ("wrong field type", env(&[]), lab.conf("1.0.0", json!({"mtu": "big"})).to_string().into(), 6),
         ("unsupported version", env(&[]), lab.conf("0.2.0", json!({})).to_string().into(), 1),
-        ("IPv6 pod CIDR", env(&[]), lab.conf("1.0.0", json!({"podCIDR": "fd00::/64"})).to_string().into(), 2),
+        (
+            "two IPv4 pod CIDRs",
+            env(&[]),
+            lab.conf("1.0.0", json!({"podCIDR": "10.244.7.0/24,10.244.8.0/24"})).to_string().into(),
+            7,
+        ),
+        (
+            "IPv6 pod CIDR /40",
+            env(&[]),
+            lab.conf("1.0.0", json!({"podCIDR": "fd00:10:200::/40"})).to_string().into(),
+            7,
+        ),
         ("gateway outside", env(&[]), lab.conf("1.0.0", json!({"gateway": "10.9.9.9"})).to_string().into(), 7),
         (
             "bad prevResult",

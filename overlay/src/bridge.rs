@@ -1,7 +1,9 @@
 //! The node bridge `cni0`: ensured by the agent before the first pod and by the plugin on every
 //! ADD, so the two never disagree about what it looks like.
 
-use ipnet::{IpNet, Ipv4Net};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 use crate::mac::Mac;
 use crate::netlink::{Netlink, NetlinkError};
@@ -25,18 +27,29 @@ pub struct BridgeChanges {
     pub address_added: bool,
 }
 
-/// Makes `name` a bridge that is up, has `mtu` and carries `gateway` (address with prefix).
-/// Safe against concurrent callers: losing a creation race is not an error.
+/// Makes `name` a bridge that is up, has `mtu` and carries `gateway` (address with prefix, of
+/// either family; addresses of the other family are left alone). Safe against concurrent
+/// callers: losing a creation race is not an error.
 pub async fn ensure_bridge(
     nl: &Netlink,
     name: &str,
     mtu: u32,
-    gateway: Ipv4Net,
+    gateway: IpNet,
 ) -> Result<(Link, BridgeChanges), BridgeError> {
-    // A fixed MAC: otherwise the bridge takes its lowest port's MAC, which changes as pods come and go.
-    let (link, mut changes) = ensure_bridge_link(nl, name, mtu, Mac::for_ipv4(gateway.addr())).await?;
-    changes.address_added = ensure_address(nl, link.index, gateway.into()).await?;
+    let (link, mut changes) = ensure_bridge_link(nl, name, mtu, bridge_mac(name, Some(gateway.addr()))).await?;
+    changes.address_added = ensure_address(nl, link.index, gateway).await?;
     Ok((link, changes))
+}
+
+/// The MAC a bridge is created with, fixed: otherwise the bridge takes its lowest port's MAC,
+/// which changes as pods come and go. Derived from the IPv4 gateway (the first gateway given,
+/// IPv4 first) as other CNIs do, else from the bridge's name: the agent and the plugin, whichever
+/// creates the bridge first, give it the same one.
+pub fn bridge_mac(name: &str, first_gateway: Option<IpAddr>) -> Mac {
+    match first_gateway {
+        Some(IpAddr::V4(v4)) => Mac::for_ipv4(v4),
+        _ => Mac::derived(name),
+    }
 }
 
 /// The bridge link alone: exists (created with `mac`), is a bridge, is up, has `mtu`.
@@ -69,11 +82,11 @@ pub async fn ensure_bridge_link(
     Ok((link, changes))
 }
 
-/// Puts `address` on the link unless it is there already; whether it was added.
+/// Puts `address` on the link unless it is there already; whether it was added. An IPv6 one
+/// is usable at once (no duplicate address detection, see `Netlink::add_address`). One request:
+/// the kernel refuses an address the link has (EEXIST), which is cheaper to ask than a dump of
+/// every address of the namespace (each pod's host veth has its own link-local one).
 pub async fn ensure_address(nl: &Netlink, index: u32, address: IpNet) -> Result<bool, BridgeError> {
-    if nl.addresses(index).await?.contains(&address) {
-        return Ok(false);
-    }
     match nl.add_address(index, address).await {
         Ok(()) => Ok(true),
         Err(e) if e.is_exists() => Ok(false),

@@ -116,7 +116,7 @@ async fn run_step(kernel: &Kernel<'_>, step: &Step, vxlan: &BTreeMap<Family, u32
         Op::FixVxlan(family, change) => Ok(nl.set_link(vx(*family)?, change).await.map(|()| done)?),
         Op::VxlanLearningOff(family) => Ok(nl.set_vxlan_learning(vx(*family)?, false).await.map(|()| done)?),
         Op::EnsureBridge { name, mtu, gateway } => {
-            let (_, c) = ensure_bridge(nl, name, *mtu, *gateway).await?;
+            let (_, c) = ensure_bridge(nl, name, *mtu, (*gateway).into()).await?;
             let tally = Tally::of(usize::from(c.created) + usize::from(c.address_added), usize::from(c.changed), 0);
             Ok(if tally == Tally::default() { unchanged() } else { tally })
         }

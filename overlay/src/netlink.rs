@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::AddressFamily;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
     LinkMessage,
@@ -277,10 +277,10 @@ impl Netlink {
 
     // ---- addresses ----
 
-    /// The IPv4 addresses on a link.
+    /// The addresses of both families on a link.
     pub async fn addresses(&self, index: u32) -> Result<Vec<IpNet>> {
         // Without strict checking the kernel ignores a link filter and dumps every address.
-        let all = self.all_addresses().await?;
+        let all = self.dump_addresses(AddressFamily::Unspec).await?;
         Ok(all.into_iter().filter(|(i, _)| *i == index).map(|(_, a)| a).collect())
     }
 
@@ -291,22 +291,29 @@ impl Netlink {
 
     /// Every address of one family in one dump, as (link index, address).
     pub async fn all_addresses_of(&self, family: Family) -> Result<Vec<(u32, IpNet)>> {
-        let mut req = self.handle.address().get();
-        req.message_mut().header.family = match family {
+        self.dump_addresses(match family {
             Family::Ipv4 => AddressFamily::Inet,
             Family::Ipv6 => AddressFamily::Inet6,
-        };
+        })
+        .await
+    }
+
+    async fn dump_addresses(&self, family: AddressFamily) -> Result<Vec<(u32, IpNet)>> {
+        let mut req = self.handle.address().get();
+        req.message_mut().header.family = family;
         let msgs: Vec<AddressMessage> = req.execute().try_collect().await.map_err(kernel("dump addresses"))?;
         Ok(msgs.iter().filter_map(|m| Some((m.header.index, parse_address(m)?))).collect())
     }
 
+    /// Adds an address. An IPv6 one skips duplicate address detection (IFA_F_NODAD): weft's
+    /// addresses are unique by allocation, and DAD would leave it unusable ("tentative") for a
+    /// second or more.
     pub async fn add_address(&self, index: u32, addr: IpNet) -> Result<()> {
-        self.handle
-            .address()
-            .add(index, addr.addr(), addr.prefix_len())
-            .execute()
-            .await
-            .map_err(kernel(format!("add address {addr} to link #{index}")))
+        let mut req = self.handle.address().add(index, addr.addr(), addr.prefix_len());
+        if addr.addr().is_ipv6() {
+            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        req.execute().await.map_err(kernel(format!("add address {addr} to link #{index}")))
     }
 
     pub async fn delete_address(&self, index: u32, addr: IpNet) -> Result<()> {

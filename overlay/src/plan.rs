@@ -509,8 +509,10 @@ fn plan_vxlan<'k>(
 }
 
 /// cni0 is handed to `bridge::ensure_bridge` only when the snapshot shows it is not right. Any
-/// other IPv4 address on it is a previous PodCIDR's gateway: left there, its connected route
-/// would keep that block on this node after the block has moved to another.
+/// other address of the gateway's family on it is a previous PodCIDR's gateway: left there, its
+/// connected route would keep that block on this node after the block has moved to another.
+/// Addresses of a family the agent does not manage (the plugin's IPv6 gateway, link-local
+/// addresses) are not its to remove.
 fn plan_bridge(b: &mut Builder, local: &LocalNode, kernel: &Kernel) {
     let gateway = local.gateway_net();
     let bridge = kernel.link(&local.bridge).filter(|l| l.kind.as_deref() == Some("bridge"));
@@ -524,7 +526,9 @@ fn plan_bridge(b: &mut Builder, local: &LocalNode, kernel: &Kernel) {
         b.push(Stage::Device, op, Tally::default(), None);
     }
     if let Some(link) = bridge {
-        for address in kernel.addresses_of(link.index).filter(|a| *a != gateway.into()) {
+        let want = IpNet::from(gateway);
+        let stale = |a: &IpNet| a.addr().is_ipv4() == want.addr().is_ipv4() && *a != want;
+        for address in kernel.addresses_of(link.index).filter(stale) {
             let op = Op::DeleteAddress { link: link.name.clone(), index: link.index, address };
             b.removal(Stage::StaleAddresses, op);
         }
@@ -915,6 +919,22 @@ pub(crate) mod tests {
         // cni0 itself is right: only the stray address goes, the bridge is not touched.
         assert_eq!(ops, [&Op::DeleteAddress { link: "cni0".into(), index: CNI0, address: old }]);
         assert_eq!(tally(&p).removed, 1);
+    }
+
+    #[test]
+    fn addresses_of_another_family_on_cni0_are_left_alone() {
+        let d = desired_with(&[2]);
+        let mut k = converged(&d);
+        // The plugin's IPv6 gateway and the kernel's link-local address on a dual-stack node.
+        for other in ["fd00:10:244:1::1/64", "fe80::1/64"] {
+            k.addresses.push((CNI0, other.parse().unwrap()));
+        }
+        let p = plan(&d, &k).unwrap();
+        assert_eq!(p.steps().count(), 0, "{:#?}", p.stages);
+        k.addresses.push((CNI0, "10.244.9.1/24".parse().unwrap()));
+        let ops: Vec<Op> = plan(&d, &k).unwrap().steps().map(|s| s.op.clone()).collect();
+        let old = "10.244.9.1/24".parse().unwrap();
+        assert_eq!(ops, [Op::DeleteAddress { link: "cni0".into(), index: CNI0, address: old }]);
     }
 
     #[test]

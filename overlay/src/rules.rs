@@ -79,9 +79,26 @@ pub fn max_node_prefix(net: &IpNet) -> u8 {
     }
 }
 
+/// A PodCIDR's gateway unless configured otherwise, in either family: its first host (the
+/// bridge's address, 10.244.3.1 or fd00:10:244:3::1).
+pub fn first_host(net: &IpNet) -> IpAddr {
+    match net.network() {
+        IpAddr::V4(v4) => IpAddr::V4((u32::from(v4).wrapping_add(1)).into()),
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6).wrapping_add(1)).into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_host_is_the_gateway_in_both_families() {
+        let first = |net: &str| first_host(&net.parse().unwrap()).to_string();
+        assert_eq!(first("10.244.3.0/24"), "10.244.3.1");
+        assert_eq!(first("fd00:10:244:3::/64"), "fd00:10:244:3::1");
+        assert_eq!(first("10.244.3.7/24"), "10.244.3.1", "from the network, not the address");
+    }
 
     #[test]
     fn unicast_per_family() {

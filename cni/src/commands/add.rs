@@ -2,8 +2,6 @@
 
 use std::path::Path;
 
-use ipnet::IpNet;
-
 use crate::config::Request;
 use crate::datapath::{self, Attached, PortSpec};
 use crate::env::Invocation;
@@ -39,13 +37,13 @@ pub fn add(inv: &Invocation, req: &Request) -> Result<CniResult, CniError> {
     let rt = runtime::new();
     let (plugged, lease) = std::thread::scope(|s| {
         let ipam = s.spawn(|| ipam::acquire(&net, &owner, input));
-        let plugged = rt.block_on(datapath::plug(&attachment, &netns, net.pool.map(|p| p.gateway)));
+        let plugged = rt.block_on(datapath::plug(&attachment, &netns, net.pools.first().map(|p| p.gateway)));
         let lease = ipam.join().unwrap_or_else(|_| Err(CniError::new(Code::IpamStore, "the IPAM thread failed")));
         (plugged, lease)
     });
     let outcome = match (&plugged, lease) {
         (Ok(plugged), Ok(lease)) => rt
-            .block_on(plugged.configure(&attachment, container, &lease))
+            .block_on(plugged.configure(&attachment, (&netns, container), &lease))
             .map(|attached| result(&attachment, netns_path, &attached, lease)),
         (Err(e), _) => Err(e.clone()),
         (Ok(_), Err(e)) => Err(e),
@@ -84,12 +82,11 @@ fn result(a: &PortSpec<'_>, netns: &Path, attached: &Attached, lease: Lease) -> 
                 sandbox: Some(netns.display().to_string()),
             },
         ],
-        ips: vec![IpConfig {
-            version: None,
-            address: IpNet::V4(lease.address),
-            gateway: Some(lease.gateway.into()),
-            interface: Some(2),
-        }],
+        ips: lease
+            .ips
+            .iter()
+            .map(|ip| IpConfig { version: None, address: ip.address, gateway: Some(ip.gateway), interface: Some(2) })
+            .collect(),
         routes: lease.routes,
         dns: lease.dns,
     }

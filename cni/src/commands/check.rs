@@ -1,7 +1,5 @@
 //! CHECK: the container's network is still as ADD (per prevResult) left it.
 
-use ipnet::{IpNet, Ipv4Net};
-
 use crate::config::{IpamMode, Request};
 use crate::datapath::{self, Expected};
 use crate::env::Invocation;
@@ -28,24 +26,8 @@ pub fn check(inv: &Invocation, req: &Request) -> Result<(), CniError> {
     let index = prev.interfaces.iter().position(|i| i.name == att.ifname && i.sandbox.is_some()).ok_or_else(|| {
         CniError::new(Code::InvalidConfig, format!("prevResult has no container interface {}", att.ifname))
     })?;
-    let addresses: Vec<Ipv4Net> = prev
-        .ips
-        .iter()
-        .filter(|ip| ip.interface == Some(index))
-        .filter_map(|ip| match ip.address {
-            IpNet::V4(a) => Some(a),
-            IpNet::V6(_) => None,
-        })
-        .collect();
-    let routes = prev
-        .routes
-        .iter()
-        .filter_map(|r| match (r.dst, r.gw) {
-            (IpNet::V4(dst), Some(std::net::IpAddr::V4(gw))) => Some((dst, Some(gw))),
-            (IpNet::V4(dst), None) => Some((dst, None)),
-            _ => None,
-        })
-        .collect();
+    let addresses: Vec<_> = prev.ips.iter().filter(|ip| ip.interface == Some(index)).map(|ip| ip.address).collect();
+    let routes = prev.routes.iter().map(|r| (r.dst, r.gw)).collect();
     let expected = Expected {
         container_id: &att.container_id,
         ifname: &att.ifname,
@@ -59,9 +41,9 @@ pub fn check(inv: &Invocation, req: &Request) -> Result<(), CniError> {
 
     match &net.ipam {
         IpamMode::BuiltIn { store_dir } => {
-            let held = Store::open(store_dir)?.find(&Owner::new(&att.container_id, &att.ifname))?;
+            let held = Store::open(store_dir)?.held(&Owner::new(&att.container_id, &att.ifname))?;
             for addr in &addresses {
-                if held != Some(addr.addr()) {
+                if !held.contains(&addr.addr()) {
                     return Err(CniError::new(
                         Code::CheckFailed,
                         format!("address {} is not reserved for this container in the IPAM store", addr.addr()),

@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! <dataDir>/<network>/lock                      flock'd for the whole of every operation
-//! <dataDir>/<network>/last_reserved_ip          where the next search starts
+//! <dataDir>/<network>/last_reserved_ip          where the next IPv4 search starts
+//! <dataDir>/<network>/last_reserved_ip6         where the next IPv6 search starts
 //! <dataDir>/<network>/10.244.3.7@<hash16>       an allocation; content "<container id>\n<ifname>\n"
+//! <dataDir>/<network>/fd00:10:244:3::7@<hash16> an IPv6 allocation, the same way
 //! <dataDir>/<network>/attached@<hash16>         an attachment record; same content
 //! ```
 //!
@@ -13,6 +15,8 @@
 //! claimed with an exclusive create under the lock; a crash right after the create leaves an empty
 //! file that still reserves its address and is released like any other, so neither a crash nor a
 //! damaged file can ever cause a duplicate. `last_reserved_ip` is only a hint for where to search.
+//! An attachment holds at most one address per family; IPv6 addresses are written in their
+//! canonical text form (a file name may hold colons; `@` never occurs in an address).
 //!
 //! ADD records the attachment before its host veth exists and DEL forgets it only after the veth
 //! is gone, so the store always knows every veth of its network: that is how GC of one network
@@ -21,7 +25,7 @@
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -32,7 +36,8 @@ use crate::names::{attachment_hash, host_veth_name_for_hash};
 
 const LOCK_FILE: &str = "lock";
 const LAST_RESERVED_FILE: &str = "last_reserved_ip";
-/// An address in text is at most 15 bytes; the hint file is never legitimately larger.
+const LAST_RESERVED_FILE_V6: &str = "last_reserved_ip6";
+/// An address in text is at most 39 bytes; the hint file is never legitimately larger.
 const MAX_LAST_RESERVED_BYTES: u64 = 64;
 /// Names an attachment record, where an allocation has its address.
 const RECORD_MARK: &str = "attached";
@@ -43,7 +48,7 @@ pub enum StoreError {
     #[error("IPAM store {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("no free address left in {0}")]
-    Exhausted(ipnet::Ipv4Net),
+    Exhausted(ipnet::IpNet),
 }
 
 /// The owner of an allocation, as the CNI spec keys state: (container id, ifname) per network.
@@ -72,7 +77,7 @@ impl Owner {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// The address held; `None` for an attachment record.
-    pub ip: Option<Ipv4Addr>,
+    pub ip: Option<IpAddr>,
     owner_key: String,
     file: String,
 }
@@ -114,9 +119,10 @@ impl Store {
         read_entries(&self.dir).map_err(|e| self.io_err(e))
     }
 
-    pub fn find(&self, owner: &Owner) -> Result<Option<Ipv4Addr>, StoreError> {
+    /// The addresses the owner holds (one per family at most).
+    pub fn held(&self, owner: &Owner) -> Result<Vec<IpAddr>, StoreError> {
         let key = owner.key();
-        Ok(self.entries()?.into_iter().find_map(|e| e.ip.filter(|_| e.owner_key == key)))
+        Ok(self.entries()?.into_iter().filter(|e| e.owner_key == key).filter_map(|e| e.ip).collect())
     }
 
     /// Records the attachment (again, on a repeated ADD: that is not an error).
@@ -129,13 +135,36 @@ impl Store {
         }
     }
 
-    /// The owner's address: the one it already holds in `pool`, else the next free one.
-    pub fn allocate(&mut self, pool: &Pool, owner: &Owner) -> Result<Ipv4Addr, StoreError> {
-        let key = owner.key();
+    /// One address from each pool (one pool per family), all or nothing: when one pool fails,
+    /// the owner's allocations are released again (its record stays).
+    pub fn allocate_all(&mut self, pools: &[Pool], owner: &Owner) -> Result<Vec<IpAddr>, StoreError> {
+        // One directory read serves every family: each allocation only looks at its own.
         let entries = self.entries()?;
+        let allocated: Result<Vec<IpAddr>, StoreError> =
+            pools.iter().map(|pool| self.allocate_from(&entries, pool, owner)).collect();
+        if allocated.is_err() {
+            let key = owner.key();
+            if let Err(e) = self.remove_where(|e| e.owner_key == key && e.ip.is_some()) {
+                tracing::warn!("cannot release the addresses of a failed allocation: {e}");
+            }
+        }
+        allocated
+    }
+
+    /// The owner's address of the pool's family: the one it already holds in `pool`, else the
+    /// next free one.
+    pub fn allocate(&mut self, pool: &Pool, owner: &Owner) -> Result<IpAddr, StoreError> {
+        let entries = self.entries()?;
+        self.allocate_from(&entries, pool, owner)
+    }
+
+    /// `allocate` over the store's entries as read under this lock.
+    fn allocate_from(&mut self, entries: &[Entry], pool: &Pool, owner: &Owner) -> Result<IpAddr, StoreError> {
+        let key = owner.key();
         let mut used = HashSet::with_capacity(entries.len());
-        for entry in &entries {
-            let Some(ip) = entry.ip else { continue };
+        let same_family = |ip: &IpAddr| ip.is_ipv4() == pool.net.addr().is_ipv4();
+        for entry in entries {
+            let Some(ip) = entry.ip.filter(same_family) else { continue };
             if entry.owner_key == key {
                 if pool.contains(ip) {
                     return Ok(ip);
@@ -146,7 +175,8 @@ impl Store {
             }
             used.insert(ip);
         }
-        let ip = pool.next_free(&used, self.last_reserved()).ok_or(StoreError::Exhausted(pool.net))?;
+        let hint_file = self.dir.join(hint_file(pool));
+        let ip = pool.next_free(&used, last_reserved(&hint_file)).ok_or(StoreError::Exhausted(pool.net))?;
         let path = self.dir.join(file_name(&ip.to_string(), &key));
         let claim = OpenOptions::new().write(true).create_new(true).open(&path);
         if let Err(e) = claim.and_then(|mut f| f.write_all(owner.content().as_bytes())) {
@@ -155,7 +185,7 @@ impl Store {
         }
         // Only a hint for where to search next: a torn or failed write costs nothing but fairness.
         let mut hint = OpenOptions::new();
-        let written = open_regular(&self.dir.join(LAST_RESERVED_FILE), hint.write(true).create(true).truncate(true))
+        let written = open_regular(&hint_file, hint.write(true).create(true).truncate(true))
             .and_then(|mut f| f.write_all(ip.to_string().as_bytes()));
         if let Err(e) = written {
             tracing::warn!("cannot record last reserved address: {e}");
@@ -165,7 +195,7 @@ impl Store {
 
     /// Releases whatever the owner holds and forgets its record; nothing to release is not an
     /// error. Returns the addresses released.
-    pub fn release(&mut self, owner: &Owner) -> Result<Vec<Ipv4Addr>, StoreError> {
+    pub fn release(&mut self, owner: &Owner) -> Result<Vec<IpAddr>, StoreError> {
         let key = owner.key();
         self.remove_where(|e| e.owner_key == key)
     }
@@ -177,12 +207,12 @@ impl Store {
     }
 
     /// Releases and forgets every attachment not in `keep` (GC). Returns the addresses released.
-    pub fn retain(&mut self, keep: &[Owner]) -> Result<Vec<Ipv4Addr>, StoreError> {
+    pub fn retain(&mut self, keep: &[Owner]) -> Result<Vec<IpAddr>, StoreError> {
         let keep: HashSet<String> = keep.iter().map(Owner::key).collect();
         self.remove_where(|e| !keep.contains(&e.owner_key))
     }
 
-    fn remove_where(&mut self, pred: impl Fn(&Entry) -> bool) -> Result<Vec<Ipv4Addr>, StoreError> {
+    fn remove_where(&mut self, pred: impl Fn(&Entry) -> bool) -> Result<Vec<IpAddr>, StoreError> {
         let mut released = Vec::new();
         for entry in self.entries()?.iter().filter(|e| pred(e)) {
             self.remove(entry)?;
@@ -198,14 +228,19 @@ impl Store {
         }
     }
 
-    fn last_reserved(&self) -> Option<Ipv4Addr> {
-        let bytes = read_regular(&self.dir.join(LAST_RESERVED_FILE), MAX_LAST_RESERVED_BYTES).ok()?;
-        std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
-    }
-
     fn io_err(&self, source: io::Error) -> StoreError {
         StoreError::Io { path: self.dir.clone(), source }
     }
+}
+
+/// Each family has its own hint: the two searches are independent.
+fn hint_file(pool: &Pool) -> &'static str {
+    if pool.net.addr().is_ipv4() { LAST_RESERVED_FILE } else { LAST_RESERVED_FILE_V6 }
+}
+
+fn last_reserved(path: &Path) -> Option<IpAddr> {
+    let bytes = read_regular(path, MAX_LAST_RESERVED_BYTES).ok()?;
+    std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
 }
 
 fn file_name(what: &str, owner_key: &str) -> String {
@@ -237,7 +272,7 @@ fn read_entries(dir: &Path) -> io::Result<Vec<Entry>> {
 
 /// The addresses reserved in the store at `dir`, read without taking its lock: a snapshot for
 /// reporting (allocation files appear and vanish whole). A store not created yet has none.
-pub fn reserved_addresses(dir: &Path) -> io::Result<Vec<Ipv4Addr>> {
+pub fn reserved_addresses(dir: &Path) -> io::Result<Vec<IpAddr>> {
     match read_entries(dir) {
         Ok(entries) => Ok(entries.into_iter().filter_map(|e| e.ip).collect()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
@@ -260,7 +295,7 @@ mod tests {
     }
 
     fn pool(net: &str) -> Pool {
-        let net: ipnet::Ipv4Net = net.parse().unwrap();
+        let net: ipnet::IpNet = net.parse().unwrap();
         Pool { net, gateway: crate::config::first_host(&net) }
     }
 
@@ -284,7 +319,7 @@ mod tests {
         let p = pool("10.244.3.0/24");
         let ip = Store::open(&dir.0).unwrap().allocate(&p, &Owner::new("c1", "eth0")).unwrap();
         let store = Store::open(&dir.0).unwrap();
-        assert_eq!(store.find(&Owner::new("c1", "eth0")).unwrap(), Some(ip));
+        assert_eq!(store.held(&Owner::new("c1", "eth0")).unwrap(), vec![ip]);
     }
 
     #[test]
@@ -319,8 +354,8 @@ mod tests {
         }
         let released = store.retain(&[Owner::new("b", "eth0")]).unwrap();
         assert_eq!(released.len(), 2);
-        assert!(store.find(&Owner::new("b", "eth0")).unwrap().is_some());
-        assert!(store.find(&Owner::new("a", "eth0")).unwrap().is_none());
+        assert_eq!(store.held(&Owner::new("b", "eth0")).unwrap().len(), 1);
+        assert!(store.held(&Owner::new("a", "eth0")).unwrap().is_empty());
     }
 
     #[test]
@@ -342,7 +377,7 @@ mod tests {
         let mut store = Store::open(&dir.0).unwrap();
         let owner = Owner::new("c1", "eth0");
         fs::write(dir.0.join(file_name("10.244.3.2", &owner.key())), b"").unwrap();
-        assert_eq!(store.find(&owner).unwrap(), Some("10.244.3.2".parse().unwrap()));
+        assert_eq!(store.held(&owner).unwrap(), vec!["10.244.3.2".parse::<IpAddr>().unwrap()]);
         assert_ne!(
             store.allocate(&pool("10.244.3.0/24"), &Owner::new("c2", "eth0")).unwrap().to_string(),
             "10.244.3.2"
@@ -370,7 +405,7 @@ mod tests {
             store.record(owner).unwrap(); // a repeated ADD
         }
         store.allocate(&pool("10.244.3.0/24"), &a).unwrap();
-        assert_eq!(store.find(&b).unwrap(), None, "a record holds no address");
+        assert!(store.held(&b).unwrap().is_empty(), "a record holds no address");
         let stale = store.stale(std::slice::from_ref(&a)).unwrap();
         assert_eq!(stale.len(), 1);
         assert_eq!(stale[0].host_veth(), crate::names::host_veth_name("b", "eth0"));
@@ -390,7 +425,7 @@ mod tests {
         fs::create_dir(dir.0.join("10.244.3.3@00000000deadbeef")).unwrap();
         let ip = store.allocate(&pool("10.244.3.0/24"), &Owner::new("c1", "eth0")).unwrap();
         assert_eq!(ip.to_string(), "10.244.3.2", "junk reserves nothing");
-        assert_eq!(store.last_reserved(), None, "the FIFO is no hint");
+        assert_eq!(last_reserved(&dir.0.join(LAST_RESERVED_FILE)), None, "the FIFO is no hint");
         drop(store);
         fs::remove_file(dir.0.join(LOCK_FILE)).unwrap();
         fifo(LOCK_FILE);
@@ -398,7 +433,55 @@ mod tests {
     }
 
     #[test]
+    fn one_attachment_holds_one_address_per_family() {
+        let dir = tempdir();
+        let mut store = Store::open(&dir.0).unwrap();
+        let pools = [pool("10.244.3.0/24"), pool("fd00:10:244:3::/64")];
+        let owner = Owner::new("c1", "eth0");
+        let got = store.allocate_all(&pools, &owner).unwrap();
+        assert_eq!(got, ["10.244.3.2".parse::<IpAddr>().unwrap(), "fd00:10:244:3::2".parse().unwrap()]);
+        assert_eq!(store.allocate_all(&pools, &owner).unwrap(), got, "a repeated ADD gets the same two");
+        let second = store.allocate_all(&pools, &Owner::new("c2", "eth0")).unwrap();
+        assert_eq!(second[1].to_string(), "fd00:10:244:3::3");
+        // The IPv6 file name parses back, and each family has its own hint.
+        assert_eq!(store.held(&owner).unwrap().len(), 2);
+        assert_eq!(last_reserved(&dir.0.join(LAST_RESERVED_FILE_V6)), Some(second[1]));
+        assert_eq!(last_reserved(&dir.0.join(LAST_RESERVED_FILE)), Some(second[0]));
+        assert_eq!(store.release(&owner).unwrap().len(), 2);
+        let mut left = reserved_addresses(&dir.0).unwrap();
+        left.sort();
+        assert_eq!(left, second);
+    }
+
+    #[test]
+    fn a_failure_in_the_second_family_releases_the_first() {
+        let dir = tempdir();
+        let mut store = Store::open(&dir.0).unwrap();
+        let pools = [pool("10.244.3.0/24"), pool("fd00:10:244:3::/126")]; // one IPv6 address
+        store.allocate_all(&pools, &Owner::new("c1", "eth0")).unwrap();
+        let late = Owner::new("c2", "eth0");
+        store.record(&late).unwrap();
+        assert!(matches!(store.allocate_all(&pools, &late), Err(StoreError::Exhausted(net)) if net == pools[1].net));
+        assert!(store.held(&late).unwrap().is_empty(), "its IPv4 address is free again");
+        assert_eq!(store.entries().unwrap().len(), 3, "c1's two addresses and c2's record");
+    }
+
+    #[test]
+    fn a_stale_address_of_one_family_does_not_drop_the_other() {
+        let dir = tempdir();
+        let mut store = Store::open(&dir.0).unwrap();
+        let owner = Owner::new("c1", "eth0");
+        let v4 = store.allocate(&pool("10.244.3.0/24"), &owner).unwrap();
+        store.allocate(&pool("fd00:10:244:3::/64"), &owner).unwrap();
+        let moved = store.allocate(&pool("fd00:10:244:9::/64"), &owner).unwrap();
+        let mut held = store.held(&owner).unwrap();
+        held.sort();
+        assert_eq!(held, [v4, moved]);
+    }
+
+    #[test]
     fn file_names_parse_strictly() {
+        assert!(parse_file_name("fd00:10:244:3::7@0123456789abcdef").is_some_and(|e| e.ip.is_some()));
         assert!(parse_file_name("10.244.3.7@0123456789abcdef").is_some_and(|e| e.ip.is_some()));
         assert!(parse_file_name("attached@0123456789abcdef").is_some_and(|e| e.ip.is_none()));
         for bad in [

@@ -1,6 +1,7 @@
 //! `weft-lab bench cni`: ADD and DEL latency of `weft` against the reference bridge +
-//! host-local plugins, through the same runtime driver, in one run. Each plugin gets its own
-//! node namespace; operations alternate between the two so machine noise hits both alike.
+//! host-local plugins, and of dual-stack `weft` against IPv4-only `weft`, through the same
+//! runtime driver, in one run. Each side gets its own node namespace; operations alternate
+//! between the sides so machine noise hits all alike.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,12 @@ pub struct CniBench {
     pub reference_del: Summary,
     pub add_speedup: f64,
     pub del_speedup: f64,
+    /// The same weft with an IPv4 and an IPv6 PodCIDR: one address of each family per pod.
+    pub dual_add: Summary,
+    pub dual_del: Summary,
+    /// Dual-stack ADD over IPv4-only ADD (goal: at most 1.10), at the median and at p99.
+    pub dual_add_ratio_median: f64,
+    pub dual_add_ratio_p99: f64,
 }
 
 struct Side {
@@ -76,14 +83,17 @@ pub fn run(ops: usize) -> Result<CniBench> {
     let dir = crate::topology::lab_dir(&prefix);
     let weft_conf = json!({"cniVersion": "1.0.0", "name": "bench", "type": "weft", "podCIDR": "10.244.20.0/24",
                            "mtu": 1450, "dataDir": dir.join("weft-ipam")});
+    let dual_conf = json!({"cniVersion": "1.0.0", "name": "bench", "type": "weft",
+                           "podCIDR": "10.244.22.0/24,fd00:10:244:22::/64", "mtu": 1450, "dataDir": dir.join("dual-ipam")});
     let reference_conf = json!({"cniVersion": "1.0.0", "name": "bench", "type": "bridge", "bridge": "cni0",
         "isGateway": true, "mtu": 1450,
         "ipam": {"type": "host-local", "subnet": "10.244.21.0/24", "dataDir": dir.join("host-local")}});
     let result = (|| {
         let weft = Side::new(&prefix, "weft", "weft", weft_conf, ops)?;
         let reference = Side::new(&prefix, "ref", "bridge", reference_conf, ops)?;
+        let dual = Side::new(&prefix, "dual", "weft", dual_conf, ops)?;
         // Warm-up: creates the bridges and faults the binaries into the page cache.
-        for side in [&weft, &reference] {
+        for side in [&weft, &reference, &dual] {
             let (_, prev) = side.add(0)?;
             side.del(0, &prev)?;
         }
@@ -92,15 +102,19 @@ pub fn run(ops: usize) -> Result<CniBench> {
             .collect::<Result<Vec<_>>>()?;
         std::thread::sleep(Duration::from_millis(100));
         let (mut weft_add, mut ref_add, mut weft_results, mut ref_results) = (vec![], vec![], vec![], vec![]);
+        let (mut dual_add, mut dual_results) = (vec![], vec![]);
         for i in 0..ops {
             let (t, r) = weft.add(i)?;
             weft_add.push(t);
             weft_results.push(r);
+            let (t, r) = dual.add(i)?;
+            dual_add.push(t);
+            dual_results.push(r);
             let (t, r) = reference.add(i)?;
             ref_add.push(t);
             ref_results.push(r);
         }
-        let (mut weft_del, mut weft_gone, mut ref_del) = (vec![], vec![], vec![]);
+        let (mut weft_del, mut weft_gone, mut ref_del, mut dual_del) = (vec![], vec![], vec![], vec![]);
         for i in 0..ops {
             let start = Instant::now();
             weft_del.push(weft.del(i, &weft_results[i])?);
@@ -108,10 +122,12 @@ pub fn run(ops: usize) -> Result<CniBench> {
                 (!weft.has_tombstone()).then_some(())
             })?;
             weft_gone.push(start.elapsed());
+            dual_del.push(dual.del(i, &dual_results[i])?);
             ref_del.push(reference.del(i, &ref_results[i])?);
         }
         let (wa, wd, ra, rd) =
             (Summary::of(&weft_add), Summary::of(&weft_del), Summary::of(&ref_add), Summary::of(&ref_del));
+        let da = Summary::of(&dual_add);
         Ok(CniBench {
             ops,
             spawn_floor: Summary::of(&floor),
@@ -122,6 +138,10 @@ pub fn run(ops: usize) -> Result<CniBench> {
             reference_del: rd,
             add_speedup: ra.median_ms / wa.median_ms,
             del_speedup: rd.median_ms / wd.median_ms,
+            dual_add: da,
+            dual_del: Summary::of(&dual_del),
+            dual_add_ratio_median: da.median_ms / wa.median_ms,
+            dual_add_ratio_p99: da.p99_ms / wa.p99_ms,
         })
     })();
     let _ = std::fs::remove_dir_all(&dir);
@@ -151,21 +171,29 @@ fn table(b: &CniBench) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "CNI latency, {} sequential ops each, same driver (spawn, config on stdin)", b.ops);
-    let _ = writeln!(out, "{:<34} {:>9} {:>9} {:>9}", "", "median", "p90", "max");
+    let _ = writeln!(out, "{:<34} {:>9} {:>9} {:>9} {:>9}", "", "median", "p90", "p99", "max");
     for (name, s) in [
         ("process start-up floor (VERSION)", &b.spawn_floor),
         ("weft ADD", &b.weft_add),
+        ("weft ADD dual-stack", &b.dual_add),
         ("bridge+host-local ADD", &b.reference_add),
         ("weft DEL", &b.weft_del),
         ("weft DEL until veth gone (reaper)", &b.weft_del_until_gone),
+        ("weft DEL dual-stack", &b.dual_del),
         ("bridge+host-local DEL", &b.reference_del),
     ] {
-        let _ = writeln!(out, "{name:<34} {:>7.2}ms {:>7.2}ms {:>7.2}ms", s.median_ms, s.p90_ms, s.max_ms);
+        let (median, p90, p99, max) = (s.median_ms, s.p90_ms, s.p99_ms, s.max_ms);
+        let _ = writeln!(out, "{name:<34} {median:>7.2}ms {p90:>7.2}ms {p99:>7.2}ms {max:>7.2}ms");
     }
     let _ = writeln!(
         out,
         "speed-up (median): ADD {:.1}x (target >= 5x), DEL {:.1}x (target >= 8x)",
         b.add_speedup, b.del_speedup
+    );
+    let _ = writeln!(
+        out,
+        "dual-stack ADD / IPv4-only ADD: median {:.2}, p99 {:.2} (goal <= 1.10)",
+        b.dual_add_ratio_median, b.dual_add_ratio_p99
     );
     out
 }

@@ -164,10 +164,12 @@ pub fn write_state(path: &Path, pod_cidr: &str, mtu: u32, unavailable: Option<&s
     weft_cni::state::NodeState {
         version: 1,
         node: "n1".into(),
-        node_ip: "192.0.2.10".parse().unwrap(),
-        pod_cidr: net,
-        gateway: weft_cni::config::first_host(&net),
-        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        node_ips: vec!["192.0.2.10".parse().unwrap()],
+        pools: vec![weft_cni::state::NodePool {
+            pod_cidr: net.into(),
+            gateway: weft_cni::config::first_host(&net.into()),
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        }],
         mtu,
         bridge: "cni0".into(),
         unavailable: unavailable.map(String::from),

@@ -15,6 +15,8 @@ echo "==> cargo build"
 cargo build --workspace --locked
 echo "==> cargo test"
 cargo test --workspace --locked
+echo "==> the vendored chitchat's own tests (weft's patches included; vendor/README.md)"
+cargo test --manifest-path vendor/chitchat/Cargo.toml --target-dir target/chitchat --locked --features testsuite --lib
 
 # Every test cleans up after itself, also on failure: prove it.
 left=$(ip netns list | awk '{print $1}' | grep '^wl-' || true)

@@ -92,6 +92,13 @@ impl FailureDetector {
         garbage_collected_nodes
     }
 
+    /// Forgets a node at once: its samples and its live or dead status (weft patch).
+    pub fn forget(&mut self, chitchat_id: &ChitchatId) {
+        self.live_nodes.remove(chitchat_id);
+        self.dead_nodes.remove(chitchat_id);
+        self.node_samples.remove(chitchat_id);
+    }
+
     /// Returns the list of nodes considered live by the failure detector.
     pub fn live_nodes(&self) -> impl Iterator<Item = &ChitchatId> {
         self.live_nodes.iter()

@@ -274,6 +274,12 @@ impl Chitchat {
                 error!(current_node = ?self.self_chitchat_id(), "error while reporting membership change event.")
             }
         }
+        // A restart is not a second member (weft patch): a dead generation superseded by a live
+        // one of the same node is forgotten at once, not after the dead node grace period.
+        for chitchat_id in self.superseded_nodes() {
+            self.failure_detector.forget(&chitchat_id);
+            self.cluster_state.remove_node(&chitchat_id);
+        }
         // Perform garbage collection.
         let garbage_collected_nodes = self.failure_detector.garbage_collect();
         for chitchat_id in &garbage_collected_nodes {
@@ -283,6 +289,30 @@ impl Chitchat {
                 error!("self node was marked dead, please report");
             }
         }
+    }
+
+    /// Dead nodes whose node id and gossip address also belong to a live node of a higher
+    /// generation: earlier runs of a node that restarted (weft patch). The same node id at
+    /// another address is not one: it may be another machine (a cloned host name) or a move
+    /// that the application wants to see. The self node's own earlier generations are kept
+    /// (it is not in the failure detector): the application may still read them.
+    fn superseded_nodes(&self) -> Vec<ChitchatId> {
+        let mut newest_live: HashMap<(&str, SocketAddr), u64> = HashMap::new();
+        for live in self.failure_detector.live_nodes() {
+            let newest = newest_live
+                .entry((&*live.node_id, live.gossip_advertise_addr))
+                .or_default();
+            *newest = (*newest).max(live.generation_id);
+        }
+        self.failure_detector
+            .dead_nodes()
+            .filter(|dead| {
+                newest_live
+                    .get(&(&*dead.node_id, dead.gossip_advertise_addr))
+                    .is_some_and(|&newest| newest > dead.generation_id)
+            })
+            .cloned()
+            .collect()
     }
 
     pub fn node_states(&self) -> &BTreeMap<ChitchatId, NodeState> {
@@ -1532,6 +1562,67 @@ mod tests {
             1337,
         );
         assert!(node.cluster_state.node_state(&chitchat_id).is_none());
+    }
+
+    /// weft patch: a generation that restarted at the same address is forgotten as soon as it
+    /// is dead, without waiting for the dead node grace period, and a peer still announcing it
+    /// does not bring it back; the same name at another address is kept.
+    #[tokio::test]
+    async fn test_superseded_generation_is_forgotten_once_dead() {
+        tokio::time::pause();
+        let mut config = ChitchatConfig::for_test(10_006);
+        config.failure_detector_config.dead_node_grace_period = Duration::from_secs(3_600);
+        let (_seed_addrs_rx, seed_addrs_tx) = watch::channel(Default::default());
+        let mut node = Chitchat::with_chitchat_id_and_seeds(config, seed_addrs_tx, Vec::new());
+
+        let old = ChitchatId::for_local_test(10_007);
+        let restarted = ChitchatId {
+            generation_id: old.generation_id + 1,
+            ..old.clone()
+        };
+        let elsewhere = ChitchatId {
+            generation_id: old.generation_id + 2,
+            gossip_advertise_addr: ChitchatId::for_local_test(10_008).gossip_advertise_addr,
+            ..old.clone()
+        };
+        let beat = |node: &mut Chitchat, ids: &[&ChitchatId], heartbeat: u64| {
+            for id in ids {
+                node.report_heartbeat(id, Heartbeat(heartbeat));
+            }
+        };
+        for heartbeat in 1..=3 {
+            beat(&mut node, &[&old], heartbeat);
+            tokio::time::advance(Duration::from_millis(50)).await;
+        }
+        node.update_nodes_liveness();
+        assert!(node.live_nodes().any(|id| id == &old));
+
+        // The old generation stops; the restarted one and a namesake elsewhere beat.
+        for heartbeat in 1..=60 {
+            beat(&mut node, &[&restarted, &elsewhere], heartbeat);
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        node.update_nodes_liveness();
+        assert!(node.live_nodes().any(|id| id == &restarted));
+        assert!(node.cluster_state.node_state(&old).is_none());
+        assert!(!node.dead_nodes().any(|id| id == &old));
+        assert!(
+            !node
+                .compute_digest(&HashSet::new())
+                .node_digests
+                .contains_key(&old)
+        );
+
+        // A peer that still announces the old generation's last heartbeat does not revive it.
+        node.report_heartbeat(&old, Heartbeat(3));
+        assert!(node.cluster_state.node_state(&old).is_none());
+
+        // The namesake at another address dies too but nothing newer lives there: it stays
+        // until the grace period, as any dead node does.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        node.update_nodes_liveness();
+        assert!(node.dead_nodes().any(|id| id == &elsewhere));
+        assert!(node.cluster_state.node_state(&elsewhere).is_some());
     }
 
     // There was a bug in process_message:

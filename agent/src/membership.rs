@@ -44,6 +44,19 @@ pub fn classify(status: Option<&str>, live: bool, dead: bool) -> Liveness {
 }
 
 impl Liveness {
+    pub const ALL: [Liveness; 5] =
+        [Liveness::Alive, Liveness::Joining, Liveness::Leaving, Liveness::Left, Liveness::Dead];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Liveness::Alive => "alive",
+            Liveness::Joining => "joining",
+            Liveness::Leaving => "leaving",
+            Liveness::Left => "left",
+            Liveness::Dead => "dead",
+        }
+    }
+
     /// Whether a node in this state gets its routes. A node that is leaving keeps them until the
     /// detector confirms it is gone: a restarting agent announces leaving too, and its new
     /// generation is heard within that time, so a restart never costs its pods a packet. For a

@@ -103,10 +103,25 @@ fn a_restarted_agent_loses_no_ping_and_keeps_its_pod_cidr() {
     c.add_pod(0, "a").unwrap();
     c.add_pod(1, "b").unwrap();
     let cidr = c.pod_cidr(1).unwrap();
+    assert_eq!(gossip_members(&c, 0), 2.0);
     // 10 ms pings for 4 s while n2's agent stops and starts again.
     let text = c.ping_across_restart("a", "b", 1, 400).unwrap();
     assert!(text.contains("400 received"), "pings were lost across the restart: {text}");
     assert_eq!(c.pod_cidr(1).unwrap(), cidr, "a restart keeps the PodCIDR");
+    // The earlier run is forgotten once dead, not after the hour of --dead-node-grace-period:
+    // a restart must not leave a second member in every digest.
+    weft_lab::wait::until("n1 forgets n2's earlier run", CONVERGE, Duration::from_millis(200), || {
+        (gossip_members(&c, 0) == 2.0).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {} members", gossip_members(&c, 0)));
+}
+
+/// Every generation of every other node that node `i`'s gossip holds.
+fn gossip_members(c: &Cluster, i: usize) -> f64 {
+    ["alive", "joining", "leaving", "left", "dead"]
+        .iter()
+        .map(|state| c.metric(i, &format!("weft_gossip_members{{state=\"{state}\"}}")).unwrap())
+        .sum()
 }
 
 #[test]

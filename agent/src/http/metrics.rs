@@ -16,6 +16,7 @@ use weft_overlay::nft::Counter as KernelCounter;
 use crate::gossip::seal::Keyring;
 use crate::gossip::transport::{DropReason, GossipCounters};
 use crate::http::status::IpamUse;
+use crate::membership::Liveness;
 use crate::probe::verdict::PathState;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,6 +66,7 @@ pub struct Metrics {
     ipam_in_use: Gauge,
     ipam_total: Gauge,
     peers_dataplane: Family<StateLabel, Gauge>,
+    gossip_members: Family<StateLabel, Gauge>,
     stranded: Gauge,
     vxlan_dropped_packets: Counter,
     vxlan_dropped_bytes: Counter,
@@ -166,6 +168,13 @@ impl Metrics {
             "Peers by what the probes through the pods' path say: ok, tunnel-blocked, mtu, unreachable, unknown",
             peers_dataplane.clone(),
         );
+        let gossip_members = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "gossip_members",
+            "Generations of other nodes that gossip holds, by liveness (a restarted node's earlier run \
+             counts until gossip forgets it; each is a digest entry in every gossip message)",
+            gossip_members.clone(),
+        );
         let ipam_in_use = Gauge::default();
         registry.register(
             "ipam_addresses_in_use",
@@ -237,6 +246,7 @@ impl Metrics {
             ipam_in_use,
             ipam_total,
             peers_dataplane,
+            gossip_members,
             stranded,
             vxlan_dropped_packets,
             vxlan_dropped_bytes,
@@ -315,13 +325,12 @@ impl Metrics {
 
     /// Peers by what their dataplane probes say (every state always present).
     pub fn set_dataplane(&self, states: impl Iterator<Item = PathState>) {
-        let mut counts: BTreeMap<&'static str, i64> = PathState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-        for s in states {
-            *counts.entry(s.as_str()).or_default() += 1;
-        }
-        for (state, n) in counts {
-            self.peers_dataplane.get_or_create(&StateLabel { state }).set(n);
-        }
+        set_counts(&self.peers_dataplane, PathState::ALL.map(PathState::as_str), states.map(PathState::as_str));
+    }
+
+    /// Gossip's members (every generation of every other node) by liveness, every state present.
+    pub fn set_gossip_members(&self, members: impl Iterator<Item = Liveness>) {
+        set_counts(&self.gossip_members, Liveness::ALL.map(Liveness::as_str), members.map(Liveness::as_str));
     }
 
     /// Pod addresses handed out of the node's block, and how many it has (0 while it serves none).
@@ -356,6 +365,21 @@ impl Metrics {
     }
 }
 
+/// Sets one gauge per state to how many `items` are in it; states without items read 0.
+fn set_counts<const N: usize>(
+    family: &Family<StateLabel, Gauge>,
+    states: [&'static str; N],
+    items: impl Iterator<Item = &'static str>,
+) {
+    let mut counts: BTreeMap<&'static str, i64> = states.into_iter().map(|s| (s, 0)).collect();
+    for state in items {
+        *counts.entry(state).or_default() += 1;
+    }
+    for (state, n) in counts {
+        family.get_or_create(&StateLabel { state }).set(n);
+    }
+}
+
 /// What a kernel counter gained since it read `last`. The kernel's counter restarts from zero
 /// when weft's table is rewritten; the exported counter must never go down, so a smaller value
 /// is all new.
@@ -371,6 +395,7 @@ mod tests {
     fn exposes_every_family_under_the_weft_prefix() {
         let m = Metrics::new();
         m.set_peers(3, 1, 2);
+        m.set_gossip_members([Liveness::Alive, Liveness::Left, Liveness::Alive].into_iter());
         m.observe_apply(
             Duration::from_millis(3),
             Some(&ApplyReport { created: 4, unchanged: 2, ..ApplyReport::default() }),
@@ -390,6 +415,9 @@ mod tests {
             "weft_peers{state=\"alive\"} 3",
             "weft_peers{state=\"dead\"} 1",
             "weft_peers_programmed 2",
+            "weft_gossip_members{state=\"alive\"} 2",
+            "weft_gossip_members{state=\"left\"} 1",
+            "weft_gossip_members{state=\"dead\"} 0",
             "weft_reconcile_duration_seconds_count 1",
             "weft_reconcile_errors_total 0",
             "weft_kernel_writes_total{op=\"created\"} 4",

@@ -371,9 +371,20 @@ impl Chitchat {
         self.failure_detector.dead_nodes()
     }
 
-    /// Returns the set of nodes considered dead by the failure detector.
+    /// Returns the set of nodes considered dead by the failure detector, and (weft patch) the
+    /// self node's own earlier generations at its address: they stay readable here until the
+    /// dead node grace period ends, but are no longer gossiped, as peers forget them once this
+    /// generation is alive (see `superseded_nodes`).
     pub fn scheduled_for_deletion_nodes(&self) -> impl Iterator<Item = &ChitchatId> {
-        self.failure_detector.scheduled_for_deletion_nodes()
+        let me = self.self_chitchat_id();
+        let own_earlier = self.cluster_state.nodes().filter(move |id| {
+            id.node_id == me.node_id
+                && id.gossip_advertise_addr == me.gossip_advertise_addr
+                && id.generation_id < me.generation_id
+        });
+        self.failure_detector
+            .scheduled_for_deletion_nodes()
+            .chain(own_earlier)
     }
 
     /// Returns the set of seed nodes.
@@ -1623,6 +1634,49 @@ mod tests {
         node.update_nodes_liveness();
         assert!(node.dead_nodes().any(|id| id == &elsewhere));
         assert!(node.cluster_state.node_state(&elsewhere).is_some());
+    }
+
+    /// weft patch: a node keeps its own earlier generation readable (the application may need
+    /// what it announced) but neither digests nor sends it: peers have forgotten it.
+    #[tokio::test]
+    async fn test_own_earlier_generation_is_kept_but_not_gossiped() {
+        let config = ChitchatConfig::for_test(10_006);
+        let me = config.chitchat_id.clone();
+        let earlier = ChitchatId {
+            generation_id: me.generation_id,
+            ..me.clone()
+        };
+        let me = ChitchatId {
+            generation_id: me.generation_id + 1,
+            ..me
+        };
+        let config = ChitchatConfig {
+            chitchat_id: me,
+            ..config
+        };
+        let (_seed_addrs_rx, seed_addrs_tx) = watch::channel(Default::default());
+        let mut node = Chitchat::with_chitchat_id_and_seeds(config, seed_addrs_tx, Vec::new());
+        node.cluster_state
+            .node_state_mut_or_init(&earlier)
+            .set("pod_cidr", "10.244.1.0/24");
+        node.report_heartbeat(&earlier, Heartbeat(7));
+
+        assert_eq!(
+            node.node_state(&earlier).unwrap().get("pod_cidr"),
+            Some("10.244.1.0/24")
+        );
+        let ChitchatMessage::Syn { digest, .. } = node.create_syn_message() else {
+            panic!("not a syn");
+        };
+        assert!(!digest.node_digests.contains_key(&earlier));
+        let reply = node.process_message(ChitchatMessage::Syn {
+            cluster_id: node.cluster_id().to_string(),
+            digest: Digest::default(),
+        });
+        let Some(ChitchatMessage::SynAck { delta, .. }) = reply else {
+            panic!("not a syn-ack");
+        };
+        assert!(delta.node_deltas.iter().all(|d| d.chitchat_id != earlier));
     }
 
     // There was a bug in process_message:

@@ -12,15 +12,15 @@ use weft_cni::state::NodeState;
 use weft_overlay::Mac;
 
 use crate::allocation::{self, Claim, ClaimKind};
+use crate::clock::unix_ms;
 use crate::config::{Config, ConfigError};
 use crate::datapath::Datapath;
 use crate::files::{self, FileError, Lease};
 use crate::gossip::keys::Facts;
 use crate::gossip::transport::GossipCounters;
 use crate::gossip::{Gossip, GossipError};
-use crate::membership;
 use crate::probe::{self, icmp::Pinger};
-use crate::reconcile::{self, Controller, unix_ms};
+use crate::reconcile::{self, Controller};
 use crate::shared::Shared;
 use crate::validate;
 
@@ -108,7 +108,7 @@ impl Agent {
             "agent started"
         );
         let cancel = CancellationToken::new();
-        let (view, observer) = membership::spawn_observer(gossip.chitchat(), cfg.gossip.interval, cancel.clone());
+        let (view, observer) = gossip.observe(cancel.clone());
         let (probe_targets, targets) = tokio::sync::watch::channel(Vec::new());
         let mut tasks = vec![observer];
         let probes = match pinger {
@@ -122,7 +122,7 @@ impl Agent {
         let controller = Controller::new(reconcile::Init {
             config: Arc::new(cfg),
             generation,
-            chitchat: gossip.chitchat(),
+            gossip: gossip.publisher(),
             view,
             datapath,
             shared: shared.clone(),

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod allocation;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod datapath;

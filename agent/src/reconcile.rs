@@ -7,11 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use chitchat::Chitchat;
 use ipnet::{IpNet, Ipv4Net};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use weft_cni::state::{NodePool, NodeState, STATE_FILE_VERSION};
@@ -21,10 +20,11 @@ use weft_overlay::underlay::Family;
 use weft_overlay::{ApplyReport, Mac};
 
 use crate::allocation::{Allocator, Claim, Conflict, Outcome, Phase, StepInput};
+use crate::clock::unix_ms;
 use crate::config::Config;
 use crate::datapath::Datapath;
 use crate::files::{self, Lease};
-use crate::gossip::{self, keys};
+use crate::gossip::{Publisher, keys};
 use crate::http::status::{
     self, IpamUse, NamesakeStatus, ReadinessInput, ReconcileStatus, ServingInput, Status, StrandedPods,
 };
@@ -48,15 +48,11 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 /// The longest the loop sleeps, so liveness and status stay fresh.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// What the agent hands the loop at start.
 pub struct Init {
     pub config: Arc<Config>,
     pub generation: u64,
-    pub chitchat: Arc<Mutex<Chitchat>>,
+    pub gossip: Publisher,
     pub view: watch::Receiver<View>,
     pub datapath: Arc<dyn Datapath>,
     pub shared: Arc<Shared>,
@@ -77,7 +73,7 @@ pub struct Controller {
     rules: Rules,
     generation: u64,
     vtep_mac: Mac,
-    chitchat: Arc<Mutex<Chitchat>>,
+    gossip: Publisher,
     view: watch::Receiver<View>,
     datapath: Arc<dyn Datapath>,
     shared: Arc<Shared>,
@@ -144,7 +140,7 @@ impl Controller {
             probes: init.probes,
             heard_peers: false,
             published_summary: Summary::default().encode(),
-            chitchat: init.chitchat,
+            gossip: init.gossip,
             view: init.view,
             datapath: init.datapath,
             shared: init.shared,
@@ -250,7 +246,7 @@ impl Controller {
     async fn publish_summary(&mut self, summary: &Summary) {
         let encoded = summary.encode();
         if encoded != self.published_summary {
-            gossip::publish(&self.chitchat, keys::DATAPLANE, &encoded).await;
+            self.gossip.publish(keys::DATAPLANE, &encoded).await;
             self.published_summary = encoded;
         }
     }
@@ -301,11 +297,11 @@ impl Controller {
                     node = %self.cfg.node_name, other = %other.node_ip, generation = other.generation,
                     "node name in use by another live agent: not serving any PodCIDR; give this agent another --node-name"
                 );
-                gossip::publish(&self.chitchat, keys::STATUS, keys::STATUS_REFUSED).await;
+                self.gossip.publish(keys::STATUS, keys::STATUS_REFUSED).await;
             }
             (Some(_), None) => {
                 tracing::info!(node = %self.cfg.node_name, "the other agent using this node's name is gone: taking the name");
-                gossip::publish(&self.chitchat, keys::STATUS, keys::STATUS_UP).await;
+                self.gossip.publish(keys::STATUS, keys::STATUS_UP).await;
             }
             _ => {}
         }
@@ -369,8 +365,8 @@ impl Controller {
             return;
         }
         match claim {
-            Some(c) => gossip::publish(&self.chitchat, keys::POD_CIDR, &keys::encode_claim(&c)).await,
-            None => self.chitchat.lock().await.self_node_state().delete(keys::POD_CIDR),
+            Some(c) => self.gossip.publish(keys::POD_CIDR, &keys::encode_claim(&c)).await,
+            None => self.gossip.withdraw(keys::POD_CIDR).await,
         }
         self.published_claim = claim;
     }

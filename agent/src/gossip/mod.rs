@@ -4,6 +4,7 @@ pub mod keyfile;
 pub mod keys;
 pub mod seal;
 pub mod transport;
+mod view;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +13,12 @@ use chitchat::transport::Transport;
 use chitchat::{
     Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion, spawn_chitchat,
 };
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::GossipSettings;
+use crate::membership::View;
 use transport::{Counting, GossipCounters};
 
 /// Gossip rounds a leaving node keeps gossiping its `leaving` status before it stops, so that
@@ -74,8 +78,14 @@ impl Gossip {
         Ok(Gossip { handle, interval: settings.interval })
     }
 
-    pub fn chitchat(&self) -> Arc<Mutex<Chitchat>> {
-        self.handle.chitchat()
+    /// The writer of this node's own keys.
+    pub fn publisher(&self) -> Publisher {
+        Publisher(self.handle.chitchat())
+    }
+
+    /// The membership view, published after every gossip round until `cancel`.
+    pub fn observe(&self, cancel: CancellationToken) -> (watch::Receiver<View>, JoinHandle<()>) {
+        view::spawn_observer(self.handle.chitchat(), self.interval, cancel)
     }
 
     /// Resolves when the gossip server stops on its own (a broken socket), with the reason.
@@ -107,7 +117,18 @@ impl Gossip {
     }
 }
 
-/// Sets one of this node's own keys.
-pub async fn publish(chitchat: &Mutex<Chitchat>, key: &str, value: &str) {
-    chitchat.lock().await.self_node_state().set(key, value);
+/// This node's own announcements: the only way the rest of the agent writes to gossip.
+#[derive(Clone)]
+pub struct Publisher(Arc<Mutex<Chitchat>>);
+
+impl Publisher {
+    /// Sets one of this node's own keys.
+    pub async fn publish(&self, key: &str, value: &str) {
+        self.0.lock().await.self_node_state().set(key, value);
+    }
+
+    /// Deletes one of this node's own keys (peers see it gone).
+    pub async fn withdraw(&self, key: &str) {
+        self.0.lock().await.self_node_state().delete(key);
+    }
 }

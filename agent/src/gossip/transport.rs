@@ -10,14 +10,20 @@ use anyhow::Context;
 use async_trait::async_trait;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport};
 use chitchat::{ChitchatEnvelope, ChitchatMessage};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::watch;
 
 use super::seal::{self, Keyring, Rejection, ReplayGuard, Sealer};
-use crate::http::metrics::ReasonLabel;
+use crate::clock::unix_ms;
 use crate::logging::RateLimit;
-use crate::reconcile::unix_ms;
+
+/// The label of counters by reason.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
 
 /// Gossip traffic counters (registered by `http::metrics`).
 #[derive(Debug, Clone, Default)]

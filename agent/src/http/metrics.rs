@@ -14,7 +14,7 @@ use weft_overlay::ApplyReport;
 use weft_overlay::nft::Counter as KernelCounter;
 
 use crate::gossip::seal::Keyring;
-use crate::gossip::transport::{DropReason, GossipCounters};
+use crate::gossip::transport::{DropReason, GossipCounters, ReasonLabel};
 use crate::http::status::IpamUse;
 use crate::membership::Liveness;
 use crate::probe::verdict::PathState;
@@ -38,11 +38,6 @@ struct DirectionLabel {
 struct KeyLabel {
     key_id: String,
     role: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: &'static str,
 }
 
 pub struct Metrics {

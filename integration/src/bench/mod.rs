@@ -5,6 +5,7 @@ pub mod convergence;
 pub mod dataplane;
 pub mod flannel;
 pub mod probes;
+pub mod restart;
 pub mod scale;
 pub mod stats;
 pub mod throughput;
@@ -23,6 +24,8 @@ pub enum Bench {
     Dataplane(dataplane::Args),
     /// What the dataplane prober costs with many peers: CPU and bytes sent per second.
     Probes(probes::Args),
+    /// A rolling restart of every agent in a lab: one node's gossip traffic and members before and after.
+    Restart(restart::Args),
     /// One real agent among N simulated gossip peers: time to program, traffic, CPU, memory.
     Scale(scale::Args),
     /// iperf3 pod-to-pod throughput through weft against a routed underlay and a flannel-style VXLAN.
@@ -37,6 +40,7 @@ impl Bench {
             Bench::Convergence(args) => convergence::run(&args),
             Bench::Dataplane(args) => dataplane::run(&args),
             Bench::Probes(args) => probes::run(&args),
+            Bench::Restart(args) => restart::run(&args),
             Bench::Scale(args) => scale::run(&args),
             Bench::Throughput(args) => throughput::run(&args),
         }

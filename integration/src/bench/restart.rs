@@ -37,14 +37,19 @@ pub struct Args {
     pub json: bool,
 }
 
-/// n1's gossip over one window.
-#[derive(Debug, Clone, Copy, Serialize)]
+/// n1's gossip over one window. Bytes per message follow the digest's size whatever the load;
+/// bytes per second also follow how many rounds a loaded machine manages.
+#[derive(Debug, Clone, Serialize)]
 pub struct Gossip {
     pub bytes_out_per_s: f64,
     pub bytes_in_per_s: f64,
+    pub bytes_out_per_message: f64,
+    pub bytes_in_per_message: f64,
     /// Generations of other nodes n1's gossip holds at the end of the window (`None` from an
     /// agent without `weft_gossip_members`, such as an earlier release measured for comparison).
     pub members: Option<f64>,
+    /// The same by liveness, the states with any.
+    pub members_by_state: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -91,12 +96,31 @@ fn members(c: &Cluster) -> Option<f64> {
     STATES.iter().map(|s| c.metric(0, &format!("weft_gossip_members{{state=\"{s}\"}}")).ok()).sum()
 }
 
+/// n1's gossip counters: bytes out, bytes in, messages out, messages in.
+fn counters(c: &Cluster) -> Result<[f64; 4]> {
+    let read =
+        |what: &str, direction: &str| c.metric(0, &format!("weft_gossip_{what}_total{{direction=\"{direction}\"}}"));
+    Ok([read("bytes", "out")?, read("bytes", "in")?, read("messages", "out")?, read("messages", "in")?])
+}
+
 fn gossip(c: &Cluster, window: Duration) -> Result<Gossip> {
-    let bytes = |direction: &str| c.metric(0, &format!("weft_gossip_bytes_total{{direction=\"{direction}\"}}"));
-    let (out0, in0, t0) = (bytes("out")?, bytes("in")?, Instant::now());
+    let (start, t0) = (counters(c)?, Instant::now());
     sleep(window);
-    let (out1, in1, secs) = (bytes("out")?, bytes("in")?, t0.elapsed().as_secs_f64());
-    Ok(Gossip { bytes_out_per_s: (out1 - out0) / secs, bytes_in_per_s: (in1 - in0) / secs, members: members(c) })
+    let (end, secs) = (counters(c)?, t0.elapsed().as_secs_f64());
+    let [bytes_out, bytes_in, messages_out, messages_in] = [0, 1, 2, 3].map(|k| end[k] - start[k]);
+    let members_by_state = STATES
+        .iter()
+        .filter_map(|s| Some((s.to_string(), c.metric(0, &format!("weft_gossip_members{{state=\"{s}\"}}")).ok()?)))
+        .filter(|(_, n)| *n > 0.0)
+        .collect();
+    Ok(Gossip {
+        bytes_out_per_s: bytes_out / secs,
+        bytes_in_per_s: bytes_in / secs,
+        bytes_out_per_message: bytes_out / messages_out,
+        bytes_in_per_message: bytes_in / messages_in,
+        members: members(c),
+        members_by_state,
+    })
 }
 
 fn table(r: &RestartResult) -> String {
@@ -112,9 +136,13 @@ fn table(r: &RestartResult) -> String {
     };
     let _ = writeln!(out, "{}", row("gossip out, kB/s", r.before.bytes_out_per_s, r.after.bytes_out_per_s, 1000.0));
     let _ = writeln!(out, "{}", row("gossip in, kB/s", r.before.bytes_in_per_s, r.after.bytes_in_per_s, 1000.0));
+    let (b, a) = (&r.before, &r.after);
+    let _ = writeln!(out, "{}", row("bytes per message out", b.bytes_out_per_message, a.bytes_out_per_message, 1.0));
+    let _ = writeln!(out, "{}", row("bytes per message in", b.bytes_in_per_message, a.bytes_in_per_message, 1.0));
     if let (Some(before), Some(after), Some(right_after)) = (r.before.members, r.after.members, r.members_right_after) {
         let _ = writeln!(out, "{}", row("generations held", before, after, 1.0));
         let _ = writeln!(out, "\ngenerations held right after the last restart converged: {right_after}");
+        let _ = writeln!(out, "after, by state: {:?}", r.after.members_by_state);
     }
     out
 }

@@ -4,6 +4,7 @@ pub mod cni;
 pub mod convergence;
 pub mod dataplane;
 pub mod flannel;
+pub mod membership;
 pub mod probes;
 pub mod restart;
 pub mod scale;
@@ -22,6 +23,8 @@ pub enum Bench {
     Convergence(convergence::Args),
     /// Apply latency of the overlay dataplane with many peers, inside a namespace.
     Dataplane(dataplane::Args),
+    /// Gossip membership of N nodes in one process on a virtual clock: join, crash, traffic.
+    Membership(membership::Args),
     /// What the dataplane prober costs with many peers: CPU and bytes sent per second.
     Probes(probes::Args),
     /// A rolling restart of every agent in a lab: one node's gossip traffic and members before and after.
@@ -39,6 +42,7 @@ impl Bench {
             Bench::Cni(args) => cni::report(&args),
             Bench::Convergence(args) => convergence::run(&args),
             Bench::Dataplane(args) => dataplane::run(&args),
+            Bench::Membership(args) => membership::run(&args),
             Bench::Probes(args) => probes::run(&args),
             Bench::Restart(args) => restart::run(&args),
             Bench::Scale(args) => scale::run(&args),

@@ -36,7 +36,7 @@ pub fn build<'a>(
             Some(Peer {
                 name: name.to_string(),
                 node_ip: choice.endpoint,
-                pod_cidr: a.claim?.cidr,
+                pod_cidrs: vec![a.claim?.cidr.into()],
                 vtep_mac: a.vtep_mac,
                 path: choice.path,
             })
@@ -50,7 +50,6 @@ pub fn build<'a>(
 mod tests {
     use super::*;
     use crate::allocation::{Claim, ClaimKind};
-    use ipnet::Ipv4Net;
     use weft_overlay::Mac;
     use weft_overlay::desired::{PeerPath, UnderlayAddr};
 
@@ -76,8 +75,8 @@ mod tests {
         LocalNode {
             name: "a".into(),
             underlays: vec![UnderlayAddr { ip: "192.0.2.10".parse().unwrap(), iface: "eth0".into() }],
-            pod_cidr: "10.244.1.0/24".parse().unwrap(),
-            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            pod_cidrs: vec!["10.244.1.0/24".parse().unwrap()],
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
             vni: 1,
             vxlan_port: 8472,
             mtu: 1450,
@@ -107,7 +106,7 @@ mod tests {
         assert_eq!(desired.peers[0].path, PeerPath::Direct);
         // The endpoint is the address of the family both share.
         assert_eq!(desired.peers[0].node_ip, "192.0.2.2".parse::<std::net::IpAddr>().unwrap());
-        assert_eq!(desired.peers[0].pod_cidr, "10.244.2.0/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(desired.peers[0].pod_cidrs, ["10.244.2.0/24".parse::<IpNet>().unwrap()]);
         assert_eq!(desired.peers[0].vtep_mac, b.vtep_mac);
         assert_eq!(desired.peers[1].path, PeerPath::Vxlan);
     }

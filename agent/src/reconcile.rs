@@ -15,8 +15,8 @@ use tokio::sync::{Mutex, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use weft_cni::state::{NodePool, NodeState, STATE_FILE_VERSION};
-use weft_overlay::desired::{Desired, LocalNode, PeerPath, gateway_of};
-use weft_overlay::rules::DEFAULT_BRIDGE;
+use weft_overlay::desired::{Desired, LocalNode, PeerPath, vtep_of};
+use weft_overlay::rules::{DEFAULT_BRIDGE, first_host};
 use weft_overlay::underlay::Family;
 use weft_overlay::{ApplyReport, Mac};
 
@@ -411,7 +411,7 @@ impl Controller {
             node_ips: cfg.underlay.addrs.iter().map(|u| u.ip).collect(),
             pools: vec![NodePool {
                 pod_cidr: cidr.into(),
-                gateway: gateway_of(&cidr).into(),
+                gateway: first_host(&cidr.into()),
                 cluster_cidr: cfg.cluster_cidr.into(),
             }],
             mtu: cfg.mtu,
@@ -454,8 +454,8 @@ impl Controller {
         let local = LocalNode {
             name: cfg.node_name.clone(),
             underlays: cfg.underlay.addrs(),
-            pod_cidr,
-            cluster_cidr: cfg.cluster_cidr,
+            pod_cidrs: vec![pod_cidr.into()],
+            cluster_cidrs: vec![cfg.cluster_cidr.into()],
             vni: cfg.vni,
             vxlan_port: cfg.vxlan_port,
             mtu: cfg.mtu,
@@ -640,31 +640,35 @@ fn published_block(state: &NodeState) -> Option<Ipv4Net> {
 
 /// How much of the block the plugin has handed out.
 fn ipam_use(cidr: Ipv4Net, reserved: &[Ipv4Addr]) -> IpamUse {
-    let pool = weft_cni::ipam::pool::Pool { net: cidr.into(), gateway: gateway_of(&cidr).into() };
+    let pool = weft_cni::ipam::pool::Pool { net: cidr.into(), gateway: first_host(&cidr.into()) };
     let in_use = reserved.iter().filter(|ip| pool.contains((**ip).into())).count() as u64;
     IpamUse { in_use, total: pool.capacity() }
 }
 
-/// The programmed peers, each with the address its probes go to: the VTEP address on the
-/// peer's `vxlan0` (only the overlay reaches it), or its bridge gateway for a direct-path peer.
+/// The programmed peers with an IPv4 block, each with the address its probes go to: the VTEP
+/// address on the peer's VXLAN device (only the overlay reaches it), or its bridge gateway for
+/// a direct-path peer. The probes speak IPv4: a peer without an IPv4 block is not probed.
 fn probe_targets(desired: &Desired, programmed: &BTreeSet<String>, mtu: u32) -> Vec<probe::Target> {
+    let ipv4 = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    };
     desired
         .peers
         .iter()
         .filter(|p| programmed.contains(&p.name))
-        .map(|p| probe::Target {
-            peer: p.name.clone(),
-            tunnel: match p.path {
-                PeerPath::Vxlan => p.vtep_ip(),
-                PeerPath::Direct => gateway_of(&p.pod_cidr),
-            },
-            underlay: p.node_ip,
-            peer_source: match (p.path, p.node_ip) {
-                (PeerPath::Direct, IpAddr::V4(ip)) => ip,
-                // Through the tunnel (a direct route is always of the pods' family).
-                _ => p.vtep_ip(),
-            },
-            full_size: u16::try_from(mtu).unwrap_or(u16::MAX),
+        .filter_map(|p| {
+            let block = p.pod_cidrs.iter().find(|b| b.addr().is_ipv4())?;
+            let vtep = ipv4(vtep_of(block))?;
+            // Direct only when the underlay is IPv4 too (see `Peer::path`).
+            let direct = p.path == PeerPath::Direct && p.node_ip.is_ipv4();
+            Some(probe::Target {
+                peer: p.name.clone(),
+                tunnel: if direct { ipv4(first_host(block))? } else { vtep },
+                underlay: p.node_ip,
+                peer_source: if direct { ipv4(p.node_ip)? } else { vtep },
+                full_size: u16::try_from(mtu).unwrap_or(u16::MAX),
+            })
         })
         .collect()
 }

@@ -279,10 +279,11 @@ async fn a_node_back_from_maintenance_never_takes_its_old_block_from_the_node_no
     let state = NodeState::read(&c.nodes["c"].config.paths.state_file()).unwrap();
     assert_eq!((state.pools[0].pod_cidr, state.unavailable), (block.into(), None));
     for (_, d) in c.datapath("a").history().iter().filter(|(at, _)| *at >= back) {
-        let owner: Vec<&str> = d.peers.iter().filter(|p| p.pod_cidr == block).map(|p| p.name.as_str()).collect();
+        let owner: Vec<&str> =
+            d.peers.iter().filter(|p| p.pod_cidrs.contains(&block.into())).map(|p| p.name.as_str()).collect();
         assert_eq!(owner, ["c"], "a routed c's block elsewhere");
     }
-    assert!(c.datapath("c").history().iter().all(|(_, d)| d.local.pod_cidr == block));
+    assert!(c.datapath("c").history().iter().all(|(_, d)| d.local.pod_cidrs == [block.into()]));
     // b hands out nothing from the block: its state file says why.
     let b_state = NodeState::read(&c.nodes["b"].config.paths.state_file()).unwrap();
     assert!(b_state.unavailable.is_some_and(|r| r.contains("exhausted")), "b must not serve {block}");
@@ -305,7 +306,10 @@ async fn a_lease_naming_a_live_nodes_block_is_claimed_elsewhere() {
     assert_ne!(c.pod_cidr("n"), Some(taken));
     assert_eq!(c.pod_cidr("a"), Some(taken));
     assert!(
-        c.datapath("b").history().iter().all(|(_, d)| d.peers.iter().all(|p| p.name != "n" || p.pod_cidr != taken))
+        c.datapath("b")
+            .history()
+            .iter()
+            .all(|(_, d)| d.peers.iter().all(|p| p.name != "n" || !p.pod_cidrs.contains(&taken.into())))
     );
     c.shutdown().await;
 }

@@ -45,8 +45,8 @@ fn local(rules: &Rules) -> LocalNode {
     LocalNode {
         name: ME.into(),
         underlays: rules.local_node_ips.iter().map(|ip| UnderlayAddr { ip, iface: "eth0".into() }).collect(),
-        pod_cidr: own_claim().cidr,
-        cluster_cidr: rules.cluster_cidr,
+        pod_cidrs: vec![own_claim().cidr.into()],
+        cluster_cidrs: vec![rules.cluster_cidr.into()],
         vni: rules.vni,
         vxlan_port: rules.vxlan_port,
         mtu: 1450,
@@ -147,8 +147,9 @@ proptest! {
         for p in &desired.peers {
             prop_assert!(p.name != ME, "this node is never its own peer");
             prop_assert!(names.insert(p.name.clone()), "{} twice", p.name);
-            prop_assert!(cidrs.insert(p.pod_cidr), "two routes for {}", p.pod_cidr);
-            prop_assert!(p.pod_cidr != own_claim().cidr, "our own block routed to {}", p.name);
+            let [IpNet::V4(pod_cidr)] = p.pod_cidrs[..] else { panic!("{}: {:?}", p.name, p.pod_cidrs) };
+            prop_assert!(cidrs.insert(pod_cidr), "two routes for {}", pod_cidr);
+            prop_assert!(pod_cidr != own_claim().cidr, "our own block routed to {}", p.name);
             prop_assert!(!mine.contains(p.node_ip));
             // IPv4 is used whenever both have it.
             let announced = decided.peers.iter().find(|d| d.peer.name == p.name).and_then(|d| d.peer.announcement.as_ref().ok());
@@ -156,7 +157,7 @@ proptest! {
             if mine.get(Family::Ipv4).is_some() && theirs.get(Family::Ipv4).is_some() {
                 prop_assert!(p.node_ip.is_ipv4());
             }
-            prop_assert!(check_pod_cidr(p.pod_cidr, rules.cluster_cidr, rules.node_cidr_prefix).is_ok());
+            prop_assert!(check_pod_cidr(pod_cidr, rules.cluster_cidr, rules.node_cidr_prefix).is_ok());
             let generation = peers.peers.iter().find(|q| q.name == p.name).expect("a collected peer").generation;
             let member = view.members.iter().find(|m| (&m.name, m.generation) == (&p.name, generation)).unwrap();
             prop_assert!(member.keys.get(keys::VNI).is_some_and(|v| v == "1"), "a VNI mismatch is never programmed");

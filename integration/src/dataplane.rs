@@ -45,7 +45,7 @@ pub fn desired_for(lab: &Lab, i: usize, encap: Encap) -> Desired {
         .map(|(j, n)| Peer {
             name: n.name.clone(),
             node_ip: n.ip,
-            pod_cidr: pod_cidr(j),
+            pod_cidrs: vec![pod_cidr(j).into()],
             vtep_mac: Mac::derived(&n.name),
             path: if encap == Encap::CrossSubnet && n.subnet == me.subnet { PeerPath::Direct } else { PeerPath::Vxlan },
         })
@@ -54,8 +54,8 @@ pub fn desired_for(lab: &Lab, i: usize, encap: Encap) -> Desired {
         local: LocalNode {
             name: me.name.clone(),
             underlays: vec![UnderlayAddr { ip: me.ip, iface: me.iface.clone() }],
-            pod_cidr: pod_cidr(i),
-            cluster_cidr: CLUSTER_CIDR.parse().expect("valid CIDR"),
+            pod_cidrs: vec![pod_cidr(i).into()],
+            cluster_cidrs: vec![CLUSTER_CIDR.parse().expect("valid CIDR")],
             vni: DEFAULT_VNI,
             vxlan_port: DEFAULT_VXLAN_PORT,
             mtu: UNDERLAY_MTU - Family::of(me.ip).vxlan_overhead(),

@@ -24,20 +24,23 @@ pub enum BridgeError {
 pub struct BridgeChanges {
     pub created: bool,
     pub changed: bool,
-    pub address_added: bool,
+    pub addresses_added: usize,
 }
 
-/// Makes `name` a bridge that is up, has `mtu` and carries `gateway` (address with prefix, of
-/// either family; addresses of the other family are left alone). Safe against concurrent
-/// callers: losing a creation race is not an error.
+/// Makes `name` a bridge that is up, has `mtu` and carries `gateways` (addresses with prefix,
+/// IPv4 first; other addresses are left alone). Safe against concurrent callers: losing a
+/// creation race is not an error.
 pub async fn ensure_bridge(
     nl: &Netlink,
     name: &str,
     mtu: u32,
-    gateway: IpNet,
+    gateways: &[IpNet],
 ) -> Result<(Link, BridgeChanges), BridgeError> {
-    let (link, mut changes) = ensure_bridge_link(nl, name, mtu, bridge_mac(name, Some(gateway.addr()))).await?;
-    changes.address_added = ensure_address(nl, link.index, gateway).await?;
+    let mac = bridge_mac(name, gateways.first().map(IpNet::addr));
+    let (link, mut changes) = ensure_bridge_link(nl, name, mtu, mac).await?;
+    for gateway in gateways {
+        changes.addresses_added += usize::from(ensure_address(nl, link.index, *gateway).await?);
+    }
     Ok((link, changes))
 }
 

@@ -284,9 +284,9 @@ impl Netlink {
         Ok(all.into_iter().filter(|(i, _)| *i == index).map(|(_, a)| a).collect())
     }
 
-    /// Every IPv4 address of the namespace in one dump, as (link index, address).
+    /// Every address of both families of the namespace in one dump, as (link index, address).
     pub async fn all_addresses(&self) -> Result<Vec<(u32, IpNet)>> {
-        self.all_addresses_of(Family::Ipv4).await
+        self.dump_addresses(AddressFamily::Unspec).await
     }
 
     /// Every address of one family in one dump, as (link index, address).

@@ -61,7 +61,7 @@ fn vxlan_attrs(kernel: &Kernel) -> Option<&VxlanAttrs> {
 }
 
 fn ip_forward(kernel: &Kernel) -> Finding {
-    match kernel.ip_forward.as_deref() {
+    match kernel.forwarding.get(&Family::Ipv4).map(String::as_str) {
         Some("1") => Finding::passed("ip-forward", "IP forwarding is on (net.ipv4.ip_forward = 1)"),
         Some(value) => Finding::error(
             "ip-forward",
@@ -271,7 +271,7 @@ mod tests {
             neighbours: Vec::new(),
             fdb: Vec::new(),
             nft: Ok(Listing::default()),
-            ip_forward: Some("1".into()),
+            forwarding: [(Family::Ipv4, "1".to_string())].into(),
             vxlan_rp_filter: [(Family::Ipv4, RP_FILTER_LOOSE.into())].into(),
         }
     }
@@ -305,7 +305,7 @@ mod tests {
     #[test]
     fn ip_forwarding_off_is_an_error_with_the_sysctl_to_set() {
         let mut k = healthy();
-        k.ip_forward = Some("0".into());
+        k.forwarding.insert(Family::Ipv4, "0".into());
         let f = only(&k, &expected());
         assert_eq!((f.check, f.severity), ("ip-forward", Severity::Error));
         assert_eq!(f.message, "IP forwarding is off (net.ipv4.ip_forward = 0): this node forwards no pod traffic");

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chitchat::transport::ChannelTransport;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use tokio::time::Instant;
 use weft_agent::agent::Agent;
 use weft_agent::config::Config;
@@ -23,7 +23,7 @@ use weft_agent::files::Paths;
 use weft_agent::http::status::Status;
 use weft_agent::probe::icmp::Pinger;
 use weft_overlay::ApplyReport;
-use weft_overlay::desired::Desired;
+use weft_overlay::desired::{Desired, Peer};
 
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -68,9 +68,13 @@ impl FakeDatapath {
         self.applied.lock().unwrap().last().map(|(_, d)| d.clone())
     }
 
-    /// Peer name → PodCIDR in the last applied state.
+    /// Peer name → first PodCIDR in the last applied state.
     pub fn programmed(&self) -> BTreeMap<String, Ipv4Net> {
-        self.last().map(|d| d.peers.iter().map(|p| (p.name.clone(), p.pod_cidr)).collect()).unwrap_or_default()
+        let first = |p: &Peer| match p.pod_cidrs.first() {
+            Some(IpNet::V4(v4)) => *v4,
+            other => panic!("{} has no IPv4 block first: {other:?}", p.name),
+        };
+        self.last().map(|d| d.peers.iter().map(|p| (p.name.clone(), first(p))).collect()).unwrap_or_default()
     }
 
     /// When a state first programmed `peer` at `cidr`, at or after `since`.
@@ -78,7 +82,7 @@ impl FakeDatapath {
         self.history()
             .into_iter()
             .filter(|(at, _)| *at >= since)
-            .find(|(_, d)| d.peers.iter().any(|p| p.name == peer && p.pod_cidr == cidr))
+            .find(|(_, d)| d.peers.iter().any(|p| p.name == peer && p.pod_cidrs.contains(&cidr.into())))
             .map(|(at, _)| at)
     }
 

@@ -1,0 +1,170 @@
+//! Pods of both families on the overlay dataplane, end to end in the kernel: three node
+//! namespaces on two underlay subnets behind a router that knows no pod route, `Dataplane::apply`
+//! run inside each node (through `weft-lab dataplane apply`) with a dual-stack desired state,
+//! and pods made by hand with an address of each family. Per family: the ping matrix across
+//! subnets, the pod's own source address between pods, egress masqueraded to the node's address
+//! of the family, and cleanup leaving nothing. Over an IPv4 and over an IPv6 underlay. Needs root.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use weft_lab::dataplane::{Encap, apply_in, cleanup_in, desired_with_pods, pod_block};
+use weft_lab::pod::{self, Pod, PodSpec};
+use weft_lab::probe::tcp_source_seen;
+use weft_lab::topology::{Family, Lab, LabSpec};
+use weft_lab::wait;
+use weft_overlay::CleanupOptions;
+use weft_overlay::rules::first_host;
+
+const LIMIT: Duration = Duration::from_secs(10);
+const EVERY: Duration = Duration::from_millis(100);
+const BOTH: [Family; 2] = [Family::Ipv4, Family::Ipv6];
+
+/// Three nodes (n1 and n3 on the first subnet, n2 on the second) in cross-subnet mode, each with
+/// one pod holding host .10 (::10) of the node's block of each family.
+struct Cluster {
+    // Pods go before the lab: their namespaces are deleted first.
+    pods: Vec<Pod>,
+    lab: Lab,
+}
+
+fn host(block: IpNet, n: u32) -> IpNet {
+    let addr: IpAddr = match block.network() {
+        IpAddr::V4(v4) => Ipv4Addr::from(u32::from(v4) + n).into(),
+        IpAddr::V6(v6) => Ipv6Addr::from(u128::from(v6) + u128::from(n)).into(),
+    };
+    IpNet::new(addr, block.prefix_len()).expect("the block's prefix")
+}
+
+fn cluster(underlay: Family) -> Cluster {
+    weft_lab::require_root();
+    let spec = LabSpec { nodes: 3, subnets: 2, underlay, ..LabSpec::default() };
+    let lab = Lab::build(&weft_lab::unique_prefix(), spec).expect("build lab");
+    // The datapath first: it makes cni0 with both gateways.
+    for (i, node) in lab.nodes.iter().enumerate() {
+        let report = apply_in(&node.ns, &desired_with_pods(&lab, i, Encap::CrossSubnet, &BOTH)).expect("apply");
+        assert!(report.failures.is_empty() && report.rejected.is_empty(), "{report:#?}");
+    }
+    let mut pods = Vec::new();
+    for (i, node) in lab.nodes.iter().enumerate() {
+        let IpNet::V4(v4) = host(pod_block(Family::Ipv4, i), 10) else { unreachable!("an IPv4 block") };
+        let IpAddr::V4(gateway) = first_host(&pod_block(Family::Ipv4, i)) else { unreachable!("an IPv4 block") };
+        let spec = PodSpec {
+            name: &format!("{}-{}-pod", lab.prefix, node.name),
+            host_veth: "vpod0",
+            bridge: "cni0",
+            address: v4,
+            gateway,
+            mtu: 1400,
+        };
+        let pod = pod::attach(&node.ns, &spec).expect("pod");
+        let v6 = pod_block(Family::Ipv6, i);
+        pod.add_address(host(v6, 10), first_host(&v6)).expect("the pod's IPv6 address");
+        pods.push(pod);
+    }
+    Cluster { pods, lab }
+}
+
+impl Cluster {
+    /// Pod `i`'s address of `family`.
+    fn ip(&self, i: usize, family: Family) -> IpAddr {
+        host(pod_block(family, i), 10).addr()
+    }
+
+    /// Waits until pod `from` gets a ping reply from pod `to` over `family`.
+    fn reaches(&self, from: usize, to: usize, family: Family) {
+        let ip = self.ip(to, family);
+        wait::until(&format!("pod {from} to reach {ip}"), LIMIT, EVERY, || self.pods[from].ping_once(ip).then_some(()))
+            .expect("ping");
+    }
+
+    fn ping_matrix(&self) {
+        for family in BOTH {
+            for from in 0..3 {
+                for to in (0..3).filter(|to| *to != from) {
+                    self.reaches(from, to, family);
+                }
+            }
+        }
+    }
+
+    /// The source address pod `to` sees on a TCP connection from pod `from` over `family`.
+    fn source_seen(&self, from: usize, to: usize, family: Family, port: u16) -> IpAddr {
+        tcp_source_seen(&self.pods[to].ns, self.ip(to, family), port, &self.pods[from].ns).expect("tcp")
+    }
+
+    fn routes(&self, i: usize, family: &str) -> String {
+        self.lab.nodes[i].ns.ip(&[family, "route", "show", "proto", "87"]).expect("routes")
+    }
+}
+
+#[test]
+fn over_an_ipv4_underlay_pods_of_both_families_reach_each_other_with_their_own_source() {
+    let c = cluster(Family::Ipv4);
+    c.ping_matrix();
+    for family in BOTH {
+        // Across the router (n1 → n2) and on one subnet (n1 → n3: IPv4 routed directly, IPv6
+        // through the tunnel), the pod's own address arrives.
+        assert_eq!(c.source_seen(0, 1, family, 7001), c.ip(0, family), "{family} across the router");
+        assert_eq!(c.source_seen(0, 2, family, 7002), c.ip(0, family), "{family} within a subnet");
+    }
+    // The IPv6 blocks ride vxlan0 via their VTEPs; n3's IPv4 block goes directly.
+    let n3 = &c.lab.nodes[2];
+    let v4 = c.routes(0, "-4");
+    assert!(v4.contains(&format!("10.244.3.0/24 via {} dev eth0", n3.ip)), "{v4}");
+    assert!(v4.contains("10.244.2.0/24 via 10.244.2.0 dev vxlan0"), "{v4}");
+    let v6 = c.routes(0, "-6");
+    for n in [2, 3] {
+        assert!(v6.contains(&format!("fd00:10:244:{n}::/64 via fd00:10:244:{n}:: dev vxlan0")), "{v6}");
+    }
+    let n1 = &c.lab.nodes[0].ns;
+    let vxlan0 = n1.ip(&["addr", "show", "dev", "vxlan0"]).expect("vxlan0");
+    assert!(vxlan0.contains("10.244.1.0/32") && vxlan0.contains("fd00:10:244:1::/128"), "{vxlan0}");
+    assert_eq!(n1.run("sysctl", &["-n", "net.ipv6.conf.all.forwarding"]).expect("sysctl").trim(), "1");
+
+    // Leaving the cluster, IPv4 is masqueraded to the node's address.
+    let ext = &c.lab.external;
+    assert_eq!(tcp_source_seen(&ext.ns, ext.ip, 7003, &c.pods[0].ns).unwrap(), c.lab.nodes[0].ip);
+}
+
+#[test]
+fn over_an_ipv6_underlay_ipv6_egress_is_masqueraded_to_the_nodes_ipv6_address() {
+    let c = cluster(Family::Ipv6);
+    c.ping_matrix();
+    for family in BOTH {
+        assert_eq!(c.source_seen(1, 0, family, 7001), c.ip(1, family), "{family} across the router");
+        assert_eq!(c.source_seen(2, 0, family, 7002), c.ip(2, family), "{family} within a subnet");
+    }
+    // Now IPv6 is the family routed directly on one subnet, IPv4 rides vxlan-v6.
+    let n3 = &c.lab.nodes[2];
+    let v6 = c.routes(0, "-6");
+    assert!(v6.contains(&format!("fd00:10:244:3::/64 via {} dev eth0", n3.ip)), "{v6}");
+    assert!(v6.contains("fd00:10:244:2::/64 via fd00:10:244:2:: dev vxlan-v6"), "{v6}");
+    let v4 = c.routes(0, "-4");
+    assert!(v4.contains("10.244.3.0/24 via 10.244.3.0 dev vxlan-v6"), "{v4}");
+
+    let ext = &c.lab.external;
+    assert_eq!(tcp_source_seen(&ext.ns, ext.ip, 7003, &c.pods[0].ns).unwrap(), c.lab.nodes[0].ip);
+}
+
+#[test]
+fn cleanup_leaves_nothing_of_either_family() {
+    let c = cluster(Family::Ipv4);
+    c.reaches(0, 1, Family::Ipv6);
+    let n1 = &c.lab.nodes[0].ns;
+    let report = cleanup_in(n1, &CleanupOptions { force: true, ..CleanupOptions::default() }).expect("cleanup");
+    assert!(report.failures.is_empty(), "{report:#?}");
+    for family in ["-4", "-6"] {
+        assert_eq!(c.routes(0, family).trim(), "", "{family} routes stayed");
+        // The lab's own static neighbours on eth0 are not weft's.
+        let neigh = n1.ip(&[family, "neigh", "show", "nud", "permanent"]).expect("neighbours");
+        assert!(!neigh.contains("10.244.") && !neigh.contains("fd00:10:244"), "{neigh}");
+    }
+    for link in ["vxlan0", "vxlan-v6", "cni0"] {
+        assert!(n1.ip(&["link", "show", link]).is_err(), "{link} stayed");
+    }
+    assert!(n1.run("nft", &["list", "table", "inet", "weft"]).is_err(), "the table stayed");
+    let addrs = n1.ip(&["-6", "addr", "show"]).expect("addresses");
+    assert!(!addrs.contains("fd00:10:244"), "{addrs}");
+}

@@ -24,6 +24,7 @@ use weft_agent::http::status::Status;
 use weft_agent::probe::icmp::Pinger;
 use weft_overlay::ApplyReport;
 use weft_overlay::desired::{Desired, Peer};
+use weft_overlay::underlay::Family;
 
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -179,7 +180,7 @@ impl Cluster {
         let underlay = Underlay::single(ip.into(), "eth0", Ipv4Net::new(ip, 24).unwrap().trunc().into(), 1500);
         let paths = Paths { state_dir: dir.join("run"), cni_conf_dir: dir.join("net.d"), ipam_dir: dir.join("ipam") };
         let mut config = Config::with_defaults(name, underlay, vec![seed()], paths);
-        config.cluster_cidr = self.cluster_cidr;
+        config.cluster_cidrs = vec![self.cluster_cidr.into()];
         config.node_cidr_prefix = self.prefix;
         config.gossip.interval = GOSSIP_INTERVAL;
         config.startup_grace = Duration::from_secs(5);
@@ -228,12 +229,16 @@ impl Cluster {
     /// The node's addresses that probes reach: its underlay IP and its VTEP address.
     fn addresses(&self, name: &str) -> Vec<Ipv4Addr> {
         let config = &self.nodes[name].config;
-        let lease = weft_agent::files::read_lease(&config.paths.lease()).ok().flatten();
+        let lease = weft_agent::files::read_lease(&config.paths.lease(Family::Ipv4)).ok().flatten();
         let ip = match config.underlay.primary().ip {
             std::net::IpAddr::V4(ip) => ip,
             std::net::IpAddr::V6(ip) => panic!("the in-memory cluster has IPv4 underlays, not {ip}"),
         };
-        std::iter::once(ip).chain(lease.map(|l| l.pod_cidr.network())).collect()
+        let vtep = lease.and_then(|l| match l.pod_cidr {
+            IpNet::V4(block) => Some(block.network()),
+            IpNet::V6(_) => None,
+        });
+        std::iter::once(ip).chain(vtep).collect()
     }
 
     /// The node's kernel stops answering probes (until it starts again).
@@ -284,7 +289,10 @@ impl Cluster {
 
     /// The PodCIDR a running node holds.
     pub fn pod_cidr(&self, name: &str) -> Option<Ipv4Net> {
-        self.status(name)?.node.pod_cidr
+        match self.status(name)?.node.pod_cidr? {
+            IpNet::V4(block) => Some(block),
+            IpNet::V6(block) => panic!("the in-memory cluster is IPv4, not {block}"),
+        }
     }
 
     pub fn ready(&self, name: &str) -> bool {

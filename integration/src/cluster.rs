@@ -2,7 +2,7 @@
 //! one seed), and pods attached with the real `weft` plugin through the conflist the agent wrote.
 
 use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,7 +45,10 @@ pub struct AgentOptions {
 pub struct Pod {
     pub name: String,
     pub node: usize,
+    /// Its IPv4 address.
     pub ip: Ipv4Addr,
+    /// Every address the plugin gave it, in the result's order (IPv4 first when dual-stack).
+    pub ips: Vec<IpAddr>,
     pub ns: Netns,
     target: Target,
     result: Value,
@@ -238,12 +241,20 @@ impl Cluster {
         let ns = Netns::create(&format!("{}-{}-{name}", self.lab.prefix, n.name))?;
         let target = Target::new(&format!("{}-{name}", n.name), &ns.path(), "eth0");
         let result = self.chain(n)?.add(&self.runtime(n), &target, &Value::Null)?;
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| LabError::Other(format!("no address in {result}")))?;
-        self.pods.push(Pod { name: name.to_string(), node, ip, ns, target, result });
+        let ips: Vec<IpAddr> = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+            .collect();
+        let ip = ips
+            .iter()
+            .find_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .ok_or_else(|| LabError::Other(format!("no IPv4 address in {result}")))?;
+        self.pods.push(Pod { name: name.to_string(), node, ip, ips, ns, target, result });
         Ok(self.pods.last().expect("just pushed"))
     }
 
@@ -316,7 +327,12 @@ pub fn programmed_peers(status: &Value) -> usize {
 
 impl Pod {
     /// Pings `dst` from this pod: true when a reply came back.
-    pub fn ping(&self, dst: Ipv4Addr) -> bool {
-        self.ns.run("ping", &["-c", "1", "-W", "2", &dst.to_string()]).is_ok()
+    pub fn ping(&self, dst: impl Into<IpAddr>) -> bool {
+        self.ns.run("ping", &["-c", "1", "-W", "2", &dst.into().to_string()]).is_ok()
+    }
+
+    /// Its address of `family`, if it has one.
+    pub fn ip_of(&self, family: weft_overlay::underlay::Family) -> Option<IpAddr> {
+        self.ips.iter().copied().find(|ip| weft_overlay::underlay::Family::of(*ip) == family)
     }
 }

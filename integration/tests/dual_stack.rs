@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use weft_lab::cluster::AgentOptions;
 use weft_lab::dataplane::{Encap, apply_in, cleanup_in, desired_with_pods, pod_block};
 use weft_lab::pod::{self, Pod, PodSpec};
 use weft_lab::probe::tcp_source_seen;
@@ -167,4 +168,57 @@ fn cleanup_leaves_nothing_of_either_family() {
     assert!(n1.run("nft", &["list", "table", "inet", "weft"]).is_err(), "the table stayed");
     let addrs = n1.ip(&["-6", "addr", "show"]).expect("addresses");
     assert!(!addrs.contains("fd00:10:244"), "{addrs}");
+}
+
+/// Real agents and the real plugin on a dual-stack cluster (`--cluster-cidr
+/// 10.244.0.0/16,fd00:10:244::/56`, `--node-cidr-prefix-v6 64`) over the IPv4 underlay: every
+/// node gets a block of each family through gossip, every pod an address of each, and both
+/// families reach across the router with the pod's own source.
+#[test]
+fn agents_allocate_a_block_per_family_and_pods_of_both_families_reach_each_other() {
+    weft_lab::require_root();
+    let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec::default()).expect("build lab");
+    let extra_args =
+        vec!["--cluster-cidr=10.244.0.0/16,fd00:10:244::/56".to_string(), "--node-cidr-prefix-v6=64".to_string()];
+    let mut c = weft_lab::cluster::Cluster::start(lab, AgentOptions { extra_args, ..AgentOptions::default() })
+        .expect("start agents");
+    c.wait_converged(Duration::from_secs(30)).expect("converged");
+    for i in 0..3 {
+        c.add_pod(i, &format!("p{}", i + 1)).expect("pod");
+    }
+    let cluster6: IpNet = "fd00:10:244::/56".parse().unwrap();
+    let mut blocks6 = Vec::new();
+    for i in 0..3 {
+        let status = c.status(i).expect("status");
+        let block6: IpNet = status["node"]["podCIDR6"].as_str().expect("an IPv6 block").parse().unwrap();
+        assert!(cluster6.contains(&block6) && block6.prefix_len() == 64, "{block6}");
+        for peer in status["peers"].as_array().expect("peers") {
+            assert!(peer["podCIDR6"].as_str().is_some(), "{peer}");
+        }
+        let pod = &c.pods[i];
+        let v6 = pod.ip_of(Family::Ipv6).expect("an IPv6 address");
+        assert!(block6.contains(&v6), "{v6} outside {block6}");
+        blocks6.push(block6);
+    }
+    let distinct: std::collections::BTreeSet<&IpNet> = blocks6.iter().collect();
+    assert_eq!(distinct.len(), 3, "distinct IPv6 blocks: {blocks6:?}");
+    for family in BOTH {
+        for from in &c.pods {
+            for to in &c.pods {
+                let ip = to.ip_of(family).unwrap();
+                let reached =
+                    wait::until(&format!("{} to reach {ip}", from.name), LIMIT, EVERY, || from.ping(ip).then_some(()));
+                assert!(reached.is_ok(), "{} cannot reach {ip}", from.name);
+            }
+        }
+        // Across the router, the pod's own address arrives.
+        let (p1, p2) = (&c.pods[0], &c.pods[1]);
+        let seen = tcp_source_seen(&p2.ns, p2.ip_of(family).unwrap(), 7010, &p1.ns).unwrap();
+        assert_eq!(seen, p1.ip_of(family).unwrap(), "{family}");
+    }
+    // IPv6 routes to the peers' blocks ride vxlan0 (the IPv4 underlay's device).
+    let routes = c.lab.nodes[0].ns.ip(&["-6", "route", "show", "proto", "87"]).unwrap();
+    for block in &blocks6[1..] {
+        assert!(routes.contains(&format!("{block} via {} dev vxlan0", block.network())), "{routes}");
+    }
 }

@@ -202,6 +202,13 @@ fn agents_allocate_a_block_per_family_and_pods_of_both_families_reach_each_other
     }
     let distinct: std::collections::BTreeSet<&IpNet> = blocks6.iter().collect();
     assert_eq!(distinct.len(), 3, "distinct IPv6 blocks: {blocks6:?}");
+    // The first IPv6 packet to a new node's pods is answered at once: the bridge's link-local
+    // address is not held back by duplicate address detection (it was, for 1-2 s, and the
+    // node could not resolve its pods' addresses meanwhile).
+    let n2 = &c.lab.nodes[1].ns;
+    assert_eq!(n2.run("sysctl", &["-n", "net.ipv6.conf.cni0.accept_dad"]).unwrap().trim(), "0");
+    let first = c.pods[1].ip_of(Family::Ipv6).unwrap();
+    assert!(c.pods[0].ping(first), "the first IPv6 ping to {first} went unanswered");
     for family in BOTH {
         for from in &c.pods {
             for to in &c.pods {

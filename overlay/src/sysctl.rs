@@ -29,6 +29,11 @@ pub fn dev_key(name: &str, dev: &str) -> String {
     format!("net/ipv4/conf/{dev}/{name}")
 }
 
+/// The per-device IPv6 key, e.g. net.ipv6.conf.cni0.accept_dad.
+pub fn ipv6_dev_key(name: &str, dev: &str) -> String {
+    format!("net/ipv6/conf/{dev}/{name}")
+}
+
 pub const IP_FORWARD: &str = "net/ipv4/ip_forward";
 pub const IP6_FORWARD: &str = "net/ipv6/conf/all/forwarding";
 

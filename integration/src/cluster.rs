@@ -17,7 +17,7 @@ use crate::cni::{Chain, PluginPath, Runtime, Target};
 use crate::http;
 use crate::netns::{self, Netns};
 use crate::process::Process;
-use crate::topology::{Lab, Node};
+use crate::topology::{Family, Lab, Node};
 use crate::wait;
 
 pub const GOSSIP_PORT: u16 = 8473;
@@ -273,7 +273,8 @@ impl Cluster {
 
     /// Whether node `i` has a kernel route for `cidr`.
     pub fn has_route(&self, i: usize, cidr: &str) -> bool {
-        self.lab.nodes[i].ns.ip(&["route", "show", cidr]).is_ok_and(|out| !out.trim().is_empty())
+        let family = if cidr.contains(':') { "-6" } else { "-4" };
+        self.lab.nodes[i].ns.ip(&[family, "route", "show", cidr]).is_ok_and(|out| !out.trim().is_empty())
     }
 
     /// Node `i` dies whole, agent and network (its tunnel stops answering too); waits until
@@ -293,13 +294,21 @@ impl Cluster {
         Ok(start.elapsed())
     }
 
-    /// Pings pod `dst` from pod `src` every 10 ms, `count` times, while node `i`'s agent stops
-    /// (SIGTERM) and starts again and the cluster converges; ping's output.
-    pub fn ping_across_restart(&mut self, src: &str, dst: &str, i: usize, count: u32) -> Result<String> {
-        let missing = |name: &str| LabError::Other(format!("no pod {name}"));
-        let (src, dst) = (self.pod(src).ok_or_else(|| missing(src))?, self.pod(dst).ok_or_else(|| missing(dst))?);
+    /// Pings pod `dst`'s address of `family` from pod `src` every 10 ms, `count` times, while
+    /// node `i`'s agent stops (SIGTERM) and starts again and the cluster converges; ping's output.
+    pub fn ping_across_restart(
+        &mut self,
+        src: &str,
+        dst: &str,
+        family: Family,
+        i: usize,
+        count: u32,
+    ) -> Result<String> {
+        let missing = |name: &str| LabError::Other(format!("no pod {name} with a {family} address"));
+        let src = self.pod(src).ok_or_else(|| missing(src))?;
+        let dst_ip = self.pod(dst).and_then(|p| p.ip_of(family)).ok_or_else(|| missing(dst))?;
         let mut ping = src.ns.command("ping");
-        ping.args(["-i", "0.01", "-c", &count.to_string(), "-W", "1", &dst.ip.to_string()]).stdout(Stdio::piped());
+        ping.args(["-i", "0.01", "-c", &count.to_string(), "-W", "1", &dst_ip.to_string()]).stdout(Stdio::piped());
         let pinger = ping.spawn().map_err(|e| LabError::Other(format!("ping: {e}")))?;
         std::thread::sleep(Duration::from_millis(500));
         if let Some(agent) = self.agents[i].as_mut() {
@@ -332,7 +341,7 @@ impl Pod {
     }
 
     /// Its address of `family`, if it has one.
-    pub fn ip_of(&self, family: weft_overlay::underlay::Family) -> Option<IpAddr> {
-        self.ips.iter().copied().find(|ip| weft_overlay::underlay::Family::of(*ip) == family)
+    pub fn ip_of(&self, family: Family) -> Option<IpAddr> {
+        self.ips.iter().copied().find(|ip| Family::of(*ip) == family)
     }
 }

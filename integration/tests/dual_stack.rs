@@ -6,15 +6,17 @@
 //! of the family, and cleanup leaving nothing. Over an IPv4 and over an IPv6 underlay. Needs root.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::process::Command;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use weft_lab::cluster::AgentOptions;
+use nix::sys::signal::Signal;
+use weft_lab::cluster::{AgentOptions, Cluster as AgentCluster, programmed_peers};
 use weft_lab::dataplane::{Encap, apply_in, cleanup_in, desired_with_pods, pod_block};
 use weft_lab::pod::{self, Pod, PodSpec};
 use weft_lab::probe::tcp_source_seen;
 use weft_lab::topology::{Family, Lab, LabSpec};
-use weft_lab::wait;
+use weft_lab::{bins, netns, wait};
 use weft_overlay::CleanupOptions;
 use weft_overlay::rules::first_host;
 
@@ -43,9 +45,12 @@ fn cluster(underlay: Family) -> Cluster {
     let spec = LabSpec { nodes: 3, subnets: 2, underlay, ..LabSpec::default() };
     let lab = Lab::build(&weft_lab::unique_prefix(), spec).expect("build lab");
     // The datapath first: it makes cni0 with both gateways.
+    let mut mtus = Vec::new();
     for (i, node) in lab.nodes.iter().enumerate() {
-        let report = apply_in(&node.ns, &desired_with_pods(&lab, i, Encap::CrossSubnet, &BOTH)).expect("apply");
+        let desired = desired_with_pods(&lab, i, Encap::CrossSubnet, &BOTH);
+        let report = apply_in(&node.ns, &desired).expect("apply");
         assert!(report.failures.is_empty() && report.rejected.is_empty(), "{report:#?}");
+        mtus.push(desired.local.mtu);
     }
     let mut pods = Vec::new();
     for (i, node) in lab.nodes.iter().enumerate() {
@@ -57,7 +62,7 @@ fn cluster(underlay: Family) -> Cluster {
             bridge: "cni0",
             address: v4,
             gateway,
-            mtu: 1400,
+            mtu: mtus[i],
         };
         let pod = pod::attach(&node.ns, &spec).expect("pod");
         let v6 = pod_block(Family::Ipv6, i);
@@ -103,6 +108,10 @@ impl Cluster {
 #[test]
 fn over_an_ipv4_underlay_pods_of_both_families_reach_each_other_with_their_own_source() {
     let c = cluster(Family::Ipv4);
+    // A converged node needs nothing: the IPv6 routes the kernel reports with its default
+    // metric are the ones weft added (they were once deleted and re-added on every apply).
+    let again = apply_in(&c.lab.nodes[0].ns, &desired_with_pods(&c.lab, 0, Encap::CrossSubnet, &BOTH)).unwrap();
+    assert_eq!(again.writes(), 0, "{again:#?}");
     c.ping_matrix();
     for family in BOTH {
         // Across the router (n1 → n2) and on one subnet (n1 → n3: IPv4 routed directly, IPv6
@@ -174,18 +183,23 @@ fn cleanup_leaves_nothing_of_either_family() {
 /// 10.244.0.0/16,fd00:10:244::/56`, `--node-cidr-prefix-v6 64`) over the IPv4 underlay: every
 /// node gets a block of each family through gossip, every pod an address of each, and both
 /// families reach across the router with the pod's own source.
-#[test]
-fn agents_allocate_a_block_per_family_and_pods_of_both_families_reach_each_other() {
+/// Three nodes (two subnets) with real agents on a dual-stack cluster and one pod each (p1-p3).
+fn dual_agents() -> AgentCluster {
     weft_lab::require_root();
     let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec::default()).expect("build lab");
     let extra_args =
         vec!["--cluster-cidr=10.244.0.0/16,fd00:10:244::/56".to_string(), "--node-cidr-prefix-v6=64".to_string()];
-    let mut c = weft_lab::cluster::Cluster::start(lab, AgentOptions { extra_args, ..AgentOptions::default() })
-        .expect("start agents");
+    let mut c = AgentCluster::start(lab, AgentOptions { extra_args, ..AgentOptions::default() }).expect("start agents");
     c.wait_converged(Duration::from_secs(30)).expect("converged");
     for i in 0..3 {
         c.add_pod(i, &format!("p{}", i + 1)).expect("pod");
     }
+    c
+}
+
+#[test]
+fn agents_allocate_a_block_per_family_and_pods_of_both_families_reach_each_other() {
+    let c = dual_agents();
     let cluster6: IpNet = "fd00:10:244::/56".parse().unwrap();
     let mut blocks6 = Vec::new();
     for i in 0..3 {
@@ -228,4 +242,45 @@ fn agents_allocate_a_block_per_family_and_pods_of_both_families_reach_each_other
     for block in &blocks6[1..] {
         assert!(routes.contains(&format!("{block} via {} dev vxlan0", block.network())), "{routes}");
     }
+}
+
+#[test]
+fn dual_stack_agents_restart_without_loss_withdraw_a_dead_node_and_clean_up_both_families() {
+    let mut c = dual_agents();
+    // 10 ms pings for 3 s from n1's pod to n2's, per family, while n2's agent restarts.
+    for family in BOTH {
+        let text = c.ping_across_restart("p1", "p2", family, 1, 300).unwrap();
+        assert!(text.contains("300 received"), "{family} pings were lost across the restart: {text}");
+    }
+    // n3 dies, agent and network: the others withdraw both its blocks.
+    let dead4 = c.pod_cidr(2).unwrap();
+    let status = c.status(2).unwrap();
+    let dead6 = status["node"]["podCIDR6"].as_str().unwrap().to_string();
+    assert!(c.has_route(0, &dead6) && c.has_route(1, &dead6));
+    c.kill_node_until_withdrawn(2, &dead4, Duration::from_secs(30)).unwrap();
+    wait::until("n3's IPv6 block to be withdrawn", LIMIT, EVERY, || {
+        (!c.has_route(0, &dead6) && !c.has_route(1, &dead6)).then_some(())
+    })
+    .unwrap();
+    assert_eq!(programmed_peers(&c.status(0).unwrap()), 1);
+
+    // Cleanup on n1 removes both families' routes, the devices, the table and both leases.
+    c.agent(0).unwrap().stop(Signal::SIGTERM, Duration::from_secs(10)).unwrap();
+    let n1 = &c.lab.nodes[0];
+    let mut cmd = Command::new(bins::path("weft-agent").unwrap());
+    cmd.arg("cleanup")
+        .arg("--force")
+        .arg(format!("--state-dir={}", n1.path("run").display()))
+        .arg(format!("--cni-conf-dir={}", n1.path("net.d").display()))
+        .arg(format!("--ipam-dir={}", n1.path("ipam").display()));
+    let out = netns::within(&n1.ns.path(), || cmd.output()).unwrap().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("lease-v6.json"), "the IPv6 lease is removed: {said}");
+    for family in ["-4", "-6"] {
+        let routes = n1.ns.ip(&[family, "route", "show", "proto", "87"]).unwrap();
+        assert_eq!(routes.trim(), "", "{family} routes stayed");
+    }
+    assert!(n1.ns.ip(&["link", "show", "vxlan0"]).is_err(), "vxlan0 stayed");
+    assert!(n1.ns.run("nft", &["list", "table", "inet", "weft"]).is_err(), "the table stayed");
 }

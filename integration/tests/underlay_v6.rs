@@ -99,7 +99,7 @@ fn over_ipv6_a_restart_loses_no_ping_a_dead_node_is_withdrawn_and_cleanup_remove
     let mut c = cluster();
     // 10 ms pings for 4 s from n1's pod to n2's while n2's agent stops and starts again.
     let cidr = c.pod_cidr(1).unwrap();
-    let text = c.ping_across_restart("p1", "p2", 1, 400).unwrap();
+    let text = c.ping_across_restart("p1", "p2", Family::Ipv4, 1, 400).unwrap();
     assert!(text.contains("400 received"), "pings were lost across the restart: {text}");
     assert_eq!(c.pod_cidr(1).unwrap(), cidr, "a restart keeps the PodCIDR");
 

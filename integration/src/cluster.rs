@@ -45,7 +45,7 @@ pub struct AgentOptions {
 pub struct Pod {
     pub name: String,
     pub node: usize,
-    /// Its IPv4 address.
+    /// Its IPv4 address; 0.0.0.0 for an IPv6-only pod (see `ips`).
     pub ip: Ipv4Addr,
     /// Every address the plugin gave it, in the result's order (IPv4 first when dual-stack).
     pub ips: Vec<IpAddr>,
@@ -247,13 +247,16 @@ impl Cluster {
             .flatten()
             .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
             .collect();
+        if ips.is_empty() {
+            return Err(LabError::Other(format!("no address in {result}")));
+        }
         let ip = ips
             .iter()
             .find_map(|ip| match ip {
                 IpAddr::V4(v4) => Some(*v4),
                 IpAddr::V6(_) => None,
             })
-            .ok_or_else(|| LabError::Other(format!("no IPv4 address in {result}")))?;
+            .unwrap_or(Ipv4Addr::UNSPECIFIED);
         self.pods.push(Pod { name: name.to_string(), node, ip, ips, ns, target, result });
         Ok(self.pods.last().expect("just pushed"))
     }

@@ -284,3 +284,43 @@ fn dual_stack_agents_restart_without_loss_withdraw_a_dead_node_and_clean_up_both
     assert!(n1.ns.ip(&["link", "show", "vxlan0"]).is_err(), "vxlan0 stayed");
     assert!(n1.ns.run("nft", &["list", "table", "inet", "weft"]).is_err(), "the table stayed");
 }
+
+/// An IPv6-only cluster (`--cluster-cidr fd00:10:244::/56`) over an IPv6-only underlay
+/// (2001:db8:1::/64 and 2001:db8:2::/64, the off-cluster host on 2001:db8:3::/64): IPv6 pods
+/// only, nothing of IPv4 programmed for pods, egress masqueraded to the node's IPv6 address.
+#[test]
+fn an_ipv6_only_cluster_over_an_ipv6_underlay() {
+    weft_lab::require_root();
+    let spec = LabSpec { underlay: Family::Ipv6, ..LabSpec::default() };
+    let lab = Lab::build(&weft_lab::unique_prefix(), spec).expect("build lab");
+    let extra_args = vec!["--cluster-cidr=fd00:10:244::/56".to_string()];
+    let mut c = AgentCluster::start(lab, AgentOptions { extra_args, ..AgentOptions::default() }).expect("agents");
+    c.wait_converged(Duration::from_secs(30)).expect("converged");
+    for i in 0..3 {
+        c.add_pod(i, &format!("p{}", i + 1)).expect("pod");
+    }
+    for pod in &c.pods {
+        assert!(pod.ips.len() == 1 && pod.ips[0].is_ipv6(), "IPv6 only: {:?}", pod.ips);
+    }
+    for from in &c.pods {
+        for to in &c.pods {
+            let ip = to.ips[0];
+            let reached =
+                wait::until(&format!("{} to reach {ip}", from.name), LIMIT, EVERY, || from.ping(ip).then_some(()));
+            assert!(reached.is_ok(), "{} cannot reach {ip}", from.name);
+        }
+    }
+    let (p1, p2) = (&c.pods[0], &c.pods[1]);
+    assert_eq!(tcp_source_seen(&p2.ns, p2.ips[0], 7020, &p1.ns).unwrap(), p1.ips[0]);
+    let (n1, ext) = (&c.lab.nodes[0], &c.lab.external);
+    assert_eq!(tcp_source_seen(&ext.ns, ext.ip, 7021, &p1.ns).unwrap(), n1.ip, "masqueraded to the node");
+    // /status names the IPv6 block as podCIDR (as nodeIP names the IPv6 address) and podCIDR6.
+    let status = c.status(0).unwrap();
+    assert_eq!(status["node"]["podCIDR"], status["node"]["podCIDR6"]);
+    // Nothing of IPv4 for pods: no vxlan0, no IPv4 routes or rules, IPv4 forwarding left alone.
+    assert!(n1.ns.ip(&["link", "show", "vxlan0"]).is_err());
+    assert_eq!(n1.ns.ip(&["-4", "route", "show", "proto", "87"]).unwrap().trim(), "");
+    let table = n1.ns.run("nft", &["list", "table", "inet", "weft"]).unwrap();
+    assert!(!table.contains("ip saddr") && table.contains("ip6 saddr fd00:10:244::/56"), "{table}");
+    assert_eq!(n1.ns.run("sysctl", &["-n", "net.ipv4.ip_forward"]).unwrap().trim(), "0");
+}

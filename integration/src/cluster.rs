@@ -175,6 +175,22 @@ impl Cluster {
         self.agents[i].as_mut()
     }
 
+    /// `weft-agent cleanup` for node `i`'s directories, inside its namespace, with `extra`
+    /// flags: whether it succeeded, and what it said.
+    pub fn cleanup(&self, i: usize, extra: &[&str]) -> Result<(bool, String)> {
+        let node = &self.lab.nodes[i];
+        let mut cmd = Command::new(bins::path("weft-agent")?);
+        cmd.arg("cleanup")
+            .arg(format!("--state-dir={}", node.path("run").display()))
+            .arg(format!("--cni-conf-dir={}", node.path("net.d").display()))
+            .arg(format!("--ipam-dir={}", node.path("ipam").display()))
+            .args(extra);
+        let out = netns::within(&node.ns.path(), || cmd.output())?
+            .map_err(|e| LabError::Other(format!("weft-agent cleanup: {e}")))?;
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.success(), said))
+    }
+
     /// `GET <path>` on node `i`'s status endpoint.
     pub fn get(&self, i: usize, path: &str) -> Result<(u16, String)> {
         http::get(&self.lab.nodes[i].ns.path(), STATUS_ADDR.parse().expect("valid address"), path)

@@ -6,7 +6,6 @@
 //! of the family, and cleanup leaving nothing. Over an IPv4 and over an IPv6 underlay. Needs root.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::process::Command;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -16,7 +15,7 @@ use weft_lab::dataplane::{Encap, apply_in, cleanup_in, desired_with_pods, pod_bl
 use weft_lab::pod::{self, Pod, PodSpec};
 use weft_lab::probe::tcp_source_seen;
 use weft_lab::topology::{Family, Lab, LabSpec};
-use weft_lab::{bins, netns, wait};
+use weft_lab::wait;
 use weft_overlay::CleanupOptions;
 use weft_overlay::rules::first_host;
 
@@ -267,15 +266,8 @@ fn dual_stack_agents_restart_without_loss_withdraw_a_dead_node_and_clean_up_both
     // Cleanup on n1 removes both families' routes, the devices, the table and both leases.
     c.agent(0).unwrap().stop(Signal::SIGTERM, Duration::from_secs(10)).unwrap();
     let n1 = &c.lab.nodes[0];
-    let mut cmd = Command::new(bins::path("weft-agent").unwrap());
-    cmd.arg("cleanup")
-        .arg("--force")
-        .arg(format!("--state-dir={}", n1.path("run").display()))
-        .arg(format!("--cni-conf-dir={}", n1.path("net.d").display()))
-        .arg(format!("--ipam-dir={}", n1.path("ipam").display()));
-    let out = netns::within(&n1.ns.path(), || cmd.output()).unwrap().unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{said}");
+    let (ok, said) = c.cleanup(0, &["--force"]).unwrap();
+    assert!(ok, "{said}");
     assert!(said.contains("lease-v6.json"), "the IPv6 lease is removed: {said}");
     for family in ["-4", "-6"] {
         let routes = n1.ns.ip(&[family, "route", "show", "proto", "87"]).unwrap();

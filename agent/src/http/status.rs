@@ -805,5 +805,17 @@ mod tests {
         assert!(!view.contains("FROM"), "no matrix beyond {MATRIX_NODES} nodes: {view}");
         assert!(view.contains("a -> b: tunnel-blocked"));
         assert!(table.contains("last reconcile: 2024-01-01T00:00:00.000Z (3 ms): x"));
+
+        // Dual-stack: both blocks of the node and of each peer, and in the JSON document.
+        let mut dual = status.clone();
+        dual.node.pod_cidr6 = Some("fd00:10:244:1::/64".parse().unwrap());
+        dual.peers[0].pod_cidr6 = Some("fd00:10:244:2::/64".parse().unwrap());
+        let table = render(&dual);
+        assert!(table.contains("podCIDR 10.244.1.0/24,fd00:10:244:1::/64"), "{table}");
+        let row = table.lines().find(|l| l.starts_with("b ")).unwrap();
+        assert!(row.contains("10.244.2.0/24,fd00:10:244:2::/64"), "{row}");
+        let json = serde_json::to_value(&dual).unwrap();
+        assert_eq!(json["node"]["podCIDR6"], "fd00:10:244:1::/64");
+        assert_eq!(json["peers"][0]["podCIDR6"], "fd00:10:244:2::/64");
     }
 }

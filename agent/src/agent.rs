@@ -2,6 +2,7 @@
 //! and stopped together. The `run` command wires it to UDP, the kernel and HTTP; tests wire it
 //! to an in-memory transport and a recording datapath.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -10,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use weft_cni::state::NodeState;
 use weft_overlay::Mac;
+use weft_overlay::underlay::Family;
 
 use crate::allocation::{self, Claim, ClaimKind};
 use crate::clock::unix_ms;
@@ -22,7 +24,7 @@ use crate::gossip::{Gossip, GossipError};
 use crate::probe::{self, icmp::Pinger};
 use crate::reconcile::{self, Controller};
 use crate::shared::Shared;
-use crate::validate;
+use crate::validate::{self, Pool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -42,14 +44,13 @@ pub struct Agent {
     generation: u64,
 }
 
-/// The claim a node starts with: its static PodCIDR (keeping the original claim time when the
-/// lease is for the same block), else a lease that still fits the cluster settings.
-pub fn initial_claim(cfg: &Config, lease: Option<&Lease>, now_ms: u64) -> Option<Claim> {
-    let usable = lease.filter(|l| {
-        l.cluster_cidr == cfg.cluster_cidr
-            && validate::check_pod_cidr(l.pod_cidr, cfg.cluster_cidr, cfg.node_cidr_prefix).is_ok()
-    });
-    match cfg.pod_cidr {
+/// The claim a node starts with in one pool: its static PodCIDR of that family (keeping the
+/// original claim time when the lease is for the same block), else a lease that still fits the
+/// pool.
+pub fn initial_claim(cfg: &Config, pool: &Pool, lease: Option<&Lease>, now_ms: u64) -> Option<Claim> {
+    let usable =
+        lease.filter(|l| l.cluster_cidr == pool.cluster_cidr && validate::check_pod_cidr(l.pod_cidr, pool).is_ok());
+    match cfg.static_pod_cidr(Family::of_net(&pool.cluster_cidr)) {
         Some(cidr) => Some(Claim {
             cidr,
             kind: ClaimKind::Static,
@@ -72,13 +73,20 @@ impl Agent {
         cfg.validate()?;
         let now_ms = unix_ms(SystemTime::now());
         let generation = files::next_generation(&cfg.paths.generation(), now_ms)?;
-        let lease_on_disk = files::read_lease(&cfg.paths.lease()).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "ignoring an unreadable lease");
-            None
-        });
-        let held = initial_claim(&cfg, lease_on_disk.as_ref(), now_ms);
-        if let (Some(lease), None) = (&lease_on_disk, held) {
-            tracing::warn!(pod_cidr = %lease.pod_cidr, "the persisted lease does not fit the cluster settings; allocating anew");
+        let mut lease_on_disk = BTreeMap::new();
+        let mut held = Vec::new();
+        for pool in cfg.pools() {
+            let family = Family::of_net(&pool.cluster_cidr);
+            let lease = files::read_lease(&cfg.paths.lease(family)).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "ignoring an unreadable lease");
+                None
+            });
+            let claim = initial_claim(&cfg, &pool, lease.as_ref(), now_ms);
+            if let (Some(lease), None) = (&lease, claim) {
+                tracing::warn!(pod_cidr = %lease.pod_cidr, "the persisted lease does not fit the cluster settings; allocating anew");
+            }
+            held.extend(claim);
+            lease_on_disk.extend(lease.map(|l| (family, l)));
         }
         let state_on_disk = NodeState::read(&cfg.paths.state_file()).ok();
         let shared = Arc::new(Shared::default());
@@ -93,7 +101,7 @@ impl Agent {
             &cfg.gossip,
             &cfg.node_name,
             generation,
-            facts.key_values(held.map(allocation::claiming)),
+            facts.key_values(&held.iter().copied().map(allocation::claiming).collect::<Vec<_>>()),
             transport(&counters),
             counters,
         )
@@ -104,7 +112,11 @@ impl Agent {
             node_ip = %cfg.underlay.node_ips(),
             gossip = %cfg.gossip.listen,
             seeds = ?cfg.gossip.seeds,
-            pod_cidr = %held.map_or_else(|| "to be allocated".to_string(), |c| format!("{} (to be confirmed)", c.cidr)),
+            pod_cidr = %if held.is_empty() {
+                "to be allocated".to_string()
+            } else {
+                held.iter().map(|c| format!("{} (to be confirmed)", c.cidr)).collect::<Vec<_>>().join(", ")
+            },
             "agent started"
         );
         let cancel = CancellationToken::new();
@@ -190,32 +202,50 @@ mod tests {
     #[test]
     fn a_fitting_lease_is_held_as_confirmed_with_its_original_time() {
         let cfg = sample();
+        let pool = cfg.pools()[0];
         let l = lease("10.244.7.0/24", "10.244.0.0/16");
         assert_eq!(
-            initial_claim(&cfg, Some(&l), 1000),
+            initial_claim(&cfg, &pool, Some(&l), 1000),
             Some(Claim { cidr: l.pod_cidr, kind: ClaimKind::Confirmed, since_ms: 42 })
         );
-        assert_eq!(initial_claim(&cfg, None, 1000), None);
+        assert_eq!(initial_claim(&cfg, &pool, None, 1000), None);
+    }
+
+    #[test]
+    fn each_family_starts_from_its_own_static_block_or_lease() {
+        let mut cfg = sample();
+        cfg.cluster_cidrs.push("fd00:10:244::/56".parse().unwrap());
+        cfg.pod_cidrs = vec!["fd00:10:244:9::/64".parse().unwrap()];
+        let [v4, v6] = [cfg.pools()[0], cfg.pools()[1]];
+        let l4 = lease("10.244.7.0/24", "10.244.0.0/16");
+        let l6 = lease("fd00:10:244:3::/64", "fd00:10:244::/56");
+        assert_eq!(initial_claim(&cfg, &v4, Some(&l4), 1000).unwrap().cidr, l4.pod_cidr);
+        let held6 = initial_claim(&cfg, &v6, Some(&l6), 1000).unwrap();
+        assert_eq!((held6.cidr, held6.kind, held6.since_ms), (cfg.pod_cidrs[0], ClaimKind::Static, 1000));
+        // A lease of the other family never fits a pool.
+        assert_eq!(initial_claim(&cfg, &v4, Some(&l6), 1000), None);
+        cfg.pod_cidrs.clear();
+        assert_eq!(initial_claim(&cfg, &v6, Some(&l6), 1000).unwrap().cidr, l6.pod_cidr);
     }
 
     #[test]
     fn a_lease_from_other_cluster_settings_is_ignored() {
         let cfg = sample();
         for l in [lease("10.244.7.0/24", "10.244.0.0/15"), lease("10.244.7.0/25", "10.244.0.0/16")] {
-            assert_eq!(initial_claim(&cfg, Some(&l), 1000), None);
+            assert_eq!(initial_claim(&cfg, &cfg.pools()[0], Some(&l), 1000), None);
         }
     }
 
     #[test]
     fn a_static_podcidr_keeps_the_lease_time_only_for_the_same_block() {
         let mut cfg = sample();
-        cfg.pod_cidr = Some("10.244.7.0/24".parse().unwrap());
+        cfg.pod_cidrs = vec!["10.244.7.0/24".parse().unwrap()];
         let same = lease("10.244.7.0/24", "10.244.0.0/16");
         let other = lease("10.244.8.0/24", "10.244.0.0/16");
-        let held = |l: &Lease| initial_claim(&cfg, Some(l), 1000).unwrap();
+        let held = |l: &Lease| initial_claim(&cfg, &cfg.pools()[0], Some(l), 1000).unwrap();
         assert_eq!(held(&same).kind, ClaimKind::Static);
         assert_eq!(held(&same).since_ms, 42);
         assert_eq!(held(&other).since_ms, 1000);
-        assert_eq!(held(&other).cidr, cfg.pod_cidr.unwrap());
+        assert_eq!(held(&other).cidr, cfg.pod_cidrs[0]);
     }
 }

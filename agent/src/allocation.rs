@@ -6,9 +6,10 @@
 //! claim is confirmed after it has been announced for a while without losing; a loser re-picks.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tokio::time::Instant;
 
 /// How strongly a claim holds its block; the declaration order is the priority order.
@@ -24,7 +25,7 @@ pub enum ClaimKind {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Claim {
-    pub cidr: Ipv4Net,
+    pub cidr: IpNet,
     pub kind: ClaimKind,
     /// Wall-clock time of the original claim (ms since the Unix epoch); kept across restarts.
     pub since_ms: u64,
@@ -47,7 +48,7 @@ pub fn rank(c: &Claimant) -> (ClaimKind, u64, &str) {
 /// Claimants of one block: who owns it and who must give it up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
-    pub cidr: Ipv4Net,
+    pub cidr: IpNet,
     pub winner: String,
     pub losers: Vec<String>,
 }
@@ -55,7 +56,7 @@ pub struct Conflict {
 /// Groups the claims by block and ranks every block claimed more than once. Validation admits
 /// only blocks of the node prefix, so two claims overlap exactly when they are equal.
 pub fn conflicts(claimants: &[Claimant]) -> Vec<Conflict> {
-    let mut by_block: BTreeMap<Ipv4Net, Vec<&Claimant>> = BTreeMap::new();
+    let mut by_block: BTreeMap<IpNet, Vec<&Claimant>> = BTreeMap::new();
     for c in claimants {
         by_block.entry(c.claim.cidr).or_default().push(c);
     }
@@ -87,28 +88,44 @@ pub enum AllocationError {
         "PodCIDR pool {pool} is exhausted: all {blocks} /{prefix} blocks are claimed by live or \
          recently dead nodes"
     )]
-    Exhausted { pool: Ipv4Net, prefix: u8, blocks: u64 },
+    Exhausted { pool: IpNet, prefix: u8, blocks: u128 },
 }
 
-/// The number of `prefix` blocks in `pool`.
-pub fn block_count(pool: Ipv4Net, prefix: u8) -> u64 {
-    1u64 << (prefix - pool.prefix_len())
+/// The number of `prefix` blocks in `pool`, in either family (saturating at u128::MAX, which
+/// no pool that can be configured reaches: an IPv6 block is /64 at most).
+pub fn block_count(pool: IpNet, prefix: u8) -> u128 {
+    1u128.checked_shl(u32::from(prefix - pool.prefix_len())).unwrap_or(u128::MAX)
 }
 
-/// The `index`-th `prefix` block of `pool`.
-fn block(pool: Ipv4Net, prefix: u8, index: u64) -> Ipv4Net {
-    let size = 1u64 << (32 - prefix);
-    let base = u64::from(u32::from(pool.network()));
-    let addr = u32::try_from(base + index * size).expect("block lies inside the pool");
-    Ipv4Net::new(addr.into(), prefix).expect("prefix checked by the caller")
+/// The `index`-th `prefix` block of `pool`: address arithmetic over u128 for both families.
+fn block(pool: IpNet, prefix: u8, index: u128) -> IpNet {
+    let host_bits = u32::from(pool.max_prefix_len() - prefix);
+    let offset = index << host_bits;
+    let addr: IpAddr = match pool.network() {
+        IpAddr::V4(v4) => {
+            let offset = u32::try_from(offset).expect("block lies inside the pool");
+            Ipv4Addr::from(u32::from(v4) + offset).into()
+        }
+        IpAddr::V6(v6) => Ipv6Addr::from(u128::from(v6) + offset).into(),
+    };
+    IpNet::new(addr, prefix).expect("prefix checked by the caller")
 }
 
 /// The first block of `pool`, scanning from block `start` (mod the block count) and wrapping,
 /// that overlaps none of `taken`. A random `start` makes simultaneous joins rarely collide.
-pub fn pick_free_block(pool: Ipv4Net, prefix: u8, taken: &[Ipv4Net], start: u64) -> Result<Ipv4Net, AllocationError> {
+/// Blocks of another family are never in the way. Only blocks that overlap a taken one are
+/// skipped, so the scan ends after at most as many blocks as the taken ones cover, plus one,
+/// however large the pool (an IPv6 /48 holds 65536 /64s).
+pub fn pick_free_block(pool: IpNet, prefix: u8, taken: &[IpNet], start: u64) -> Result<IpNet, AllocationError> {
     let count = block_count(pool, prefix);
-    (0..count)
-        .map(|i| block(pool, prefix, (start % count + i) % count))
+    let start = u128::from(start) % count;
+    let covered = taken
+        .iter()
+        .map(|t| 1u128.checked_shl(u32::from(prefix.saturating_sub(t.prefix_len()))).unwrap_or(u128::MAX))
+        .fold(1u128, u128::saturating_add);
+    let limit = count.min(covered);
+    (0..limit)
+        .map(|i| block(pool, prefix, (start + i) % count))
         .find(|b| !taken.iter().any(|t| t.contains(&b.network()) || b.contains(&t.network())))
         .ok_or(AllocationError::Exhausted { pool, prefix, blocks: count })
 }
@@ -155,7 +172,7 @@ pub enum Outcome {
     /// The held or claimed block is owned by a better claim. An automatic claim moves on (see
     /// the phase: a new claim, or the pool is exhausted); a static one is blocked.
     Lost {
-        cidr: Ipv4Net,
+        cidr: IpNet,
         winner: String,
     },
     Exhausted(AllocationError),
@@ -171,7 +188,7 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct Allocator {
     node: String,
-    pool: Ipv4Net,
+    pool: IpNet,
     prefix: u8,
     confirm_after: Duration,
     /// The operator's `--pod-cidr` (as a claim, with its time): the only block it may hold.
@@ -184,7 +201,7 @@ impl Allocator {
     /// (so that peers keep routing a restarting node's block), held only once confirmed.
     pub fn new(
         node: &str,
-        pool: Ipv4Net,
+        pool: IpNet,
         prefix: u8,
         confirm_after: Duration,
         start: Option<Claim>,
@@ -205,6 +222,11 @@ impl Allocator {
 
     pub fn phase(&self) -> &Phase {
         &self.phase
+    }
+
+    /// The range it allocates from.
+    pub fn pool(&self) -> IpNet {
+        self.pool
     }
 
     /// The claim to announce, if any.
@@ -282,14 +304,14 @@ impl Allocator {
 
     /// Claims a block: the static one, else the previous generation's if nobody beats it, else
     /// a free one.
-    fn choose(&mut self, input: &StepInput<'_>, avoid: Option<Ipv4Net>) -> Outcome {
+    fn choose(&mut self, input: &StepInput<'_>, avoid: Option<IpNet>) -> Outcome {
         let reclaim = self.fixed.or_else(|| {
             input.previous.map(claiming).filter(|p| Some(p.cidr) != avoid && self.beaten(*p, input.others).is_none())
         });
         let claim = match reclaim {
             Some(claim) => claim,
             None => {
-                let taken: Vec<Ipv4Net> = input.others.iter().map(|o| o.claim.cidr).chain(avoid).collect();
+                let taken: Vec<IpNet> = input.others.iter().map(|o| o.claim.cidr).chain(avoid).collect();
                 match pick_free_block(self.pool, self.prefix, &taken, input.random) {
                     Ok(cidr) => Claim { cidr, kind: ClaimKind::Claiming, since_ms: input.now_ms },
                     Err(e) => {
@@ -314,7 +336,7 @@ pub fn claiming(claim: Claim) -> Claim {
 mod tests {
     use super::*;
 
-    fn net(s: &str) -> Ipv4Net {
+    fn net(s: &str) -> IpNet {
         s.parse().unwrap()
     }
 
@@ -323,6 +345,24 @@ mod tests {
     }
 
     const POOL: &str = "10.244.0.0/16";
+
+    #[test]
+    fn ipv6_blocks_are_found_the_same_way_and_other_families_are_never_in_the_way() {
+        let pool = net("fd00:10:244::/56");
+        assert_eq!(block_count(pool, 64), 256);
+        assert_eq!(pick_free_block(pool, 64, &[], 3).unwrap(), net("fd00:10:244:3::/64"));
+        let taken = [net("fd00:10:244:3::/64"), net("10.244.4.0/24"), net("fd00:10:244:4::/64")];
+        assert_eq!(pick_free_block(pool, 64, &taken, 3).unwrap(), net("fd00:10:244:5::/64"));
+        assert_eq!(pick_free_block(pool, 64, &[], 256 + 255).unwrap(), net("fd00:10:244:ff::/64"));
+        // A pool of 2^32 blocks: nothing grows with its size.
+        let huge = net("fd00::/32");
+        assert_eq!(block_count(huge, 64), 1 << 32);
+        let taken = [net("fd00:0:0:7::/64")];
+        assert_eq!(pick_free_block(huge, 64, &taken, 7).unwrap(), net("fd00:0:0:8::/64"));
+        let full = [net("fd00:10:244::/64"), net("fd00:10:244:1::/64")];
+        let err = pick_free_block(net("fd00:10:244::/63"), 64, &full, 0).unwrap_err();
+        assert_eq!(err, AllocationError::Exhausted { pool: net("fd00:10:244::/63"), prefix: 64, blocks: 2 });
+    }
 
     #[test]
     fn free_block_search_starts_at_the_random_index_and_skips_taken_blocks() {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use weft_overlay::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT};
 use weft_overlay::underlay::NodeIps;
 
@@ -122,15 +122,20 @@ pub struct RunArgs {
     /// Gossip cluster id; nodes with another id are ignored.
     #[arg(long, env = "WEFT_CLUSTER_ID", default_value = "weft")]
     pub cluster_id: String,
-    /// Pod address space of the whole cluster.
-    #[arg(long, env = "WEFT_CLUSTER_CIDR", default_value = "10.244.0.0/16")]
-    pub cluster_cidr: Ipv4Net,
-    /// Prefix length of each node's PodCIDR block.
-    #[arg(long, env = "WEFT_NODE_CIDR_PREFIX", default_value_t = 24)]
+    /// Pod address space of the whole cluster, at most one CIDR per family: IPv4-only,
+    /// IPv6-only or dual-stack (`10.244.0.0/16,fd00:10:244::/56`).
+    #[arg(long, env = "WEFT_CLUSTER_CIDR", value_delimiter = ',', default_value = config::DEFAULT_CLUSTER_CIDR)]
+    pub cluster_cidr: Vec<IpNet>,
+    /// Prefix length of each node's IPv4 PodCIDR block (at most /30).
+    #[arg(long, env = "WEFT_NODE_CIDR_PREFIX", default_value_t = config::DEFAULT_NODE_CIDR_PREFIX)]
     pub node_cidr_prefix: u8,
-    /// Static PodCIDR for this node [default: allocated through gossip].
-    #[arg(long, env = "WEFT_POD_CIDR")]
-    pub pod_cidr: Option<Ipv4Net>,
+    /// Prefix length of each node's IPv6 PodCIDR block (at most /64).
+    #[arg(long, env = "WEFT_NODE_CIDR_PREFIX_V6", default_value_t = config::DEFAULT_NODE_CIDR_PREFIX_V6)]
+    pub node_cidr_prefix_v6: u8,
+    /// Static PodCIDRs for this node, at most one per family of --cluster-cidr [default:
+    /// allocated through gossip, per family without one].
+    #[arg(long, env = "WEFT_POD_CIDR", value_delimiter = ',')]
+    pub pod_cidr: Vec<IpNet>,
     /// VXLAN network identifier (the same on every node).
     #[arg(long, env = "WEFT_VNI", default_value_t = DEFAULT_VNI)]
     pub vni: u32,
@@ -199,9 +204,10 @@ impl RunArgs {
             node_name: self.node_name.clone().unwrap_or_else(hostname),
             mtu: config::pod_mtu(self.mtu, &underlay)?,
             underlay,
-            cluster_cidr: self.cluster_cidr,
+            cluster_cidrs: self.cluster_cidr.clone(),
             node_cidr_prefix: self.node_cidr_prefix,
-            pod_cidr: self.pod_cidr,
+            node_cidr_prefix_v6: self.node_cidr_prefix_v6,
+            pod_cidrs: self.pod_cidr.clone(),
             vni: self.vni,
             vxlan_port: self.vxlan_port,
             encap: self.encap,
@@ -296,9 +302,9 @@ mod tests {
         let cfg = run_args(&[]).config(underlay(), || "host-1".into()).unwrap();
         assert_eq!(cfg.node_name, "host-1");
         assert_eq!(cfg.mtu, 1450);
-        assert_eq!(cfg.cluster_cidr, "10.244.0.0/16".parse::<Ipv4Net>().unwrap());
-        assert_eq!(cfg.node_cidr_prefix, 24);
-        assert_eq!(cfg.pod_cidr, None);
+        assert_eq!(cfg.cluster_cidrs, ["10.244.0.0/16".parse::<IpNet>().unwrap()]);
+        assert_eq!((cfg.node_cidr_prefix, cfg.node_cidr_prefix_v6), (24, 64));
+        assert!(cfg.pod_cidrs.is_empty());
         assert_eq!((cfg.vni, cfg.vxlan_port), (1, 8472));
         assert_eq!(cfg.encap, Encap::Always);
         assert_eq!(cfg.gossip.listen, "192.0.2.10:8473".parse().unwrap());
@@ -312,6 +318,22 @@ mod tests {
         let status = Cli::try_parse_from(["weft-agent", "status"]).unwrap();
         let Command::Status(s) = status.command else { panic!() };
         assert_eq!(s.status_addr, DEFAULT_STATUS_ADDR.parse().unwrap());
+    }
+
+    #[test]
+    fn cluster_and_pod_cidrs_take_one_per_family() {
+        let args = run_args(&[
+            "--cluster-cidr=10.244.0.0/16,fd00:10:244::/56",
+            "--node-cidr-prefix-v6=60",
+            "--pod-cidr=fd00:10:244:10::/60,10.244.9.0/24",
+        ]);
+        let cfg = args.config(underlay(), || "n".into()).unwrap();
+        assert_eq!(cfg.node_cidr_prefix_v6, 60);
+        assert_eq!(cfg.pod_cidrs.len(), 2);
+        let bad = run_args(&["--cluster-cidr=10.244.0.0/16,10.245.0.0/16"]).config(underlay(), || "n".into());
+        let err = bad.unwrap_err().to_string();
+        assert!(err.starts_with("--cluster-cidr: two IPv4 CIDRs"), "{err}");
+        assert!(Cli::try_parse_from(["weft-agent", "run", "--cluster-cidr=10.244.0.0/16,x"]).is_err());
     }
 
     #[test]
@@ -332,7 +354,7 @@ mod tests {
         assert_eq!(cfg.node_name, "n1");
         assert_eq!(cfg.gossip.seeds, ["10.0.0.1:7000", "10.0.0.2:9000", "seed.example:7000"]);
         assert_eq!(cfg.gossip.listen.port(), 7000);
-        assert_eq!(cfg.pod_cidr, Some("10.244.9.0/24".parse().unwrap()));
+        assert_eq!(cfg.pod_cidrs, ["10.244.9.0/24".parse::<IpNet>().unwrap()]);
         assert_eq!(cfg.mtu, 1400);
         assert_eq!(cfg.encap, Encap::CrossSubnet);
         assert_eq!(cfg.gossip.interval, Duration::from_millis(200));

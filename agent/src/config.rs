@@ -1,18 +1,18 @@
 //! The agent's resolved configuration: flags plus what was detected, checked once at start.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use weft_overlay::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT};
-use weft_overlay::rules::MAX_NODE_PREFIX_V4;
-use weft_overlay::underlay::{self, NodeIpError, NodeIps};
+use weft_overlay::rules::max_node_prefix;
+use weft_overlay::underlay::{self, Family, NodeIpError, NodeIps};
 
 use crate::cli::{DEFAULT_GOSSIP_PORT, DEFAULT_PHI_THRESHOLD};
 use crate::detect::Underlay;
 use crate::files::Paths;
-use crate::validate;
+use crate::validate::{self, Pool};
 
 /// Period of the dataplane probes: with three failed rounds to confirm a failure, a blocked
 /// tunnel is reported within 10 s.
@@ -50,10 +50,15 @@ pub struct Config {
     pub underlay: Underlay,
     /// Pod MTU (of the VXLAN devices and the bridge).
     pub mtu: u32,
-    pub cluster_cidr: Ipv4Net,
+    /// The cluster's pod ranges, at most one per family (IPv4 first): its shape (IPv4-only,
+    /// IPv6-only, dual-stack).
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Block size of IPv4 node blocks.
     pub node_cidr_prefix: u8,
-    /// Static PodCIDR; `None` allocates one through gossip.
-    pub pod_cidr: Option<Ipv4Net>,
+    /// Block size of IPv6 node blocks.
+    pub node_cidr_prefix_v6: u8,
+    /// Static PodCIDRs, at most one per family; a family without one is allocated through gossip.
+    pub pod_cidrs: Vec<IpNet>,
     pub vni: u32,
     pub vxlan_port: u16,
     pub encap: Encap,
@@ -77,11 +82,15 @@ pub enum ConfigError {
     #[error("--node-ip: {0}")]
     NodeIp(NodeIpError),
     #[error("--cluster-cidr {0} has host bits set")]
-    ClusterCidr(Ipv4Net),
-    #[error("--node-cidr-prefix /{prefix} must be between the cluster CIDR's /{cluster} and /{MAX_NODE_PREFIX_V4}")]
-    Prefix { prefix: u8, cluster: u8 },
+    ClusterCidr(IpNet),
+    #[error("--cluster-cidr: no CIDR given")]
+    NoClusterCidr,
+    #[error("{flag}: two {family} CIDRs ({a}, {b}): at most one per family")]
+    TwoOfOneFamily { flag: &'static str, family: Family, a: IpNet, b: IpNet },
+    #[error("{flag} /{prefix} must be between the cluster CIDR's /{cluster} and /{max}")]
+    Prefix { flag: &'static str, prefix: u8, cluster: u8, max: u8 },
     #[error("--pod-cidr {cidr}: {reason}")]
-    PodCidr { cidr: Ipv4Net, reason: String },
+    PodCidr { cidr: IpNet, reason: String },
     #[error("--vni {0} is outside 1..=16777215")]
     Vni(u32),
     #[error("--vxlan-port must not be 0")]
@@ -89,7 +98,7 @@ pub enum ConfigError {
     #[error("MTU: {0}")]
     Mtu(String),
     #[error("an underlay MTU leaves no room for VXLAN's headers (50 bytes over IPv4, 70 over IPv6): {0:?}")]
-    UnderlayMtu(Vec<(underlay::Family, u32)>),
+    UnderlayMtu(Vec<(Family, u32)>),
     #[error("{0} must be positive")]
     ZeroDuration(&'static str),
     #[error("--phi-threshold must be a positive number")]
@@ -149,9 +158,10 @@ impl Config {
                 dead_node_grace_period: Duration::from_secs(3600),
             },
             underlay,
-            cluster_cidr: Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 16).expect("valid prefix"),
-            node_cidr_prefix: 24,
-            pod_cidr: None,
+            cluster_cidrs: vec![DEFAULT_CLUSTER_CIDR.parse().expect("valid CIDR")],
+            node_cidr_prefix: DEFAULT_NODE_CIDR_PREFIX,
+            node_cidr_prefix_v6: DEFAULT_NODE_CIDR_PREFIX_V6,
+            pod_cidrs: Vec::new(),
             vni: DEFAULT_VNI,
             vxlan_port: DEFAULT_VXLAN_PORT,
             encap: Encap::Always,
@@ -169,18 +179,7 @@ impl Config {
         validate::check_node_name(&self.node_name)
             .map_err(|reason| ConfigError::NodeName { name: self.node_name.clone(), reason })?;
         NodeIps::new(self.underlay.addrs.iter().map(|a| a.ip)).map_err(ConfigError::NodeIp)?;
-        // Every node, the datapath and the node state file compare blocks exactly.
-        if self.cluster_cidr != self.cluster_cidr.trunc() {
-            return Err(ConfigError::ClusterCidr(self.cluster_cidr));
-        }
-        let cluster = self.cluster_cidr.prefix_len();
-        if self.node_cidr_prefix < cluster || self.node_cidr_prefix > MAX_NODE_PREFIX_V4 {
-            return Err(ConfigError::Prefix { prefix: self.node_cidr_prefix, cluster });
-        }
-        if let Some(cidr) = self.pod_cidr {
-            validate::check_pod_cidr(cidr, self.cluster_cidr, self.node_cidr_prefix)
-                .map_err(|r| ConfigError::PodCidr { cidr, reason: r.to_string() })?;
-        }
+        self.validate_pools()?;
         if !(1..=0x00ff_ffff).contains(&self.vni) {
             return Err(ConfigError::Vni(self.vni));
         }
@@ -213,10 +212,70 @@ impl Config {
         self.gossip.seeds.iter().any(|s| *s != me)
     }
 
+    /// The cluster's pod shape, checked: at most one range per family without host bits, a
+    /// block size per family inside its range (IPv4 /30, IPv6 /64 at most), each static block
+    /// an aligned block of its family's range.
+    fn validate_pools(&self) -> Result<(), ConfigError> {
+        if self.cluster_cidrs.is_empty() {
+            return Err(ConfigError::NoClusterCidr);
+        }
+        // Every node, the datapath and the node state file compare blocks exactly.
+        if let Some(cidr) = self.cluster_cidrs.iter().find(|c| c.trunc() != **c) {
+            return Err(ConfigError::ClusterCidr(*cidr));
+        }
+        for (flag, nets) in [("--cluster-cidr", &self.cluster_cidrs), ("--pod-cidr", &self.pod_cidrs)] {
+            if let Some((family, a, b)) = twin_family(nets) {
+                return Err(ConfigError::TwoOfOneFamily { flag, family, a, b });
+            }
+        }
+        for pool in self.pools() {
+            let (cluster, max) = (pool.cluster_cidr.prefix_len(), max_node_prefix(&pool.cluster_cidr));
+            if pool.node_prefix < cluster || pool.node_prefix > max {
+                let flag = prefix_flag(Family::of_net(&pool.cluster_cidr));
+                return Err(ConfigError::Prefix { flag, prefix: pool.node_prefix, cluster, max });
+            }
+        }
+        for cidr in &self.pod_cidrs {
+            let family = Family::of_net(cidr);
+            let pool = self.pool(family).ok_or_else(|| ConfigError::PodCidr {
+                cidr: *cidr,
+                reason: format!("the cluster has no {family} range (--cluster-cidr)"),
+            })?;
+            validate::check_pod_cidr(*cidr, &pool)
+                .map_err(|r| ConfigError::PodCidr { cidr: *cidr, reason: r.to_string() })?;
+        }
+        Ok(())
+    }
+
+    /// The cluster's pod ranges with their block sizes, IPv4 first.
+    pub fn pools(&self) -> Vec<Pool> {
+        let mut pools: Vec<Pool> = self
+            .cluster_cidrs
+            .iter()
+            .map(|c| Pool {
+                cluster_cidr: *c,
+                node_prefix: match Family::of_net(c) {
+                    Family::Ipv4 => self.node_cidr_prefix,
+                    Family::Ipv6 => self.node_cidr_prefix_v6,
+                },
+            })
+            .collect();
+        pools.sort_by_key(|p| Family::of_net(&p.cluster_cidr));
+        pools
+    }
+
+    pub fn pool(&self, family: Family) -> Option<Pool> {
+        self.pools().into_iter().find(|p| Family::of_net(&p.cluster_cidr) == family)
+    }
+
+    /// This node's static block of one family, if configured.
+    pub fn static_pod_cidr(&self, family: Family) -> Option<IpNet> {
+        self.pod_cidrs.iter().copied().find(|c| Family::of_net(c) == family)
+    }
+
     pub fn rules(&self) -> validate::Rules {
         validate::Rules {
-            cluster_cidr: self.cluster_cidr,
-            node_cidr_prefix: self.node_cidr_prefix,
+            pools: self.pools(),
             vni: self.vni,
             vxlan_port: self.vxlan_port,
             local_node_ips: self.underlay.node_ips(),
@@ -224,9 +283,31 @@ impl Config {
     }
 }
 
+pub const DEFAULT_CLUSTER_CIDR: &str = "10.244.0.0/16";
+pub const DEFAULT_NODE_CIDR_PREFIX: u8 = 24;
+/// As Kubernetes allocates IPv6 node blocks.
+pub const DEFAULT_NODE_CIDR_PREFIX_V6: u8 = 64;
+
+/// The flag setting the block size of a family.
+fn prefix_flag(family: Family) -> &'static str {
+    match family {
+        Family::Ipv4 => "--node-cidr-prefix",
+        Family::Ipv6 => "--node-cidr-prefix-v6",
+    }
+}
+
+/// Two nets of one family in `nets`: the family and the first two.
+fn twin_family(nets: &[IpNet]) -> Option<(Family, IpNet, IpNet)> {
+    nets.iter().enumerate().find_map(|(i, a)| {
+        let b = nets[i + 1..].iter().find(|b| Family::of_net(b) == Family::of_net(a))?;
+        Some((Family::of_net(a), *a, *b))
+    })
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     pub(crate) fn sample() -> Config {
         let underlay = Underlay::single("192.0.2.10".parse().unwrap(), "eth0", "192.0.2.0/24".parse().unwrap(), 1500);
@@ -257,11 +338,41 @@ pub(crate) mod tests {
             (Box::new(|c| c.node_name = "bad name".into()), "--node-name"),
             (Box::new(|c| c.underlay.addrs[0].ip = Ipv4Addr::LOCALHOST.into()), "--node-ip"),
             (Box::new(|c| c.underlay.addrs[0].ip = "fe80::1".parse().unwrap()), "link-local"),
-            (Box::new(|c| c.cluster_cidr = "10.244.0.1/16".parse().unwrap()), "--cluster-cidr"),
-            (Box::new(|c| c.node_cidr_prefix = 8), "/30"),
+            (Box::new(|c| c.cluster_cidrs = vec!["10.244.0.1/16".parse().unwrap()]), "--cluster-cidr"),
+            (Box::new(|c| c.cluster_cidrs.clear()), "--cluster-cidr"),
+            (Box::new(|c| c.cluster_cidrs.push("10.0.0.0/8".parse().unwrap())), "--cluster-cidr: two IPv4"),
+            (Box::new(|c| c.node_cidr_prefix = 8), "--node-cidr-prefix /8"),
             (Box::new(|c| c.node_cidr_prefix = 31), "/30"),
-            (Box::new(|c| c.pod_cidr = Some("10.245.0.0/24".parse().unwrap())), "--pod-cidr"),
-            (Box::new(|c| c.pod_cidr = Some("10.244.0.0/25".parse().unwrap())), "--pod-cidr"),
+            (Box::new(|c| c.pod_cidrs = vec!["10.245.0.0/24".parse().unwrap()]), "--pod-cidr"),
+            (Box::new(|c| c.pod_cidrs = vec!["10.244.0.0/25".parse().unwrap()]), "--pod-cidr"),
+            // An IPv6 --pod-cidr on an IPv4-only cluster.
+            (Box::new(|c| c.pod_cidrs = vec!["fd00:10:244:1::/64".parse().unwrap()]), "--pod-cidr fd00:10:244:1::/64"),
+            (
+                Box::new(|c| c.pod_cidrs = vec!["10.244.1.0/24".parse().unwrap(), "10.244.2.0/24".parse().unwrap()]),
+                "--pod-cidr: two IPv4",
+            ),
+            // IPv6 blocks longer than /64, or larger than the cluster range.
+            (
+                Box::new(|c| {
+                    c.cluster_cidrs.push("fd00:10:244::/56".parse().unwrap());
+                    c.node_cidr_prefix_v6 = 80;
+                }),
+                "--node-cidr-prefix-v6 /80 must be between the cluster CIDR's /56 and /64",
+            ),
+            (
+                Box::new(|c| {
+                    c.cluster_cidrs.push("fd00:10:244::/56".parse().unwrap());
+                    c.node_cidr_prefix_v6 = 48;
+                }),
+                "--node-cidr-prefix-v6 /48",
+            ),
+            (
+                Box::new(|c| {
+                    c.cluster_cidrs.push("fd00:10:244::/56".parse().unwrap());
+                    c.pod_cidrs = vec!["fd00:10:245::/64".parse().unwrap()];
+                }),
+                "--pod-cidr fd00:10:245::/64",
+            ),
             (Box::new(|c| c.vni = 0), "--vni"),
             (Box::new(|c| c.vni = 1 << 24), "--vni"),
             (Box::new(|c| c.vxlan_port = 0), "--vxlan-port"),
@@ -276,6 +387,24 @@ pub(crate) mod tests {
             let err = c.validate().unwrap_err().to_string();
             assert!(err.contains(expected), "{err} should mention {expected}");
         }
+    }
+
+    #[test]
+    fn three_cluster_shapes_and_their_pools() {
+        let mut c = sample();
+        assert_eq!(c.pools(), [Pool { cluster_cidr: "10.244.0.0/16".parse().unwrap(), node_prefix: 24 }]);
+        c.cluster_cidrs = vec!["fd00:10:244::/56".parse().unwrap(), "10.244.0.0/16".parse().unwrap()];
+        c.pod_cidrs = vec!["fd00:10:244:7::/64".parse().unwrap()];
+        assert_eq!(c.validate(), Ok(()));
+        let pools = c.pools();
+        assert_eq!(pools.len(), 2);
+        assert_eq!(pools[0].cluster_cidr.to_string(), "10.244.0.0/16", "IPv4 first");
+        assert_eq!((pools[1].cluster_cidr.to_string(), pools[1].node_prefix), ("fd00:10:244::/56".into(), 64));
+        assert_eq!(c.static_pod_cidr(Family::Ipv6), Some("fd00:10:244:7::/64".parse().unwrap()));
+        assert_eq!(c.static_pod_cidr(Family::Ipv4), None);
+        c.cluster_cidrs.remove(1);
+        assert_eq!(c.validate(), Ok(()), "IPv6-only");
+        assert_eq!(c.pools().len(), 1);
     }
 
     #[test]

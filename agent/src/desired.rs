@@ -1,7 +1,7 @@
 //! The desired datapath state, computed from the local node and the peers to program.
 
 use ipnet::IpNet;
-use weft_overlay::desired::{Desired, LocalNode, Peer};
+use weft_overlay::desired::{Desired, LocalNode, Peer, PeerPath};
 use weft_overlay::underlay::{Family, NoSharedFamily, NodeIps, PathChoice, choose_path};
 
 use crate::config::Encap;
@@ -9,37 +9,41 @@ use crate::validate::Announcement;
 
 /// How to reach the pods of a peer with underlay addresses `peer` (see
 /// [`weft_overlay::underlay::choose_path`]): natively inside one of our own underlay subnets in
-/// cross-subnet mode (the peer is a direct L2 neighbour), else through VXLAN.
+/// cross-subnet mode (the peer is a direct L2 neighbour), else through VXLAN. Direct when the
+/// pods of any family of the cluster (`pods`, not empty) can go directly: the datapath then
+/// routes only the block of the underlay's family natively.
 pub fn path(
     encap: Encap,
     local: &NodeIps,
     subnets: &[IpNet],
-    pods: Family,
+    pods: &[Family],
     peer: &NodeIps,
 ) -> Result<PathChoice, NoSharedFamily> {
     let on_link = match encap {
         Encap::CrossSubnet => Some(subnets),
         Encap::Always => None,
     };
-    choose_path(local, peer, pods, on_link)
+    let choices = pods.iter().map(|f| choose_path(local, peer, *f, on_link)).collect::<Result<Vec<_>, _>>()?;
+    let first = *choices.first().ok_or(NoSharedFamily { local: *local, peer: *peer })?;
+    Ok(choices.into_iter().find(|c| c.path == PeerPath::Direct).unwrap_or(first))
 }
 
 /// The datapath's desired state. `peers` are the programmable peers (name, announcement, path);
-/// only those with a PodCIDR are included, sorted by name so equal inputs give equal outputs.
+/// only those with a PodCIDR are included, with every block they claim, sorted by name so equal
+/// inputs give equal outputs.
 pub fn build<'a>(
     local: LocalNode,
     peers: impl IntoIterator<Item = (&'a str, &'a Announcement, PathChoice)>,
 ) -> Desired {
     let mut peers: Vec<Peer> = peers
         .into_iter()
-        .filter_map(|(name, a, choice)| {
-            Some(Peer {
-                name: name.to_string(),
-                node_ip: choice.endpoint,
-                pod_cidr: a.claim?.cidr,
-                vtep_mac: a.vtep_mac,
-                path: choice.path,
-            })
+        .filter(|(_, a, _)| !a.claims.is_empty())
+        .map(|(name, a, choice)| Peer {
+            name: name.to_string(),
+            node_ip: choice.endpoint,
+            pod_cidrs: a.claims.iter().map(|c| c.cidr).collect(),
+            vtep_mac: a.vtep_mac,
+            path: choice.path,
         })
         .collect();
     peers.sort_by(|a, b| a.name.cmp(&b.name));
@@ -50,9 +54,8 @@ pub fn build<'a>(
 mod tests {
     use super::*;
     use crate::allocation::{Claim, ClaimKind};
-    use ipnet::Ipv4Net;
     use weft_overlay::Mac;
-    use weft_overlay::desired::{PeerPath, UnderlayAddr};
+    use weft_overlay::desired::UnderlayAddr;
 
     fn subnets() -> Vec<IpNet> {
         vec!["192.0.2.0/24".parse().unwrap()]
@@ -66,7 +69,7 @@ mod tests {
     fn cross_subnet_goes_direct_only_inside_the_underlay_subnet() {
         let near = "192.0.2.77".parse().unwrap();
         let far = "198.51.100.7".parse().unwrap();
-        let path = |encap, peer| path(encap, &me(), &subnets(), Family::Ipv4, peer).unwrap().path;
+        let path = |encap, peer| path(encap, &me(), &subnets(), &[Family::Ipv4], peer).unwrap().path;
         assert_eq!(path(Encap::CrossSubnet, &near), PeerPath::Direct);
         assert_eq!(path(Encap::CrossSubnet, &far), PeerPath::Vxlan);
         assert_eq!(path(Encap::Always, &near), PeerPath::Vxlan);
@@ -76,8 +79,8 @@ mod tests {
         LocalNode {
             name: "a".into(),
             underlays: vec![UnderlayAddr { ip: "192.0.2.10".parse().unwrap(), iface: "eth0".into() }],
-            pod_cidr: "10.244.1.0/24".parse().unwrap(),
-            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            pod_cidrs: vec!["10.244.1.0/24".parse().unwrap()],
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
             vni: 1,
             vxlan_port: 8472,
             mtu: 1450,
@@ -90,7 +93,10 @@ mod tests {
         Announcement {
             node_ips: ips.parse().unwrap(),
             vtep_mac: Mac::derived(ips),
-            claim: cidr.map(|c| Claim { cidr: c.parse().unwrap(), kind: ClaimKind::Confirmed, since_ms: 1 }),
+            claims: cidr
+                .map(|c| Claim { cidr: c.parse().unwrap(), kind: ClaimKind::Confirmed, since_ms: 1 })
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -99,7 +105,8 @@ mod tests {
         let c = announcement("198.51.100.3", Some("10.244.3.0/24"));
         let b = announcement("192.0.2.2,2001:db8:1::2", Some("10.244.2.0/24"));
         let d = announcement("192.0.2.4", None);
-        let path = |a: &Announcement| path(Encap::CrossSubnet, &me(), &subnets(), Family::Ipv4, &a.node_ips).unwrap();
+        let path =
+            |a: &Announcement| path(Encap::CrossSubnet, &me(), &subnets(), &[Family::Ipv4], &a.node_ips).unwrap();
         let desired = build(local(), [("c", &c, path(&c)), ("b", &b, path(&b)), ("d", &d, path(&d))]);
         assert_eq!(desired.local, local());
         let names: Vec<&str> = desired.peers.iter().map(|p| p.name.as_str()).collect();
@@ -107,7 +114,7 @@ mod tests {
         assert_eq!(desired.peers[0].path, PeerPath::Direct);
         // The endpoint is the address of the family both share.
         assert_eq!(desired.peers[0].node_ip, "192.0.2.2".parse::<std::net::IpAddr>().unwrap());
-        assert_eq!(desired.peers[0].pod_cidr, "10.244.2.0/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(desired.peers[0].pod_cidrs, ["10.244.2.0/24".parse::<IpNet>().unwrap()]);
         assert_eq!(desired.peers[0].vtep_mac, b.vtep_mac);
         assert_eq!(desired.peers[1].path, PeerPath::Vxlan);
     }

@@ -5,11 +5,12 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use weft_cni::fsutil::write_atomic;
 use weft_cni::state::{NodeState, STATE_FILE_NAME};
+use weft_overlay::underlay::Family;
 
 pub const CONFLIST_NAME: &str = "10-weft.conflist";
 pub const NETWORK_NAME: &str = "weft";
@@ -18,6 +19,7 @@ pub const NETWORK_NAME: &str = "weft";
 pub const CNI_VERSION: &str = "1.0.0";
 pub const CNI_VERSIONS: [&str; 2] = ["1.0.0", "1.1.0"];
 const LEASE_NAME: &str = "lease.json";
+const LEASE6_NAME: &str = "lease-v6.json";
 const GENERATION_NAME: &str = "generation";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,8 +39,13 @@ impl Paths {
         self.cni_conf_dir.join(CONFLIST_NAME)
     }
 
-    pub fn lease(&self) -> PathBuf {
-        self.state_dir.join(LEASE_NAME)
+    /// The lease of one family's block: the IPv4 one where the previous release kept its only
+    /// lease (so an upgrade and a downgrade both keep it), the IPv6 one beside it.
+    pub fn lease(&self, family: Family) -> PathBuf {
+        self.state_dir.join(match family {
+            Family::Ipv4 => LEASE_NAME,
+            Family::Ipv6 => LEASE6_NAME,
+        })
     }
 
     pub fn generation(&self) -> PathBuf {
@@ -106,11 +113,11 @@ pub fn remove(path: &Path) -> Result<bool, FileError> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     #[serde(rename = "podCIDR")]
-    pub pod_cidr: Ipv4Net,
+    pub pod_cidr: IpNet,
     /// When it was first claimed (ms since the Unix epoch): the claim's rank.
     pub since: u64,
     #[serde(rename = "clusterCIDR")]
-    pub cluster_cidr: Ipv4Net,
+    pub cluster_cidr: IpNet,
 }
 
 pub fn read_lease(path: &Path) -> Result<Option<Lease>, FileError> {
@@ -195,16 +202,25 @@ mod tests {
     fn leases_round_trip_and_a_missing_lease_is_none() {
         let root = tempdir();
         let p = paths(&root);
-        assert_eq!(read_lease(&p.lease()).unwrap(), None);
+        assert_eq!(read_lease(&p.lease(Family::Ipv4)).unwrap(), None);
         let lease = Lease {
             pod_cidr: "10.244.3.0/24".parse().unwrap(),
             since: 17,
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
         };
-        write_lease(&p.lease(), &lease).unwrap();
-        assert_eq!(read_lease(&p.lease()).unwrap(), Some(lease));
-        std::fs::write(p.lease(), b"{").unwrap();
-        assert!(read_lease(&p.lease()).is_err());
+        write_lease(&p.lease(Family::Ipv4), &lease).unwrap();
+        assert_eq!(read_lease(&p.lease(Family::Ipv4)).unwrap(), Some(lease));
+        std::fs::write(p.lease(Family::Ipv4), b"{").unwrap();
+        assert!(read_lease(&p.lease(Family::Ipv4)).is_err());
+        // The IPv6 block's lease is a file of its own; the IPv4 one keeps the previous name.
+        let v6 = Lease {
+            pod_cidr: "fd00:10:244:3::/64".parse().unwrap(),
+            since: 18,
+            cluster_cidr: "fd00:10:244::/56".parse().unwrap(),
+        };
+        write_lease(&p.lease(Family::Ipv6), &v6).unwrap();
+        assert_eq!(read_lease(&p.lease(Family::Ipv6)).unwrap(), Some(v6));
+        assert!(p.lease(Family::Ipv4).ends_with("lease.json"));
         std::fs::remove_dir_all(root).unwrap();
     }
 

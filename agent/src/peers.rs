@@ -9,7 +9,8 @@ use crate::identity;
 use crate::membership::{Liveness, Member, View};
 use crate::probe::summary::Summary;
 use crate::validate::{self, Announcement, Rejection, Rules};
-use weft_overlay::underlay::{NoSharedFamily, NodeIps, PathChoice};
+use ipnet::IpNet;
+use weft_overlay::underlay::{Family, NoSharedFamily, NodeIps, PathChoice};
 
 /// One other node, as represented by one of its generations.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,8 +24,9 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn claim(&self) -> Option<Claim> {
-        self.announcement.as_ref().ok().and_then(|a| a.claim)
+    /// Its valid claims, IPv4 first (none when its announcement was rejected).
+    pub fn claims(&self) -> &[Claim] {
+        self.announcement.as_ref().map_or(&[], |a| a.claims.as_slice())
     }
 }
 
@@ -32,8 +34,9 @@ impl Peer {
 pub struct Peers {
     /// Sorted by name.
     pub peers: Vec<Peer>,
-    /// The claim this node's own previous generation announced, if gossip still has it.
-    pub previous_self: Option<Claim>,
+    /// The claims this node's own previous generation announced (at most one per family of this
+    /// cluster), if gossip still has them.
+    pub previous_self: Vec<Claim>,
     /// Other generations under this node's own name (earlier runs, or another agent using it),
     /// by generation.
     pub same_name: Vec<Member>,
@@ -61,13 +64,20 @@ pub fn collect(view: &View, me: &str, my_generation: u64, rules: &Rules) -> Peer
     }
     let mut same_name: Vec<Member> = by_name.remove(me).unwrap_or_default().into_iter().cloned().collect();
     same_name.sort_by_key(|m| m.generation);
-    let previous_self = same_name
+    let previous_self = rules
+        .pools
         .iter()
-        .filter(|m| m.generation < my_generation && !identity::refused(m))
-        .filter_map(|m| Some((m.generation, keys::decode_claim(m.keys.get(keys::POD_CIDR)?).ok()?)))
-        .max_by_key(|(generation, _)| *generation)
-        .map(|(_, claim)| claim)
-        .filter(|c| validate::check_pod_cidr(c.cidr, rules.cluster_cidr, rules.node_cidr_prefix).is_ok());
+        .filter_map(|pool| {
+            let key = keys::pod_cidr_key(Family::of_net(&pool.cluster_cidr));
+            same_name
+                .iter()
+                .filter(|m| m.generation < my_generation && !identity::refused(m))
+                .filter_map(|m| Some((m.generation, keys::decode_claim(m.keys.get(key)?).ok()?)))
+                .max_by_key(|(generation, _)| *generation)
+                .map(|(_, claim)| claim)
+                .filter(|c| validate::check_pod_cidr(c.cidr, pool).is_ok())
+        })
+        .collect();
     let peers = by_name
         .into_values()
         .map(|generations| {
@@ -85,10 +95,13 @@ pub fn collect(view: &View, me: &str, my_generation: u64, rules: &Rules) -> Peer
 }
 
 impl Peers {
-    /// The valid claims of every known peer, live or not: a dead or leaving node keeps its block
-    /// reserved until gossip forgets it.
+    /// The valid claims of every known peer, live or not, of every family: a dead or leaving
+    /// node keeps its blocks reserved until gossip forgets it.
     pub fn claimants(&self) -> Vec<Claimant> {
-        self.peers.iter().filter_map(|p| Some(Claimant { node: p.name.clone(), claim: p.claim()? })).collect()
+        self.peers
+            .iter()
+            .flat_map(|p| p.claims().iter().map(|claim| Claimant { node: p.name.clone(), claim: *claim }))
+            .collect()
     }
 }
 
@@ -109,8 +122,8 @@ pub enum Skip {
     NotAlive(Liveness),
     #[error("has not claimed a PodCIDR yet")]
     NoPodCidr,
-    #[error("lost its PodCIDR claim to {winner}")]
-    LostConflict { winner: String },
+    #[error("lost its PodCIDR claim {cidr} to {winner}")]
+    LostConflict { cidr: IpNet, winner: String },
     #[error("its PodCIDR is also this node's own claim")]
     OverlapsOurs,
     /// No tunnel can join the two nodes.
@@ -147,21 +160,19 @@ impl Decided<'_> {
     }
 }
 
-/// Decides which peers to program, given this node's own claim; `path_of` says how the pods of
+/// Decides which peers to program, given this node's own claims (one per family); `path_of` says how the pods of
 /// a node with these underlay addresses are reached, or that no tunnel can join it. `tunnel_answers` are peers whose agent gossip no longer hears but whose
 /// tunnel still answers the probes: a stopped agent is not a stopped node, so they stay
 /// programmed (the caller bounds how long).
 pub fn decide<'a>(
     peers: &'a Peers,
     me: &str,
-    own: Option<Claim>,
+    own: &[Claim],
     path_of: impl Fn(&NodeIps) -> Result<PathChoice, NoSharedFamily>,
     tunnel_answers: &BTreeSet<String>,
 ) -> Decided<'a> {
     let mut claimants = peers.claimants();
-    if let Some(claim) = own {
-        claimants.push(Claimant { node: me.to_string(), claim });
-    }
+    claimants.extend(own.iter().map(|claim| Claimant { node: me.to_string(), claim: *claim }));
     let conflicts = allocation::conflicts(&claimants);
     let verdict = |p: &Peer| {
         let announcement = p.announcement.as_ref().map_err(|r| match r {
@@ -172,15 +183,24 @@ pub fn decide<'a>(
             return Err(Skip::NotAlive(p.liveness));
         }
         path_of(&announcement.node_ips).map_err(Skip::NoSharedFamily)?;
-        let claim = announcement.claim.ok_or(Skip::NoPodCidr)?;
-        match conflicts.iter().find(|c| c.cidr == claim.cidr) {
-            None => Ok(()),
-            Some(c) if c.winner != p.name => Err(Skip::LostConflict { winner: c.winner.clone() }),
-            // We cannot route our own block to a peer, winner or not: until we move (an
-            // automatic claim re-picks at once; a static one needs the operator) it stays out.
-            Some(_) if own.is_some_and(|o| o.cidr == claim.cidr) => Err(Skip::OverlapsOurs),
-            Some(_) => Ok(()),
+        if announcement.claims.is_empty() {
+            return Err(Skip::NoPodCidr);
         }
+        // Every block of the peer must be its own: one it lost (in either family) keeps the
+        // whole peer out, as its pods' other family would be half reachable.
+        for claim in &announcement.claims {
+            match conflicts.iter().find(|c| c.cidr == claim.cidr) {
+                None => {}
+                Some(c) if c.winner != p.name => {
+                    return Err(Skip::LostConflict { cidr: claim.cidr, winner: c.winner.clone() });
+                }
+                // We cannot route our own block to a peer, winner or not: until we move (an
+                // automatic claim re-picks at once; a static one needs the operator) it stays out.
+                Some(_) if own.iter().any(|o| o.cidr == claim.cidr) => return Err(Skip::OverlapsOurs),
+                Some(_) => {}
+            }
+        }
+        Ok(())
     };
     let decisions = peers
         .peers
@@ -266,7 +286,7 @@ mod tests {
         assert_eq!(peers.peers.len(), 1);
         assert_eq!(
             peers.previous_self,
-            Some(Claim { cidr: "10.244.9.0/24".parse().unwrap(), kind: ClaimKind::Confirmed, since_ms: 77 })
+            [Claim { cidr: "10.244.9.0/24".parse().unwrap(), kind: ClaimKind::Confirmed, since_ms: 77 }]
         );
     }
 
@@ -284,11 +304,12 @@ mod tests {
         ]);
         let peers = collect(&v, "me", 5, &rules());
         let own = Claim { cidr: "10.244.9.0/24".parse().unwrap(), kind: ClaimKind::Confirmed, since_ms: 3 };
-        let decided = decide(&peers, "me", Some(own), tunnel, &BTreeSet::new());
+        let decided = decide(&peers, "me", &[own], tunnel, &BTreeSet::new());
         let by_name: BTreeMap<&str, &Result<(), Skip>> =
             decided.peers.iter().map(|d| (d.peer.name.as_str(), &d.verdict)).collect();
         assert_eq!(by_name["a"], &Ok(()));
-        assert_eq!(by_name["b"], &Err(Skip::LostConflict { winner: "a".into() }));
+        let lost = Skip::LostConflict { cidr: "10.244.1.0/24".parse().unwrap(), winner: "a".into() };
+        assert_eq!(by_name["b"], &Err(lost));
         assert_eq!(by_name["c"], &Err(Skip::NotAlive(Liveness::Dead)));
         assert_eq!(by_name["d"], &Err(Skip::NoPodCidr));
         assert!(matches!(by_name["e"], Err(Skip::Rejected(_))));
@@ -306,11 +327,38 @@ mod tests {
         let v = view(vec![member("a", 1, Liveness::Alive, "192.0.2.10", Some("10.244.1.0/24;static;1"))]);
         let peers = collect(&v, "me", 5, &rules());
         let ours = Claim { cidr: "10.244.1.0/24".parse().unwrap(), kind: ClaimKind::Static, since_ms: 9 };
-        let decided = decide(&peers, "me", Some(ours), tunnel, &BTreeSet::new());
+        let decided = decide(&peers, "me", &[ours], tunnel, &BTreeSet::new());
         assert_eq!(decided.peers[0].verdict, Err(Skip::OverlapsOurs));
         assert_eq!(decided.conflicts[0].winner, "a");
         assert_eq!(decided.conflicts[0].losers, vec!["me".to_string()]);
     }
+    #[test]
+    fn a_dual_stack_peer_losing_either_block_is_not_programmed() {
+        let dual = |name, ip, v4: &str, v6: &str| {
+            let mut m = member(name, 1, Liveness::Alive, ip, Some(v4));
+            m.keys.insert(keys::POD_CIDR6.into(), v6.into());
+            m
+        };
+        let v = view(vec![
+            dual("a", "192.0.2.10", "10.244.1.0/24;confirmed;5", "fd00:10:244:1::/64;confirmed;5"),
+            // b's IPv4 block is its own, its IPv6 block is a's.
+            dual("b", "192.0.2.11", "10.244.2.0/24;confirmed;5", "fd00:10:244:1::/64;claiming;9"),
+            // c is a previous-release node: IPv4 only.
+            member("c", 1, Liveness::Alive, "192.0.2.12", Some("10.244.3.0/24;confirmed;1")),
+        ]);
+        let rules = validate::tests::dual_rules();
+        let peers = collect(&v, "me", 5, &rules);
+        assert_eq!(peers.claimants().len(), 5);
+        let decided = decide(&peers, "me", &[], tunnel, &BTreeSet::new());
+        let verdicts: Vec<&Result<(), Skip>> = decided.peers.iter().map(|d| &d.verdict).collect();
+        assert_eq!(verdicts[0], &Ok(()));
+        let lost = Skip::LostConflict { cidr: "fd00:10:244:1::/64".parse().unwrap(), winner: "a".into() };
+        assert_eq!(verdicts[1], &Err(lost));
+        assert_eq!(verdicts[2], &Ok(()), "a previous-release IPv4-only node is routed");
+        let programmed: Vec<(&str, usize)> = decided.programmable().map(|(n, a, _)| (n, a.claims.len())).collect();
+        assert_eq!(programmed, [("a", 2), ("c", 1)]);
+    }
+
     #[test]
     fn a_restarted_generation_stands_once_it_holds_its_block_again() {
         let v = view(vec![
@@ -346,7 +394,8 @@ mod tests {
         refused.keys.insert(keys::STATUS.into(), keys::STATUS_REFUSED.into());
         let v = view(vec![member("me", 3, Liveness::Dead, "192.0.2.1", Some("10.244.9.0/24;confirmed;77")), refused]);
         let peers = collect(&v, "me", 5, &rules());
-        assert_eq!(peers.previous_self.map(|c| c.cidr), Some("10.244.9.0/24".parse().unwrap()));
+        let previous: Vec<IpNet> = peers.previous_self.iter().map(|c| c.cidr).collect();
+        assert_eq!(previous, ["10.244.9.0/24".parse::<IpNet>().unwrap()]);
         assert_eq!(peers.same_name.len(), 2);
     }
 
@@ -356,7 +405,7 @@ mod tests {
         bare.keys.clear();
         let peers = collect(&view(vec![bare]), "me", 5, &rules());
         assert_eq!(peers.peers[0].announcement, Err(Rejection::NotAnnounced(keys::NODE_IP)));
-        let decided = decide(&peers, "me", None, tunnel, &BTreeSet::new());
+        let decided = decide(&peers, "me", &[], tunnel, &BTreeSet::new());
         assert_eq!((&decided.peers[0].verdict, decided.peers[0].path), (&Err(Skip::NotAnnounced(keys::NODE_IP)), None));
     }
 
@@ -368,13 +417,13 @@ mod tests {
         let v4 = member("c", 1, Liveness::Alive, "192.0.2.3", Some("10.244.2.0/24;confirmed;1"));
         let peers = collect(&view(vec![v6, v4]), "me", 5, &rules());
         let v4_only = |ips: &NodeIps| choose_path(&"192.0.2.1".parse().unwrap(), ips, Family::Ipv4, None);
-        let decided = decide(&peers, "me", None, v4_only, &BTreeSet::new());
+        let decided = decide(&peers, "me", &[], v4_only, &BTreeSet::new());
         let why = decided.peers[0].verdict.clone().unwrap_err();
         assert_eq!(why.to_string(), "no shared underlay family (this node: IPv4; peer: IPv6)");
         assert_eq!(decided.peers[0].path, None);
         assert_eq!(decided.peers[1].verdict, Ok(()));
         // A node with an IPv6 underlay reaches it over IPv6.
-        let decided = decide(&peers, "me", None, tunnel, &BTreeSet::new());
+        let decided = decide(&peers, "me", &[], tunnel, &BTreeSet::new());
         let path = decided.peers[0].path.unwrap();
         assert_eq!((path.family, path.path), (Family::Ipv6, PeerPath::Vxlan));
         assert_eq!(path.endpoint, "2001:db8:2::2".parse::<std::net::IpAddr>().unwrap());

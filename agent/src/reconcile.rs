@@ -5,17 +5,17 @@
 //! a turn that sees the same inputs changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use weft_cni::state::{NodePool, NodeState, STATE_FILE_VERSION};
-use weft_overlay::desired::{Desired, LocalNode, PeerPath, gateway_of};
-use weft_overlay::rules::DEFAULT_BRIDGE;
+use weft_overlay::desired::{Desired, LocalNode, PeerPath, vtep_of};
+use weft_overlay::rules::{DEFAULT_BRIDGE, first_host};
 use weft_overlay::underlay::Family;
 use weft_overlay::{ApplyReport, Mac};
 
@@ -56,10 +56,11 @@ pub struct Init {
     pub view: watch::Receiver<View>,
     pub datapath: Arc<dyn Datapath>,
     pub shared: Arc<Shared>,
-    /// Static PodCIDR or persisted lease: claimed at once, served once confirmed.
-    pub start: Option<Claim>,
-    /// The lease file as found at start (possibly no longer usable).
-    pub lease_on_disk: Option<Lease>,
+    /// Static PodCIDRs or persisted leases, at most one per pool: claimed at once, served once
+    /// confirmed.
+    pub start: Vec<Claim>,
+    /// The lease files as found at start (possibly no longer usable).
+    pub lease_on_disk: BTreeMap<Family, Lease>,
     /// The node state file as found at start.
     pub state_on_disk: Option<NodeState>,
     /// Where the peers to probe go.
@@ -77,10 +78,13 @@ pub struct Controller {
     view: watch::Receiver<View>,
     datapath: Arc<dyn Datapath>,
     shared: Arc<Shared>,
-    allocator: Allocator,
+    /// One per pool of the cluster, IPv4 first: each family's block is allocated on its own
+    /// (claims of another family are never in the way).
+    allocators: Vec<Allocator>,
     settle: Settle,
-    published_claim: Option<Claim>,
-    lease_on_disk: Option<Lease>,
+    /// What gossip has of each allocator's claim.
+    published_claims: Vec<Option<Claim>>,
+    lease_on_disk: BTreeMap<Family, Lease>,
     state_on_disk: Option<NodeState>,
     conflist_written: bool,
     files_error: Option<String>,
@@ -108,20 +112,22 @@ impl Controller {
         let cfg = init.config;
         let now = Instant::now();
         let interval = cfg.gossip.interval;
-        let allocator = Allocator::new(
-            &cfg.node_name,
-            cfg.cluster_cidr,
-            cfg.node_cidr_prefix,
-            interval * CONFIRM_ROUNDS,
-            init.start,
-            now,
-        );
+        let allocators: Vec<Allocator> = cfg
+            .pools()
+            .iter()
+            .map(|pool| {
+                let family = Family::of_net(&pool.cluster_cidr);
+                let start = init.start.iter().copied().find(|c| Family::of_net(&c.cidr) == family);
+                let confirm = interval * CONFIRM_ROUNDS;
+                Allocator::new(&cfg.node_name, pool.cluster_cidr, pool.node_prefix, confirm, start, now)
+            })
+            .collect();
         Controller {
             rules: cfg.rules(),
             generation: init.generation,
             vtep_mac: Mac::derived(&cfg.node_name),
-            published_claim: allocator.claim(),
-            allocator,
+            published_claims: allocators.iter().map(Allocator::claim).collect(),
+            allocators,
             settle: Settle::new(now, cfg.startup_grace, interval * SETTLE_ROUNDS, cfg.expects_peers()),
             lease_on_disk: init.lease_on_disk,
             state_on_disk: init.state_on_disk,
@@ -174,7 +180,7 @@ impl Controller {
         if let Some((at, _)) = self.retry {
             wake = wake.min(at);
         }
-        let allocating = matches!(self.allocator.phase(), Phase::Waiting | Phase::Claiming { .. });
+        let allocating = self.allocators.iter().any(|a| matches!(a.phase(), Phase::Waiting | Phase::Claiming { .. }));
         if allocating || !self.settle.is_settled() {
             wake = wake.min(now + self.cfg.gossip.interval);
         }
@@ -189,39 +195,43 @@ impl Controller {
         let peers = peers::collect(&view, &self.cfg.node_name, self.generation, &self.rules);
         self.check_name(&peers.same_name, settled).await;
         let others = peers.claimants();
-        let outcome = if self.yielded_to.is_some() {
-            self.allocator.withdraw();
-            Outcome::Unchanged
-        } else {
-            self.allocator.step(&StepInput {
-                now,
-                now_ms: unix_ms(SystemTime::now()),
-                settled,
-                others: &others,
-                previous: peers.previous_self,
-                random: rand::random(),
-            })
-        };
-        log_outcome(&outcome);
-        self.publish_claim().await;
+        let now_ms = unix_ms(SystemTime::now());
+        for allocator in &mut self.allocators {
+            let outcome = if self.yielded_to.is_some() {
+                allocator.withdraw();
+                Outcome::Unchanged
+            } else {
+                let family = Family::of_net(&allocator.pool());
+                allocator.step(&StepInput {
+                    now,
+                    now_ms,
+                    settled,
+                    others: &others,
+                    previous: peers.previous_self.iter().copied().find(|c| Family::of_net(&c.cidr) == family),
+                    random: rand::random(),
+                })
+            };
+            log_outcome(&outcome);
+        }
+        self.publish_claims().await;
         let (local_ips, subnets) = (self.cfg.underlay.node_ips(), self.cfg.underlay.subnets());
-        let pods = Family::of_net(&self.cfg.cluster_cidr.into());
+        let pods: Vec<Family> = self.allocators.iter().map(|a| Family::of_net(&a.pool())).collect();
         let tunnel_answers = self.tunnel_answers(&view, &peers);
         let verdicts = peers::decide(
             &peers,
             &self.cfg.node_name,
-            self.allocator.claim(),
-            |ips| crate::desired::path(self.cfg.encap, &local_ips, &subnets, pods, ips),
+            &self.claims(),
+            |ips| crate::desired::path(self.cfg.encap, &local_ips, &subnets, &pods, ips),
             &tunnel_answers,
         );
         self.note_rejections(&peers);
         self.note_conflicts(&verdicts.conflicts);
-        let serving = status::serving(&ServingInput {
+        let serving = status::serving_all(self.allocators.iter().map(|a| ServingInput {
             node: &self.cfg.node_name,
-            phase: self.allocator.phase(),
+            phase: a.phase(),
             conflicts: &verdicts.conflicts,
             name_in_use_by: self.yielded_to.as_ref(),
-        });
+        }));
         // The periodic resync rewrites the files and re-applies the datapath even when nothing
         // changed here, repairing whatever was changed under us.
         let resync = now >= self.next_resync;
@@ -230,14 +240,14 @@ impl Controller {
         }
         self.sync_files(&serving, resync);
         if let (Ok(held), true) = (&serving, settled) {
-            let desired = self.desired(held.cidr, &verdicts);
+            let desired = self.desired(held, &verdicts);
             if resync || self.apply_due(&desired, now) {
                 self.apply(desired).await;
             }
         }
         let reserved = self.pod_addresses();
         let stranded = self.stranded(&serving, &reserved);
-        let ipam = serving.as_ref().ok().map(|c| ipam_use(c.cidr, &reserved));
+        let ipam = serving.as_ref().ok().map(|held| ipam_use(held, &reserved));
         let summary = self.publish_status(&view, &verdicts, settled, &serving, stranded, ipam);
         self.publish_summary(&summary).await;
     }
@@ -276,7 +286,7 @@ impl Controller {
         let me = identity::Me {
             node_ip: self.cfg.underlay.primary().ip,
             generation: self.generation,
-            established: self.allocator.held().is_some(),
+            established: self.allocators.iter().any(|a| a.held().is_some()),
             refused: self.yielded_to.is_some(),
         };
         let same_name: Vec<&Member> = same_name.iter().collect();
@@ -310,44 +320,48 @@ impl Controller {
         self.yielded_to = yielded_to;
     }
 
-    /// The IPv4 pod addresses the plugin's store holds for this node's network (read without
-    /// its lock; a store that cannot be read counts as empty and says so in the debug log). The
-    /// agent serves IPv4 blocks only so far: IPv6 pod addresses are not its to judge.
-    fn pod_addresses(&self) -> Vec<Ipv4Addr> {
+    /// The claims the allocators announce, IPv4 first.
+    fn claims(&self) -> Vec<Claim> {
+        self.allocators.iter().filter_map(Allocator::claim).collect()
+    }
+
+    /// The pod addresses of the families this node serves that the plugin's store holds for
+    /// this node's network (read without its lock; a store that cannot be read counts as empty
+    /// and says so in the debug log). Addresses of a family the cluster lacks are not the
+    /// agent's to judge.
+    fn pod_addresses(&self) -> Vec<IpAddr> {
         let store = self.cfg.paths.ipam_dir.join(files::NETWORK_NAME);
+        let families: Vec<Family> = self.allocators.iter().map(|a| Family::of_net(&a.pool())).collect();
         weft_cni::ipam::store::reserved_addresses(&store)
             .inspect_err(|e| tracing::debug!(error = %e, store = %store.display(), "cannot list pod addresses"))
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|ip| match ip {
-                IpAddr::V4(v4) => Some(v4),
-                IpAddr::V6(_) => None,
-            })
+            .filter(|ip| families.contains(&Family::of(*ip)))
             .collect()
     }
 
     /// Pods whose addresses lie outside the block this node serves: reported, never touched
     /// (deleting a pod is its owner's decision). Not judged while a claim is still settling.
-    fn stranded(&self, serving: &Result<Claim, String>, reserved: &[Ipv4Addr]) -> Option<StrandedPods> {
+    fn stranded(&self, serving: &Result<Vec<Claim>, String>, reserved: &[IpAddr]) -> Option<StrandedPods> {
         let settled_without_block =
-            matches!(self.allocator.phase(), Phase::Blocked { .. } | Phase::Exhausted(_)) || self.yielded_to.is_some();
+            self.allocators.iter().any(|a| matches!(a.phase(), Phase::Blocked { .. } | Phase::Exhausted(_)))
+                || self.yielded_to.is_some();
         if serving.is_err() && !settled_without_block {
             return None;
         }
         let outside: Vec<IpAddr> = reserved
             .iter()
             .copied()
-            .filter(|ip| !serving.as_ref().is_ok_and(|c| c.cidr.contains(ip)))
-            .map(IpAddr::V4)
+            .filter(|ip| !serving.as_ref().is_ok_and(|held| held.iter().any(|c| c.cidr.contains(ip))))
             .collect();
         if outside.is_empty() {
             return None;
         }
         let reason = match serving {
-            Ok(c) => format!(
+            Ok(held) => format!(
                 "outside this node's PodCIDR {}: their block belongs to another node or to none now, so they \
                  cannot reach pods on other nodes; delete them so that their controllers recreate them",
-                c.cidr
+                held.iter().map(|c| c.cidr.to_string()).collect::<Vec<_>>().join(", ")
             ),
             Err(why) => format!("this node serves no PodCIDR ({why}); they cannot reach pods on other nodes"),
         };
@@ -358,22 +372,26 @@ impl Controller {
         })
     }
 
-    /// Announces the allocator's current claim (or withdraws it) if gossip does not have it yet.
-    async fn publish_claim(&mut self) {
-        let claim = self.allocator.claim();
-        if claim == self.published_claim {
-            return;
+    /// Announces each allocator's current claim under its family's key (or withdraws it) if
+    /// gossip does not have it yet.
+    async fn publish_claims(&mut self) {
+        for (allocator, published) in self.allocators.iter().zip(&mut self.published_claims) {
+            let claim = allocator.claim();
+            if claim == *published {
+                continue;
+            }
+            let key = keys::pod_cidr_key(Family::of_net(&allocator.pool()));
+            match claim {
+                Some(c) => self.gossip.publish(key, &keys::encode_claim(&c)).await,
+                None => self.gossip.withdraw(key).await,
+            }
+            *published = claim;
         }
-        match claim {
-            Some(c) => self.gossip.publish(keys::POD_CIDR, &keys::encode_claim(&c)).await,
-            None => self.gossip.withdraw(keys::POD_CIDR).await,
-        }
-        self.published_claim = claim;
     }
 
     /// Makes the lease, node state file and conflist match the PodCIDR the node serves.
     /// Failures are kept for status and retried on the next turn.
-    fn sync_files(&mut self, serving: &Result<Claim, String>, rewrite: bool) {
+    fn sync_files(&mut self, serving: &Result<Vec<Claim>, String>, rewrite: bool) {
         let result = self.write_files(serving, rewrite);
         let error = result.err().map(|e| e.to_string());
         if error.is_some() && error != self.files_error {
@@ -384,32 +402,49 @@ impl Controller {
 
     /// `rewrite` writes (or removes) even what should already be in place.
     ///
-    /// The lease follows the block the node serves; a block it only claims, or cannot serve,
-    /// leaves the last lease in place (a restart claims that one again). The state file names
-    /// the block the node serves, or, while it serves none, the block it claims or last
-    /// published, marked unavailable with the reason: the plugin then refuses ADDs with it.
-    fn write_files(&mut self, serving: &Result<Claim, String>, rewrite: bool) -> Result<(), files::FileError> {
+    /// The leases follow the blocks the node serves (one file per family); a block it only
+    /// claims, or cannot serve, leaves the last lease in place (a restart claims that one
+    /// again). The state file names every block the node serves, so the plugin gives each pod an
+    /// address of every family; while it serves none, the blocks it claims or last published,
+    /// marked unavailable with the reason: the plugin then refuses ADDs with it.
+    fn write_files(&mut self, serving: &Result<Vec<Claim>, String>, rewrite: bool) -> Result<(), files::FileError> {
         let cfg = &self.cfg;
-        if let Ok(c) = serving {
-            let lease = Lease { pod_cidr: c.cidr, since: c.since_ms, cluster_cidr: cfg.cluster_cidr };
-            if rewrite || Some(&lease) != self.lease_on_disk.as_ref() {
-                files::write_lease(&cfg.paths.lease(), &lease)?;
-                self.lease_on_disk = Some(lease);
+        let pools = cfg.pools();
+        let cluster_of = |cidr: &IpNet| {
+            let family = Family::of_net(cidr);
+            pools.iter().find(|p| Family::of_net(&p.cluster_cidr) == family).map(|p| p.cluster_cidr)
+        };
+        for c in serving.iter().flatten() {
+            let family = Family::of_net(&c.cidr);
+            let Some(cluster_cidr) = cluster_of(&c.cidr) else { continue };
+            let lease = Lease { pod_cidr: c.cidr, since: c.since_ms, cluster_cidr };
+            if rewrite || Some(&lease) != self.lease_on_disk.get(&family) {
+                files::write_lease(&cfg.paths.lease(family), &lease)?;
+                self.lease_on_disk.insert(family, lease);
             }
         }
-        let block = match serving {
-            Ok(c) => Some(c.cidr),
-            Err(_) => self.allocator.claim().map(|c| c.cidr).or(self.state_on_disk.as_ref().and_then(published_block)),
+        let blocks: Vec<IpNet> = match serving {
+            Ok(held) => held.iter().map(|c| c.cidr).collect(),
+            Err(_) => {
+                let claimed: Vec<IpNet> = self.claims().iter().map(|c| c.cidr).collect();
+                if claimed.is_empty() {
+                    self.state_on_disk.as_ref().map(published_blocks).unwrap_or_default()
+                } else {
+                    claimed
+                }
+            }
         };
-        let state = block.map(|cidr| NodeState {
+        let node_pools: Vec<NodePool> = blocks
+            .iter()
+            .filter_map(|cidr| {
+                Some(NodePool { pod_cidr: *cidr, gateway: first_host(cidr), cluster_cidr: cluster_of(cidr)? })
+            })
+            .collect();
+        let state = (!node_pools.is_empty()).then(|| NodeState {
             version: STATE_FILE_VERSION,
             node: cfg.node_name.clone(),
             node_ips: cfg.underlay.addrs.iter().map(|u| u.ip).collect(),
-            pools: vec![NodePool {
-                pod_cidr: cidr.into(),
-                gateway: gateway_of(&cidr).into(),
-                cluster_cidr: cfg.cluster_cidr.into(),
-            }],
+            pools: node_pools,
             mtu: cfg.mtu,
             bridge: DEFAULT_BRIDGE.to_string(),
             unavailable: serving.as_ref().err().cloned(),
@@ -445,13 +480,13 @@ impl Controller {
         Ok(())
     }
 
-    fn desired(&self, pod_cidr: Ipv4Net, decided: &Decided<'_>) -> Desired {
+    fn desired(&self, held: &[Claim], decided: &Decided<'_>) -> Desired {
         let cfg = &self.cfg;
         let local = LocalNode {
             name: cfg.node_name.clone(),
             underlays: cfg.underlay.addrs(),
-            pod_cidr,
-            cluster_cidr: cfg.cluster_cidr,
+            pod_cidrs: held.iter().map(|c| c.cidr).collect(),
+            cluster_cidrs: cfg.pools().iter().map(|p| p.cluster_cidr).collect(),
             vni: cfg.vni,
             vxlan_port: cfg.vxlan_port,
             mtu: cfg.mtu,
@@ -553,7 +588,7 @@ impl Controller {
         view: &View,
         decided: &Decided<'_>,
         settled: bool,
-        serving: &Result<Claim, String>,
+        serving: &Result<Vec<Claim>, String>,
         stranded: Option<StrandedPods>,
         ipam: Option<IpamUse>,
     ) -> Summary {
@@ -600,7 +635,8 @@ impl Controller {
                 name: cfg.node_name.clone(),
                 node_ip: cfg.underlay.primary().ip,
                 node_ip6: cfg.underlay.node_ips().get(Family::Ipv6),
-                pod_cidr: serving.as_ref().ok().map(|c| c.cidr),
+                pod_cidr: serving.as_ref().ok().and_then(|held| status::blocks(held).0),
+                pod_cidr6: serving.as_ref().ok().and_then(|held| status::blocks(held).1),
                 vtep_mac: self.vtep_mac,
                 mtu: cfg.mtu,
                 ready: ready.is_ok(),
@@ -627,41 +663,48 @@ impl Controller {
     }
 }
 
-/// The IPv4 block a state file names (the agent publishes only that family so far).
-fn published_block(state: &NodeState) -> Option<Ipv4Net> {
-    state.pools.iter().find_map(|p| match p.pod_cidr {
-        IpNet::V4(v4) => Some(v4),
-        IpNet::V6(_) => None,
-    })
+/// The blocks a state file names.
+fn published_blocks(state: &NodeState) -> Vec<IpNet> {
+    state.pools.iter().map(|p| p.pod_cidr).collect()
 }
 
 /// How much of the block the plugin has handed out.
-fn ipam_use(cidr: Ipv4Net, reserved: &[Ipv4Addr]) -> IpamUse {
-    let pool = weft_cni::ipam::pool::Pool { net: cidr.into(), gateway: gateway_of(&cidr).into() };
-    let in_use = reserved.iter().filter(|ip| pool.contains((**ip).into())).count() as u64;
-    IpamUse { in_use, total: pool.capacity() }
+/// How much of the blocks the plugin has handed out, over every family (an IPv6 /64 counts
+/// as u64::MAX addresses: the total saturates).
+fn ipam_use(held: &[Claim], reserved: &[IpAddr]) -> IpamUse {
+    let mut usage = IpamUse { in_use: 0, total: 0 };
+    for claim in held {
+        let pool = weft_cni::ipam::pool::Pool { net: claim.cidr, gateway: first_host(&claim.cidr) };
+        usage.in_use += reserved.iter().filter(|ip| pool.contains(**ip)).count() as u64;
+        usage.total = usage.total.saturating_add(pool.capacity());
+    }
+    usage
 }
 
-/// The programmed peers, each with the address its probes go to: the VTEP address on the
-/// peer's `vxlan0` (only the overlay reaches it), or its bridge gateway for a direct-path peer.
+/// The programmed peers with an IPv4 block, each with the address its probes go to: the VTEP
+/// address on the peer's VXLAN device (only the overlay reaches it), or its bridge gateway for
+/// a direct-path peer. The probes speak IPv4: a peer without an IPv4 block is not probed.
 fn probe_targets(desired: &Desired, programmed: &BTreeSet<String>, mtu: u32) -> Vec<probe::Target> {
+    let ipv4 = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    };
     desired
         .peers
         .iter()
         .filter(|p| programmed.contains(&p.name))
-        .map(|p| probe::Target {
-            peer: p.name.clone(),
-            tunnel: match p.path {
-                PeerPath::Vxlan => p.vtep_ip(),
-                PeerPath::Direct => gateway_of(&p.pod_cidr),
-            },
-            underlay: p.node_ip,
-            peer_source: match (p.path, p.node_ip) {
-                (PeerPath::Direct, IpAddr::V4(ip)) => ip,
-                // Through the tunnel (a direct route is always of the pods' family).
-                _ => p.vtep_ip(),
-            },
-            full_size: u16::try_from(mtu).unwrap_or(u16::MAX),
+        .filter_map(|p| {
+            let block = p.pod_cidrs.iter().find(|b| b.addr().is_ipv4())?;
+            let vtep = ipv4(vtep_of(block))?;
+            // Direct only when the underlay is IPv4 too (see `Peer::path`).
+            let direct = p.path == PeerPath::Direct && p.node_ip.is_ipv4();
+            Some(probe::Target {
+                peer: p.name.clone(),
+                tunnel: if direct { ipv4(first_host(block))? } else { vtep },
+                underlay: p.node_ip,
+                peer_source: if direct { ipv4(p.node_ip)? } else { vtep },
+                full_size: u16::try_from(mtu).unwrap_or(u16::MAX),
+            })
         })
         .collect()
 }

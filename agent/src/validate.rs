@@ -4,18 +4,25 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use weft_overlay::Mac;
 use weft_overlay::underlay::{Family, NodeIpError, NodeIps, check_node_ip};
 
 use crate::allocation::Claim;
 use crate::gossip::keys;
 
+/// One pod family of the cluster: its range and the size of every node's block in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool {
+    pub cluster_cidr: IpNet,
+    pub node_prefix: u8,
+}
+
 /// What we check peers against: our own cluster settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rules {
-    pub cluster_cidr: Ipv4Net,
-    pub node_cidr_prefix: u8,
+    /// At most one per family, IPv4 first.
+    pub pools: Vec<Pool>,
     pub vni: u32,
     pub vxlan_port: u16,
     pub local_node_ips: NodeIps,
@@ -27,8 +34,15 @@ pub struct Announcement {
     /// Its underlay addresses: at least one.
     pub node_ips: NodeIps,
     pub vtep_mac: Mac,
-    /// `None` while the peer has not claimed a block yet.
-    pub claim: Option<Claim>,
+    /// Its claims, at most one per family of this cluster (IPv4 first); empty while it has not
+    /// claimed a block yet. A claim of a family this cluster lacks is not taken (see `validate`).
+    pub claims: Vec<Claim>,
+}
+
+impl Rules {
+    pub fn pool(&self, family: Family) -> Option<&Pool> {
+        self.pools.iter().find(|p| Family::of_net(&p.cluster_cidr) == family)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,11 +69,11 @@ pub enum Rejection {
     #[error("VXLAN port {theirs} differs from ours ({ours})")]
     VxlanPortMismatch { ours: u16, theirs: u16 },
     #[error("PodCIDR {cidr} is outside the cluster CIDR {cluster}")]
-    PodCidrOutsideCluster { cidr: Ipv4Net, cluster: Ipv4Net },
+    PodCidrOutsideCluster { cidr: IpNet, cluster: IpNet },
     #[error("PodCIDR {cidr} is not a /{prefix} block")]
-    PodCidrWrongPrefix { cidr: Ipv4Net, prefix: u8 },
+    PodCidrWrongPrefix { cidr: IpNet, prefix: u8 },
     #[error("PodCIDR {0} has host bits set")]
-    PodCidrNotAligned(Ipv4Net),
+    PodCidrNotAligned(IpNet),
 }
 
 impl Rejection {
@@ -110,16 +124,17 @@ pub fn check_node_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A PodCIDR as every node must hold one: an aligned `/prefix` block of the cluster CIDR.
-pub fn check_pod_cidr(cidr: Ipv4Net, cluster: Ipv4Net, prefix: u8) -> Result<(), Rejection> {
+/// A PodCIDR as every node must hold one: an aligned block of the pool's size in its range
+/// (a block of another family is outside it).
+pub fn check_pod_cidr(cidr: IpNet, pool: &Pool) -> Result<(), Rejection> {
     if cidr.trunc() != cidr {
         return Err(Rejection::PodCidrNotAligned(cidr));
     }
-    if cidr.prefix_len() != prefix {
-        return Err(Rejection::PodCidrWrongPrefix { cidr, prefix });
+    if !pool.cluster_cidr.contains(&cidr) {
+        return Err(Rejection::PodCidrOutsideCluster { cidr, cluster: pool.cluster_cidr });
     }
-    if !cluster.contains(&cidr) {
-        return Err(Rejection::PodCidrOutsideCluster { cidr, cluster });
+    if cidr.prefix_len() != pool.node_prefix {
+        return Err(Rejection::PodCidrWrongPrefix { cidr, prefix: pool.node_prefix });
     }
     Ok(())
 }
@@ -171,19 +186,23 @@ pub fn validate(name: &str, kvs: &BTreeMap<String, String>, rules: &Rules) -> Re
     if vxlan_port != rules.vxlan_port {
         return Err(Rejection::VxlanPortMismatch { ours: rules.vxlan_port, theirs: vxlan_port });
     }
-    let claim = match kvs.get(keys::POD_CIDR) {
-        None => None,
-        Some(value) => {
-            let claim = keys::decode_claim(value).map_err(|reason| Rejection::Malformed {
-                key: keys::POD_CIDR,
-                value: value.clone(),
-                reason,
-            })?;
-            check_pod_cidr(claim.cidr, rules.cluster_cidr, rules.node_cidr_prefix)?;
-            Some(claim)
+    let mut claims = Vec::new();
+    for family in Family::ALL {
+        let key = keys::pod_cidr_key(family);
+        let Some(value) = kvs.get(key) else { continue };
+        let malformed = |reason: String| Rejection::Malformed { key, value: value.clone(), reason };
+        let claim = keys::decode_claim(value).map_err(malformed)?;
+        if Family::of_net(&claim.cidr) != family {
+            return Err(malformed(format!("{} is not an {family} block", claim.cidr)));
         }
-    };
-    Ok(Announcement { node_ips, vtep_mac, claim })
+        // A block of a family this cluster lacks here (a peer configured for more families,
+        // during a rollout): not ours to route, and no fault of the peer.
+        if let Some(pool) = rules.pool(family) {
+            check_pod_cidr(claim.cidr, pool)?;
+            claims.push(claim);
+        }
+    }
+    Ok(Announcement { node_ips, vtep_mac, claims })
 }
 
 /// The underlay addresses announced, each under its family's key and of that family.
@@ -219,8 +238,7 @@ pub(crate) mod tests {
     /// The rules every test in the crate validates against.
     pub(crate) fn rules() -> Rules {
         Rules {
-            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-            node_cidr_prefix: 24,
+            pools: vec![Pool { cluster_cidr: "10.244.0.0/16".parse().unwrap(), node_prefix: 24 }],
             vni: 1,
             vxlan_port: 8472,
             local_node_ips: "192.0.2.1".parse().unwrap(),
@@ -254,16 +272,55 @@ pub(crate) mod tests {
         let a = validate("node-b", &good(), &rules()).unwrap();
         assert_eq!(a.node_ips, "198.51.100.7".parse().unwrap());
         assert_eq!(
-            a.claim,
-            Some(Claim { cidr: "10.244.7.0/24".parse().unwrap(), kind: ClaimKind::Confirmed, since_ms: 42 })
+            a.claims,
+            [Claim { cidr: "10.244.7.0/24".parse().unwrap(), kind: ClaimKind::Confirmed, since_ms: 42 }]
         );
+    }
+
+    /// The rules of a dual-stack cluster.
+    pub(crate) fn dual_rules() -> Rules {
+        let mut r = rules();
+        r.pools.push(Pool { cluster_cidr: "fd00:10:244::/56".parse().unwrap(), node_prefix: 64 });
+        r
+    }
+
+    #[test]
+    fn each_family_is_claimed_under_its_own_key_and_checked_against_its_pool() {
+        let dual = with(keys::POD_CIDR6, "fd00:10:244:7::/64;confirmed;43");
+        let a = validate("node-b", &dual, &dual_rules()).unwrap();
+        let blocks: Vec<String> = a.claims.iter().map(|c| c.cidr.to_string()).collect();
+        assert_eq!(blocks, ["10.244.7.0/24", "fd00:10:244:7::/64"]);
+        // An IPv6-only peer: no `pod_cidr`.
+        let mut v6_only = dual.clone();
+        v6_only.remove(keys::POD_CIDR);
+        assert_eq!(validate("node-b", &v6_only, &dual_rules()).unwrap().claims.len(), 1);
+        // On an IPv4-only node a peer's IPv6 block is not taken, and no fault of the peer.
+        assert_eq!(validate("node-b", &dual, &rules()).unwrap().claims.len(), 1);
+        for (key, value, label) in [
+            (keys::POD_CIDR6, "fd00:10:245:7::/64;confirmed;1", "pod_cidr_outside_cluster"),
+            (keys::POD_CIDR6, "fd00:10:244:7::/80;confirmed;1", "pod_cidr_wrong_prefix"),
+            (keys::POD_CIDR6, "10.244.8.0/24;confirmed;1", "malformed"),
+            (keys::POD_CIDR, "fd00:10:244:7::/64;confirmed;1", "malformed"),
+        ] {
+            let err = validate("node-b", &with(key, value), &dual_rules()).unwrap_err();
+            assert_eq!(err.label(), label, "{key}={value}: {err}");
+        }
+    }
+
+    /// A node of the previous release announces `pod_cidr` (IPv4) and nothing of IPv6: on a
+    /// dual-stack node it is an IPv4-only peer, valid and routed by its IPv4 block.
+    #[test]
+    fn a_previous_release_ipv4_only_node_is_understood_by_a_dual_stack_node() {
+        let a = validate("node-b", &good(), &dual_rules()).unwrap();
+        assert_eq!(a.claims.len(), 1);
+        assert_eq!(a.claims[0].cidr.to_string(), "10.244.7.0/24");
     }
 
     #[test]
     fn a_peer_without_a_claim_yet_is_valid() {
         let mut kvs = good();
         kvs.remove(keys::POD_CIDR);
-        assert_eq!(validate("node-b", &kvs, &rules()).unwrap().claim, None);
+        assert!(validate("node-b", &kvs, &rules()).unwrap().claims.is_empty());
     }
 
     #[test]

@@ -3,15 +3,18 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use tokio::time::Instant;
 use weft_agent::files;
 use weft_agent::http::status::PeerState;
 use weft_cni::state::NodeState;
 use weft_overlay::Mac;
+use weft_overlay::rules::first_host;
+use weft_overlay::underlay::Family;
 
 use support::{Cluster, ms, wait_until};
 
@@ -60,8 +63,8 @@ async fn ten_nodes_join_and_program_each_other_with_distinct_podcidrs() {
         assert_eq!(Some(state.pools[0].pod_cidr), c.pod_cidr(n).map(Into::into));
         assert_eq!(state.mtu, 1450);
         assert!(paths.conflist().exists());
-        let lease = files::read_lease(&paths.lease()).unwrap().unwrap();
-        assert_eq!(Some(lease.pod_cidr), c.pod_cidr(n));
+        let lease = files::read_lease(&paths.lease(Family::Ipv4)).unwrap().unwrap();
+        assert_eq!(Some(lease.pod_cidr), c.pod_cidr(n).map(Into::into));
         // A healthy start rejects nothing: a peer listed before its keys arrive is only pending.
         let metrics = c.metrics(n);
         let rejected: Vec<&str> = metrics.lines().filter(|l| l.starts_with("weft_gossip_rejected_total{")).collect();
@@ -82,7 +85,7 @@ async fn a_join_is_programmed_everywhere_quickly() {
         // A static PodCIDR never takes a block in use: give it one no running node holds.
         let held: BTreeSet<Ipv4Net> = c.running().iter().filter_map(|n| c.pod_cidr(n)).collect();
         let free = (200..=255u8).map(|b| format!("10.244.{b}.0/24").parse().unwrap()).find(|b| !held.contains(b));
-        c.add(&name).pod_cidr = if fixed { free } else { None };
+        c.add(&name).pod_cidrs = if fixed { free.into_iter().map(Into::into).collect() } else { Vec::new() };
         let start = Instant::now();
         c.start(&name).await;
         converged(&c, &format!("{name} programmed everywhere")).await;
@@ -179,7 +182,7 @@ async fn an_earlier_claim_wins_the_block_and_the_later_claimant_moves() {
     c.add_and_start(&["a", "b", "c"]).await;
     converged(&c, "3 nodes converged").await;
     let taken = c.pod_cidr("b").unwrap();
-    let lease = files::read_lease(&c.nodes["b"].config.paths.lease()).unwrap().unwrap();
+    let lease = files::read_lease(&c.nodes["b"].config.paths.lease(Family::Ipv4)).unwrap().unwrap();
     let claim = format!("{taken};confirmed;{}", lease.since - 1);
     let keys = valid_keys("early", "192.0.2.200", &claim);
     let _early = c.rogue("early", &as_pairs(&keys)).await;
@@ -199,8 +202,9 @@ async fn an_earlier_claim_wins_the_block_and_the_later_claimant_moves() {
     let keys = valid_keys("late", "192.0.2.201", &claim);
     let _late = c.rogue("late", &as_pairs(&keys)).await;
     wait_until(CONVERGE, "the late claim is seen and refused", || {
+        let note = format!("lost its PodCIDR claim {a_block} to a");
         c.status("c").is_some_and(|s| {
-            s.peers.iter().any(|p| p.name == "late" && p.note.as_deref() == Some("lost its PodCIDR claim to a"))
+            s.peers.iter().any(|p| p.name == "late" && p.note.as_deref() == Some(note.as_str()))
                 && s.conflicts.iter().any(|x| x.winner == "a" && x.losers == ["late"])
         })
     })
@@ -221,7 +225,7 @@ async fn a_static_podcidr_never_takes_a_block_in_use() {
     c.add_and_start(&["a", "b"]).await;
     converged(&c, "2 nodes converged").await;
     let taken = c.pod_cidr("a").unwrap();
-    c.add("s").pod_cidr = Some(taken);
+    c.add("s").pod_cidrs = vec![taken.into()];
     c.start("s").await;
     wait_until(CONVERGE, "s refuses the block a holds, and says so", || {
         c.status("s").is_some_and(|st| {
@@ -259,8 +263,8 @@ async fn a_node_back_from_maintenance_never_takes_its_old_block_from_the_node_no
     c.start("c").await;
     converged(&c, "c joined").await;
     assert_eq!(c.pod_cidr("c"), Some(block), "c got the forgotten block");
-    let c_lease = files::read_lease(&c.nodes["c"].config.paths.lease()).unwrap().unwrap();
-    let b_lease = files::read_lease(&c.nodes["b"].config.paths.lease()).unwrap().unwrap();
+    let c_lease = files::read_lease(&c.nodes["c"].config.paths.lease(Family::Ipv4)).unwrap().unwrap();
+    let b_lease = files::read_lease(&c.nodes["b"].config.paths.lease(Family::Ipv4)).unwrap().unwrap();
     assert!(b_lease.since < c_lease.since, "b's claim is the older one: that alone must not win");
 
     let back = Instant::now();
@@ -279,10 +283,11 @@ async fn a_node_back_from_maintenance_never_takes_its_old_block_from_the_node_no
     let state = NodeState::read(&c.nodes["c"].config.paths.state_file()).unwrap();
     assert_eq!((state.pools[0].pod_cidr, state.unavailable), (block.into(), None));
     for (_, d) in c.datapath("a").history().iter().filter(|(at, _)| *at >= back) {
-        let owner: Vec<&str> = d.peers.iter().filter(|p| p.pod_cidr == block).map(|p| p.name.as_str()).collect();
+        let owner: Vec<&str> =
+            d.peers.iter().filter(|p| p.pod_cidrs.contains(&block.into())).map(|p| p.name.as_str()).collect();
         assert_eq!(owner, ["c"], "a routed c's block elsewhere");
     }
-    assert!(c.datapath("c").history().iter().all(|(_, d)| d.local.pod_cidr == block));
+    assert!(c.datapath("c").history().iter().all(|(_, d)| d.local.pod_cidrs == [block.into()]));
     // b hands out nothing from the block: its state file says why.
     let b_state = NodeState::read(&c.nodes["b"].config.paths.state_file()).unwrap();
     assert!(b_state.unavailable.is_some_and(|r| r.contains("exhausted")), "b must not serve {block}");
@@ -298,14 +303,17 @@ async fn a_lease_naming_a_live_nodes_block_is_claimed_elsewhere() {
     let taken = c.pod_cidr("a").unwrap();
     c.add("n");
     // A stale lease, older than a's claim (a copied state dir, a restored backup).
-    let lease = files::Lease { pod_cidr: taken, since: 1, cluster_cidr: c.cluster_cidr };
-    files::write_lease(&c.nodes["n"].config.paths.lease(), &lease).unwrap();
+    let lease = files::Lease { pod_cidr: taken.into(), since: 1, cluster_cidr: c.cluster_cidr.into() };
+    files::write_lease(&c.nodes["n"].config.paths.lease(Family::Ipv4), &lease).unwrap();
     c.start("n").await;
     converged(&c, "n joined on another block").await;
     assert_ne!(c.pod_cidr("n"), Some(taken));
     assert_eq!(c.pod_cidr("a"), Some(taken));
     assert!(
-        c.datapath("b").history().iter().all(|(_, d)| d.peers.iter().all(|p| p.name != "n" || p.pod_cidr != taken))
+        c.datapath("b")
+            .history()
+            .iter()
+            .all(|(_, d)| d.peers.iter().all(|p| p.name != "n" || !p.pod_cidrs.contains(&taken.into())))
     );
     c.shutdown().await;
 }
@@ -366,10 +374,10 @@ async fn an_agent_started_under_a_live_nodes_name_refuses_and_takes_it_over_only
 async fn the_loser_of_a_static_podcidr_conflict_serves_nothing_and_reports_its_pods() {
     let mut c = Cluster::new();
     let block: Ipv4Net = "10.244.77.0/24".parse().unwrap();
-    c.add("w").pod_cidr = Some(block);
+    c.add("w").pod_cidrs = vec![block.into()];
     c.start("w").await;
     wait_until(CONVERGE, "w holds its static block", || c.ready("w")).await;
-    c.add("l").pod_cidr = Some(block);
+    c.add("l").pod_cidrs = vec![block.into()];
     pod_address(&c, "l", "10.244.77.2");
     c.start("l").await;
     wait_until(CONVERGE, "l refuses to serve and says why", || {
@@ -379,7 +387,7 @@ async fn the_loser_of_a_static_podcidr_conflict_serves_nothing_and_reports_its_p
                 && s.node
                     .stranded_pods
                     .as_ref()
-                    .is_some_and(|p| p.addresses == ["10.244.77.2".parse::<std::net::IpAddr>().unwrap()])
+                    .is_some_and(|p| p.addresses == ["10.244.77.2".parse::<IpAddr>().unwrap()])
         })
     })
     .await;
@@ -613,7 +621,7 @@ async fn a_node_that_lost_its_lease_reclaims_its_block_from_gossip() {
     let before = c.pod_cidr("c").unwrap();
     c.kill("c").await;
     let paths = c.nodes["c"].config.paths.clone();
-    std::fs::remove_file(paths.lease()).unwrap();
+    std::fs::remove_file(paths.lease(Family::Ipv4)).unwrap();
     std::fs::remove_file(paths.state_file()).unwrap();
     c.start("c").await;
     converged(&c, "c back without its lease").await;
@@ -650,4 +658,50 @@ async fn an_exhausted_pool_is_a_clear_error_and_the_node_is_not_programmed() {
 /// The value of an unlabelled metric in a text exposition.
 fn metric(text: &str, name: &str) -> u64 {
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_cluster_allocates_a_block_per_family_and_routes_a_previous_release_node() {
+    let mut c = Cluster::new();
+    let v6_range: IpNet = "fd00:10:244::/56".parse().unwrap();
+    for n in ["a", "b"] {
+        c.add(n).cluster_cidrs.push(v6_range);
+    }
+    c.start("a").await;
+    c.start("b").await;
+    converged(&c, "2 dual-stack nodes converged").await;
+    let mut blocks = BTreeMap::new();
+    for n in ["a", "b"] {
+        let status = c.status(n).unwrap();
+        let v6 = status.node.pod_cidr6.expect("an IPv6 block");
+        assert!(v6_range.contains(&v6) && v6.prefix_len() == 64, "{v6}");
+        let v4: IpNet = c.pod_cidr(n).unwrap().into();
+        // The plugin gets both families; each block has its lease.
+        let paths = &c.nodes[n].config.paths;
+        let state = NodeState::read(&paths.state_file()).unwrap();
+        let pools: Vec<(IpNet, IpAddr)> = state.pools.iter().map(|p| (p.pod_cidr, p.gateway)).collect();
+        assert_eq!(pools, [(v4, first_host(&v4)), (v6, first_host(&v6))]);
+        assert_eq!(state.pools[1].cluster_cidr, v6_range);
+        assert_eq!(files::read_lease(&paths.lease(Family::Ipv6)).unwrap().unwrap().pod_cidr, v6);
+        blocks.insert(n, vec![v4, v6]);
+    }
+    assert_ne!(blocks["a"][1], blocks["b"][1], "distinct IPv6 blocks");
+    wait_until(CONVERGE, "a programs both of b's blocks", || {
+        c.datapath("a").last().is_some_and(|d| d.peers.iter().any(|p| p.name == "b" && p.pod_cidrs == blocks["b"]))
+    })
+    .await;
+
+    // A node of the previous release announces `pod_cidr` only: routed by its IPv4 block.
+    let keys = valid_keys("old", "192.0.2.210", "10.244.200.0/24;confirmed;1");
+    let _old = c.rogue("old", &as_pairs(&keys)).await;
+    let old_block: IpNet = "10.244.200.0/24".parse().unwrap();
+    wait_until(CONVERGE, "the previous-release node is routed by its IPv4 block", || {
+        c.datapath("a").last().is_some_and(|d| d.peers.iter().any(|p| p.name == "old" && p.pod_cidrs == [old_block]))
+    })
+    .await;
+    let status = c.status("a").unwrap();
+    let old = status.peers.iter().find(|p| p.name == "old").unwrap();
+    assert_eq!((old.pod_cidr, old.pod_cidr6, old.note.as_deref()), (Some(old_block), None, None));
+    assert_eq!(metric(&c.metrics("a"), "weft_gossip_rejected_total{reason=\"malformed\"}"), 0);
+    c.shutdown().await;
 }

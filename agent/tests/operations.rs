@@ -111,7 +111,7 @@ async fn the_status_endpoints_and_command_show_what_the_agent_sees() {
     let status: Status = serde_json::from_str(&answers[2].1).unwrap();
     assert_eq!(status.node.name, "a");
     assert!(status.node.ready);
-    assert_eq!(status.node.pod_cidr, c.pod_cidr("a"));
+    assert_eq!(status.node.pod_cidr, c.pod_cidr("a").map(Into::into));
     assert_eq!(status.peers.len(), 2);
     for p in &status.peers {
         assert_eq!(p.state, PeerState::Alive);

@@ -11,7 +11,7 @@ use weft_agent::desired::{build, path};
 use weft_agent::gossip::keys;
 use weft_agent::membership::{Liveness, Member, View};
 use weft_agent::peers::{collect, decide};
-use weft_agent::validate::{Rules, check_pod_cidr};
+use weft_agent::validate::{Pool, Rules, check_pod_cidr};
 use weft_overlay::Mac;
 use weft_overlay::desired::{LocalNode, UnderlayAddr};
 use weft_overlay::underlay::{Family, NodeIps};
@@ -24,9 +24,13 @@ const MY_GENERATION: u64 = 3;
 const LOCAL_UNDERLAYS: [&str; 3] = ["192.0.2.1", "2001:db8:1::1", "192.0.2.1,2001:db8:1::1"];
 
 fn rules_for(local: &str) -> Rules {
+    // A dual-stack cluster: peers announce IPv4, IPv6 or both blocks (or, as a previous
+    // release, only `pod_cidr`).
     Rules {
-        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-        node_cidr_prefix: 24,
+        pools: vec![
+            Pool { cluster_cidr: "10.244.0.0/16".parse().unwrap(), node_prefix: 24 },
+            Pool { cluster_cidr: "fd00:10:244::/56".parse().unwrap(), node_prefix: 64 },
+        ],
         vni: 1,
         vxlan_port: 8472,
         local_node_ips: local.parse().unwrap(),
@@ -37,16 +41,17 @@ fn rules() -> Rules {
     rules_for(LOCAL_UNDERLAYS[0])
 }
 
-fn own_claim() -> Claim {
-    Claim { cidr: "10.244.1.0/24".parse().unwrap(), kind: ClaimKind::Confirmed, since_ms: 50 }
+fn own_claims() -> [Claim; 2] {
+    let claim = |cidr: &str| Claim { cidr: cidr.parse().unwrap(), kind: ClaimKind::Confirmed, since_ms: 50 };
+    [claim("10.244.1.0/24"), claim("fd00:10:244:1::/64")]
 }
 
 fn local(rules: &Rules) -> LocalNode {
     LocalNode {
         name: ME.into(),
         underlays: rules.local_node_ips.iter().map(|ip| UnderlayAddr { ip, iface: "eth0".into() }).collect(),
-        pod_cidr: own_claim().cidr,
-        cluster_cidr: rules.cluster_cidr,
+        pod_cidrs: own_claims().iter().map(|c| c.cidr).collect(),
+        cluster_cidrs: rules.pools.iter().map(|p| p.cluster_cidr).collect(),
         vni: rules.vni,
         vxlan_port: rules.vxlan_port,
         mtu: 1450,
@@ -93,6 +98,15 @@ prop_compose! {
             "10.244.3.0/24;static;2", "10.244.4.0/24;claiming;4", "10.244.5.0/25;confirmed;1",
             "10.245.0.0/24;confirmed;1", "10.244.6.1/24;confirmed;1",
         ]),
+        // IPv6 claims: none, ours, contested, too small, outside, of the wrong family.
+        pod_cidr6 in prop_oneof![
+            2 => Just(None),
+            3 => one_of(&[
+                "fd00:10:244:1::/64;confirmed;1", "fd00:10:244:2::/64;confirmed;5", "fd00:10:244:2::/64;claiming;9",
+                "fd00:10:244:3::/64;static;2", "fd00:10:244:4::/80;confirmed;1", "fd00:10:245::/64;confirmed;1",
+                "10.244.7.0/24;confirmed;1",
+            ]),
+        ],
     ) -> Member {
         let mut keys: BTreeMap<String, String> = [
             (keys::NODE_IP, node_ip),
@@ -101,6 +115,7 @@ prop_compose! {
             (keys::VNI, vni),
             (keys::VXLAN_PORT, Some("8472".to_string())),
             (keys::POD_CIDR, pod_cidr),
+            (keys::POD_CIDR6, pod_cidr6),
         ]
         .into_iter()
         .filter_map(|(k, v)| Some((k.to_string(), v?)))
@@ -132,8 +147,8 @@ proptest! {
         let peers = collect(&view, ME, MY_GENERATION, &rules);
         let subnets: Vec<IpNet> = vec!["192.0.2.0/24".parse().unwrap(), "2001:db8:1::/64".parse().unwrap()];
         let mine = rules.local_node_ips;
-        let path_of = |ips: &NodeIps| path(encap, &mine, &subnets, Family::Ipv4, ips);
-        let decided = decide(&peers, ME, Some(own_claim()), path_of, &Default::default());
+        let path_of = |ips: &NodeIps| path(encap, &mine, &subnets, &Family::ALL, ips);
+        let decided = decide(&peers, ME, &own_claims(), path_of, &Default::default());
         prop_assert_eq!(decided.peers.len(), peers.peers.len());
         for d in decided.peers.iter().filter(|d| d.verdict.is_ok()) {
             prop_assert!(d.peer.announcement.is_ok() && d.path.is_some(), "a programmed peer passed validation");
@@ -147,8 +162,15 @@ proptest! {
         for p in &desired.peers {
             prop_assert!(p.name != ME, "this node is never its own peer");
             prop_assert!(names.insert(p.name.clone()), "{} twice", p.name);
-            prop_assert!(cidrs.insert(p.pod_cidr), "two routes for {}", p.pod_cidr);
-            prop_assert!(p.pod_cidr != own_claim().cidr, "our own block routed to {}", p.name);
+            prop_assert!(!p.pod_cidrs.is_empty() && p.pod_cidrs.len() <= 2);
+            let families: Vec<Family> = p.pod_cidrs.iter().map(Family::of_net).collect();
+            prop_assert!(families.windows(2).all(|w| w[0] < w[1]), "IPv4 first, one per family");
+            for pod_cidr in &p.pod_cidrs {
+                prop_assert!(cidrs.insert(*pod_cidr), "two routes for {}", pod_cidr);
+                prop_assert!(own_claims().iter().all(|o| o.cidr != *pod_cidr), "our own block routed to {}", p.name);
+                let pool = rules.pool(Family::of_net(pod_cidr)).expect("a pool of its family");
+                prop_assert!(check_pod_cidr(*pod_cidr, pool).is_ok());
+            }
             prop_assert!(!mine.contains(p.node_ip));
             // IPv4 is used whenever both have it.
             let announced = decided.peers.iter().find(|d| d.peer.name == p.name).and_then(|d| d.peer.announcement.as_ref().ok());
@@ -156,7 +178,6 @@ proptest! {
             if mine.get(Family::Ipv4).is_some() && theirs.get(Family::Ipv4).is_some() {
                 prop_assert!(p.node_ip.is_ipv4());
             }
-            prop_assert!(check_pod_cidr(p.pod_cidr, rules.cluster_cidr, rules.node_cidr_prefix).is_ok());
             let generation = peers.peers.iter().find(|q| q.name == p.name).expect("a collected peer").generation;
             let member = view.members.iter().find(|m| (&m.name, m.generation) == (&p.name, generation)).unwrap();
             prop_assert!(member.keys.get(keys::VNI).is_some_and(|v| v == "1"), "a VNI mismatch is never programmed");

@@ -1,6 +1,6 @@
 //! What peers announce over gossip: arbitrary members with arbitrary key-values, through the
 //! agent's grouping and validation ([`weft_agent::peers::collect`]), against a node with
-//! underlays of both families (`node_ip`, `node_ip6`).
+//! underlays and pods of both families (`node_ip`, `node_ip6`, `pod_cidr`, `pod_cidr6`).
 //!
 //! Input, one item a line: `@<name> <generation> <liveness 0-4>` starts a member, and
 //! `<key>=<value>` lines give it keys.
@@ -12,16 +12,18 @@ use libfuzzer_sys::fuzz_target;
 use weft_agent::gossip::keys::Facts;
 use weft_agent::membership::{Liveness, Member, View};
 use weft_agent::peers::collect;
-use weft_agent::validate::{Rules, check_node_name, check_pod_cidr, validate};
-use weft_overlay::underlay::check_node_ip;
+use weft_agent::validate::{Pool, Rules, check_node_name, check_pod_cidr, validate};
+use weft_overlay::underlay::{Family, check_node_ip};
 
 const ME: &str = "me";
 const MY_GENERATION: u64 = 5;
 
 fuzz_target!(|data: &[u8]| {
     let rules = Rules {
-        cluster_cidr: "10.244.0.0/16".parse().expect("literal"),
-        node_cidr_prefix: 24,
+        pools: vec![
+            Pool { cluster_cidr: "10.244.0.0/16".parse().expect("literal"), node_prefix: 24 },
+            Pool { cluster_cidr: "fd00:10:244::/56".parse().expect("literal"), node_prefix: 64 },
+        ],
         vni: 1,
         vxlan_port: 8472,
         local_node_ips: "192.0.2.1,2001:db8:1::1".parse().expect("literal"),
@@ -35,8 +37,9 @@ fuzz_target!(|data: &[u8]| {
     names.dedup();
     assert_eq!(names.len(), count, "one peer per node, sorted by name");
     assert!(names.is_sorted());
-    if let Some(previous) = peers.previous_self {
-        check_pod_cidr(previous.cidr, rules.cluster_cidr, rules.node_cidr_prefix).expect("a usable previous claim");
+    let pool_of = |cidr: &ipnet::IpNet| rules.pool(Family::of_net(cidr)).expect("a pool of its family");
+    for previous in &peers.previous_self {
+        check_pod_cidr(previous.cidr, pool_of(&previous.cidr)).expect("a usable previous claim");
     }
 
     for peer in &peers.peers {
@@ -52,12 +55,12 @@ fuzz_target!(|data: &[u8]| {
             assert!(check_node_ip(ip).is_ok() && !rules.local_node_ips.contains(ip));
         }
         assert!(a.vtep_mac.is_unicast());
-        if let Some(claim) = a.claim {
-            check_pod_cidr(claim.cidr, rules.cluster_cidr, rules.node_cidr_prefix).expect("accepted claim fits");
+        for claim in &a.claims {
+            check_pod_cidr(claim.cidr, pool_of(&claim.cidr)).expect("accepted claim fits");
         }
         // What we accept, re-announced in our own encoding, is accepted as the same thing.
         let facts = Facts { node_ips: a.node_ips, vtep_mac: a.vtep_mac, vni: rules.vni, vxlan_port: rules.vxlan_port };
-        let reencoded: BTreeMap<String, String> = facts.key_values(a.claim).into_iter().collect();
+        let reencoded: BTreeMap<String, String> = facts.key_values(&a.claims).into_iter().collect();
         assert_eq!(validate(&peer.name, &reencoded, &rules).as_ref(), Ok(a));
         assert_eq!(validate(&member.name, &member.keys, &rules).as_ref(), Ok(a), "validation is deterministic");
     }

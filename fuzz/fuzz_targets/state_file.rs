@@ -40,11 +40,14 @@ fuzz_target!(|data: &[u8]| {
         let subnet = Ipv4Net::new(Ipv4Addr::new(192, 0, 2, 0), 24).expect("literal");
         let underlay = Underlay::single(Ipv4Addr::new(192, 0, 2, 1).into(), "eth0", subnet.into(), 1500);
         let paths = Paths { state_dir: PathBuf::new(), cni_conf_dir: PathBuf::new(), ipam_dir: PathBuf::new() };
-        let cfg = Config::with_defaults("me", underlay, Vec::new(), paths);
-        // A lease only ever brings back a block that fits this cluster's settings.
-        if let Some(claim) = initial_claim(&cfg, Some(&lease), 0) {
-            check_pod_cidr(claim.cidr, cfg.cluster_cidr, cfg.node_cidr_prefix).expect("a held claim fits");
-            assert_eq!((claim.cidr, claim.since_ms), (lease.pod_cidr, lease.since));
+        let mut cfg = Config::with_defaults("me", underlay, Vec::new(), paths);
+        cfg.cluster_cidrs.push("fd00:10:244::/56".parse().expect("literal"));
+        // A lease only ever brings back a block that fits its family's pool.
+        for pool in cfg.pools() {
+            if let Some(claim) = initial_claim(&cfg, &pool, Some(&lease), 0) {
+                check_pod_cidr(claim.cidr, &pool).expect("a held claim fits");
+                assert_eq!((claim.cidr, claim.since_ms), (lease.pod_cidr, lease.since));
+            }
         }
     }
 });

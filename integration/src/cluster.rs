@@ -2,7 +2,7 @@
 //! one seed), and pods attached with the real `weft` plugin through the conflist the agent wrote.
 
 use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use crate::cni::{Chain, PluginPath, Runtime, Target};
 use crate::http;
 use crate::netns::{self, Netns};
 use crate::process::Process;
-use crate::topology::{Lab, Node};
+use crate::topology::{Family, Lab, Node};
 use crate::wait;
 
 pub const GOSSIP_PORT: u16 = 8473;
@@ -45,7 +45,10 @@ pub struct AgentOptions {
 pub struct Pod {
     pub name: String,
     pub node: usize,
+    /// Its IPv4 address; 0.0.0.0 for an IPv6-only pod (see `ips`).
     pub ip: Ipv4Addr,
+    /// Every address the plugin gave it, in the result's order (IPv4 first when dual-stack).
+    pub ips: Vec<IpAddr>,
     pub ns: Netns,
     target: Target,
     result: Value,
@@ -172,6 +175,22 @@ impl Cluster {
         self.agents[i].as_mut()
     }
 
+    /// `weft-agent cleanup` for node `i`'s directories, inside its namespace, with `extra`
+    /// flags: whether it succeeded, and what it said.
+    pub fn cleanup(&self, i: usize, extra: &[&str]) -> Result<(bool, String)> {
+        let node = &self.lab.nodes[i];
+        let mut cmd = Command::new(bins::path("weft-agent")?);
+        cmd.arg("cleanup")
+            .arg(format!("--state-dir={}", node.path("run").display()))
+            .arg(format!("--cni-conf-dir={}", node.path("net.d").display()))
+            .arg(format!("--ipam-dir={}", node.path("ipam").display()))
+            .args(extra);
+        let out = netns::within(&node.ns.path(), || cmd.output())?
+            .map_err(|e| LabError::Other(format!("weft-agent cleanup: {e}")))?;
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.success(), said))
+    }
+
     /// `GET <path>` on node `i`'s status endpoint.
     pub fn get(&self, i: usize, path: &str) -> Result<(u16, String)> {
         http::get(&self.lab.nodes[i].ns.path(), STATUS_ADDR.parse().expect("valid address"), path)
@@ -238,12 +257,23 @@ impl Cluster {
         let ns = Netns::create(&format!("{}-{}-{name}", self.lab.prefix, n.name))?;
         let target = Target::new(&format!("{}-{name}", n.name), &ns.path(), "eth0");
         let result = self.chain(n)?.add(&self.runtime(n), &target, &Value::Null)?;
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| LabError::Other(format!("no address in {result}")))?;
-        self.pods.push(Pod { name: name.to_string(), node, ip, ns, target, result });
+        let ips: Vec<IpAddr> = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+            .collect();
+        if ips.is_empty() {
+            return Err(LabError::Other(format!("no address in {result}")));
+        }
+        let ip = ips
+            .iter()
+            .find_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .unwrap_or(Ipv4Addr::UNSPECIFIED);
+        self.pods.push(Pod { name: name.to_string(), node, ip, ips, ns, target, result });
         Ok(self.pods.last().expect("just pushed"))
     }
 
@@ -262,7 +292,8 @@ impl Cluster {
 
     /// Whether node `i` has a kernel route for `cidr`.
     pub fn has_route(&self, i: usize, cidr: &str) -> bool {
-        self.lab.nodes[i].ns.ip(&["route", "show", cidr]).is_ok_and(|out| !out.trim().is_empty())
+        let family = if cidr.contains(':') { "-6" } else { "-4" };
+        self.lab.nodes[i].ns.ip(&[family, "route", "show", cidr]).is_ok_and(|out| !out.trim().is_empty())
     }
 
     /// Node `i` dies whole, agent and network (its tunnel stops answering too); waits until
@@ -282,13 +313,21 @@ impl Cluster {
         Ok(start.elapsed())
     }
 
-    /// Pings pod `dst` from pod `src` every 10 ms, `count` times, while node `i`'s agent stops
-    /// (SIGTERM) and starts again and the cluster converges; ping's output.
-    pub fn ping_across_restart(&mut self, src: &str, dst: &str, i: usize, count: u32) -> Result<String> {
-        let missing = |name: &str| LabError::Other(format!("no pod {name}"));
-        let (src, dst) = (self.pod(src).ok_or_else(|| missing(src))?, self.pod(dst).ok_or_else(|| missing(dst))?);
+    /// Pings pod `dst`'s address of `family` from pod `src` every 10 ms, `count` times, while
+    /// node `i`'s agent stops (SIGTERM) and starts again and the cluster converges; ping's output.
+    pub fn ping_across_restart(
+        &mut self,
+        src: &str,
+        dst: &str,
+        family: Family,
+        i: usize,
+        count: u32,
+    ) -> Result<String> {
+        let missing = |name: &str| LabError::Other(format!("no pod {name} with a {family} address"));
+        let src = self.pod(src).ok_or_else(|| missing(src))?;
+        let dst_ip = self.pod(dst).and_then(|p| p.ip_of(family)).ok_or_else(|| missing(dst))?;
         let mut ping = src.ns.command("ping");
-        ping.args(["-i", "0.01", "-c", &count.to_string(), "-W", "1", &dst.ip.to_string()]).stdout(Stdio::piped());
+        ping.args(["-i", "0.01", "-c", &count.to_string(), "-W", "1", &dst_ip.to_string()]).stdout(Stdio::piped());
         let pinger = ping.spawn().map_err(|e| LabError::Other(format!("ping: {e}")))?;
         std::thread::sleep(Duration::from_millis(500));
         if let Some(agent) = self.agents[i].as_mut() {
@@ -316,7 +355,12 @@ pub fn programmed_peers(status: &Value) -> usize {
 
 impl Pod {
     /// Pings `dst` from this pod: true when a reply came back.
-    pub fn ping(&self, dst: Ipv4Addr) -> bool {
-        self.ns.run("ping", &["-c", "1", "-W", "2", &dst.to_string()]).is_ok()
+    pub fn ping(&self, dst: impl Into<IpAddr>) -> bool {
+        self.ns.run("ping", &["-c", "1", "-W", "2", &dst.into().to_string()]).is_ok()
+    }
+
+    /// Its address of `family`, if it has one.
+    pub fn ip_of(&self, family: Family) -> Option<IpAddr> {
+        self.ips.iter().copied().find(|ip| Family::of(*ip) == family)
     }
 }

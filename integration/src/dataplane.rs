@@ -2,11 +2,11 @@
 //! and a helper subcommand (`weft-lab dataplane apply|cleanup`, hidden) that tests run with
 //! `ip netns exec`, so netlink, nft and /proc/sys all act on the node's namespace.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Stdio;
 
 use clap::Subcommand;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use weft_overlay::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT, Desired, LocalNode, Peer, PeerPath, UnderlayAddr};
 use weft_overlay::rules::DEFAULT_BRIDGE;
 use weft_overlay::underlay::Family;
@@ -18,12 +18,33 @@ use crate::topology::Lab;
 use crate::{bins, cni};
 
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+pub const CLUSTER_CIDR6: &str = "fd00:10:244::/56";
 /// The lab's underlay MTU (veths).
 pub const UNDERLAY_MTU: u32 = 1500;
 
 /// Node `i` (0-based) gets 10.244.(i+1).0/24.
 pub fn pod_cidr(i: usize) -> Ipv4Net {
     Ipv4Net::new(Ipv4Addr::new(10, 244, (i + 1) as u8, 0), 24).expect("valid /24")
+}
+
+/// Node `i`'s block of a pod family: 10.244.(i+1).0/24 or fd00:10:244:(i+1)::/64.
+pub fn pod_block(family: Family, i: usize) -> IpNet {
+    match family {
+        Family::Ipv4 => pod_cidr(i).into(),
+        Family::Ipv6 => {
+            let addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, (i + 1) as u16, 0, 0, 0, 0);
+            Ipv6Net::new(addr, 64).expect("valid /64").into()
+        }
+    }
+}
+
+fn cluster_cidr(family: Family) -> IpNet {
+    match family {
+        Family::Ipv4 => CLUSTER_CIDR,
+        Family::Ipv6 => CLUSTER_CIDR6,
+    }
+    .parse()
+    .expect("valid CIDR")
 }
 
 /// Which peers are reached natively instead of through VXLAN.
@@ -34,8 +55,14 @@ pub enum Encap {
     CrossSubnet,
 }
 
-/// The desired state of lab node `i` with every other node as a peer.
+/// The desired state of lab node `i` with every other node as a peer, IPv4 pods only.
 pub fn desired_for(lab: &Lab, i: usize, encap: Encap) -> Desired {
+    desired_with_pods(lab, i, encap, &[Family::Ipv4])
+}
+
+/// The desired state of lab node `i` with every other node as a peer, with pods of `families`.
+pub fn desired_with_pods(lab: &Lab, i: usize, encap: Encap, families: &[Family]) -> Desired {
+    let blocks = |j: usize| families.iter().map(|f| pod_block(*f, j)).collect::<Vec<_>>();
     let me = &lab.nodes[i];
     let peers = lab
         .nodes
@@ -45,7 +72,7 @@ pub fn desired_for(lab: &Lab, i: usize, encap: Encap) -> Desired {
         .map(|(j, n)| Peer {
             name: n.name.clone(),
             node_ip: n.ip,
-            pod_cidr: pod_cidr(j),
+            pod_cidrs: blocks(j),
             vtep_mac: Mac::derived(&n.name),
             path: if encap == Encap::CrossSubnet && n.subnet == me.subnet { PeerPath::Direct } else { PeerPath::Vxlan },
         })
@@ -54,8 +81,8 @@ pub fn desired_for(lab: &Lab, i: usize, encap: Encap) -> Desired {
         local: LocalNode {
             name: me.name.clone(),
             underlays: vec![UnderlayAddr { ip: me.ip, iface: me.iface.clone() }],
-            pod_cidr: pod_cidr(i),
-            cluster_cidr: CLUSTER_CIDR.parse().expect("valid CIDR"),
+            pod_cidrs: blocks(i),
+            cluster_cidrs: families.iter().map(|f| cluster_cidr(*f)).collect(),
             vni: DEFAULT_VNI,
             vxlan_port: DEFAULT_VXLAN_PORT,
             mtu: UNDERLAY_MTU - Family::of(me.ip).vxlan_overhead(),

@@ -22,8 +22,10 @@ pub struct DemoOptions {
     pub subnets: usize,
     pub pods_per_node: usize,
     pub cross_subnet: bool,
-    /// The underlay's family (pods stay IPv4).
+    /// The underlay's family.
     pub underlay: Family,
+    /// Pods of both families (else IPv4 pods).
+    pub dual_stack: bool,
     /// Leave the lab running afterwards (`weft-lab down` removes it).
     pub keep: bool,
 }
@@ -37,11 +39,12 @@ pub fn run(opts: &DemoOptions) -> Result<bool> {
         paint(
             colour,
             &format!(
-                "weft demo: {} nodes on {} {} subnets, {} pods per node, encapsulation {}",
+                "weft demo: {} nodes on {} {} subnets, {} {} pods per node, encapsulation {}",
                 opts.nodes,
                 opts.subnets,
                 opts.underlay,
                 opts.pods_per_node,
+                if opts.dual_stack { "dual-stack" } else { "IPv4" },
                 if opts.cross_subnet { "cross-subnet" } else { "always" }
             ),
             Colour::Bold
@@ -52,8 +55,10 @@ pub fn run(opts: &DemoOptions) -> Result<bool> {
     steps.run("checking", || Ok::<_, LabError>(()))?;
     let mut checks = Checks { colour, passed: 0, failed: 0 };
     print_agents(&cluster, &mut checks);
-    print_ping_matrix(&cluster, &mut checks);
-    print_source_addresses(&cluster, &mut checks);
+    for family in pod_families(opts) {
+        print_ping_matrix(&cluster, family, &mut checks);
+        print_source_addresses(&cluster, family, &mut checks);
+    }
     print_intruders(&cluster, &mut checks);
 
     let ok = checks.failed == 0;
@@ -79,7 +84,8 @@ pub fn start(opts: &DemoOptions, steps: &mut Steps) -> Result<Cluster> {
         println!("      subnet {} ({}): {}", s.cidr, s.bridge, members.join(", "));
     }
     println!("      off-cluster host {}; the router has no route to any pod address", lab.external.ip);
-    let options = AgentOptions { cross_subnet: opts.cross_subnet, ..AgentOptions::default() };
+    let extra_args = if opts.dual_stack { DUAL_STACK_ARGS.iter().map(|a| a.to_string()).collect() } else { Vec::new() };
+    let options = AgentOptions { cross_subnet: opts.cross_subnet, extra_args, ..AgentOptions::default() };
     let mut cluster = steps.run("starting weft-agent on every node (one seed) and waiting for convergence", || {
         let cluster = Cluster::start(lab, options)?;
         cluster.wait_converged(Duration::from_secs(60)).map(|()| cluster)
@@ -93,6 +99,14 @@ pub fn start(opts: &DemoOptions, steps: &mut Steps) -> Result<Cluster> {
         Ok::<_, LabError>(())
     })?;
     Ok(cluster)
+}
+
+/// The agents' flags for dual-stack pods (the lab's pod ranges).
+const DUAL_STACK_ARGS: [&str; 2] = ["--cluster-cidr=10.244.0.0/16,fd00:10:244::/56", "--node-cidr-prefix-v6=64"];
+
+/// The pod families the checks run for.
+fn pod_families(opts: &DemoOptions) -> Vec<Family> {
+    if opts.dual_stack { Family::ALL.to_vec() } else { vec![Family::Ipv4] }
 }
 
 fn pod_name(p: usize) -> String {
@@ -130,7 +144,11 @@ fn print_agents(c: &Cluster, checks: &mut Checks) {
             vec![
                 node.name.clone(),
                 node.ip.to_string(),
-                s["node"]["podCIDR"].as_str().unwrap_or("-").to_string(),
+                [&s["node"]["podCIDR"], &s["node"]["podCIDR6"]]
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
                 s["node"]["vtepMAC"].as_str().unwrap_or("-").to_string(),
                 format!("{peers}/{expected}"),
                 format!("{} {}", mark, if ready { "ready" } else { "not ready" }),
@@ -140,8 +158,8 @@ fn print_agents(c: &Cluster, checks: &mut Checks) {
     print!("{}", table(&["NODE", "NODE IP", "POD CIDR", "VTEP MAC", "PEERS", "STATUS"], &rows));
 }
 
-fn print_ping_matrix(c: &Cluster, checks: &mut Checks) {
-    println!("\nPing matrix (row pings column)");
+fn print_ping_matrix(c: &Cluster, family: Family, checks: &mut Checks) {
+    println!("\n{family} ping matrix (row pings column)");
     let names: Vec<String> = c.pods.iter().map(|p| format!("{}-{}", c.lab.nodes[p.node].name, p.name)).collect();
     let mut headers = vec![""];
     headers.extend(names.iter().map(String::as_str));
@@ -150,26 +168,29 @@ fn print_ping_matrix(c: &Cluster, checks: &mut Checks) {
         .iter()
         .zip(&names)
         .map(|(from, name)| {
-            let mut row = vec![format!("{name} {}", from.ip)];
-            row.extend(c.pods.iter().map(|to| checks.mark(from.ping(to.ip))));
+            let ip = from.ip_of(family).map_or_else(|| "-".to_string(), |ip| ip.to_string());
+            let mut row = vec![format!("{name} {ip}")];
+            row.extend(c.pods.iter().map(|to| checks.mark(to.ip_of(family).is_some_and(|ip| from.ping(ip)))));
             row
         })
         .collect();
     print!("{}", table(&headers, &rows));
 }
 
-fn print_source_addresses(c: &Cluster, checks: &mut Checks) {
-    println!("\nSource address a listener sees");
+fn print_source_addresses(c: &Cluster, family: Family, checks: &mut Checks) {
+    println!("\n{family}: source address a listener sees");
     let Some(client) = c.pods.first() else { return };
+    let Some(client_ip) = client.ip_of(family) else { return };
     let client_node = &c.lab.nodes[client.node];
     let mut rows = Vec::new();
-    let mut port = 7100;
+    let mut port = if family == Family::Ipv4 { 7100 } else { 7200 };
     for server in c.pods.iter().filter(|p| p.node != client.node && p.name == client.name) {
         let server_node = &c.lab.nodes[server.node];
         let path = if server_node.subnet == client_node.subnet { "same subnet" } else { "across the router" };
         port += 1;
-        let seen = tcp_source_seen(&server.ns, server.ip, port, &client.ns);
-        let ok = seen.as_ref().is_ok_and(|ip| *ip == client.ip);
+        let Some(server_ip) = server.ip_of(family) else { continue };
+        let seen = tcp_source_seen(&server.ns, server_ip, port, &client.ns);
+        let ok = seen.as_ref().is_ok_and(|ip| *ip == client_ip);
         rows.push(vec![
             format!("{}-{} → {}-{} ({path})", client_node.name, client.name, server_node.name, server.name),
             seen.map(|ip| ip.to_string()).unwrap_or_else(|e| e.to_string()),
@@ -177,8 +198,8 @@ fn print_source_addresses(c: &Cluster, checks: &mut Checks) {
         ]);
     }
     let ext = &c.lab.external;
-    // Pods are IPv4: off an IPv6-only underlay there is no IPv4 destination to leave for.
-    let egress = ext.ip.is_ipv4();
+    // The off-cluster host has an address of the underlay's family only.
+    let egress = Family::of(ext.ip) == family;
     if egress {
         let seen = tcp_source_seen(&ext.ns, ext.ip, port + 1, &client.ns);
         let ok = seen.as_ref().is_ok_and(|ip| *ip == client_node.ip);
@@ -190,7 +211,7 @@ fn print_source_addresses(c: &Cluster, checks: &mut Checks) {
     }
     print!("{}", table(&["CONNECTION", "SEEN FROM", "CHECK"], &rows));
     if !egress {
-        println!("  (no egress check: IPv4 pods have no IPv4 destination off an IPv6-only underlay)");
+        println!("  (no egress check: the off-cluster host has no {family} address on this underlay)");
     }
 }
 

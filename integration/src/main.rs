@@ -54,9 +54,13 @@ struct LabArgs {
     /// Route same-subnet peers directly instead of through VXLAN.
     #[arg(long)]
     cross_subnet: bool,
-    /// The underlay's address family, `ipv4` or `ipv6` (pods stay IPv4).
+    /// The underlay's address family, `ipv4` or `ipv6`.
     #[arg(long, default_value = "ipv4", value_parser = weft_lab::parse_family)]
     underlay: Family,
+    /// Dual-stack pods: the agents get `--cluster-cidr 10.244.0.0/16,fd00:10:244::/56`, every pod
+    /// an address of each family, and the checks run per family.
+    #[arg(long)]
+    dual_stack: bool,
     /// Leave the lab running afterwards (demo only; `weft-lab down` removes it).
     #[arg(long)]
     keep: bool,
@@ -70,6 +74,7 @@ impl LabArgs {
             pods_per_node: self.pods,
             cross_subnet: self.cross_subnet,
             underlay: self.underlay,
+            dual_stack: self.dual_stack,
             keep: self.keep,
         }
     }

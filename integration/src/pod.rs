@@ -2,9 +2,9 @@
 //! PodCIDR and a default route via the bridge's gateway, as a bridge CNI plugin would leave it.
 //! For tests of the node datapath that must not depend on the plugin.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::cmd::Result;
 use crate::netns::Netns;
@@ -50,7 +50,21 @@ pub fn attach(node: &Netns, spec: &PodSpec<'_>) -> Result<Pod> {
 
 impl Pod {
     /// One ping with a one-second deadline: whether a reply came back.
-    pub fn ping_once(&self, to: Ipv4Addr) -> bool {
-        self.ns.run("ping", &["-c", "1", "-W", "1", &to.to_string()]).is_ok()
+    pub fn ping_once(&self, to: impl Into<IpAddr>) -> bool {
+        self.ns.run("ping", &["-c", "1", "-W", "1", &to.into().to_string()]).is_ok()
+    }
+
+    /// Gives the pod an address of another family (with its block's prefix) and that family's
+    /// default route via `gateway`, as a dual-stack plugin does. An IPv6 one skips duplicate
+    /// address detection, so it is usable at once.
+    pub fn add_address(&self, address: IpNet, gateway: IpAddr) -> Result<()> {
+        let address = address.to_string();
+        let (family, add) = match gateway {
+            IpAddr::V4(_) => ("-4", vec!["-4", "addr", "add", &address, "dev", "eth0"]),
+            IpAddr::V6(_) => ("-6", vec!["-6", "addr", "add", &address, "dev", "eth0", "nodad"]),
+        };
+        self.ns.ip(&add)?;
+        self.ns.ip(&[family, "route", "add", "default", "via", &gateway.to_string()])?;
+        Ok(())
     }
 }

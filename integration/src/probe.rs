@@ -3,7 +3,7 @@
 //! whether source addresses survive (pod to pod) or are masqueraded (pod to the outside).
 
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -19,14 +19,16 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Listens on 0.0.0.0:`port` inside `ns`; the accept waits at most `limit`.
+    /// Listens on [::]:`port` inside `ns` (both families; 0.0.0.0 where IPv6 is off); the
+    /// accept waits at most `limit`.
     pub fn start(ns: &(impl NsPath + ?Sized), port: u16, limit: Duration) -> Result<Listener> {
         let (bound_tx, bound_rx) = mpsc::channel();
         let path: PathBuf = ns.ns_path();
         let accepted = std::thread::spawn(move || -> Result<SocketAddr> {
             within(&path, move || -> Result<SocketAddr> {
-                let listener =
-                    TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).and_then(|l| l.set_nonblocking(true).map(|()| l));
+                let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))
+                    .or_else(|_| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l));
                 let listener = match listener {
                     Ok(l) => {
                         let _ = bound_tx.send(Ok(()));
@@ -41,7 +43,8 @@ impl Listener {
                 let start = Instant::now();
                 loop {
                     match listener.accept() {
-                        Ok((_, peer)) => return Ok(peer),
+                        // An IPv4 client on the dual-stack socket comes as ::ffff:a.b.c.d.
+                        Ok((_, peer)) => return Ok(SocketAddr::new(peer.ip().to_canonical(), peer.port())),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             if start.elapsed() > limit {
                                 return Err(LabError::Timeout {

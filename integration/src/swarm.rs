@@ -197,14 +197,14 @@ impl Swarm {
             vni: DEFAULT_VNI,
             vxlan_port: DEFAULT_VXLAN_PORT,
         };
-        let claim = Claim { cidr: self.block(k)?, kind: ClaimKind::Static, since_ms: now };
+        let claim = Claim { cidr: self.block(k)?.into(), kind: ClaimKind::Static, since_ms: now };
         Ok(Next {
             k,
             name,
             listen: self.addr(k)?,
             seed: self.seed_of(k)?,
             generation: now,
-            kvs: facts.key_values(Some(claim)),
+            kvs: facts.key_values(&[claim]),
         })
     }
 

@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use weft_lab::cluster::{AgentOptions, Cluster, programmed_peers};
 use weft_lab::probe::tcp_source_seen;
-use weft_lab::topology::{Lab, LabSpec};
+use weft_lab::topology::{Family, Lab, LabSpec};
 
 const CONVERGE: Duration = Duration::from_secs(30);
 
@@ -105,7 +105,7 @@ fn a_restarted_agent_loses_no_ping_and_keeps_its_pod_cidr() {
     let cidr = c.pod_cidr(1).unwrap();
     assert_eq!(gossip_members(&c, 0), 2.0);
     // 10 ms pings for 4 s while n2's agent stops and starts again.
-    let text = c.ping_across_restart("a", "b", 1, 400).unwrap();
+    let text = c.ping_across_restart("a", "b", Family::Ipv4, 1, 400).unwrap();
     assert!(text.contains("400 received"), "pings were lost across the restart: {text}");
     assert_eq!(c.pod_cidr(1).unwrap(), cidr, "a restart keeps the PodCIDR");
     // The earlier run is forgotten once dead, not after the hour of --dead-node-grace-period:

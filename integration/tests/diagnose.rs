@@ -98,7 +98,7 @@ fn ip_forwarding_off_in_a_node_is_named_with_and_without_its_agent() {
     c.lab.nodes[0].ns.sysctl("net.ipv4.ip_forward", "0").unwrap();
     let (ok, out) = diagnose(&c, 0, &[]);
     assert!(!ok, "{out}");
-    assert!(out.contains("✗ IP forwarding is off (net.ipv4.ip_forward = 0)"), "{out}");
+    assert!(out.contains("✗ IPv4 forwarding is off (net.ipv4.ip_forward = 0)"), "{out}");
     assert!(out.contains("fix: sysctl -w net.ipv4.ip_forward=1"), "{out}");
     assert!(out.contains("✓ the agent answers"), "{out}");
     // Only the node changed: the others still pass.
@@ -108,5 +108,5 @@ fn ip_forwarding_off_in_a_node_is_named_with_and_without_its_agent() {
     let (ok, out) = diagnose(&c, 0, &[]);
     assert!(!ok, "{out}");
     assert!(out.contains(&format!("✗ the agent does not answer at {STATUS_ADDR}")), "{out}");
-    assert!(out.contains("✗ IP forwarding is off"), "the kernel checks run without the agent:\n{out}");
+    assert!(out.contains("✗ IPv4 forwarding is off"), "the kernel checks run without the agent:\n{out}");
 }

@@ -4,13 +4,12 @@
 //! `weft-agent cleanup` removes it, keeping the bridge while pods are attached unless `--force`.
 //! Needs root.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use weft_lab::cluster::{AgentOptions, CONFLIST, Cluster};
 use weft_lab::topology::{Lab, LabSpec, Node};
-use weft_lab::{bins, netns, wait};
+use weft_lab::wait;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -50,15 +49,7 @@ fn watch_until_ready(c: &Cluster, i: usize) -> Vec<Published> {
 
 /// `weft-agent cleanup` for node `i`'s directories, inside its namespace: (success, output).
 fn cleanup(c: &Cluster, i: usize, extra: &[&str]) -> (bool, String) {
-    let node = &c.lab.nodes[i];
-    let mut cmd = Command::new(bins::path("weft-agent").unwrap());
-    cmd.arg("cleanup")
-        .arg(format!("--state-dir={}", node.path("run").display()))
-        .arg(format!("--cni-conf-dir={}", node.path("net.d").display()))
-        .arg(format!("--ipam-dir={}", node.path("ipam").display()))
-        .args(extra);
-    let out = netns::within(&node.ns.path(), || cmd.output()).unwrap().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    c.cleanup(i, extra).unwrap()
 }
 
 #[test]

@@ -19,7 +19,8 @@ use weft_overlay::{Mac, nft};
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10);
 
-/// A node with underlays of both families, so both allow-lists are written and read.
+/// A node with underlays and pods of both families, so both allow-lists and both families'
+/// forward and masquerade rules are written and read.
 fn local() -> LocalNode {
     LocalNode {
         name: "n1".into(),
@@ -27,8 +28,8 @@ fn local() -> LocalNode {
             UnderlayAddr { ip: NODE_IP.into(), iface: "lo".into() },
             UnderlayAddr { ip: NODE_IP6.into(), iface: "lo".into() },
         ],
-        pod_cidr: "10.244.1.0/24".parse().unwrap(),
-        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        pod_cidrs: vec!["10.244.1.0/24".parse().unwrap(), "fd00:10:244:1::/64".parse().unwrap()],
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap(), "fd00:10:244::/56".parse().unwrap()],
         vni: DEFAULT_VNI,
         vxlan_port: DEFAULT_VXLAN_PORT,
         mtu: 1450,
@@ -78,8 +79,7 @@ fn load_agent_like_ruleset(ns: &Netns) {
         forward_drop: true,
         weft_rules: Vec::new(),
     };
-    let accepts = firewall::cluster_accepts(local.cluster_cidr);
-    nft_script(ns, &firewall::foreign_changes(&[docker], &accepts).script);
+    nft_script(ns, &firewall::foreign_changes(&[docker], &local.cluster_cidrs).script);
     nft_script(
         ns,
         "table ip old {

@@ -3,7 +3,7 @@
 //! `Dataplane::apply` run inside each node (through `weft-lab dataplane apply`). Needs root.
 
 use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -17,10 +17,17 @@ use weft_lab::probe::{self, Listener};
 use weft_lab::process::Process;
 use weft_lab::topology::{Lab, LabSpec};
 use weft_lab::wait;
-use weft_overlay::desired::{Desired, Peer, PeerPath, gateway_of};
+use weft_overlay::desired::{Desired, Peer, PeerPath};
+use weft_overlay::rules::first_host;
 use weft_overlay::{ApplyReport, CleanupOptions, Mac};
 
 const LIMIT: Duration = Duration::from_secs(10);
+
+/// The bridge's address in an IPv4 block.
+fn gateway(cidr: Ipv4Net) -> Ipv4Addr {
+    let IpAddr::V4(gateway) = first_host(&cidr.into()) else { unreachable!("an IPv4 block's first host") };
+    gateway
+}
 const EVERY: Duration = Duration::from_millis(100);
 
 /// A lab of three nodes (n1 and n3 on 192.0.2.0/24, n2 on 198.51.100.0/24) with one pod each.
@@ -46,7 +53,7 @@ fn cluster() -> Cluster {
             host_veth: "vpod0",
             bridge: "cni0",
             address,
-            gateway: gateway_of(&cidr),
+            gateway: gateway(cidr),
             mtu: 1450,
         };
         pods.push(pod::attach(&node.ns, &spec).expect("pod"));
@@ -86,7 +93,7 @@ impl Cluster {
             host_veth: "vpod1",
             bridge: "cni0",
             address: Ipv4Net::new(Ipv4Addr::from(u32::from(cidr.network()) + 10), cidr.prefix_len()).unwrap(),
-            gateway: gateway_of(&cidr),
+            gateway: gateway(cidr),
             mtu: 1450,
         };
         pod::attach(self.ns(i), &spec).expect("pod")
@@ -302,7 +309,7 @@ fn a_pod_cidr_change_keeps_every_peer_entry_and_pods_reach_across_the_overlay() 
     let before = peer_entries(c.ns(0));
     let moved: Ipv4Net = "10.244.11.0/24".parse().unwrap();
     let mut d = c.desired(0, Encap::CrossSubnet);
-    d.local.pod_cidr = moved;
+    d.local.pod_cidrs = vec![moved.into()];
     let report = c.apply(0, &d);
     // vxlan0's and cni0's addresses swapped, the table rewritten for the new PodCIDR.
     assert_eq!((report.created, report.changed, report.removed), (2, 1, 2), "{report:#?}");
@@ -311,7 +318,7 @@ fn a_pod_cidr_change_keeps_every_peer_entry_and_pods_reach_across_the_overlay() 
     assert!(addrs.contains("10.244.11.0/32") && addrs.contains("10.244.11.1/24"), "{addrs}");
     assert!(!addrs.contains("10.244.1."), "{addrs}");
 
-    c.peers_learn(0, Encap::CrossSubnet, |p| p.pod_cidr = moved);
+    c.peers_learn(0, Encap::CrossSubnet, |p| p.pod_cidrs = vec![moved.into()]);
     let pod = c.second_pod(0, moved);
     reaches(&pod, &c.pods[1]);
     reaches(&pod, &c.pods[2]);
@@ -381,7 +388,7 @@ fn stale_entries_are_removed_and_foreign_ones_kept() {
     let addrs = n1.ip(&["-4", "addr", "show", "dev", "vxlan0"]).unwrap();
     assert!(!addrs.contains("10.244.1.99"), "{addrs}");
     let bridge = n1.ip(&["-4", "addr", "show", "dev", "cni0"]).unwrap();
-    assert!(!bridge.contains("10.244.77.1") && bridge.contains(&format!("{}/", d.local.gateway())), "{bridge}");
+    assert!(!bridge.contains("10.244.77.1") && bridge.contains(&d.local.gateways()[0].to_string()), "{bridge}");
     assert_eq!(c.apply(0, &d).writes(), 0);
 }
 
@@ -393,7 +400,7 @@ fn invalid_peers_are_reported_and_never_programmed() {
     clash.name = "n9".into();
     clash.node_ip = "198.51.100.99".parse().unwrap();
     clash.vtep_mac = Mac::derived("n9");
-    clash.pod_cidr = "10.244.1.128/25".parse().unwrap(); // inside n1's own PodCIDR
+    clash.pod_cidrs = vec!["10.244.1.128/25".parse().unwrap()]; // inside n1's own PodCIDR
     d.peers.push(clash);
     let report = apply_in(c.ns(0), &d).expect("apply");
     assert!(report.failures.is_empty(), "{report:#?}");
@@ -512,7 +519,7 @@ fn intruder_peer(c: &Cluster) -> Peer {
     Peer {
         name: "intruder".into(),
         node_ip: c.lab.external.ip,
-        pod_cidr: "10.244.9.0/24".parse().unwrap(),
+        pod_cidrs: vec!["10.244.9.0/24".parse().unwrap()],
         vtep_mac: INTRUDER_MAC.parse().unwrap(),
         path: PeerPath::Vxlan,
     }

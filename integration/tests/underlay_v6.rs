@@ -4,7 +4,7 @@
 //! hold for IPv6 senders, and restart, death and cleanup must behave as over IPv4. Needs root.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -12,7 +12,7 @@ use serde_json::Value;
 use weft_lab::cluster::{AgentOptions, Cluster, programmed_peers};
 use weft_lab::probe::{self, tcp_source_seen};
 use weft_lab::topology::{Family, Lab, LabSpec};
-use weft_lab::{bins, netns, wait};
+use weft_lab::wait;
 
 const CONVERGE: Duration = Duration::from_secs(30);
 const VXLAN_PORT: u16 = 8472;
@@ -99,7 +99,7 @@ fn over_ipv6_a_restart_loses_no_ping_a_dead_node_is_withdrawn_and_cleanup_remove
     let mut c = cluster();
     // 10 ms pings for 4 s from n1's pod to n2's while n2's agent stops and starts again.
     let cidr = c.pod_cidr(1).unwrap();
-    let text = c.ping_across_restart("p1", "p2", 1, 400).unwrap();
+    let text = c.ping_across_restart("p1", "p2", Family::Ipv4, 1, 400).unwrap();
     assert!(text.contains("400 received"), "pings were lost across the restart: {text}");
     assert_eq!(c.pod_cidr(1).unwrap(), cidr, "a restart keeps the PodCIDR");
 
@@ -113,15 +113,8 @@ fn over_ipv6_a_restart_loses_no_ping_a_dead_node_is_withdrawn_and_cleanup_remove
     // Cleanup on n1 removes the IPv6 tunnel, its routes and the allow-list.
     c.agent(0).unwrap().stop(Signal::SIGTERM, Duration::from_secs(10)).unwrap();
     let n1 = &c.lab.nodes[0];
-    let mut cmd = Command::new(bins::path("weft-agent").unwrap());
-    cmd.arg("cleanup")
-        .arg("--force")
-        .arg(format!("--state-dir={}", n1.path("run").display()))
-        .arg(format!("--cni-conf-dir={}", n1.path("net.d").display()))
-        .arg(format!("--ipam-dir={}", n1.path("ipam").display()));
-    let out = netns::within(&n1.ns.path(), || cmd.output()).unwrap().unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{said}");
+    let (ok, said) = c.cleanup(0, &["--force"]).unwrap();
+    assert!(ok, "{said}");
     assert!(n1.ns.ip(&["link", "show", "vxlan-v6"]).is_err(), "vxlan-v6 stayed");
     assert!(n1.ns.run("nft", &["list", "table", "inet", "weft"]).is_err(), "the allow-list stayed");
     assert_eq!(n1.ns.ip(&["route", "show", "proto", "87"]).unwrap().trim(), "", "weft's routes stayed");

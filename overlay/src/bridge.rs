@@ -8,6 +8,7 @@ use ipnet::IpNet;
 use crate::mac::Mac;
 use crate::netlink::{Netlink, NetlinkError};
 use crate::objects::{Link, LinkChange};
+use crate::sysctl;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
@@ -17,6 +18,8 @@ pub enum BridgeError {
     NotABridge(String, Option<String>),
     #[error("{0} vanished while being set up")]
     Vanished(String),
+    #[error(transparent)]
+    Sysctl(#[from] std::io::Error),
 }
 
 /// What was changed to make the bridge right (for reports and logs).
@@ -24,20 +27,23 @@ pub enum BridgeError {
 pub struct BridgeChanges {
     pub created: bool,
     pub changed: bool,
-    pub address_added: bool,
+    pub addresses_added: usize,
 }
 
-/// Makes `name` a bridge that is up, has `mtu` and carries `gateway` (address with prefix, of
-/// either family; addresses of the other family are left alone). Safe against concurrent
-/// callers: losing a creation race is not an error.
+/// Makes `name` a bridge that is up, has `mtu` and carries `gateways` (addresses with prefix,
+/// IPv4 first; other addresses are left alone). Safe against concurrent callers: losing a
+/// creation race is not an error.
 pub async fn ensure_bridge(
     nl: &Netlink,
     name: &str,
     mtu: u32,
-    gateway: IpNet,
+    gateways: &[IpNet],
 ) -> Result<(Link, BridgeChanges), BridgeError> {
-    let (link, mut changes) = ensure_bridge_link(nl, name, mtu, bridge_mac(name, Some(gateway.addr()))).await?;
-    changes.address_added = ensure_address(nl, link.index, gateway).await?;
+    let mac = bridge_mac(name, gateways.first().map(IpNet::addr));
+    let (link, mut changes) = ensure_bridge_link(nl, name, mtu, mac).await?;
+    for gateway in gateways {
+        changes.addresses_added += usize::from(ensure_address(nl, link.index, *gateway).await?);
+    }
     Ok((link, changes))
 }
 
@@ -64,7 +70,10 @@ pub async fn ensure_bridge_link(
         Some(link) => link,
         None => {
             match nl.add_bridge(name, mtu, mac).await {
-                Ok(()) => changes.created = true,
+                Ok(()) => {
+                    changes.created = true;
+                    skip_link_local_dad(name)?;
+                }
                 Err(e) if e.is_exists() => {}
                 Err(e) => return Err(e.into()),
             }
@@ -80,6 +89,18 @@ pub async fn ensure_bridge_link(
         changes.changed = true;
     }
     Ok((link, changes))
+}
+
+/// The bridge's IPv6 link-local address is usable as soon as it is up: while it is tentative
+/// (duplicate address detection, 1–2 s after the bridge comes up) the node cannot resolve a pod's
+/// address, so the first IPv6 packets forwarded to a new node's pods waited that long. Set
+/// before the bridge goes up, when its link-local address is made; nothing to do where IPv6 is
+/// off.
+fn skip_link_local_dad(name: &str) -> std::io::Result<()> {
+    match sysctl::ensure(&sysctl::ipv6_dev_key("accept_dad", name), "0") {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other.map(|_| ()),
+    }
 }
 
 /// Puts `address` on the link unless it is there already; whether it was added. An IPv6 one

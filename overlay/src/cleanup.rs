@@ -117,6 +117,22 @@ mod tests {
     }
 
     #[test]
+    fn removes_the_routes_of_both_pod_families() {
+        let mut d = desired_with(&[2, 3]);
+        d.local = crate::validate::tests::dual_local();
+        for p in &mut d.peers {
+            p.pod_cidrs.push(crate::validate::tests::v6_block(p.name[1..].parse().unwrap()));
+        }
+        let (plan, _) = plan_cleanup(&converged(&d), &CleanupOptions::default());
+        let mut routes: Vec<String> = plan.stages[0].iter().map(|s| s.op.to_string()).collect();
+        routes.sort();
+        assert_eq!(
+            routes,
+            ["route 10.244.2.0/24", "route 10.244.3.0/24", "route fd00:10:244:2::/64", "route fd00:10:244:3::/64"]
+        );
+    }
+
+    #[test]
     fn keeps_a_bridge_with_pods_unless_forced() {
         let mut kernel = converged(&desired_with(&[2]));
         let bridge = kernel.link("cni0").unwrap().index;

@@ -1,12 +1,13 @@
 //! The desired state of one node's datapath: the local node and its live peers. The agent builds
 //! it; [`crate::Dataplane::apply`] makes the kernel match it.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::mac::Mac;
+use crate::rules::first_host;
 pub use crate::underlay::PeerPath;
 use crate::underlay::{Family, NodeIps};
 
@@ -28,8 +29,11 @@ pub struct LocalNode {
     /// The node's underlay addresses, at most one per family (IPv4 first): the local IP of
     /// that family's VXLAN device and the FDB destination peers use.
     pub underlays: Vec<UnderlayAddr>,
-    pub pod_cidr: Ipv4Net,
-    pub cluster_cidr: Ipv4Net,
+    /// The node's pod blocks, at most one per family (IPv4 first).
+    pub pod_cidrs: Vec<IpNet>,
+    /// The cluster's pod ranges, at most one per family; every pod block lies in the one of its
+    /// family.
+    pub cluster_cidrs: Vec<IpNet>,
     pub vni: u32,
     pub vxlan_port: u16,
     /// The pod MTU: of the VXLAN devices and of the bridge.
@@ -51,8 +55,11 @@ pub struct Peer {
     /// The peer's underlay address of the family chosen for it: which VXLAN device (or, on the
     /// direct path, which underlay) carries its traffic follows from the family.
     pub node_ip: IpAddr,
-    pub pod_cidr: Ipv4Net,
+    /// The peer's pod blocks, at most one per family.
+    pub pod_cidrs: Vec<IpNet>,
     pub vtep_mac: Mac,
+    /// `Direct` routes natively only the block of the underlay family (`node_ip`'s): a route
+    /// cannot have a gateway of another family without RTA_VIA, so other blocks ride VXLAN.
     pub path: PeerPath,
 }
 
@@ -67,31 +74,43 @@ impl LocalNode {
         NodeIps::new(Family::ALL.into_iter().filter_map(|f| self.underlay(f).map(|u| u.ip))).unwrap_or_default()
     }
 
-    /// The bridge's address: the first host of the PodCIDR (10.244.N.1).
-    pub fn gateway(&self) -> Ipv4Addr {
-        gateway_of(&self.pod_cidr)
+    /// The pod block of one family, if the node has one.
+    pub fn pod_cidr(&self, family: Family) -> Option<IpNet> {
+        of_family(&self.pod_cidrs, family)
     }
 
-    /// The bridge's address with the PodCIDR's prefix (10.244.N.1/24).
-    pub fn gateway_net(&self) -> Ipv4Net {
-        // The prefix comes from a valid Ipv4Net, so the fallback is never taken.
-        Ipv4Net::new(self.gateway(), self.pod_cidr.prefix_len()).unwrap_or_else(|_| Ipv4Net::from(self.gateway()))
+    /// The cluster's pod range of one family, if the cluster has that family.
+    pub fn cluster_cidr(&self, family: Family) -> Option<IpNet> {
+        of_family(&self.cluster_cidrs, family)
     }
 
-    /// The VTEP address on `vxlan0`: the PodCIDR's network address (10.244.N.0).
-    pub fn vtep_ip(&self) -> Ipv4Addr {
-        self.pod_cidr.network()
+    /// The bridge's addresses, one per pod block: its first host with the block's prefix
+    /// (10.244.N.1/24, fd00:10:244:N::1/64).
+    pub fn gateways(&self) -> Vec<IpNet> {
+        self.pod_cidrs.iter().map(|b| IpNet::new(first_host(b), b.prefix_len()).unwrap_or(*b)).collect()
+    }
+
+    /// The VTEP addresses on each VXLAN device, one per pod block, as host routes
+    /// (10.244.N.0/32, fd00:10:244:N::/128).
+    pub fn vtep_addresses(&self) -> Vec<IpNet> {
+        self.pod_cidrs.iter().map(|b| IpNet::from(vtep_of(b))).collect()
+    }
+
+    /// The peer blocks this node routes: those of the families the cluster has here. A block of
+    /// another family (a peer already configured for a family this node is not) has no range to
+    /// be checked against and no gateway on this node to be answered from, so it is left out.
+    pub fn routed<'p>(&self, peer: &'p Peer) -> impl Iterator<Item = IpNet> + 'p {
+        let families: Vec<Family> = self.cluster_cidrs.iter().map(Family::of_net).collect();
+        peer.pod_cidrs.iter().copied().filter(move |b| families.contains(&Family::of_net(b)))
     }
 }
 
-impl Peer {
-    /// The peer's VTEP address, the on-link next hop for its PodCIDR.
-    pub fn vtep_ip(&self) -> Ipv4Addr {
-        self.pod_cidr.network()
-    }
+fn of_family(nets: &[IpNet], family: Family) -> Option<IpNet> {
+    nets.iter().copied().find(|n| Family::of_net(n) == family)
 }
 
-/// The conventional gateway of a pod subnet: its first host address.
-pub fn gateway_of(net: &Ipv4Net) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(net.network()) + 1)
+/// A block's VTEP address, the on-link next hop peers route the block through: its network
+/// address (10.244.N.0, fd00:10:244:N::).
+pub fn vtep_of(block: &IpNet) -> IpAddr {
+    block.network()
 }

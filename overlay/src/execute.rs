@@ -115,9 +115,9 @@ async fn run_step(kernel: &Kernel<'_>, step: &Step, vxlan: &BTreeMap<Family, u32
         Op::CreateVxlan(_, spec) => nl.add_vxlan(spec).await.map(|()| done).map_err(Into::into),
         Op::FixVxlan(family, change) => Ok(nl.set_link(vx(*family)?, change).await.map(|()| done)?),
         Op::VxlanLearningOff(family) => Ok(nl.set_vxlan_learning(vx(*family)?, false).await.map(|()| done)?),
-        Op::EnsureBridge { name, mtu, gateway } => {
-            let (_, c) = ensure_bridge(nl, name, *mtu, (*gateway).into()).await?;
-            let tally = Tally::of(usize::from(c.created) + usize::from(c.address_added), usize::from(c.changed), 0);
+        Op::EnsureBridge { name, mtu, gateways } => {
+            let (_, c) = ensure_bridge(nl, name, *mtu, gateways).await?;
+            let tally = Tally::of(usize::from(c.created) + c.addresses_added, usize::from(c.changed), 0);
             Ok(if tally == Tally::default() { unchanged() } else { tally })
         }
         Op::AddAddress(family, addr) => match nl.add_address(vx(*family)?, *addr).await {

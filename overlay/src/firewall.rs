@@ -5,7 +5,7 @@
 use std::fmt::Write;
 use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::desired::{KUBE_PROXY_MASQ_MARK, LocalNode};
 use crate::nft::table::plain_identifier;
@@ -18,11 +18,18 @@ pub const TABLE: &str = "weft";
 pub const VXLAN_PEERS: &str = "vxlan_peers";
 /// The same for IPv6 underlays.
 pub const VXLAN_PEERS6: &str = "vxlan_peers6";
-const MULTICAST: &str = "224.0.0.0/4";
 /// nft's `priority raw`, `priority filter` and `priority srcnat`, as the listing reports them.
 const PRIORITY_RAW: i64 = -300;
 const PRIORITY_FILTER: i64 = 0;
 const PRIORITY_SRCNAT: i64 = 100;
+
+/// Multicast destinations of a family: never masqueraded (they stay on the link).
+fn multicast(family: Family) -> &'static str {
+    match family {
+        Family::Ipv4 => "224.0.0.0/4",
+        Family::Ipv6 => "ff00::/8",
+    }
+}
 
 /// The allow-list set of one underlay family.
 pub fn peer_set(family: Family) -> &'static str {
@@ -50,7 +57,7 @@ pub fn weft_table(local: &LocalNode, peers: impl IntoIterator<Item = IpAddr>) ->
         family: FAMILY,
         name: TABLE,
         sets,
-        chains: vec![forward_chain(local.cluster_cidr), postrouting_chain(local), vxlan_ingress_chain(local)],
+        chains: vec![forward_chain(&local.cluster_cidrs), postrouting_chain(local), vxlan_ingress_chain(local)],
     }
 }
 
@@ -91,42 +98,49 @@ pub fn vxlan_dropped(listing: &Listing, local: &LocalNode) -> Option<Counter> {
 
 /// Forwarding to and from pods is allowed whatever else the host's firewall says in weft's
 /// table (an accept here cannot override a drop in another table: see [`foreign_changes`]).
-fn forward_chain(cluster: Ipv4Net) -> Chain {
-    Chain { name: "forward", base: base("filter", "forward", PRIORITY_FILTER), rules: cluster_accepts(cluster) }
+fn forward_chain(clusters: &[IpNet]) -> Chain {
+    Chain { name: "forward", base: base("filter", "forward", PRIORITY_FILTER), rules: cluster_accepts(clusters) }
 }
 
-/// The two accepts, for weft's forward chain and for foreign forward chains that drop.
-pub fn cluster_accepts(cluster: Ipv4Net) -> Vec<Rule> {
-    vec![Rule::new(format!("ip saddr {cluster} accept")), Rule::new(format!("ip daddr {cluster} accept"))]
+/// Two accepts per cluster CIDR (from and to it, with its family's selector), for weft's
+/// forward chain and for foreign forward chains that drop.
+pub fn cluster_accepts(clusters: &[IpNet]) -> Vec<Rule> {
+    let accepts = |cluster: &IpNet| {
+        let p = Family::of_net(cluster).nft_proto();
+        [Rule::new(format!("{p} saddr {cluster} accept")), Rule::new(format!("{p} daddr {cluster} accept"))]
+    };
+    clusters.iter().flat_map(accepts).collect()
 }
 
 /// Source NAT, first match wins: never masquerade what kube-proxy marked (it masquerades that
 /// itself), keep pod addresses between pods and toward local pods, masquerade pods leaving the
 /// cluster, and masquerade anything outside the cluster reaching a remote pod through this
-/// node, so the reply comes back here.
+/// node, so the reply comes back here. The same rules per cluster family, each with its
+/// family's selector (`ip`, `ip6`); masquerade takes the outgoing interface's address of the
+/// packet's family, so a family the node has no address of on that way out is dropped there.
 fn postrouting_chain(local: &LocalNode) -> Chain {
-    let (cluster, pods) = (local.cluster_cidr, local.pod_cidr);
     let mark = KUBE_PROXY_MASQ_MARK;
-    Chain {
-        name: "postrouting",
-        base: base("nat", "postrouting", PRIORITY_SRCNAT),
-        rules: vec![
-            Rule::new(format!("meta mark & {mark:#x} == {mark:#x} return")),
-            Rule::new(format!("ip saddr {pods} ip daddr {cluster} return")),
-            Rule::new(format!("ip saddr {cluster} ip daddr {pods} return")),
-            Rule::new(format!("ip saddr != {cluster} ip daddr {pods} return")),
-            Rule::new(format!("ip saddr {cluster} ip daddr != {MULTICAST} masquerade fully-random")),
-            Rule::new(format!("ip saddr != {cluster} ip daddr {cluster} masquerade fully-random")),
-        ],
+    let mut rules = vec![Rule::new(format!("meta mark & {mark:#x} == {mark:#x} return"))];
+    for cluster in &local.cluster_cidrs {
+        let family = Family::of_net(cluster);
+        let (p, mcast) = (family.nft_proto(), multicast(family));
+        if let Some(pods) = local.pod_cidr(family) {
+            rules.push(Rule::new(format!("{p} saddr {pods} {p} daddr {cluster} return")));
+            rules.push(Rule::new(format!("{p} saddr {cluster} {p} daddr {pods} return")));
+            rules.push(Rule::new(format!("{p} saddr != {cluster} {p} daddr {pods} return")));
+        }
+        rules.push(Rule::new(format!("{p} saddr {cluster} {p} daddr != {mcast} masquerade fully-random")));
+        rules.push(Rule::new(format!("{p} saddr != {cluster} {p} daddr {cluster} masquerade fully-random")));
     }
+    Chain { name: "postrouting", base: base("nat", "postrouting", PRIORITY_SRCNAT), rules }
 }
 
 fn base(kind: &str, hook: &str, priority: i64) -> BaseChain {
     BaseChain { kind: kind.into(), hook: hook.into(), priority, policy: "accept".into() }
 }
 
-/// One nft batch for other tables' chains: weft's accepts inserted at the top of each forward
-/// chain whose policy drops (when missing), and weft's rules removed (by handle) wherever they
+/// One nft batch for other tables' chains: weft's accepts for `clusters` inserted at the top of
+/// each forward chain whose policy drops (when missing), and weft's rules removed (by handle) wherever they
 /// are no longer wanted. Foreign rules and policies are never touched.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ForeignChanges {
@@ -138,7 +152,7 @@ pub struct ForeignChanges {
     pub unaddressable: Vec<String>,
 }
 
-pub fn foreign_changes(foreign: &[ForeignChain], accepts: &[Rule]) -> ForeignChanges {
+pub fn foreign_changes(foreign: &[ForeignChain], clusters: &[IpNet]) -> ForeignChanges {
     let mut out = ForeignChanges::default();
     for chain in foreign {
         let id = format!("{} {} {}", chain.family, chain.table, chain.name);
@@ -146,7 +160,14 @@ pub fn foreign_changes(foreign: &[ForeignChain], accepts: &[Rule]) -> ForeignCha
             out.unaddressable.push(id);
             continue;
         }
-        let wanted: &[Rule] = if chain.forward_drop { accepts } else { &[] };
+        // A chain of the `ip` or `ip6` family takes rules of its own family only.
+        let fits = |net: &&IpNet| match chain.family.as_str() {
+            "ip" => net.addr().is_ipv4(),
+            "ip6" => net.addr().is_ipv6(),
+            _ => true,
+        };
+        let ours: Vec<IpNet> = clusters.iter().filter(fits).copied().collect();
+        let wanted: Vec<Rule> = if chain.forward_drop { cluster_accepts(&ours) } else { Vec::new() };
         let mut present = Vec::new();
         for (handle, comment) in &chain.weft_rules {
             if wanted.iter().any(|r| &r.comment == comment) && !present.contains(&comment) {
@@ -265,30 +286,76 @@ mod tests {
     }
 
     #[test]
+    fn each_cluster_family_is_forwarded_and_masqueraded_with_its_own_selector() {
+        use crate::validate::tests::dual_local;
+        let text = weft_table(&dual_local(), []).render_replace();
+        let expected = [
+            "ip saddr 10.244.0.0/16 accept comment",
+            "ip daddr 10.244.0.0/16 accept comment",
+            "ip6 saddr fd00:10:244::/56 accept comment",
+            "ip6 daddr fd00:10:244::/56 accept comment",
+            "meta mark & 0x4000 == 0x4000 return comment",
+            "ip saddr 10.244.1.0/24 ip daddr 10.244.0.0/16 return comment",
+            "ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random comment",
+            "ip6 saddr fd00:10:244:1::/64 ip6 daddr fd00:10:244::/56 return comment",
+            "ip6 saddr fd00:10:244::/56 ip6 daddr fd00:10:244:1::/64 return comment",
+            "ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244:1::/64 return comment",
+            "ip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade fully-random comment",
+            "ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244::/56 masquerade fully-random comment",
+        ];
+        let mut at = 0;
+        for line in expected {
+            let found = text[at..].find(line).unwrap_or_else(|| panic!("{line} in\n{text}"));
+            at += found + line.len();
+        }
+        // An IPv6-only node: no IPv4 rule at all.
+        let mut v6 = dual_local();
+        v6.pod_cidrs.remove(0);
+        v6.cluster_cidrs.remove(0);
+        let text = weft_table(&v6, []).render_replace();
+        assert!(text.contains("ip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade"), "{text}");
+        assert!(!text.contains("10.244."), "{text}");
+    }
+
+    #[test]
     fn accepts_go_on_top_of_dropping_chains_once() {
-        let accepts = cluster_accepts("10.244.0.0/16".parse().unwrap());
-        let c = foreign_changes(&[chain(true, vec![])], &accepts);
+        let clusters: [IpNet; 1] = ["10.244.0.0/16".parse().unwrap()];
+        let accepts = cluster_accepts(&clusters);
+        let c = foreign_changes(&[chain(true, vec![])], &clusters);
         assert_eq!((c.inserted, c.removed, c.kept), (2, 0, 0));
         let lines: Vec<_> = c.script.lines().collect();
         assert!(lines[0].starts_with("insert rule ip filter FORWARD ip daddr 10.244.0.0/16 accept comment \"weft:"));
         assert!(lines[1].starts_with("insert rule ip filter FORWARD ip saddr 10.244.0.0/16 accept comment \"weft:"));
 
         let present = vec![(4, accepts[0].comment.clone()), (5, accepts[1].comment.clone())];
-        let c = foreign_changes(&[chain(true, present)], &accepts);
+        let c = foreign_changes(&[chain(true, present)], &clusters);
         assert_eq!(c, ForeignChanges { kept: 2, ..Default::default() });
     }
 
     #[test]
+    fn a_foreign_chain_gets_the_accepts_of_the_families_it_can_hold() {
+        let clusters: [IpNet; 2] = ["10.244.0.0/16".parse().unwrap(), "fd00:10:244::/56".parse().unwrap()];
+        let of = |family: &str| {
+            let c = foreign_changes(&[ForeignChain { family: family.into(), ..chain(true, vec![]) }], &clusters);
+            c.script.lines().map(|l| l.split(' ').nth(5).unwrap().to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(of("ip"), ["ip", "ip"]);
+        assert_eq!(of("ip6"), ["ip6", "ip6"]);
+        assert_eq!(of("inet"), ["ip6", "ip6", "ip", "ip"]);
+    }
+
+    #[test]
     fn stale_or_duplicate_weft_rules_are_deleted_by_handle() {
-        let accepts = cluster_accepts("10.244.0.0/16".parse().unwrap());
+        let clusters: [IpNet; 1] = ["10.244.0.0/16".parse().unwrap()];
+        let accepts = cluster_accepts(&clusters);
         let rules =
             vec![(4, accepts[0].comment.clone()), (5, accepts[0].comment.clone()), (6, "weft:deadbeef".to_string())];
-        let c = foreign_changes(&[chain(true, rules)], &accepts);
+        let c = foreign_changes(&[chain(true, rules)], &clusters);
         assert_eq!((c.inserted, c.removed, c.kept), (1, 2, 1));
         assert!(c.script.contains("delete rule ip filter FORWARD handle 5\n"));
         assert!(c.script.contains("delete rule ip filter FORWARD handle 6\n"));
         // A chain that stopped dropping keeps nothing of weft.
-        let c = foreign_changes(&[chain(false, vec![(4, accepts[0].comment.clone())])], &accepts);
+        let c = foreign_changes(&[chain(false, vec![(4, accepts[0].comment.clone())])], &clusters);
         assert_eq!((c.inserted, c.removed), (0, 1));
     }
 
@@ -296,7 +363,7 @@ mod tests {
     fn chains_nft_cannot_name_are_reported() {
         let mut odd = chain(true, vec![]);
         odd.name = "has space".into();
-        let c = foreign_changes(&[odd], &cluster_accepts("10.0.0.0/8".parse().unwrap()));
+        let c = foreign_changes(&[odd], &["10.0.0.0/8".parse().unwrap()]);
         assert_eq!(c.unaddressable, ["ip filter has space"]);
         assert!(c.script.is_empty());
     }

@@ -24,7 +24,7 @@ use netlink_sys::{Socket, TokioSocket};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
 use crate::mac::Mac;
-use crate::objects::{FdbEntry, Link, LinkChange, MAIN_TABLE, Neighbour, Route, VxlanAttrs, VxlanSpec};
+use crate::objects::{FdbEntry, Link, LinkChange, MAIN_TABLE, Neighbour, Route, VxlanAttrs, VxlanSpec, default_metric};
 use crate::underlay::Family;
 
 #[derive(Debug, thiserror::Error)]
@@ -284,9 +284,9 @@ impl Netlink {
         Ok(all.into_iter().filter(|(i, _)| *i == index).map(|(_, a)| a).collect())
     }
 
-    /// Every IPv4 address of the namespace in one dump, as (link index, address).
+    /// Every address of both families of the namespace in one dump, as (link index, address).
     pub async fn all_addresses(&self) -> Result<Vec<(u32, IpNet)>> {
-        self.all_addresses_of(Family::Ipv4).await
+        self.dump_addresses(AddressFamily::Unspec).await
     }
 
     /// Every address of one family in one dump, as (link index, address).
@@ -580,11 +580,14 @@ fn parse_route(m: &RouteMessage) -> Option<Route> {
             RouteAttribute::Gateway(a) => route.gateway = Some(route_ip(a)?),
             RouteAttribute::Oif(i) => route.oif = Some(*i),
             RouteAttribute::Table(t) => route.table = *t,
-            RouteAttribute::Priority(p) if *p != 0 => route.priority = Some(*p),
+            RouteAttribute::Priority(p) => route.priority = Some(*p),
             _ => {}
         }
     }
     route.dst = IpNet::new(dst, m.header.destination_prefix_length).ok()?;
+    // The family's default metric is no metric: an IPv6 route weft adds without one is
+    // reported with 1024, and must read as the route it added, not as a metric-variant twin.
+    route.priority = route.priority.filter(|p| *p != default_metric(&route.dst));
     Some(route)
 }
 
@@ -621,7 +624,10 @@ fn route_message(r: &Route, scope: RouteScope) -> std::result::Result<RouteMessa
     if r.onlink {
         b = b.onlink();
     }
-    if let Some(priority) = r.priority {
+    // Explicit also when it is the default, so that deleting the default-metric IPv6 route never
+    // takes another metric's route to the same destination (a delete without one matches any).
+    let priority = r.priority.unwrap_or_else(|| default_metric(&r.dst));
+    if priority != 0 {
         b = b.priority(priority);
     }
     Ok(b.build())
@@ -724,6 +730,15 @@ mod tests {
             ..route.clone()
         };
         assert_eq!(parse_route(&route_message(&v6, RouteScope::Universe).unwrap()), Some(v6.clone()));
+        // The kernel reports an IPv6 route added without a metric with 1024: the same route.
+        let default6 = Route { priority: None, ..v6.clone() };
+        let message = route_message(&default6, RouteScope::Universe).unwrap();
+        assert!(message.attributes.contains(&RouteAttribute::Priority(1024)));
+        assert_eq!(parse_route(&message), Some(default6));
+        let default4 = Route { priority: None, ..route.clone() };
+        let message = route_message(&default4, RouteScope::Universe).unwrap();
+        assert!(!message.attributes.iter().any(|a| matches!(a, RouteAttribute::Priority(_))));
+        assert_eq!(parse_route(&message), Some(default4));
         // An IPv6 destination cannot have an IPv4 next hop: refused before the kernel sees it.
         let mixed = Route { gateway: Some("10.244.2.0".parse().unwrap()), ..v6 };
         assert!(route_message(&mixed, RouteScope::Universe).is_err());

@@ -66,9 +66,20 @@ pub struct Route {
     pub onlink: bool,
     pub protocol: u8,
     pub table: u32,
-    /// The metric; `None` is 0 (the kernel omits it from dumps then). Part of a route's key, so
-    /// a delete with it removes exactly this route among several to the same destination.
+    /// The metric; `None` is the family's default, which the kernel gives a route added without
+    /// one ([`default_metric`]: 0 for IPv4, omitted from dumps; 1024 for IPv6, reported). Part of
+    /// a route's key, so a delete with it removes exactly this route among several to the same
+    /// destination.
     pub priority: Option<u32>,
+}
+
+/// The metric the kernel gives a route of this destination's family added without one
+/// (IPv6: IP6_RT_PRIO_USER).
+pub fn default_metric(dst: &IpNet) -> u32 {
+    match dst {
+        IpNet::V4(_) => 0,
+        IpNet::V6(_) => 1024,
+    }
 }
 
 /// A neighbour entry (ip → MAC) on a device.

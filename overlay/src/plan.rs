@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
-use crate::desired::{Desired, LocalNode, PeerPath, UnderlayAddr};
+use crate::desired::{Desired, LocalNode, PeerPath, UnderlayAddr, vtep_of};
 use crate::firewall;
 use crate::mac::Mac;
 use crate::nft::elements::ElementChanges;
@@ -68,10 +68,11 @@ pub enum Op {
     /// MTU, MAC and up/down: the attributes a VXLAN device takes in place.
     FixVxlan(Family, LinkChange),
     VxlanLearningOff(Family),
+    /// cni0 with one gateway per pod block.
     EnsureBridge {
         name: String,
         mtu: u32,
-        gateway: Ipv4Net,
+        gateways: Vec<IpNet>,
     },
     /// On a VXLAN device (which may be created in the same apply, so its index is not known yet).
     AddAddress(Family, IpNet),
@@ -344,25 +345,27 @@ pub fn plan(desired: &Desired, kernel: &Kernel) -> Result<Plan, PlanError> {
         // Validation guarantees an underlay (so a device) of the peer's family.
         let family = Family::of(peer.node_ip);
         let on = &on_vxlan[&family];
-        let route = match peer.path {
-            PeerPath::Vxlan => {
-                wanted_neighbours.insert((family, IpAddr::from(peer.vtep_ip())));
-                wanted_macs.insert((family, peer.vtep_mac));
-                plan_neighbour(&mut b, on, family, peer.vtep_ip().into(), peer.vtep_mac, name);
-                plan_fdb(&mut b, on, peer.vtep_mac, peer.node_ip, name);
-                let gateway = peer.vtep_ip().into();
-                RouteSpec { dst: peer.pod_cidr.into(), gateway, dev: Dev::Vxlan(family), onlink: true }
-            }
-            PeerPath::Direct => RouteSpec {
-                dst: peer.pod_cidr.into(),
-                gateway: peer.node_ip,
-                dev: Dev::Index(underlays[&family]),
-                onlink: false,
-            },
-        };
-        wanted_routes.insert(route.dst);
-        let existing = owned_routes.get(&route.dst);
-        plan_route(&mut b, route, on.index, existing, name);
+        let mut tunnelled = false;
+        for block in local.routed(peer) {
+            // Direct only for the block of the underlay's family: a gateway of the other family
+            // would need RTA_VIA.
+            let route = if peer.path == PeerPath::Direct && Family::of_net(&block) == family {
+                RouteSpec { dst: block, gateway: peer.node_ip, dev: Dev::Index(underlays[&family]), onlink: false }
+            } else {
+                let vtep = vtep_of(&block);
+                tunnelled = true;
+                wanted_neighbours.insert((family, vtep));
+                plan_neighbour(&mut b, on, family, vtep, peer.vtep_mac, name);
+                RouteSpec { dst: block, gateway: vtep, dev: Dev::Vxlan(family), onlink: true }
+            };
+            wanted_routes.insert(route.dst);
+            let existing = owned_routes.get(&route.dst);
+            plan_route(&mut b, route, on.index, existing, name);
+        }
+        if tunnelled {
+            wanted_macs.insert((family, peer.vtep_mac));
+            plan_fdb(&mut b, on, peer.vtep_mac, peer.node_ip, name);
+        }
     }
 
     // Whatever weft owns and nothing wants any more.
@@ -453,7 +456,7 @@ fn plan_vxlan<'k>(
 ) -> OnVxlan<'k> {
     let family = Family::of(underlay.ip);
     let spec = vxlan_spec(local, underlay, index);
-    let want_addr = IpNet::from(Ipv4Net::from(local.vtep_ip()));
+    let want_addrs = local.vtep_addresses();
     let adopted = match existing {
         Some(link) if compatible(link, &spec.attrs) => Some(link),
         Some(link) => {
@@ -465,7 +468,9 @@ fn plan_vxlan<'k>(
     };
     let Some(link) = adopted else {
         b.critical(Stage::Device, Op::CreateVxlan(family, spec), Tally::CREATE);
-        b.push(Stage::DeviceConfig, Op::AddAddress(family, want_addr), Tally::CREATE, None);
+        for addr in want_addrs {
+            b.push(Stage::DeviceConfig, Op::AddAddress(family, addr), Tally::CREATE, None);
+        }
         return OnVxlan::empty();
     };
 
@@ -487,17 +492,18 @@ fn plan_vxlan<'k>(
         b.push(Stage::Device, Op::VxlanLearningOff(family), Tally::CHANGE, None);
     }
 
-    let addresses: Vec<IpNet> = kernel.addresses_of(link.index).collect();
+    // The kernel's own link-local address is not weft's to remove.
+    let addresses: Vec<IpNet> = kernel.addresses_of(link.index).filter(|a| !is_link_local(a)).collect();
     for addr in &addresses {
-        if *addr == want_addr {
+        if want_addrs.contains(addr) {
             b.unchanged += 1;
         } else {
             let op = Op::DeleteAddress { link: link.name.clone(), index: link.index, address: *addr };
             b.removal(Stage::StaleAddresses, op);
         }
     }
-    if !addresses.contains(&want_addr) {
-        b.push(Stage::DeviceConfig, Op::AddAddress(family, want_addr), Tally::CREATE, None);
+    for addr in want_addrs.into_iter().filter(|a| !addresses.contains(a)) {
+        b.push(Stage::DeviceConfig, Op::AddAddress(family, addr), Tally::CREATE, None);
     }
 
     let on_link = |ifindex: u32| ifindex == link.index;
@@ -509,25 +515,25 @@ fn plan_vxlan<'k>(
 }
 
 /// cni0 is handed to `bridge::ensure_bridge` only when the snapshot shows it is not right. Any
-/// other address of the gateway's family on it is a previous PodCIDR's gateway: left there, its
+/// other address of a gateway's family on it is a previous PodCIDR's gateway: left there, its
 /// connected route would keep that block on this node after the block has moved to another.
-/// Addresses of a family the agent does not manage (the plugin's IPv6 gateway, link-local
-/// addresses) are not its to remove.
+/// Addresses of a family the node has no block of, and link-local ones, are not its to remove.
 fn plan_bridge(b: &mut Builder, local: &LocalNode, kernel: &Kernel) {
-    let gateway = local.gateway_net();
+    let gateways = local.gateways();
     let bridge = kernel.link(&local.bridge).filter(|l| l.kind.as_deref() == Some("bridge"));
-    let right =
-        bridge.is_some_and(|l| l.up && l.mtu == local.mtu && kernel.addresses_of(l.index).any(|a| a == gateway.into()));
+    let right = bridge.is_some_and(|l| {
+        l.up && l.mtu == local.mtu && gateways.iter().all(|g| kernel.addresses_of(l.index).any(|a| a == *g))
+    });
     if right {
         b.unchanged += 1;
     } else {
-        let op = Op::EnsureBridge { name: local.bridge.clone(), mtu: local.mtu, gateway };
+        let op = Op::EnsureBridge { name: local.bridge.clone(), mtu: local.mtu, gateways: gateways.clone() };
         // The executor counts what ensure_bridge reports it did.
         b.push(Stage::Device, op, Tally::default(), None);
     }
     if let Some(link) = bridge {
-        let want = IpNet::from(gateway);
-        let stale = |a: &IpNet| a.addr().is_ipv4() == want.addr().is_ipv4() && *a != want;
+        let managed = |a: &IpNet| local.pod_cidr(Family::of_net(a)).is_some() && !is_link_local(a);
+        let stale = |a: &IpNet| managed(a) && !gateways.contains(a);
         for address in kernel.addresses_of(link.index).filter(stale) {
             let op = Op::DeleteAddress { link: link.name.clone(), index: link.index, address };
             b.removal(Stage::StaleAddresses, op);
@@ -535,13 +541,21 @@ fn plan_bridge(b: &mut Builder, local: &LocalNode, kernel: &Kernel) {
     }
 }
 
+/// An IPv6 link-local address (fe80::/10), which the kernel gives every device itself.
+fn is_link_local(net: &IpNet) -> bool {
+    matches!(net, IpNet::V6(v6) if v6.addr().is_unicast_link_local())
+}
+
 /// `on_vxlan`: the VXLAN devices by family (with their index when adopted).
 fn plan_sysctls(b: &mut Builder, kernel: &Kernel, local: &LocalNode, on_vxlan: &BTreeMap<Family, OnVxlan<'_>>) {
-    if kernel.ip_forward.as_deref() == Some("1") {
-        b.unchanged += 1;
-    } else {
-        let op = Op::Sysctl { key: sysctl::IP_FORWARD.to_string(), value: "1" };
-        b.push(Stage::Device, op, Tally::CHANGE, None);
+    // Forwarding for each family the node has pods of.
+    for family in local.pod_cidrs.iter().map(Family::of_net) {
+        if kernel.forwarding.get(&family).map(String::as_str) == Some("1") {
+            b.unchanged += 1;
+        } else {
+            let op = Op::Sysctl { key: sysctl::forwarding_key(family).to_string(), value: "1" };
+            b.push(Stage::Device, op, Tally::CHANGE, None);
+        }
     }
     // A new device starts from the namespace default: set it after creating the device.
     for family in local.node_ips().families() {
@@ -589,7 +603,7 @@ fn plan_nft(
             b.push(Stage::Device, op, tally, None);
         }
     }
-    let foreign = firewall::foreign_changes(&listing.foreign, &firewall::cluster_accepts(local.cluster_cidr));
+    let foreign = firewall::foreign_changes(&listing.foreign, &local.cluster_cidrs);
     b.unchanged += foreign.kept;
     if !foreign.script.is_empty() {
         let op = Op::Nft { object: "nftables rules in other tables' forward chains", script: foreign.script };
@@ -685,7 +699,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::desired::Peer;
     use crate::nft::ForeignChain;
-    use crate::validate::tests::{local, peer};
+    use crate::validate::tests::{dual_local, local, peer, v6_block};
 
     pub(crate) const ETH0: u32 = 2;
     pub(crate) const VXLAN: u32 = 5;
@@ -719,23 +733,39 @@ pub(crate) mod tests {
         }
     }
 
-    fn route_of(p: &Peer) -> Route {
+    /// Whether a block of `p` rides the tunnel: the planner's rule, restated.
+    pub(crate) fn tunnelled(p: &Peer, block: &IpNet) -> bool {
+        p.path == PeerPath::Vxlan || Family::of_net(block) != Family::of(p.node_ip)
+    }
+
+    fn block_route(p: &Peer, block: IpNet) -> Route {
         let family = Family::of(p.node_ip);
-        match p.path {
-            PeerPath::Vxlan => {
-                let gateway = p.vtep_ip().into();
-                RouteSpec { dst: p.pod_cidr.into(), gateway, dev: Dev::Vxlan(family), onlink: true }
-                    .to_route(vx(family))
-            }
-            PeerPath::Direct => {
-                RouteSpec { dst: p.pod_cidr.into(), gateway: p.node_ip, dev: Dev::Index(ETH0), onlink: false }
-                    .to_route(ETH0)
-            }
+        if tunnelled(p, &block) {
+            let gateway = vtep_of(&block);
+            RouteSpec { dst: block, gateway, dev: Dev::Vxlan(family), onlink: true }.to_route(vx(family))
+        } else {
+            RouteSpec { dst: block, gateway: p.node_ip, dev: Dev::Index(ETH0), onlink: false }.to_route(ETH0)
         }
     }
 
+    fn routes_of(p: &Peer) -> Vec<Route> {
+        p.pod_cidrs.iter().map(|b| block_route(p, *b)).collect()
+    }
+
+    /// The route to `p`'s first block.
+    fn route_of(p: &Peer) -> Route {
+        block_route(p, p.pod_cidrs[0])
+    }
+
+    pub(crate) fn neighbours_of(p: &Peer) -> Vec<Neighbour> {
+        let ifindex = vx(Family::of(p.node_ip));
+        let tunnelled = p.pod_cidrs.iter().filter(|b| tunnelled(p, b));
+        tunnelled.map(|b| Neighbour { ifindex, ip: vtep_of(b), mac: p.vtep_mac, permanent: true }).collect()
+    }
+
+    /// The neighbour of `p`'s first block.
     pub(crate) fn neighbour_of(p: &Peer) -> Neighbour {
-        Neighbour { ifindex: vx(Family::of(p.node_ip)), ip: p.vtep_ip().into(), mac: p.vtep_mac, permanent: true }
+        Neighbour { ifindex: vx(Family::of(p.node_ip)), ip: vtep_of(&p.pod_cidrs[0]), mac: p.vtep_mac, permanent: true }
     }
 
     pub(crate) fn fdb_of(p: &Peer) -> FdbEntry {
@@ -760,20 +790,24 @@ pub(crate) mod tests {
             .collect();
         let mut cni0 = link(CNI0, &l.bridge, Some("bridge"));
         cni0.mtu = l.mtu;
-        let vxlan_peers: Vec<&Peer> = d.peers.iter().filter(|p| p.path == PeerPath::Vxlan).collect();
-        let mut routes: Vec<Route> = d.peers.iter().map(route_of).collect();
-        routes.push(Route {
-            dst: l.pod_cidr.into(),
+        let vxlan_peers: Vec<&Peer> = d.peers.iter().filter(|p| p.pod_cidrs.iter().any(|b| tunnelled(p, b))).collect();
+        let mut routes: Vec<Route> = d.peers.iter().flat_map(routes_of).collect();
+        routes.extend(l.pod_cidrs.iter().map(|block| Route {
+            dst: *block,
             gateway: None,
             oif: Some(CNI0),
             onlink: false,
             protocol: 2,
             table: MAIN_TABLE,
             priority: None,
-        });
+        }));
         let mut addresses: Vec<(u32, IpNet)> = vec![(ETH0, "192.0.2.10/24".parse().unwrap())];
-        addresses.extend(devices.iter().map(|d| (d.index, Ipv4Net::new(l.vtep_ip(), 32).unwrap().into())));
-        addresses.push((CNI0, Ipv4Net::new(l.gateway(), 24).unwrap().into()));
+        for device in &devices {
+            addresses.extend(l.vtep_addresses().into_iter().map(|a| (device.index, a)));
+            addresses.push((device.index, "fe80::1/64".parse().unwrap()));
+        }
+        addresses.extend(l.gateways().into_iter().map(|g| (CNI0, g)));
+        addresses.push((CNI0, "fe80::2/64".parse().unwrap()));
         let elements = l
             .node_ips()
             .families()
@@ -789,10 +823,10 @@ pub(crate) mod tests {
             links,
             addresses,
             routes,
-            neighbours: vxlan_peers.iter().map(|p| neighbour_of(p)).collect(),
+            neighbours: vxlan_peers.iter().flat_map(|p| neighbours_of(p)).collect(),
             fdb: vxlan_peers.iter().map(|p| fdb_of(p)).collect(),
             nft: Ok(Listing { table: Some(firewall::weft_table(l, []).shape()), elements, ..Listing::default() }),
-            ip_forward: Some("1".into()),
+            forwarding: l.pod_cidrs.iter().map(|b| (Family::of_net(b), "1".to_string())).collect(),
             vxlan_rp_filter: l.node_ips().families().map(|f| (f, RP_FILTER_LOOSE.to_string())).collect(),
         }
     }
@@ -805,7 +839,7 @@ pub(crate) mod tests {
             neighbours: Vec::new(),
             fdb: Vec::new(),
             nft: Ok(Listing::default()),
-            ip_forward: Some("0".into()),
+            forwarding: Family::ALL.into_iter().map(|f| (f, "0".to_string())).collect(),
             vxlan_rp_filter: BTreeMap::new(),
         }
     }
@@ -874,7 +908,7 @@ pub(crate) mod tests {
         let direct = routes.iter().find(|r| r.dev == Dev::Index(ETH0)).unwrap();
         assert_eq!((direct.gateway, direct.onlink), (d.peers[1].node_ip, false));
         let vx = routes.iter().find(|r| r.dev == Dev::Vxlan(Family::Ipv4)).unwrap();
-        assert_eq!((vx.gateway, vx.onlink), (d.peers[0].vtep_ip().into(), true));
+        assert_eq!((vx.gateway, vx.onlink), (vtep_of(&d.peers[0].pod_cidrs[0]), true));
         // Only one neighbour and FDB entry: the direct peer has none.
         let n = p.steps().filter(|s| matches!(s.op, Op::Neighbour { .. } | Op::Fdb { .. }));
         assert_eq!(n.count(), 2);
@@ -942,15 +976,15 @@ pub(crate) mod tests {
         let mut d = desired_with(&[2, 3]);
         d.peers.push(peer(4, PeerPath::Direct));
         let k = converged(&d);
-        d.local.pod_cidr = "10.244.41.0/24".parse().unwrap();
+        d.local.pod_cidrs[0] = "10.244.41.0/24".parse().unwrap();
         // Another node has taken the old block over meanwhile.
-        let taker = Peer { pod_cidr: "10.244.1.0/24".parse().unwrap(), ..peer(9, PeerPath::Vxlan) };
+        let taker = Peer { pod_cidrs: vec!["10.244.1.0/24".parse().unwrap()], ..peer(9, PeerPath::Vxlan) };
         d.peers.push(taker);
         let p = plan(&d, &k).unwrap();
         let old = |link: &'static str| move |o: &Op| matches!(o, Op::DeleteAddress { link: l, .. } if l == link);
         let vxlan_add = stage_of(&p, |o| *o == Op::AddAddress(Family::Ipv4, "10.244.41.0/32".parse().unwrap()));
         let cni0_add =
-            stage_of(&p, |o| matches!(o, Op::EnsureBridge { gateway, .. } if *gateway == d.local.gateway_net()));
+            stage_of(&p, |o| matches!(o, Op::EnsureBridge { gateways, .. } if *gateways == d.local.gateways()));
         let (vxlan_del, cni0_del) = (stage_of(&p, old("vxlan0")), stage_of(&p, old("cni0")));
         // Removing a device's last address would flush every route and neighbour through it.
         assert!(vxlan_add < vxlan_del && cni0_add < cni0_del, "{:#?}", p.stages);
@@ -1034,7 +1068,7 @@ pub(crate) mod tests {
         let steps: Vec<&Step> = p.steps().collect();
         let find = |pred: &dyn Fn(&Op) -> bool| steps.iter().find(|s| pred(&s.op)).copied();
         // n2: the neighbour changes MAC in place; a new FDB entry, the old one removed.
-        let n = find(&|o| matches!(o, Op::Neighbour { ip, .. } if *ip == d.peers[0].vtep_ip())).unwrap();
+        let n = find(&|o| matches!(o, Op::Neighbour { ip, .. } if *ip == vtep_of(&d.peers[0].pod_cidrs[0]))).unwrap();
         assert_eq!((n.tally, n.peer.as_deref()), (Tally::CHANGE, Some("n2")));
         let f = find(&|o| matches!(o, Op::Fdb { mac, .. } if *mac == d.peers[0].vtep_mac)).unwrap();
         assert_eq!(f.tally, Tally::CREATE);
@@ -1113,13 +1147,139 @@ pub(crate) mod tests {
         let n3 = &d.peers[1];
         let ops: Vec<&Op> = p.steps().map(|s| &s.op).collect();
         assert!(ops.contains(&&Op::Fdb { mac: n3.vtep_mac, dst: n3.node_ip }));
-        assert!(ops.contains(&&Op::Neighbour { family: Family::Ipv6, ip: n3.vtep_ip().into(), mac: n3.vtep_mac }));
+        assert!(ops.contains(&&Op::Neighbour {
+            family: Family::Ipv6,
+            ip: vtep_of(&n3.pod_cidrs[0]),
+            mac: n3.vtep_mac
+        }));
         assert!(ops.iter().any(|o| matches!(o, Op::Route { route, .. }
-            if route.dst == IpNet::from(n3.pod_cidr) && route.dev == Dev::Vxlan(Family::Ipv6))));
+            if route.dst == n3.pod_cidrs[0] && route.dev == Dev::Vxlan(Family::Ipv6))));
         assert!(ops.contains(&&Op::AddAddress(Family::Ipv6, "10.244.1.0/32".parse().unwrap())));
         assert!(ops.iter().any(|o| matches!(o, Op::Sysctl { key, .. } if key.contains("vxlan-v6"))));
         // Converged, nothing is left to do.
         assert!(plan(&d, &converged(&d)).unwrap().stages.is_empty());
+    }
+
+    /// A dual-stack node over an IPv4 underlay with dual-stack peers.
+    fn dual_stack(peers: &[u8]) -> Desired {
+        let mut d = desired_with(peers);
+        d.local = dual_local();
+        for p in &mut d.peers {
+            let n: u8 = p.name[1..].parse().unwrap();
+            p.pod_cidrs.push(v6_block(n));
+        }
+        d
+    }
+
+    fn routes(p: &Plan) -> Vec<&RouteSpec> {
+        p.steps()
+            .filter_map(|s| match &s.op {
+                Op::Route { route, .. } => Some(route),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_pod_family_gets_its_vtep_gateway_forwarding_and_routes() {
+        let d = dual_stack(&[2]);
+        let p = plan(&d, &empty()).unwrap();
+        let ops: Vec<&Op> = p.steps().map(|s| &s.op).collect();
+        for vtep in ["10.244.1.0/32", "fd00:10:244:1::/128"] {
+            assert!(ops.contains(&&Op::AddAddress(Family::Ipv4, vtep.parse().unwrap())), "{vtep}: {ops:#?}");
+        }
+        let gateways: Vec<IpNet> = vec!["10.244.1.1/24".parse().unwrap(), "fd00:10:244:1::1/64".parse().unwrap()];
+        assert!(ops.iter().any(|o| matches!(o, Op::EnsureBridge { gateways: g, .. } if *g == gateways)));
+        for key in [sysctl::IP_FORWARD, sysctl::IP6_FORWARD] {
+            assert!(ops.iter().any(|o| matches!(o, Op::Sysctl { key: k, value: "1" } if k == key)), "{key}");
+        }
+        // Both blocks through vxlan0 (the IPv4 underlay), each via its own VTEP; one FDB entry.
+        let n2 = &d.peers[0];
+        let want = |block: IpNet| RouteSpec {
+            dst: block,
+            gateway: vtep_of(&block),
+            dev: Dev::Vxlan(Family::Ipv4),
+            onlink: true,
+        };
+        assert_eq!(routes(&p), [&want(n2.pod_cidrs[0]), &want(n2.pod_cidrs[1])]);
+        let neighbours: Vec<IpAddr> = p
+            .steps()
+            .filter_map(|s| match s.op {
+                Op::Neighbour { family: Family::Ipv4, ip, mac } if mac == n2.vtep_mac => Some(ip),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(neighbours, ["10.244.2.0".parse::<IpAddr>().unwrap(), "fd00:10:244:2::".parse().unwrap()]);
+        assert_eq!(p.steps().filter(|s| matches!(s.op, Op::Fdb { .. })).count(), 1);
+        assert!(plan(&d, &converged(&d)).unwrap().stages.is_empty());
+    }
+
+    #[test]
+    fn a_direct_peer_routes_only_its_underlays_family_natively() {
+        let mut d = dual_stack(&[2]);
+        d.peers[0].path = PeerPath::Direct;
+        let p = plan(&d, &empty()).unwrap();
+        let n2 = &d.peers[0];
+        let direct = RouteSpec { dst: n2.pod_cidrs[0], gateway: n2.node_ip, dev: Dev::Index(ETH0), onlink: false };
+        let v6 = n2.pod_cidrs[1];
+        let tunnel = RouteSpec { dst: v6, gateway: vtep_of(&v6), dev: Dev::Vxlan(Family::Ipv4), onlink: true };
+        assert_eq!(routes(&p), [&direct, &tunnel]);
+        // The IPv6 block still needs the tunnel's neighbour and FDB entry.
+        let ops: Vec<&Op> = p.steps().map(|s| &s.op).collect();
+        assert!(ops.contains(&&Op::Neighbour { family: Family::Ipv4, ip: vtep_of(&v6), mac: n2.vtep_mac }));
+        assert!(ops.contains(&&Op::Fdb { mac: n2.vtep_mac, dst: n2.node_ip }));
+        assert_eq!(ops.iter().filter(|o| matches!(o, Op::Neighbour { .. })).count(), 1);
+        assert!(plan(&d, &converged(&d)).unwrap().stages.is_empty());
+    }
+
+    #[test]
+    fn an_ipv6_only_node_programs_nothing_of_ipv4() {
+        let mut d = dual_stack(&[2, 3]);
+        d.local.underlays = vec![UnderlayAddr { ip: "2001:db8:1::10".parse().unwrap(), iface: "eth0".into() }];
+        d.local.pod_cidrs.remove(0);
+        d.local.cluster_cidrs.remove(0);
+        for (p, ip) in d.peers.iter_mut().zip(["2001:db8:1::20", "2001:db8:2::30"]) {
+            p.node_ip = ip.parse().unwrap();
+            p.pod_cidrs.remove(0);
+        }
+        d.peers[0].path = PeerPath::Direct;
+        let p = plan(&d, &empty()).unwrap();
+        let ops: Vec<&Op> = p.steps().map(|s| &s.op).collect();
+        assert!(ops.iter().all(|o| !matches!(o, Op::CreateVxlan(Family::Ipv4, _))));
+        assert!(ops.contains(&&Op::AddAddress(Family::Ipv6, "fd00:10:244:1::/128".parse().unwrap())));
+        let sysctls: Vec<&str> = ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::Sysctl { key, .. } => Some(key.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sysctls, [sysctl::IP6_FORWARD, "net/ipv4/conf/vxlan-v6/rp_filter"]);
+        let (n2, n3) = (&d.peers[0], &d.peers[1]);
+        let direct = RouteSpec { dst: n2.pod_cidrs[0], gateway: n2.node_ip, dev: Dev::Index(ETH0), onlink: false };
+        let b3 = n3.pod_cidrs[0];
+        let tunnel = RouteSpec { dst: b3, gateway: vtep_of(&b3), dev: Dev::Vxlan(Family::Ipv6), onlink: true };
+        assert_eq!(routes(&p), [&direct, &tunnel]);
+        assert!(plan(&d, &converged(&d)).unwrap().stages.is_empty());
+    }
+
+    #[test]
+    fn a_stale_ipv6_block_and_gateway_go_and_link_local_addresses_stay() {
+        let d = dual_stack(&[2]);
+        let mut k = converged(&d);
+        let old_v6: IpNet = "fd00:10:244:9::1/64".parse().unwrap();
+        let old_vtep: IpNet = "fd00:10:244:9::/128".parse().unwrap();
+        k.addresses.push((CNI0, old_v6));
+        k.addresses.push((VXLAN, old_vtep));
+        let p = plan(&d, &k).unwrap();
+        let mut ops: Vec<String> = p.steps().map(|s| s.op.to_string()).collect();
+        ops.sort();
+        assert_eq!(ops, [format!("address {old_vtep} on vxlan0"), format!("address {old_v6} on cni0")]);
+        // On an IPv4-only node the plugin's IPv6 gateway is not the agent's to remove.
+        let v4 = desired_with(&[2]);
+        let mut k = converged(&v4);
+        k.addresses.push((CNI0, old_v6));
+        assert!(plan(&v4, &k).unwrap().stages.is_empty());
     }
 
     #[test]
@@ -1194,7 +1354,7 @@ pub(crate) mod tests {
     fn invalid_peers_are_reported_and_not_programmed() {
         let mut d = desired_with(&[2]);
         let k = converged(&d);
-        d.peers[0].pod_cidr = "10.99.2.0/24".parse().unwrap();
+        d.peers[0].pod_cidrs[0] = "10.99.2.0/24".parse().unwrap();
         d.peers.push(peer(3, PeerPath::Vxlan));
         let p = plan(&d, &k).unwrap();
         assert_eq!(p.rejected.len(), 1);
@@ -1228,7 +1388,7 @@ pub(crate) mod tests {
         );
         // A cluster CIDR change changes the rules' comments, hence the shape.
         let mut wider = d.clone();
-        wider.local.cluster_cidr = "10.0.0.0/8".parse().unwrap();
+        wider.local.cluster_cidrs[0] = "10.0.0.0/8".parse().unwrap();
         let p = plan(&wider, &converged(&d)).unwrap();
         assert!(p.steps().any(|s| matches!(s.op, Op::Nft { .. })));
         // An unreadable ruleset is reported and nftables left alone.
@@ -1283,7 +1443,7 @@ pub(crate) mod tests {
     fn a_rewritten_table_carries_its_elements_and_rejected_peers_are_not_allowed() {
         let mut d = desired_with(&[2, 3]);
         let mut clash = peer(9, PeerPath::Vxlan);
-        clash.pod_cidr = d.peers[0].pod_cidr;
+        clash.pod_cidrs = d.peers[0].pod_cidrs.clone();
         d.peers.push(clash.clone());
         let p = plan(&d, &empty()).unwrap();
         let nft = nft_scripts(&p);
@@ -1309,7 +1469,7 @@ pub(crate) mod tests {
         let p = plan(&d, &k).unwrap();
         assert_eq!(p.stages.len(), 1);
         assert_eq!(p.stages[0][0].tally, Tally::of(2, 0, 0));
-        let accepts = firewall::cluster_accepts(d.local.cluster_cidr);
+        let accepts = firewall::cluster_accepts(&d.local.cluster_cidrs);
         let Ok(listing) = &mut k.nft else { unreachable!() };
         listing.foreign[0].weft_rules = vec![(10, accepts[0].comment.clone()), (11, accepts[1].comment.clone())];
         let p = plan(&d, &k).unwrap();

@@ -14,16 +14,17 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::{IpNet, Ipv4Net};
 use proptest::prelude::*;
 
+use crate::desired::vtep_of;
 use crate::desired::{Desired, LocalNode, Peer, PeerPath};
 use crate::firewall;
 use crate::mac::Mac;
 use crate::objects::{FdbEntry, Link, LinkChange, MAIN_TABLE, Neighbour, Route, VxlanSpec, WEFT_ROUTE_PROTOCOL};
-use crate::plan::tests::{CNI0, ETH0, VXLAN, converged, desired_with, fdb_of, link, neighbour_of};
+use crate::plan::tests::{CNI0, ETH0, VXLAN, converged, fdb_of, link, neighbour_of};
 use crate::plan::{Dev, Op, Plan, plan};
 use crate::snapshot::Kernel;
 use crate::sysctl;
 use crate::underlay::Family;
-use crate::validate::tests::peer;
+use crate::validate::tests::{dual_local, local, peer, v6_block};
 use crate::validate::validate;
 
 /// The protocol of the routes the kernel adds for an address's prefix.
@@ -57,14 +58,37 @@ fn path() -> impl Strategy<Value = PeerPath> {
     prop_oneof![Just(PeerPath::Vxlan), Just(PeerPath::Direct)]
 }
 
-fn twisted(n: u8, path: PeerPath, twist: Twist) -> Peer {
-    let mut p = peer(n, path);
+fn twisted(mut p: Peer, twist: Twist) -> Peer {
+    let n = p.name[1..].parse::<u8>().expect("named n<number>");
     match twist {
         Twist::None => {}
         Twist::NodeIp => p.node_ip = Ipv4Addr::new(203, 0, 113, n).into(),
         Twist::Mac => p.vtep_mac = Mac::derived(&format!("moved-{n}")),
         Twist::SharedMac => p.vtep_mac = Mac::derived("n2"),
-        Twist::OutsideCluster => p.pod_cidr = Ipv4Net::new(Ipv4Addr::new(10, 99, n, 0), 24).unwrap(),
+        Twist::OutsideCluster => p.pod_cidrs[0] = Ipv4Net::new(Ipv4Addr::new(10, 99, n, 0), 24).unwrap().into(),
+    }
+    p
+}
+
+/// Which pod families a peer has blocks of.
+#[derive(Debug, Clone, Copy)]
+enum Blocks {
+    V4,
+    V6,
+    Both,
+}
+
+fn blocks() -> impl Strategy<Value = Blocks> {
+    prop_oneof![Just(Blocks::V4), Just(Blocks::V6), Just(Blocks::Both)]
+}
+
+/// `peer(n, path)` with blocks of the families `blocks` names (the IPv6 one fd00:10:244:n::/64).
+fn peer_with(n: u8, path: PeerPath, blocks: Blocks) -> Peer {
+    let mut p = peer(n, path);
+    match blocks {
+        Blocks::V4 => {}
+        Blocks::V6 => p.pod_cidrs = vec![v6_block(n)],
+        Blocks::Both => p.pod_cidrs.push(v6_block(n)),
     }
     p
 }
@@ -72,12 +96,14 @@ fn twisted(n: u8, path: PeerPath, twist: Twist) -> Peer {
 /// Entries a kernel may hold besides a converged state: left over by weft, or someone else's.
 #[derive(Debug, Clone)]
 enum Extra {
-    /// A weft route to a /24 of the cluster, through vxlan0 or the underlay, metric 0 or not.
-    WeftRoute { block: u8, via_vxlan: bool, metric: Option<u32> },
+    /// A weft route to a /24 (or with `v6`, a /64) of the cluster, through vxlan0 or the
+    /// underlay, metric 0 or not.
+    WeftRoute { block: u8, v6: bool, via_vxlan: bool, metric: Option<u32> },
     /// Someone else's route: another protocol, or weft's protocol in another table.
     ForeignRoute { block: u8, other_table: bool },
-    /// A neighbour on vxlan0: weft's when permanent, the kernel's own otherwise.
-    VxlanNeighbour { block: u8, permanent: bool },
+    /// A neighbour on vxlan0 (of an IPv4 or IPv6 block's VTEP): weft's when permanent, the
+    /// kernel's own otherwise.
+    VxlanNeighbour { block: u8, v6: bool, permanent: bool },
     /// A neighbour on the underlay: never weft's.
     UnderlayNeighbour { block: u8 },
     /// An FDB remote on vxlan0 for the MAC of node `n` (an extra remote when `n` is a peer).
@@ -89,24 +115,32 @@ enum Extra {
 fn extra() -> impl Strategy<Value = Extra> {
     let block = 2u8..40;
     prop_oneof![
-        (block.clone(), any::<bool>(), prop::option::of(1u32..4))
-            .prop_map(|(block, via_vxlan, metric)| Extra::WeftRoute { block, via_vxlan, metric }),
+        (block.clone(), any::<bool>(), any::<bool>(), prop::option::of(1u32..4))
+            .prop_map(|(block, v6, via_vxlan, metric)| Extra::WeftRoute { block, v6, via_vxlan, metric }),
         (block.clone(), any::<bool>()).prop_map(|(block, other_table)| Extra::ForeignRoute { block, other_table }),
-        (block.clone(), any::<bool>()).prop_map(|(block, permanent)| Extra::VxlanNeighbour { block, permanent }),
+        (block.clone(), any::<bool>(), any::<bool>()).prop_map(|(block, v6, permanent)| Extra::VxlanNeighbour {
+            block,
+            v6,
+            permanent
+        }),
         block.clone().prop_map(|block| Extra::UnderlayNeighbour { block }),
         (block.clone(), any::<u8>()).prop_map(|(n, dst)| Extra::VxlanFdb { n, dst }),
         block.prop_map(|n| Extra::ForeignFdb { n }),
     ]
 }
 
-fn cidr(block: u8) -> Ipv4Net {
-    Ipv4Net::new(Ipv4Addr::new(10, 244, block, 0), 24).unwrap()
+fn cidr(block: u8) -> IpNet {
+    Ipv4Net::new(Ipv4Addr::new(10, 244, block, 0), 24).unwrap().into()
+}
+
+fn cidr_of(block: u8, v6: bool) -> IpNet {
+    if v6 { v6_block(block) } else { cidr(block) }
 }
 
 /// Adds an extra entry unless the kernel already has one with the same key (it cannot hold two).
 fn add_extra(k: &mut Kernel, extra: &Extra) {
     let route = |dst, gateway, oif, protocol, table, priority| Route {
-        dst: IpNet::from(dst),
+        dst,
         gateway: Some(gateway),
         oif: Some(oif),
         onlink: oif == VXLAN,
@@ -125,9 +159,10 @@ fn add_extra(k: &mut Kernel, extra: &Extra) {
         }
     };
     match *extra {
-        Extra::WeftRoute { block, via_vxlan, metric } => {
-            let (oif, gateway) = if via_vxlan { (VXLAN, cidr(block).network().into()) } else { (ETH0, node_ip(block)) };
-            add_route(k, route(cidr(block), gateway, oif, WEFT_ROUTE_PROTOCOL, MAIN_TABLE, metric));
+        Extra::WeftRoute { block, v6, via_vxlan, metric } => {
+            let dst = cidr_of(block, v6);
+            let (oif, gateway) = if via_vxlan || v6 { (VXLAN, vtep_of(&dst)) } else { (ETH0, node_ip(block)) };
+            add_route(k, route(dst, gateway, oif, WEFT_ROUTE_PROTOCOL, MAIN_TABLE, metric));
         }
         Extra::ForeignRoute { block, other_table } => {
             let (protocol, table) = if other_table { (WEFT_ROUTE_PROTOCOL, 100) } else { (4, MAIN_TABLE) };
@@ -135,9 +170,9 @@ fn add_extra(k: &mut Kernel, extra: &Extra) {
             // which is the intended outcome but not a converging one.
             add_route(k, route(cidr(block), node_ip(block), ETH0, protocol, table, Some(200)));
         }
-        Extra::VxlanNeighbour { block, permanent } => {
+        Extra::VxlanNeighbour { block, v6, permanent } => {
             let mac = Mac::derived(&format!("stale-{block}"));
-            add_neighbour(k, Neighbour { ifindex: VXLAN, ip: cidr(block).network().into(), mac, permanent });
+            add_neighbour(k, Neighbour { ifindex: VXLAN, ip: vtep_of(&cidr_of(block, v6)), mac, permanent });
         }
         Extra::UnderlayNeighbour { block } => {
             add_neighbour(k, Neighbour { ifindex: ETH0, ..neighbour_of(&peer(block, PeerPath::Vxlan)) });
@@ -190,7 +225,7 @@ fn apply_op(k: &mut Kernel, op: &Op, desired: &Desired) {
         Op::CreateVxlan(family, spec) => create_vxlan(k, *family, spec),
         Op::FixVxlan(family, change) => fix_vxlan(k, *family, change),
         Op::VxlanLearningOff(f) => vxlan_mut(k, *f).vxlan.as_mut().expect("vxlan attributes").learning = false,
-        Op::EnsureBridge { name, mtu, gateway } => ensure_bridge(k, name, *mtu, *gateway),
+        Op::EnsureBridge { name, mtu, gateways } => ensure_bridge(k, name, *mtu, gateways),
         Op::AddAddress(family, a) => add_address(k, vxlan(k, *family).index, *a),
         Op::DeleteAddress { index, address, .. } => delete_address(k, *index, *address),
         Op::Sysctl { key, value } => set_sysctl(k, key, value),
@@ -244,8 +279,9 @@ fn apply_op(k: &mut Kernel, op: &Op, desired: &Desired) {
 }
 
 // The kernel's side effects, as Linux 6.x has them (checked in a namespace): what goes with a
-// device, with its last IPv4 address or its IPv4 when it goes down, and with its MAC address.
-// FDB entries go only with the device.
+// device, with its last IPv4 address (its IPv4 routes and neighbours), when it goes down (routes
+// and neighbours of both families, and its IPv6 addresses: keep_addr_on_down is 0), and with its
+// MAC address. FDB entries go only with the device.
 
 fn delete_link(k: &mut Kernel, index: u32) {
     for family in Family::ALL {
@@ -256,14 +292,16 @@ fn delete_link(k: &mut Kernel, index: u32) {
     k.links.retain(|l| l.index != index);
     k.addresses.retain(|(i, _)| *i != index);
     k.fdb.retain(|e| e.ifindex != index);
-    flush_ipv4(k, index);
+    flush(k, index, Family::ALL);
 }
 
-/// IPv4 disabled on a device (its last address removed, or the device down): every route
-/// through it and every neighbour on it are flushed, permanent ones too.
-fn flush_ipv4(k: &mut Kernel, index: u32) {
-    k.routes.retain(|r| r.oif != Some(index));
-    flush_neighbours(k, index);
+/// A family disabled on a device (its last IPv4 address removed, or the device down): every
+/// route of the family through it and every neighbour of it on it are flushed, permanent
+/// ones too.
+fn flush(k: &mut Kernel, index: u32, families: impl IntoIterator<Item = Family> + Clone) {
+    let of = |ip: IpAddr| families.clone().into_iter().any(|f| f == Family::of(ip));
+    k.routes.retain(|r| r.oif != Some(index) || !of(r.dst.addr()));
+    k.neighbours.retain(|n| n.ifindex != index || !of(n.ip));
 }
 
 /// A device's neighbours, permanent ones too, go when its MAC address changes (NETDEV_CHANGEADDR).
@@ -274,7 +312,8 @@ fn flush_neighbours(k: &mut Kernel, index: u32) {
 fn set_up(k: &mut Kernel, index: u32, up: bool) {
     link_mut(k, index).up = up;
     if !up {
-        flush_ipv4(k, index);
+        flush(k, index, Family::ALL);
+        k.addresses.retain(|(i, a)| *i != index || a.addr().is_ipv4());
     }
 }
 
@@ -303,8 +342,8 @@ fn delete_address(k: &mut Kernel, index: u32, address: IpNet) {
     if let Some(route) = connected_route(index, address) {
         remove(&mut k.routes, &route);
     }
-    if k.addresses_of(index).next().is_none() {
-        flush_ipv4(k, index);
+    if address.addr().is_ipv4() && !k.addresses_of(index).any(|a| a.addr().is_ipv4()) {
+        flush(k, index, [Family::Ipv4]);
     }
 }
 
@@ -337,8 +376,8 @@ fn fix_vxlan(k: &mut Kernel, family: Family, change: &LinkChange) {
     }
 }
 
-/// As `bridge::ensure_bridge` does it: created when missing, up, with the MTU and the gateway.
-fn ensure_bridge(k: &mut Kernel, name: &str, mtu: u32, gateway: Ipv4Net) {
+/// As `bridge::ensure_bridge` does it: created when missing, up, with the MTU and the gateways.
+fn ensure_bridge(k: &mut Kernel, name: &str, mtu: u32, gateways: &[IpNet]) {
     let index = match k.link(name) {
         Some(l) => l.index,
         None => {
@@ -350,12 +389,14 @@ fn ensure_bridge(k: &mut Kernel, name: &str, mtu: u32, gateway: Ipv4Net) {
     };
     let bridge = link_mut(k, index);
     (bridge.mtu, bridge.up) = (mtu, true);
-    add_address(k, index, gateway.into());
+    for gateway in gateways {
+        add_address(k, index, *gateway);
+    }
 }
 
 fn set_sysctl(k: &mut Kernel, key: &str, value: &str) {
-    if key == sysctl::IP_FORWARD {
-        k.ip_forward = Some(value.into());
+    if let Some(f) = Family::ALL.into_iter().find(|f| key == sysctl::forwarding_key(*f)) {
+        k.forwarding.insert(f, value.into());
     } else if let Some(f) = Family::ALL.into_iter().find(|f| key == sysctl::dev_key("rp_filter", f.vxlan_device())) {
         k.vxlan_rp_filter.insert(f, value.into());
     } else {
@@ -436,19 +477,24 @@ fn sorted_ops(p: &Plan) -> Vec<String> {
 prop_compose! {
     /// A node's desired state and a kernel converged to an earlier one, plus extra entries.
     fn scenario()(
-        before in prop::collection::btree_map(2u8..40, path(), 0..12),
-        after in prop::collection::btree_map(2u8..40, (path(), twist()), 0..12),
+        dual in any::<bool>(),
+        before in prop::collection::btree_map(2u8..40, (path(), blocks()), 0..12),
+        after in prop::collection::btree_map(2u8..40, (path(), twist(), blocks()), 0..12),
         extras in prop::collection::vec(extra(), 0..16),
     ) -> (Desired, Kernel) {
-        let mut old = desired_with(&[]);
-        old.peers = before.into_iter().map(|(n, path)| peer(n, path)).collect();
-        let mut kernel = converged(&old);
+        // A dual-stack node, or an IPv4-only one (to which IPv6 blocks are not routed).
+        let local = if dual { dual_local() } else { local() };
+        let old_peers = before.into_iter().map(|(n, (path, blocks))| peer_with(n, path, blocks)).collect();
+        let old = Desired { local: local.clone(), peers: old_peers };
+        let mut kernel = converged(&Desired { peers: valid_peers(&old), ..old });
         for e in &extras {
             add_extra(&mut kernel, e);
         }
-        let mut desired = desired_with(&[]);
-        desired.peers = after.into_iter().map(|(n, (path, twist))| twisted(n, path, twist)).collect();
-        (desired, kernel)
+        let peers = after
+            .into_iter()
+            .map(|(n, (path, twist, blocks))| twisted(peer_with(n, path, blocks), twist))
+            .collect();
+        (Desired { local, peers }, kernel)
     }
 }
 
@@ -474,10 +520,18 @@ fn restart() -> impl Strategy<Value = Restart> {
     )
 }
 
+/// The valid peers of `d`, as routed: what a converged kernel has entries for.
+fn valid_peers(d: &Desired) -> Vec<Peer> {
+    let valid = validate(d).expect("valid local node");
+    valid.peers.iter().map(|p| Peer { pod_cidrs: d.local.routed(p).collect(), ..(*p).clone() }).collect()
+}
+
 fn restarted(local: &LocalNode, r: &Restart) -> LocalNode {
     let mut l = local.clone();
     if let Some((block, _)) = r.pod_block {
-        l.pod_cidr = cidr(block);
+        for own in &mut l.pod_cidrs {
+            *own = cidr_of(block, own.addr().is_ipv6());
+        }
     }
     if r.vni {
         l.vni = 42;
@@ -496,7 +550,7 @@ fn restarted(local: &LocalNode, r: &Restart) -> LocalNode {
 
 /// The peer that took the local node's old PodCIDR over.
 fn taker(old: &LocalNode, path: PeerPath) -> Peer {
-    Peer { pod_cidr: old.pod_cidr, node_ip: Ipv4Addr::new(198, 51, 100, 250).into(), ..peer(99, path) }
+    Peer { pod_cidrs: old.pod_cidrs.clone(), node_ip: Ipv4Addr::new(198, 51, 100, 250).into(), ..peer(99, path) }
 }
 
 prop_compose! {
@@ -506,7 +560,7 @@ prop_compose! {
         restart in restart(),
         taker_path in path(),
     ) -> (Desired, Kernel) {
-        let old = desired_with(&[]).local;
+        let old = desired.local.clone();
         let mut desired = desired;
         desired.local = restarted(&old, &restart);
         if let Some((_, true)) = restart.pod_block {
@@ -548,7 +602,7 @@ proptest! {
         }
         prop_assert_eq!(foreign(&apply(&p, &kernel, &desired, InStage::AsPlanned)), foreign(&kernel));
         // The kernel's own (non-permanent) vxlan0 neighbours go only when a peer needs the address.
-        let wanted: HashSet<IpAddr> = desired.peers.iter().map(|p| p.vtep_ip().into()).collect();
+        let wanted: HashSet<IpAddr> = desired.peers.iter().flat_map(|p| p.pod_cidrs.iter().map(vtep_of)).collect();
         let after = apply(&p, &kernel, &desired, InStage::AsPlanned);
         for n in kernel.neighbours.iter().filter(|n| n.ifindex == VXLAN && !n.permanent && !wanted.contains(&n.ip)) {
             prop_assert!(after.neighbours.contains(n), "{:?} was removed", n);
@@ -562,7 +616,8 @@ proptest! {
         prop_assert!(p.steps().all(|s| s.peer.as_deref().is_none_or(|n| !rejected.contains(n))));
         let after = apply(&p, &kernel, &desired, InStage::AsPlanned);
         for peer in desired.peers.iter().filter(|p| rejected.contains(p.name.as_str())) {
-            let weft_route = |r: &Route| (r.dst, r.protocol, r.table) == (peer.pod_cidr.into(), WEFT_ROUTE_PROTOCOL, MAIN_TABLE);
+            let weft_route =
+                |r: &Route| peer.pod_cidrs.contains(&r.dst) && (r.protocol, r.table) == (WEFT_ROUTE_PROTOCOL, MAIN_TABLE);
             prop_assert!(!after.routes.iter().any(weft_route), "{} is still routed", peer.name);
         }
     }

@@ -20,7 +20,7 @@ pub const RP_FILTER_LOOSE: &str = "2";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kernel {
     pub links: Vec<Link>,
-    /// Every IPv4 address as (link index, address).
+    /// Every address of both families as (link index, address).
     pub addresses: Vec<(u32, IpNet)>,
     /// IPv4 and IPv6 routes of the main table, of every protocol.
     pub routes: Vec<Route>,
@@ -30,8 +30,9 @@ pub struct Kernel {
     pub fdb: Vec<FdbEntry>,
     /// The nftables state, or why it could not be read (then nftables is left alone).
     pub nft: Result<Listing, String>,
-    /// `net.ipv4.ip_forward`; `None` when unreadable.
-    pub ip_forward: Option<String>,
+    /// Each family's forwarding sysctl that is readable (`net.ipv4.ip_forward`,
+    /// `net.ipv6.conf.all.forwarding`).
+    pub forwarding: BTreeMap<Family, String>,
     /// `rp_filter` of each VXLAN device that exists (and has the key).
     pub vxlan_rp_filter: BTreeMap<Family, String>,
 }
@@ -69,7 +70,10 @@ pub async fn read(nl: &Netlink, nft: &NftSocket) -> Result<Kernel, NetlinkError>
         neighbours,
         fdb,
         nft,
-        ip_forward: sysctl::read(sysctl::IP_FORWARD).ok(),
+        forwarding: Family::ALL
+            .into_iter()
+            .filter_map(|f| Some((f, sysctl::read(sysctl::forwarding_key(f)).ok()?)))
+            .collect(),
         vxlan_rp_filter: Family::ALL
             .into_iter()
             .filter_map(|f| Some((f, sysctl::read(&sysctl::dev_key("rp_filter", f.vxlan_device())).ok()?)))

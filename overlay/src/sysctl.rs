@@ -4,6 +4,8 @@ use std::fs;
 use std::io;
 use std::path::PathBuf;
 
+use crate::underlay::Family;
+
 fn path(key: &str) -> PathBuf {
     PathBuf::from("/proc/sys").join(key.replace('.', "/"))
 }
@@ -27,7 +29,21 @@ pub fn dev_key(name: &str, dev: &str) -> String {
     format!("net/ipv4/conf/{dev}/{name}")
 }
 
+/// The per-device IPv6 key, e.g. net.ipv6.conf.cni0.accept_dad.
+pub fn ipv6_dev_key(name: &str, dev: &str) -> String {
+    format!("net/ipv6/conf/{dev}/{name}")
+}
+
 pub const IP_FORWARD: &str = "net/ipv4/ip_forward";
+pub const IP6_FORWARD: &str = "net/ipv6/conf/all/forwarding";
+
+/// The key that turns forwarding of one family on for the namespace.
+pub fn forwarding_key(family: Family) -> &'static str {
+    match family {
+        Family::Ipv4 => IP_FORWARD,
+        Family::Ipv6 => IP6_FORWARD,
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -41,6 +57,8 @@ mod tests {
 
     #[test]
     fn reads_a_real_key() {
-        assert!(matches!(read(IP_FORWARD).as_deref(), Ok("0" | "1")));
+        for family in Family::ALL {
+            assert!(matches!(read(forwarding_key(family)).as_deref(), Ok("0" | "1")), "{family}");
+        }
     }
 }

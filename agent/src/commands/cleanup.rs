@@ -1,6 +1,8 @@
 //! `weft-agent cleanup`: removes the conflist first (so the runtime stops sending pods to weft),
 //! then the agent's files, then everything weft put into the kernel.
 
+use weft_overlay::underlay::Family;
+
 use crate::cli::CleanupArgs;
 use crate::datapath::{self, DatapathError};
 use crate::files::{self, FileError};
@@ -15,7 +17,8 @@ pub enum CleanupError {
 
 pub async fn cleanup(args: &CleanupArgs) -> Result<(), CleanupError> {
     let paths = args.paths.paths();
-    for path in [paths.conflist(), paths.state_file(), paths.lease(), paths.generation()] {
+    let leases = Family::ALL.map(|f| paths.lease(f));
+    for path in [paths.conflist(), paths.state_file(), paths.generation()].into_iter().chain(leases) {
         if files::remove(&path)? {
             println!("removed {}", path.display());
         }

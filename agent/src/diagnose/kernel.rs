@@ -5,7 +5,9 @@ use std::net::IpAddr;
 
 use weft_overlay::desired::{DEFAULT_VXLAN_DEVICE, DEFAULT_VXLAN_PORT};
 use weft_overlay::objects::{Link, VxlanAttrs};
+use weft_overlay::rules::DEFAULT_BRIDGE;
 use weft_overlay::snapshot::{Kernel, RP_FILTER_LOOSE};
+use weft_overlay::sysctl;
 use weft_overlay::underlay::Family;
 
 use super::{Finding, VxlanPort, or_passed};
@@ -44,7 +46,7 @@ pub fn vxlan_port(kernel: Option<&Kernel>, flag: u16) -> VxlanPort {
 /// Every kernel check. `rp_filter_all` is `net.ipv4.conf.all.rp_filter`: the kernel filters by
 /// the higher of it and the device's own value.
 pub fn kernel_findings(kernel: &Kernel, rp_filter_all: Option<&str>, expected: &Expected) -> Vec<Finding> {
-    let mut out = vec![ip_forward(kernel)];
+    let mut out: Vec<Finding> = pod_families(kernel).into_iter().map(|f| ip_forward(kernel, f)).collect();
     out.extend(rp_filter(kernel, rp_filter_all));
     out.extend(forward_drops(kernel));
     out.extend(vxlan_device(kernel, expected));
@@ -60,18 +62,36 @@ fn vxlan_attrs(kernel: &Kernel) -> Option<&VxlanAttrs> {
     vxlan_link(kernel)?.vxlan.as_ref()
 }
 
-fn ip_forward(kernel: &Kernel) -> Finding {
-    match kernel.ip_forward.as_deref() {
-        Some("1") => Finding::passed("ip-forward", "IP forwarding is on (net.ipv4.ip_forward = 1)"),
+/// The families this node has pods of, as the gateways on cni0 show them (IPv4 when there is
+/// no bridge yet, as before dual-stack).
+fn pod_families(kernel: &Kernel) -> Vec<Family> {
+    let bridge = kernel.link(DEFAULT_BRIDGE).map(|l| l.index);
+    let mut families: Vec<Family> = kernel
+        .addresses
+        .iter()
+        .filter(|(i, a)| Some(*i) == bridge && !matches!(a.addr(), IpAddr::V6(v6) if v6.is_unicast_link_local()))
+        .map(|(_, a)| Family::of_net(a))
+        .collect();
+    families.sort();
+    families.dedup();
+    if families.is_empty() { vec![Family::Ipv4] } else { families }
+}
+
+fn ip_forward(kernel: &Kernel, family: Family) -> Finding {
+    let key = sysctl::forwarding_key(family).replace('/', ".");
+    match kernel.forwarding.get(&family).map(String::as_str) {
+        Some("1") => Finding::passed("ip-forward", format!("{family} forwarding is on ({key} = 1)")),
         Some(value) => Finding::error(
             "ip-forward",
-            format!("IP forwarding is off (net.ipv4.ip_forward = {value}): this node forwards no pod traffic"),
-            "sysctl -w net.ipv4.ip_forward=1 (the agent sets it on its next reconcile, but something on this host \
-             turned it off: find what, e.g. a file in /etc/sysctl.d)",
+            format!("{family} forwarding is off ({key} = {value}): this node forwards no {family} pod traffic"),
+            format!(
+                "sysctl -w {key}=1 (the agent sets it on its next reconcile, but something on this host turned it \
+                 off: find what, e.g. a file in /etc/sysctl.d)"
+            ),
         ),
         None => Finding::warning(
             "ip-forward",
-            "cannot read net.ipv4.ip_forward",
+            format!("cannot read {key}"),
             "run diagnose where /proc/sys is mounted (the node's network namespace)",
         ),
     }
@@ -271,7 +291,7 @@ mod tests {
             neighbours: Vec::new(),
             fdb: Vec::new(),
             nft: Ok(Listing::default()),
-            ip_forward: Some("1".into()),
+            forwarding: [(Family::Ipv4, "1".to_string())].into(),
             vxlan_rp_filter: [(Family::Ipv4, RP_FILTER_LOOSE.into())].into(),
         }
     }
@@ -305,11 +325,30 @@ mod tests {
     #[test]
     fn ip_forwarding_off_is_an_error_with_the_sysctl_to_set() {
         let mut k = healthy();
-        k.ip_forward = Some("0".into());
+        k.forwarding.insert(Family::Ipv4, "0".into());
         let f = only(&k, &expected());
         assert_eq!((f.check, f.severity), ("ip-forward", Severity::Error));
-        assert_eq!(f.message, "IP forwarding is off (net.ipv4.ip_forward = 0): this node forwards no pod traffic");
+        assert_eq!(
+            f.message,
+            "IPv4 forwarding is off (net.ipv4.ip_forward = 0): this node forwards no IPv4 pod traffic"
+        );
         assert!(f.fix.unwrap().starts_with("sysctl -w net.ipv4.ip_forward=1"));
+    }
+
+    #[test]
+    fn forwarding_is_checked_for_each_family_the_bridge_has_a_gateway_of() {
+        let mut k = healthy();
+        let cni0 = Link { index: 9, name: DEFAULT_BRIDGE.into(), ..k.links[0].clone() };
+        k.links.push(cni0);
+        k.addresses.extend([(9, "fd00:10:244:1::1/64".parse().unwrap()), (9, "fe80::1/64".parse().unwrap())]);
+        // An IPv6-only node: IPv4 forwarding off is nobody's concern, IPv6 forwarding off is.
+        k.forwarding = [(Family::Ipv4, "0".into()), (Family::Ipv6, "0".into())].into();
+        let f = only(&k, &expected());
+        assert_eq!(
+            f.message,
+            "IPv6 forwarding is off (net.ipv6.conf.all.forwarding = 0): this node forwards no IPv6 pod traffic"
+        );
+        assert!(f.fix.unwrap().starts_with("sysctl -w net.ipv6.conf.all.forwarding=1"));
     }
 
     #[test]

@@ -9,11 +9,15 @@
 //! | `vxlan_port` | VXLAN UDP port                          | never within a generation    |
 //! | `version`    | agent version (informational)           | never within a generation    |
 //! | `status`     | `up`; `name-in-use` while the agent yields its name to another; `leaving` during shutdown | on those events |
-//! | `pod_cidr`   | `<cidr>;<claiming|confirmed|static>;<since ms>` | while allocating     |
+//! | `pod_cidr`   | IPv4 claim: `<cidr>;<claiming|confirmed|static>;<since ms>` (absent on a node without IPv4 pods) | while allocating |
+//! | `pod_cidr6`  | IPv6 claim, the same encoding (absent without IPv6 pods) | while allocating |
 //!
 //! | `dataplane`  | this node's probe results, bounded (`probe::summary`) | when they change     |
 //!
-//! The claim is one key so that a peer can never see a block with another claim's time.
+//! A claim is one key so that a peer can never see a block with another claim's time; one key
+//! per family, so that a node of the previous release, which parses `pod_cidr` as IPv4 and knows
+//! no `pod_cidr6`, keeps understanding dual-stack nodes by their IPv4 block and sees an IPv6-only
+//! node as one that has not claimed a block yet (not programmed, nothing rejected).
 //! `node_ip` keeps its meaning of the previous release (which knows only IPv4 underlays), so
 //! such nodes keep understanding IPv4 nodes, and their announcements (no `node_ip6`) still are
 //! an IPv4-only underlay here.
@@ -31,6 +35,7 @@ pub const VXLAN_PORT: &str = "vxlan_port";
 pub const VERSION: &str = "version";
 pub const STATUS: &str = "status";
 pub const POD_CIDR: &str = "pod_cidr";
+pub const POD_CIDR6: &str = "pod_cidr6";
 pub const DATAPLANE: &str = "dataplane";
 
 pub const STATUS_UP: &str = "up";
@@ -46,6 +51,14 @@ pub fn node_ip_key(family: Family) -> &'static str {
     }
 }
 
+/// The key carrying a node's claim of one family.
+pub fn pod_cidr_key(family: Family) -> &'static str {
+    match family {
+        Family::Ipv4 => POD_CIDR,
+        Family::Ipv6 => POD_CIDR6,
+    }
+}
+
 /// The facts a node announces for its whole generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Facts {
@@ -57,7 +70,7 @@ pub struct Facts {
 
 impl Facts {
     /// The key-values a node starts gossiping with.
-    pub fn key_values(&self, claim: Option<Claim>) -> Vec<(String, String)> {
+    pub fn key_values(&self, claims: &[Claim]) -> Vec<(String, String)> {
         let mut kvs: Vec<(String, String)> =
             self.node_ips.iter().map(|ip| (node_ip_key(Family::of(ip)).to_string(), ip.to_string())).collect();
         kvs.extend([
@@ -67,8 +80,8 @@ impl Facts {
             (VERSION.to_string(), env!("CARGO_PKG_VERSION").to_string()),
             (STATUS.to_string(), STATUS_UP.to_string()),
         ]);
-        if let Some(claim) = claim {
-            kvs.push((POD_CIDR.to_string(), encode_claim(&claim)));
+        for claim in claims {
+            kvs.push((pod_cidr_key(Family::of_net(&claim.cidr)).to_string(), encode_claim(claim)));
         }
         kvs
     }
@@ -139,10 +152,17 @@ mod tests {
     fn facts_include_the_claim_only_when_there_is_one() {
         let node_ips = "192.0.2.1".parse().unwrap();
         let facts = Facts { node_ips, vtep_mac: Mac::derived("a"), vni: 1, vxlan_port: 8472 };
-        assert!(!facts.key_values(None).iter().any(|(k, _)| k == POD_CIDR));
+        assert!(!facts.key_values(&[]).iter().any(|(k, _)| k == POD_CIDR));
         let claim = Claim { cidr: "10.244.3.0/24".parse().unwrap(), kind: ClaimKind::Claiming, since_ms: 1 };
-        let kvs = facts.key_values(Some(claim));
+        let kvs = facts.key_values(&[claim]);
         assert!(kvs.contains(&(POD_CIDR.into(), "10.244.3.0/24;claiming;1".into())));
+        // An IPv6 claim goes under its own key; a dual-stack node announces both.
+        let claim6 = Claim { cidr: "fd00:10:244:3::/64".parse().unwrap(), ..claim };
+        let kvs = facts.key_values(&[claim, claim6]);
+        assert!(kvs.contains(&(POD_CIDR6.into(), "fd00:10:244:3::/64;claiming;1".into())));
+        assert!(kvs.contains(&(POD_CIDR.into(), "10.244.3.0/24;claiming;1".into())));
+        // An IPv6-only node announces no `pod_cidr` at all.
+        assert!(!facts.key_values(&[claim6]).iter().any(|(k, _)| k == POD_CIDR));
         assert!(kvs.contains(&(STATUS.into(), STATUS_UP.into())));
     }
 
@@ -151,13 +171,13 @@ mod tests {
         let facts =
             |ips: &str| Facts { node_ips: ips.parse().unwrap(), vtep_mac: Mac::derived("a"), vni: 1, vxlan_port: 8472 };
         let get = |kvs: &[(String, String)], key: &str| kvs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
-        let dual = facts("192.0.2.1,2001:db8:1::1").key_values(None);
+        let dual = facts("192.0.2.1,2001:db8:1::1").key_values(&[]);
         assert_eq!(get(&dual, NODE_IP).as_deref(), Some("192.0.2.1"));
         assert_eq!(get(&dual, NODE_IP6).as_deref(), Some("2001:db8:1::1"));
         // An IPv6-only node has no `node_ip`: a previous release never mistakes it for IPv4.
-        let v6 = facts("2001:db8:1::1").key_values(None);
+        let v6 = facts("2001:db8:1::1").key_values(&[]);
         assert_eq!(get(&v6, NODE_IP), None);
         assert_eq!(get(&v6, NODE_IP6).as_deref(), Some("2001:db8:1::1"));
-        assert_eq!(get(&facts("192.0.2.1").key_values(None), NODE_IP6), None);
+        assert_eq!(get(&facts("192.0.2.1").key_values(&[]), NODE_IP6), None);
     }
 }

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use weft_overlay::Mac;
 use weft_overlay::desired::PeerPath;
@@ -37,9 +37,13 @@ pub struct NodeStatus {
     /// The IPv6 underlay address; `null` without one.
     #[serde(rename = "nodeIP6", default)]
     pub node_ip6: Option<IpAddr>,
-    /// The PodCIDR the node holds; `null` while it is still being allocated.
+    /// The PodCIDR the node holds: its IPv4 block, or on a node without IPv4 pods its IPv6 one
+    /// (as `nodeIP`); `null` while it is still being allocated.
     #[serde(rename = "podCIDR")]
-    pub pod_cidr: Option<Ipv4Net>,
+    pub pod_cidr: Option<IpNet>,
+    /// The IPv6 PodCIDR it holds; `null` without one.
+    #[serde(rename = "podCIDR6", default)]
+    pub pod_cidr6: Option<IpNet>,
     #[serde(rename = "vtepMAC")]
     pub vtep_mac: Mac,
     pub mtu: u32,
@@ -116,8 +120,12 @@ pub struct PeerStatus {
     /// (`note` says so) or its announcement was rejected.
     #[serde(default)]
     pub underlay_family: Option<Family>,
+    /// Its IPv4 block, or without one its IPv6 block (as `nodeIP`).
     #[serde(rename = "podCIDR")]
-    pub pod_cidr: Option<Ipv4Net>,
+    pub pod_cidr: Option<IpNet>,
+    /// Its IPv6 block; `null` without one.
+    #[serde(rename = "podCIDR6", default)]
+    pub pod_cidr6: Option<IpNet>,
     #[serde(rename = "vtepMAC")]
     pub vtep_mac: Option<Mac>,
     /// `alive` only when the failure detector hears the node and it has not announced leaving.
@@ -140,7 +148,7 @@ pub struct PeerStatus {
 #[serde(rename_all = "camelCase")]
 pub struct ConflictStatus {
     #[serde(rename = "podCIDR")]
-    pub pod_cidr: Ipv4Net,
+    pub pod_cidr: IpNet,
     pub winner: String,
     pub losers: Vec<String>,
 }
@@ -174,7 +182,8 @@ pub fn peer_status(
         node_ip: announcement.and_then(|a| a.node_ips.primary()),
         node_ip6: announcement.and_then(|a| a.node_ips.get(Family::Ipv6)),
         underlay_family: path.map(|p| p.family),
-        pod_cidr: peer.claim().map(|c| c.cidr),
+        pod_cidr: blocks(peer.claims()).0,
+        pod_cidr6: blocks(peer.claims()).1,
         vtep_mac: announcement.map(|a| a.vtep_mac),
         state: match peer.liveness {
             Liveness::Alive | Liveness::Leaving => PeerState::Alive,
@@ -196,6 +205,12 @@ pub fn peer_status(
         dataplane,
         report: peer.report.clone(),
     }
+}
+
+/// Claims (IPv4 first) as status shows them: the first block, and the IPv6 one.
+pub fn blocks(claims: &[Claim]) -> (Option<IpNet>, Option<IpNet>) {
+    let v6 = claims.iter().map(|c| c.cidr).find(|c| c.addr().is_ipv6());
+    (claims.first().map(|c| c.cidr), v6)
 }
 
 pub fn conflict_status(c: &Conflict) -> ConflictStatus {
@@ -245,10 +260,16 @@ pub fn serving(i: &ServingInput<'_>) -> Result<Claim, String> {
     Ok(held)
 }
 
+/// The node serves pods only when it serves a block of every family of the cluster (a pod
+/// gets an address of each); else the first family's reason.
+pub fn serving_all<'a>(inputs: impl IntoIterator<Item = ServingInput<'a>>) -> Result<Vec<Claim>, String> {
+    inputs.into_iter().map(|i| serving(&i)).collect()
+}
+
 /// What readiness depends on, in the order it is checked.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadinessInput<'a> {
-    pub serving: &'a Result<Claim, String>,
+    pub serving: &'a Result<Vec<Claim>, String>,
     /// The last failure writing the node's files, if the last attempt failed.
     pub files_error: Option<&'a str>,
     pub files_written: bool,
@@ -337,7 +358,8 @@ fn or_dash<T: ToString>(v: Option<T>) -> String {
 }
 
 /// Underlay addresses for a table cell: the IPv4 (or only) one and the IPv6 one, deduplicated.
-fn ips(primary: Option<IpAddr>, v6: Option<IpAddr>) -> String {
+/// An address or block with its IPv6 counterpart, when that is another one: `a,b`.
+fn ips<T: std::fmt::Display + PartialEq>(primary: Option<T>, v6: Option<T>) -> String {
     match (primary, v6) {
         (Some(p), Some(v6)) if p != v6 => format!("{p},{v6}"),
         (Some(p), _) => p.to_string(),
@@ -354,7 +376,7 @@ pub fn render(s: &Status) -> String {
         "node {}  ip {}  podCIDR {}  vtep {}  mtu {}  {}",
         n.name,
         ips(Some(n.node_ip), n.node_ip6),
-        or_dash(n.pod_cidr),
+        ips(n.pod_cidr, n.pod_cidr6),
         n.vtep_mac,
         n.mtu,
         if n.ready { "ready" } else { "NOT READY" }
@@ -385,7 +407,7 @@ pub fn render(s: &Status) -> String {
             [
                 p.name.clone(),
                 ips(p.node_ip, p.node_ip6),
-                or_dash(p.pod_cidr),
+                ips(p.pod_cidr, p.pod_cidr6),
                 or_dash(p.vtep_mac),
                 match p.state {
                     PeerState::Alive => "alive".into(),
@@ -471,6 +493,7 @@ mod tests {
             node_ip: "192.0.2.1".parse().unwrap(),
             node_ip6: None,
             pod_cidr: None,
+            pod_cidr6: None,
             vtep_mac: Mac::derived("a"),
             mtu: 1450,
             ready: true,
@@ -534,7 +557,7 @@ mod tests {
     fn readiness_names_the_first_thing_missing() {
         let ok = ok_reconcile();
         let failed = ReconcileStatus { error: Some("boom".into()), ..ok_reconcile() };
-        let serves = Ok(claim("10.244.1.0/24", ClaimKind::Confirmed));
+        let serves = Ok(vec![claim("10.244.1.0/24", ClaimKind::Confirmed)]);
         let base = ReadinessInput {
             serving: &serves,
             files_error: None,
@@ -567,7 +590,7 @@ mod tests {
         let a = Announcement {
             node_ips: "2001:db8:2::2".parse().unwrap(),
             vtep_mac: Mac::derived("b"),
-            claim: Some(claim("10.244.2.0/24", ClaimKind::Confirmed)),
+            claims: vec![claim("10.244.2.0/24", ClaimKind::Confirmed)],
         };
         let v6 = PathChoice { family: Family::Ipv6, endpoint: "2001:db8:2::2".parse().unwrap(), path: PeerPath::Vxlan };
         let row = peer_status(
@@ -627,7 +650,7 @@ mod tests {
         let a = Announcement {
             node_ips: "192.0.2.2".parse().unwrap(),
             vtep_mac: Mac::derived("b"),
-            claim: Some(claim("10.244.2.0/24", ClaimKind::Confirmed)),
+            claims: vec![claim("10.244.2.0/24", ClaimKind::Confirmed)],
         };
         let seen = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let up = Dataplane {
@@ -645,7 +668,7 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({
-                "name": "b", "nodeIP": "192.0.2.2", "nodeIP6": null, "underlayFamily": "ipv4", "podCIDR": "10.244.2.0/24",
+                "name": "b", "nodeIP": "192.0.2.2", "nodeIP6": null, "underlayFamily": "ipv4", "podCIDR": "10.244.2.0/24", "podCIDR6": null,
                 "vtepMAC": Mac::derived("b").to_string(), "state": "alive", "path": "vxlan",
                 "programmed": true, "lastSeen": "2023-11-14T22:13:20.000Z", "note": null,
                 "dataplane": {
@@ -696,6 +719,7 @@ mod tests {
                 node_ip: "192.0.2.1".parse().unwrap(),
                 node_ip6: Some("2001:db8:1::1".parse().unwrap()),
                 pod_cidr: Some("10.244.1.0/24".parse().unwrap()),
+                pod_cidr6: None,
                 vtep_mac: Mac::derived("a"),
                 mtu: 1450,
                 ready: false,
@@ -720,6 +744,7 @@ mod tests {
                 node_ip6: None,
                 underlay_family: Some(Family::Ipv4),
                 pod_cidr: Some("10.244.2.0/24".parse().unwrap()),
+                pod_cidr6: None,
                 vtep_mac: Some(Mac::derived("b")),
                 state: PeerState::Alive,
                 path: Some(PeerPath::Direct),
@@ -780,5 +805,17 @@ mod tests {
         assert!(!view.contains("FROM"), "no matrix beyond {MATRIX_NODES} nodes: {view}");
         assert!(view.contains("a -> b: tunnel-blocked"));
         assert!(table.contains("last reconcile: 2024-01-01T00:00:00.000Z (3 ms): x"));
+
+        // Dual-stack: both blocks of the node and of each peer, and in the JSON document.
+        let mut dual = status.clone();
+        dual.node.pod_cidr6 = Some("fd00:10:244:1::/64".parse().unwrap());
+        dual.peers[0].pod_cidr6 = Some("fd00:10:244:2::/64".parse().unwrap());
+        let table = render(&dual);
+        assert!(table.contains("podCIDR 10.244.1.0/24,fd00:10:244:1::/64"), "{table}");
+        let row = table.lines().find(|l| l.starts_with("b ")).unwrap();
+        assert!(row.contains("10.244.2.0/24,fd00:10:244:2::/64"), "{row}");
+        let json = serde_json::to_value(&dual).unwrap();
+        assert_eq!(json["node"]["podCIDR6"], "fd00:10:244:1::/64");
+        assert_eq!(json["peers"][0]["podCIDR6"], "fd00:10:244:2::/64");
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chitchat::transport::ChannelTransport;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use tokio::time::Instant;
 use weft_agent::agent::Agent;
 use weft_agent::config::Config;
@@ -23,7 +23,8 @@ use weft_agent::files::Paths;
 use weft_agent::http::status::Status;
 use weft_agent::probe::icmp::Pinger;
 use weft_overlay::ApplyReport;
-use weft_overlay::desired::Desired;
+use weft_overlay::desired::{Desired, Peer};
+use weft_overlay::underlay::Family;
 
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -68,9 +69,13 @@ impl FakeDatapath {
         self.applied.lock().unwrap().last().map(|(_, d)| d.clone())
     }
 
-    /// Peer name → PodCIDR in the last applied state.
+    /// Peer name → first PodCIDR in the last applied state.
     pub fn programmed(&self) -> BTreeMap<String, Ipv4Net> {
-        self.last().map(|d| d.peers.iter().map(|p| (p.name.clone(), p.pod_cidr)).collect()).unwrap_or_default()
+        let first = |p: &Peer| match p.pod_cidrs.first() {
+            Some(IpNet::V4(v4)) => *v4,
+            other => panic!("{} has no IPv4 block first: {other:?}", p.name),
+        };
+        self.last().map(|d| d.peers.iter().map(|p| (p.name.clone(), first(p))).collect()).unwrap_or_default()
     }
 
     /// When a state first programmed `peer` at `cidr`, at or after `since`.
@@ -78,7 +83,7 @@ impl FakeDatapath {
         self.history()
             .into_iter()
             .filter(|(at, _)| *at >= since)
-            .find(|(_, d)| d.peers.iter().any(|p| p.name == peer && p.pod_cidr == cidr))
+            .find(|(_, d)| d.peers.iter().any(|p| p.name == peer && p.pod_cidrs.contains(&cidr.into())))
             .map(|(at, _)| at)
     }
 
@@ -175,7 +180,7 @@ impl Cluster {
         let underlay = Underlay::single(ip.into(), "eth0", Ipv4Net::new(ip, 24).unwrap().trunc().into(), 1500);
         let paths = Paths { state_dir: dir.join("run"), cni_conf_dir: dir.join("net.d"), ipam_dir: dir.join("ipam") };
         let mut config = Config::with_defaults(name, underlay, vec![seed()], paths);
-        config.cluster_cidr = self.cluster_cidr;
+        config.cluster_cidrs = vec![self.cluster_cidr.into()];
         config.node_cidr_prefix = self.prefix;
         config.gossip.interval = GOSSIP_INTERVAL;
         config.startup_grace = Duration::from_secs(5);
@@ -224,12 +229,16 @@ impl Cluster {
     /// The node's addresses that probes reach: its underlay IP and its VTEP address.
     fn addresses(&self, name: &str) -> Vec<Ipv4Addr> {
         let config = &self.nodes[name].config;
-        let lease = weft_agent::files::read_lease(&config.paths.lease()).ok().flatten();
+        let lease = weft_agent::files::read_lease(&config.paths.lease(Family::Ipv4)).ok().flatten();
         let ip = match config.underlay.primary().ip {
             std::net::IpAddr::V4(ip) => ip,
             std::net::IpAddr::V6(ip) => panic!("the in-memory cluster has IPv4 underlays, not {ip}"),
         };
-        std::iter::once(ip).chain(lease.map(|l| l.pod_cidr.network())).collect()
+        let vtep = lease.and_then(|l| match l.pod_cidr {
+            IpNet::V4(block) => Some(block.network()),
+            IpNet::V6(_) => None,
+        });
+        std::iter::once(ip).chain(vtep).collect()
     }
 
     /// The node's kernel stops answering probes (until it starts again).
@@ -280,7 +289,10 @@ impl Cluster {
 
     /// The PodCIDR a running node holds.
     pub fn pod_cidr(&self, name: &str) -> Option<Ipv4Net> {
-        self.status(name)?.node.pod_cidr
+        match self.status(name)?.node.pod_cidr? {
+            IpNet::V4(block) => Some(block),
+            IpNet::V6(block) => panic!("the in-memory cluster is IPv4, not {block}"),
+        }
     }
 
     pub fn ready(&self, name: &str) -> bool {

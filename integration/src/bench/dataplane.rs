@@ -115,8 +115,8 @@ fn desired(peers: usize) -> Desired {
         local: LocalNode {
             name: "bench".into(),
             underlays: vec![UnderlayAddr { ip: node_ip.addr().into(), iface: "eth0".into() }],
-            pod_cidr: subnet(0),
-            cluster_cidr: cluster,
+            pod_cidrs: vec![subnet(0).into()],
+            cluster_cidrs: vec![cluster.into()],
             vni: DEFAULT_VNI,
             vxlan_port: DEFAULT_VXLAN_PORT,
             mtu: 1450,
@@ -127,7 +127,7 @@ fn desired(peers: usize) -> Desired {
             .map(|k| Peer {
                 name: format!("peer-{k}"),
                 node_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + k as u32).into(),
-                pod_cidr: subnet(k),
+                pod_cidrs: vec![subnet(k).into()],
                 vtep_mac: Mac::derived(&format!("peer-{k}")),
                 path: PeerPath::Vxlan,
             })

@@ -138,10 +138,10 @@ impl Sim {
             vni: DEFAULT_VNI,
             vxlan_port: DEFAULT_VXLAN_PORT,
         };
-        let claim = Claim { cidr: block(k), kind: ClaimKind::Confirmed, since_ms: 1 };
+        let claim = Claim { cidr: block(k).into(), kind: ClaimKind::Confirmed, since_ms: 1 };
         let counters = GossipCounters::default();
         let gossip =
-            Gossip::start(&settings, &name, 1, facts.key_values(Some(claim)), self.transport.clone(), counters.clone())
+            Gossip::start(&settings, &name, 1, facts.key_values(&[claim]), self.transport.clone(), counters.clone())
                 .await
                 .map_err(|e| LabError::Other(e.to_string()))?;
         let cancel = CancellationToken::new();

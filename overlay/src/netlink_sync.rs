@@ -202,6 +202,9 @@ impl SyncNetlink {
         mut requests: Vec<NetlinkMessage<RouteNetlinkMessage>>,
         mut on_message: impl FnMut(RouteNetlinkMessage),
     ) -> Vec<std::result::Result<(), netlink_packet_core::ErrorMessage>> {
+        if requests.is_empty() {
+            return Vec::new();
+        }
         let first = self.seq.get() + 1;
         let mut buf = Vec::new();
         for (k, req) in requests.iter_mut().enumerate() {

@@ -1,5 +1,5 @@
 //! The plugin's kernel work: attach a container to the bridge, detach it, verify it, collect
-//! leftovers. Every step is one netlink request through `weft_overlay::netlink`.
+//! leftovers, over `weft_overlay::netlink` (ADD: `weft_overlay::netlink_sync`, batched).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -7,15 +7,16 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 
 use ipnet::IpNet;
-use weft_overlay::bridge::{BridgeError, bridge_mac, ensure_address, ensure_bridge_link};
+use weft_overlay::bridge::{self, BridgeError, bridge_mac, ensure_bridge_link};
 use weft_overlay::netlink::{Netlink, NetlinkError, PendingSocket, VethSpec};
+use weft_overlay::netlink_sync::{SyncNetlink, VethIndexes, Write};
 use weft_overlay::objects::{Link, LinkChange, MAIN_TABLE, Route, WEFT_ROUTE_PROTOCOL};
 use weft_overlay::{Mac, sysctl};
 
 use crate::error::{CniError, Code};
 use crate::ipam::Lease;
 use crate::names::{TOMBSTONE_PREFIX, host_veth_name, is_weft_veth, tombstone_name};
-use crate::{netns, reaper};
+use crate::{netns, reaper, runtime};
 
 /// The node forwards pod traffic of every family its pods have.
 fn forwarding_key(ip: IpAddr) -> &'static str {
@@ -56,18 +57,30 @@ pub struct Attached {
 /// A veth pair plugged into the bridge, its container end not yet configured.
 #[derive(Debug)]
 pub struct Plugged {
-    host_nl: Netlink,
+    host_nl: SyncNetlink,
     bridge: Link,
     host_name: String,
     host_mac: Mac,
+    indexes: VethIndexes,
 }
 
 /// ADD's first kernel part, which needs no address yet and so runs while IPAM works: the bridge
 /// link (its address comes last, in `configure`) and the veth pair, the container end created
-/// directly inside the container's namespace.
-pub async fn plug(a: &PortSpec<'_>, netns: &File, first_gateway: Option<IpAddr>) -> Result<Plugged, CniError> {
-    let host_nl = Netlink::connect()?;
-    let bridge = ensure_bridge_link(&host_nl, a.bridge, a.mtu, bridge_mac(a.bridge, first_gateway)).await?.0;
+/// directly inside the container's namespace. Plain blocking netlink: a process that makes a
+/// handful of requests gains nothing from an async runtime and pays for starting one.
+pub fn plug(a: &PortSpec<'_>, netns: &File, first_gateway: Option<IpAddr>) -> Result<Plugged, CniError> {
+    let host_nl = SyncNetlink::connect()?;
+    let bridge = match host_nl.link(a.bridge)? {
+        Some(link) if bridge::is_ready(&link, a.mtu) => link,
+        // The node's first pod (or a bridge changed behind weft's back): create or repair it.
+        _ => {
+            runtime::block_on(async {
+                let nl = Netlink::connect()?;
+                ensure_bridge_link(&nl, a.bridge, a.mtu, bridge_mac(a.bridge, first_gateway)).await
+            })?
+            .0
+        }
+    };
 
     let host_name = host_veth_name(a.container_id, a.ifname);
     // Fixed by what it belongs to, so a repeated ADD reproduces it and the result needs no read-back.
@@ -81,15 +94,14 @@ pub async fn plug(a: &PortSpec<'_>, netns: &File, first_gateway: Option<IpAddr>)
         peer_mac: None,
         peer_netns: netns.as_fd(),
     };
-    if let Err(e) = host_nl.add_veth(&spec).await {
-        if !e.is_exists() {
-            return Err(e.into());
-        }
+    let indexes = match host_nl.add_veth(&spec) {
+        Ok(indexes) => indexes,
+        Err(e) if !e.is_exists() => return Err(e.into()),
         // A repeated ADD: replace the pair left by the earlier one (its address is kept by IPAM).
-        match host_nl.link(&host_name).await? {
+        Err(_) => match host_nl.link(&host_name)? {
             Some(stale) => {
-                host_nl.delete_link(stale.index).await?;
-                host_nl.add_veth(&spec).await?;
+                host_nl.delete_link(stale.index)?;
+                host_nl.add_veth(&spec)?
             }
             None => {
                 return Err(CniError::new(
@@ -97,70 +109,81 @@ pub async fn plug(a: &PortSpec<'_>, netns: &File, first_gateway: Option<IpAddr>)
                     format!("an interface named {} already exists in the container", a.ifname),
                 ));
             }
-        }
-    }
-    Ok(Plugged { host_nl, bridge, host_name, host_mac })
+        },
+    };
+    Ok(Plugged { host_nl, bridge, host_name, host_mac, indexes })
 }
 
 impl Plugged {
     /// ADD's second kernel part, once the addresses are known: the container end gets its MAC
     /// (derived from an address), its addresses (an IPv6 one usable at once, see
-    /// `Netlink::add_address`), link up and routes; hairpin on the host end; forwarding of the
-    /// pod's families; and last the gateway addresses on the bridge, so that a failed ADD never
-    /// leaves one there.
-    pub async fn configure(
+    /// `address_message`), link up and routes, all in one batch; forwarding of the pod's
+    /// families; and last, in a second batch, hairpin on the host end and the gateway addresses
+    /// on the bridge, so that a failed ADD never leaves one there.
+    pub fn configure(
         &self,
         a: &PortSpec<'_>,
-        (netns, container): (&File, PendingSocket),
+        (netns, ns_nl): (&File, SyncNetlink),
         lease: &Lease,
     ) -> Result<Attached, CniError> {
         let unprepared =
             |e: std::io::Error| CniError::new(Code::Kernel, "cannot prepare the container for IPv6").with_details(e);
-        // Entering the namespace takes a thread: it works while the link is looked up and the
-        // IPv4 address (first in the lease) is added, and is waited for before the IPv6 one.
-        let mut preparing = match lease.ips.iter().any(|ip| ip.address.addr().is_ipv6()) {
+        // Entering the namespace takes a thread: it works while the IPv4 part of the batch (the
+        // lease lists IPv4 first) is written, and is waited for before the IPv6 address.
+        let preparing = match lease.ips.iter().any(|ip| ip.address.addr().is_ipv6()) {
             true => Some(netns::sysctls_in(netns, ipv6_interface_settings(a.ifname)).map_err(unprepared)?),
             false => None,
         };
-        let ns_nl = container.connect()?;
-        let iface = ns_nl
-            .link(a.ifname)
-            .await?
-            .ok_or_else(|| CniError::new(Code::Kernel, format!("{} vanished from the container", a.ifname)))?;
+        let index = match self.indexes.peer {
+            Some(index) => index,
+            // A kernel that does not echo new links: look the container end up.
+            None => {
+                ns_nl
+                    .link(a.ifname)?
+                    .ok_or_else(|| CniError::new(Code::Kernel, format!("{} vanished from the container", a.ifname)))?
+                    .index
+            }
+        };
         // A reused address keeps its MAC, so neighbours' ARP and NDP caches stay right.
         let container_mac = container_mac(lease);
-        for ip in &lease.ips {
-            if let Some(thread) = preparing.take_if(|_| ip.address.addr().is_ipv6()) {
-                thread
-                    .join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("the sysctl thread panicked")))
-                    .map_err(unprepared)?;
-            }
-            ns_nl.add_address(iface.index, ip.address).await?;
-        }
         let up = LinkChange { up: Some(true), mac: Some(container_mac), ..LinkChange::default() };
-        ns_nl.set_link(iface.index, &up).await?;
-        for route in container_routes(lease, iface.index) {
-            ns_nl.add_route(&route, false).await?;
+        let routes = container_routes(lease, index);
+        let mut writes: Vec<Write<'_>> =
+            lease.ips.iter().map(|ip| Write::AddAddress { index, addr: ip.address }).collect();
+        writes.push(Write::SetLink { index, change: &up });
+        writes.extend(routes.iter().map(Write::AddRoute));
+        let ipv6_from = writes
+            .iter()
+            .position(|w| matches!(w, Write::AddAddress { addr, .. } if addr.addr().is_ipv6()))
+            .unwrap_or(writes.len());
+        let (before, after) = writes.split_at(ipv6_from);
+        all_written(ns_nl.write_all(before))?;
+        if let Some(thread) = preparing {
+            thread
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the sysctl thread panicked")))
+                .map_err(unprepared)?;
         }
-        if a.hairpin {
-            let host = self
-                .host_nl
-                .link(&self.host_name)
-                .await?
-                .ok_or_else(|| CniError::new(Code::Kernel, format!("{} vanished", self.host_name)))?;
-            self.host_nl.set_hairpin(host.index, true).await?;
-        }
+        all_written(ns_nl.write_all(after))?;
         for ip in &lease.ips {
             let family = forwarding_key(ip.address.addr());
             sysctl::ensure(family, "1").map_err(|e| {
                 CniError::new(Code::Kernel, format!("cannot enable forwarding ({family})")).with_details(e)
             })?;
         }
-        for ip in &lease.ips {
-            let gateway = IpNet::new(ip.gateway, ip.address.prefix_len()).expect("prefix is valid");
-            ensure_address(&self.host_nl, self.bridge.index, gateway).await?;
-        }
+        let hairpin = a.hairpin.then_some(Write::Hairpin { index: self.indexes.host, on: true });
+        let gateways = lease.ips.iter().map(|ip| Write::AddAddress {
+            index: self.bridge.index,
+            addr: IpNet::new(ip.gateway, ip.address.prefix_len()).expect("prefix is valid"),
+        });
+        let host_writes: Vec<Write<'_>> = hairpin.into_iter().chain(gateways).collect();
+        // The gateway is there already on every ADD but the first: not an error.
+        all_written(self.host_nl.write_all(&host_writes).into_iter().zip(&host_writes).map(|(outcome, w)| {
+            match (outcome, w) {
+                (Err(e), Write::AddAddress { .. }) if e.is_exists() => Ok(()),
+                (outcome, _) => outcome,
+            }
+        }))?;
         Ok(Attached {
             bridge: self.bridge.clone(),
             host_name: self.host_name.clone(),
@@ -170,11 +193,16 @@ impl Plugged {
     }
 
     /// Rollback: removes the pair again.
-    pub async fn unplug(&self) {
-        if let Err(e) = self.host_nl.delete_link_by_name(&self.host_name).await {
+    pub fn unplug(&self) {
+        if let Err(e) = self.host_nl.delete_link_by_name(&self.host_name) {
             tracing::warn!("rollback: cannot delete {}: {e}", self.host_name);
         }
     }
+}
+
+/// The first failure of a batch, if any.
+fn all_written(outcomes: impl IntoIterator<Item = Result<(), NetlinkError>>) -> Result<(), CniError> {
+    outcomes.into_iter().collect::<Result<Vec<()>, _>>().map(drop).map_err(CniError::from)
 }
 
 /// The container's MAC: from its IPv4 address as other CNIs do (`0a:58:` + the address), else

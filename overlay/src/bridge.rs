@@ -83,7 +83,7 @@ pub async fn ensure_bridge_link(
     if link.kind.as_deref() != Some("bridge") {
         return Err(BridgeError::NotABridge(name.to_string(), link.kind));
     }
-    if !link.up || link.mtu != mtu {
+    if !is_ready(&link, mtu) {
         let change = LinkChange { up: Some(true), mtu: Some(mtu), ..LinkChange::default() };
         nl.set_link(link.index, &change).await?;
         changes.changed = true;
@@ -101,6 +101,12 @@ fn skip_link_local_dad(name: &str) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         other => other.map(|_| ()),
     }
+}
+
+/// Whether an existing link is the bridge as `ensure_bridge_link` leaves it (a caller that finds
+/// it so needs nothing changed).
+pub fn is_ready(link: &Link, mtu: u32) -> bool {
+    link.kind.as_deref() == Some("bridge") && link.up && link.mtu == mtu
 }
 
 /// Puts `address` on the link unless it is there already; whether it was added. An IPv6 one

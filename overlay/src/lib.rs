@@ -12,6 +12,7 @@ pub mod execute;
 pub mod firewall;
 pub mod mac;
 pub mod netlink;
+pub mod netlink_sync;
 pub mod nft;
 pub mod objects;
 pub mod plan;

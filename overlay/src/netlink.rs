@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
+use netlink_packet_core::ErrorMessage;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
@@ -21,7 +22,9 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope};
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, TokioSocket};
-use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{
+    AddressMessageBuilder, Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+};
 
 use crate::mac::Mac;
 use crate::objects::{FdbEntry, Link, LinkChange, MAIN_TABLE, Neighbour, Route, VxlanAttrs, VxlanSpec, default_metric};
@@ -98,10 +101,7 @@ pub struct PendingSocket {
 impl PendingSocket {
     pub fn open(ns: File, path: &Path) -> PendingSocket {
         // The thread only makes two syscalls: a small stack keeps its start-up cheap.
-        let thread = std::thread::Builder::new().stack_size(64 * 1024).spawn(move || -> io::Result<Socket> {
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-            Socket::new(NETLINK_ROUTE)
-        });
+        let thread = std::thread::Builder::new().stack_size(64 * 1024).spawn(move || socket_entering(&ns));
         let thread = match thread {
             Ok(thread) => thread,
             // Without a thread the socket cannot be made; report it when joined.
@@ -120,6 +120,13 @@ impl PendingSocket {
             .map_err(|source| NetlinkError::Netns { path, source })?;
         Netlink::from_socket(socket)
     }
+}
+
+/// A routing socket inside the network namespace `ns`, made by moving the calling thread into
+/// it: only for a thread that ends right after (a socket stays in the namespace it was made in).
+pub fn socket_entering(ns: &File) -> io::Result<Socket> {
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+    Socket::new(NETLINK_ROUTE)
 }
 
 /// A connection to the kernel's routing netlink in one network namespace.
@@ -188,23 +195,9 @@ impl Netlink {
     /// Creates the pair in one request: the host end up (and on `master`), the peer directly in
     /// its namespace (down: the kernel ignores flags for the peer).
     pub async fn add_veth(&self, spec: &VethSpec<'_>) -> Result<()> {
-        let mut peer =
-            LinkUnspec::new_with_name(&spec.peer_name).mtu(spec.mtu).setns_by_fd(spec.peer_netns.as_raw_fd());
-        if let Some(mac) = spec.peer_mac {
-            peer = peer.address(mac.0.to_vec());
-        }
-        let peer = peer.build();
-        let mut msg = LinkVeth::new(&spec.name, &spec.peer_name)
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-            .address(spec.mac.0.to_vec())
-            .mtu(spec.mtu)
-            .up();
-        if let Some(master) = spec.master {
-            msg = msg.controller(master);
-        }
         self.handle
             .link()
-            .add(msg.build())
+            .add(veth_message(spec))
             .execute()
             .await
             .map_err(kernel(format!("create veth {} / {}", spec.name, spec.peer_name)))
@@ -226,27 +219,8 @@ impl Netlink {
     }
 
     pub async fn set_link(&self, index: u32, change: &LinkChange) -> Result<()> {
-        let mut msg = LinkUnspec::new_with_index(index);
-        if let Some(mtu) = change.mtu {
-            msg = msg.mtu(mtu);
-        }
-        if let Some(mac) = change.mac {
-            msg = msg.address(mac.0.to_vec());
-        }
-        if let Some(name) = &change.name {
-            msg = msg.name(name.clone());
-        }
-        match change.master {
-            Some(Some(master)) => msg = msg.controller(master),
-            Some(None) => msg = msg.nocontroller(),
-            None => {}
-        }
-        match change.up {
-            Some(true) => msg = msg.up(),
-            Some(false) => msg = msg.down(),
-            None => {}
-        }
-        self.handle.link().set(msg.build()).execute().await.map_err(kernel(format!("change link #{index}")))
+        let msg = link_change_message(index, change);
+        self.handle.link().set(msg).execute().await.map_err(kernel(format!("change link #{index}")))
     }
 
     /// Turns source-MAC learning of an existing VXLAN device on or off in place (one of the few
@@ -262,8 +236,12 @@ impl Netlink {
     }
 
     pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<()> {
-        let msg = LinkBridgePort::new(index).hairpin(on).build();
-        self.handle.link().set_port(msg).execute().await.map_err(kernel(format!("set hairpin on link #{index}")))
+        self.handle
+            .link()
+            .set_port(hairpin_message(index, on))
+            .execute()
+            .await
+            .map_err(kernel(format!("set hairpin on link #{index}")))
     }
 
     pub async fn delete_link(&self, index: u32) -> Result<()> {
@@ -305,14 +283,10 @@ impl Netlink {
         Ok(msgs.iter().filter_map(|m| Some((m.header.index, parse_address(m)?))).collect())
     }
 
-    /// Adds an address. An IPv6 one skips duplicate address detection (IFA_F_NODAD): weft's
-    /// addresses are unique by allocation, and DAD would leave it unusable ("tentative") for a
-    /// second or more.
+    /// Adds an address (see [`address_message`]).
     pub async fn add_address(&self, index: u32, addr: IpNet) -> Result<()> {
         let mut req = self.handle.address().add(index, addr.addr(), addr.prefix_len());
-        if addr.addr().is_ipv6() {
-            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
-        }
+        *req.message_mut() = address_message(index, addr);
         req.execute().await.map_err(kernel(format!("add address {addr} to link #{index}")))
     }
 
@@ -437,15 +411,78 @@ impl Netlink {
 fn kernel(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     let op = op.into();
     move |e| match e {
-        rtnetlink::Error::NetlinkError(msg) => {
-            let errno = msg.code.map(|c| -c.get());
-            let mut message = msg.to_io().to_string();
-            if let Some(ext) = ext_ack_message(&msg.header) {
-                message = format!("{message} ({ext})");
-            }
-            NetlinkError::Kernel { op, errno, message }
-        }
+        rtnetlink::Error::NetlinkError(msg) => kernel_error(op, &msg),
         other => NetlinkError::Kernel { op, errno: None, message: other.to_string() },
+    }
+}
+
+/// The kernel's answer to a failed request, with its extended-ACK text when it gave one.
+pub(crate) fn kernel_error(op: String, msg: &ErrorMessage) -> NetlinkError {
+    let errno = msg.code.map(|c| -c.get());
+    let mut message = msg.to_io().to_string();
+    if let Some(ext) = ext_ack_message(&msg.header) {
+        message = format!("{message} ({ext})");
+    }
+    NetlinkError::Kernel { op, errno, message }
+}
+
+/// The pair in one request: the host end up (and on `master`), the peer directly in its
+/// namespace (down: the kernel ignores flags for the peer).
+pub(crate) fn veth_message(spec: &VethSpec<'_>) -> LinkMessage {
+    let mut peer = LinkUnspec::new_with_name(&spec.peer_name).mtu(spec.mtu).setns_by_fd(spec.peer_netns.as_raw_fd());
+    if let Some(mac) = spec.peer_mac {
+        peer = peer.address(mac.0.to_vec());
+    }
+    let mut msg = LinkVeth::new(&spec.name, &spec.peer_name)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+        .address(spec.mac.0.to_vec())
+        .mtu(spec.mtu)
+        .up();
+    if let Some(master) = spec.master {
+        msg = msg.controller(master);
+    }
+    msg.build()
+}
+
+pub(crate) fn link_change_message(index: u32, change: &LinkChange) -> LinkMessage {
+    let mut msg = LinkUnspec::new_with_index(index);
+    if let Some(mtu) = change.mtu {
+        msg = msg.mtu(mtu);
+    }
+    if let Some(mac) = change.mac {
+        msg = msg.address(mac.0.to_vec());
+    }
+    if let Some(name) = &change.name {
+        msg = msg.name(name.clone());
+    }
+    match change.master {
+        Some(Some(master)) => msg = msg.controller(master),
+        Some(None) => msg = msg.nocontroller(),
+        None => {}
+    }
+    match change.up {
+        Some(true) => msg = msg.up(),
+        Some(false) => msg = msg.down(),
+        None => {}
+    }
+    msg.build()
+}
+
+pub(crate) fn hairpin_message(index: u32, on: bool) -> LinkMessage {
+    LinkBridgePort::new(index).hairpin(on).build()
+}
+
+/// An address to add. An IPv6 one skips duplicate address detection (IFA_F_NODAD): weft's
+/// addresses are unique by allocation, and DAD would leave it unusable ("tentative") for a
+/// second or more.
+pub(crate) fn address_message(index: u32, addr: IpNet) -> AddressMessage {
+    match addr.addr() {
+        IpAddr::V4(ip) => AddressMessageBuilder::<Ipv4Addr>::new().index(index).address(ip, addr.prefix_len()).build(),
+        IpAddr::V6(ip) => {
+            let mut msg = AddressMessageBuilder::<Ipv6Addr>::new().index(index).address(ip, addr.prefix_len()).build();
+            msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+            msg
+        }
     }
 }
 
@@ -484,7 +521,7 @@ fn ext_ack_message(header: &[u8]) -> Option<String> {
     None
 }
 
-fn parse_link(m: &LinkMessage) -> Link {
+pub(crate) fn parse_link(m: &LinkMessage) -> Link {
     let mut link = Link {
         index: m.header.index,
         name: String::new(),
@@ -608,7 +645,7 @@ fn family_of(ip: IpAddr) -> AddressFamily {
 
 /// The request for a route. An IPv4 route may have an IPv6 next hop (RTA_VIA); the other way
 /// round is refused, as the kernel would.
-fn route_message(r: &Route, scope: RouteScope) -> std::result::Result<RouteMessage, String> {
+pub(crate) fn route_message(r: &Route, scope: RouteScope) -> std::result::Result<RouteMessage, String> {
     let mut b = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(r.dst.network(), r.dst.prefix_len())
         .map_err(|e| e.to_string())?

@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use weft_overlay::netlink_sync::SyncNetlink;
+
 use crate::config::Request;
 use crate::datapath::{self, Attached, PortSpec};
 use crate::env::Invocation;
@@ -9,7 +11,6 @@ use crate::error::{CniError, Code};
 use crate::ipam::{self, DelegateInput, Lease, store::Owner};
 use crate::netns;
 use crate::result::{CniResult, Interface, IpConfig};
-use crate::runtime;
 
 pub fn add(inv: &Invocation, req: &Request) -> Result<CniResult, CniError> {
     let att = inv.attachment.as_ref().expect("ADD always carries an attachment");
@@ -20,8 +21,6 @@ pub fn add(inv: &Invocation, req: &Request) -> Result<CniResult, CniError> {
     let netns = netns::open(netns_path)?;
     let owner = Owner::new(&att.container_id, &att.ifname);
     let input = DelegateInput { plugin_path: &inv.plugin_path, stdin: &req.raw };
-    // Entering the container's namespace takes a thread: let it run while IPAM works.
-    let container = netns::socket_in(&netns, netns_path)?;
     // Before the veth exists, so that GC of this network can always find it.
     ipam::record(&net.ipam, &owner)?;
 
@@ -33,17 +32,20 @@ pub fn add(inv: &Invocation, req: &Request) -> Result<CniResult, CniError> {
         hairpin: net.hairpin,
     };
     // IPAM (file I/O under a lock) and plugging the veth (kernel work) do not depend on each
-    // other: run them side by side.
-    let rt = runtime::new();
-    let (plugged, lease) = std::thread::scope(|s| {
-        let ipam = s.spawn(|| ipam::acquire(&net, &owner, input));
-        let plugged = rt.block_on(datapath::plug(&attachment, &netns, net.pools.first().map(|p| p.gateway)));
-        let lease = ipam.join().unwrap_or_else(|_| Err(CniError::new(Code::IpamStore, "the IPAM thread failed")));
-        (plugged, lease)
+    // other: run them side by side. The IPAM thread, done, enters the container's namespace for
+    // the socket that configures it (a delegate IPAM plugin it starts must not start there).
+    let (plugged, prepared) = std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            let lease = ipam::acquire(&net, &owner, input)?;
+            Ok((lease, SyncNetlink::entering(&netns, netns_path)?))
+        });
+        let plugged = datapath::plug(&attachment, &netns, net.pools.first().map(|p| p.gateway));
+        let prepared = worker.join().unwrap_or_else(|_| Err(CniError::new(Code::IpamStore, "the IPAM thread failed")));
+        (plugged, prepared)
     });
-    let outcome = match (&plugged, lease) {
-        (Ok(plugged), Ok(lease)) => rt
-            .block_on(plugged.configure(&attachment, (&netns, container), &lease))
+    let outcome = match (&plugged, prepared) {
+        (Ok(plugged), Ok((lease, container))) => plugged
+            .configure(&attachment, (&netns, container), &lease)
             .map(|attached| result(&attachment, netns_path, &attached, lease)),
         (Err(e), _) => Err(e.clone()),
         (Ok(_), Err(e)) => Err(e),
@@ -51,7 +53,7 @@ pub fn add(inv: &Invocation, req: &Request) -> Result<CniResult, CniError> {
     if outcome.is_err() {
         // Roll back in DEL's order: the veth, then the address and the record.
         if let Ok(plugged) = &plugged {
-            rt.block_on(plugged.unplug());
+            plugged.unplug();
         }
         if let Err(e) = ipam::release(&net.ipam, &owner, input) {
             tracing::warn!("rollback: cannot release the address: {e}");

@@ -5,8 +5,9 @@
 //! underlay − 50, the kernel's default outer UDP checksum: flannel sets none, which for IPv4 means
 //! none), its PodCIDR network address /32 on it, pods on a plain bridge with MTU 1450. Per peer:
 //! a permanent neighbour for the peer's VTEP address, a permanent FDB entry to its node IP and an
-//! onlink route via the VTEP address. Then flannel's `FLANNEL-POSTRTG` masquerade rules and
-//! `FLANNEL-FWD` accepts through iptables-nft, so conntrack is in the path as on a real node.
+//! onlink route via the VTEP address. Then, as deployed, flannel's `FLANNEL-POSTRTG` masquerade
+//! rules and `FLANNEL-FWD` accepts through iptables-nft, so conntrack is in the path as on a real
+//! node; or, as the bare baseline, no rules at all.
 
 use ipnet::Ipv4Net;
 use weft_overlay::Mac;
@@ -23,8 +24,10 @@ const MTU: u32 = 1450;
 /// kube-proxy's masquerade mark, which flannel leaves alone.
 const KUBE_PROXY_MARK: &str = "0x4000/0x4000";
 
-/// Builds the datapath on every node of `lab`; one pod per node, in node order.
-pub fn build(lab: &Lab, cluster: Ipv4Net) -> Result<Vec<Pod>> {
+/// Builds the datapath on every node of `lab`; one pod per node, in node order. `ip_masq` adds
+/// flanneld's `--ip-masq` rules (as kube-flannel.yml runs it); without them no firewall rule,
+/// and so no conntrack, is in the path.
+pub fn build(lab: &Lab, cluster: Ipv4Net, ip_masq: bool) -> Result<Vec<Pod>> {
     let (pods, cidrs) = perf_pods(lab, "cni0", MTU)?;
     for (i, node) in lab.nodes.iter().enumerate() {
         let vtep = cidrs[i].network();
@@ -50,7 +53,9 @@ pub fn build(lab: &Lab, cluster: Ipv4Net) -> Result<Vec<Pod>> {
         ])?;
         node.ns.ip(&["addr", "add", &format!("{vtep}/32"), "dev", DEVICE])?;
         node.ns.ip(&["link", "set", DEVICE, "up"])?;
-        masquerade(&node.ns, cluster, cidrs[i])?;
+        if ip_masq {
+            masquerade(&node.ns, cluster, cidrs[i])?;
+        }
     }
     for (i, node) in lab.nodes.iter().enumerate() {
         for (j, peer) in lab.nodes.iter().enumerate().filter(|(j, _)| *j != i) {

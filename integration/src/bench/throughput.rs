@@ -31,9 +31,21 @@ pub struct Args {
     /// Runs of every case; the cases take turns, so load changes hit them alike.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
+    /// The router ports' TSO in each round: `off` (the router sends MTU-sized frames, as a wire
+    /// carries them, and the nodes' GRO aggregates them), `on` (the kernel's default offloads:
+    /// GSO packets cross the router unsegmented), or both, taking turns.
+    #[arg(long, value_delimiter = ',', default_value = "off,on")]
+    pub router_tso: Vec<Tso>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Tso {
+    Off,
+    On,
 }
 
 /// One path's runs, Gbit/s of a single TCP stream.
@@ -50,15 +62,27 @@ pub struct Throughput {
     /// 1-minute load average before and after the runs (the machine may be shared).
     pub load_before: f64,
     pub load_after: f64,
+    /// One per `--router-tso` setting, their runs interleaved.
+    pub variants: Vec<Variant>,
+}
+
+/// Every path with the router ports' TSO set one way.
+#[derive(Debug, Serialize)]
+pub struct Variant {
+    pub router_tso: Tso,
     pub routed_cross_subnet: Case,
+    /// flannel-style VXLAN without any firewall rules: no conntrack in the path.
+    pub flannel_bare_cross_subnet: Case,
+    /// The same with flanneld's `--ip-masq` rules, as kube-flannel.yml deploys it.
     pub flannel_vxlan_cross_subnet: Case,
     pub weft_vxlan_cross_subnet: Case,
     /// IPv4 pods over an IPv6-only underlay (vxlan-v6, pod MTU 1430).
     pub weft_vxlan6_cross_subnet: Case,
     pub routed_same_subnet: Case,
     pub weft_direct_same_subnet: Case,
-    /// Ratios of medians.
+    /// Ratios of medians: weft against flannel as deployed, and against bare flannel-style.
     pub weft_vs_flannel: f64,
+    pub weft_vs_flannel_bare: f64,
     pub flannel_ratio: f64,
     pub vxlan_ratio: f64,
     pub direct_ratio: f64,
@@ -66,7 +90,7 @@ pub struct Throughput {
     pub vxlan6_vs_vxlan4: f64,
 }
 
-/// The cluster CIDR of all four labs (weft's default).
+/// The cluster CIDR of all labs (weft's default).
 const CLUSTER: &str = "10.244.0.0/16";
 
 pub fn run(args: &Args) -> Result<String> {
@@ -75,11 +99,14 @@ pub fn run(args: &Args) -> Result<String> {
         return Err(LabError::Other("--seconds and --repeats must be at least 1".into()));
     }
     let spec = LabSpec { nodes: 3, subnets: 2, gro: true, underlay: Family::Ipv4 };
-    // All four labs stay up, so that their runs can be interleaved.
+    let cluster: Ipv4Net = CLUSTER.parse().expect("valid CIDR");
+    // All labs stay up, so that their runs can be interleaved.
     let routed_lab = Lab::build(&crate::unique_prefix(), spec)?;
     let routed = routed_pods(&routed_lab)?;
+    let bare_lab = Lab::build(&crate::unique_prefix(), spec)?;
+    let bare = flannel::build(&bare_lab, cluster, false)?;
     let flannel_lab = Lab::build(&crate::unique_prefix(), spec)?;
-    let flannel = flannel::build(&flannel_lab, CLUSTER.parse().expect("valid CIDR"))?;
+    let flannel = flannel::build(&flannel_lab, cluster, true)?;
     let lab = Lab::build(&crate::unique_prefix(), spec)?;
     let mut c = Cluster::start(lab, AgentOptions { cross_subnet: true, ..AgentOptions::default() })?;
     c.wait_converged(Duration::from_secs(60))?;
@@ -92,82 +119,126 @@ pub fn run(args: &Args) -> Result<String> {
     for node in 0..2 {
         c6.add_pod(node, "perf")?;
     }
+    let labs = [&routed_lab, &bare_lab, &flannel_lab, &c.lab, &c6.lab];
     let weft: Vec<(&Netns, Ipv4Addr)> = c.pods.iter().map(|p| (&p.ns, p.ip)).collect();
     let weft6: Vec<(&Netns, Ipv4Addr)> = c6.pods.iter().map(|p| (&p.ns, p.ip)).collect();
     let routed: Vec<(&Netns, Ipv4Addr)> = routed.iter().map(|p| (&p.ns, p.ip)).collect();
+    let bare: Vec<(&Netns, Ipv4Addr)> = bare.iter().map(|p| (&p.ns, p.ip)).collect();
     let flannel: Vec<(&Netns, Ipv4Addr)> = flannel.iter().map(|p| (&p.ns, p.ip)).collect();
     // n1 → n2 crosses the router, n1 → n3 stays on the subnet.
-    let cases = [(&routed, 1), (&flannel, 1), (&weft, 1), (&weft6, 1), (&routed, 2), (&weft, 2)];
+    let cases = [(&routed, 1), (&bare, 1), (&flannel, 1), (&weft, 1), (&weft6, 1), (&routed, 2), (&weft, 2)];
     let load_before = load_average();
-    let mut samples = vec![Vec::with_capacity(args.repeats); cases.len()];
+    let mut samples = vec![vec![Vec::with_capacity(args.repeats); cases.len()]; args.router_tso.len()];
     for _ in 0..args.repeats {
-        for (k, (pods, to)) in cases.iter().enumerate() {
-            samples[k].push(iperf(pods[0].0, pods[*to].0, pods[*to].1, args.seconds)?);
+        for (v, tso) in args.router_tso.iter().enumerate() {
+            for lab in labs {
+                set_router_tso(lab, *tso)?;
+            }
+            for (k, (pods, to)) in cases.iter().enumerate() {
+                samples[v][k].push(iperf(pods[0].0, pods[*to].0, pods[*to].1, args.seconds)?);
+            }
         }
     }
-    let mut cases = samples.into_iter().map(|samples| Case { median: median(&samples), samples });
-    let mut next = || cases.next().expect("one per case");
-    let (routed_cross, flannel, vxlan, vxlan6, routed_same, direct) = (next(), next(), next(), next(), next(), next());
-    let t = Throughput {
-        seconds: args.seconds,
-        repeats: args.repeats,
-        load_before,
-        load_after: load_average(),
-        weft_vs_flannel: vxlan.median / flannel.median,
-        flannel_ratio: flannel.median / routed_cross.median,
-        vxlan_ratio: vxlan.median / routed_cross.median,
-        direct_ratio: direct.median / routed_same.median,
-        vxlan6_vs_vxlan4: vxlan6.median / vxlan.median,
-        routed_cross_subnet: routed_cross,
-        flannel_vxlan_cross_subnet: flannel,
-        weft_vxlan_cross_subnet: vxlan,
-        weft_vxlan6_cross_subnet: vxlan6,
-        routed_same_subnet: routed_same,
-        weft_direct_same_subnet: direct,
-    };
+    let variants = args.router_tso.iter().zip(samples).map(|(tso, samples)| variant(*tso, samples)).collect();
+    let t =
+        Throughput { seconds: args.seconds, repeats: args.repeats, load_before, load_after: load_average(), variants };
     if args.json {
         return Ok(serde_json::to_string_pretty(&t).expect("serializable"));
     }
     Ok(table(&t))
 }
 
+/// The router's ports are named after the nodes they lead to.
+fn set_router_tso(lab: &Lab, tso: Tso) -> Result<()> {
+    let on = match tso {
+        Tso::Off => "off",
+        Tso::On => "on",
+    };
+    for node in &lab.nodes {
+        lab.router.run("ethtool", &["-K", &node.name, "tso", on])?;
+    }
+    Ok(())
+}
+
+/// One variant's cases, in the order of `cases` in [`run`].
+fn variant(router_tso: Tso, samples: Vec<Vec<f64>>) -> Variant {
+    let mut cases = samples.into_iter().map(|samples| Case { median: median(&samples), samples });
+    let mut next = || cases.next().expect("one per case");
+    let (routed_cross, bare, flannel, vxlan, vxlan6, routed_same, direct) =
+        (next(), next(), next(), next(), next(), next(), next());
+    Variant {
+        router_tso,
+        weft_vs_flannel: vxlan.median / flannel.median,
+        weft_vs_flannel_bare: vxlan.median / bare.median,
+        flannel_ratio: flannel.median / routed_cross.median,
+        vxlan_ratio: vxlan.median / routed_cross.median,
+        direct_ratio: direct.median / routed_same.median,
+        vxlan6_vs_vxlan4: vxlan6.median / vxlan.median,
+        routed_cross_subnet: routed_cross,
+        flannel_bare_cross_subnet: bare,
+        flannel_vxlan_cross_subnet: flannel,
+        weft_vxlan_cross_subnet: vxlan,
+        weft_vxlan6_cross_subnet: vxlan6,
+        routed_same_subnet: routed_same,
+        weft_direct_same_subnet: direct,
+    }
+}
+
 fn table(t: &Throughput) -> String {
     let mut out = format!(
-        "iperf3, one TCP stream, {} s per run, median of {} interleaved runs, underlay veths with GRO \
-         (the router sends MTU-sized frames), load {:.2} → {:.2}\n",
+        "iperf3, one TCP stream, {} s per run, median of {} interleaved runs, underlay veths with GRO, \
+         load {:.2} → {:.2}\n",
         t.seconds, t.repeats, t.load_before, t.load_after
     );
-    let _ = writeln!(out, "{:<50} {:>7} {:>9} {:>10}  runs", "path", "Gbit/s", "of routed", "of flannel");
-    let rows = [
-        ("routed, across the router (pod MTU 1500)", &t.routed_cross_subnet, 1.0, None),
-        ("flannel-style VXLAN, across the router (MTU 1450)", &t.flannel_vxlan_cross_subnet, t.flannel_ratio, None),
-        (
-            "weft VXLAN, across the router (MTU 1450)",
-            &t.weft_vxlan_cross_subnet,
-            t.vxlan_ratio,
-            Some(t.weft_vs_flannel),
-        ),
-        (
-            "weft VXLAN over IPv6, across the router (MTU 1430)",
-            &t.weft_vxlan6_cross_subnet,
-            t.weft_vxlan6_cross_subnet.median / t.routed_cross_subnet.median,
-            None,
-        ),
-        ("routed, same subnet (pod MTU 1500)", &t.routed_same_subnet, 1.0, None),
-        ("weft direct (cross-subnet mode), same subnet", &t.weft_direct_same_subnet, t.direct_ratio, None),
-    ];
-    for (name, case, of_routed, of_flannel) in rows {
-        let of_flannel = of_flannel.map_or(String::new(), |r| format!("{:.2}×", r));
-        let runs: Vec<String> = case.samples.iter().map(|s| format!("{s:.2}")).collect();
+    for v in &t.variants {
+        let tso = match v.router_tso {
+            Tso::Off => "off (the router sends MTU-sized frames)",
+            Tso::On => "on (the kernel's default offloads)",
+        };
+        let _ = writeln!(out, "\nrouter ports' TSO {tso}");
+        let _ = writeln!(out, "{:<50} {:>7} {:>9} {:>10}  runs", "path", "Gbit/s", "of routed", "of flannel");
+        let rows = [
+            ("routed, across the router (pod MTU 1500)", &v.routed_cross_subnet, 1.0, None),
+            (
+                "flannel-style VXLAN, no rules (MTU 1450)",
+                &v.flannel_bare_cross_subnet,
+                v.flannel_bare_cross_subnet.median / v.routed_cross_subnet.median,
+                None,
+            ),
+            ("flannel-style VXLAN, --ip-masq rules (MTU 1450)", &v.flannel_vxlan_cross_subnet, v.flannel_ratio, None),
+            (
+                "weft VXLAN, across the router (MTU 1450)",
+                &v.weft_vxlan_cross_subnet,
+                v.vxlan_ratio,
+                Some(v.weft_vs_flannel),
+            ),
+            (
+                "weft VXLAN over IPv6, across the router (MTU 1430)",
+                &v.weft_vxlan6_cross_subnet,
+                v.weft_vxlan6_cross_subnet.median / v.routed_cross_subnet.median,
+                None,
+            ),
+            ("routed, same subnet (pod MTU 1500)", &v.routed_same_subnet, 1.0, None),
+            ("weft direct (cross-subnet mode), same subnet", &v.weft_direct_same_subnet, v.direct_ratio, None),
+        ];
+        for (name, case, of_routed, of_flannel) in rows {
+            let of_flannel = of_flannel.map_or(String::new(), |r| format!("{:.2}×", r));
+            let runs: Vec<String> = case.samples.iter().map(|s| format!("{s:.2}")).collect();
+            let _ = writeln!(
+                out,
+                "{name:<50} {:>7.2} {:>7.0} % {of_flannel:>10}  {}",
+                case.median,
+                of_routed * 100.0,
+                runs.join(" ")
+            );
+        }
         let _ = writeln!(
             out,
-            "{name:<50} {:>7.2} {:>7.0} % {of_flannel:>10}  {}",
-            case.median,
-            of_routed * 100.0,
-            runs.join(" ")
+            "weft / flannel as deployed: {:.2}×, weft / bare flannel-style: {:.2}×, \
+             weft over an IPv6 underlay / over an IPv4 underlay: {:.2}×",
+            v.weft_vs_flannel, v.weft_vs_flannel_bare, v.vxlan6_vs_vxlan4
         );
     }
-    let _ = writeln!(out, "weft over an IPv6 underlay / over an IPv4 underlay: {:.2}×", t.vxlan6_vs_vxlan4);
     out
 }
 

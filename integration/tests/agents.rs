@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use weft_agent::membership::Liveness;
 use weft_lab::cluster::{AgentOptions, Cluster, programmed_peers};
 use weft_lab::probe::tcp_source_seen;
 use weft_lab::topology::{Family, Lab, LabSpec};
@@ -118,9 +119,9 @@ fn a_restarted_agent_loses_no_ping_and_keeps_its_pod_cidr() {
 
 /// Every generation of every other node that node `i`'s gossip holds.
 fn gossip_members(c: &Cluster, i: usize) -> f64 {
-    ["alive", "joining", "leaving", "left", "dead"]
+    Liveness::ALL
         .iter()
-        .map(|state| c.metric(i, &format!("weft_gossip_members{{state=\"{state}\"}}")).unwrap())
+        .map(|l| c.metric(i, &format!("weft_gossip_members{{state=\"{}\"}}", l.as_str())).unwrap())
         .sum()
 }
 

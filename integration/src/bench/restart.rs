@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use clap::Args as ClapArgs;
 use nix::sys::signal::Signal;
 use serde::Serialize;
+use weft_agent::membership::Liveness;
 
 use crate::cluster::{AgentOptions, Cluster};
 use crate::cmd::Result;
@@ -19,7 +20,6 @@ use crate::topology::{Lab, LabSpec};
 const CONVERGE: Duration = Duration::from_secs(60);
 /// Longest wait for an agent to stop after SIGTERM.
 const STOP: Duration = Duration::from_secs(10);
-const STATES: [&str; 5] = ["alive", "joining", "leaving", "left", "dead"];
 
 #[derive(Debug, Clone, ClapArgs)]
 pub struct Args {
@@ -86,14 +86,24 @@ fn measure(args: &Args) -> Result<RestartResult> {
         c.wait_converged(CONVERGE)?;
     }
     let rolling_restart_s = started.elapsed().as_secs_f64();
-    let members_right_after = members(&c);
+    let members_right_after = members(&members_by_state(&c));
     sleep(Duration::from_secs(args.settle));
     let after = gossip(&c, window)?;
     Ok(RestartResult { nodes: args.nodes, before, after, members_right_after, rolling_restart_s })
 }
 
-fn members(c: &Cluster) -> Option<f64> {
-    STATES.iter().map(|s| c.metric(0, &format!("weft_gossip_members{{state=\"{s}\"}}")).ok()).sum()
+/// The generations n1's gossip holds, per liveness; empty from an agent without the metric.
+fn members_by_state(c: &Cluster) -> Vec<(String, f64)> {
+    Liveness::ALL
+        .iter()
+        .map(|l| l.as_str())
+        .filter_map(|s| Some((s.to_string(), c.metric(0, &format!("weft_gossip_members{{state=\"{s}\"}}")).ok()?)))
+        .collect()
+}
+
+/// Their total, if the agent exports them.
+fn members(by_state: &[(String, f64)]) -> Option<f64> {
+    (!by_state.is_empty()).then(|| by_state.iter().map(|(_, n)| n).sum())
 }
 
 /// n1's gossip counters: bytes out, bytes in, messages out, messages in.
@@ -108,18 +118,14 @@ fn gossip(c: &Cluster, window: Duration) -> Result<Gossip> {
     sleep(window);
     let (end, secs) = (counters(c)?, t0.elapsed().as_secs_f64());
     let [bytes_out, bytes_in, messages_out, messages_in] = [0, 1, 2, 3].map(|k| end[k] - start[k]);
-    let members_by_state = STATES
-        .iter()
-        .filter_map(|s| Some((s.to_string(), c.metric(0, &format!("weft_gossip_members{{state=\"{s}\"}}")).ok()?)))
-        .filter(|(_, n)| *n > 0.0)
-        .collect();
+    let by_state = members_by_state(c);
     Ok(Gossip {
         bytes_out_per_s: bytes_out / secs,
         bytes_in_per_s: bytes_in / secs,
         bytes_out_per_message: bytes_out / messages_out,
         bytes_in_per_message: bytes_in / messages_in,
-        members: members(c),
-        members_by_state,
+        members: members(&by_state),
+        members_by_state: by_state.into_iter().filter(|(_, n)| *n > 0.0).collect(),
     })
 }
 

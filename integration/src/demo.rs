@@ -24,8 +24,8 @@ pub struct DemoOptions {
     pub cross_subnet: bool,
     /// The underlay's family.
     pub underlay: Family,
-    /// Pods of both families (else IPv4 pods).
-    pub dual_stack: bool,
+    /// The pods' families: one address of each per pod, the checks run per family.
+    pub pod_families: Vec<Family>,
     /// Leave the lab running afterwards (`weft-lab down` removes it).
     pub keep: bool,
 }
@@ -44,7 +44,7 @@ pub fn run(opts: &DemoOptions) -> Result<bool> {
                 opts.subnets,
                 opts.underlay,
                 opts.pods_per_node,
-                if opts.dual_stack { "dual-stack" } else { "IPv4" },
+                pod_families_name(&opts.pod_families),
                 if opts.cross_subnet { "cross-subnet" } else { "always" }
             ),
             Colour::Bold
@@ -55,7 +55,7 @@ pub fn run(opts: &DemoOptions) -> Result<bool> {
     steps.run("checking", || Ok::<_, LabError>(()))?;
     let mut checks = Checks { colour, passed: 0, failed: 0 };
     print_agents(&cluster, &mut checks);
-    for family in pod_families(opts) {
+    for &family in &opts.pod_families {
         print_ping_matrix(&cluster, family, &mut checks);
         print_source_addresses(&cluster, family, &mut checks);
     }
@@ -84,7 +84,7 @@ pub fn start(opts: &DemoOptions, steps: &mut Steps) -> Result<Cluster> {
         println!("      subnet {} ({}): {}", s.cidr, s.bridge, members.join(", "));
     }
     println!("      off-cluster host {}; the router has no route to any pod address", lab.external.ip);
-    let extra_args = if opts.dual_stack { DUAL_STACK_ARGS.iter().map(|a| a.to_string()).collect() } else { Vec::new() };
+    let extra_args = cluster_cidr_args(&opts.pod_families);
     let options = AgentOptions { cross_subnet: opts.cross_subnet, extra_args, ..AgentOptions::default() };
     let mut cluster = steps.run("starting weft-agent on every node (one seed) and waiting for convergence", || {
         let cluster = Cluster::start(lab, options)?;
@@ -101,12 +101,32 @@ pub fn start(opts: &DemoOptions, steps: &mut Steps) -> Result<Cluster> {
     Ok(cluster)
 }
 
-/// The agents' flags for dual-stack pods (the lab's pod ranges).
-const DUAL_STACK_ARGS: [&str; 2] = ["--cluster-cidr=10.244.0.0/16,fd00:10:244::/56", "--node-cidr-prefix-v6=64"];
+/// The agents' `--cluster-cidr` for `families`: the lab's pod range of each (none for IPv4 only,
+/// the agents' default).
+fn cluster_cidr_args(families: &[Family]) -> Vec<String> {
+    if families == [Family::Ipv4] {
+        return Vec::new();
+    }
+    let range = |f: &Family| match f {
+        Family::Ipv4 => "10.244.0.0/16",
+        Family::Ipv6 => "fd00:10:244::/56",
+    };
+    vec![format!("--cluster-cidr={}", families.iter().map(range).collect::<Vec<_>>().join(","))]
+}
 
-/// The pod families the checks run for.
-fn pod_families(opts: &DemoOptions) -> Vec<Family> {
-    if opts.dual_stack { Family::ALL.to_vec() } else { vec![Family::Ipv4] }
+/// "dual-stack", or the one family's name.
+fn pod_families_name(families: &[Family]) -> String {
+    match families {
+        [one] => one.to_string(),
+        _ => "dual-stack".to_string(),
+    }
+}
+
+/// A node's blocks for the table: `podCIDR` is the IPv6 block too on an IPv6-only node.
+fn pod_cidrs(status: &serde_json::Value) -> String {
+    let mut blocks: Vec<&str> = ["podCIDR", "podCIDR6"].iter().filter_map(|k| status["node"][k].as_str()).collect();
+    blocks.dedup();
+    blocks.join(",")
 }
 
 fn pod_name(p: usize) -> String {
@@ -144,11 +164,7 @@ fn print_agents(c: &Cluster, checks: &mut Checks) {
             vec![
                 node.name.clone(),
                 node.ip.to_string(),
-                [&s["node"]["podCIDR"], &s["node"]["podCIDR6"]]
-                    .iter()
-                    .filter_map(|v| v.as_str())
-                    .collect::<Vec<_>>()
-                    .join(","),
+                pod_cidrs(&s),
                 s["node"]["vtepMAC"].as_str().unwrap_or("-").to_string(),
                 format!("{peers}/{expected}"),
                 format!("{} {}", mark, if ready { "ready" } else { "not ready" }),

@@ -61,6 +61,9 @@ struct LabArgs {
     /// an address of each family, and the checks run per family.
     #[arg(long)]
     dual_stack: bool,
+    /// An IPv6-only cluster: IPv6 pods (`--cluster-cidr fd00:10:244::/56`) over the IPv6 underlay.
+    #[arg(long, conflicts_with_all = ["dual_stack", "underlay"])]
+    ipv6_only: bool,
     /// Leave the lab running afterwards (demo only; `weft-lab down` removes it).
     #[arg(long)]
     keep: bool,
@@ -73,8 +76,12 @@ impl LabArgs {
             subnets: self.subnets,
             pods_per_node: self.pods,
             cross_subnet: self.cross_subnet,
-            underlay: self.underlay,
-            dual_stack: self.dual_stack,
+            underlay: if self.ipv6_only { Family::Ipv6 } else { self.underlay },
+            pod_families: match (self.dual_stack, self.ipv6_only) {
+                (true, _) => Family::ALL.to_vec(),
+                (_, true) => vec![Family::Ipv6],
+                _ => vec![Family::Ipv4],
+            },
             keep: self.keep,
         }
     }

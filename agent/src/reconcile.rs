@@ -215,7 +215,7 @@ impl Controller {
         }
         self.publish_claims().await;
         let (local_ips, subnets) = (self.cfg.underlay.node_ips(), self.cfg.underlay.subnets());
-        let pods: Vec<Family> = self.allocators.iter().map(|a| Family::of_net(&a.pool())).collect();
+        let pods = self.pod_families();
         let tunnel_answers = self.tunnel_answers(&view, &peers);
         let verdicts = peers::decide(
             &peers,
@@ -247,7 +247,7 @@ impl Controller {
         }
         let reserved = self.pod_addresses();
         let stranded = self.stranded(&serving, &reserved);
-        let ipam = serving.as_ref().ok().map(|held| ipam_use(held, &reserved));
+        let ipam = ipam_use(&self.pod_families(), serving.as_deref().unwrap_or_default(), &reserved);
         let summary = self.publish_status(&view, &verdicts, settled, &serving, stranded, ipam);
         self.publish_summary(&summary).await;
     }
@@ -320,6 +320,11 @@ impl Controller {
         self.yielded_to = yielded_to;
     }
 
+    /// The cluster's pod families, IPv4 first.
+    fn pod_families(&self) -> Vec<Family> {
+        self.allocators.iter().map(|a| Family::of_net(&a.pool())).collect()
+    }
+
     /// The claims the allocators announce, IPv4 first.
     fn claims(&self) -> Vec<Claim> {
         self.allocators.iter().filter_map(Allocator::claim).collect()
@@ -331,7 +336,7 @@ impl Controller {
     /// agent's to judge.
     fn pod_addresses(&self) -> Vec<IpAddr> {
         let store = self.cfg.paths.ipam_dir.join(files::NETWORK_NAME);
-        let families: Vec<Family> = self.allocators.iter().map(|a| Family::of_net(&a.pool())).collect();
+        let families = self.pod_families();
         weft_cni::ipam::store::reserved_addresses(&store)
             .inspect_err(|e| tracing::debug!(error = %e, store = %store.display(), "cannot list pod addresses"))
             .unwrap_or_default()
@@ -590,7 +595,7 @@ impl Controller {
         settled: bool,
         serving: &Result<Vec<Claim>, String>,
         stranded: Option<StrandedPods>,
-        ipam: Option<IpamUse>,
+        ipam: Vec<IpamUse>,
     ) -> Summary {
         let cfg = &self.cfg;
         let probes = self.probes.borrow().clone();
@@ -629,7 +634,7 @@ impl Controller {
         let summary = Summary::of(rows.iter().map(|r| (r.name.as_str(), r.dataplane.state)));
         metrics.set_ready(ready.is_ok());
         metrics.set_stranded(stranded.as_ref().map_or(0, |s| s.count));
-        metrics.set_ipam(ipam.as_ref());
+        metrics.set_ipam(&ipam);
         self.shared.set_status(Status {
             node: status::NodeStatus {
                 name: cfg.node_name.clone(),
@@ -668,17 +673,21 @@ fn published_blocks(state: &NodeState) -> Vec<IpNet> {
     state.pools.iter().map(|p| p.pod_cidr).collect()
 }
 
-/// How much of the block the plugin has handed out.
-/// How much of the blocks the plugin has handed out, over every family (an IPv6 /64 counts
-/// as u64::MAX addresses: the total saturates).
-fn ipam_use(held: &[Claim], reserved: &[IpAddr]) -> IpamUse {
-    let mut usage = IpamUse { in_use: 0, total: 0 };
-    for claim in held {
-        let pool = weft_cni::ipam::pool::Pool { net: claim.cidr, gateway: first_host(&claim.cidr) };
-        usage.in_use += reserved.iter().filter(|ip| pool.contains(**ip)).count() as u64;
-        usage.total = usage.total.saturating_add(pool.capacity());
-    }
-    usage
+/// How much of its block of each of `families` the plugin has handed out (0 of 0 for a family
+/// the node serves no block of).
+fn ipam_use(families: &[Family], held: &[Claim], reserved: &[IpAddr]) -> Vec<IpamUse> {
+    families
+        .iter()
+        .map(|&family| {
+            let usage = |claim: &Claim| {
+                let pool = weft_cni::ipam::pool::Pool { net: claim.cidr, gateway: first_host(&claim.cidr) };
+                (reserved.iter().filter(|ip| pool.contains(**ip)).count() as u64, pool.capacity())
+            };
+            let held = held.iter().find(|c| Family::of_net(&c.cidr) == family);
+            let (in_use, total) = held.map_or((0, 0), usage);
+            IpamUse { family, in_use, total }
+        })
+        .collect()
 }
 
 /// The programmed peers with an IPv4 block, each with the address its probes go to: the VTEP

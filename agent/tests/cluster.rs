@@ -478,32 +478,43 @@ async fn a_stopped_agent_keeps_its_routes_only_for_the_agent_down_grace() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ipam_use_of_the_block_is_reported() {
+async fn ipam_use_of_each_family_is_reported() {
     let mut c = Cluster::new();
-    c.add_and_start(&["a"]).await;
+    c.add("a").cluster_cidrs.push("fd00:10:244::/56".parse().unwrap());
+    c.start("a").await;
     wait_until(CONVERGE, "a ready", || c.ready("a")).await;
     let block = c.pod_cidr("a").unwrap();
+    let block6 = c.status("a").unwrap().node.pod_cidr6.expect("an IPv6 block");
     for n in [2, 3] {
         pod_address(&c, "a", &nth_host(block, n).to_string());
     }
-    wait_until(CONVERGE, "a reports 2 of 253 addresses in use", || {
-        c.status("a").unwrap().node.ipam.is_some_and(|i| (i.in_use, i.total) == (2, 253))
-            && metric(&c.metrics("a"), "weft_ipam_addresses_in_use") == 2
-            && metric(&c.metrics("a"), "weft_ipam_addresses_total") == 253
+    pod_address(&c, "a", &nth_host(block6, 5).to_string());
+    // Each family on its own: the /64's 2^64 addresses do not swamp the /24's count.
+    let expected = [(Family::Ipv4, 2, 253), (Family::Ipv6, 1, u64::MAX - 2)];
+    wait_until(CONVERGE, "a reports 2 of 253 IPv4 and 1 IPv6 address in use", || {
+        let ipam = c.status("a").unwrap().node.ipam;
+        let metrics = c.metrics("a");
+        ipam.iter().map(|i| (i.family, i.in_use, i.total)).eq(expected)
+            && metric(&metrics, "weft_ipam_addresses_in_use{family=\"ipv4\"}") == 2
+            && metric(&metrics, "weft_ipam_addresses_total{family=\"ipv4\"}") == 253
+            && metric(&metrics, "weft_ipam_addresses_in_use{family=\"ipv6\"}") == 1
+            && metric(&metrics, "weft_ipam_addresses_total{family=\"ipv6\"}") > 1 << 63
     })
     .await;
     c.shutdown().await;
 }
 
-/// Reserves `ip` in `node`'s IPAM store as the plugin would for a pod.
 fn pod_address(c: &Cluster, node: &str, ip: &str) {
     let dir = c.nodes[node].config.paths.ipam_dir.join(files::NETWORK_NAME);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(format!("{ip}@0123456789abcdef")), "pod\neth0\n").unwrap();
 }
 
-fn nth_host(net: Ipv4Net, n: u32) -> std::net::Ipv4Addr {
-    (u32::from(net.network()) + n).into()
+fn nth_host(net: impl Into<IpNet>, n: u8) -> IpAddr {
+    match net.into().network() {
+        IpAddr::V4(v4) => (u32::from(v4) + u32::from(n)).to_be_bytes().into(),
+        IpAddr::V6(v6) => (u128::from(v6) + u128::from(n)).to_be_bytes().into(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -656,8 +667,9 @@ async fn an_exhausted_pool_is_a_clear_error_and_the_node_is_not_programmed() {
 }
 
 /// The value of an unlabelled metric in a text exposition.
+/// A sample's value (gauges of floats included, truncated), 0 when absent.
 fn metric(text: &str, name: &str) -> u64 {
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0)
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok()).unwrap_or(0.0) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

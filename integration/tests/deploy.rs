@@ -582,8 +582,10 @@ fn alert_rules_name_only_series_the_agent_exports() {
     weft_lab::require_root();
     let lab = Lab::build(&weft_lab::unique_prefix(), LabSpec { nodes: 2, subnets: 1, ..LabSpec::default() })
         .expect("build lab");
-    // As the DaemonSet runs it: /metrics on the node IP too, for Prometheus.
-    let options = AgentOptions { extra_args: vec!["--metrics-addr=0.0.0.0:9474".into()], ..AgentOptions::default() };
+    // As the DaemonSet runs it: /metrics on the node IP too, for Prometheus; dual-stack, so that
+    // the series of both families exist.
+    let extra_args = vec!["--metrics-addr=0.0.0.0:9474".into(), "--cluster-cidr=10.244.0.0/16,fd00:10:244::/56".into()];
+    let options = AgentOptions { extra_args, ..AgentOptions::default() };
     let cluster = Cluster::start(lab, options).expect("start agents");
     cluster.wait_converged(Duration::from_secs(30)).expect("agents converge");
     // Scraped the way the PodMonitor does: the node IP, port 9474. It serves /metrics only.

@@ -39,6 +39,14 @@ impl Family {
         Family::of(net.addr())
     }
 
+    /// Its name in JSON and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+
     /// The VXLAN device carrying this family's tunnels: vxlan0 stays the IPv4 one.
     pub fn vxlan_device(self) -> &'static str {
         match self {

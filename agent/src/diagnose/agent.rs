@@ -372,7 +372,7 @@ mod tests {
                 stranded_pods: None,
                 isolated: None,
                 dataplane: Default::default(),
-                ipam: None,
+                ipam: Vec::new(),
             },
             peers: vec![peer("n2", "198.51.100.10", PathState::Ok), peer("n3", "192.0.2.11", PathState::Ok)],
             conflicts: Vec::new(),

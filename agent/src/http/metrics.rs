@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -23,6 +24,14 @@ use crate::probe::verdict::PathState;
 struct StateLabel {
     state: &'static str,
 }
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FamilyLabel {
+    family: &'static str,
+}
+
+/// A gauge of values past i64 (an IPv6 /64 holds 2^64 addresses).
+type FloatGauge = Gauge<f64, AtomicU64>;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabel {
@@ -58,8 +67,8 @@ pub struct Metrics {
     ready: Gauge,
     name_in_use: Gauge,
     isolated: Gauge,
-    ipam_in_use: Gauge,
-    ipam_total: Gauge,
+    ipam_in_use: Family<FamilyLabel, FloatGauge>,
+    ipam_total: Family<FamilyLabel, FloatGauge>,
     peers_dataplane: Family<StateLabel, Gauge>,
     gossip_members: Family<StateLabel, Gauge>,
     stranded: Gauge,
@@ -170,16 +179,16 @@ impl Metrics {
              counts until gossip forgets it; each is a digest entry in every gossip message)",
             gossip_members.clone(),
         );
-        let ipam_in_use = Gauge::default();
+        let ipam_in_use = Family::<FamilyLabel, FloatGauge>::default();
         registry.register(
             "ipam_addresses_in_use",
-            "Pod addresses handed out of this node's PodCIDR",
+            "Pod addresses handed out of this node's PodCIDR of each family",
             ipam_in_use.clone(),
         );
-        let ipam_total = Gauge::default();
+        let ipam_total = Family::<FamilyLabel, FloatGauge>::default();
         registry.register(
             "ipam_addresses_total",
-            "Pod addresses this node's PodCIDR can hand out (0 while it serves none)",
+            "Pod addresses this node's PodCIDR of each family can hand out (0 while it serves none)",
             ipam_total.clone(),
         );
         let isolated = Gauge::default();
@@ -328,11 +337,13 @@ impl Metrics {
         set_counts(&self.gossip_members, Liveness::ALL.map(Liveness::as_str), members.map(Liveness::as_str));
     }
 
-    /// Pod addresses handed out of the node's block, and how many it has (0 while it serves none).
-    pub fn set_ipam(&self, ipam: Option<&IpamUse>) {
-        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        self.ipam_in_use.set(gauge(ipam.map_or(0, |i| i.in_use)));
-        self.ipam_total.set(gauge(ipam.map_or(0, |i| i.total)));
+    /// Per family: pod addresses handed out of the node's block, and how many it has.
+    pub fn set_ipam(&self, ipam: &[IpamUse]) {
+        for use_ in ipam {
+            let label = FamilyLabel { family: use_.family.as_str() };
+            self.ipam_in_use.get_or_create(&label).set(use_.in_use as f64);
+            self.ipam_total.get_or_create(&label).set(use_.total as f64);
+        }
     }
 
     pub fn set_isolated(&self, isolated: bool) {

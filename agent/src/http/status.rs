@@ -64,15 +64,18 @@ pub struct NodeStatus {
     /// This node's probe results as it publishes them (see `peers[].report` for the others').
     #[serde(default)]
     pub dataplane: Summary,
-    /// How much of the PodCIDR the plugin has handed out; `null` while the node serves none.
+    /// How much of its PodCIDR of each family of the cluster the plugin has handed out
+    /// (`total` 0 while the node serves no block of that family).
     #[serde(default)]
-    pub ipam: Option<IpamUse>,
+    pub ipam: Vec<IpamUse>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IpamUse {
+    pub family: Family,
     pub in_use: u64,
+    /// Saturates at u64::MAX (an IPv6 /64 holds 2^64 addresses).
     pub total: u64,
 }
 
@@ -389,8 +392,8 @@ pub fn render(s: &Status) -> String {
             if other.holds_the_name { "holds it; this agent serves nothing" } else { "refused; this agent keeps it" };
         let _ = writeln!(out, "  node name also used by the agent at {}: {role}", other.node_ip);
     }
-    if let Some(ipam) = &n.ipam {
-        let _ = writeln!(out, "  ipam: {} of {} pod addresses in use", ipam.in_use, ipam.total);
+    for ipam in n.ipam.iter().filter(|i| i.total > 0) {
+        let _ = writeln!(out, "  ipam: {} of {} {} pod addresses in use", ipam.in_use, ipam.total, ipam.family);
     }
     if let Some(why) = &n.isolated {
         let _ = writeln!(out, "  ISOLATED: {why}");
@@ -502,7 +505,7 @@ mod tests {
             stranded_pods: None,
             isolated: None,
             dataplane: Summary::default(),
-            ipam: None,
+            ipam: Vec::new(),
         }
     }
 
@@ -736,7 +739,7 @@ mod tests {
                 }),
                 isolated: Some("no other node heard".into()),
                 dataplane: Summary::default(),
-                ipam: Some(IpamUse { in_use: 3, total: 253 }),
+                ipam: vec![IpamUse { family: Family::Ipv4, in_use: 3, total: 253 }],
             },
             peers: vec![PeerStatus {
                 name: "b".into(),
@@ -781,7 +784,7 @@ mod tests {
         assert!(table.contains("node name also used by the agent at 198.51.100.7: refused; this agent keeps it"));
         assert!(table.contains("1 pod address(es) stranded: 10.244.9.0/24 is held by n2"));
         assert!(table.contains("ISOLATED: no other node heard"));
-        assert!(table.contains("ipam: 3 of 253 pod addresses in use"));
+        assert!(table.contains("ipam: 3 of 253 IPv4 pod addresses in use"));
         let row = table.lines().find(|l| l.starts_with("b ")).unwrap();
         for cell in ["192.0.2.2", "10.244.2.0/24", "alive", "direct", "no", "tunnel-blocked"] {
             assert!(row.contains(cell), "{row}");

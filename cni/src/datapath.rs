@@ -16,7 +16,7 @@ use weft_overlay::{Mac, sysctl};
 use crate::error::{CniError, Code};
 use crate::ipam::Lease;
 use crate::names::{TOMBSTONE_PREFIX, host_veth_name, is_weft_veth, tombstone_name};
-use crate::{netns, reaper, runtime};
+use crate::{reaper, runtime};
 
 /// The node forwards pod traffic of every family its pods have.
 fn forwarding_key(ip: IpAddr) -> &'static str {
@@ -115,25 +115,13 @@ pub fn plug(a: &PortSpec<'_>, netns: &File, first_gateway: Option<IpAddr>) -> Re
 }
 
 impl Plugged {
-    /// ADD's second kernel part, once the addresses are known: the container end gets its MAC
-    /// (derived from an address), its addresses (an IPv6 one usable at once, see
+    /// ADD's second kernel part, once the addresses are known (and, for IPv6, the container
+    /// end prepared by `ipv6_sysctls`): the container end gets its MAC (derived from an
+    /// address), its addresses of both families (an IPv6 one usable at once, see
     /// `address_message`), link up and routes, all in one batch; forwarding of the pod's
     /// families; and last, in a second batch, hairpin on the host end and the gateway addresses
     /// on the bridge, so that a failed ADD never leaves one there.
-    pub fn configure(
-        &self,
-        a: &PortSpec<'_>,
-        (netns, ns_nl): (&File, SyncNetlink),
-        lease: &Lease,
-    ) -> Result<Attached, CniError> {
-        let unprepared =
-            |e: std::io::Error| CniError::new(Code::Kernel, "cannot prepare the container for IPv6").with_details(e);
-        // Entering the namespace takes a thread: it works while the IPv4 part of the batch (the
-        // lease lists IPv4 first) is written, and is waited for before the IPv6 address.
-        let preparing = match lease.ips.iter().any(|ip| ip.address.addr().is_ipv6()) {
-            true => Some(netns::sysctls_in(netns, ipv6_interface_settings(a.ifname)).map_err(unprepared)?),
-            false => None,
-        };
+    pub fn configure(&self, a: &PortSpec<'_>, ns_nl: SyncNetlink, lease: &Lease) -> Result<Attached, CniError> {
         let index = match self.indexes.peer {
             Some(index) => index,
             // A kernel that does not echo new links: look the container end up.
@@ -152,19 +140,7 @@ impl Plugged {
             lease.ips.iter().map(|ip| Write::AddAddress { index, addr: ip.address }).collect();
         writes.push(Write::SetLink { index, change: &up });
         writes.extend(routes.iter().map(Write::AddRoute));
-        let ipv6_from = writes
-            .iter()
-            .position(|w| matches!(w, Write::AddAddress { addr, .. } if addr.addr().is_ipv6()))
-            .unwrap_or(writes.len());
-        let (before, after) = writes.split_at(ipv6_from);
-        all_written(ns_nl.write_all(before))?;
-        if let Some(thread) = preparing {
-            thread
-                .join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("the sysctl thread panicked")))
-                .map_err(unprepared)?;
-        }
-        all_written(ns_nl.write_all(after))?;
+        all_written(ns_nl.write_all(&writes))?;
         for ip in &lease.ips {
             let family = forwarding_key(ip.address.addr());
             sysctl::ensure(family, "1").map_err(|e| {
@@ -217,8 +193,14 @@ fn container_mac(lease: &Lease) -> Mac {
 /// IPv6 on the container's interface: enabled (a runtime may have disabled it in the
 /// namespace), and no router advertisements: the pod's addresses and routes are weft's alone,
 /// nothing on the bridge may add others (SLAAC addresses, a default route to a rogue router).
-fn ipv6_interface_settings(ifname: &str) -> Vec<(String, &'static str)> {
-    vec![(format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0"), (format!("net/ipv6/conf/{ifname}/accept_ra"), "0")]
+/// Only `/proc/sys` reaches these, and it follows the caller's namespace: call it from a thread
+/// inside the container's, once the container end exists and before it is up (`configure`).
+pub fn ipv6_sysctls(ifname: &str) -> Result<(), CniError> {
+    let unprepared =
+        |e: std::io::Error| CniError::new(Code::Kernel, "cannot prepare the container for IPv6").with_details(e);
+    sysctl::ensure(&sysctl::ipv6_dev_key("disable_ipv6", ifname), "0").map_err(unprepared)?;
+    // A new interface starts with the namespace's default, which accepts them: no read first.
+    sysctl::write(&sysctl::ipv6_dev_key("accept_ra", ifname), "0").map_err(unprepared)
 }
 
 /// The lease's routes as kernel routes out of the container interface; only those of a family

@@ -6,13 +6,11 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
-use std::thread::JoinHandle;
 
 use nix::fcntl::OFlag;
-use nix::sched::{CloneFlags, setns};
+use nix::sched::CloneFlags;
 use nix::sys::statfs::{NSFS_MAGIC, fstatfs};
 use weft_overlay::netlink::PendingSocket;
-use weft_overlay::sysctl;
 
 use crate::error::{CniError, Code};
 
@@ -47,20 +45,6 @@ pub fn socket_in(netns: &File, path: &Path) -> Result<PendingSocket, CniError> {
         .try_clone()
         .map_err(|e| CniError::new(Code::IoFailure, "cannot duplicate the netns handle").with_details(e))?;
     Ok(PendingSocket::open(dup, path))
-}
-
-/// Sets sysctls of the namespace (`/proc/sys/net` follows the writer's namespace) from a thread
-/// that enters it, so the caller's thread never moves and can work on meanwhile; joining the
-/// handle gives the outcome.
-pub fn sysctls_in(ns: &File, settings: Vec<(String, &'static str)>) -> io::Result<JoinHandle<io::Result<()>>> {
-    let ns = ns.try_clone()?;
-    std::thread::Builder::new().stack_size(64 * 1024).spawn(move || {
-        setns(&ns, CloneFlags::CLONE_NEWNET)?;
-        for (key, value) in settings {
-            sysctl::ensure(&key, value)?;
-        }
-        Ok(())
-    })
 }
 
 fn is_own(ns: &File) -> bool {

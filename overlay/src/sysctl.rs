@@ -19,8 +19,14 @@ pub fn ensure(key: &str, value: &str) -> io::Result<bool> {
     if read(key)? == value {
         return Ok(false);
     }
-    fs::write(path(key), value).map_err(|e| io::Error::new(e.kind(), format!("set {key}={value}: {e}")))?;
+    write(key, value)?;
     Ok(true)
+}
+
+/// Sets `key` to `value` without reading it first: for a key whose current value is known to
+/// differ (a new interface's default), where the read would be wasted.
+pub fn write(key: &str, value: &str) -> io::Result<()> {
+    fs::write(path(key), value).map_err(|e| io::Error::new(e.kind(), format!("set {key}={value}: {e}")))
 }
 
 /// The per-device key, e.g. `dev_key("rp_filter", "vxlan0")` → net.ipv4.conf.vxlan0.rp_filter.

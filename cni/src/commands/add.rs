@@ -33,19 +33,28 @@ pub fn add(inv: &Invocation, req: &Request) -> Result<CniResult, CniError> {
     };
     // IPAM (file I/O under a lock) and plugging the veth (kernel work) do not depend on each
     // other: run them side by side. The IPAM thread, done, enters the container's namespace for
-    // the socket that configures it (a delegate IPAM plugin it starts must not start there).
+    // the socket that configures it (a delegate IPAM plugin it starts must not start there),
+    // and, being there, sets the container end's IPv6 sysctls once the veth exists.
+    let (plugged_tx, plugged_rx) = std::sync::mpsc::sync_channel::<bool>(1);
     let (plugged, prepared) = std::thread::scope(|s| {
         let worker = s.spawn(|| {
+            let plugged_rx = plugged_rx;
             let lease = ipam::acquire(&net, &owner, input)?;
-            Ok((lease, SyncNetlink::entering(&netns, netns_path)?))
+            let container = SyncNetlink::entering(&netns, netns_path)?;
+            if lease.has_ipv6() && plugged_rx.recv() == Ok(true) {
+                datapath::ipv6_sysctls(&att.ifname)?;
+            }
+            Ok((lease, container))
         });
         let plugged = datapath::plug(&attachment, &netns, net.pools.first().map(|p| p.gateway));
+        // Sent whatever the outcome, so the worker never waits for a veth that will not come.
+        let _ = plugged_tx.send(plugged.is_ok());
         let prepared = worker.join().unwrap_or_else(|_| Err(CniError::new(Code::IpamStore, "the IPAM thread failed")));
         (plugged, prepared)
     });
     let outcome = match (&plugged, prepared) {
         (Ok(plugged), Ok((lease, container))) => plugged
-            .configure(&attachment, (&netns, container), &lease)
+            .configure(&attachment, container, &lease)
             .map(|attached| result(&attachment, netns_path, &attached, lease)),
         (Err(e), _) => Err(e.clone()),
         (Ok(_), Err(e)) => Err(e),

@@ -22,6 +22,12 @@ pub struct Lease {
     pub dns: Dns,
 }
 
+impl Lease {
+    pub fn has_ipv6(&self) -> bool {
+        self.ips.iter().any(|ip| ip.address.addr().is_ipv6())
+    }
+}
+
 /// One family's address (with the pool's prefix) and the gateway of that family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeasedIp {

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! <dataDir>/<network>/lock                      flock'd for the whole of every operation
-//! <dataDir>/<network>/last_reserved_ip          where the next IPv4 search starts
-//! <dataDir>/<network>/last_reserved_ip6         where the next IPv6 search starts
+//! <dataDir>/<network>/last_reserved_ip          where the next search starts: one address a line,
+//!                                               at most one per family
 //! <dataDir>/<network>/10.244.3.7@<hash16>       an allocation; content "<container id>\n<ifname>\n"
 //! <dataDir>/<network>/fd00:10:244:3::7@<hash16> an IPv6 allocation, the same way
 //! <dataDir>/<network>/attached@<hash16>         an attachment record; same content
@@ -14,7 +14,8 @@
 //! container id and ifname), so one directory read answers every question. Allocation files are
 //! claimed with an exclusive create under the lock; a crash right after the create leaves an empty
 //! file that still reserves its address and is released like any other, so neither a crash nor a
-//! damaged file can ever cause a duplicate. `last_reserved_ip` is only a hint for where to search.
+//! damaged file can ever cause a duplicate. `last_reserved_ip` is only a hint for where to search;
+//! both families share it so that a dual-stack ADD writes it once.
 //! An attachment holds at most one address per family; IPv6 addresses are written in their
 //! canonical text form (a file name may hold colons; `@` never occurs in an address).
 //!
@@ -36,8 +37,7 @@ use crate::names::{attachment_hash, host_veth_name_for_hash};
 
 const LOCK_FILE: &str = "lock";
 const LAST_RESERVED_FILE: &str = "last_reserved_ip";
-const LAST_RESERVED_FILE_V6: &str = "last_reserved_ip6";
-/// An address in text is at most 39 bytes; the hint file is never legitimately larger.
+/// An address in text is at most 39 bytes: an IPv4 and an IPv6 one fit with room to spare.
 const MAX_LAST_RESERVED_BYTES: u64 = 64;
 /// Names an attachment record, where an allocation has its address.
 const RECORD_MARK: &str = "attached";
@@ -140,12 +140,16 @@ impl Store {
     pub fn allocate_all(&mut self, pools: &[Pool], owner: &Owner) -> Result<Vec<IpAddr>, StoreError> {
         // One directory read serves every family: each allocation only looks at its own.
         let entries = self.entries()?;
+        let mut hints = Hints::read(&self.dir);
         let allocated: Result<Vec<IpAddr>, StoreError> =
-            pools.iter().map(|pool| self.allocate_from(&entries, pool, owner)).collect();
-        if allocated.is_err() {
-            let key = owner.key();
-            if let Err(e) = self.remove_where(|e| e.owner_key == key && e.ip.is_some()) {
-                tracing::warn!("cannot release the addresses of a failed allocation: {e}");
+            pools.iter().map(|pool| self.allocate_from(&entries, &mut hints, pool, owner)).collect();
+        match allocated {
+            Ok(_) => hints.save(&self.dir),
+            Err(_) => {
+                let key = owner.key();
+                if let Err(e) = self.remove_where(|e| e.owner_key == key && e.ip.is_some()) {
+                    tracing::warn!("cannot release the addresses of a failed allocation: {e}");
+                }
             }
         }
         allocated
@@ -155,11 +159,21 @@ impl Store {
     /// next free one.
     pub fn allocate(&mut self, pool: &Pool, owner: &Owner) -> Result<IpAddr, StoreError> {
         let entries = self.entries()?;
-        self.allocate_from(&entries, pool, owner)
+        let mut hints = Hints::read(&self.dir);
+        let ip = self.allocate_from(&entries, &mut hints, pool, owner)?;
+        hints.save(&self.dir);
+        Ok(ip)
     }
 
-    /// `allocate` over the store's entries as read under this lock.
-    fn allocate_from(&mut self, entries: &[Entry], pool: &Pool, owner: &Owner) -> Result<IpAddr, StoreError> {
+    /// `allocate` over the store's entries as read under this lock; a new address becomes the
+    /// family's hint.
+    fn allocate_from(
+        &mut self,
+        entries: &[Entry],
+        hints: &mut Hints,
+        pool: &Pool,
+        owner: &Owner,
+    ) -> Result<IpAddr, StoreError> {
         let key = owner.key();
         let mut used = HashSet::with_capacity(entries.len());
         let same_family = |ip: &IpAddr| ip.is_ipv4() == pool.net.addr().is_ipv4();
@@ -175,21 +189,14 @@ impl Store {
             }
             used.insert(ip);
         }
-        let hint_file = self.dir.join(hint_file(pool));
-        let ip = pool.next_free(&used, last_reserved(&hint_file)).ok_or(StoreError::Exhausted(pool.net))?;
+        let ip = pool.next_free(&used, hints.of(pool)).ok_or(StoreError::Exhausted(pool.net))?;
         let path = self.dir.join(file_name(&ip.to_string(), &key));
         let claim = OpenOptions::new().write(true).create_new(true).open(&path);
         if let Err(e) = claim.and_then(|mut f| f.write_all(owner.content().as_bytes())) {
             let _ = fs::remove_file(&path);
             return Err(self.io_err(e));
         }
-        // Only a hint for where to search next: a torn or failed write costs nothing but fairness.
-        let mut hint = OpenOptions::new();
-        let written = open_regular(&hint_file, hint.write(true).create(true).truncate(true))
-            .and_then(|mut f| f.write_all(ip.to_string().as_bytes()));
-        if let Err(e) = written {
-            tracing::warn!("cannot record last reserved address: {e}");
-        }
+        hints.set(ip);
         Ok(ip)
     }
 
@@ -233,14 +240,57 @@ impl Store {
     }
 }
 
-/// Each family has its own hint: the two searches are independent.
-fn hint_file(pool: &Pool) -> &'static str {
-    if pool.net.addr().is_ipv4() { LAST_RESERVED_FILE } else { LAST_RESERVED_FILE_V6 }
+/// The last address handed out of each family: where each family's search starts next.
+#[derive(Debug, Default)]
+struct Hints {
+    last: Vec<IpAddr>,
+    changed: bool,
 }
 
-fn last_reserved(path: &Path) -> Option<IpAddr> {
-    let bytes = read_regular(path, MAX_LAST_RESERVED_BYTES).ok()?;
-    std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
+impl Hints {
+    /// The store's hints; a missing, oversized or unreadable file, or a line that is no address,
+    /// is no hint.
+    fn read(dir: &Path) -> Hints {
+        let bytes = read_regular(&dir.join(LAST_RESERVED_FILE), MAX_LAST_RESERVED_BYTES).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        let mut hints = Hints::default();
+        for ip in text.lines().filter_map(|line| line.trim().parse().ok()) {
+            if hints.of_family(ip).is_none() {
+                hints.last.push(ip);
+            }
+        }
+        hints
+    }
+
+    fn of_family(&self, ip: IpAddr) -> Option<IpAddr> {
+        self.last.iter().copied().find(|h| h.is_ipv4() == ip.is_ipv4())
+    }
+
+    fn of(&self, pool: &Pool) -> Option<IpAddr> {
+        self.of_family(pool.net.addr())
+    }
+
+    fn set(&mut self, ip: IpAddr) {
+        self.last.retain(|h| h.is_ipv4() != ip.is_ipv4());
+        self.last.push(ip);
+        self.last.sort_by_key(IpAddr::is_ipv6);
+        self.changed = true;
+    }
+
+    /// Writes the hints back, one write for every family, if an allocation changed them. Only a
+    /// hint for where to search next: a torn or failed write costs nothing but fairness.
+    fn save(&self, dir: &Path) {
+        if !self.changed {
+            return;
+        }
+        let text = self.last.iter().map(IpAddr::to_string).collect::<Vec<_>>().join("\n");
+        let mut hint = OpenOptions::new();
+        let written = open_regular(&dir.join(LAST_RESERVED_FILE), hint.write(true).create(true).truncate(true))
+            .and_then(|mut f| f.write_all(text.as_bytes()));
+        if let Err(e) = written {
+            tracing::warn!("cannot record last reserved address: {e}");
+        }
+    }
 }
 
 fn file_name(what: &str, owner_key: &str) -> String {
@@ -320,6 +370,23 @@ mod tests {
         let ip = Store::open(&dir.0).unwrap().allocate(&p, &Owner::new("c1", "eth0")).unwrap();
         let store = Store::open(&dir.0).unwrap();
         assert_eq!(store.held(&Owner::new("c1", "eth0")).unwrap(), vec![ip]);
+    }
+
+    #[test]
+    fn one_hint_file_serves_both_families() {
+        let dir = tempdir();
+        let mut store = Store::open(&dir.0).unwrap();
+        // An IPv4-only hint as earlier versions wrote it, and a junk line.
+        fs::write(dir.0.join(LAST_RESERVED_FILE), b"10.244.3.9\nnot an ip\n").unwrap();
+        let v6 = store.allocate(&pool("fd00:10:244:3::/64"), &Owner::new("c1", "eth0")).unwrap();
+        assert_eq!(v6.to_string(), "fd00:10:244:3::2");
+        let v4 = store.allocate(&pool("10.244.3.0/24"), &Owner::new("c1", "eth0")).unwrap();
+        assert_eq!(v4.to_string(), "10.244.3.10", "the IPv4 hint survived the IPv6 allocation");
+        assert_eq!(Hints::read(&dir.0).last, [v4, v6]);
+        // IPv4 alone writes what earlier versions wrote: the address, nothing else.
+        let other = tempdir();
+        let ip = Store::open(&other.0).unwrap().allocate(&pool("10.244.3.0/24"), &Owner::new("c1", "eth0")).unwrap();
+        assert_eq!(fs::read_to_string(other.0.join(LAST_RESERVED_FILE)).unwrap(), ip.to_string());
     }
 
     #[test]
@@ -425,7 +492,7 @@ mod tests {
         fs::create_dir(dir.0.join("10.244.3.3@00000000deadbeef")).unwrap();
         let ip = store.allocate(&pool("10.244.3.0/24"), &Owner::new("c1", "eth0")).unwrap();
         assert_eq!(ip.to_string(), "10.244.3.2", "junk reserves nothing");
-        assert_eq!(last_reserved(&dir.0.join(LAST_RESERVED_FILE)), None, "the FIFO is no hint");
+        assert!(Hints::read(&dir.0).last.is_empty(), "the FIFO is no hint");
         drop(store);
         fs::remove_file(dir.0.join(LOCK_FILE)).unwrap();
         fifo(LOCK_FILE);
@@ -443,10 +510,13 @@ mod tests {
         assert_eq!(store.allocate_all(&pools, &owner).unwrap(), got, "a repeated ADD gets the same two");
         let second = store.allocate_all(&pools, &Owner::new("c2", "eth0")).unwrap();
         assert_eq!(second[1].to_string(), "fd00:10:244:3::3");
-        // The IPv6 file name parses back, and each family has its own hint.
+        // The IPv6 file name parses back, and each family has its own hint, in one file.
         assert_eq!(store.held(&owner).unwrap().len(), 2);
-        assert_eq!(last_reserved(&dir.0.join(LAST_RESERVED_FILE_V6)), Some(second[1]));
-        assert_eq!(last_reserved(&dir.0.join(LAST_RESERVED_FILE)), Some(second[0]));
+        assert_eq!(Hints::read(&dir.0).last, second);
+        assert_eq!(
+            fs::read_to_string(dir.0.join(LAST_RESERVED_FILE)).unwrap(),
+            format!("{}\n{}", second[0], second[1])
+        );
         assert_eq!(store.release(&owner).unwrap().len(), 2);
         let mut left = reserved_addresses(&dir.0).unwrap();
         left.sort();

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use weft_cni::state::{NodePool, NodeState, STATE_FILE_VERSION};
-use weft_overlay::desired::{Desired, LocalNode, PeerPath, vtep_of};
+use weft_overlay::desired::{Desired, LocalNode, vtep_of};
 use weft_overlay::rules::{DEFAULT_BRIDGE, first_host};
 use weft_overlay::underlay::Family;
 use weft_overlay::{ApplyReport, Mac};
@@ -681,28 +681,32 @@ fn ipam_use(held: &[Claim], reserved: &[IpAddr]) -> IpamUse {
     usage
 }
 
-/// The programmed peers with an IPv4 block, each with the address its probes go to: the VTEP
-/// address on the peer's VXLAN device (only the overlay reaches it), or its bridge gateway for
-/// a direct-path peer. The probes speak IPv4: a peer without an IPv4 block is not probed.
+/// The programmed peers, each with the path of every pod family the cluster has here (the
+/// blocks this node routes): the address its probes go to is the VTEP address of that family
+/// on the peer's VXLAN device (only the overlay reaches it), or its bridge gateway for a block
+/// routed directly, whose probes the peer sends from its node IP.
 fn probe_targets(desired: &Desired, programmed: &BTreeSet<String>, mtu: u32) -> Vec<probe::Target> {
-    let ipv4 = |ip: IpAddr| match ip {
-        IpAddr::V4(v4) => Some(v4),
-        IpAddr::V6(_) => None,
-    };
     desired
         .peers
         .iter()
         .filter(|p| programmed.contains(&p.name))
         .filter_map(|p| {
-            let block = p.pod_cidrs.iter().find(|b| b.addr().is_ipv4())?;
-            let vtep = ipv4(vtep_of(block))?;
-            // Direct only when the underlay is IPv4 too (see `Peer::path`).
-            let direct = p.path == PeerPath::Direct && p.node_ip.is_ipv4();
-            Some(probe::Target {
+            let mut blocks: Vec<IpNet> = desired.local.routed(p).collect();
+            blocks.sort_by_key(Family::of_net);
+            let paths: Vec<probe::PodPath> = blocks
+                .iter()
+                .map(|block| {
+                    if p.routes_directly(block) {
+                        probe::PodPath { tunnel: first_host(block), peer_source: p.node_ip }
+                    } else {
+                        probe::PodPath { tunnel: vtep_of(block), peer_source: vtep_of(block) }
+                    }
+                })
+                .collect();
+            (!paths.is_empty()).then(|| probe::Target {
                 peer: p.name.clone(),
-                tunnel: if direct { ipv4(first_host(block))? } else { vtep },
+                paths,
                 underlay: p.node_ip,
-                peer_source: if direct { ipv4(p.node_ip)? } else { vtep },
                 full_size: u16::try_from(mtu).unwrap_or(u16::MAX),
             })
         })

@@ -250,12 +250,18 @@ pub fn cause(
 ) -> Option<String> {
     let family = path.family();
     let tunnel = path.tunnel;
+    // Another family passing the same tunnel clears the VXLAN port and the underlay.
+    let others = others_pass.iter().map(Family::to_string).collect::<Vec<_>>().join(" and ");
     let what = match state {
         PathState::Unknown | PathState::Ok => return None,
-        PathState::TunnelBlocked if !others_pass.is_empty() => format!(
-            "nothing passes the tunnel to {tunnel} while {} pods' packets do: {family} is dropped or misrouted \
-             at one end (a firewall, a route or neighbour), not the VXLAN port",
-            others_pass.iter().map(Family::to_string).collect::<Vec<_>>().join(" and ")
+        PathState::TunnelBlocked if !others.is_empty() => format!(
+            "nothing passes the tunnel to {tunnel} while {others} pods' packets do: {family} is dropped or \
+             misrouted at one end (a firewall, a route or neighbour), not the VXLAN port"
+        ),
+        PathState::OneWay if !others.is_empty() => format!(
+            "the peer's probes reach this node through the tunnel to {tunnel}, but this node's get no answer, while \
+             {others} pods' packets pass both ways: one direction of {family} is dropped or misrouted at one end (a \
+             firewall, a route or neighbour)"
         ),
         PathState::TunnelBlocked => format!(
             "the node answers at {} but nothing passes the tunnel to {tunnel}: the VXLAN port (UDP) is dropped on the path",

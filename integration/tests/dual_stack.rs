@@ -401,4 +401,18 @@ fn an_ipv6_only_cluster_over_an_ipv6_underlay() {
     assert_eq!(n1.ns.run("sysctl", &["-n", "net.ipv4.ip_forward"]).unwrap().trim(), "0");
     // The probes speak ICMPv6 over every path (n1 and n3 share a subnet: routed directly).
     wait_dataplanes(&c, "every path ok over IPv6", all_ok(&["ipv6"]));
+    // VXLAN dropped between the subnets: the echo to the node over the IPv6 underlay still
+    // answers, so n2 is reported tunnel-blocked, not unreachable (and n1-n3 stays ok).
+    c.lab.block_between_subnets(8472).unwrap();
+    let across = |i: usize, peer: &str| (i == 1) != (peer == "n2");
+    wait_dataplanes(&c, "the tunnel between the subnets reported blocked", |i, peer| {
+        let state = if across(i, peer) { "tunnel-blocked" } else { "ok" };
+        (state.to_string(), vec![("ipv6".to_string(), state.to_string())])
+    });
+    let (_, n1_to_n2) = dataplanes(&c, 0).into_iter().find(|(name, _)| name == "n2").unwrap();
+    let cause = n1_to_n2["cause"].as_str().unwrap_or_default();
+    let n2_ip = c.lab.nodes[1].ip;
+    assert!(cause.starts_with(&format!("IPv6 pods: the node answers at {n2_ip}")), "{cause}");
+    c.lab.router_firewall(&[]).unwrap();
+    wait_dataplanes(&c, "the repair reported", all_ok(&["ipv6"]));
 }

@@ -743,6 +743,71 @@ fn failure_summary(report: &ApplyReport) -> Option<String> {
 mod tests {
     use super::*;
     use weft_overlay::Failure;
+    use weft_overlay::desired::{Peer, PeerPath, UnderlayAddr};
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn every_pod_family_of_the_cluster_is_probed_along_the_path_its_packets_take() {
+        let local = LocalNode {
+            name: "n1".into(),
+            underlays: vec![UnderlayAddr { ip: ip("192.0.2.10"), iface: "eth0".into() }],
+            pod_cidrs: vec![net("10.244.1.0/24"), net("fd00:10:244:1::/64")],
+            cluster_cidrs: vec![net("10.244.0.0/16"), net("fd00:10:244::/56")],
+            vni: 1,
+            vxlan_port: 8472,
+            mtu: 1450,
+            vtep_mac: Mac::derived("n1"),
+            bridge: DEFAULT_BRIDGE.into(),
+        };
+        let peer = |n: u8, path: PeerPath, blocks: &[&str]| Peer {
+            name: format!("n{n}"),
+            node_ip: ip(&format!("192.0.2.{}", 10 + n)),
+            pod_cidrs: blocks.iter().map(|b| net(b)).collect(),
+            vtep_mac: Mac::derived(&format!("n{n}")),
+            path,
+        };
+        let desired = Desired {
+            local,
+            peers: vec![
+                // Listed IPv6 first: the probes still go IPv4 first.
+                peer(2, PeerPath::Vxlan, &["fd00:10:244:2::/64", "10.244.2.0/24"]),
+                // Direct: IPv4 routed natively (its gateway, probed back from its node IP), IPv6 tunnelled.
+                peer(3, PeerPath::Direct, &["10.244.3.0/24", "fd00:10:244:3::/64"]),
+                // A previous-release peer with an IPv4 block only.
+                peer(4, PeerPath::Vxlan, &["10.244.4.0/24"]),
+                peer(5, PeerPath::Vxlan, &["10.244.5.0/24"]),
+            ],
+        };
+        let programmed: BTreeSet<String> = ["n2", "n3", "n4"].map(String::from).into();
+        let paths = |t: &probe::Target| -> Vec<(IpAddr, IpAddr)> {
+            t.paths.iter().map(|p| (p.tunnel, p.peer_source)).collect()
+        };
+        let targets = probe_targets(&desired, &programmed, 1450);
+        assert_eq!(targets.iter().map(|t| t.peer.as_str()).collect::<Vec<_>>(), ["n2", "n3", "n4"], "programmed only");
+        assert_eq!(
+            paths(&targets[0]),
+            [(ip("10.244.2.0"), ip("10.244.2.0")), (ip("fd00:10:244:2::"), ip("fd00:10:244:2::"))]
+        );
+        assert_eq!(
+            paths(&targets[1]),
+            [(ip("10.244.3.1"), ip("192.0.2.13")), (ip("fd00:10:244:3::"), ip("fd00:10:244:3::"))]
+        );
+        assert_eq!(paths(&targets[2]), [(ip("10.244.4.0"), ip("10.244.4.0"))]);
+        assert_eq!((targets[0].underlay, targets[0].full_size), (ip("192.0.2.12"), 1450));
+        // An IPv4-only cluster here does not probe a peer's IPv6 block: it routes none.
+        let mut v4_only = desired.clone();
+        v4_only.local.pod_cidrs.truncate(1);
+        v4_only.local.cluster_cidrs.truncate(1);
+        let targets = probe_targets(&v4_only, &programmed, 1450);
+        assert!(targets.iter().all(|t| t.paths.len() == 1 && t.paths[0].tunnel.is_ipv4()), "{targets:?}");
+    }
 
     #[test]
     fn failed_writes_are_summarised_and_a_clean_report_is_not_a_failure() {

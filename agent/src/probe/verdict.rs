@@ -319,6 +319,47 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_is_ok_only_when_every_family_is_and_otherwise_shows_its_broken_family() {
+        use PathState::*;
+        let family = |state: PathState, since: &str, answering: bool| Dataplane {
+            state,
+            since: Some(since.into()),
+            answering,
+            cause: (state != Ok).then(|| format!("{} cause", state.as_str())),
+            ..Dataplane::unknown()
+        };
+        let peer = |v4: Dataplane, v6: Dataplane| {
+            Dataplane::of_families([(Family::Ipv4, v4), (Family::Ipv6, v6)].into_iter().collect())
+        };
+        let both_ok = peer(family(Ok, "2026-01-01T00:00:02Z", true), family(Ok, "2026-01-01T00:00:01Z", true));
+        assert_eq!((both_ok.state, both_ok.cause.as_deref()), (Ok, None));
+        assert_eq!(both_ok.since.as_deref(), Some("2026-01-01T00:00:02Z"), "since the last family became ok");
+        assert_eq!(both_ok.families.len(), 2);
+        let v6_broken = peer(family(Ok, "t1", true), family(TunnelBlocked, "t2", false));
+        assert_eq!((v6_broken.state, v6_broken.cause.as_deref()), (TunnelBlocked, Some("tunnel-blocked cause")));
+        assert!(v6_broken.answering, "IPv4 answers: the node's datapath lives");
+        assert_eq!(v6_broken.families[&Family::Ipv4].state, Ok);
+        // Both broken: IPv4's is shown; one not judged yet: unknown, never ok.
+        let both = peer(family(Mtu, "t1", true), family(Unreachable, "t2", false));
+        assert_eq!(both.state, Mtu);
+        let judging = peer(family(Ok, "t1", true), Dataplane::unknown());
+        assert_eq!(judging.state, Unknown);
+        let silent = peer(family(Unreachable, "t1", false), family(Unreachable, "t1", false));
+        assert!(!silent.answering);
+        assert_eq!(Dataplane::of_families(BTreeMap::new()), Dataplane::unknown());
+    }
+
+    #[test]
+    fn a_previous_release_peers_dataplane_without_families_still_reads() {
+        let old = r#"{"state":"ok","cause":null,"answering":true,"since":null,"rttP50Ms":0.2,"rttP99Ms":0.3,
+            "loss":0.0,"largestSize":1450,"neededSize":1450}"#;
+        let read: Dataplane = serde_json::from_str(old).unwrap();
+        assert!(read.families.is_empty() && read.state == PathState::Ok);
+        let json = serde_json::to_value(Dataplane::unknown()).unwrap();
+        assert!(json.get("families").is_none(), "no families key for a single verdict: {json}");
+    }
+
+    #[test]
     fn the_mtu_search_narrows_down_the_largest_passing_size() {
         let mut h = History::new(Family::Ipv4, FULL, SystemTime::now());
         let path_mtu = 1400; // what passes, don't-fragment

@@ -142,30 +142,24 @@ pub struct RawPinger {
 /// kernel neither fragments them locally nor sizes them by a cached path MTU, so each probe
 /// measures the path.
 fn open_socket(family: Family) -> io::Result<UdpSocket> {
-    let fd: OwnedFd = match family {
-        Family::Ipv4 => {
-            let fd = rustix::net::socket_with(
-                AddressFamily::INET,
-                SocketType::RAW,
-                SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
-                Some(ipproto::ICMP),
-            )?;
-            set_ip_mtu_discover(&fd, Ipv4PathMtuDiscovery::PROBE)?;
-            fd
-        }
+    let (domain, protocol) = match family {
+        Family::Ipv4 => (AddressFamily::INET, ipproto::ICMP),
+        Family::Ipv6 => (AddressFamily::INET6, ipproto::ICMPV6),
+    };
+    let fd: OwnedFd = rustix::net::socket_with(
+        domain,
+        SocketType::RAW,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        Some(protocol),
+    )?;
+    match family {
+        Family::Ipv4 => set_ip_mtu_discover(&fd, Ipv4PathMtuDiscovery::PROBE)?,
         Family::Ipv6 => {
-            let fd = rustix::net::socket_with(
-                AddressFamily::INET6,
-                SocketType::RAW,
-                SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
-                Some(ipproto::ICMPV6),
-            )?;
             // IPv6 has no don't-fragment bit: the sender fragments or not, and must not here.
             set_ipv6_mtu_discover(&fd, Ipv6PathMtuDiscovery::PROBE)?;
             setsockopt(&fd, Ipv6DontFrag, &true).map_err(io::Error::from)?;
-            fd
         }
-    };
+    }
     // A raw socket is a datagram socket: tokio's UDP socket drives it (sendto/recvfrom).
     UdpSocket::from_std(std::net::UdpSocket::from(fd))
 }

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use weft_cni::state::{NodePool, NodeState, STATE_FILE_VERSION};
-use weft_overlay::desired::{Desired, LocalNode, PeerPath, vtep_of};
+use weft_overlay::desired::{Desired, LocalNode, vtep_of};
 use weft_overlay::rules::{DEFAULT_BRIDGE, first_host};
 use weft_overlay::underlay::Family;
 use weft_overlay::{ApplyReport, Mac};
@@ -690,28 +690,32 @@ fn ipam_use(families: &[Family], held: &[Claim], reserved: &[IpAddr]) -> Vec<Ipa
         .collect()
 }
 
-/// The programmed peers with an IPv4 block, each with the address its probes go to: the VTEP
-/// address on the peer's VXLAN device (only the overlay reaches it), or its bridge gateway for
-/// a direct-path peer. The probes speak IPv4: a peer without an IPv4 block is not probed.
+/// The programmed peers, each with the path of every pod family the cluster has here (the
+/// blocks this node routes): the address its probes go to is the VTEP address of that family
+/// on the peer's VXLAN device (only the overlay reaches it), or its bridge gateway for a block
+/// routed directly, whose probes the peer sends from its node IP.
 fn probe_targets(desired: &Desired, programmed: &BTreeSet<String>, mtu: u32) -> Vec<probe::Target> {
-    let ipv4 = |ip: IpAddr| match ip {
-        IpAddr::V4(v4) => Some(v4),
-        IpAddr::V6(_) => None,
-    };
     desired
         .peers
         .iter()
         .filter(|p| programmed.contains(&p.name))
         .filter_map(|p| {
-            let block = p.pod_cidrs.iter().find(|b| b.addr().is_ipv4())?;
-            let vtep = ipv4(vtep_of(block))?;
-            // Direct only when the underlay is IPv4 too (see `Peer::path`).
-            let direct = p.path == PeerPath::Direct && p.node_ip.is_ipv4();
-            Some(probe::Target {
+            let mut blocks: Vec<IpNet> = desired.local.routed(p).collect();
+            blocks.sort_by_key(Family::of_net);
+            let paths: Vec<probe::PodPath> = blocks
+                .iter()
+                .map(|block| {
+                    if p.routes_directly(block) {
+                        probe::PodPath { tunnel: first_host(block), peer_source: p.node_ip }
+                    } else {
+                        probe::PodPath { tunnel: vtep_of(block), peer_source: vtep_of(block) }
+                    }
+                })
+                .collect();
+            (!paths.is_empty()).then(|| probe::Target {
                 peer: p.name.clone(),
-                tunnel: if direct { ipv4(first_host(block))? } else { vtep },
+                paths,
                 underlay: p.node_ip,
-                peer_source: if direct { ipv4(p.node_ip)? } else { vtep },
                 full_size: u16::try_from(mtu).unwrap_or(u16::MAX),
             })
         })
@@ -748,6 +752,71 @@ fn failure_summary(report: &ApplyReport) -> Option<String> {
 mod tests {
     use super::*;
     use weft_overlay::Failure;
+    use weft_overlay::desired::{Peer, PeerPath, UnderlayAddr};
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn every_pod_family_of_the_cluster_is_probed_along_the_path_its_packets_take() {
+        let local = LocalNode {
+            name: "n1".into(),
+            underlays: vec![UnderlayAddr { ip: ip("192.0.2.10"), iface: "eth0".into() }],
+            pod_cidrs: vec![net("10.244.1.0/24"), net("fd00:10:244:1::/64")],
+            cluster_cidrs: vec![net("10.244.0.0/16"), net("fd00:10:244::/56")],
+            vni: 1,
+            vxlan_port: 8472,
+            mtu: 1450,
+            vtep_mac: Mac::derived("n1"),
+            bridge: DEFAULT_BRIDGE.into(),
+        };
+        let peer = |n: u8, path: PeerPath, blocks: &[&str]| Peer {
+            name: format!("n{n}"),
+            node_ip: ip(&format!("192.0.2.{}", 10 + n)),
+            pod_cidrs: blocks.iter().map(|b| net(b)).collect(),
+            vtep_mac: Mac::derived(&format!("n{n}")),
+            path,
+        };
+        let desired = Desired {
+            local,
+            peers: vec![
+                // Listed IPv6 first: the probes still go IPv4 first.
+                peer(2, PeerPath::Vxlan, &["fd00:10:244:2::/64", "10.244.2.0/24"]),
+                // Direct: IPv4 routed natively (its gateway, probed back from its node IP), IPv6 tunnelled.
+                peer(3, PeerPath::Direct, &["10.244.3.0/24", "fd00:10:244:3::/64"]),
+                // A previous-release peer with an IPv4 block only.
+                peer(4, PeerPath::Vxlan, &["10.244.4.0/24"]),
+                peer(5, PeerPath::Vxlan, &["10.244.5.0/24"]),
+            ],
+        };
+        let programmed: BTreeSet<String> = ["n2", "n3", "n4"].map(String::from).into();
+        let paths = |t: &probe::Target| -> Vec<(IpAddr, IpAddr)> {
+            t.paths.iter().map(|p| (p.tunnel, p.peer_source)).collect()
+        };
+        let targets = probe_targets(&desired, &programmed, 1450);
+        assert_eq!(targets.iter().map(|t| t.peer.as_str()).collect::<Vec<_>>(), ["n2", "n3", "n4"], "programmed only");
+        assert_eq!(
+            paths(&targets[0]),
+            [(ip("10.244.2.0"), ip("10.244.2.0")), (ip("fd00:10:244:2::"), ip("fd00:10:244:2::"))]
+        );
+        assert_eq!(
+            paths(&targets[1]),
+            [(ip("10.244.3.1"), ip("192.0.2.13")), (ip("fd00:10:244:3::"), ip("fd00:10:244:3::"))]
+        );
+        assert_eq!(paths(&targets[2]), [(ip("10.244.4.0"), ip("10.244.4.0"))]);
+        assert_eq!((targets[0].underlay, targets[0].full_size), (ip("192.0.2.12"), 1450));
+        // An IPv4-only cluster here does not probe a peer's IPv6 block: it routes none.
+        let mut v4_only = desired.clone();
+        v4_only.local.pod_cidrs.truncate(1);
+        v4_only.local.cluster_cidrs.truncate(1);
+        let targets = probe_targets(&v4_only, &programmed, 1450);
+        assert!(targets.iter().all(|t| t.paths.len() == 1 && t.paths[0].tunnel.is_ipv4()), "{targets:?}");
+    }
 
     #[test]
     fn failed_writes_are_summarised_and_a_clean_report_is_not_a_failure() {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use nix::sys::signal::Signal;
+use serde_json::Value;
 use weft_lab::cluster::{AgentOptions, Cluster as AgentCluster, programmed_peers};
 use weft_lab::dataplane::{Encap, apply_in, cleanup_in, desired_with_pods, pod_block};
 use weft_lab::pod::{self, Pod, PodSpec};
@@ -196,6 +197,43 @@ fn dual_agents() -> AgentCluster {
     c
 }
 
+/// How long the probes may take to judge every path (a failure needs three 2 s rounds), with
+/// room for a loaded machine.
+const PROBED: Duration = Duration::from_secs(30);
+
+/// Node `i`'s peers' dataplane as its /status reports them, by peer name.
+fn dataplanes(c: &AgentCluster, i: usize) -> Vec<(String, Value)> {
+    let status = c.status(i).unwrap_or(Value::Null);
+    let peers = status["peers"].as_array().cloned().unwrap_or_default();
+    peers.into_iter().map(|p| (p["name"].as_str().unwrap_or("").to_string(), p["dataplane"].clone())).collect()
+}
+
+/// A peer's dataplane as (its state, each family's state), e.g. ("ok", [("ipv4", "ok")]).
+fn states(dataplane: &Value) -> (String, Vec<(String, String)>) {
+    let state = |d: &Value| d["state"].as_str().unwrap_or("").to_string();
+    let families = dataplane["families"].as_object().map(|m| m.iter().map(|(f, d)| (f.clone(), state(d))).collect());
+    (state(dataplane), families.unwrap_or_default())
+}
+
+/// Waits until every node reports, for each peer, what `expected(node, peer)` says.
+fn wait_dataplanes(c: &AgentCluster, what: &str, expected: impl Fn(usize, &str) -> (String, Vec<(String, String)>)) {
+    let nodes = c.lab.nodes.len();
+    let all_as_expected = || {
+        (0..nodes).all(|i| {
+            let peers = dataplanes(c, i);
+            peers.len() == nodes - 1 && peers.iter().all(|(name, d)| states(d) == expected(i, name))
+        })
+    };
+    wait::until(what, PROBED, EVERY, || all_as_expected().then_some(()))
+        .unwrap_or_else(|e| panic!("{e}: {:?}", (0..nodes).map(|i| dataplanes(c, i)).collect::<Vec<_>>()));
+}
+
+/// Every peer's path `ok` on every node, in each of the cluster's pod `families`.
+fn all_ok(families: &[&str]) -> impl Fn(usize, &str) -> (String, Vec<(String, String)>) {
+    let families: Vec<(String, String)> = families.iter().map(|f| (f.to_string(), "ok".to_string())).collect();
+    move |_, _| ("ok".to_string(), families.clone())
+}
+
 #[test]
 fn agents_allocate_a_block_per_family_and_pods_of_both_families_reach_each_other() {
     let c = dual_agents();
@@ -241,6 +279,52 @@ fn agents_allocate_a_block_per_family_and_pods_of_both_families_reach_each_other
     for block in &blocks6[1..] {
         assert!(routes.contains(&format!("{block} via {} dev vxlan0", block.network())), "{routes}");
     }
+    // The probes agree, per family: n1 and n3 share a subnet, so IPv4 goes directly between
+    // them and IPv6 through the tunnel.
+    wait_dataplanes(&c, "every path ok in both families", all_ok(&["ipv4", "ipv6"]));
+}
+
+/// In n2, drops IPv6 to and from its pod block (`table ip6` in n2's namespace, which the agent
+/// does not own and so does not repair); dropped with the lab.
+fn drop_ipv6_of_block(c: &AgentCluster, node: usize, block: &str) {
+    let ns = &c.lab.nodes[node].ns;
+    ns.run("nft", &["add", "table", "ip6", "wl_fault"]).expect("table");
+    for (chain, hook, field) in [("in", "prerouting", "daddr"), ("out", "output", "saddr")] {
+        let spec = format!("{{ type filter hook {hook} priority -300 ; }}");
+        ns.run("nft", &["add", "chain", "ip6", "wl_fault", chain, &spec]).expect("chain");
+        ns.run("nft", &["add", "rule", "ip6", "wl_fault", chain, "ip6", field, block, "drop"]).expect("rule");
+    }
+}
+
+#[test]
+fn ipv6_dropped_at_one_peer_is_reported_for_that_family_while_ipv4_passes_and_so_is_the_repair() {
+    let c = dual_agents();
+    wait_dataplanes(&c, "every path ok in both families", all_ok(&["ipv4", "ipv6"]));
+    let n2_block6 = c.status(1).unwrap()["node"]["podCIDR6"].as_str().expect("n2's IPv6 block").to_string();
+    let n2_vtep6 = n2_block6.parse::<IpNet>().unwrap().network();
+    drop_ipv6_of_block(&c, 1, &n2_block6);
+    // n2's IPv6 is broken both ways, for every peer of n2 and for n2; IPv4 works everywhere.
+    let broken = |f: &[(&str, &str)]| {
+        ("tunnel-blocked".to_string(), f.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect())
+    };
+    let ok = all_ok(&["ipv4", "ipv6"]);
+    wait_dataplanes(&c, "n2's IPv6 path reported broken", |i, peer| {
+        if i == 1 || peer == "n2" { broken(&[("ipv4", "ok"), ("ipv6", "tunnel-blocked")]) } else { ok(i, peer) }
+    });
+    let (_, n1_to_n2) = dataplanes(&c, 0).into_iter().find(|(name, _)| name == "n2").unwrap();
+    let cause = n1_to_n2["cause"].as_str().unwrap_or_default();
+    assert!(
+        cause.starts_with(&format!("IPv6 pods: nothing passes the tunnel to {n2_vtep6} while IPv4 pods' packets do")),
+        "{cause}"
+    );
+    // What pods experience agrees.
+    let (p1, p2) = (&c.pods[0], &c.pods[1]);
+    assert!(!p1.ping(p2.ip_of(Family::Ipv6).unwrap()), "IPv6 to n2's pod must be lost, as reported");
+    assert!(p1.ping(p2.ip_of(Family::Ipv4).unwrap()), "IPv4 to n2's pod passes, as reported");
+
+    c.lab.nodes[1].ns.run("nft", &["delete", "table", "ip6", "wl_fault"]).expect("delete the table");
+    wait_dataplanes(&c, "the repair reported", all_ok(&["ipv4", "ipv6"]));
+    assert!(p1.ping(p2.ip_of(Family::Ipv6).unwrap()));
 }
 
 #[test]
@@ -315,4 +399,20 @@ fn an_ipv6_only_cluster_over_an_ipv6_underlay() {
     let table = n1.ns.run("nft", &["list", "table", "inet", "weft"]).unwrap();
     assert!(!table.contains("ip saddr") && table.contains("ip6 saddr fd00:10:244::/56"), "{table}");
     assert_eq!(n1.ns.run("sysctl", &["-n", "net.ipv4.ip_forward"]).unwrap().trim(), "0");
+    // The probes speak ICMPv6 over every path (n1 and n3 share a subnet: routed directly).
+    wait_dataplanes(&c, "every path ok over IPv6", all_ok(&["ipv6"]));
+    // VXLAN dropped between the subnets: the echo to the node over the IPv6 underlay still
+    // answers, so n2 is reported tunnel-blocked, not unreachable (and n1-n3 stays ok).
+    c.lab.block_between_subnets(8472).unwrap();
+    let across = |i: usize, peer: &str| (i == 1) != (peer == "n2");
+    wait_dataplanes(&c, "the tunnel between the subnets reported blocked", |i, peer| {
+        let state = if across(i, peer) { "tunnel-blocked" } else { "ok" };
+        (state.to_string(), vec![("ipv6".to_string(), state.to_string())])
+    });
+    let (_, n1_to_n2) = dataplanes(&c, 0).into_iter().find(|(name, _)| name == "n2").unwrap();
+    let cause = n1_to_n2["cause"].as_str().unwrap_or_default();
+    let n2_ip = c.lab.nodes[1].ip;
+    assert!(cause.starts_with(&format!("IPv6 pods: the node answers at {n2_ip}")), "{cause}");
+    c.lab.router_firewall(&[]).unwrap();
+    wait_dataplanes(&c, "the repair reported", all_ok(&["ipv6"]));
 }

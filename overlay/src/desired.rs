@@ -63,6 +63,14 @@ pub struct Peer {
     pub path: PeerPath,
 }
 
+impl Peer {
+    /// Whether `block` (one of the peer's) is routed natively via its node IP rather than
+    /// through the tunnel: on the direct path, only the block of the underlay's family.
+    pub fn routes_directly(&self, block: &IpNet) -> bool {
+        self.path == PeerPath::Direct && Family::of_net(block) == Family::of(self.node_ip)
+    }
+}
+
 impl LocalNode {
     /// The underlay address of one family, if the node has one.
     pub fn underlay(&self, family: Family) -> Option<&UnderlayAddr> {

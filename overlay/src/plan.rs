@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::desired::{Desired, LocalNode, PeerPath, UnderlayAddr, vtep_of};
+use crate::desired::{Desired, LocalNode, UnderlayAddr, vtep_of};
 use crate::firewall;
 use crate::mac::Mac;
 use crate::nft::elements::ElementChanges;
@@ -349,7 +349,7 @@ pub fn plan(desired: &Desired, kernel: &Kernel) -> Result<Plan, PlanError> {
         for block in local.routed(peer) {
             // Direct only for the block of the underlay's family: a gateway of the other family
             // would need RTA_VIA.
-            let route = if peer.path == PeerPath::Direct && Family::of_net(&block) == family {
+            let route = if peer.routes_directly(&block) {
                 RouteSpec { dst: block, gateway: peer.node_ip, dev: Dev::Index(underlays[&family]), onlink: false }
             } else {
                 let vtep = vtep_of(&block);
@@ -697,7 +697,7 @@ fn plan_route(b: &mut Builder, want: RouteSpec, vxlan_index: Option<u32>, existi
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::desired::Peer;
+    use crate::desired::{Peer, PeerPath};
     use crate::nft::ForeignChain;
     use crate::validate::tests::{dual_local, local, peer, v6_block};
 

@@ -189,9 +189,22 @@ fn dataplane(node_ip: IpAddr, peers: &[PeerStatus], port: &VxlanPort) -> Vec<Fin
 
 fn broken_path(node_ip: IpAddr, p: &PeerStatus, port: &VxlanPort) -> Option<Finding> {
     let peer_ip = or_unknown(p.node_ip);
-    let (message, fix) = match p.dataplane.state {
-        PathState::Ok | PathState::Unknown => return None,
-        PathState::TunnelBlocked => {
+    let (message, fix) = match (p.dataplane.state, family_only(p)) {
+        (PathState::Ok | PathState::Unknown, _) => return None,
+        (PathState::TunnelBlocked | PathState::OneWay, Some((broken, working))) => (
+            format!(
+                "peer {}: {broken} pods' packets do not pass the tunnel while {working} pods' do: the VXLAN port is \
+                     open, {broken} is dropped or misrouted at one end ({})",
+                p.name,
+                p.dataplane.cause.as_deref().unwrap_or("no cause given")
+            ),
+            format!(
+                "check {broken} on this node and on {}: weft's routes and neighbours to the pod blocks (`ip route \
+                     show proto 87`, `ip neigh`) and any firewall rule for {broken}",
+                p.name
+            ),
+        ),
+        (PathState::TunnelBlocked, _) => {
             let udp = format!("UDP {} from {node_ip} to {peer_ip}", port.port);
             (
                 format!(
@@ -202,7 +215,7 @@ fn broken_path(node_ip: IpAddr, p: &PeerStatus, port: &VxlanPort) -> Option<Find
                 format!("allow {udp}, and back, in the firewall or security group"),
             )
         }
-        PathState::Mtu => {
+        (PathState::Mtu, _) => {
             let dp = &p.dataplane;
             let largest = dp.largest_size.map_or_else(|| "not measured yet".into(), |s| format!("{s} bytes"));
             let needed = dp.needed_size.map_or_else(|| "the pod MTU".into(), |s| format!("{s} bytes"));
@@ -224,7 +237,7 @@ fn broken_path(node_ip: IpAddr, p: &PeerStatus, port: &VxlanPort) -> Option<Find
                 fix,
             )
         }
-        PathState::OneWay => {
+        (PathState::OneWay, _) => {
             let udp = format!("UDP {} from {node_ip} to {peer_ip}", port.port);
             (
                 format!(
@@ -235,7 +248,7 @@ fn broken_path(node_ip: IpAddr, p: &PeerStatus, port: &VxlanPort) -> Option<Find
                 format!("allow {udp} in the firewall or security group"),
             )
         }
-        PathState::Unreachable => (
+        (PathState::Unreachable, _) => (
             format!("peer {}: neither its node at {peer_ip} nor its tunnel answers", p.name),
             format!(
                 "check that {} is up and that the underlay routes {node_ip} to {peer_ip} (ICMP filtered on the path \
@@ -245,6 +258,17 @@ fn broken_path(node_ip: IpAddr, p: &PeerStatus, port: &VxlanPort) -> Option<Find
         ),
     };
     Some(Finding::error("dataplane", message, fix))
+}
+
+/// A peer whose tunnel carries one pod family and not another: (the broken family, the working
+/// ones), as words.
+fn family_only(p: &PeerStatus) -> Option<(String, String)> {
+    let families = &p.dataplane.families;
+    let named = |ok: bool| -> Vec<String> {
+        families.iter().filter(|(_, d)| (d.state == PathState::Ok) == ok).map(|(f, _)| f.to_string()).collect()
+    };
+    let (broken, working) = (named(false), named(true));
+    (!broken.is_empty() && !working.is_empty()).then(|| (broken.join(" and "), working.join(" and ")))
 }
 
 /// A failed last reconcile, unless it is already the reason the node is not ready.
@@ -488,6 +512,27 @@ mod tests {
             "peer n2 (198.51.100.10) is alive but not programmed: rejected: VNI 2 differs from ours (1)"
         );
         assert!(f.fix.unwrap().contains("--vni"));
+    }
+
+    #[test]
+    fn one_family_blocked_while_the_other_passes_points_at_that_family_not_the_port() {
+        use weft_overlay::underlay::Family;
+        let mut s = healthy();
+        let family = |state| Dataplane { state, ..Dataplane::unknown() };
+        s.peers[0].dataplane = Dataplane {
+            state: PathState::TunnelBlocked,
+            cause: Some("IPv6 pods: nothing passes the tunnel to fd00:10:244:2::".into()),
+            families: [(Family::Ipv4, family(PathState::Ok)), (Family::Ipv6, family(PathState::TunnelBlocked))].into(),
+            ..Dataplane::unknown()
+        };
+        let f = only(&s, "dataplane");
+        assert!(
+            f.message.starts_with("peer n2: IPv6 pods' packets do not pass the tunnel while IPv4 pods' do"),
+            "{}",
+            f.message
+        );
+        assert!(f.message.contains("fd00:10:244:2::") && !f.message.contains("UDP 8472"), "{}", f.message);
+        assert!(f.fix.unwrap().starts_with("check IPv6 on this node and on n2"));
     }
 
     #[test]

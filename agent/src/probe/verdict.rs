@@ -1,19 +1,18 @@
 //! From probe rounds to a verdict per peer: does its path carry pods' packets, and if not, why.
 //! Pure: the prober feeds rounds in, status reads reports out.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
+use weft_overlay::underlay::Family;
 
-use super::icmp::MIN_PROBE;
+use super::icmp::min_probe;
 
 /// Rounds kept for loss and round-trip figures.
 pub const WINDOW: usize = 10;
 /// Consecutive failed rounds before a failure is reported (one passing round reports repair).
 pub const CONFIRM: usize = 3;
-/// The small probes' size: an echo with no payload (the full-size probe measures size).
-pub const SMALL_PROBE: u16 = MIN_PROBE;
 /// The MTU search stops when it has the largest passing size to within this many bytes.
 const SEARCH_PRECISION: u16 = 8;
 
@@ -94,6 +93,10 @@ pub struct Dataplane {
     pub largest_size: Option<u16>,
     /// The size that must pass: the pod MTU.
     pub needed_size: Option<u16>,
+    /// Per pod family the cluster has, its own path's verdict (the fields above are the
+    /// peer's: those of its broken family, if any); absent from a family's own entry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub families: BTreeMap<Family, Dataplane>,
 }
 
 impl Dataplane {
@@ -108,7 +111,27 @@ impl Dataplane {
             loss: None,
             largest_size: None,
             needed_size: None,
+            families: BTreeMap::new(),
         }
+    }
+
+    /// The peer's verdict from its families' (with their causes): `ok` only when every
+    /// family's path carries full-size packets; otherwise the first broken family's state and
+    /// figures, or `unknown` while one is not judged yet. `answering` when any family's tunnel
+    /// answered: the peer's node and datapath are alive (what the agent-down grace asks).
+    pub fn of_families(families: BTreeMap<Family, Dataplane>) -> Dataplane {
+        let broken = |d: &&Dataplane| !matches!(d.state, PathState::Ok | PathState::Unknown);
+        let unknown = |d: &&Dataplane| d.state == PathState::Unknown;
+        let shown = families.values().find(broken).or_else(|| families.values().find(unknown));
+        let Some(first) = shown.or_else(|| families.values().next()) else { return Dataplane::unknown() };
+        let mut peer = first.clone();
+        if shown.is_none() {
+            // Every family ok: since the last of them became so.
+            peer.since = families.values().filter_map(|d| d.since.clone()).max();
+        }
+        peer.answering = families.values().any(|d| d.answering);
+        peer.families = families;
+        peer
     }
 }
 
@@ -118,6 +141,8 @@ pub struct History {
     rounds: VecDeque<Round>,
     state: PathState,
     since: SystemTime,
+    /// The smallest probe of the path's family: where the MTU search starts.
+    small: u16,
     /// The pod MTU: what must pass.
     full: u16,
     /// The MTU search's bounds: the largest size seen passing, the smallest seen failing.
@@ -126,13 +151,16 @@ pub struct History {
 }
 
 impl History {
-    pub fn new(full: u16, now: SystemTime) -> History {
+    /// The history of one pod family's path (`family`) that must pass `full` bytes.
+    pub fn new(family: Family, full: u16, now: SystemTime) -> History {
+        let small = min_probe(family);
         History {
             rounds: VecDeque::with_capacity(WINDOW),
             state: PathState::Unknown,
             since: now,
+            small,
             full,
-            passed: SMALL_PROBE,
+            passed: small,
             failed: full,
         }
     }
@@ -155,7 +183,7 @@ impl History {
             (self.passed, self.failed) = (self.full, self.full);
         } else if self.failed == self.full && self.passed == self.full {
             // Full size stopped passing: search again from the bottom.
-            (self.passed, self.failed) = (SMALL_PROBE, self.full);
+            (self.passed, self.failed) = (self.small, self.full);
         }
         if let Some((size, passed)) = round.search {
             if passed {
@@ -163,7 +191,7 @@ impl History {
             } else {
                 self.failed = self.failed.min(size);
                 if self.failed <= self.passed {
-                    self.passed = SMALL_PROBE;
+                    self.passed = self.small;
                 }
             }
         }
@@ -203,6 +231,7 @@ impl History {
                 _ => None,
             },
             needed_size: Some(self.full),
+            families: BTreeMap::new(),
         }
     }
 }
@@ -259,7 +288,7 @@ mod tests {
     #[test]
     fn one_good_round_says_ok_and_a_failure_needs_three_rounds() {
         use PathState::*;
-        let mut h = History::new(FULL, SystemTime::now());
+        let mut h = History::new(Family::Ipv4, FULL, SystemTime::now());
         assert_eq!(h.report().state, Unknown);
         let ok = round(true, true, true);
         let blocked = round(false, false, true);
@@ -273,16 +302,16 @@ mod tests {
     #[test]
     fn causes_are_told_apart_by_the_underlay_and_full_size_probes() {
         use PathState::*;
-        let mut h = History::new(FULL, SystemTime::now());
+        let mut h = History::new(Family::Ipv4, FULL, SystemTime::now());
         assert_eq!(feed(&mut h, &[round(false, false, false); 3]), [Unknown, Unknown, Unreachable]);
-        let mut h = History::new(FULL, SystemTime::now());
+        let mut h = History::new(Family::Ipv4, FULL, SystemTime::now());
         assert_eq!(feed(&mut h, &[round(true, false, true); 3]), [Unknown, Unknown, Mtu]);
         // Our probes die, the peer's reach us: one direction is blocked.
-        let mut h = History::new(FULL, SystemTime::now());
+        let mut h = History::new(Family::Ipv4, FULL, SystemTime::now());
         let one_way = Round { inbound: true, ..round(false, false, true) };
         assert_eq!(feed(&mut h, &[one_way; 3]), [Unknown, Unknown, OneWay]);
         // A lost probe among good ones changes nothing.
-        let mut h = History::new(FULL, SystemTime::now());
+        let mut h = History::new(Family::Ipv4, FULL, SystemTime::now());
         assert_eq!(
             feed(&mut h, &[round(true, true, true), round(false, false, false), round(true, true, true)]),
             [Ok, Ok, Ok]
@@ -290,8 +319,49 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_is_ok_only_when_every_family_is_and_otherwise_shows_its_broken_family() {
+        use PathState::*;
+        let family = |state: PathState, since: &str, answering: bool| Dataplane {
+            state,
+            since: Some(since.into()),
+            answering,
+            cause: (state != Ok).then(|| format!("{} cause", state.as_str())),
+            ..Dataplane::unknown()
+        };
+        let peer = |v4: Dataplane, v6: Dataplane| {
+            Dataplane::of_families([(Family::Ipv4, v4), (Family::Ipv6, v6)].into_iter().collect())
+        };
+        let both_ok = peer(family(Ok, "2026-01-01T00:00:02Z", true), family(Ok, "2026-01-01T00:00:01Z", true));
+        assert_eq!((both_ok.state, both_ok.cause.as_deref()), (Ok, None));
+        assert_eq!(both_ok.since.as_deref(), Some("2026-01-01T00:00:02Z"), "since the last family became ok");
+        assert_eq!(both_ok.families.len(), 2);
+        let v6_broken = peer(family(Ok, "t1", true), family(TunnelBlocked, "t2", false));
+        assert_eq!((v6_broken.state, v6_broken.cause.as_deref()), (TunnelBlocked, Some("tunnel-blocked cause")));
+        assert!(v6_broken.answering, "IPv4 answers: the node's datapath lives");
+        assert_eq!(v6_broken.families[&Family::Ipv4].state, Ok);
+        // Both broken: IPv4's is shown; one not judged yet: unknown, never ok.
+        let both = peer(family(Mtu, "t1", true), family(Unreachable, "t2", false));
+        assert_eq!(both.state, Mtu);
+        let judging = peer(family(Ok, "t1", true), Dataplane::unknown());
+        assert_eq!(judging.state, Unknown);
+        let silent = peer(family(Unreachable, "t1", false), family(Unreachable, "t1", false));
+        assert!(!silent.answering);
+        assert_eq!(Dataplane::of_families(BTreeMap::new()), Dataplane::unknown());
+    }
+
+    #[test]
+    fn a_previous_release_peers_dataplane_without_families_still_reads() {
+        let old = r#"{"state":"ok","cause":null,"answering":true,"since":null,"rttP50Ms":0.2,"rttP99Ms":0.3,
+            "loss":0.0,"largestSize":1450,"neededSize":1450}"#;
+        let read: Dataplane = serde_json::from_str(old).unwrap();
+        assert!(read.families.is_empty() && read.state == PathState::Ok);
+        let json = serde_json::to_value(Dataplane::unknown()).unwrap();
+        assert!(json.get("families").is_none(), "no families key for a single verdict: {json}");
+    }
+
+    #[test]
     fn the_mtu_search_narrows_down_the_largest_passing_size() {
-        let mut h = History::new(FULL, SystemTime::now());
+        let mut h = History::new(Family::Ipv4, FULL, SystemTime::now());
         let path_mtu = 1400; // what passes, don't-fragment
         for _ in 0..20 {
             let search = h.search_size().map(|size| (size, size <= path_mtu));

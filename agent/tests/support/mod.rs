@@ -4,7 +4,7 @@
 #![allow(dead_code)] // each test binary uses part of the harness
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -102,12 +102,12 @@ impl FakeDatapath {
 /// was stopped: [`Cluster::stop_agent_only`]).
 #[derive(Clone, Default)]
 pub struct FakeNetwork {
-    down: Arc<Mutex<HashSet<Ipv4Addr>>>,
+    down: Arc<Mutex<HashSet<IpAddr>>>,
 }
 
 #[async_trait]
 impl Pinger for FakeNetwork {
-    async fn ping(&self, dst: Ipv4Addr, _: u16, timeout: Duration) -> Option<Duration> {
+    async fn ping(&self, dst: IpAddr, _: u16, timeout: Duration) -> Option<Duration> {
         if self.down.lock().unwrap().contains(&dst) {
             tokio::time::sleep(timeout).await;
             return None;
@@ -115,14 +115,14 @@ impl Pinger for FakeNetwork {
         Some(Duration::from_micros(100))
     }
 
-    fn heard_from(&self, _: Ipv4Addr) -> Option<Instant> {
+    fn heard_from(&self, _: IpAddr) -> Option<Instant> {
         None
     }
 }
 
 pub struct Node {
     /// Addresses of the node taken down with it (they answer again when it starts).
-    pub down: Vec<Ipv4Addr>,
+    pub down: Vec<IpAddr>,
     pub config: Config,
     pub datapath: Arc<FakeDatapath>,
     pub agent: Option<Agent>,
@@ -226,19 +226,15 @@ impl Cluster {
         }
     }
 
-    /// The node's addresses that probes reach: its underlay IP and its VTEP address.
-    fn addresses(&self, name: &str) -> Vec<Ipv4Addr> {
+    /// The node's addresses that probes reach: its underlay IP and its VTEP address of each
+    /// family it has a block of.
+    fn addresses(&self, name: &str) -> Vec<IpAddr> {
         let config = &self.nodes[name].config;
-        let lease = weft_agent::files::read_lease(&config.paths.lease(Family::Ipv4)).ok().flatten();
-        let ip = match config.underlay.primary().ip {
-            std::net::IpAddr::V4(ip) => ip,
-            std::net::IpAddr::V6(ip) => panic!("the in-memory cluster has IPv4 underlays, not {ip}"),
-        };
-        let vtep = lease.and_then(|l| match l.pod_cidr {
-            IpNet::V4(block) => Some(block.network()),
-            IpNet::V6(_) => None,
+        let vteps = Family::ALL.into_iter().filter_map(|family| {
+            let lease = weft_agent::files::read_lease(&config.paths.lease(family)).ok().flatten()?;
+            Some(lease.pod_cidr.network())
         });
-        std::iter::once(ip).chain(vtep).collect()
+        std::iter::once(config.underlay.primary().ip).chain(vteps).collect()
     }
 
     /// The node's kernel stops answering probes (until it starts again).

@@ -4,7 +4,7 @@
 //! N peer addresses are local, so every probe is answered by the kernel as a peer's would be.
 
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -15,7 +15,7 @@ use clap::Args as ClapArgs;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use weft_agent::probe::icmp::{Pinger, RawPinger};
-use weft_agent::probe::{self, Target};
+use weft_agent::probe::{self, PodPath, Target};
 
 use crate::cmd::{LabError, Result};
 use crate::dataplane::runtime;
@@ -79,13 +79,13 @@ fn measure(n: usize, seconds: u64) -> Result<(Duration, Duration, u64, u64)> {
         let targets: Vec<Target> = (0..n)
             .map(|i| Target {
                 peer: format!("p{i}"),
-                tunnel: peer_ip(i),
+                paths: vec![PodPath { tunnel: peer_ip(i).into(), peer_source: peer_ip(i).into() }],
                 underlay: peer_ip(i).into(),
-                peer_source: peer_ip(i),
                 full_size: 1450,
             })
             .collect();
-        let round = probe::round_interval(Duration::from_secs(2), &targets);
+        let bytes = targets.iter().map(|t| probe::round_bytes(t, [None])).sum();
+        let round = probe::round_interval(Duration::from_secs(2), bytes);
         let (_tx, rx) = watch::channel(targets);
         let cancel = CancellationToken::new();
         let cpu_before = cpu_time();
@@ -107,13 +107,13 @@ struct Counting {
 
 #[async_trait]
 impl Pinger for Counting {
-    async fn ping(&self, dst: Ipv4Addr, size: u16, timeout: Duration) -> Option<Duration> {
+    async fn ping(&self, dst: IpAddr, size: u16, timeout: Duration) -> Option<Duration> {
         self.bytes.fetch_add(u64::from(size), Relaxed);
         self.probes.fetch_add(1, Relaxed);
         self.inner.ping(dst, size, timeout).await
     }
 
-    fn heard_from(&self, src: Ipv4Addr) -> Option<tokio::time::Instant> {
+    fn heard_from(&self, src: IpAddr) -> Option<tokio::time::Instant> {
         self.inner.heard_from(src)
     }
 }

@@ -92,10 +92,7 @@ fn measure(args: &Args, ns: &Netns) -> Result<String> {
         let mut from_empty = vec![Vec::with_capacity(args.repeats_empty); shapes.len()];
         for _ in 0..args.repeats_empty {
             for (shape, samples) in shapes.iter().zip(&mut from_empty) {
-                dp.cleanup(&CleanupOptions::default()).await.map_err(LabError::other)?;
-                let (took, report) = timed(&dp, &shape.full).await?;
-                check(&report, |r| r.created >= shape.per_peer * args.peers, "a full apply")?;
-                samples.push(took);
+                samples.push(apply_from_empty(&dp, shape).await?);
             }
         }
         let mut rows = Vec::new();
@@ -132,12 +129,18 @@ fn measure(args: &Args, ns: &Netns) -> Result<String> {
     })
 }
 
+/// An untimed cleanup, then the shape's full state applied and checked: how long it took.
+async fn apply_from_empty(dp: &Dataplane, shape: &Shape) -> Result<Duration> {
+    dp.cleanup(&CleanupOptions::default()).await.map_err(LabError::other)?;
+    let (took, report) = timed(dp, &shape.full).await?;
+    check(&report, |r| r.created >= shape.per_peer * shape.full.peers.len(), "a full apply")?;
+    Ok(took)
+}
+
 /// The one-peer changes and the no-op applies of one shape, from its full state.
 async fn changes(dp: &Dataplane, ns: &Netns, shape: &Shape, repeats: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
     // Whichever shape applied last, start from this one's full state.
-    dp.cleanup(&CleanupOptions::default()).await.map_err(LabError::other)?;
-    let (_, report) = timed(dp, &shape.full).await?;
-    check(&report, |r| r.created >= shape.per_peer * shape.full.peers.len(), "a full apply")?;
+    apply_from_empty(dp, shape).await?;
     check_kernel(ns, &shape.full)?;
     let mut one_peer = Vec::with_capacity(repeats);
     for i in 0..repeats {

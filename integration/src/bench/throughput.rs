@@ -3,6 +3,8 @@
 //! and against a hand-built flannel-style VXLAN datapath ([`flannel`]) as the bar to meet.
 //! One lab runs agents in `--encap cross-subnet` mode, so n1→n2 crosses the router in VXLAN and
 //! n1→n3 (same subnet) is routed directly; the baseline labs have the same nodes and pods.
+//! A last lab runs a dual-stack cluster over an IPv6-only underlay: its IPv4 pods and its IPv6
+//! pods, each against weft's IPv4 pods over the IPv4 underlay.
 
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr};
@@ -76,8 +78,10 @@ pub struct Variant {
     /// The same with flanneld's `--ip-masq` rules, as kube-flannel.yml deploys it.
     pub flannel_vxlan_cross_subnet: Case,
     pub weft_vxlan_cross_subnet: Case,
-    /// IPv4 pods over an IPv6-only underlay (vxlan-v6, pod MTU 1430).
+    /// IPv4 pods of a dual-stack cluster over an IPv6-only underlay (vxlan-v6, pod MTU 1430).
     pub weft_vxlan6_cross_subnet: Case,
+    /// IPv6 pods over the same IPv6-only underlay.
+    pub weft_pods6_vxlan6_cross_subnet: Case,
     pub routed_same_subnet: Case,
     pub weft_direct_same_subnet: Case,
     /// Ratios of medians: weft against flannel as deployed, and against bare flannel-style.
@@ -86,12 +90,14 @@ pub struct Variant {
     pub flannel_ratio: f64,
     pub vxlan_ratio: f64,
     pub direct_ratio: f64,
-    /// weft over an IPv6 underlay against weft over an IPv4 underlay.
+    /// weft's IPv4 pods over an IPv6 underlay against weft over an IPv4 underlay.
     pub vxlan6_vs_vxlan4: f64,
+    /// weft's IPv6 pods over an IPv6 underlay against IPv4 pods over an IPv4 underlay.
+    pub pods6_vxlan6_vs_vxlan4: f64,
 }
 
 /// The cluster CIDR of all labs (weft's default).
-const CLUSTER: &str = "10.244.0.0/16";
+const CLUSTER: &str = crate::dataplane::CLUSTER_CIDR;
 
 pub fn run(args: &Args) -> Result<String> {
     crate::require_root();
@@ -114,19 +120,29 @@ pub fn run(args: &Args) -> Result<String> {
         c.add_pod(node, "perf")?;
     }
     let lab6 = Lab::build(&crate::unique_prefix(), LabSpec { underlay: Family::Ipv6, ..spec })?;
-    let mut c6 = Cluster::start(lab6, AgentOptions::default())?;
+    // Dual-stack pods, a /64 of fd00:10:244::/56 per node (the default block size).
+    let extra_args = vec![format!("--cluster-cidr={CLUSTER},{}", crate::dataplane::CLUSTER_CIDR6)];
+    let mut c6 = Cluster::start(lab6, AgentOptions { extra_args, ..AgentOptions::default() })?;
     c6.wait_converged(Duration::from_secs(60))?;
     for node in 0..2 {
         c6.add_pod(node, "perf")?;
     }
     let labs = [&routed_lab, &bare_lab, &flannel_lab, &c.lab, &c6.lab];
-    let weft: Vec<(&Netns, Ipv4Addr)> = c.pods.iter().map(|p| (&p.ns, p.ip)).collect();
-    let weft6: Vec<(&Netns, Ipv4Addr)> = c6.pods.iter().map(|p| (&p.ns, p.ip)).collect();
-    let routed: Vec<(&Netns, Ipv4Addr)> = routed.iter().map(|p| (&p.ns, p.ip)).collect();
-    let bare: Vec<(&Netns, Ipv4Addr)> = bare.iter().map(|p| (&p.ns, p.ip)).collect();
-    let flannel: Vec<(&Netns, Ipv4Addr)> = flannel.iter().map(|p| (&p.ns, p.ip)).collect();
+    let v4 = |ns, ip: Ipv4Addr| (ns, IpAddr::from(ip));
+    let weft: Vec<(&Netns, IpAddr)> = c.pods.iter().map(|p| v4(&p.ns, p.ip)).collect();
+    let weft6: Vec<(&Netns, IpAddr)> = c6.pods.iter().map(|p| v4(&p.ns, p.ip)).collect();
+    let weft6_pods6: Vec<(&Netns, IpAddr)> = c6.pods.iter().map(|p| Ok((&p.ns, ipv6_of(p)?))).collect::<Result<_>>()?;
+    let routed: Vec<(&Netns, IpAddr)> = routed.iter().map(|p| v4(&p.ns, p.ip)).collect();
+    let bare: Vec<(&Netns, IpAddr)> = bare.iter().map(|p| v4(&p.ns, p.ip)).collect();
+    let flannel: Vec<(&Netns, IpAddr)> = flannel.iter().map(|p| v4(&p.ns, p.ip)).collect();
+    // What the weft rows claim: n1's route to n2's pod of each family leaves on the VXLAN
+    // device of the lab's underlay family.
+    for (cluster, pods) in [(&c, &weft), (&c6, &weft6), (&c6, &weft6_pods6)] {
+        check_tunnel(&cluster.lab, pods[1].1)?;
+    }
     // n1 → n2 crosses the router, n1 → n3 stays on the subnet.
-    let cases = [(&routed, 1), (&bare, 1), (&flannel, 1), (&weft, 1), (&weft6, 1), (&routed, 2), (&weft, 2)];
+    let cases =
+        [(&routed, 1), (&bare, 1), (&flannel, 1), (&weft, 1), (&weft6, 1), (&weft6_pods6, 1), (&routed, 2), (&weft, 2)];
     let load_before = load_average();
     let mut samples = vec![vec![Vec::with_capacity(args.repeats); cases.len()]; args.router_tso.len()];
     for _ in 0..args.repeats {
@@ -164,8 +180,8 @@ fn set_router_tso(lab: &Lab, tso: Tso) -> Result<()> {
 fn variant(router_tso: Tso, samples: Vec<Vec<f64>>) -> Variant {
     let mut cases = samples.into_iter().map(|samples| Case { median: median(&samples), samples });
     let mut next = || cases.next().expect("one per case");
-    let (routed_cross, bare, flannel, vxlan, vxlan6, routed_same, direct) =
-        (next(), next(), next(), next(), next(), next(), next());
+    let (routed_cross, bare, flannel, vxlan, vxlan6, pods6, routed_same, direct) =
+        (next(), next(), next(), next(), next(), next(), next(), next());
     Variant {
         router_tso,
         weft_vs_flannel: vxlan.median / flannel.median,
@@ -174,11 +190,13 @@ fn variant(router_tso: Tso, samples: Vec<Vec<f64>>) -> Variant {
         vxlan_ratio: vxlan.median / routed_cross.median,
         direct_ratio: direct.median / routed_same.median,
         vxlan6_vs_vxlan4: vxlan6.median / vxlan.median,
+        pods6_vxlan6_vs_vxlan4: pods6.median / vxlan.median,
         routed_cross_subnet: routed_cross,
         flannel_bare_cross_subnet: bare,
         flannel_vxlan_cross_subnet: flannel,
         weft_vxlan_cross_subnet: vxlan,
         weft_vxlan6_cross_subnet: vxlan6,
+        weft_pods6_vxlan6_cross_subnet: pods6,
         routed_same_subnet: routed_same,
         weft_direct_same_subnet: direct,
     }
@@ -213,9 +231,15 @@ fn table(t: &Throughput) -> String {
                 Some(v.weft_vs_flannel),
             ),
             (
-                "weft VXLAN over IPv6, across the router (MTU 1430)",
+                "weft VXLAN over IPv6, IPv4 pods (MTU 1430)",
                 &v.weft_vxlan6_cross_subnet,
                 v.weft_vxlan6_cross_subnet.median / v.routed_cross_subnet.median,
+                None,
+            ),
+            (
+                "weft VXLAN over IPv6, IPv6 pods (MTU 1430)",
+                &v.weft_pods6_vxlan6_cross_subnet,
+                v.weft_pods6_vxlan6_cross_subnet.median / v.routed_cross_subnet.median,
                 None,
             ),
             ("routed, same subnet (pod MTU 1500)", &v.routed_same_subnet, 1.0, None),
@@ -235,8 +259,9 @@ fn table(t: &Throughput) -> String {
         let _ = writeln!(
             out,
             "weft / flannel as deployed: {:.2}×, weft / bare flannel-style: {:.2}×, \
-             weft over an IPv6 underlay / over an IPv4 underlay: {:.2}×",
-            v.weft_vs_flannel, v.weft_vs_flannel_bare, v.vxlan6_vs_vxlan4
+             weft over an IPv6 underlay / over an IPv4 underlay: {:.2}×, \
+             IPv6 pods over IPv6 / IPv4 pods over IPv4: {:.2}×",
+            v.weft_vs_flannel, v.weft_vs_flannel_bare, v.vxlan6_vs_vxlan4, v.pods6_vxlan6_vs_vxlan4
         );
     }
     out
@@ -247,6 +272,25 @@ fn median(samples: &[f64]) -> f64 {
     s.sort_by(f64::total_cmp);
     let mid = s.len() / 2;
     if s.len() % 2 == 1 { s[mid] } else { (s[mid - 1] + s[mid]) / 2.0 }
+}
+
+/// The IPv6 address the plugin gave a pod of a dual-stack cluster.
+fn ipv6_of(pod: &crate::cluster::Pod) -> Result<IpAddr> {
+    let ip = pod.ips.iter().find(|ip| ip.is_ipv6());
+    ip.copied().ok_or_else(|| LabError::Other(format!("pod {} got no IPv6 address: {:?}", pod.name, pod.ips)))
+}
+
+/// Fails unless the first node of `lab` routes `to` through the VXLAN device of the lab's
+/// underlay family (`ip route get`).
+fn check_tunnel(lab: &Lab, to: IpAddr) -> Result<()> {
+    let want = lab.underlay.vxlan_device();
+    let out = lab.nodes[0].ns.ip(&["-j", "route", "get", &to.to_string()])?;
+    let route: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| LabError::Other(format!("ip -j route get: {e}: {out}")))?;
+    match route[0]["dev"].as_str() {
+        Some(dev) if dev == want => Ok(()),
+        dev => Err(LabError::Other(format!("{} routes {to} via {dev:?}, not {want}", lab.nodes[0].name))),
+    }
 }
 
 /// The 1-minute load average (NaN when unreadable).
@@ -292,7 +336,7 @@ fn routed_pods(lab: &Lab) -> Result<Vec<pod::Pod>> {
 }
 
 /// Gbit/s of one TCP stream from `client` to an iperf3 server in `server` at `ip`.
-fn iperf(client: &Netns, server: &Netns, ip: Ipv4Addr, seconds: u32) -> Result<f64> {
+fn iperf(client: &Netns, server: &Netns, ip: IpAddr, seconds: u32) -> Result<f64> {
     let mut cmd = server.command("iperf3");
     cmd.args(["-s", "-1", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null());
     let _server = Process::spawn("iperf3 server", &mut cmd)?;

@@ -684,11 +684,25 @@ impl ClusterState {
             };
 
             let mut added_something = false;
+            let mut oversized = false;
             for (key, versioned_value) in stale_node.stale_key_values() {
                 if !delta_serializer.try_add_kv(key, versioned_value.clone()) {
+                    if !fits_alone(&stale_node, key, versioned_value, mtu) {
+                        // It can never be sent: skip the rest of this node rather than stall
+                        // every node after it (the records before it are still sent).
+                        oversized = true;
+                        break;
+                    }
                     return delta_serializer.finish();
                 }
                 added_something = true;
+            }
+            if oversized {
+                warn!(
+                    node = ?stale_node.chitchat_id,
+                    "a key-value of this node does not fit in a datagram: it is not gossiped"
+                );
+                continue;
             }
             // There aren't any key-values in the state_node apparently.
             // Let's add a specific instruction to the delta to set the max version.
@@ -707,6 +721,21 @@ impl ClusterState {
     pub fn last_heartbeat_if_deleted(&self, chitchat_id: &ChitchatId) -> Option<Heartbeat> {
         self.garbage_collected_nodes.peek(chitchat_id).copied()
     }
+}
+
+/// Whether a delta holding only this node and this key-value fits in `mtu`.
+fn fits_alone(
+    stale_node: &StaleNode,
+    key: &str,
+    versioned_value: &VersionedValue,
+    mtu: usize,
+) -> bool {
+    let mut alone = DeltaSerializer::with_mtu(mtu);
+    alone.try_add_node(
+        stale_node.chitchat_id.clone(),
+        stale_node.node_state.last_gc_version,
+        stale_node.from_version_excluded,
+    ) && alone.try_add_kv(key, versioned_value.clone())
 }
 
 /// Score used to decide which member should be gossiped first.
@@ -1571,6 +1600,45 @@ mod tests {
             expected_delta.set_serialized_len(75);
             assert_eq!(&delta, &expected_delta);
         }
+    }
+
+    #[test]
+    fn test_an_oversized_value_does_not_stall_the_other_nodes() {
+        let mut cluster_state = ClusterState::default();
+        let big = ChitchatId::for_local_test(10_001);
+        let small = ChitchatId::for_local_test(10_002);
+        // Incompressible: a value no datagram can hold, even alone.
+        let mut x = 1u64;
+        let huge: String = (0..300_000)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                char::from(b'!' + (x >> 58) as u8)
+            })
+            .collect();
+        {
+            let big_state = cluster_state.node_state_mut_or_init(&big);
+            big_state.set_with_version("a", "1", 1);
+            big_state.set_with_version("huge", &huge, 2);
+            big_state.set_with_version("b", "3", 3);
+            // Unknown nodes with a lower max version go first: `big` would come first.
+            let small_state = cluster_state.node_state_mut_or_init(&small);
+            small_state.set_with_version("c", "4", 4);
+        }
+        let delta = cluster_state.compute_partial_delta_respecting_mtu(
+            &Digest::default(),
+            MAX_UDP_DATAGRAM_PAYLOAD_SIZE,
+            &HashSet::new(),
+        );
+        let keys = |id: &ChitchatId| -> Option<Vec<String>> {
+            let node = delta.node_deltas.iter().find(|n| &n.chitchat_id == id)?;
+            Some(node.key_values.iter().map(|kv| kv.key.clone()).collect())
+        };
+        assert_eq!(keys(&small), Some(vec!["c".to_string()]), "the other node is gossiped");
+        assert_eq!(
+            keys(&big),
+            Some(vec!["a".to_string()]),
+            "the records before the oversized one are"
+        );
     }
 
     #[test]

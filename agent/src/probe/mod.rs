@@ -96,14 +96,15 @@ pub type Results = BTreeMap<String, Dataplane>;
 struct Probed {
     target: Target,
     paths: Vec<History>,
-    state: PathState,
+    report: Dataplane,
 }
 
 impl Probed {
     fn new(target: &Target) -> Probed {
         let now = SystemTime::now();
-        let paths = target.paths.iter().map(|p| History::new(p.family(), target.full_size, now)).collect();
-        Probed { target: target.clone(), paths, state: PathState::Unknown }
+        let paths: Vec<History> =
+            target.paths.iter().map(|p| History::new(p.family(), target.full_size, now)).collect();
+        Probed { report: report(target, &paths), target: target.clone(), paths }
     }
 
     fn searches(&self) -> Vec<Option<u16>> {
@@ -143,13 +144,12 @@ pub fn spawn(
                 for (history, round) in p.paths.iter_mut().zip(rounds) {
                     history.record(round, now);
                 }
-                let report = report(&p.target, &p.paths);
-                let previous = std::mem::replace(&mut p.state, report.state);
-                if previous != report.state {
-                    log_transition(&mut log_limit, &p.target.peer, previous, &report);
+                let previous = std::mem::replace(&mut p.report, report(&p.target, &p.paths)).state;
+                if previous != p.report.state {
+                    log_transition(&mut log_limit, &p.target.peer, previous, &p.report);
                 }
             }
-            tx.send_replace(probed.iter().map(|(name, p)| (name.clone(), report(&p.target, &p.paths))).collect());
+            tx.send_replace(probed.iter().map(|(name, p)| (name.clone(), p.report.clone())).collect());
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = sleep_until(start + interval) => {}

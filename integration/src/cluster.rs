@@ -17,7 +17,7 @@ use crate::cni::{Chain, PluginPath, Runtime, Target};
 use crate::http;
 use crate::netns::{self, Netns};
 use crate::process::Process;
-use crate::topology::{Family, Lab, Node};
+use crate::topology::{Family, Lab, Node, ip_flag};
 use crate::wait;
 
 pub const GOSSIP_PORT: u16 = 8473;
@@ -292,7 +292,7 @@ impl Cluster {
 
     /// Whether node `i` has a kernel route for `cidr`.
     pub fn has_route(&self, i: usize, cidr: &str) -> bool {
-        let family = if cidr.contains(':') { "-6" } else { "-4" };
+        let family = ip_flag(if cidr.contains(':') { Family::Ipv6 } else { Family::Ipv4 });
         self.lab.nodes[i].ns.ip(&[family, "route", "show", cidr]).is_ok_and(|out| !out.trim().is_empty())
     }
 

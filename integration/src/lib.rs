@@ -39,11 +39,7 @@ pub fn unique_prefix() -> String {
 
 /// `ipv4` or `ipv6`: a lab underlay family as the command line names it.
 pub fn parse_family(s: &str) -> Result<topology::Family, String> {
-    match s {
-        "ipv4" => Ok(topology::Family::Ipv4),
-        "ipv6" => Ok(topology::Family::Ipv6),
-        other => Err(format!("{other:?} is not ipv4 or ipv6")),
-    }
+    topology::Family::ALL.into_iter().find(|f| f.as_str() == s).ok_or_else(|| format!("{s:?} is not ipv4 or ipv6"))
 }
 
 /// Tests and the lab change network namespaces: fail clearly, never skip, without root.

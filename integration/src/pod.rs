@@ -8,6 +8,7 @@ use ipnet::{IpNet, Ipv4Net};
 
 use crate::cmd::Result;
 use crate::netns::Netns;
+use crate::topology::{Family, ip_flag};
 
 #[derive(Debug)]
 pub struct Pod {
@@ -59,10 +60,11 @@ impl Pod {
     /// address detection, so it is usable at once.
     pub fn add_address(&self, address: IpNet, gateway: IpAddr) -> Result<()> {
         let address = address.to_string();
-        let (family, add) = match gateway {
-            IpAddr::V4(_) => ("-4", vec!["-4", "addr", "add", &address, "dev", "eth0"]),
-            IpAddr::V6(_) => ("-6", vec!["-6", "addr", "add", &address, "dev", "eth0", "nodad"]),
-        };
+        let family = ip_flag(Family::of(gateway));
+        let mut add = vec![family, "addr", "add", &address, "dev", "eth0"];
+        if gateway.is_ipv6() {
+            add.push("nodad");
+        }
         self.ns.ip(&add)?;
         self.ns.ip(&[family, "route", "add", "default", "via", &gateway.to_string()])?;
         Ok(())

@@ -13,6 +13,14 @@ use crate::cmd::{LabError, Result};
 use crate::netns::Netns;
 
 /// Underlays come from the documentation ranges; the off-cluster host gets the third one.
+/// The `ip` command's flag for a family's objects (`ip -6 route`).
+pub fn ip_flag(family: Family) -> &'static str {
+    match family {
+        Family::Ipv4 => "-4",
+        Family::Ipv6 => "-6",
+    }
+}
+
 fn node_ranges(family: Family) -> [&'static str; 2] {
     match family {
         Family::Ipv4 => ["192.0.2.0/24", "198.51.100.0/24"],

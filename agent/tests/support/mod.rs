@@ -23,7 +23,7 @@ use weft_agent::files::Paths;
 use weft_agent::http::status::Status;
 use weft_agent::probe::icmp::Pinger;
 use weft_overlay::ApplyReport;
-use weft_overlay::desired::{Desired, Peer};
+use weft_overlay::desired::{Desired, Peer, vtep_of};
 use weft_overlay::underlay::Family;
 
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(100);
@@ -232,7 +232,7 @@ impl Cluster {
         let config = &self.nodes[name].config;
         let vteps = Family::ALL.into_iter().filter_map(|family| {
             let lease = weft_agent::files::read_lease(&config.paths.lease(family)).ok().flatten()?;
-            Some(lease.pod_cidr.network())
+            Some(vtep_of(&lease.pod_cidr))
         });
         std::iter::once(config.underlay.primary().ip).chain(vteps).collect()
     }

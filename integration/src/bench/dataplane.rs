@@ -235,10 +235,7 @@ fn check(report: &ApplyReport, ok: impl Fn(&ApplyReport) -> bool, what: &str) ->
 /// the objects the bench says it programs, whatever the planner made of the desired state.
 fn check_kernel(ns: &Netns, d: &Desired) -> Result<()> {
     for family in d.local.cluster_cidrs.iter().map(Family::of_net) {
-        let flag = match family {
-            Family::Ipv4 => "-4",
-            Family::Ipv6 => "-6",
-        };
+        let flag = crate::topology::ip_flag(family);
         let routes = ns.ip(&["-j", flag, "route", "show"])?;
         let neighbours = ns.ip(&["-j", flag, "neigh", "show"])?;
         let (want_routes, want_neighbours) = expected_objects(d, family);

@@ -13,7 +13,7 @@ use weft_agent::files;
 use weft_agent::http::status::PeerState;
 use weft_cni::state::NodeState;
 use weft_overlay::Mac;
-use weft_overlay::rules::first_host;
+use weft_overlay::rules::{first_host, nth_address};
 use weft_overlay::underlay::Family;
 
 use support::{Cluster, ms, wait_until};
@@ -257,7 +257,7 @@ async fn a_node_back_from_maintenance_never_takes_its_old_block_from_the_node_no
     c.start("b").await;
     converged(&c, "a and b converged").await;
     let block = c.pod_cidr("b").unwrap();
-    pod_address(&c, "b", &format!("{}", nth_host(block, 5)));
+    pod_address(&c, "b", &format!("{}", nth_address(&block.into(), 5)));
     c.stop("b").await;
     wait_until(CONVERGE, "b forgotten by a", || c.status("a").unwrap().peers.iter().all(|p| p.name != "b")).await;
     c.start("c").await;
@@ -486,9 +486,9 @@ async fn ipam_use_of_each_family_is_reported() {
     let block = c.pod_cidr("a").unwrap();
     let block6 = c.status("a").unwrap().node.pod_cidr6.expect("an IPv6 block");
     for n in [2, 3] {
-        pod_address(&c, "a", &nth_host(block, n).to_string());
+        pod_address(&c, "a", &nth_address(&block.into(), n).to_string());
     }
-    pod_address(&c, "a", &nth_host(block6, 5).to_string());
+    pod_address(&c, "a", &nth_address(&block6, 5).to_string());
     // Each family on its own: the /64's 2^64 addresses do not swamp the /24's count.
     let expected = [(Family::Ipv4, 2, 253), (Family::Ipv6, 1, u64::MAX - 2)];
     wait_until(CONVERGE, "a reports 2 of 253 IPv4 and 1 IPv6 address in use", || {
@@ -508,13 +508,6 @@ fn pod_address(c: &Cluster, node: &str, ip: &str) {
     let dir = c.nodes[node].config.paths.ipam_dir.join(files::NETWORK_NAME);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(format!("{ip}@0123456789abcdef")), "pod\neth0\n").unwrap();
-}
-
-fn nth_host(net: impl Into<IpNet>, n: u8) -> IpAddr {
-    match net.into().network() {
-        IpAddr::V4(v4) => (u32::from(v4) + u32::from(n)).to_be_bytes().into(),
-        IpAddr::V6(v6) => (u128::from(v6) + u128::from(n)).to_be_bytes().into(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 //! for its connected subnets, so pod addresses can cross it only inside VXLAN. The underlay is of
 //! one family, IPv4 or IPv6 ([`LabSpec::underlay`]); the same builder makes both.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -11,6 +11,7 @@ pub use weft_overlay::underlay::Family;
 
 use crate::cmd::{LabError, Result};
 use crate::netns::Netns;
+use weft_overlay::rules::nth_address;
 
 /// Underlays come from the documentation ranges; the off-cluster host gets the third one.
 /// The `ip` command's flag for a family's objects (`ip -6 route`).
@@ -112,7 +113,7 @@ pub fn node_address(i: usize, subnets: &[IpNet]) -> Result<(usize, IpAddr)> {
     let subnet = i % subnets.len();
     let position = (i / subnets.len()) as u32;
     let net = subnets[subnet];
-    let ip = host(&net, 10 + position);
+    let ip = nth_address(&net, 10 + position);
     if !net.contains(&ip) || ip == net.broadcast() {
         return Err(LabError::Other(format!("too many nodes for subnet {net}")));
     }
@@ -133,7 +134,7 @@ impl Lab {
             .collect::<Result<Vec<_>>>()?;
         let external_segment =
             add_segment(&router, "ext", external_range(spec.underlay).parse().expect("valid range"))?;
-        let external_ip = host(&external_segment.cidr, 10);
+        let external_ip = nth_address(&external_segment.cidr, 10);
         let external = ExternalHost {
             ns: attach_host(&router, &format!("{prefix}-ext"), "ext0", &external_segment, external_ip, spec.gro)?,
             ip: external_ip,
@@ -216,14 +217,6 @@ impl Node {
     }
 }
 
-/// The `n`th address of `net`.
-fn host(net: &IpNet, n: u32) -> IpAddr {
-    match net.network() {
-        IpAddr::V4(v4) => Ipv4Addr::from(u32::from(v4) + n).into(),
-        IpAddr::V6(v6) => Ipv6Addr::from(u128::from(v6) + u128::from(n)).into(),
-    }
-}
-
 fn forwarding_sysctl(family: Family) -> &'static str {
     match family {
         Family::Ipv4 => "net.ipv4.ip_forward",
@@ -284,7 +277,7 @@ fn mac(ip: IpAddr) -> String {
 
 /// A bridge in the router namespace with the subnet's first address: one L2 segment.
 fn add_segment(router: &Netns, bridge: &str, cidr: IpNet) -> Result<Subnet> {
-    let gateway = host(&cidr, 1);
+    let gateway = nth_address(&cidr, 1);
     router.ip(&["link", "add", bridge, "address", &mac(gateway), "type", "bridge"])?;
     let mut add: Vec<String> = addr_args(gateway, cidr.prefix_len());
     add.extend(["dev".into(), bridge.into()]);

@@ -5,7 +5,7 @@
 //! subnets, the pod's own source address between pods, egress masqueraded to the node's address
 //! of the family, and cleanup leaving nothing. Over an IPv4 and over an IPv6 underlay. Needs root.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -18,7 +18,8 @@ use weft_lab::probe::tcp_source_seen;
 use weft_lab::topology::{Family, Lab, LabSpec};
 use weft_lab::wait;
 use weft_overlay::CleanupOptions;
-use weft_overlay::rules::first_host;
+use weft_overlay::desired::vtep_of;
+use weft_overlay::rules::{first_host, nth_address};
 
 const LIMIT: Duration = Duration::from_secs(10);
 const EVERY: Duration = Duration::from_millis(100);
@@ -33,11 +34,7 @@ struct Cluster {
 }
 
 fn host(block: IpNet, n: u32) -> IpNet {
-    let addr: IpAddr = match block.network() {
-        IpAddr::V4(v4) => Ipv4Addr::from(u32::from(v4) + n).into(),
-        IpAddr::V6(v6) => Ipv6Addr::from(u128::from(v6) + u128::from(n)).into(),
-    };
-    IpNet::new(addr, block.prefix_len()).expect("the block's prefix")
+    IpNet::new(nth_address(&block, n), block.prefix_len()).expect("the block's prefix")
 }
 
 fn cluster(underlay: Family) -> Cluster {
@@ -277,7 +274,7 @@ fn agents_allocate_a_block_per_family_and_pods_of_both_families_reach_each_other
     // IPv6 routes to the peers' blocks ride vxlan0 (the IPv4 underlay's device).
     let routes = c.lab.nodes[0].ns.ip(&["-6", "route", "show", "proto", "87"]).unwrap();
     for block in &blocks6[1..] {
-        assert!(routes.contains(&format!("{block} via {} dev vxlan0", block.network())), "{routes}");
+        assert!(routes.contains(&format!("{block} via {} dev vxlan0", vtep_of(block))), "{routes}");
     }
     // The probes agree, per family: n1 and n3 share a subnet, so IPv4 goes directly between
     // them and IPv6 through the tunnel.
@@ -301,7 +298,7 @@ fn ipv6_dropped_at_one_peer_is_reported_for_that_family_while_ipv4_passes_and_so
     let c = dual_agents();
     wait_dataplanes(&c, "every path ok in both families", all_ok(&["ipv4", "ipv6"]));
     let n2_block6 = c.status(1).unwrap()["node"]["podCIDR6"].as_str().expect("n2's IPv6 block").to_string();
-    let n2_vtep6 = n2_block6.parse::<IpNet>().unwrap().network();
+    let n2_vtep6 = vtep_of(&n2_block6.parse::<IpNet>().unwrap());
     drop_ipv6_of_block(&c, 1, &n2_block6);
     // n2's IPv6 is broken both ways, for every peer of n2 and for n2; IPv4 works everywhere.
     let broken = |f: &[(&str, &str)]| {

@@ -82,9 +82,15 @@ pub fn max_node_prefix(net: &IpNet) -> u8 {
 /// A PodCIDR's gateway unless configured otherwise, in either family: its first host (the
 /// bridge's address, 10.244.3.1 or fd00:10:244:3::1).
 pub fn first_host(net: &IpNet) -> IpAddr {
+    nth_address(net, 1)
+}
+
+/// The address `n` places past `net`'s network address, in either family (wrapping past the
+/// end of the address space, never panicking).
+pub fn nth_address(net: &IpNet, n: u32) -> IpAddr {
     match net.network() {
-        IpAddr::V4(v4) => IpAddr::V4((u32::from(v4).wrapping_add(1)).into()),
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6).wrapping_add(1)).into()),
+        IpAddr::V4(v4) => IpAddr::V4(u32::from(v4).wrapping_add(n).into()),
+        IpAddr::V6(v6) => IpAddr::V6(u128::from(v6).wrapping_add(u128::from(n)).into()),
     }
 }
 
@@ -98,6 +104,15 @@ mod tests {
         assert_eq!(first("10.244.3.0/24"), "10.244.3.1");
         assert_eq!(first("fd00:10:244:3::/64"), "fd00:10:244:3::1");
         assert_eq!(first("10.244.3.7/24"), "10.244.3.1", "from the network, not the address");
+    }
+
+    #[test]
+    fn the_nth_address_counts_from_the_network_in_both_families() {
+        let nth = |net: &str, n| nth_address(&net.parse().unwrap(), n).to_string();
+        assert_eq!(nth("10.244.3.7/24", 10), "10.244.3.10");
+        assert_eq!(nth("10.244.3.0/24", 256), "10.244.4.0");
+        assert_eq!(nth("fd00:10:244:3::/64", 0x10), "fd00:10:244:3::10");
+        assert_eq!(nth("255.255.255.255/32", 1), "0.0.0.0", "wraps, never panics");
     }
 
     #[test]

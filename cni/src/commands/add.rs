@@ -38,7 +38,7 @@ pub fn add(inv: &Invocation, req: &Request) -> Result<CniResult, CniError> {
     let (plugged_tx, plugged_rx) = std::sync::mpsc::sync_channel::<bool>(1);
     let (plugged, prepared) = std::thread::scope(|s| {
         let worker = s.spawn(|| {
-            let plugged_rx = plugged_rx;
+            let plugged_rx = plugged_rx; // moved in: a Receiver cannot be shared between threads
             let lease = ipam::acquire(&net, &owner, input)?;
             let container = SyncNetlink::entering(&netns, netns_path)?;
             if lease.has_ipv6() && plugged_rx.recv() == Ok(true) {

@@ -126,10 +126,9 @@ async fn a_clean_leave_shows_at_once_and_is_withdrawn_when_the_detector_confirms
     // Routes stay until the failure detector confirms the node is gone (so a restart, which also
     // announces leaving, costs nothing): a few gossip rounds of leaving plus the detector's verdict.
     assert!(ms(withdrawn) < 4_000, "{} ms", ms(withdrawn));
-    let row = c.status("n00").unwrap().peers.into_iter().find(|p| p.name == "n05").unwrap();
+    let row = c.peer_row("n00", "n05", "withdrawn", |p| !p.programmed).await;
     assert_eq!(row.state, PeerState::Dead);
     assert_eq!(row.note.as_deref(), Some("left the cluster"));
-    assert!(!row.programmed);
     c.shutdown().await;
 }
 
@@ -155,7 +154,7 @@ async fn a_dead_node_is_withdrawn_after_the_failure_detectors_verdict() {
     // Not before the detector could have decided, and not much later than it should.
     assert!(ms(*first) >= 400, "withdrawn too early: {} ms", ms(*first));
     assert!(ms(*last) < 6_000, "withdrawn too late: {} ms", ms(*last));
-    let row = c.status("n00").unwrap().peers.into_iter().find(|p| p.name == "n05").unwrap();
+    let row = c.peer_row("n00", "n05", "withdrawn", |p| !p.programmed).await;
     assert_eq!(row.state, PeerState::Dead);
     assert_eq!(row.note.as_deref(), Some("declared dead by the failure detector"));
     assert!(row.last_seen.is_some());
@@ -704,8 +703,7 @@ async fn a_dual_stack_cluster_allocates_a_block_per_family_and_routes_a_previous
         c.datapath("a").last().is_some_and(|d| d.peers.iter().any(|p| p.name == "old" && p.pod_cidrs == [old_block]))
     })
     .await;
-    let status = c.status("a").unwrap();
-    let old = status.peers.iter().find(|p| p.name == "old").unwrap();
+    let old = c.peer_row("a", "old", "programmed", |p| p.programmed).await;
     assert_eq!((old.pod_cidr, old.pod_cidr6, old.note.as_deref()), (Some(old_block), None, None));
     assert_eq!(metric(&c.metrics("a"), "weft_gossip_rejected_total{reason=\"malformed\"}"), 0);
     c.shutdown().await;

@@ -20,7 +20,7 @@ use weft_agent::config::Config;
 use weft_agent::datapath::{CleanupSummary, Datapath, DatapathError};
 use weft_agent::detect::Underlay;
 use weft_agent::files::Paths;
-use weft_agent::http::status::Status;
+use weft_agent::http::status::{PeerStatus, Status};
 use weft_agent::probe::icmp::Pinger;
 use weft_overlay::ApplyReport;
 use weft_overlay::desired::{Desired, Peer, vtep_of};
@@ -273,6 +273,14 @@ impl Cluster {
 
     pub fn status(&self, name: &str) -> Option<Status> {
         self.nodes[name].agent.as_ref()?.shared().status()
+    }
+
+    /// `peer`'s row in `node`'s status once it is `what` (`cond`). A reconcile pass publishes its
+    /// status just after the apply, so a test that saw the datapath change waits for it here.
+    pub async fn peer_row(&self, node: &str, peer: &str, what: &str, cond: impl Fn(&PeerStatus) -> bool) -> PeerStatus {
+        let row = || self.status(node)?.peers.into_iter().find(|p| p.name == peer && cond(p));
+        wait_until(Duration::from_secs(2), &format!("{node}'s status to show {peer} {what}"), || row().is_some()).await;
+        row().unwrap()
     }
 
     pub fn metrics(&self, name: &str) -> String {

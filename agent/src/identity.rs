@@ -8,6 +8,8 @@
 
 use std::net::IpAddr;
 
+use weft_overlay::underlay::Family;
+
 use crate::allocation::ClaimKind;
 use crate::gossip::keys;
 use crate::membership::{Liveness, Member};
@@ -40,9 +42,14 @@ fn node_ip(m: &Member) -> Option<IpAddr> {
     m.keys.get(keys::NODE_IP)?.parse().ok()
 }
 
-/// Whether the member holds its claim (confirmed or static), as announced.
+/// Whether the member holds a claim of any family (confirmed or static), as announced.
 pub fn established(m: &Member) -> bool {
-    m.keys.get(keys::POD_CIDR).and_then(|v| keys::decode_claim(v).ok()).is_some_and(|c| c.kind != ClaimKind::Claiming)
+    Family::ALL.into_iter().any(|family| {
+        m.keys
+            .get(keys::pod_cidr_key(family))
+            .and_then(|v| keys::decode_claim(v).ok())
+            .is_some_and(|c| c.kind != ClaimKind::Claiming)
+    })
 }
 
 /// Whether the member announced that it refused its name.

@@ -95,6 +95,7 @@ impl Agent {
             vtep_mac: Mac::derived(&cfg.node_name),
             vni: cfg.vni,
             vxlan_port: cfg.vxlan_port,
+            settings: cfg.rules().settings,
         };
         let counters = shared.metrics.gossip_counters();
         let gossip = Gossip::start(

@@ -274,8 +274,10 @@ impl Config {
     }
 
     pub fn rules(&self) -> validate::Rules {
+        let pools = self.pools();
         validate::Rules {
-            pools: self.pools(),
+            settings: crate::settings::encode(&pools, self.gossip.interval),
+            pools,
             vni: self.vni,
             vxlan_port: self.vxlan_port,
             local_node_ips: self.underlay.node_ips(),

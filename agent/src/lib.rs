@@ -24,5 +24,6 @@ pub mod membership;
 pub mod peers;
 pub mod probe;
 pub mod reconcile;
+pub mod settings;
 pub mod shared;
 pub mod validate;

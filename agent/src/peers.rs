@@ -18,6 +18,8 @@ pub struct Peer {
     pub name: String,
     pub generation: u64,
     pub liveness: Liveness,
+    /// Holds a block (confirmed or static), as announced.
+    pub established: bool,
     pub announcement: Result<Announcement, Rejection>,
     /// What its own probes say of its peers, as it publishes them (malformed: ignored).
     pub report: Option<Summary>,
@@ -86,6 +88,7 @@ pub fn collect(view: &View, me: &str, my_generation: u64, rules: &Rules) -> Peer
                 name: m.name.clone(),
                 generation: m.generation,
                 liveness: m.liveness,
+                established: identity::established(m),
                 announcement: validate::validate(&m.name, &m.keys, rules),
                 report: m.keys.get(keys::DATAPLANE).and_then(|v| Summary::decode(v)),
             }

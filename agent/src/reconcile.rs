@@ -33,6 +33,7 @@ use crate::membership::{Liveness, Member, Settle, View};
 use crate::peers::{self, Decided, Peers};
 use crate::probe::summary::Summary;
 use crate::probe::{self, verdict::Dataplane};
+use crate::settings::{self, Refusal};
 use crate::shared::Shared;
 use crate::validate::{Rejection, Rules};
 
@@ -99,6 +100,8 @@ pub struct Controller {
     namesakes: Vec<Namesake>,
     /// The one this agent yields its name to: it serves nothing meanwhile.
     yielded_to: Option<Namesake>,
+    /// Why this agent's settings are not the cluster's: it serves nothing meanwhile.
+    settings_refusal: Option<Refusal>,
     probe_targets: watch::Sender<Vec<probe::Target>>,
     probes: watch::Receiver<probe::Results>,
     /// Another node has been heard alive since start.
@@ -142,6 +145,7 @@ impl Controller {
             conflicts: Vec::new(),
             namesakes: Vec::new(),
             yielded_to: None,
+            settings_refusal: None,
             probe_targets: init.probe_targets,
             probes: init.probes,
             heard_peers: false,
@@ -194,10 +198,11 @@ impl Controller {
         let settled = self.settle.observe(&view, now);
         let peers = peers::collect(&view, &self.cfg.node_name, self.generation, &self.rules);
         self.check_name(&peers.same_name, settled).await;
+        self.check_settings(&peers, settled);
         let others = peers.claimants();
         let now_ms = unix_ms(SystemTime::now());
         for allocator in &mut self.allocators {
-            let outcome = if self.yielded_to.is_some() {
+            let outcome = if self.yielded_to.is_some() || self.settings_refusal.is_some() {
                 allocator.withdraw();
                 Outcome::Unchanged
             } else {
@@ -231,6 +236,7 @@ impl Controller {
             phase: a.phase(),
             conflicts: &verdicts.conflicts,
             name_in_use_by: self.yielded_to.as_ref(),
+            settings_refusal: self.settings_refusal.as_ref(),
         }));
         // The periodic resync rewrites the files and re-applies the datapath even when nothing
         // changed here, repairing whatever was changed under us.
@@ -318,6 +324,19 @@ impl Controller {
         self.shared.metrics.set_name_in_use(yielded_to.is_some());
         self.namesakes = namesakes;
         self.yielded_to = yielded_to;
+    }
+
+    /// Decides whether this agent's settings let it serve (see [`settings`]), and says so in
+    /// the log when that changes. Only on a settled view: a partial one may lack the node that
+    /// holds the cluster's settings.
+    fn check_settings(&mut self, peers: &Peers, settled: bool) {
+        let refusal = if settled { settings::refusal(self.generation, &peers.peers) } else { None };
+        match (&self.settings_refusal, &refusal) {
+            (None, Some(r)) => tracing::error!(node = %self.cfg.node_name, "{r}: not serving any PodCIDR"),
+            (Some(_), None) => tracing::info!(node = %self.cfg.node_name, "no settings in the way any more: serving"),
+            _ => {}
+        }
+        self.settings_refusal = refusal;
     }
 
     /// The cluster's pod families, IPv4 first.

@@ -10,6 +10,7 @@ use weft_overlay::underlay::{Family, NodeIpError, NodeIps, check_node_ip};
 
 use crate::allocation::Claim;
 use crate::gossip::keys;
+use crate::settings::{self, Difference};
 
 /// One pod family of the cluster: its range and the size of every node's block in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +27,8 @@ pub struct Rules {
     pub vni: u32,
     pub vxlan_port: u16,
     pub local_node_ips: NodeIps,
+    /// This node's `settings` value ([`settings::encode`]).
+    pub settings: String,
 }
 
 /// A peer's announcement that passed validation.
@@ -68,6 +71,8 @@ pub enum Rejection {
     VniMismatch { ours: u32, theirs: u32 },
     #[error("VXLAN port {theirs} differs from ours ({ours})")]
     VxlanPortMismatch { ours: u16, theirs: u16 },
+    #[error("cluster settings differ: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    SettingsDiffer(Vec<Difference>),
     #[error("PodCIDR {cidr} is outside the cluster CIDR {cluster}")]
     PodCidrOutsideCluster { cidr: IpNet, cluster: IpNet },
     #[error("PodCIDR {cidr} is not a /{prefix} block")]
@@ -89,16 +94,30 @@ impl Rejection {
             Rejection::MacNotOfName { .. } => "mac_not_of_name",
             Rejection::VniMismatch { .. } => "vni_mismatch",
             Rejection::VxlanPortMismatch { .. } => "vxlan_port_mismatch",
+            Rejection::SettingsDiffer(_) => "settings_differ",
             Rejection::PodCidrOutsideCluster { .. } => "pod_cidr_outside_cluster",
             Rejection::PodCidrWrongPrefix { .. } => "pod_cidr_wrong_prefix",
             Rejection::PodCidrNotAligned(_) => "pod_cidr_not_aligned",
         }
     }
+
+    /// The peer runs with other cluster settings than this node: not a bad value, a node of
+    /// another configuration (one of the two must not serve, see [`settings::refusal`]).
+    pub fn settings_differ(&self) -> bool {
+        matches!(
+            self,
+            Rejection::VniMismatch { .. }
+                | Rejection::VxlanPortMismatch { .. }
+                | Rejection::SettingsDiffer(_)
+                | Rejection::PodCidrOutsideCluster { .. }
+                | Rejection::PodCidrWrongPrefix { .. }
+        )
+    }
 }
 
 /// Every label [`Rejection::label`] gives a counted rejection (`not_announced` is never counted),
 /// so that the metric shows each at 0 from the start.
-pub const COUNTED_LABELS: [&str; 11] = [
+pub const COUNTED_LABELS: [&str; 12] = [
     "name",
     "malformed",
     "node_ip_not_unicast",
@@ -107,6 +126,7 @@ pub const COUNTED_LABELS: [&str; 11] = [
     "mac_not_of_name",
     "vni_mismatch",
     "vxlan_port_mismatch",
+    "settings_differ",
     "pod_cidr_outside_cluster",
     "pod_cidr_wrong_prefix",
     "pod_cidr_not_aligned",
@@ -186,6 +206,14 @@ pub fn validate(name: &str, kvs: &BTreeMap<String, String>, rules: &Rules) -> Re
     if vxlan_port != rules.vxlan_port {
         return Err(Rejection::VxlanPortMismatch { ours: rules.vxlan_port, theirs: vxlan_port });
     }
+    // Absent on a node of a release before it: such a node is checked by its facts alone.
+    if let Some(value) = kvs.get(keys::SETTINGS) {
+        let malformed = |reason| Rejection::Malformed { key: keys::SETTINGS, value: value.clone(), reason };
+        let differ = settings::differences(&rules.settings, value).map_err(malformed)?;
+        if !differ.is_empty() {
+            return Err(Rejection::SettingsDiffer(differ));
+        }
+    }
     let mut claims = Vec::new();
     for family in Family::ALL {
         let key = keys::pod_cidr_key(family);
@@ -237,13 +265,18 @@ pub(crate) mod tests {
 
     /// The rules every test in the crate validates against.
     pub(crate) fn rules() -> Rules {
+        let pools = vec![Pool { cluster_cidr: "10.244.0.0/16".parse().unwrap(), node_prefix: 24 }];
         Rules {
-            pools: vec![Pool { cluster_cidr: "10.244.0.0/16".parse().unwrap(), node_prefix: 24 }],
+            settings: settings::encode(&pools, INTERVAL),
+            pools,
             vni: 1,
             vxlan_port: 8472,
             local_node_ips: "192.0.2.1".parse().unwrap(),
         }
     }
+
+    /// The gossip interval of the test rules.
+    pub(crate) const INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
     fn good() -> BTreeMap<String, String> {
         let mac = Mac::derived("node-b").to_string();
@@ -281,6 +314,7 @@ pub(crate) mod tests {
     pub(crate) fn dual_rules() -> Rules {
         let mut r = rules();
         r.pools.push(Pool { cluster_cidr: "fd00:10:244::/56".parse().unwrap(), node_prefix: 64 });
+        r.settings = settings::encode(&r.pools, INTERVAL);
         r
     }
 
@@ -317,6 +351,21 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn settings_are_compared_only_where_both_nodes_know_them() {
+        // The previous release announces none; ours, with more pools or unknown fields, agree.
+        assert!(validate("node-b", &good(), &rules()).is_ok());
+        for value in [rules().settings, dual_rules().settings, format!("{};zones=subnet", rules().settings)] {
+            assert!(validate("node-b", &with(keys::SETTINGS, &value), &rules()).is_ok(), "{value}");
+        }
+        let err = validate("node-b", &with(keys::SETTINGS, "gossip-interval-ms=1000"), &rules()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cluster settings differ: gossip-interval-ms is 1000 there and 100 here (--gossip-interval)"
+        );
+        assert!(err.settings_differ());
+    }
+
+    #[test]
     fn a_peer_without_a_claim_yet_is_valid() {
         let mut kvs = good();
         kvs.remove(keys::POD_CIDR);
@@ -343,6 +392,9 @@ pub(crate) mod tests {
             (keys::VNI, "2", "vni_mismatch"),
             (keys::VNI, "x", "malformed"),
             (keys::VXLAN_PORT, "4789", "vxlan_port_mismatch"),
+            (keys::SETTINGS, "gossip-interval-ms=1000", "settings_differ"),
+            (keys::SETTINGS, "ipv4-pool=10.245.0.0/16+24;ipv6-pool=fd00::/56+64", "settings_differ"),
+            (keys::SETTINGS, "gossip-interval-ms", "malformed"),
             (keys::POD_CIDR, "10.245.7.0/24;confirmed;1", "pod_cidr_outside_cluster"),
             (keys::POD_CIDR, "10.244.7.0/25;confirmed;1", "pod_cidr_wrong_prefix"),
             (keys::POD_CIDR, "10.244.7.9/24;confirmed;1", "pod_cidr_not_aligned"),

@@ -370,6 +370,52 @@ async fn an_agent_started_under_a_live_nodes_name_refuses_and_takes_it_over_only
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_started_with_another_clusters_settings_refuses_and_the_cluster_keeps_serving() {
+    let mut c = Cluster::new();
+    c.add_and_start(&["a", "b"]).await;
+    converged(&c, "2 nodes converged").await;
+    let held: Vec<Ipv4Net> = ["a", "b"].iter().map(|n| c.pod_cidr(n).unwrap()).collect();
+    // Two operator mistakes: another --gossip-interval, and another cluster's --cluster-cidr.
+    c.add("slow").gossip.interval = Duration::from_millis(200);
+    c.add("other").cluster_cidrs = vec!["10.245.0.0/16".parse().unwrap()];
+    c.start("slow").await;
+    c.start("other").await;
+    let reason = |n: &str| c.status(n).and_then(|s| s.node.not_ready_reason).unwrap_or_default();
+    wait_until(CONVERGE, "both newcomers refuse, naming the setting", || {
+        reason("slow").contains("settings are not the cluster's")
+            && reason("slow").contains("(--gossip-interval)")
+            && reason("other").contains("ipv4-pool is 10.244.0.0/16+24 there and 10.245.0.0/16+24 here")
+    })
+    .await;
+    for (n, peer) in [("a", "b"), ("b", "a")] {
+        for newcomer in ["slow", "other"] {
+            let row = c.peer_row(n, newcomer, "rejected", |p| !p.programmed).await;
+            assert!(
+                row.note.as_deref().is_some_and(|t| t.starts_with("rejected: cluster settings differ: ")),
+                "{row:?}"
+            );
+        }
+        assert!(c.ready(n));
+        assert_eq!(c.datapath(n).programmed(), BTreeMap::from([(peer.to_string(), c.pod_cidr(peer).unwrap())]));
+        assert!(metric(&c.metrics(n), "weft_gossip_rejected_total{reason=\"settings_differ\"}") >= 1);
+    }
+    // The refused agents claim nothing and program nothing; the cluster kept its blocks.
+    for n in ["slow", "other"] {
+        assert!(!c.ready(n) && c.status(n).unwrap().node.pod_cidr.is_none());
+        assert_eq!(c.datapath(n).attempts(), 0, "{n} programmed its datapath");
+    }
+    assert_eq!(["a", "b"].map(|n| c.pod_cidr(n).unwrap()).to_vec(), held);
+
+    // Started again with the cluster's settings, it joins.
+    c.stop("other").await;
+    c.stop_agent_only("slow").await;
+    c.nodes.get_mut("slow").unwrap().config.gossip.interval = support::GOSSIP_INTERVAL;
+    c.start("slow").await;
+    converged(&c, "slow joined with the cluster's settings").await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loser_of_a_static_podcidr_conflict_serves_nothing_and_reports_its_pods() {
     let mut c = Cluster::new();
     let block: Ipv4Net = "10.244.77.0/24".parse().unwrap();

@@ -2,6 +2,7 @@
 //! (`peers::collect`, `peers::decide`, `desired::build`) over generated, partly hostile views.
 
 use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use proptest::prelude::*;
@@ -11,6 +12,7 @@ use weft_agent::desired::{build, path};
 use weft_agent::gossip::keys;
 use weft_agent::membership::{Liveness, Member, View};
 use weft_agent::peers::{collect, decide};
+use weft_agent::settings;
 use weft_agent::validate::{Pool, Rules, check_pod_cidr};
 use weft_overlay::Mac;
 use weft_overlay::desired::{LocalNode, UnderlayAddr};
@@ -26,11 +28,13 @@ const LOCAL_UNDERLAYS: [&str; 3] = ["192.0.2.1", "2001:db8:1::1", "192.0.2.1,200
 fn rules_for(local: &str) -> Rules {
     // A dual-stack cluster: peers announce IPv4, IPv6 or both blocks (or, as a previous
     // release, only `pod_cidr`).
+    let pools = vec![
+        Pool { cluster_cidr: "10.244.0.0/16".parse().unwrap(), node_prefix: 24 },
+        Pool { cluster_cidr: "fd00:10:244::/56".parse().unwrap(), node_prefix: 64 },
+    ];
     Rules {
-        pools: vec![
-            Pool { cluster_cidr: "10.244.0.0/16".parse().unwrap(), node_prefix: 24 },
-            Pool { cluster_cidr: "fd00:10:244::/56".parse().unwrap(), node_prefix: 64 },
-        ],
+        settings: settings::encode(&pools, Duration::from_millis(100)),
+        pools,
         vni: 1,
         vxlan_port: 8472,
         local_node_ips: local.parse().unwrap(),

@@ -7,11 +7,13 @@
 #![no_main]
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use weft_agent::gossip::keys::Facts;
 use weft_agent::membership::{Liveness, Member, View};
 use weft_agent::peers::collect;
+use weft_agent::settings;
 use weft_agent::validate::{Pool, Rules, check_node_name, check_pod_cidr, validate};
 use weft_overlay::underlay::{Family, check_node_ip};
 
@@ -19,11 +21,13 @@ const ME: &str = "me";
 const MY_GENERATION: u64 = 5;
 
 fuzz_target!(|data: &[u8]| {
+    let pools = vec![
+        Pool { cluster_cidr: "10.244.0.0/16".parse().expect("literal"), node_prefix: 24 },
+        Pool { cluster_cidr: "fd00:10:244::/56".parse().expect("literal"), node_prefix: 64 },
+    ];
     let rules = Rules {
-        pools: vec![
-            Pool { cluster_cidr: "10.244.0.0/16".parse().expect("literal"), node_prefix: 24 },
-            Pool { cluster_cidr: "fd00:10:244::/56".parse().expect("literal"), node_prefix: 64 },
-        ],
+        settings: settings::encode(&pools, Duration::from_millis(100)),
+        pools,
         vni: 1,
         vxlan_port: 8472,
         local_node_ips: "192.0.2.1,2001:db8:1::1".parse().expect("literal"),
@@ -59,7 +63,13 @@ fuzz_target!(|data: &[u8]| {
             check_pod_cidr(claim.cidr, pool_of(&claim.cidr)).expect("accepted claim fits");
         }
         // What we accept, re-announced in our own encoding, is accepted as the same thing.
-        let facts = Facts { node_ips: a.node_ips, vtep_mac: a.vtep_mac, vni: rules.vni, vxlan_port: rules.vxlan_port };
+        let facts = Facts {
+            node_ips: a.node_ips,
+            vtep_mac: a.vtep_mac,
+            vni: rules.vni,
+            vxlan_port: rules.vxlan_port,
+            settings: rules.settings.clone(),
+        };
         let reencoded: BTreeMap<String, String> = facts.key_values(&a.claims).into_iter().collect();
         assert_eq!(validate(&peer.name, &reencoded, &rules).as_ref(), Ok(a));
         assert_eq!(validate(&member.name, &member.keys, &rules).as_ref(), Ok(a), "validation is deterministic");

@@ -29,6 +29,8 @@ use weft_agent::gossip::keyfile;
 use weft_agent::gossip::keys::Facts;
 use weft_agent::gossip::transport::{GossipCounters, GossipUdp, Sealing};
 use weft_agent::gossip::{Gossip, GossipError};
+use weft_agent::settings;
+use weft_agent::validate::Pool;
 use weft_overlay::Mac;
 use weft_overlay::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT};
 use weft_overlay::underlay::NodeIps;
@@ -57,6 +59,9 @@ pub struct SwarmSpec {
     /// for a real node.
     pub cluster_cidr: Ipv4Net,
     pub prefix: u8,
+    /// The real nodes' `--gossip-interval`: the simulated nodes announce the real nodes'
+    /// settings (the agents refuse nodes of other settings), whatever rhythm they gossip at.
+    pub gossip_interval: Duration,
 }
 
 /// A node about to start: index, name, gossip address, seed, generation, announcement.
@@ -196,6 +201,10 @@ impl Swarm {
             vtep_mac: Mac::derived(&name),
             vni: DEFAULT_VNI,
             vxlan_port: DEFAULT_VXLAN_PORT,
+            settings: settings::encode(
+                &[Pool { cluster_cidr: self.spec.cluster_cidr.into(), node_prefix: self.spec.prefix }],
+                self.spec.gossip_interval,
+            ),
         };
         let claim = Claim { cidr: self.block(k)?.into(), kind: ClaimKind::Static, since_ms: now };
         Ok(Next {

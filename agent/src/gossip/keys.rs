@@ -12,6 +12,7 @@
 //! | `pod_cidr`   | IPv4 claim: `<cidr>;<claiming|confirmed|static>;<since ms>` (absent on a node without IPv4 pods) | while allocating |
 //! | `pod_cidr6`  | IPv6 claim, the same encoding (absent without IPv6 pods) | while allocating |
 //!
+//! | `settings`   | settings every node must share (`settings::encode`) | never within a generation |
 //! | `dataplane`  | this node's probe results, bounded (`probe::summary`) | when they change     |
 //!
 //! A claim is one key so that a peer can never see a block with another claim's time; one key
@@ -37,6 +38,7 @@ pub const STATUS: &str = "status";
 pub const POD_CIDR: &str = "pod_cidr";
 pub const POD_CIDR6: &str = "pod_cidr6";
 pub const DATAPLANE: &str = "dataplane";
+pub const SETTINGS: &str = "settings";
 
 pub const STATUS_UP: &str = "up";
 pub const STATUS_LEAVING: &str = "leaving";
@@ -66,6 +68,8 @@ pub struct Facts {
     pub vtep_mac: Mac,
     pub vni: u32,
     pub vxlan_port: u16,
+    /// [`crate::settings::encode`] of this node's configuration.
+    pub settings: String,
 }
 
 impl Facts {
@@ -77,6 +81,7 @@ impl Facts {
             (VTEP_MAC.to_string(), self.vtep_mac.to_string()),
             (VNI.to_string(), self.vni.to_string()),
             (VXLAN_PORT.to_string(), self.vxlan_port.to_string()),
+            (SETTINGS.to_string(), self.settings.clone()),
             (VERSION.to_string(), env!("CARGO_PKG_VERSION").to_string()),
             (STATUS.to_string(), STATUS_UP.to_string()),
         ]);
@@ -151,7 +156,8 @@ mod tests {
     #[test]
     fn facts_include_the_claim_only_when_there_is_one() {
         let node_ips = "192.0.2.1".parse().unwrap();
-        let facts = Facts { node_ips, vtep_mac: Mac::derived("a"), vni: 1, vxlan_port: 8472 };
+        let settings = "gossip-interval-ms=100".to_string();
+        let facts = Facts { node_ips, vtep_mac: Mac::derived("a"), vni: 1, vxlan_port: 8472, settings };
         assert!(!facts.key_values(&[]).iter().any(|(k, _)| k == POD_CIDR));
         let claim = Claim { cidr: "10.244.3.0/24".parse().unwrap(), kind: ClaimKind::Claiming, since_ms: 1 };
         let kvs = facts.key_values(&[claim]);
@@ -164,12 +170,18 @@ mod tests {
         // An IPv6-only node announces no `pod_cidr` at all.
         assert!(!facts.key_values(&[claim6]).iter().any(|(k, _)| k == POD_CIDR));
         assert!(kvs.contains(&(STATUS.into(), STATUS_UP.into())));
+        assert!(kvs.contains(&(SETTINGS.into(), "gossip-interval-ms=100".into())));
     }
 
     #[test]
     fn underlay_addresses_are_announced_one_key_per_family() {
-        let facts =
-            |ips: &str| Facts { node_ips: ips.parse().unwrap(), vtep_mac: Mac::derived("a"), vni: 1, vxlan_port: 8472 };
+        let facts = |ips: &str| Facts {
+            node_ips: ips.parse().unwrap(),
+            vtep_mac: Mac::derived("a"),
+            vni: 1,
+            vxlan_port: 8472,
+            settings: String::new(),
+        };
         let get = |kvs: &[(String, String)], key: &str| kvs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
         let dual = facts("192.0.2.1,2001:db8:1::1").key_values(&[]);
         assert_eq!(get(&dual, NODE_IP).as_deref(), Some("192.0.2.1"));

@@ -17,6 +17,7 @@ use crate::membership::Liveness;
 use crate::peers::{Peer, Skip};
 use crate::probe::summary::Summary;
 use crate::probe::verdict::Dataplane;
+use crate::settings::Refusal;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -229,6 +230,8 @@ pub struct ServingInput<'a> {
     pub conflicts: &'a [Conflict],
     /// The agent this one yields its name to.
     pub name_in_use_by: Option<&'a Namesake>,
+    /// Why this agent's settings keep it from serving.
+    pub settings_refusal: Option<&'a Refusal>,
 }
 
 pub fn serving(i: &ServingInput<'_>) -> Result<Claim, String> {
@@ -237,6 +240,9 @@ pub fn serving(i: &ServingInput<'_>) -> Result<Claim, String> {
             "node name {} is in use by the agent at {} (generation {}); give this agent another --node-name",
             i.node, other.node_ip, other.generation
         ));
+    }
+    if let Some(refusal) = i.settings_refusal {
+        return Err(refusal.to_string());
     }
     let held = match i.phase {
         Phase::Waiting => {
@@ -517,7 +523,8 @@ mod tests {
     fn serving_needs_a_held_uncontested_block_under_a_name_nobody_else_holds() {
         let held_claim = claim("10.244.1.0/24", ClaimKind::Confirmed);
         let held = Phase::Held { claim: held_claim };
-        let base = ServingInput { node: "me", phase: &held, conflicts: &[], name_in_use_by: None };
+        let base =
+            ServingInput { node: "me", phase: &held, conflicts: &[], name_in_use_by: None, settings_refusal: None };
         assert_eq!(serving(&base), Ok(held_claim));
         let waiting = Phase::Waiting;
         let claiming = Phase::Claiming {
@@ -539,6 +546,11 @@ mod tests {
             established: true,
             refused: false,
         };
+        let refusal = Refusal {
+            node: "n1".into(),
+            generation: 3,
+            rejection: Rejection::VxlanPortMismatch { ours: 8472, theirs: 4789 },
+        };
         let cases: Vec<(ServingInput<'_>, &str)> = vec![
             (ServingInput { phase: &waiting, ..base }, "settle"),
             (ServingInput { phase: &claiming, ..base }, "claiming PodCIDR 10.244.1.0/24"),
@@ -548,6 +560,11 @@ mod tests {
             (
                 ServingInput { name_in_use_by: Some(&namesake), ..base },
                 "node name me is in use by the agent at 198.51.100.7",
+            ),
+            (
+                ServingInput { settings_refusal: Some(&refusal), ..base },
+                "settings are not the cluster's (as node n1, the earliest running, announces them): \
+                 VXLAN port 4789 differs from ours (8472)",
             ),
         ];
         for (input, expected) in cases {
@@ -645,7 +662,7 @@ mod tests {
     }
 
     fn peer(name: &str, liveness: Liveness, announcement: Result<Announcement, Rejection>) -> Peer {
-        Peer { name: name.into(), generation: 1, liveness, announcement, report: None }
+        Peer { name: name.into(), generation: 1, liveness, established: true, announcement, report: None }
     }
 
     #[test]

@@ -32,6 +32,8 @@ use weft_agent::gossip::Gossip;
 use weft_agent::gossip::keys::Facts;
 use weft_agent::gossip::transport::GossipCounters;
 use weft_agent::membership::{Liveness, View};
+use weft_agent::settings;
+use weft_agent::validate::Pool;
 use weft_overlay::desired::{DEFAULT_VNI, DEFAULT_VXLAN_PORT};
 use weft_overlay::mac::Mac;
 use weft_overlay::underlay::NodeIps;
@@ -137,6 +139,11 @@ impl Sim {
             vtep_mac: Mac::derived(&name),
             vni: DEFAULT_VNI,
             vxlan_port: DEFAULT_VXLAN_PORT,
+            // As real agents announce them, for the bytes they add to the state.
+            settings: settings::encode(
+                &[Pool { cluster_cidr: "10.244.0.0/16".parse().expect("valid CIDR"), node_prefix: 29 }],
+                self.interval,
+            ),
         };
         let claim = Claim { cidr: block(k).into(), kind: ClaimKind::Confirmed, since_ms: 1 };
         let counters = GossipCounters::default();

@@ -196,6 +196,7 @@ fn measure(peers: usize, interval_ms: u64, args: &Args) -> Result<ScaleResult> {
         key_file: lab.nodes[1].path(KEY_FILE),
         cluster_cidr,
         prefix: NODE_PREFIX,
+        gossip_interval: Duration::from_millis(interval_ms),
     };
     let real_block = cluster_cidr.subnets(NODE_PREFIX).ok().and_then(|mut b| b.next()).expect("a first block");
     // The real node is node 0; node 1 only hosts the swarm. Agents get the lab's cluster key.

@@ -10,11 +10,17 @@
 //! Per N: the N nodes start together, seeded with the first three, and converge; then one node
 //! joins at a time (until every other node sees it alive) and one node is stopped at a time
 //! without a word (a crash: until every other node's detector has declared it dead); and every
-//! node's traffic is counted over a window of converged gossip.
+//! node's traffic is counted over a window of converged gossip. Then, when asked: half the nodes
+//! are cut off from the other half for a while and healed (how long until every node sees every
+//! other alive again, and how often a node's view of a peer flipped more than the cut and the
+//! heal explain: route flaps); and every node is restarted in turn, as a DaemonSet rolling
+//! update does (how long until each new generation is alive everywhere, whether any node lost
+//! sight of a peer meanwhile, and what the state and the traffic are afterwards).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chitchat::transport::ChannelTransport;
@@ -63,6 +69,13 @@ pub struct Args {
     /// Virtual seconds over which converged traffic is counted.
     #[arg(long, default_value_t = 10)]
     pub window: u64,
+    /// Cut half the nodes off from the other half for this many virtual seconds, then heal
+    /// (0: no partition).
+    #[arg(long, default_value_t = 0)]
+    pub partition_secs: u64,
+    /// Restart every node in turn.
+    #[arg(long)]
+    pub rolling_restart: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -86,6 +99,38 @@ pub struct SizeResult {
     pub bytes_out_per_s_max: f64,
     pub bytes_in_per_s_mean: f64,
     pub bytes_in_per_s_max: f64,
+    pub partition: Option<PartitionResult>,
+    pub rolling_restart: Option<RollingResult>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PartitionResult {
+    pub nodes: usize,
+    pub cut_s: f64,
+    /// From the heal until each node sees every other alive, one per node.
+    pub healed: Summary,
+    /// (node, peer) pairs whose liveness in the node's view changed more than the cut and the
+    /// heal explain (a peer on the same side: any change; across: more than down then up).
+    pub flaps: usize,
+    /// (node, peer) pairs across the cut that the node declared gone during it.
+    pub declared_gone: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RollingResult {
+    /// Per restart: from the old generation leaving until every other node sees the new one alive.
+    pub restart_seen_everywhere: Summary,
+    /// (node, peer) pairs where the node lost sight of the peer (no generation alive or leaving)
+    /// at some point of the rolling restart.
+    pub lost: usize,
+    /// The longest such gap.
+    pub longest_gap_ms: f64,
+    /// Members each node's view holds a window after the last restart (the most of any node),
+    /// and how many of them are earlier generations of a node it also holds (digest growth).
+    pub members_held_max: usize,
+    pub earlier_generations_held_max: usize,
+    /// Mean bytes/s sent per node after the rolling restart over before it.
+    pub traffic_after_over_before: f64,
 }
 
 pub fn run(args: &Args) -> Result<String> {
@@ -103,7 +148,9 @@ pub fn run(args: &Args) -> Result<String> {
 
 /// One simulated node.
 struct Node {
+    k: usize,
     name: String,
+    generation: u64,
     gossip: Gossip,
     view: watch::Receiver<View>,
     counters: GossipCounters,
@@ -115,8 +162,9 @@ struct Sim {
     transport: Arc<ChannelTransport>,
     interval: Duration,
     nodes: Vec<Node>,
-    /// Names handed out so far (a joining or restarted node gets a new one).
+    /// Names handed out so far (a joining node gets a new one).
     started: usize,
+    liveness: LivenessLog,
 }
 
 impl Sim {
@@ -124,6 +172,13 @@ impl Sim {
     async fn start(&mut self) -> Result<usize> {
         let k = self.started;
         self.started += 1;
+        let node = self.start_as(k, 1).await?;
+        self.nodes.push(node);
+        Ok(self.nodes.len() - 1)
+    }
+
+    /// Node `k`'s generation `generation`, logging its view's liveness changes.
+    async fn start_as(&self, k: usize, generation: u64) -> Result<Node> {
         let name = format!("node-{k:05}");
         let ip = address(k);
         let settings = GossipSettings {
@@ -147,14 +202,25 @@ impl Sim {
         };
         let claim = Claim { cidr: block(k).into(), kind: ClaimKind::Confirmed, since_ms: 1 };
         let counters = GossipCounters::default();
-        let gossip =
-            Gossip::start(&settings, &name, 1, facts.key_values(&[claim]), self.transport.clone(), counters.clone())
-                .await
-                .map_err(|e| LabError::Other(e.to_string()))?;
+        let kvs = facts.key_values(&[claim]);
+        let gossip = Gossip::start(&settings, &name, generation, kvs, self.transport.clone(), counters.clone())
+            .await
+            .map_err(|e| LabError::Other(e.to_string()))?;
         let cancel = CancellationToken::new();
         let (view, _observer) = gossip.observe(cancel.clone());
-        self.nodes.push(Node { name, gossip, view, counters, cancel });
-        Ok(self.nodes.len() - 1)
+        self.liveness.follow(&name, view.clone(), cancel.clone());
+        Ok(Node { k, name, generation, gossip, view, counters, cancel })
+    }
+
+    /// Restarts node `i` as an agent upgrade does: it announces leaving, stops, and starts
+    /// again under its name and address with the next generation.
+    async fn restart(&mut self, i: usize) -> Result<()> {
+        let old = self.nodes.remove(i);
+        old.cancel.cancel();
+        old.gossip.leave().await;
+        let new = self.start_as(old.k, old.generation + 1).await?;
+        self.nodes.insert(i, new);
+        Ok(())
     }
 
     /// Stops node `i` without a word (its socket closes; peers hear nothing more).
@@ -177,13 +243,73 @@ fn block(k: usize) -> Ipv4Net {
     Ipv4Net::new(Ipv4Addr::from(base + 8 * (k as u32 % 8192)), 29).expect("valid prefix")
 }
 
+/// Every change in which peers a node's view holds live (a generation alive or leaving: what an
+/// agent programs), at its virtual time.
+#[derive(Clone, Default)]
+struct LivenessLog(Arc<Mutex<Vec<Change>>>);
+
+#[derive(Debug, Clone)]
+struct Change {
+    at: Instant,
+    observer: String,
+    peer: String,
+    live: bool,
+}
+
+impl LivenessLog {
+    /// Logs `observer`'s view until `cancel`; its first view counts as peers becoming live.
+    fn follow(&self, observer: &str, mut view: watch::Receiver<View>, cancel: CancellationToken) {
+        let (log, observer) = (self.clone(), observer.to_string());
+        tokio::spawn(async move {
+            let mut before = BTreeSet::new();
+            loop {
+                let live: BTreeSet<String> = view
+                    .borrow_and_update()
+                    .members
+                    .iter()
+                    .filter(|m| m.liveness.programmable())
+                    .map(|m| m.name.clone())
+                    .collect();
+                let at = Instant::now();
+                log.0.lock().expect("not poisoned").extend(before.symmetric_difference(&live).map(|peer| Change {
+                    at,
+                    observer: observer.clone(),
+                    peer: peer.clone(),
+                    live: live.contains(peer),
+                }));
+                before = live;
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    changed = view.changed() => if changed.is_err() { return },
+                }
+            }
+        });
+    }
+
+    /// The changes since `since`, per (observer, peer), in order.
+    fn since(&self, since: Instant) -> BTreeMap<(String, String), Vec<(Instant, bool)>> {
+        let mut pairs: BTreeMap<(String, String), Vec<(Instant, bool)>> = BTreeMap::new();
+        for c in self.0.lock().expect("not poisoned").iter().filter(|c| c.at >= since) {
+            pairs.entry((c.observer.clone(), c.peer.clone())).or_default().push((c.at, c.live));
+        }
+        pairs
+    }
+}
+
+/// A view in which every one of `names` but the viewer itself is alive.
+fn sees_all_alive(names: Vec<String>) -> impl Fn(&View) -> bool + Clone + Send + Sync + 'static {
+    move |v: &View| {
+        v.members.iter().filter(|m| m.liveness == Liveness::Alive && names.contains(&m.name)).count() + 1 >= names.len()
+    }
+}
+
 fn liveness(view: &View, name: &str) -> Option<Liveness> {
     view.members.iter().filter(|m| m.name == name).map(|m| m.liveness).max_by_key(|l| *l == Liveness::Alive)
 }
 
 /// How long each of `nodes` takes, from now, until `done` holds for its view (virtual time).
-async fn each_sees(
-    nodes: &[Node],
+async fn each_sees<'a>(
+    nodes: impl IntoIterator<Item = &'a Node>,
     done: impl Fn(&View) -> bool + Clone + Send + Sync + 'static,
 ) -> Result<Vec<Duration>> {
     let start = Instant::now();
@@ -195,7 +321,7 @@ async fn each_sees(
             Some(start.elapsed())
         });
     }
-    let mut times = Vec::with_capacity(nodes.len());
+    let mut times = Vec::new();
     while let Some(joined) = waits.join_next().await {
         let t = joined.map_err(LabError::other)?;
         times.push(t.ok_or_else(|| LabError::Other(format!("not seen within {EVENT_LIMIT:?} (virtual)")))?);
@@ -209,15 +335,13 @@ async fn simulate(n: usize, args: &Args) -> Result<SizeResult> {
         interval: Duration::from_millis(args.interval_ms),
         nodes: Vec::new(),
         started: 0,
+        liveness: LivenessLog::default(),
     };
     let t0 = Instant::now();
     for _ in 0..n {
         sim.start().await?;
     }
-    let names: Vec<String> = sim.nodes.iter().map(|node| node.name.clone()).collect();
-    let all_alive = move |v: &View| {
-        v.members.iter().filter(|m| m.liveness == Liveness::Alive && names.contains(&m.name)).count() + 1 >= names.len()
-    };
+    let all_alive = sees_all_alive(sim.nodes.iter().map(|node| node.name.clone()).collect());
     tokio::time::timeout(CONVERGE_LIMIT, async {
         for node in &sim.nodes {
             node.view.clone().wait_for(|v| all_alive(v)).await.map_err(LabError::other)?;
@@ -248,11 +372,19 @@ async fn simulate(n: usize, args: &Args) -> Result<SizeResult> {
         withdrawal_everywhere.push(times.iter().copied().max().unwrap_or_default());
         withdrawal_per_node.extend(times);
     }
+    let partition = match args.partition_secs {
+        0 => None,
+        secs => Some(partition(&sim, Duration::from_secs(secs), Duration::from_secs(args.window)).await?),
+    };
+    let before = mean(&bytes_out);
+    let rolling_restart = match args.rolling_restart {
+        false => None,
+        true => Some(rolling_restart(&mut sim, Duration::from_secs(args.window), before).await?),
+    };
     for node in sim.nodes.drain(..) {
         node.cancel.cancel();
         node.gossip.abort().await;
     }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     Ok(SizeResult {
         nodes: n,
@@ -265,6 +397,102 @@ async fn simulate(n: usize, args: &Args) -> Result<SizeResult> {
         bytes_out_per_s_max: max(&bytes_out),
         bytes_in_per_s_mean: mean(&bytes_in),
         bytes_in_per_s_max: max(&bytes_in),
+        partition,
+        rolling_restart,
+    })
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// Cuts the first half of the nodes off from the second for `cut`, heals, and watches for
+/// `settle` after every node sees every other alive again.
+async fn partition(sim: &Sim, cut: Duration, settle: Duration) -> Result<PartitionResult> {
+    let half = sim.nodes.len() / 2;
+    let addr = |node: &Node| SocketAddr::new(address(node.k), PORT);
+    let (left, right) = sim.nodes.split_at(half);
+    let start = Instant::now();
+    for a in left {
+        for b in right {
+            sim.transport.remove_link(addr(a), addr(b)).await;
+        }
+    }
+    tokio::time::sleep(cut).await;
+    for a in left {
+        for b in right {
+            sim.transport.add_link(addr(a), addr(b)).await;
+        }
+    }
+    let healed = each_sees(&sim.nodes, sees_all_alive(sim.nodes.iter().map(|n| n.name.clone()).collect())).await?;
+    tokio::time::sleep(settle).await;
+    let is_left: BTreeMap<&str, bool> =
+        sim.nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i < half)).collect();
+    let (mut flaps, mut declared_gone) = (0, 0);
+    for ((observer, peer), changes) in sim.liveness.since(start) {
+        // Nodes that crashed earlier are in the log too: only the present ones count.
+        let (Some(o), Some(p)) = (is_left.get(observer.as_str()), is_left.get(peer.as_str())) else { continue };
+        let across = o != p;
+        // Across the cut: gone once, back once. On the same side: nothing.
+        let explained = if across { 2 } else { 0 };
+        flaps += changes.len().saturating_sub(explained);
+        declared_gone += usize::from(across && changes.first().is_some_and(|(_, live)| !live));
+    }
+    Ok(PartitionResult {
+        nodes: sim.nodes.len(),
+        cut_s: cut.as_secs_f64(),
+        healed: Summary::of(&healed),
+        flaps,
+        declared_gone,
+    })
+}
+
+/// Restarts every node in turn, each once every other node sees its new generation alive; then
+/// lets `window` pass and counts what the views hold and the traffic over another `window`.
+async fn rolling_restart(sim: &mut Sim, window: Duration, out_before: f64) -> Result<RollingResult> {
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    for i in 0..sim.nodes.len() {
+        let began = Instant::now();
+        sim.restart(i).await?;
+        let (name, generation) = (sim.nodes[i].name.clone(), sim.nodes[i].generation);
+        let others = sim.nodes.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, n)| n);
+        each_sees(others, move |v| {
+            v.members.iter().any(|m| m.name == name && m.generation == generation && m.liveness == Liveness::Alive)
+        })
+        .await?;
+        seen.push(began.elapsed());
+    }
+    tokio::time::sleep(window).await;
+    let now = Instant::now();
+    let (mut lost, mut longest_gap) = (0, Duration::ZERO);
+    for changes in sim.liveness.since(start).values() {
+        let gaps: Vec<Duration> = changes
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, live))| !live)
+            .map(|(j, (at, _))| changes.get(j + 1).map_or(now, |(back, _)| *back).duration_since(*at))
+            .collect();
+        lost += usize::from(!gaps.is_empty());
+        longest_gap = gaps.into_iter().fold(longest_gap, Duration::max);
+    }
+    let held: Vec<(usize, usize)> = sim
+        .nodes
+        .iter()
+        .map(|n| {
+            let view = n.view.borrow();
+            let names: BTreeSet<&str> = view.members.iter().map(|m| m.name.as_str()).collect();
+            (view.members.len(), view.members.len() - names.len())
+        })
+        .collect();
+    let (out_after, _) = traffic(sim, window).await;
+    Ok(RollingResult {
+        restart_seen_everywhere: Summary::of(&seen),
+        lost,
+        longest_gap_ms: longest_gap.as_secs_f64() * 1e3,
+        members_held_max: held.iter().map(|h| h.0).max().unwrap_or(0),
+        earlier_generations_held_max: held.iter().map(|h| h.1).max().unwrap_or(0),
+        traffic_after_over_before: mean(&out_after) / out_before,
     })
 }
 
@@ -310,6 +538,49 @@ fn table(args: &Args, results: &[SizeResult]) -> String {
             r.bytes_in_per_s_max / 1000.0,
         );
     }
+    let partitions: Vec<&PartitionResult> = results.iter().filter_map(|r| r.partition.as_ref()).collect();
+    if !partitions.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nhalf the nodes cut off from the other half, then healed\n\n\
+             | nodes | cut | healed: per node p50 / max | pairs declared gone across the cut | flaps |\n|---|---|---|---|---|"
+        );
+        for p in partitions {
+            let _ = writeln!(
+                out,
+                "| {} | {:.0} s | {:.2} / {:.2} s | {} | {} |",
+                p.nodes,
+                p.cut_s,
+                p.healed.median_ms / 1000.0,
+                p.healed.max_ms / 1000.0,
+                p.declared_gone,
+                p.flaps
+            );
+        }
+    }
+    let rolling: Vec<(usize, &RollingResult)> =
+        results.iter().filter_map(|r| Some((r.nodes, r.rolling_restart.as_ref()?))).collect();
+    if !rolling.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nevery node restarted in turn (leave, start with the next generation)\n\n\
+             | nodes | new generation alive everywhere p50 / max | pairs that lost sight (longest gap) | \
+             members held after, most (earlier generations among them) | traffic after / before |\n|---|---|---|---|---|"
+        );
+        for (n, r) in rolling {
+            let _ = writeln!(
+                out,
+                "| {n} | {:.2} / {:.2} s | {} ({:.0} ms) | {} ({}) | {:.2}× |",
+                r.restart_seen_everywhere.median_ms / 1000.0,
+                r.restart_seen_everywhere.max_ms / 1000.0,
+                r.lost,
+                r.longest_gap_ms,
+                r.members_held_max,
+                r.earlier_generations_held_max,
+                r.traffic_after_over_before
+            );
+        }
+    }
     out
 }
 
@@ -319,7 +590,15 @@ mod tests {
 
     #[test]
     fn a_small_cluster_converges_and_every_join_and_crash_is_seen_by_every_node() {
-        let args = Args { nodes: vec![6], interval_ms: 100, repeats: 2, window: 1, json: true };
+        let args = Args {
+            nodes: vec![6],
+            interval_ms: 100,
+            repeats: 2,
+            window: 1,
+            partition_secs: 0,
+            rolling_restart: false,
+            json: true,
+        };
         let results: Vec<serde_json::Value> = serde_json::from_str(&run(&args).unwrap()).unwrap();
         let r = &results[0];
         // Two joins seen by the 6 nodes present each time; two crashes seen by the 6 left each time.
@@ -328,5 +607,29 @@ mod tests {
         // A crash is declared only after some heartbeats were missed; gossip flowed both ways.
         assert!(r["withdrawal_per_node"]["min_ms"].as_f64().unwrap() >= 100.0, "{r}");
         assert!(r["bytes_out_per_s_mean"].as_f64().unwrap() > 0.0 && r["bytes_in_per_s_mean"].as_f64().unwrap() > 0.0);
+    }
+
+    #[test]
+    fn a_partition_is_declared_and_healed_and_a_rolling_restart_keeps_the_membership() {
+        let args = Args {
+            nodes: vec![6],
+            interval_ms: 100,
+            repeats: 1,
+            window: 5,
+            partition_secs: 10,
+            rolling_restart: true,
+            json: true,
+        };
+        let results: Vec<serde_json::Value> = serde_json::from_str(&run(&args).unwrap()).unwrap();
+        let p = &results[0]["partition"];
+        // 6 nodes, 3 on each side: every node declares the 3 across the cut gone within 10 s.
+        assert_eq!(p["declared_gone"], 18, "{p}");
+        assert_eq!(p["healed"]["n"], 6, "{p}");
+        assert_eq!(p["flaps"], 0, "{p}");
+        let r = &results[0]["rolling_restart"];
+        assert_eq!(r["restart_seen_everywhere"]["n"], 6, "{r}");
+        assert_eq!(r["lost"], 0, "a node lost sight of a restarting peer: {r}");
+        // The earlier generations are gone from every view: the digest did not grow.
+        assert_eq!(r["earlier_generations_held_max"], 0, "{r}");
     }
 }

@@ -13,7 +13,7 @@ use crate::cleanup::{CleanupOptions, CleanupReport, plan_cleanup};
 use crate::desired::Desired;
 use crate::execute::{self, Aborted};
 use crate::firewall;
-use crate::incremental::{Devices, plan_incremental};
+use crate::incremental::{Applied, Devices, plan_incremental};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::nft::{NftError, NftSocket};
 use crate::plan::{PlanError, plan};
@@ -41,13 +41,6 @@ pub struct Dataplane {
     nft: NftSocket,
     /// Held by each call; what the kernel holds since the last successful apply, if it was.
     busy: Mutex<Option<Applied>>,
-}
-
-/// A desired state the kernel was brought to without a failure, and the indexes learned then.
-#[derive(Debug)]
-struct Applied {
-    desired: Desired,
-    devices: Devices,
 }
 
 impl Dataplane {
@@ -81,8 +74,9 @@ impl Dataplane {
         };
         let outcome = execute::run(self.kernel(), plan).await.map_err(DataplaneError::Device)?;
         let devices = Devices { vxlan: outcome.vxlan_index.clone(), underlay };
-        *applied =
-            report_outcome(&mut report, outcome, start, "full").then(|| Applied { desired: desired.clone(), devices });
+        if report_outcome(&mut report, outcome, start, "full") {
+            *applied = Applied::new(desired.clone(), devices);
+        }
         Ok(report)
     }
 
@@ -96,16 +90,14 @@ impl Dataplane {
         let mut applied = self.busy.lock().await;
         let start = Instant::now();
         let Some(last) = applied.take() else { return Ok(None) };
-        let Some(plan) = plan_incremental(&last.desired, desired, &last.devices) else {
+        let Some((plan, now)) = plan_incremental(&last, desired) else {
             *applied = Some(last);
             return Ok(None);
         };
         let mut report =
             ApplyReport { unchanged: plan.unchanged, rejected: plan.rejected.clone(), ..ApplyReport::default() };
         let outcome = execute::run(self.kernel(), plan).await.map_err(DataplaneError::Device)?;
-        let devices = last.devices;
-        *applied = report_outcome(&mut report, outcome, start, "incremental")
-            .then(|| Applied { desired: desired.clone(), devices });
+        *applied = report_outcome(&mut report, outcome, start, "incremental").then_some(now);
         Ok(Some(report))
     }
 

@@ -17,7 +17,7 @@ use crate::nft::elements::ElementChanges;
 use crate::objects::{FdbEntry, Neighbour};
 use crate::plan::{Builder, Dev, Op, PeerObjects, Plan, RouteSpec, Stage, Tally, rejected};
 use crate::underlay::Family;
-use crate::validate::validate;
+use crate::validate::{Validated, validate};
 
 /// More changed peers than this take a full apply.
 pub const MAX_CHANGED_PEERS: usize = 64;
@@ -57,21 +57,58 @@ impl<'p> Owned<'p> {
     }
 }
 
-/// The plan of a partial sync from `prev` (applied in full, or partially on top of such an
-/// apply, without failures) to `next`; `None` when a full apply is needed: the local node
-/// changed, too many peers changed, or a device index is not known.
-pub fn plan_incremental(prev: &Desired, next: &Desired, devices: &Devices) -> Option<Plan> {
-    if prev.local != next.local {
+/// A desired state the kernel holds (applied in full, or partially on top of such an apply,
+/// without failures), with what the partial sync from it needs: which of its peers are valid
+/// (kept, so that each sync validates only the new state) and the device indexes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub desired: Desired,
+    /// Indexes into `desired.peers`.
+    valid: Vec<usize>,
+    pub devices: Devices,
+}
+
+impl Applied {
+    /// `None` when the local node is invalid (nothing was applied then).
+    pub fn new(desired: Desired, devices: Devices) -> Option<Applied> {
+        let valid = valid_indexes(&desired, &validate(&desired).ok()?);
+        Some(Applied { desired, valid, devices })
+    }
+
+    fn peers(&self) -> Vec<&Peer> {
+        self.valid.iter().map(|&i| &self.desired.peers[i]).collect()
+    }
+}
+
+/// The positions of the valid peers in `desired.peers` (validation keeps their order).
+fn valid_indexes(desired: &Desired, valid: &Validated<'_>) -> Vec<usize> {
+    let mut kept = valid.peers.iter().peekable();
+    let mut out = Vec::with_capacity(valid.peers.len());
+    for (i, p) in desired.peers.iter().enumerate() {
+        if kept.next_if(|v| std::ptr::eq(**v, p)).is_some() {
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// The plan of a partial sync from `prev` to `next`, and `next` as applied once it succeeds;
+/// `None` when a full apply is needed: the local node changed, too many peers changed, or a
+/// device index is not known.
+pub fn plan_incremental(prev: &Applied, next: &Desired) -> Option<(Plan, Applied)> {
+    let devices = &prev.devices;
+    if prev.desired.local != next.local {
         return None;
     }
     // The local node is unchanged, so valid before means valid now: an error is not expected.
-    let (before, after) = (validate(prev).ok()?, validate(next).ok()?);
-    let gone = changed(&before.peers, &after.peers);
-    let came = changed(&after.peers, &before.peers);
+    let before = prev.peers();
+    let after = validate(next).ok()?;
+    let gone = changed(&before, &after.peers);
+    let came = changed(&after.peers, &before);
     if gone.len() + came.len() > MAX_CHANGED_PEERS {
         return None;
     }
-    let old: Vec<Owned<'_>> = gone.iter().map(|p| Owned::of(prev, p, devices)).collect::<Option<_>>()?;
+    let old: Vec<Owned<'_>> = gone.iter().map(|p| Owned::of(&prev.desired, p, devices)).collect::<Option<_>>()?;
     let new: Vec<Owned<'_>> = came.iter().map(|p| Owned::of(next, p, devices)).collect::<Option<_>>()?;
     let vxlan = |family: Family| devices.vxlan.get(&family).copied();
     if old.iter().chain(&new).any(|o| o.objects.tunnelled() && vxlan(o.family).is_none()) {
@@ -144,7 +181,7 @@ pub fn plan_incremental(prev: &Desired, next: &Desired, devices: &Devices) -> Op
     // The VXLAN allow-list holds every valid peer's node IP; several peers may share one.
     let mut elements: BTreeMap<Family, ElementChanges> = BTreeMap::new();
     let holds = |peers: &[&Peer], ip: IpAddr| peers.iter().any(|p| p.node_ip == ip);
-    for ip in dedup(came.iter().map(|p| p.node_ip)).filter(|ip| !holds(&before.peers, *ip)) {
+    for ip in dedup(came.iter().map(|p| p.node_ip)).filter(|ip| !holds(&before, *ip)) {
         elements.entry(Family::of(ip)).or_default().added.push(ip);
     }
     for ip in dedup(gone.iter().map(|p| p.node_ip)).filter(|ip| !holds(&after.peers, *ip)) {
@@ -156,14 +193,16 @@ pub fn plan_incremental(prev: &Desired, next: &Desired, devices: &Devices) -> Op
         b.push(Stage::NeighboursAndFdb, op, tally, None);
     }
 
-    Some(Plan {
+    let plan = Plan {
         unchanged: b.unchanged,
         stages: b.stages(),
         vxlan_index: devices.vxlan.clone(),
         underlay_index: devices.underlay.clone(),
         rejected: rejected(&after),
         failures: Vec::new(),
-    })
+    };
+    let valid = valid_indexes(next, &after);
+    Some((plan, Applied { desired: next.clone(), valid, devices: devices.clone() }))
 }
 
 /// The peers of `these` that `others` has not, or not as they are (peer names are unique
@@ -198,8 +237,13 @@ mod tests {
     }
 
     /// The plan's writes as "verb object", sorted, with the tally of each.
+    /// The plan from `prev`, applied on the test kernel's devices, to `next`.
+    fn partial(prev: &Desired, next: &Desired, devices: Devices) -> Option<Plan> {
+        Some(plan_incremental(&Applied::new(prev.clone(), devices)?, next)?.0)
+    }
+
     fn writes(prev: &Desired, next: &Desired) -> Vec<(String, Tally)> {
-        let plan = plan_incremental(prev, next, &devices(prev)).expect("an incremental plan");
+        let plan = partial(prev, next, devices(prev)).expect("an incremental plan");
         let mut out: Vec<(String, Tally)> = plan
             .steps()
             .map(|s| {
@@ -257,7 +301,7 @@ mod tests {
             ]
         );
         // Removal order as in a full apply: the route before the entries it points through.
-        let plan = plan_incremental(&prev, &next, &devices(&prev)).unwrap();
+        let plan = partial(&prev, &next, devices(&prev)).unwrap();
         let stage = |pred: fn(&Op) -> bool| plan.stages.iter().position(|s| s.iter().any(|st| pred(&st.op)));
         assert!(stage(|o| matches!(o, Op::DeleteRoute(_))) < stage(|o| matches!(o, Op::DeleteFdb(..))));
         assert!(stage(|o| matches!(o, Op::DeleteFdb(..))) < stage(|o| matches!(o, Op::DeleteNeighbour(..))));
@@ -408,11 +452,11 @@ mod tests {
         let prev = desired_with(&[2, 3]);
         let mut next = prev.clone();
         next.peers.push(Peer { name: "twin".into(), ..prev.peers[0].clone() });
-        let plan = plan_incremental(&prev, &next, &devices(&prev)).unwrap();
+        let plan = partial(&prev, &next, devices(&prev)).unwrap();
         // n2 and its twin conflict: both rejected, so n2's entries go.
         assert_eq!(plan.rejected.len(), 2);
         assert!(plan.steps().all(|s| s.tally.created == 0 && s.tally.changed == 0));
-        assert!(plan_incremental(&prev, &prev, &devices(&prev)).unwrap().stages.is_empty());
+        assert!(partial(&prev, &prev, devices(&prev)).unwrap().stages.is_empty());
     }
 
     #[test]
@@ -420,11 +464,11 @@ mod tests {
         let prev = desired_with(&[2, 3]);
         let mut local = prev.clone();
         local.local.mtu = 1400;
-        assert_eq!(plan_incremental(&prev, &local, &devices(&prev)), None);
+        assert_eq!(partial(&prev, &local, devices(&prev)), None);
         let many: Vec<u8> = (2..=2 + MAX_CHANGED_PEERS as u8).collect();
         let none = desired_with(&[]);
-        assert_eq!(plan_incremental(&none, &desired_with(&many), &devices(&prev)), None);
-        assert!(plan_incremental(&none, &desired_with(&many[1..]), &devices(&prev)).is_some());
-        assert_eq!(plan_incremental(&prev, &desired_with(&[2]), &Devices::default()), None);
+        assert_eq!(partial(&none, &desired_with(&many), devices(&prev)), None);
+        assert!(partial(&none, &desired_with(&many[1..]), devices(&prev)).is_some());
+        assert_eq!(partial(&prev, &desired_with(&[2]), Devices::default()), None);
     }
 }

@@ -17,7 +17,7 @@ use proptest::prelude::*;
 use crate::desired::vtep_of;
 use crate::desired::{Desired, LocalNode, Peer, PeerPath};
 use crate::firewall;
-use crate::incremental::{Devices, plan_incremental};
+use crate::incremental::{Applied, Devices, plan_incremental};
 use crate::mac::Mac;
 use crate::objects::{FdbEntry, Link, LinkChange, MAIN_TABLE, Neighbour, Route, VxlanSpec, WEFT_ROUTE_PROTOCOL};
 use crate::plan::tests::{CNI0, ETH0, VXLAN, converged, fdb_of, link, neighbour_of};
@@ -662,7 +662,9 @@ proptest! {
     fn an_incremental_plan_leaves_the_kernel_a_full_apply_would((prev, next) in change()) {
         let kernel = converged(&Desired { peers: valid_peers(&prev), ..prev.clone() });
         let devices = Devices { vxlan: [(Family::Ipv4, VXLAN)].into(), underlay: [(Family::Ipv4, ETH0)].into() };
-        let partial = plan_incremental(&prev, &next, &devices).expect("only peers changed, and few");
+        let applied = Applied::new(prev.clone(), devices).expect("a valid local node");
+        let (partial, now) = plan_incremental(&applied, &next).expect("only peers changed, and few");
+        prop_assert_eq!(Some(now), Applied::new(next.clone(), applied.devices.clone()));
         prop_assert_eq!(&partial.rejected, &plan(&next, &kernel).unwrap().rejected);
         for order in [InStage::AsPlanned, InStage::Reversed] {
             let after = apply(&partial, &kernel, &next, order);

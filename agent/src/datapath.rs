@@ -29,6 +29,12 @@ pub struct CleanupSummary {
 #[async_trait]
 pub trait Datapath: Send + Sync + 'static {
     async fn apply(&self, desired: &Desired) -> Result<ApplyReport, DatapathError>;
+    /// The same by writing only what changed since the last apply, without reading the kernel
+    /// back; `None` when this datapath cannot tell what to write (it keeps no such state, its
+    /// last apply failed, or more than a few peers changed): then `apply` is due.
+    async fn apply_incremental(&self, _desired: &Desired) -> Result<Option<ApplyReport>, DatapathError> {
+        Ok(None)
+    }
     /// Removes everything weft put into the kernel; the bridge only while no pod is attached to
     /// it, unless `force`.
     async fn cleanup(&self, force: bool) -> Result<CleanupSummary, DatapathError>;
@@ -47,6 +53,10 @@ struct Kernel(Dataplane);
 impl Datapath for Kernel {
     async fn apply(&self, desired: &Desired) -> Result<ApplyReport, DatapathError> {
         self.0.apply(desired).await.map_err(|e| DatapathError::Kernel(Box::new(e)))
+    }
+
+    async fn apply_incremental(&self, desired: &Desired) -> Result<Option<ApplyReport>, DatapathError> {
+        self.0.apply_incremental(desired).await.map_err(|e| DatapathError::Kernel(Box::new(e)))
     }
 
     async fn cleanup(&self, force: bool) -> Result<CleanupSummary, DatapathError> {
@@ -94,6 +104,10 @@ where
 {
     async fn apply(&self, desired: &Desired) -> Result<ApplyReport, DatapathError> {
         self.get().await?.apply(desired).await
+    }
+
+    async fn apply_incremental(&self, desired: &Desired) -> Result<Option<ApplyReport>, DatapathError> {
+        self.get().await?.apply_incremental(desired).await
     }
 
     async fn cleanup(&self, force: bool) -> Result<CleanupSummary, DatapathError> {

@@ -22,9 +22,10 @@ use weft_overlay::{ApplyReport, Mac};
 use crate::allocation::{Allocator, Claim, Conflict, Outcome, Phase, StepInput};
 use crate::clock::unix_ms;
 use crate::config::Config;
-use crate::datapath::Datapath;
+use crate::datapath::{Datapath, DatapathError};
 use crate::files::{self, Lease};
 use crate::gossip::{Publisher, keys};
+use crate::http::metrics::ApplyKind;
 use crate::http::status::{
     self, IpamUse, NamesakeStatus, ReadinessInput, ReconcileStatus, ServingInput, Status, StrandedPods,
 };
@@ -248,7 +249,10 @@ impl Controller {
         if let (Ok(held), true) = (&serving, settled) {
             let desired = self.desired(held, &verdicts);
             if resync || self.apply_due(&desired, now) {
-                self.apply(desired).await;
+                // In full on the resync timer and while a failed apply awaits its retry;
+                // otherwise only the change, when the datapath can tell it.
+                let full = resync || self.retry.is_some();
+                self.apply(desired, full).await;
             }
         }
         let reserved = self.pod_addresses();
@@ -526,19 +530,20 @@ impl Controller {
         self.last_attempt.as_ref() != Some(desired) || self.retry.is_some_and(|(at, _)| now >= at)
     }
 
-    async fn apply(&mut self, desired: Desired) {
+    async fn apply(&mut self, desired: Desired, full: bool) {
         let started = Instant::now();
         let at = SystemTime::now();
-        let result = self.datapath.apply(&desired).await;
-        let took = started.elapsed();
-        let (report, error) = match result {
-            Ok(report) => {
-                let error = failure_summary(&report);
-                (Some(report), error)
+        let incremental = if full { None } else { self.apply_incremental(&desired).await };
+        let (report, error) = match incremental {
+            Some(report) => (Some(report), None),
+            None => {
+                let start = Instant::now();
+                let (report, error) = outcome(self.datapath.apply(&desired).await);
+                self.shared.metrics.observe_apply(ApplyKind::Full, start.elapsed(), report.as_ref(), error.is_some());
+                (report, error)
             }
-            Err(e) => (None, Some(e.to_string())),
         };
-        self.shared.metrics.observe_apply(took, report.as_ref(), error.is_some());
+        let took = started.elapsed();
         if let Some(report) = &report {
             // A peer the datapath refused (a MAC it shares with another) is not programmed either.
             let failed: BTreeSet<&str> =
@@ -575,6 +580,26 @@ impl Controller {
             changed
         });
         self.last_attempt = Some(desired);
+    }
+
+    /// Writes only the change since the last apply: its report, or `None` when a full apply is
+    /// due: the datapath cannot tell the change, or writing it failed (the full apply then
+    /// repairs whatever it left, at once).
+    async fn apply_incremental(&self, desired: &Desired) -> Option<ApplyReport> {
+        let start = Instant::now();
+        let (report, error) = match self.datapath.apply_incremental(desired).await {
+            Ok(None) => return None,
+            Ok(Some(report)) => outcome(Ok(report)),
+            Err(e) => outcome(Err(e)),
+        };
+        self.shared.metrics.observe_apply(ApplyKind::Incremental, start.elapsed(), report.as_ref(), error.is_some());
+        match error {
+            None => report,
+            Some(e) => {
+                tracing::info!(error = %e, "incremental datapath apply failed: applying in full");
+                None
+            }
+        }
     }
 
     /// Logs and counts each rejected announcement once, when it first shows up.
@@ -754,6 +779,17 @@ fn log_outcome(outcome: &Outcome) {
 }
 
 /// A report with failed writes is a failed reconcile: say which, briefly.
+/// An apply's report, if it got that far, and what failed, if anything did.
+fn outcome(result: Result<ApplyReport, DatapathError>) -> (Option<ApplyReport>, Option<String>) {
+    match result {
+        Ok(report) => {
+            let error = failure_summary(&report);
+            (Some(report), error)
+        }
+        Err(e) => (None, Some(e.to_string())),
+    }
+}
+
 fn failure_summary(report: &ApplyReport) -> Option<String> {
     const SHOWN: usize = 3;
     let first = report.failures.first()?;

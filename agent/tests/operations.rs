@@ -57,6 +57,39 @@ async fn a_failing_datapath_is_retried_with_backoff_and_reported() {
     c.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_changes_apply_incrementally_and_resyncs_and_failures_in_full() {
+    let mut c = Cluster::new();
+    c.add("a").resync_interval = Duration::from_secs(3);
+    c.start("a").await;
+    c.datapath("a").allow_incremental();
+    wait_until(CONVERGE, "a ready", || c.ready("a")).await;
+    assert_eq!(c.datapath("a").kinds().first(), Some(&("full", false)), "the first apply is a full one");
+    // A peer joins: only the change is written.
+    c.add_and_start(&["b"]).await;
+    wait_until(CONVERGE, "a programs b", || c.datapath("a").programmed().contains_key("b")).await;
+    wait_until(CONVERGE, "an incremental apply", || c.datapath("a").kinds().contains(&("incremental", false))).await;
+    // The resync timer applies in full although nothing changed.
+    let before = c.datapath("a").kinds().len();
+    wait_until(CONVERGE, "a resync", || c.datapath("a").kinds()[before..].contains(&("full", false))).await;
+    // A failed incremental apply is followed at once by a full one, not by a retry later.
+    c.datapath("a").fail_next_incremental(1);
+    let before = c.datapath("a").kinds().len();
+    c.add_and_start(&["d"]).await;
+    wait_until(CONVERGE, "a programs d", || c.datapath("a").programmed().contains_key("d")).await;
+    let kinds = c.datapath("a").kinds()[before..].to_vec();
+    let failed = kinds.iter().position(|k| *k == ("incremental", true)).expect("the injected failure");
+    assert_eq!(kinds.get(failed + 1), Some(&("full", false)), "{kinds:?}");
+    let metrics = c.metrics("a");
+    for line in [
+        "weft_reconcile_duration_seconds_count{kind=\"full\"}",
+        "weft_reconcile_duration_seconds_count{kind=\"incremental\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    c.shutdown().await;
+}
+
 fn get(agent: &ureq::Agent, url: &str) -> (u16, String) {
     let mut response = agent.get(url).call().unwrap();
     let code = response.status().as_u16();

@@ -49,6 +49,8 @@ pub struct Outcome {
     /// The objects written, e.g. "route 10.244.2.0/24".
     pub done: Vec<String>,
     pub failures: Vec<Failure>,
+    /// The index of each VXLAN device after the run: the adopted ones and those it created.
+    pub vxlan_index: BTreeMap<Family, u32>,
 }
 
 /// The kernel connections the steps write through.
@@ -102,6 +104,7 @@ pub async fn run(kernel: Kernel<'_>, plan: Plan) -> Result<Outcome, Box<Aborted>
             vxlan.insert(family, index);
         }
     }
+    outcome.vxlan_index = vxlan;
     Ok(outcome)
 }
 

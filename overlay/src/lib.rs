@@ -2,7 +2,9 @@
 //!
 //! [`Dataplane::apply`] reads the kernel ([`snapshot`]), decides in a pure function ([`plan`])
 //! and carries the plan out ([`execute`]), all over the plain kernel objects of [`objects`]; only
-//! [`netlink`] speaks to the kernel. See docs/datapath.md for what is programmed and why.
+//! [`netlink`] speaks to the kernel. [`Dataplane::apply_incremental`] writes a small peer change
+//! from what the last full apply left, without reading the kernel ([`incremental`]). See
+//! docs/datapath.md for what is programmed and why.
 
 pub mod bridge;
 pub mod cleanup;
@@ -10,6 +12,7 @@ pub mod dataplane;
 pub mod desired;
 pub mod execute;
 pub mod firewall;
+pub mod incremental;
 pub mod mac;
 pub mod netlink;
 pub mod netlink_sync;

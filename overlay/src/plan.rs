@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::desired::{Desired, LocalNode, UnderlayAddr, vtep_of};
+use crate::desired::{Desired, LocalNode, Peer, UnderlayAddr, vtep_of};
 use crate::firewall;
 use crate::mac::Mac;
 use crate::nft::elements::ElementChanges;
@@ -25,7 +25,7 @@ use crate::report::Failure;
 use crate::snapshot::{Kernel, RP_FILTER_LOOSE};
 use crate::sysctl;
 use crate::underlay::Family;
-use crate::validate::{InvalidLocal, validate};
+use crate::validate::{InvalidLocal, Validated, validate};
 
 /// A device an operation acts on. A VXLAN device's index is unknown until it exists, so
 /// operations on it name it by family and the executor fills the index in.
@@ -183,6 +183,8 @@ pub struct Plan {
     pub stages: Vec<Vec<Step>>,
     /// The index of each VXLAN device that is adopted; one the plan creates is not in it.
     pub vxlan_index: BTreeMap<Family, u32>,
+    /// The index of each underlay family's link (direct routes go out on it).
+    pub underlay_index: BTreeMap<Family, u32>,
     /// Desired objects the kernel already has right.
     pub unchanged: usize,
     /// Peers left out as invalid.
@@ -211,7 +213,7 @@ pub enum PlanError {
 /// A step never destroys what a later one relies on or what the plan counts unchanged: the
 /// kernel's own flushes (see `plan_vxlan`) are either avoided by the order or planned for.
 #[derive(Clone, Copy)]
-enum Stage {
+pub(crate) enum Stage {
     /// Deleting a vxlan0 that must be recreated.
     DeviceDelete,
     /// vxlan0 itself, cni0, forwarding, weft's table.
@@ -232,13 +234,22 @@ enum Stage {
 
 const STAGES: usize = Stage::NeighbourRemovals as usize + 1;
 
-struct Builder {
+pub(crate) struct Builder {
     stages: [Vec<Step>; STAGES],
-    unchanged: usize,
+    pub(crate) unchanged: usize,
 }
 
 impl Builder {
-    fn push(&mut self, stage: Stage, op: Op, tally: Tally, peer: Option<&str>) {
+    pub(crate) fn new() -> Builder {
+        Builder { stages: Default::default(), unchanged: 0 }
+    }
+
+    /// The non-empty stages, in order.
+    pub(crate) fn stages(self) -> Vec<Vec<Step>> {
+        self.stages.into_iter().filter(|s| !s.is_empty()).collect()
+    }
+
+    pub(crate) fn push(&mut self, stage: Stage, op: Op, tally: Tally, peer: Option<&str>) {
         self.stages[stage as usize].push(Step { op, tally, peer: peer.map(str::to_string), critical: false });
     }
 
@@ -246,7 +257,7 @@ impl Builder {
         self.stages[stage as usize].push(Step { op, tally, peer: None, critical: true });
     }
 
-    fn removal(&mut self, stage: Stage, op: Op) {
+    pub(crate) fn removal(&mut self, stage: Stage, op: Op) {
         self.push(stage, op, Tally::REMOVE, None);
     }
 }
@@ -305,7 +316,7 @@ pub fn plan(desired: &Desired, kernel: &Kernel) -> Result<Plan, PlanError> {
         let link = kernel.link(&u.iface).ok_or_else(|| PlanError::NoUnderlay(u.iface.clone()))?;
         underlays.insert(Family::of(u.ip), link.index);
     }
-    let mut b = Builder { stages: Default::default(), unchanged: 0 };
+    let mut b = Builder::new();
     let mut failures = Vec::new();
 
     // One device per underlay family the node has; one of a family it no longer has goes.
@@ -345,19 +356,13 @@ pub fn plan(desired: &Desired, kernel: &Kernel) -> Result<Plan, PlanError> {
         // Validation guarantees an underlay (so a device) of the peer's family.
         let family = Family::of(peer.node_ip);
         let on = &on_vxlan[&family];
-        let mut tunnelled = false;
-        for block in local.routed(peer) {
-            // Direct only for the block of the underlay's family: a gateway of the other family
-            // would need RTA_VIA.
-            let route = if peer.routes_directly(&block) {
-                RouteSpec { dst: block, gateway: peer.node_ip, dev: Dev::Index(underlays[&family]), onlink: false }
-            } else {
-                let vtep = vtep_of(&block);
-                tunnelled = true;
-                wanted_neighbours.insert((family, vtep));
-                plan_neighbour(&mut b, on, family, vtep, peer.vtep_mac, name);
-                RouteSpec { dst: block, gateway: vtep, dev: Dev::Vxlan(family), onlink: true }
-            };
+        let objects = PeerObjects::of(local, peer, underlays[&family]);
+        for vtep in &objects.neighbours {
+            wanted_neighbours.insert((family, *vtep));
+            plan_neighbour(&mut b, on, family, *vtep, peer.vtep_mac, name);
+        }
+        let tunnelled = objects.tunnelled();
+        for route in objects.routes {
             wanted_routes.insert(route.dst);
             let existing = owned_routes.get(&route.dst);
             plan_route(&mut b, route, on.index, existing, name);
@@ -391,22 +396,60 @@ pub fn plan(desired: &Desired, kernel: &Kernel) -> Result<Plan, PlanError> {
         }
     }
 
-    let rejected = valid
-        .rejected
-        .iter()
-        .map(|(peer, why)| Failure {
-            object: format!("peer {}", peer.name),
-            peer: Some(peer.name.clone()),
-            error: why.to_string(),
-        })
-        .collect();
     Ok(Plan {
-        stages: b.stages.into_iter().filter(|s| !s.is_empty()).collect(),
-        vxlan_index: on_vxlan.iter().filter_map(|(f, on)| Some((*f, on.index?))).collect(),
         unchanged: b.unchanged,
-        rejected,
+        stages: b.stages(),
+        vxlan_index: on_vxlan.iter().filter_map(|(f, on)| Some((*f, on.index?))).collect(),
+        underlay_index: underlays,
+        rejected: rejected(&valid),
         failures,
     })
+}
+
+/// The peers validation left out, as reported.
+pub(crate) fn rejected(valid: &Validated<'_>) -> Vec<Failure> {
+    let failure = |(peer, why): &(&Peer, _)| Failure {
+        object: format!("peer {}", peer.name),
+        peer: Some(peer.name.clone()),
+        error: format!("{why}"),
+    };
+    valid.rejected.iter().map(failure).collect()
+}
+
+/// What one peer needs in the kernel: a route per block this node routes and, for each block
+/// that rides the tunnel, the neighbour of its VTEP address (on the VXLAN device of the peer's
+/// underlay family, with the peer's VTEP MAC); the peer's FDB entry when any block does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PeerObjects {
+    pub(crate) routes: Vec<RouteSpec>,
+    pub(crate) neighbours: Vec<IpAddr>,
+}
+
+impl PeerObjects {
+    /// `underlay`: the index of the link carrying the underlay of the peer's family, which a
+    /// direct route goes out on.
+    pub(crate) fn of(local: &LocalNode, peer: &Peer, underlay: u32) -> PeerObjects {
+        let family = Family::of(peer.node_ip);
+        let mut objects = PeerObjects { routes: Vec::new(), neighbours: Vec::new() };
+        for block in local.routed(peer) {
+            // Direct only for the block of the underlay's family: a gateway of the other family
+            // would need RTA_VIA.
+            let route = if peer.routes_directly(&block) {
+                RouteSpec { dst: block, gateway: peer.node_ip, dev: Dev::Index(underlay), onlink: false }
+            } else {
+                let vtep = vtep_of(&block);
+                objects.neighbours.push(vtep);
+                RouteSpec { dst: block, gateway: vtep, dev: Dev::Vxlan(family), onlink: true }
+            };
+            objects.routes.push(route);
+        }
+        objects
+    }
+
+    /// Whether any block rides the tunnel, so the peer needs its FDB entry.
+    pub(crate) fn tunnelled(&self) -> bool {
+        !self.neighbours.is_empty()
+    }
 }
 
 /// The VXLAN device weft wants for the underlay address `underlay` (on link `index`).

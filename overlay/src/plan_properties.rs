@@ -17,6 +17,7 @@ use proptest::prelude::*;
 use crate::desired::vtep_of;
 use crate::desired::{Desired, LocalNode, Peer, PeerPath};
 use crate::firewall;
+use crate::incremental::{Applied, Devices, plan_incremental};
 use crate::mac::Mac;
 use crate::objects::{FdbEntry, Link, LinkChange, MAIN_TABLE, Neighbour, Route, VxlanSpec, WEFT_ROUTE_PROTOCOL};
 use crate::plan::tests::{CNI0, ETH0, VXLAN, converged, fdb_of, link, neighbour_of};
@@ -42,6 +43,8 @@ enum Twist {
     SharedMac,
     /// A PodCIDR outside the cluster: rejected.
     OutsideCluster,
+    /// Another PodCIDR of the cluster, which no other peer has.
+    Block,
 }
 
 fn twist() -> impl Strategy<Value = Twist> {
@@ -51,6 +54,7 @@ fn twist() -> impl Strategy<Value = Twist> {
         1 => Just(Twist::Mac),
         1 => Just(Twist::SharedMac),
         1 => Just(Twist::OutsideCluster),
+        1 => Just(Twist::Block),
     ]
 }
 
@@ -66,6 +70,7 @@ fn twisted(mut p: Peer, twist: Twist) -> Peer {
         Twist::Mac => p.vtep_mac = Mac::derived(&format!("moved-{n}")),
         Twist::SharedMac => p.vtep_mac = Mac::derived("n2"),
         Twist::OutsideCluster => p.pod_cidrs[0] = Ipv4Net::new(Ipv4Addr::new(10, 99, n, 0), 24).unwrap().into(),
+        Twist::Block => p.pod_cidrs[0] = cidr(n + 100),
     }
     p
 }
@@ -633,5 +638,38 @@ proptest! {
         prop_assert_eq!(sorted_ops(&a), sorted_ops(&b));
         prop_assert_eq!(a.unchanged, b.unchanged);
         prop_assert_eq!(a.rejected, b.rejected);
+    }
+}
+
+prop_compose! {
+    /// Two desired states of an unchanged node: its peers before and after a change. Either
+    /// may hold peers that validation rejects.
+    fn change()(
+        dual in any::<bool>(),
+        before in prop::collection::btree_map(2u8..40, (path(), twist(), blocks()), 0..12),
+        after in prop::collection::btree_map(2u8..40, (path(), twist(), blocks()), 0..12),
+    ) -> (Desired, Desired) {
+        let local = if dual { dual_local() } else { local() };
+        let peers = |m: std::collections::BTreeMap<u8, (PeerPath, Twist, Blocks)>| {
+            m.into_iter().map(|(n, (path, twist, blocks))| twisted(peer_with(n, path, blocks), twist)).collect()
+        };
+        (Desired { local: local.clone(), peers: peers(before) }, Desired { local, peers: peers(after) })
+    }
+}
+
+proptest! {
+    #[test]
+    fn an_incremental_plan_leaves_the_kernel_a_full_apply_would((prev, next) in change()) {
+        let kernel = converged(&Desired { peers: valid_peers(&prev), ..prev.clone() });
+        let devices = Devices { vxlan: [(Family::Ipv4, VXLAN)].into(), underlay: [(Family::Ipv4, ETH0)].into() };
+        let applied = Applied::new(prev.clone(), devices).expect("a valid local node");
+        let (partial, now) = plan_incremental(&applied, &next).expect("only peers changed, and few");
+        prop_assert_eq!(Some(now), Applied::new(next.clone(), applied.devices.clone()));
+        prop_assert_eq!(&partial.rejected, &plan(&next, &kernel).unwrap().rejected);
+        for order in [InStage::AsPlanned, InStage::Reversed] {
+            let after = apply(&partial, &kernel, &next, order);
+            let full = plan(&next, &after).unwrap();
+            prop_assert!(full.stages.is_empty(), "{:?}: a full apply still writes {:#?}", order, full.stages);
+        }
     }
 }

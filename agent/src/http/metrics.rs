@@ -39,6 +39,34 @@ struct OpLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// How a datapath apply went about it (see [`crate::datapath::Datapath`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyKind {
+    /// Read the kernel back and wrote the difference.
+    Full,
+    /// Wrote only what changed since the last apply.
+    Incremental,
+}
+
+impl ApplyKind {
+    pub const ALL: [ApplyKind; 2] = [ApplyKind::Full, ApplyKind::Incremental];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApplyKind::Full => "full",
+            ApplyKind::Incremental => "incremental",
+        }
+    }
+}
+
+/// One histogram per label value, all with the apply-duration buckets.
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabel {
     direction: &'static str,
 }
@@ -53,7 +81,7 @@ pub struct Metrics {
     registry: Registry,
     peers: Family<StateLabel, Gauge>,
     peers_programmed: Gauge,
-    reconcile_duration: Histogram,
+    reconcile_duration: Histograms<KindLabel>,
     reconcile_errors: Counter,
     kernel_writes: Family<OpLabel, Counter>,
     kernel_write_failures: Counter,
@@ -97,8 +125,17 @@ impl Metrics {
             "Peers in the last successfully applied datapath state",
             peers_programmed.clone(),
         );
-        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        registry.register("reconcile_duration_seconds", "Time taken by datapath applies", reconcile_duration.clone());
+        // From 100 µs: an incremental apply of one peer takes about a millisecond.
+        let reconcile_duration: Histograms<KindLabel> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 20)));
+        for kind in ApplyKind::ALL {
+            drop(reconcile_duration.get_or_create(&KindLabel { kind: kind.as_str() }));
+        }
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time taken by datapath applies, by kind (full: kernel read back; incremental: changes only)",
+            reconcile_duration.clone(),
+        );
         let reconcile_errors = Counter::default();
         registry.register(
             "reconcile_errors",
@@ -289,9 +326,10 @@ impl Metrics {
         set(&self.peers_programmed, programmed);
     }
 
-    /// Records one apply: its duration, and what it did when it got as far as a report.
-    pub fn observe_apply(&self, took: Duration, report: Option<&ApplyReport>, failed: bool) {
-        self.reconcile_duration.observe(took.as_secs_f64());
+    /// Records one apply: its duration, and what it did when it got as far as a report. A full
+    /// apply counts every object in place; an incremental one only what it changed.
+    pub fn observe_apply(&self, kind: ApplyKind, took: Duration, report: Option<&ApplyReport>, failed: bool) {
+        self.reconcile_duration.get_or_create(&KindLabel { kind: kind.as_str() }).observe(took.as_secs_f64());
         if failed {
             self.reconcile_errors.inc();
         }
@@ -300,8 +338,11 @@ impl Metrics {
                 self.kernel_writes.get_or_create(&OpLabel { op }).inc_by(n as u64);
             }
             self.kernel_write_failures.inc_by(r.failures.len() as u64);
-            let present = r.created + r.changed + r.unchanged;
-            self.kernel_objects.set(i64::try_from(present).unwrap_or(i64::MAX));
+            let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+            match kind {
+                ApplyKind::Full => self.kernel_objects.set(count(r.created + r.changed + r.unchanged)),
+                ApplyKind::Incremental => self.kernel_objects.inc_by(count(r.created) - count(r.removed)),
+            };
             if let Some(now) = r.vxlan_dropped {
                 let mut seen = self.vxlan_dropped_seen.lock().unwrap_or_else(|e| e.into_inner());
                 self.vxlan_dropped_packets.inc_by(gained(seen.packets, now.packets));
@@ -403,8 +444,15 @@ mod tests {
         m.set_peers(3, 1, 2);
         m.set_gossip_members([Liveness::Alive, Liveness::Left, Liveness::Alive].into_iter());
         m.observe_apply(
+            ApplyKind::Full,
             Duration::from_millis(3),
             Some(&ApplyReport { created: 4, unchanged: 2, ..ApplyReport::default() }),
+            false,
+        );
+        m.observe_apply(
+            ApplyKind::Incremental,
+            Duration::from_millis(1),
+            Some(&ApplyReport { created: 3, removed: 1, ..ApplyReport::default() }),
             false,
         );
         m.rejected("vni_mismatch");
@@ -424,10 +472,11 @@ mod tests {
             "weft_gossip_members{state=\"alive\"} 2",
             "weft_gossip_members{state=\"left\"} 1",
             "weft_gossip_members{state=\"dead\"} 0",
-            "weft_reconcile_duration_seconds_count 1",
+            "weft_reconcile_duration_seconds_count{kind=\"full\"} 1",
+            "weft_reconcile_duration_seconds_count{kind=\"incremental\"} 1",
             "weft_reconcile_errors_total 0",
-            "weft_kernel_writes_total{op=\"created\"} 4",
-            "weft_kernel_objects 6",
+            "weft_kernel_writes_total{op=\"created\"} 7",
+            "weft_kernel_objects 8",
             "weft_gossip_messages_total{direction=\"in\"} 1",
             "weft_gossip_bytes_total{direction=\"out\"} 100",
             "weft_gossip_rejected_total{reason=\"vni_mismatch\"} 1",
@@ -457,14 +506,19 @@ mod tests {
         let m = Metrics::new();
         let apply = |packets, bytes| {
             let vxlan_dropped = Some(KernelCounter { packets, bytes });
-            m.observe_apply(Duration::ZERO, Some(&ApplyReport { vxlan_dropped, ..ApplyReport::default() }), false);
+            m.observe_apply(
+                ApplyKind::Full,
+                Duration::ZERO,
+                Some(&ApplyReport { vxlan_dropped, ..ApplyReport::default() }),
+                false,
+            );
         };
         apply(3, 300);
         apply(5, 500);
         // The table was rewritten: its counter restarted.
         apply(1, 100);
         // No table (or no rule) at this apply: nothing to add.
-        m.observe_apply(Duration::ZERO, Some(&ApplyReport::default()), false);
+        m.observe_apply(ApplyKind::Full, Duration::ZERO, Some(&ApplyReport::default()), false);
         let text = m.encode();
         assert!(text.contains("weft_vxlan_dropped_packets_total 6"), "{text}");
         assert!(text.contains("weft_vxlan_dropped_bytes_total 600"), "{text}");

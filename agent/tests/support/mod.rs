@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,23 +28,33 @@ use weft_overlay::underlay::Family;
 
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Records every desired state it is given; can be told to fail the next applies.
+/// Records every desired state it is given; can be told to fail the next applies. Applies
+/// incrementally only once told to, and then only after an apply that succeeded, as the kernel
+/// dataplane does.
 #[derive(Default)]
 pub struct FakeDatapath {
     applied: Mutex<Vec<(Instant, Desired)>>,
     fail_next: AtomicUsize,
+    fail_next_incremental: AtomicUsize,
     attempts: AtomicUsize,
+    incremental: AtomicBool,
+    /// Whether the last apply succeeded.
+    known: AtomicBool,
+    /// Every attempt: "full" or "incremental", and whether it failed.
+    kinds: Mutex<Vec<(&'static str, bool)>>,
 }
 
 #[async_trait]
 impl Datapath for FakeDatapath {
     async fn apply(&self, desired: &Desired) -> Result<ApplyReport, DatapathError> {
-        self.attempts.fetch_add(1, Ordering::SeqCst);
-        if self.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
-            return Err(DatapathError::Kernel("injected failure".into()));
+        self.attempt("full", desired)
+    }
+
+    async fn apply_incremental(&self, desired: &Desired) -> Result<Option<ApplyReport>, DatapathError> {
+        if !self.incremental.load(Ordering::SeqCst) || !self.known.load(Ordering::SeqCst) {
+            return Ok(None);
         }
-        self.applied.lock().unwrap().push((Instant::now(), desired.clone()));
-        Ok(ApplyReport { created: desired.peers.len(), ..ApplyReport::default() })
+        self.attempt("incremental", desired).map(Some)
     }
 
     async fn cleanup(&self, _force: bool) -> Result<CleanupSummary, DatapathError> {
@@ -53,6 +63,34 @@ impl Datapath for FakeDatapath {
 }
 
 impl FakeDatapath {
+    fn attempt(&self, kind: &'static str, desired: &Desired) -> Result<ApplyReport, DatapathError> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        let take = |n: &AtomicUsize| n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        let failed = take(&self.fail_next) || (kind == "incremental" && take(&self.fail_next_incremental));
+        self.known.store(!failed, Ordering::SeqCst);
+        self.kinds.lock().unwrap().push((kind, failed));
+        if failed {
+            return Err(DatapathError::Kernel("injected failure".into()));
+        }
+        self.applied.lock().unwrap().push((Instant::now(), desired.clone()));
+        Ok(ApplyReport { created: desired.peers.len(), ..ApplyReport::default() })
+    }
+
+    /// From now on, applies incrementally when it can.
+    pub fn allow_incremental(&self) {
+        self.incremental.store(true, Ordering::SeqCst);
+    }
+
+    /// Every apply attempted so far: its kind and whether it failed.
+    pub fn kinds(&self) -> Vec<(&'static str, bool)> {
+        self.kinds.lock().unwrap().clone()
+    }
+
+    /// Fails the next `n` incremental applies only.
+    pub fn fail_next_incremental(&self, n: usize) {
+        self.fail_next_incremental.store(n, Ordering::SeqCst);
+    }
+
     pub fn fail_next(&self, n: usize) {
         self.fail_next.store(n, Ordering::SeqCst);
     }

@@ -3,9 +3,11 @@
 //! the most kernel objects per peer, plus the peer's node IP in the VXLAN allow-list), with node
 //! IPs that need no reachability.
 //!
-//! Three figures, median and p95 over repeats: an apply of N peers on an empty namespace, an
-//! apply changing one peer (alternately adding and removing it), and an apply with nothing to
-//! change (which must also write nothing). With `--dual-stack` the same again, in the same run,
+//! Four figures, median and p95 over repeats: an apply of N peers on an empty namespace, an
+//! apply changing one peer (alternately adding and removing it) in full (reading the kernel
+//! back) and incrementally (writing the change alone, as the agent does between resyncs), and an
+//! apply with nothing to change (which must also write nothing). Then the bench process's peak
+//! resident memory (VmHWM), a proxy for what the dataplane costs the agent. With `--dual-stack` the same again, in the same run,
 //! with an IPv6 pod block beside the IPv4 one on the node and every peer (two routes and two
 //! neighbours per peer, one FDB entry: the peers stay on the IPv4 underlay).
 
@@ -98,7 +100,8 @@ fn measure(args: &Args, ns: &Netns) -> Result<String> {
         let mut rows = Vec::new();
         for (shape, from_empty) in shapes.iter().zip(from_empty) {
             let (one_peer, noop) = changes(&dp, ns, shape, args.repeats).await?;
-            rows.push((shape.name, from_empty, one_peer, noop));
+            let incremental = incremental_changes(&dp, shape, args.repeats).await?;
+            rows.push((shape.name, from_empty, one_peer, incremental, noop));
         }
         dp.cleanup(&CleanupOptions::default()).await.map_err(LabError::other)?;
 
@@ -111,10 +114,11 @@ fn measure(args: &Args, ns: &Netns) -> Result<String> {
         );
         let _ =
             writeln!(out, "{:<10} {:<28} {:>6} {:>10} {:>10} {:>8}", "pods", "case", "runs", "median", "p95", "target");
-        for (pods, from_empty, one_peer, noop) in &rows {
+        for (pods, from_empty, one_peer, incremental, noop) in &rows {
             for (name, samples, target) in [
                 ("apply from empty", from_empty, "1 s"),
-                ("one-peer change", one_peer, "5 ms"),
+                ("one-peer change, full", one_peer, "5 ms"),
+                ("one-peer change, incremental", incremental, "5 ms"),
                 ("nothing to change (0 writes)", noop, "20 ms"),
             ] {
                 let s = Summary::of(samples);
@@ -125,6 +129,7 @@ fn measure(args: &Args, ns: &Netns) -> Result<String> {
                 );
             }
         }
+        let _ = writeln!(out, "bench process peak RSS (VmHWM): {}", peak_rss());
         Ok(out)
     })
 }
@@ -159,6 +164,32 @@ async fn changes(dp: &Dataplane, ns: &Netns, shape: &Shape, repeats: usize) -> R
         noop.push(took);
     }
     Ok((one_peer, noop))
+}
+
+/// The one-peer changes of one shape through the incremental path, from its full state (the
+/// full apply that sets it up is what the incremental ones start from).
+async fn incremental_changes(dp: &Dataplane, shape: &Shape, repeats: usize) -> Result<Vec<Duration>> {
+    let (_, report) = timed(dp, &shape.full).await?;
+    check(&report, |r| r.writes() == 0, "the full apply before the incremental ones")?;
+    let mut samples = Vec::with_capacity(repeats);
+    for i in 0..repeats {
+        let d = if i % 2 == 0 { &shape.less } else { &shape.full };
+        pause_as_the_agent_does().await;
+        let start = Instant::now();
+        let report = dp.apply_incremental(d).await.map_err(LabError::other)?;
+        let took = start.elapsed();
+        let report = report.ok_or_else(|| LabError::Other("no incremental apply for a one-peer change".into()))?;
+        check(&report, |r| r.writes() == shape.per_peer + 1, "an incremental one-peer change")?;
+        samples.push(took);
+    }
+    Ok(samples)
+}
+
+/// This process's peak resident set size as /proc reports it.
+fn peak_rss() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"));
+    line.map_or_else(|| "?".into(), |v| v.trim().to_string())
 }
 
 /// Each family's cluster range and block size; peer k (the node: 0) gets the k-th block,

@@ -380,8 +380,11 @@ mod tests {
         s.parse().unwrap()
     }
 
+    type Routed = Vec<(String, Vec<IpNet>)>;
+    type Unrouted = Vec<(String, Vec<(IpNet, Skip)>)>;
+
     /// The blocks each programmed peer is routed, and every peer's unrouted blocks with why.
-    fn routing(members: Vec<Member>, own: &[Claim]) -> (Vec<(String, Vec<IpNet>)>, Vec<(String, Vec<(IpNet, Skip)>)>) {
+    fn routing(members: Vec<Member>, own: &[Claim]) -> (Routed, Unrouted) {
         let peers = collect(&view(members), "me", 5, &validate::tests::dual_rules());
         let decided = decide(&peers, "me", own, tunnel, &BTreeSet::new());
         let programmed = decided.programmable().map(|p| (p.name.to_string(), p.blocks)).collect();

@@ -665,8 +665,8 @@ fn metric(text: &str, name: &str) -> u64 {
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok()).unwrap_or(0.0) as u64
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dual_stack_cluster_allocates_a_block_per_family_and_routes_a_previous_release_node() {
+/// Dual-stack nodes a and b (IPv6 pods from fd00:10:244::/56), converged; and that range.
+async fn dual_stack_pair() -> (Cluster, IpNet) {
     let mut c = Cluster::new();
     let v6_range: IpNet = "fd00:10:244::/56".parse().unwrap();
     for n in ["a", "b"] {
@@ -675,6 +675,12 @@ async fn a_dual_stack_cluster_allocates_a_block_per_family_and_routes_a_previous
     c.start("a").await;
     c.start("b").await;
     converged(&c, "2 dual-stack nodes converged").await;
+    (c, v6_range)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_cluster_allocates_a_block_per_family_and_routes_a_previous_release_node() {
+    let (mut c, v6_range) = dual_stack_pair().await;
     let mut blocks = BTreeMap::new();
     for n in ["a", "b"] {
         let status = c.status(n).unwrap();
@@ -712,14 +718,7 @@ async fn a_dual_stack_cluster_allocates_a_block_per_family_and_routes_a_previous
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dual_stack_node_that_lost_its_ipv6_block_keeps_its_ipv4_block_routed() {
-    let mut c = Cluster::new();
-    let v6_range: IpNet = "fd00:10:244::/56".parse().unwrap();
-    for n in ["a", "b"] {
-        c.add(n).cluster_cidrs.push(v6_range);
-    }
-    c.start("a").await;
-    c.start("b").await;
-    converged(&c, "2 dual-stack nodes converged").await;
+    let (mut c, _) = dual_stack_pair().await;
     let a_blocks: Vec<IpNet> = {
         let node = c.status("a").unwrap().node;
         [node.pod_cidr, node.pod_cidr6].into_iter().map(Option::unwrap).collect()

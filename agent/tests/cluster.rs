@@ -762,7 +762,10 @@ async fn a_dual_stack_node_that_lost_its_ipv6_block_keeps_its_ipv4_block_routed(
     // The rogue's probes go to its IPv4 block only: a's node going down (its IPv6 VTEP address
     // with it, where a probe of the lost block would go) leaves the rogue's verdict ok.
     let rogue_ok = |p: &weft_agent::http::status::PeerStatus| p.dataplane.state == PathState::Ok;
-    c.peer_row("b", "rogue", "probed ok", rogue_ok).await;
+    wait_until(CONVERGE, "b's probes of the rogue ok", || {
+        c.status("b").is_some_and(|s| s.peers.iter().any(|p| p.name == "rogue" && rogue_ok(p)))
+    })
+    .await;
     c.take_node_down("a");
     wait_until(CONVERGE, "b's probes see a down", || {
         c.status("b")

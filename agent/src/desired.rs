@@ -5,7 +5,7 @@ use weft_overlay::desired::{Desired, LocalNode, Peer, PeerPath};
 use weft_overlay::underlay::{Family, NoSharedFamily, NodeIps, PathChoice, choose_path};
 
 use crate::config::Encap;
-use crate::validate::Announcement;
+use crate::peers::Programmable;
 
 /// How to reach the pods of a peer with underlay addresses `peer` (see
 /// [`weft_overlay::underlay::choose_path`]): natively inside one of our own underlay subnets in
@@ -28,22 +28,19 @@ pub fn path(
     Ok(choices.into_iter().find(|c| c.path == PeerPath::Direct).unwrap_or(first))
 }
 
-/// The datapath's desired state. `peers` are the programmable peers (name, announcement, path);
-/// only those with a PodCIDR are included, with every block they claim, sorted by name so equal
-/// inputs give equal outputs.
-pub fn build<'a>(
-    local: LocalNode,
-    peers: impl IntoIterator<Item = (&'a str, &'a Announcement, PathChoice)>,
-) -> Desired {
+/// The datapath's desired state. `peers` are the peers to program, each with the blocks routed
+/// to it; only those with a block are included, sorted by name so equal inputs give equal
+/// outputs.
+pub fn build<'a>(local: LocalNode, peers: impl IntoIterator<Item = Programmable<'a>>) -> Desired {
     let mut peers: Vec<Peer> = peers
         .into_iter()
-        .filter(|(_, a, _)| !a.claims.is_empty())
-        .map(|(name, a, choice)| Peer {
-            name: name.to_string(),
-            node_ip: choice.endpoint,
-            pod_cidrs: a.claims.iter().map(|c| c.cidr).collect(),
-            vtep_mac: a.vtep_mac,
-            path: choice.path,
+        .filter(|p| !p.blocks.is_empty())
+        .map(|p| Peer {
+            name: p.name.to_string(),
+            node_ip: p.path.endpoint,
+            pod_cidrs: p.blocks,
+            vtep_mac: p.announcement.vtep_mac,
+            path: p.path.path,
         })
         .collect();
     peers.sort_by(|a, b| a.name.cmp(&b.name));
@@ -54,6 +51,7 @@ pub fn build<'a>(
 mod tests {
     use super::*;
     use crate::allocation::{Claim, ClaimKind};
+    use crate::validate::Announcement;
     use weft_overlay::Mac;
     use weft_overlay::desired::UnderlayAddr;
 
@@ -89,25 +87,32 @@ mod tests {
         }
     }
 
-    fn announcement(ips: &str, cidr: Option<&str>) -> Announcement {
+    fn announcement(ips: &str, cidrs: &[&str]) -> Announcement {
         Announcement {
             node_ips: ips.parse().unwrap(),
             vtep_mac: Mac::derived(ips),
-            claims: cidr
+            claims: cidrs
+                .iter()
                 .map(|c| Claim { cidr: c.parse().unwrap(), kind: ClaimKind::Confirmed, since_ms: 1 })
-                .into_iter()
                 .collect(),
         }
     }
 
     #[test]
-    fn desired_lists_peers_with_a_podcidr_sorted_by_name() {
-        let c = announcement("198.51.100.3", Some("10.244.3.0/24"));
-        let b = announcement("192.0.2.2,2001:db8:1::2", Some("10.244.2.0/24"));
-        let d = announcement("192.0.2.4", None);
-        let path =
-            |a: &Announcement| path(Encap::CrossSubnet, &me(), &subnets(), &[Family::Ipv4], &a.node_ips).unwrap();
-        let desired = build(local(), [("c", &c, path(&c)), ("b", &b, path(&b)), ("d", &d, path(&d))]);
+    fn desired_lists_peers_with_a_routed_block_sorted_by_name() {
+        let c = announcement("198.51.100.3", &["10.244.3.0/24"]);
+        // b lost its IPv6 block: it is routed the IPv4 one only.
+        let b = announcement("192.0.2.2,2001:db8:1::2", &["10.244.2.0/24", "fd00:10:244:2::/64"]);
+        let d = announcement("192.0.2.4", &[]);
+        fn peer<'a>(name: &'a str, a: &'a Announcement, blocks: usize) -> Programmable<'a> {
+            Programmable {
+                name,
+                announcement: a,
+                path: path(Encap::CrossSubnet, &me(), &subnets(), &[Family::Ipv4], &a.node_ips).unwrap(),
+                blocks: a.claims.iter().take(blocks).map(|c| c.cidr).collect(),
+            }
+        }
+        let desired = build(local(), [peer("c", &c, 1), peer("b", &b, 1), peer("d", &d, 0)]);
         assert_eq!(desired.local, local());
         let names: Vec<&str> = desired.peers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["b", "c"]);

@@ -127,8 +127,8 @@ pub enum Skip {
     NoPodCidr,
     #[error("lost its PodCIDR claim {cidr} to {winner}")]
     LostConflict { cidr: IpNet, winner: String },
-    #[error("its PodCIDR is also this node's own claim")]
-    OverlapsOurs,
+    #[error("its PodCIDR {0} is also this node's own claim")]
+    OverlapsOurs(IpNet),
     /// No tunnel can join the two nodes.
     #[error(transparent)]
     NoSharedFamily(NoSharedFamily),
@@ -141,8 +141,29 @@ pub struct Decision<'a> {
     /// How its pods are reached; `None` when its announcement was rejected or no underlay
     /// family is shared.
     pub path: Option<PathChoice>,
-    /// `Ok` means program it.
+    /// `Ok` means program it, with the blocks it is routed for ([`Decision::routed`]).
     pub verdict: Result<(), Skip>,
+    /// Its blocks never routed to it, each with why: lost to another node's claim, or this
+    /// node's own. A peer holding none of its blocks is skipped with the first of these.
+    pub unrouted: Vec<(IpNet, Skip)>,
+}
+
+impl Decision<'_> {
+    /// The peer's blocks that are routed to it when it is programmed: all it claims but the
+    /// unrouted ones.
+    pub fn routed(&self) -> Vec<IpNet> {
+        let unrouted = |b: &IpNet| self.unrouted.iter().any(|(u, _)| u == b);
+        self.peer.claims().iter().map(|c| c.cidr).filter(|b| !unrouted(b)).collect()
+    }
+}
+
+/// One peer to program: its name, announcement, path and the blocks routed to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Programmable<'a> {
+    pub name: &'a str,
+    pub announcement: &'a Announcement,
+    pub path: PathChoice,
+    pub blocks: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -154,12 +175,16 @@ pub struct Decided<'a> {
 }
 
 impl Decided<'_> {
-    /// The peers to program: name, announcement and path.
-    pub fn programmable(&self) -> impl Iterator<Item = (&str, &Announcement, PathChoice)> {
-        self.peers
-            .iter()
-            .filter(|d| d.verdict.is_ok())
-            .filter_map(|d| Some((d.peer.name.as_str(), d.peer.announcement.as_ref().ok()?, d.path?)))
+    /// The peers to program, each with the blocks it holds.
+    pub fn programmable(&self) -> impl Iterator<Item = Programmable<'_>> {
+        self.peers.iter().filter(|d| d.verdict.is_ok()).filter_map(|d| {
+            Some(Programmable {
+                name: d.peer.name.as_str(),
+                announcement: d.peer.announcement.as_ref().ok()?,
+                path: d.path?,
+                blocks: d.routed(),
+            })
+        })
     }
 }
 
@@ -177,7 +202,26 @@ pub fn decide<'a>(
     let mut claimants = peers.claimants();
     claimants.extend(own.iter().map(|claim| Claimant { node: me.to_string(), claim: *claim }));
     let conflicts = allocation::conflicts(&claimants);
-    let verdict = |p: &Peer| {
+    // Each block on its own: one another node's claim beats is never routed to the peer (the
+    // winner keeps it), and we cannot route our own block to a peer, winner or not: until we
+    // move (an automatic claim re-picks at once; a static one needs the operator) it stays out.
+    let unrouted = |p: &Peer| -> Vec<(IpNet, Skip)> {
+        p.claims()
+            .iter()
+            .filter_map(|claim| {
+                let c = conflicts.iter().find(|c| c.cidr == claim.cidr)?;
+                let why = if c.winner != p.name {
+                    Skip::LostConflict { cidr: claim.cidr, winner: c.winner.clone() }
+                } else if own.iter().any(|o| o.cidr == claim.cidr) {
+                    Skip::OverlapsOurs(claim.cidr)
+                } else {
+                    return None;
+                };
+                Some((claim.cidr, why))
+            })
+            .collect()
+    };
+    let verdict = |p: &Peer, unrouted: &[(IpNet, Skip)]| {
         let announcement = p.announcement.as_ref().map_err(|r| match r {
             Rejection::NotAnnounced(key) => Skip::NotAnnounced(key),
             r => Skip::Rejected(r.clone()),
@@ -189,29 +233,23 @@ pub fn decide<'a>(
         if announcement.claims.is_empty() {
             return Err(Skip::NoPodCidr);
         }
-        // Every block of the peer must be its own: one it lost (in either family) keeps the
-        // whole peer out, as its pods' other family would be half reachable.
-        for claim in &announcement.claims {
-            match conflicts.iter().find(|c| c.cidr == claim.cidr) {
-                None => {}
-                Some(c) if c.winner != p.name => {
-                    return Err(Skip::LostConflict { cidr: claim.cidr, winner: c.winner.clone() });
-                }
-                // We cannot route our own block to a peer, winner or not: until we move (an
-                // automatic claim re-picks at once; a static one needs the operator) it stays out.
-                Some(_) if own.iter().any(|o| o.cidr == claim.cidr) => return Err(Skip::OverlapsOurs),
-                Some(_) => {}
-            }
+        // A peer holding at least one block is programmed with those it holds.
+        match unrouted.first() {
+            Some((_, why)) if unrouted.len() == announcement.claims.len() => Err(why.clone()),
+            _ => Ok(()),
         }
-        Ok(())
     };
     let decisions = peers
         .peers
         .iter()
-        .map(|p| Decision {
-            peer: p,
-            path: p.announcement.as_ref().ok().and_then(|a| path_of(&a.node_ips).ok()),
-            verdict: verdict(p),
+        .map(|p| {
+            let unrouted = unrouted(p);
+            Decision {
+                peer: p,
+                path: p.announcement.as_ref().ok().and_then(|a| path_of(&a.node_ips).ok()),
+                verdict: verdict(p, &unrouted),
+                unrouted,
+            }
         })
         .collect();
     Decided { peers: decisions, conflicts }
@@ -331,35 +369,104 @@ mod tests {
         let peers = collect(&v, "me", 5, &rules());
         let ours = Claim { cidr: "10.244.1.0/24".parse().unwrap(), kind: ClaimKind::Static, since_ms: 9 };
         let decided = decide(&peers, "me", &[ours], tunnel, &BTreeSet::new());
-        assert_eq!(decided.peers[0].verdict, Err(Skip::OverlapsOurs));
+        assert_eq!(decided.peers[0].verdict, Err(Skip::OverlapsOurs("10.244.1.0/24".parse().unwrap())));
         assert_eq!(decided.conflicts[0].winner, "a");
         assert_eq!(decided.conflicts[0].losers, vec!["me".to_string()]);
     }
+    fn dual(name: &str, ip: &str, v4: &str, v6: &str) -> Member {
+        let mut m = member(name, 1, Liveness::Alive, ip, Some(v4));
+        m.keys.insert(keys::POD_CIDR6.into(), v6.into());
+        m
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    type Routed = Vec<(String, Vec<IpNet>)>;
+    type Unrouted = Vec<(String, Vec<(IpNet, Skip)>)>;
+
+    /// The blocks each programmed peer is routed, and every peer's unrouted blocks with why.
+    fn routing(members: Vec<Member>, own: &[Claim]) -> (Routed, Unrouted) {
+        let peers = collect(&view(members), "me", 5, &validate::tests::dual_rules());
+        let decided = decide(&peers, "me", own, tunnel, &BTreeSet::new());
+        let programmed = decided.programmable().map(|p| (p.name.to_string(), p.blocks)).collect();
+        let unrouted = decided.peers.iter().map(|d| (d.peer.name.clone(), d.unrouted.clone())).collect();
+        (programmed, unrouted)
+    }
+
+    fn lost(cidr: &str, winner: &str) -> (IpNet, Skip) {
+        (net(cidr), Skip::LostConflict { cidr: net(cidr), winner: winner.into() })
+    }
+
     #[test]
-    fn a_dual_stack_peer_losing_either_block_is_not_programmed() {
-        let dual = |name, ip, v4: &str, v6: &str| {
-            let mut m = member(name, 1, Liveness::Alive, ip, Some(v4));
-            m.keys.insert(keys::POD_CIDR6.into(), v6.into());
-            m
-        };
-        let v = view(vec![
+    fn a_dual_stack_peer_that_lost_its_ipv6_block_is_routed_its_ipv4_block_and_the_winner_both() {
+        let (programmed, unrouted) = routing(
+            vec![
+                dual("a", "192.0.2.10", "10.244.1.0/24;confirmed;5", "fd00:10:244:1::/64;confirmed;5"),
+                // b's IPv4 block is its own, its IPv6 block is a's (a later claim).
+                dual("b", "192.0.2.11", "10.244.2.0/24;confirmed;5", "fd00:10:244:1::/64;claiming;9"),
+            ],
+            &[],
+        );
+        let a = vec![net("10.244.1.0/24"), net("fd00:10:244:1::/64")];
+        assert_eq!(programmed, [("a".into(), a), ("b".into(), vec![net("10.244.2.0/24")])]);
+        assert_eq!(unrouted, [("a".into(), vec![]), ("b".into(), vec![lost("fd00:10:244:1::/64", "a")])]);
+    }
+
+    #[test]
+    fn a_dual_stack_peer_that_lost_its_ipv4_block_is_routed_its_ipv6_block() {
+        let (programmed, unrouted) = routing(
+            vec![
+                member("a", 1, Liveness::Alive, "192.0.2.10", Some("10.244.1.0/24;confirmed;5")),
+                dual("b", "192.0.2.11", "10.244.1.0/24;claiming;9", "fd00:10:244:2::/64;confirmed;5"),
+            ],
+            &[],
+        );
+        let b = vec![net("fd00:10:244:2::/64")];
+        assert_eq!(programmed, [("a".into(), vec![net("10.244.1.0/24")]), ("b".into(), b)]);
+        assert_eq!(unrouted[1].1, [lost("10.244.1.0/24", "a")]);
+    }
+
+    #[test]
+    fn a_dual_stack_peer_that_lost_both_blocks_is_not_programmed() {
+        let members = vec![
             dual("a", "192.0.2.10", "10.244.1.0/24;confirmed;5", "fd00:10:244:1::/64;confirmed;5"),
-            // b's IPv4 block is its own, its IPv6 block is a's.
-            dual("b", "192.0.2.11", "10.244.2.0/24;confirmed;5", "fd00:10:244:1::/64;claiming;9"),
-            // c is a previous-release node: IPv4 only.
-            member("c", 1, Liveness::Alive, "192.0.2.12", Some("10.244.3.0/24;confirmed;1")),
-        ]);
-        let rules = validate::tests::dual_rules();
-        let peers = collect(&v, "me", 5, &rules);
-        assert_eq!(peers.claimants().len(), 5);
+            dual("b", "192.0.2.11", "10.244.1.0/24;claiming;9", "fd00:10:244:1::/64;claiming;9"),
+        ];
+        let (programmed, unrouted) = routing(members.clone(), &[]);
+        assert_eq!(programmed.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(unrouted[1].1, [lost("10.244.1.0/24", "a"), lost("fd00:10:244:1::/64", "a")]);
+        let peers = collect(&view(members), "me", 5, &validate::tests::dual_rules());
         let decided = decide(&peers, "me", &[], tunnel, &BTreeSet::new());
-        let verdicts: Vec<&Result<(), Skip>> = decided.peers.iter().map(|d| &d.verdict).collect();
-        assert_eq!(verdicts[0], &Ok(()));
-        let lost = Skip::LostConflict { cidr: "fd00:10:244:1::/64".parse().unwrap(), winner: "a".into() };
-        assert_eq!(verdicts[1], &Err(lost));
-        assert_eq!(verdicts[2], &Ok(()), "a previous-release IPv4-only node is routed");
-        let programmed: Vec<(&str, usize)> = decided.programmable().map(|(n, a, _)| (n, a.claims.len())).collect();
-        assert_eq!(programmed, [("a", 2), ("c", 1)]);
+        assert_eq!(decided.peers[1].verdict, Err(lost("10.244.1.0/24", "a").1), "skipped with the first");
+    }
+
+    #[test]
+    fn a_previous_release_ipv4_only_peer_is_routed_as_before_in_a_dual_stack_cluster() {
+        let (programmed, unrouted) = routing(
+            vec![
+                dual("a", "192.0.2.10", "10.244.1.0/24;confirmed;5", "fd00:10:244:1::/64;confirmed;5"),
+                member("c", 1, Liveness::Alive, "192.0.2.12", Some("10.244.3.0/24;confirmed;1")),
+                // d lost its only block: skipped, as before.
+                member("d", 1, Liveness::Alive, "192.0.2.13", Some("10.244.3.0/24;claiming;9")),
+            ],
+            &[],
+        );
+        assert_eq!(programmed[1], ("c".into(), vec![net("10.244.3.0/24")]));
+        assert_eq!(programmed.len(), 2);
+        assert_eq!(unrouted[2].1, [lost("10.244.3.0/24", "c")]);
+    }
+
+    #[test]
+    fn a_dual_stack_peer_on_our_own_block_is_routed_only_its_other_block() {
+        let ours = Claim { cidr: net("10.244.1.0/24"), kind: ClaimKind::Claiming, since_ms: 9 };
+        let (programmed, unrouted) = routing(
+            vec![dual("a", "192.0.2.10", "10.244.1.0/24;confirmed;5", "fd00:10:244:1::/64;confirmed;5")],
+            &[ours],
+        );
+        assert_eq!(programmed, [("a".into(), vec![net("fd00:10:244:1::/64")])]);
+        assert_eq!(unrouted[0].1, [(net("10.244.1.0/24"), Skip::OverlapsOurs(net("10.244.1.0/24")))]);
     }
 
     #[test]

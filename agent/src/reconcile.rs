@@ -657,7 +657,7 @@ impl Controller {
                 let p = d.peer;
                 let programmed = self.programmed.contains(&p.name);
                 let dataplane = probes.get(&p.name).filter(|_| programmed).cloned().unwrap_or_else(Dataplane::unknown);
-                status::peer_status(p, &d.verdict, d.path, programmed, view.last_seen(&p.name, p.generation), dataplane)
+                status::peer_status(d, programmed, view.last_seen(&p.name, p.generation), dataplane)
             })
             .collect();
         let alive = rows.iter().filter(|r| r.state == status::PeerState::Alive).count();

@@ -11,6 +11,7 @@ use ipnet::{IpNet, Ipv4Net};
 use tokio::time::Instant;
 use weft_agent::files;
 use weft_agent::http::status::PeerState;
+use weft_agent::probe::verdict::PathState;
 use weft_cni::state::NodeState;
 use weft_overlay::Mac;
 use weft_overlay::rules::{first_host, nth_address};
@@ -710,8 +711,8 @@ fn metric(text: &str, name: &str) -> u64 {
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok()).unwrap_or(0.0) as u64
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dual_stack_cluster_allocates_a_block_per_family_and_routes_a_previous_release_node() {
+/// Dual-stack nodes a and b (IPv6 pods from fd00:10:244::/56), converged; and that range.
+async fn dual_stack_pair() -> (Cluster, IpNet) {
     let mut c = Cluster::new();
     let v6_range: IpNet = "fd00:10:244::/56".parse().unwrap();
     for n in ["a", "b"] {
@@ -720,6 +721,12 @@ async fn a_dual_stack_cluster_allocates_a_block_per_family_and_routes_a_previous
     c.start("a").await;
     c.start("b").await;
     converged(&c, "2 dual-stack nodes converged").await;
+    (c, v6_range)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_cluster_allocates_a_block_per_family_and_routes_a_previous_release_node() {
+    let (mut c, v6_range) = dual_stack_pair().await;
     let mut blocks = BTreeMap::new();
     for n in ["a", "b"] {
         let status = c.status(n).unwrap();
@@ -752,5 +759,66 @@ async fn a_dual_stack_cluster_allocates_a_block_per_family_and_routes_a_previous
     let old = c.peer_row("a", "old", "programmed", |p| p.programmed).await;
     assert_eq!((old.pod_cidr, old.pod_cidr6, old.note.as_deref()), (Some(old_block), None, None));
     assert_eq!(metric(&c.metrics("a"), "weft_gossip_rejected_total{reason=\"malformed\"}"), 0);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_node_that_lost_its_ipv6_block_keeps_its_ipv4_block_routed() {
+    let (mut c, _) = dual_stack_pair().await;
+    let a_blocks: Vec<IpNet> = {
+        let node = c.status("a").unwrap().node;
+        [node.pod_cidr, node.pod_cidr6].into_iter().map(Option::unwrap).collect()
+    };
+    let contested = a_blocks[1];
+
+    // A dual-stack node whose IPv4 block is its own and whose IPv6 block is a's, claimed later.
+    let own: IpNet = "10.244.200.0/24".parse().unwrap();
+    let mut keys = valid_keys("rogue", "192.0.2.230", &format!("{own};confirmed;1"));
+    keys.push(("pod_cidr6", format!("{contested};claiming;{}", u64::MAX / 2)));
+    let _rogue = c.rogue("rogue", &as_pairs(&keys)).await;
+    let routed = |node: &str, peer: &str, blocks: &[IpNet]| {
+        c.datapath(node).last().is_some_and(|d| d.peers.iter().any(|p| p.name == peer && p.pod_cidrs == blocks))
+    };
+    wait_until(CONVERGE, "every node routes the rogue's IPv4 block, and b both of a's", || {
+        ["a", "b"].iter().all(|n| routed(n, "rogue", &[own])) && routed("b", "a", &a_blocks)
+    })
+    .await;
+    let note = format!("lost its PodCIDR claim {contested} to a");
+    for n in ["a", "b"] {
+        let row = c.peer_row(n, "rogue", "programmed with its lost block named", |p| p.programmed).await;
+        assert_eq!(
+            (row.pod_cidr, row.pod_cidr6, row.note.as_deref()),
+            (Some(own), Some(contested), Some(note.as_str()))
+        );
+        let status = c.status(n).unwrap();
+        assert!(status.conflicts.iter().any(|x| x.pod_cidr == contested && x.winner == "a" && x.losers == ["rogue"]));
+        let table = weft_agent::http::status::render(&status);
+        let line = table.lines().find(|l| l.starts_with("rogue ")).unwrap();
+        assert!(line.contains(&note) && line.contains("yes"), "{table}");
+        // The contested block was never routed to the rogue, only ever to a.
+        for (_, d) in c.datapath(n).history() {
+            for p in d.peers.iter().filter(|p| p.pod_cidrs.contains(&contested)) {
+                assert_eq!(p.name, "a", "{n} routed {contested} to {}", p.name);
+            }
+        }
+    }
+    assert_eq!(c.status("a").unwrap().node.pod_cidr6, Some(contested), "a keeps its IPv6 block");
+    assert!(c.ready("a"));
+
+    // The rogue's probes go to its IPv4 block only: a's node going down (its IPv6 VTEP address
+    // with it, where a probe of the lost block would go) leaves the rogue's verdict ok.
+    let rogue_ok = |p: &weft_agent::http::status::PeerStatus| p.dataplane.state == PathState::Ok;
+    wait_until(CONVERGE, "b's probes of the rogue ok", || {
+        c.status("b").is_some_and(|s| s.peers.iter().any(|p| p.name == "rogue" && rogue_ok(p)))
+    })
+    .await;
+    c.take_node_down("a");
+    wait_until(CONVERGE, "b's probes see a down", || {
+        c.status("b")
+            .is_some_and(|s| s.peers.iter().any(|p| p.name == "a" && p.dataplane.state == PathState::Unreachable))
+    })
+    .await;
+    let row = c.peer_row("b", "rogue", "probed ok", rogue_ok).await;
+    assert_eq!(row.dataplane.families.keys().copied().collect::<Vec<_>>(), [Family::Ipv4]);
     c.shutdown().await;
 }

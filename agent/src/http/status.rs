@@ -9,12 +9,12 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use weft_overlay::Mac;
 use weft_overlay::desired::PeerPath;
-use weft_overlay::underlay::{Family, PathChoice};
+use weft_overlay::underlay::Family;
 
 use crate::allocation::{Claim, Conflict, Phase};
 use crate::identity::Namesake;
 use crate::membership::Liveness;
-use crate::peers::{Peer, Skip};
+use crate::peers::{Decision, Skip};
 use crate::probe::summary::Summary;
 use crate::probe::verdict::Dataplane;
 use crate::settings::Refusal;
@@ -170,17 +170,16 @@ pub fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// One row of the peer table.
+/// One row of the peer table, from what was decided about the peer.
 pub fn peer_status(
-    peer: &Peer,
-    verdict: &Result<(), Skip>,
-    path: Option<PathChoice>,
+    d: &Decision<'_>,
     programmed: bool,
     last_seen: Option<SystemTime>,
     dataplane: Dataplane,
 ) -> PeerStatus {
+    let peer = d.peer;
     let announcement = peer.announcement.as_ref().ok();
-    let path = announcement.and(path);
+    let path = announcement.and(d.path);
     PeerStatus {
         name: peer.name.clone(),
         node_ip: announcement.and_then(|a| a.node_ips.primary()),
@@ -196,19 +195,30 @@ pub fn peer_status(
         path: path.map(|p| p.path),
         programmed,
         last_seen: last_seen.map(timestamp),
-        note: match verdict {
-            Err(skip) => Some(skip.to_string()),
-            Ok(()) if peer.liveness == Liveness::Leaving => {
-                Some("leaving: routes kept until it is confirmed gone".into())
-            }
-            Ok(()) if !peer.liveness.programmable() => {
-                Some("its agent is not heard, but its tunnel answers: routes kept (an agent restart or upgrade)".into())
-            }
-            Ok(()) => None,
-        },
+        note: note(d),
         dataplane,
         report: peer.report.clone(),
     }
+}
+
+/// Why the peer is not programmed, or what is special about how it is; then every block of it
+/// left unrouted (a programmed peer is routed the others).
+fn note(d: &Decision<'_>) -> Option<String> {
+    let unrouted: Vec<&Skip> = d.unrouted.iter().map(|(_, why)| why).collect();
+    let first = match &d.verdict {
+        // It holds none of its blocks: the list below says why for each.
+        Err(skip) if unrouted.contains(&skip) => None,
+        Err(skip) => Some(skip.to_string()),
+        Ok(()) if d.peer.liveness == Liveness::Leaving => {
+            Some("leaving: routes kept until it is confirmed gone".into())
+        }
+        Ok(()) if !d.peer.liveness.programmable() => {
+            Some("its agent is not heard, but its tunnel answers: routes kept (an agent restart or upgrade)".into())
+        }
+        Ok(()) => None,
+    };
+    let notes: Vec<String> = first.into_iter().chain(unrouted.iter().map(ToString::to_string)).collect();
+    (!notes.is_empty()).then(|| notes.join("; "))
 }
 
 /// Claims (IPv4 first) as status shows them: the first block, and the IPv6 one.
@@ -489,8 +499,23 @@ mod tests {
 
     use super::*;
     use crate::allocation::{AllocationError, Claim, ClaimKind};
+    use crate::peers::Peer;
     use crate::probe::verdict::PathState;
     use crate::validate::{Announcement, Rejection};
+    use weft_overlay::underlay::PathChoice;
+
+    /// A peer's row when it claims no block another node's claim beats.
+    fn row_of(
+        peer: &Peer,
+        verdict: &Result<(), Skip>,
+        path: Option<PathChoice>,
+        programmed: bool,
+        last_seen: Option<SystemTime>,
+        dataplane: Dataplane,
+    ) -> PeerStatus {
+        let d = Decision { peer, path, verdict: verdict.clone(), unrouted: vec![] };
+        peer_status(&d, programmed, last_seen, dataplane)
+    }
 
     fn claim(cidr: &str, kind: ClaimKind) -> Claim {
         Claim { cidr: cidr.parse().unwrap(), kind, since_ms: 1 }
@@ -613,19 +638,13 @@ mod tests {
             claims: vec![claim("10.244.2.0/24", ClaimKind::Confirmed)],
         };
         let v6 = PathChoice { family: Family::Ipv6, endpoint: "2001:db8:2::2".parse().unwrap(), path: PeerPath::Vxlan };
-        let row = peer_status(
-            &peer("b", Liveness::Alive, Ok(a.clone())),
-            &Ok(()),
-            Some(v6),
-            true,
-            None,
-            Dataplane::unknown(),
-        );
+        let row =
+            row_of(&peer("b", Liveness::Alive, Ok(a.clone())), &Ok(()), Some(v6), true, None, Dataplane::unknown());
         let json = serde_json::to_value(&row).unwrap();
         assert_eq!((json["nodeIP"].as_str(), json["nodeIP6"].as_str()), (Some("2001:db8:2::2"), Some("2001:db8:2::2")));
         assert_eq!(json["underlayFamily"], "ipv6");
         let none = weft_overlay::underlay::NoSharedFamily { local: "192.0.2.1".parse().unwrap(), peer: a.node_ips };
-        let row = peer_status(
+        let row = row_of(
             &peer("b", Liveness::Alive, Ok(a)),
             &Err(Skip::NoSharedFamily(none)),
             None,
@@ -643,7 +662,7 @@ mod tests {
                     name: "c".into(),
                     underlay_family: Some(Family::Ipv6),
                     path: Some(PeerPath::Vxlan),
-                    ..peer_status(
+                    ..row_of(
                         &peer("c", Liveness::Alive, Err(Rejection::NotAnnounced("x"))),
                         &Ok(()),
                         None,
@@ -666,6 +685,44 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_row_names_each_lost_block_and_its_winner() {
+        let a = Announcement {
+            node_ips: "192.0.2.2".parse().unwrap(),
+            vtep_mac: Mac::derived("b"),
+            claims: vec![
+                claim("10.244.2.0/24", ClaimKind::Confirmed),
+                claim("fd00:10:244:1::/64", ClaimKind::Claiming),
+            ],
+        };
+        let b = peer("b", Liveness::Alive, Ok(a));
+        let lost = |cidr: &str| {
+            let cidr: IpNet = cidr.parse().unwrap();
+            (cidr, Skip::LostConflict { cidr, winner: "a".into() })
+        };
+        let v6_lost =
+            Decision { peer: &b, path: Some(vxlan4()), verdict: Ok(()), unrouted: vec![lost("fd00:10:244:1::/64")] };
+        let row = peer_status(&v6_lost, true, None, Dataplane::unknown());
+        assert!(row.programmed);
+        assert_eq!(row.note.as_deref(), Some("lost its PodCIDR claim fd00:10:244:1::/64 to a"));
+        let status = Status { node: sample_node(), peers: vec![row], conflicts: vec![], last_reconcile: None };
+        let line = render(&status).lines().find(|l| l.starts_with("b ")).unwrap().to_string();
+        for cell in ["10.244.2.0/24,fd00:10:244:1::/64", "yes", "lost its PodCIDR claim fd00:10:244:1::/64 to a"] {
+            assert!(line.contains(cell), "{line}");
+        }
+        // Both lost: skipped with the first, each named once.
+        let unrouted = vec![lost("10.244.2.0/24"), lost("fd00:10:244:1::/64")];
+        let both = Decision { verdict: Err(unrouted[0].1.clone()), unrouted, ..v6_lost.clone() };
+        assert_eq!(
+            peer_status(&both, false, None, Dataplane::unknown()).note.as_deref(),
+            Some("lost its PodCIDR claim 10.244.2.0/24 to a; lost its PodCIDR claim fd00:10:244:1::/64 to a")
+        );
+        // Another reason comes first.
+        let dead = Decision { verdict: Err(Skip::NotAlive(Liveness::Dead)), ..v6_lost };
+        let note = peer_status(&dead, false, None, Dataplane::unknown()).note.unwrap();
+        assert_eq!(note, "declared dead by the failure detector; lost its PodCIDR claim fd00:10:244:1::/64 to a");
+    }
+
+    #[test]
     fn peer_rows_carry_the_spec_fields_and_a_note_when_not_programmed() {
         let a = Announcement {
             node_ips: "192.0.2.2".parse().unwrap(),
@@ -682,8 +739,7 @@ mod tests {
             loss: Some(0.0),
             ..Dataplane::unknown()
         };
-        let row =
-            peer_status(&peer("b", Liveness::Alive, Ok(a.clone())), &Ok(()), Some(vxlan4()), true, Some(seen), up);
+        let row = row_of(&peer("b", Liveness::Alive, Ok(a.clone())), &Ok(()), Some(vxlan4()), true, Some(seen), up);
         let json = serde_json::to_value(&row).unwrap();
         assert_eq!(
             json,
@@ -698,7 +754,7 @@ mod tests {
                 "report": null
             })
         );
-        let rejected = peer_status(
+        let rejected = row_of(
             &peer("x", Liveness::Alive, Err(Rejection::VniMismatch { ours: 1, theirs: 2 })),
             &Err(Skip::Rejected(Rejection::VniMismatch { ours: 1, theirs: 2 })),
             Some(vxlan4()),
@@ -709,7 +765,7 @@ mod tests {
         assert_eq!(rejected.node_ip, None);
         assert_eq!(rejected.path, None);
         assert_eq!(rejected.note.as_deref(), Some("rejected: VNI 2 differs from ours (1)"));
-        let leaving = peer_status(
+        let leaving = row_of(
             &peer("l", Liveness::Leaving, Ok(a.clone())),
             &Ok(()),
             Some(vxlan4()),
@@ -719,7 +775,7 @@ mod tests {
         );
         assert_eq!(leaving.state, PeerState::Alive);
         assert_eq!(leaving.note.as_deref(), Some("leaving: routes kept until it is confirmed gone"));
-        let left = peer_status(
+        let left = row_of(
             &peer("l", Liveness::Left, Ok(a)),
             &Err(Skip::NotAlive(Liveness::Left)),
             Some(vxlan4()),

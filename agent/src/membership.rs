@@ -2,7 +2,7 @@
 //! node's own earlier generations), refreshed every gossip round, and the [`Settle`] tracker
 //! that says when the view is complete enough to act on.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -68,6 +68,21 @@ pub struct Member {
     pub generation: u64,
     pub liveness: Liveness,
     pub keys: BTreeMap<String, String>,
+}
+
+/// The members of `after` whose liveness differs from what `before` had for the same generation
+/// (or who are new to it), each with what it was. The agent logs these, so that the log says when
+/// gossip saw a node come, go or restart.
+pub fn liveness_changes<'a>(before: &[Member], after: &'a [Member]) -> Vec<(&'a Member, Option<Liveness>)> {
+    let was: HashMap<(&str, u64), Liveness> =
+        before.iter().map(|m| ((m.name.as_str(), m.generation), m.liveness)).collect();
+    after
+        .iter()
+        .filter_map(|m| {
+            let was = was.get(&(m.name.as_str(), m.generation)).copied();
+            (was != Some(m.liveness)).then_some((m, was))
+        })
+        .collect()
 }
 
 /// Every other node gossip knows about, sorted by (name, generation).
@@ -143,6 +158,33 @@ mod tests {
 
     fn view(members: Vec<Member>) -> View {
         View { members, last_seen: BTreeMap::new() }
+    }
+
+    #[test]
+    fn liveness_changes_name_new_members_and_changed_ones_only() {
+        let restarted = Member { generation: 2, ..member("c", Liveness::Joining) };
+        let before = [member("a", Liveness::Alive), member("b", Liveness::Alive), member("c", Liveness::Alive)];
+        let after = [
+            member("a", Liveness::Alive),
+            member("b", Liveness::Dead),
+            member("c", Liveness::Leaving),
+            restarted.clone(),
+            member("d", Liveness::Joining),
+        ];
+        let changes: Vec<(String, u64, Liveness, Option<Liveness>)> = liveness_changes(&before, &after)
+            .into_iter()
+            .map(|(m, was)| (m.name.clone(), m.generation, m.liveness, was))
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                ("b".into(), 1, Liveness::Dead, Some(Liveness::Alive)),
+                ("c".into(), 1, Liveness::Leaving, Some(Liveness::Alive)),
+                ("c".into(), 2, Liveness::Joining, None),
+                ("d".into(), 1, Liveness::Joining, None),
+            ]
+        );
+        assert!(liveness_changes(&after, &after).is_empty());
     }
 
     #[test]

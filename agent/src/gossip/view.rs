@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::gossip::keys;
-use crate::membership::{Member, View, classify};
+use crate::membership::{Liveness, Member, View, classify, liveness_changes};
 
 /// Reads the members out of chitchat (under its lock: keep it short).
 fn read(chitchat: &Chitchat) -> Vec<(Member, u64)> {
@@ -72,10 +72,31 @@ pub(super) fn spawn_observer(
                 if view.members == members {
                     return false;
                 }
+                log_changes(&view.members, &members);
                 view.members = members;
                 true
             });
         }
     });
     (rx, task)
+}
+
+/// Lines logged per round at most: a node starting in a large cluster sees every member appear
+/// at once, and one line says how many more there were.
+const CHANGES_LOGGED: usize = 32;
+
+fn log_changes(before: &[Member], after: &[Member]) {
+    let changes = liveness_changes(before, after);
+    for (m, was) in changes.iter().take(CHANGES_LOGGED) {
+        tracing::info!(
+            peer = %m.name,
+            generation = m.generation,
+            liveness = %m.liveness.as_str(),
+            was = %was.map_or("unknown", Liveness::as_str),
+            "member liveness changed"
+        );
+    }
+    if let Some(more) = changes.len().checked_sub(CHANGES_LOGGED).filter(|&n| n > 0) {
+        tracing::info!(more, "member liveness changed for more members this round");
+    }
 }

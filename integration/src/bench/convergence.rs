@@ -13,15 +13,23 @@
 //! SIGTERM, each time unplugging the node as well (a stopped agent whose node still answers keeps
 //! its routes: that is not a node going away). Every event waits for the previous one to be
 //! complete on every node.
+//!
+//! Gossip's own part is timed too, from the agents' logs (`member liveness changed`): from the
+//! joining agent's start until every peer's gossip saw it alive, and from SIGKILL until every
+//! peer's failure detector declared it dead. The same figures from the simulator (`bench
+//! membership`) at the same size are put beside them: this is how the simulator is validated
+//! against real agents.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use clap::Args as ClapArgs;
 use nix::sys::signal::Signal;
 use serde::Serialize;
 
+use super::agent_log;
+use super::membership;
 use super::stats::Summary;
 use crate::cluster::{AgentOptions, Cluster};
 use crate::cmd::{LabError, Result};
@@ -34,6 +42,15 @@ const LIMIT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(2);
 /// The issue's target: a joining node programmed on every peer within 1 s (p99) at 10 nodes.
 const JOIN_TARGET_MS: f64 = 1000.0;
+/// The agents' gossip interval, which the simulator is run with.
+const GOSSIP_INTERVAL_MS: u64 = 100;
+/// How far the simulator's median may be from the real agents' for the same event: two gossip
+/// rounds (the simulator's clock moves in whole rounds, a real agent's rounds start at any
+/// phase) or a quarter of the real median, whichever is larger.
+const TOLERANCE_ROUNDS: f64 = 2.0;
+const TOLERANCE_FRACTION: f64 = 0.25;
+/// What an agent logs when its gossip view changes a member's liveness.
+const LIVENESS_CHANGED: &str = "member liveness changed";
 
 #[derive(Debug, Clone, ClapArgs)]
 pub struct Args {
@@ -62,11 +79,21 @@ pub struct SizeResult {
     pub sigkill_withdrawn: Summary,
     /// SIGTERM sent until no other node has the route any more.
     pub sigterm_withdrawn: Summary,
+    /// Gossip alone, from the agents' logs: a new node's agent started until the last peer saw
+    /// it alive.
+    pub gossip_join_everywhere: Summary,
+    /// SIGKILL sent until the last peer's failure detector declared the node dead.
+    pub gossip_sigkill_everywhere: Summary,
+    /// The simulator's figures for the same events at the same size.
+    pub simulated_join_everywhere: Summary,
+    pub simulated_crash_everywhere: Summary,
     pub join_ms: Vec<f64>,
     pub join_confirmed_ms: Vec<f64>,
     pub restart_with_lease_ms: Vec<f64>,
     pub sigkill_withdrawn_ms: Vec<f64>,
     pub sigterm_withdrawn_ms: Vec<f64>,
+    pub gossip_join_everywhere_ms: Vec<f64>,
+    pub gossip_sigkill_everywhere_ms: Vec<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -99,6 +126,7 @@ pub fn measure(n: usize, repeats: usize) -> Result<SizeResult> {
     c.wait_converged(Duration::from_secs(60))?;
     let last = n - 1;
     let (mut join, mut confirmed, mut restart, mut killed, mut termed) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut gossip_join, mut gossip_killed) = (vec![], vec![]);
     for _ in 0..repeats {
         for signal in [Signal::SIGKILL, Signal::SIGTERM] {
             let fresh = signal == Signal::SIGKILL;
@@ -107,6 +135,7 @@ pub fn measure(n: usize, repeats: usize) -> Result<SizeResult> {
             if fresh {
                 join.push(joined.routed);
                 confirmed.push(joined.confirmed);
+                gossip_join.push(gossip_saw(&c, last, joined.started, &joined.generation, "alive")?);
             } else {
                 restart.push(joined.routed)
             }
@@ -116,13 +145,17 @@ pub fn measure(n: usize, repeats: usize) -> Result<SizeResult> {
             // tunnel answers.
             let agent = c.agent(last).expect("just started");
             let start = Instant::now();
+            let sent = SystemTime::now();
             agent.signal(signal)?;
             c.lab.set_cable(last, false)?;
             routes_on_peers(&c, last, &cidr, false)?;
             let elapsed = start.elapsed();
             c.lab.set_cable(last, true)?;
             match signal {
-                Signal::SIGKILL => killed.push(elapsed),
+                Signal::SIGKILL => {
+                    killed.push(elapsed);
+                    gossip_killed.push(gossip_saw(&c, last, sent, &joined.generation, "dead")?);
+                }
                 _ => termed.push(elapsed),
             }
             let agent = c.agent(last).expect("still tracked");
@@ -132,6 +165,18 @@ pub fn measure(n: usize, repeats: usize) -> Result<SizeResult> {
             c.agents[last] = None;
         }
     }
+    drop(c);
+    let simulated = membership::simulate_sizes(&membership::Args {
+        nodes: vec![n],
+        interval_ms: GOSSIP_INTERVAL_MS,
+        repeats,
+        window: 1,
+        partition_secs: 0,
+        rolling_restart: false,
+        json: false,
+    })?
+    .pop()
+    .expect("one size simulated");
     Ok(SizeResult {
         nodes: n,
         repeats,
@@ -140,16 +185,25 @@ pub fn measure(n: usize, repeats: usize) -> Result<SizeResult> {
         restart_with_lease: Summary::of(&restart),
         sigkill_withdrawn: Summary::of(&killed),
         sigterm_withdrawn: Summary::of(&termed),
+        gossip_join_everywhere: Summary::of(&gossip_join),
+        gossip_sigkill_everywhere: Summary::of(&gossip_killed),
+        simulated_join_everywhere: simulated.join_everywhere,
+        simulated_crash_everywhere: simulated.withdrawal_everywhere,
         join_ms: ms(&join),
         join_confirmed_ms: ms(&confirmed),
         restart_with_lease_ms: ms(&restart),
         sigkill_withdrawn_ms: ms(&killed),
         sigterm_withdrawn_ms: ms(&termed),
+        gossip_join_everywhere_ms: ms(&gossip_join),
+        gossip_sigkill_everywhere_ms: ms(&gossip_killed),
     })
 }
 
 struct Joined {
     cidr: String,
+    /// When the agent logged its start (gossip is running by then), and its generation.
+    started: SystemTime,
+    generation: String,
     /// Until every peer routes the PodCIDR the node ends up with.
     routed: Duration,
     /// Until the node reports that PodCIDR as its own.
@@ -168,6 +222,7 @@ fn join_once(c: &mut Cluster, i: usize, fresh: bool) -> Result<Joined> {
     let peers: Vec<usize> = (0..c.lab.nodes.len()).filter(|&k| k != i).collect();
     let before = peers.iter().map(|&k| weft_routes(c, k)).collect::<Result<Vec<_>>>()?;
     let start = Instant::now();
+    let launched = SystemTime::now();
     c.start_agent(i)?;
     // The CIDR is not known until the node has picked it: wait for a route every peer gained.
     let tentative = wait::until("a new PodCIDR routed on every peer", LIMIT, POLL, || {
@@ -190,7 +245,35 @@ fn join_once(c: &mut Cluster, i: usize, fresh: bool) -> Result<Joined> {
         routes_on_peers(c, i, &cidr, true)?;
         routed = start.elapsed();
     }
-    Ok(Joined { cidr, routed, confirmed })
+    let log = agent_log_of(c, i)?;
+    let name = c.lab.nodes[i].name.as_str();
+    let started = agent_log::first_at_or_after(&log, launched, "agent started", &[("node", name)]);
+    let generation = agent_log::field_at_or_after(&log, launched, "agent started", "generation");
+    let (Some(started), Some(generation)) = (started, generation) else {
+        return Err(LabError::Other(format!("{name}'s agent log has no start line since it was started")));
+    };
+    Ok(Joined { cidr, started, generation, routed, confirmed })
+}
+
+fn agent_log_of(c: &Cluster, k: usize) -> Result<String> {
+    let path = c.lab.nodes[k].path("agent.log");
+    std::fs::read_to_string(&path).map_err(|e| LabError::Other(format!("read {}: {e}", path.display())))
+}
+
+/// How long after `since` the last peer of node `i` logged generation `generation` of it as
+/// `liveness` (waiting briefly for a line still being written).
+fn gossip_saw(c: &Cluster, i: usize, since: SystemTime, generation: &str, liveness: &str) -> Result<Duration> {
+    let name = c.lab.nodes[i].name.as_str();
+    let fields = [("peer", name), ("generation", generation), ("liveness", liveness)];
+    let mut latest = since;
+    for k in (0..c.lab.nodes.len()).filter(|&k| k != i) {
+        let what = format!("{}'s log to say {name} (generation {generation}) is {liveness}", c.lab.nodes[k].name);
+        let seen = wait::until(&what, Duration::from_secs(2), Duration::from_millis(20), || {
+            agent_log::first_at_or_after(&agent_log_of(c, k).ok()?, since, LIVENESS_CHANGED, &fields)
+        })?;
+        latest = latest.max(seen);
+    }
+    Ok(latest.duration_since(since).unwrap_or_default())
 }
 
 /// The destinations of the routes weft installed on node `k`.
@@ -231,6 +314,32 @@ fn table(c: &Convergence) -> String {
                 out,
                 "{:>5}  {name:<28} {:>3} {:>7.0}ms {:>7.0}ms {:>7.0}ms {:>7.0}ms",
                 s.nodes, sum.n, sum.median_ms, sum.p99_ms, sum.min_ms, sum.max_ms
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nGossip alone, real agents (their logs) against the simulator (bench membership, {GOSSIP_INTERVAL_MS} ms, \
+         same size); tolerance: {TOLERANCE_ROUNDS} rounds or {:.0} % of the real median, whichever is larger",
+        TOLERANCE_FRACTION * 100.0
+    );
+    let _ = writeln!(
+        out,
+        "{:>5}  {:<34} {:>16} {:>16} {:>9}  verdict",
+        "nodes", "event (last peer)", "real p50 (max)", "sim p50 (max)", "sim-real"
+    );
+    for s in &c.sizes {
+        for (name, real, sim) in [
+            ("join: seen alive everywhere", &s.gossip_join_everywhere, &s.simulated_join_everywhere),
+            ("SIGKILL: declared dead everywhere", &s.gossip_sigkill_everywhere, &s.simulated_crash_everywhere),
+        ] {
+            let difference = sim.median_ms - real.median_ms;
+            let tolerance = (TOLERANCE_ROUNDS * GOSSIP_INTERVAL_MS as f64).max(TOLERANCE_FRACTION * real.median_ms);
+            let verdict = if difference.abs() <= tolerance { "within" } else { "OUTSIDE" };
+            let _ = writeln!(
+                out,
+                "{:>5}  {name:<34} {:>7.0} ({:>5.0}) ms {:>7.0} ({:>5.0}) ms {:>+7.0}ms  {verdict}",
+                s.nodes, real.median_ms, real.max_ms, sim.median_ms, sim.max_ms, difference
             );
         }
     }

@@ -133,16 +133,21 @@ pub struct RollingResult {
 }
 
 pub fn run(args: &Args) -> Result<String> {
+    let results = simulate_sizes(args)?;
+    if args.json {
+        return Ok(serde_json::to_string_pretty(&results).expect("serializable"));
+    }
+    Ok(table(args, &results))
+}
+
+/// Simulates each of `args.nodes`, one after the other, on a paused clock.
+pub fn simulate_sizes(args: &Args) -> Result<Vec<SizeResult>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
         .build()
         .map_err(|e| LabError::Other(format!("runtime: {e}")))?;
-    let results = args.nodes.iter().map(|&n| runtime.block_on(simulate(n, args))).collect::<Result<Vec<_>>>()?;
-    if args.json {
-        return Ok(serde_json::to_string_pretty(&results).expect("serializable"));
-    }
-    Ok(table(args, &results))
+    args.nodes.iter().map(|&n| runtime.block_on(simulate(n, args))).collect()
 }
 
 /// One simulated node.

@@ -1,5 +1,6 @@
 //! `weft-lab bench …`: measurements that compare weft with a target or a baseline in one run.
 
+pub mod agent_log;
 pub mod cni;
 pub mod convergence;
 pub mod dataplane;

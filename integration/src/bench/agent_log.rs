@@ -1,0 +1,72 @@
+//! Reading real agents' logs: when an agent logged a line, so that gossip's own verdicts (a
+//! member seen alive, declared dead) can be timed in a lab as the simulator times them.
+//!
+//! The agents log tracing's text format: an RFC 3339 UTC timestamp first, then the level, the
+//! target, the message and `key=value` fields (`%`-formatted values carry no quotes).
+
+use std::time::SystemTime;
+
+/// The time of the first line at or after `since` that contains `message` and every one of
+/// `fields` as `key=value`.
+pub fn first_at_or_after(log: &str, since: SystemTime, message: &str, fields: &[(&str, &str)]) -> Option<SystemTime> {
+    log.lines().filter(|line| line.contains(message) && fields.iter().all(|(k, v)| has_field(line, k, v))).find_map(
+        |line| {
+            let stamp = humantime::parse_rfc3339(line.split_whitespace().next()?).ok()?;
+            (stamp >= since).then_some(stamp)
+        },
+    )
+}
+
+/// The value of field `key` in the first line at or after `since` that contains `message`.
+pub fn field_at_or_after(log: &str, since: SystemTime, message: &str, key: &str) -> Option<String> {
+    log.lines().filter(|line| line.contains(message)).find_map(|line| {
+        let stamp = humantime::parse_rfc3339(line.split_whitespace().next()?).ok()?;
+        let prefix = format!("{key}=");
+        let value = line.split_whitespace().find_map(|word| word.strip_prefix(prefix.as_str()))?;
+        (stamp >= since).then(|| value.to_string())
+    })
+}
+
+fn has_field(line: &str, key: &str, value: &str) -> bool {
+    let field = format!("{key}={value}");
+    line.split_whitespace().any(|word| word == field)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const LOG: &str = "\
+2026-12-05T22:50:01.100000Z  INFO weft_agent::agent: agent started node=n9 generation=7 node_ip=192.0.2.9
+2026-12-05T22:50:01.300000Z  INFO weft_agent::gossip::view: member liveness changed peer=n1 generation=3 liveness=alive was=unknown
+2026-12-05T22:50:01.400000Z  INFO weft_agent::gossip::view: member liveness changed peer=n10 generation=7 liveness=alive was=joining
+2026-12-05T22:50:02.500000Z  INFO weft_agent::gossip::view: member liveness changed peer=n1 generation=3 liveness=dead was=alive
+";
+
+    fn at(s: &str) -> SystemTime {
+        humantime::parse_rfc3339(s).unwrap()
+    }
+
+    #[test]
+    fn finds_the_first_matching_line_at_or_after_a_time() {
+        let changed = "member liveness changed";
+        let alive = [("peer", "n1"), ("generation", "3"), ("liveness", "alive")];
+        let since = at("2026-12-05T22:50:00Z");
+        assert_eq!(first_at_or_after(LOG, since, changed, &alive), Some(at("2026-12-05T22:50:01.3Z")));
+        // `peer=n1` is a whole field: it does not match `peer=n10`.
+        let dead = [("peer", "n1"), ("liveness", "dead")];
+        assert_eq!(first_at_or_after(LOG, since, changed, &dead), Some(at("2026-12-05T22:50:02.5Z")));
+        assert_eq!(first_at_or_after(LOG, at("2026-12-05T22:50:01.35Z"), changed, &alive), None);
+        assert_eq!(first_at_or_after(LOG, since, changed, &[("peer", "n2")]), None);
+        assert_eq!(first_at_or_after("not a log line peer=n1\n", since, "", &[("peer", "n1")]), None);
+    }
+
+    #[test]
+    fn reads_a_field_of_a_line_at_or_after_a_time() {
+        let since = at("2026-12-05T22:50:01Z");
+        assert_eq!(field_at_or_after(LOG, since, "agent started", "generation").as_deref(), Some("7"));
+        assert_eq!(field_at_or_after(LOG, since + Duration::from_secs(1), "agent started", "generation"), None);
+    }
+}

@@ -663,7 +663,9 @@ proptest! {
         let kernel = converged(&Desired { peers: valid_peers(&prev), ..prev.clone() });
         let devices = Devices { vxlan: [(Family::Ipv4, VXLAN)].into(), underlay: [(Family::Ipv4, ETH0)].into() };
         let applied = Applied::new(prev.clone(), devices).expect("a valid local node");
-        let (partial, now) = plan_incremental(&applied, &next).expect("only peers changed, and few");
+        let (partial, change) = plan_incremental(&applied, &next).expect("only peers changed, and few");
+        let mut now = applied.clone();
+        now.update(change);
         prop_assert_eq!(Some(now), Applied::new(next.clone(), applied.devices.clone()));
         prop_assert_eq!(&partial.rejected, &plan(&next, &kernel).unwrap().rejected);
         for order in [InStage::AsPlanned, InStage::Reversed] {

@@ -666,7 +666,13 @@ proptest! {
         let (partial, change) = plan_incremental(&applied, &next).expect("only peers changed, and few");
         let mut now = applied.clone();
         now.update(change);
-        prop_assert_eq!(Some(now), Applied::new(next.clone(), applied.devices.clone()));
+        let full = Applied::new(next.clone(), applied.devices.clone());
+        prop_assert_eq!(Some(&now), full.as_ref());
+        // And back: the applied state kept through two updates (slots freed and reused) is the
+        // one a full apply of `prev` keeps.
+        let (_, back) = plan_incremental(&now, &prev).expect("only peers changed, and few");
+        now.update(back);
+        prop_assert_eq!(&now, &applied);
         prop_assert_eq!(&partial.rejected, &plan(&next, &kernel).unwrap().rejected);
         for order in [InStage::AsPlanned, InStage::Reversed] {
             let after = apply(&partial, &kernel, &next, order);

@@ -89,15 +89,18 @@ impl Dataplane {
     pub async fn apply_incremental(&self, desired: &Desired) -> Result<Option<ApplyReport>, DataplaneError> {
         let mut applied = self.busy.lock().await;
         let start = Instant::now();
-        let Some(last) = applied.take() else { return Ok(None) };
-        let Some((plan, now)) = plan_incremental(&last, desired) else {
+        let Some(mut last) = applied.take() else { return Ok(None) };
+        let Some((plan, change)) = plan_incremental(&last, desired) else {
             *applied = Some(last);
             return Ok(None);
         };
         let mut report =
             ApplyReport { unchanged: plan.unchanged, rejected: plan.rejected.clone(), ..ApplyReport::default() };
         let outcome = execute::run(self.kernel(), plan).await.map_err(DataplaneError::Device)?;
-        *applied = report_outcome(&mut report, outcome, start, "incremental").then_some(now);
+        if report_outcome(&mut report, outcome, start, "incremental") {
+            last.update(change);
+            *applied = Some(last);
+        }
         Ok(Some(report))
     }
 

@@ -6,18 +6,25 @@
 //!
 //! It trusts that the kernel still holds what the last full apply wrote: whatever was changed
 //! behind weft's back stays so until the next full apply (the agent's periodic resync).
+//!
+//! Its cost follows the changed peers, not all of them: the applied state keeps its valid peers
+//! indexed by name, VTEP MAC, block and node IP, so that a change validates only the peers that
+//! came and those they could clash with. Only while some peer is rejected (a conflict that a
+//! change elsewhere may resolve) is the whole new state validated again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use crate::desired::{Desired, Peer};
+use ipnet::IpNet;
+
+use crate::desired::{Desired, LocalNode, Peer};
 use crate::firewall;
 use crate::mac::Mac;
 use crate::nft::elements::ElementChanges;
 use crate::objects::{FdbEntry, Neighbour};
 use crate::plan::{Builder, Dev, Op, PeerObjects, Plan, RouteSpec, Stage, Tally, rejected};
 use crate::underlay::Family;
-use crate::validate::{Validated, validate};
+use crate::validate::{range, validate, validate_peers};
 
 /// More changed peers than this take a full apply.
 pub const MAX_CHANGED_PEERS: usize = 64;
@@ -37,13 +44,13 @@ struct Owned<'p> {
 }
 
 impl<'p> Owned<'p> {
-    fn of(desired: &Desired, peer: &'p Peer, devices: &Devices) -> Option<Owned<'p>> {
+    fn of(local: &LocalNode, peer: &'p Peer, devices: &Devices) -> Option<Owned<'p>> {
         let family = Family::of(peer.node_ip);
         let underlay = *devices.underlay.get(&family)?;
-        Some(Owned { peer, family, objects: PeerObjects::of(&desired.local, peer, underlay) })
+        Some(Owned { peer, family, objects: PeerObjects::of(local, peer, underlay) })
     }
 
-    fn route(&self, dst: &ipnet::IpNet) -> Option<&RouteSpec> {
+    fn route(&self, dst: &IpNet) -> Option<&RouteSpec> {
         self.objects.routes.iter().find(|r| r.dst == *dst)
     }
 
@@ -58,63 +65,227 @@ impl<'p> Owned<'p> {
 }
 
 /// A desired state the kernel holds (applied in full, or partially on top of such an apply,
-/// without failures), with what the partial sync from it needs: which of its peers are valid
-/// (kept, so that each sync validates only the new state) and the device indexes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// without failures), kept as the partial sync from it needs it: its valid peers in slots that
+/// stay put while others come and go, indexed by what validation compares, the peers it
+/// rejected, and the device indexes.
+#[derive(Debug, Clone)]
 pub struct Applied {
-    pub desired: Desired,
-    /// Indexes into `desired.peers`.
-    valid: Vec<usize>,
+    local: LocalNode,
+    slots: Vec<Option<Peer>>,
+    free: Vec<usize>,
+    by_name: HashMap<String, usize>,
+    by_mac: HashMap<Mac, usize>,
+    /// Every block of a valid peer by (family, first address), with its last address: valid
+    /// blocks never overlap, so at most one starts before a given block and reaches into it.
+    blocks: BTreeMap<(Family, u128), (u128, usize)>,
+    /// How many valid peers have each node IP (the VXLAN allow-list holds those with any).
+    node_ips: HashMap<IpAddr, usize>,
+    rejected: Vec<Peer>,
     pub devices: Devices,
+}
+
+/// What a partial sync changes in the applied state once it has succeeded.
+#[derive(Debug)]
+pub struct Change {
+    /// Slots of the peers gone or changed.
+    gone: Vec<usize>,
+    /// The peers new or changed.
+    came: Vec<Peer>,
+    rejected: Vec<Peer>,
+}
+
+/// How a list of peers differs from the applied ones.
+struct Diff<'p> {
+    /// Per slot: whether the list holds that peer as it is.
+    kept: Vec<bool>,
+    /// Its peers that are not applied as they are.
+    came: Vec<&'p Peer>,
+    /// An applied peer listed twice.
+    twice: bool,
 }
 
 impl Applied {
     /// `None` when the local node is invalid (nothing was applied then).
     pub fn new(desired: Desired, devices: Devices) -> Option<Applied> {
-        let valid = valid_indexes(&desired, &validate(&desired).ok()?);
-        Some(Applied { desired, valid, devices })
+        let valid = validate(&desired).ok()?;
+        let mut applied = Applied {
+            local: desired.local.clone(),
+            slots: Vec::with_capacity(valid.peers.len()),
+            free: Vec::new(),
+            by_name: HashMap::with_capacity(valid.peers.len()),
+            by_mac: HashMap::with_capacity(valid.peers.len()),
+            blocks: BTreeMap::new(),
+            node_ips: HashMap::with_capacity(valid.peers.len()),
+            rejected: Vec::new(),
+            devices,
+        };
+        let change = Change {
+            gone: Vec::new(),
+            came: valid.peers.into_iter().cloned().collect(),
+            rejected: valid.rejected.into_iter().map(|(p, _)| p.clone()).collect(),
+        };
+        applied.update(change);
+        Some(applied)
     }
 
-    fn peers(&self) -> Vec<&Peer> {
-        self.valid.iter().map(|&i| &self.desired.peers[i]).collect()
+    /// Makes `change` (planned from this state) the applied state.
+    pub fn update(&mut self, change: Change) {
+        for slot in change.gone {
+            self.remove(slot);
+        }
+        for peer in change.came {
+            self.insert(peer);
+        }
+        self.rejected = change.rejected;
     }
-}
 
-/// The positions of the valid peers in `desired.peers` (validation keeps their order).
-fn valid_indexes(desired: &Desired, valid: &Validated<'_>) -> Vec<usize> {
-    let mut kept = valid.peers.iter().peekable();
-    let mut out = Vec::with_capacity(valid.peers.len());
-    for (i, p) in desired.peers.iter().enumerate() {
-        if kept.next_if(|v| std::ptr::eq(**v, p)).is_some() {
-            out.push(i);
+    fn insert(&mut self, peer: Peer) {
+        let slot = self.free.pop().unwrap_or(self.slots.len());
+        self.by_name.insert(peer.name.clone(), slot);
+        self.by_mac.insert(peer.vtep_mac, slot);
+        for block in &peer.pod_cidrs {
+            let (family, start, end) = range(block);
+            self.blocks.insert((family, start), (end, slot));
+        }
+        *self.node_ips.entry(peer.node_ip).or_default() += 1;
+        if slot == self.slots.len() {
+            self.slots.push(Some(peer));
+        } else {
+            self.slots[slot] = Some(peer);
         }
     }
-    out
+
+    fn remove(&mut self, slot: usize) {
+        let Some(peer) = self.slots[slot].take() else { return };
+        self.free.push(slot);
+        self.by_name.remove(&peer.name);
+        self.by_mac.remove(&peer.vtep_mac);
+        for block in &peer.pod_cidrs {
+            let (family, start, _) = range(block);
+            self.blocks.remove(&(family, start));
+        }
+        if let Some(n) = self.node_ips.get_mut(&peer.node_ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.node_ips.remove(&peer.node_ip);
+            }
+        }
+    }
+
+    fn peer(&self, slot: usize) -> Option<&Peer> {
+        self.slots.get(slot)?.as_ref()
+    }
+
+    fn diff<'p>(&self, peers: impl Iterator<Item = &'p Peer>) -> Diff<'p> {
+        let mut diff = Diff { kept: vec![false; self.slots.len()], came: Vec::new(), twice: false };
+        for p in peers {
+            match self.by_name.get(p.name.as_str()) {
+                Some(&slot) if self.peer(slot) == Some(p) => {
+                    diff.twice |= diff.kept[slot];
+                    diff.kept[slot] = true;
+                }
+                _ => diff.came.push(p),
+            }
+        }
+        diff
+    }
+
+    /// The slots of the applied peers `diff` does not keep.
+    fn gone(&self, diff: &Diff<'_>) -> Vec<usize> {
+        let kept = diff.kept.iter().filter(|k| **k).count();
+        if kept == self.by_name.len() {
+            return Vec::new();
+        }
+        (0..self.slots.len()).filter(|&s| self.slots[s].is_some() && !diff.kept[s]).collect()
+    }
+
+    /// Whether every peer of the new list `diff` was taken from is valid, when none of the
+    /// applied ones was rejected: a kept peer stays valid unless a peer that came clashes with
+    /// it, so the peers that came are validated together with the kept ones sharing a name, a
+    /// VTEP MAC or an overlapping block with them.
+    fn all_valid(&self, diff: &Diff<'_>) -> bool {
+        if !self.rejected.is_empty() || diff.twice {
+            return false;
+        }
+        let mut clashing: Vec<usize> = Vec::new();
+        for p in &diff.came {
+            let keyed = [self.by_name.get(p.name.as_str()), self.by_mac.get(&p.vtep_mac)];
+            clashing.extend(keyed.into_iter().flatten());
+            for block in &p.pod_cidrs {
+                clashing.extend(self.overlapping(block));
+            }
+        }
+        clashing.sort_unstable();
+        clashing.dedup();
+        let kept = clashing.into_iter().filter(|&s| diff.kept[s]).filter_map(|s| self.peer(s));
+        validate_peers(&self.local, diff.came.iter().copied().chain(kept).collect()).rejected.is_empty()
+    }
+
+    /// The slots of the valid peers with a block overlapping `block`: those starting inside it,
+    /// and the one starting before it when it reaches into it.
+    fn overlapping(&self, block: &IpNet) -> impl Iterator<Item = usize> + '_ {
+        let (family, start, end) = range(block);
+        let inside = self.blocks.range((family, start)..=(family, end));
+        let before = self.blocks.range(..(family, start)).next_back();
+        let before = before.filter(|((f, _), (reach, _))| *f == family && *reach >= start);
+        inside.chain(before).map(|(_, (_, slot))| *slot)
+    }
 }
 
-/// The plan of a partial sync from `prev` to `next`, and `next` as applied once it succeeds;
-/// `None` when a full apply is needed: the local node changed, too many peers changed, or a
-/// device index is not known.
-pub fn plan_incremental(prev: &Applied, next: &Desired) -> Option<(Plan, Applied)> {
+/// Equal when they hold the same peers, rejected ones and devices, and index them alike,
+/// whichever slots the peers are in.
+impl PartialEq for Applied {
+    fn eq(&self, other: &Applied) -> bool {
+        let named = |a: &Applied, slot: &usize| a.peer(*slot).map(|p| p.name.clone());
+        let view = |a: &Applied| {
+            (
+                a.by_name.keys().map(|n| (n.clone(), a.peer(a.by_name[n]).cloned())).collect::<BTreeMap<_, _>>(),
+                a.by_mac.iter().map(|(m, s)| (*m, named(a, s))).collect::<BTreeMap<_, _>>(),
+                a.blocks.iter().map(|(k, (end, s))| (*k, *end, named(a, s))).collect::<Vec<_>>(),
+                a.node_ips.iter().map(|(ip, n)| (*ip, *n)).collect::<BTreeMap<_, _>>(),
+                a.slots.iter().flatten().count(),
+            )
+        };
+        self.local == other.local
+            && self.rejected == other.rejected
+            && self.devices == other.devices
+            && view(self) == view(other)
+    }
+}
+
+impl Eq for Applied {}
+
+/// The plan of a partial sync from `prev` to `next`, and what it changes in `prev` once it
+/// succeeds ([`Applied::update`]); `None` when a full apply is needed: the local node changed,
+/// too many peers changed, or a device index is not known.
+pub fn plan_incremental(prev: &Applied, next: &Desired) -> Option<(Plan, Change)> {
     let devices = &prev.devices;
-    if prev.desired.local != next.local {
+    if prev.local != next.local {
         return None;
     }
-    // The local node is unchanged, so valid before means valid now: an error is not expected.
-    let before = prev.peers();
-    let after = validate(next).ok()?;
-    let gone = changed(&before, &after.peers);
-    let came = changed(&after.peers, &before);
-    if gone.len() + came.len() > MAX_CHANGED_PEERS {
+    let mut diff = prev.diff(next.peers.iter());
+    // Counted before validation, which would leave out invalid peers: a bulk change is left
+    // to a full apply without validating it.
+    if diff.came.len() + prev.gone(&diff).len() > MAX_CHANGED_PEERS {
         return None;
     }
-    let old: Vec<Owned<'_>> = gone.iter().map(|p| Owned::of(&prev.desired, p, devices)).collect::<Option<_>>()?;
-    let new: Vec<Owned<'_>> = came.iter().map(|p| Owned::of(next, p, devices)).collect::<Option<_>>()?;
+    let mut left_out = Vec::new();
+    if !prev.all_valid(&diff) {
+        // The local node is unchanged, so valid before means valid now: an error is not expected.
+        let valid = validate(next).ok()?;
+        diff = prev.diff(valid.peers.iter().copied());
+        left_out = valid.rejected;
+    }
+    let gone_slots = prev.gone(&diff);
+    let gone: Vec<&Peer> = gone_slots.iter().filter_map(|s| prev.peer(*s)).collect();
+    let came = &diff.came;
+    let local = &prev.local;
+    let old: Vec<Owned<'_>> = gone.iter().map(|p| Owned::of(local, p, devices)).collect::<Option<_>>()?;
+    let new: Vec<Owned<'_>> = came.iter().map(|p| Owned::of(local, p, devices)).collect::<Option<_>>()?;
     let vxlan = |family: Family| devices.vxlan.get(&family).copied();
     if old.iter().chain(&new).any(|o| o.objects.tunnelled() && vxlan(o.family).is_none()) {
         return None;
     }
-
     let mut b = Builder::new();
     for n in &new {
         let name = Some(n.peer.name.as_str());
@@ -179,12 +350,13 @@ pub fn plan_incremental(prev: &Applied, next: &Desired) -> Option<(Plan, Applied
     }
 
     // The VXLAN allow-list holds every valid peer's node IP; several peers may share one.
+    let before = |ip: IpAddr| prev.node_ips.get(&ip).copied().unwrap_or(0);
+    let with = |peers: &[&Peer], ip: IpAddr| peers.iter().filter(|p| p.node_ip == ip).count();
     let mut elements: BTreeMap<Family, ElementChanges> = BTreeMap::new();
-    let holds = |peers: &[&Peer], ip: IpAddr| peers.iter().any(|p| p.node_ip == ip);
-    for ip in dedup(came.iter().map(|p| p.node_ip)).filter(|ip| !holds(&before, *ip)) {
+    for ip in dedup(came.iter().map(|p| p.node_ip)).filter(|ip| before(*ip) == 0) {
         elements.entry(Family::of(ip)).or_default().added.push(ip);
     }
-    for ip in dedup(gone.iter().map(|p| p.node_ip)).filter(|ip| !holds(&after.peers, *ip)) {
+    for ip in dedup(gone.iter().map(|p| p.node_ip)).filter(|ip| before(*ip) + with(came, *ip) == with(&gone, *ip)) {
         elements.entry(Family::of(ip)).or_default().removed.push(ip);
     }
     for (family, changes) in elements {
@@ -198,18 +370,15 @@ pub fn plan_incremental(prev: &Applied, next: &Desired) -> Option<(Plan, Applied
         stages: b.stages(),
         vxlan_index: devices.vxlan.clone(),
         underlay_index: devices.underlay.clone(),
-        rejected: rejected(&after),
+        rejected: rejected(&left_out),
         failures: Vec::new(),
     };
-    let valid = valid_indexes(next, &after);
-    Some((plan, Applied { desired: next.clone(), valid, devices: devices.clone() }))
-}
-
-/// The peers of `these` that `others` has not, or not as they are (peer names are unique
-/// among valid peers).
-fn changed<'p>(these: &[&'p Peer], others: &[&Peer]) -> Vec<&'p Peer> {
-    let others: HashMap<&str, &Peer> = others.iter().map(|p| (p.name.as_str(), *p)).collect();
-    these.iter().copied().filter(|p| others.get(p.name.as_str()).is_none_or(|o| *o != *p)).collect()
+    let change = Change {
+        gone: gone_slots,
+        came: came.iter().map(|p| (*p).clone()).collect(),
+        rejected: left_out.into_iter().map(|(p, _)| p.clone()).collect(),
+    };
+    Some((plan, change))
 }
 
 /// The addresses once each, sorted.
@@ -457,6 +626,93 @@ mod tests {
         assert_eq!(plan.rejected.len(), 2);
         assert!(plan.steps().all(|s| s.tally.created == 0 && s.tally.changed == 0));
         assert!(partial(&prev, &prev, devices(&prev)).unwrap().stages.is_empty());
+    }
+
+    /// The plan of a partial sync from `prev` to `next`, the applied state after it, and the
+    /// one a full apply of `next` keeps.
+    fn synced(prev: &Desired, next: &Desired) -> (Plan, Applied, Applied) {
+        let mut now = Applied::new(prev.clone(), devices(prev)).unwrap();
+        let (plan, change) = plan_incremental(&now, next).expect("an incremental plan");
+        now.update(change);
+        (plan, now, Applied::new(next.clone(), devices(prev)).unwrap())
+    }
+
+    fn rejected_names(plan: &Plan) -> Vec<&str> {
+        let mut names: Vec<&str> = plan.rejected.iter().filter_map(|f| f.peer.as_deref()).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// `prev` with peer n9 added after `edit`.
+    fn with_n9(prev: &Desired, edit: fn(&mut Peer)) -> Desired {
+        let mut next = prev.clone();
+        let mut p = peer(9, PeerPath::Vxlan);
+        edit(&mut p);
+        next.peers.push(p);
+        next
+    }
+
+    #[test]
+    fn a_new_peer_clashing_with_an_unchanged_one_takes_both_out() {
+        let prev = desired_with(&[2, 3, 4]);
+        type Case = (fn(&mut Peer), [&'static str; 2], &'static str);
+        let cases: [Case; 4] = [
+            // Inside n3's block: found as the block that starts before it and reaches into it.
+            (|p| p.pod_cidrs = vec!["10.244.3.128/25".parse().unwrap()], ["n3", "n9"], "10.244.3.0/24"),
+            // Around n4's block: found as a block that starts inside it.
+            (|p| p.pod_cidrs = vec!["10.244.4.0/23".parse().unwrap()], ["n4", "n9"], "10.244.4.0/24"),
+            (|p| p.vtep_mac = Mac::derived("n2"), ["n2", "n9"], "10.244.2.0/24"),
+            (|p| p.name = "n3".into(), ["n3", "n3"], "10.244.3.0/24"),
+        ];
+        for (edit, clashing, block) in cases {
+            let next = with_n9(&prev, edit);
+            let (plan, now, full) = synced(&prev, &next);
+            assert_eq!(rejected_names(&plan), clashing);
+            let deleted = format!("delete route {block}");
+            assert!(writes(&prev, &next).iter().any(|(w, _)| *w == deleted), "{deleted}");
+            assert!(writes(&prev, &next).iter().all(|(_, t)| t.created == 0 && t.changed == 0));
+            assert_eq!(now, full);
+        }
+    }
+
+    #[test]
+    fn a_rejected_peer_is_routed_again_once_its_clash_is_gone() {
+        let prev = with_n9(&desired_with(&[2, 3]), |p| p.vtep_mac = Mac::derived("n3"));
+        let next = desired_with(&[2, 3]);
+        let (plan, now, full) = synced(&prev, &next);
+        assert!(plan.rejected.is_empty());
+        assert!(writes(&prev, &next).contains(&set("set route 10.244.3.0/24", Tally::CREATE)));
+        assert_eq!(now, full);
+        // Unchanged, the clash stays reported and nothing is written.
+        let (plan, now, full) = synced(&prev, &prev);
+        assert_eq!(rejected_names(&plan), ["n3", "n9"]);
+        assert!(plan.stages.is_empty());
+        assert_eq!(now, full);
+    }
+
+    #[test]
+    fn only_a_clean_change_without_rejected_peers_skips_validating_the_whole_state() {
+        let clean = |prev: &Desired, next: &Desired| {
+            let applied = Applied::new(prev.clone(), devices(prev)).unwrap();
+            applied.all_valid(&applied.diff(next.peers.iter()))
+        };
+        let prev = desired_with(&[2, 3, 4]);
+        let mut moved = prev.clone();
+        moved.peers[1].pod_cidrs = vec!["10.244.33.0/24".parse().unwrap()];
+        assert!(clean(&prev, &desired_with(&[2, 3, 4, 5])));
+        assert!(clean(&prev, &desired_with(&[2, 4])));
+        assert!(clean(&prev, &moved));
+        // A block taken over from a peer that goes in the same change clashes with nothing.
+        let mut taken = desired_with(&[2, 4]);
+        taken.peers.push(Peer { pod_cidrs: prev.peers[1].pod_cidrs.clone(), ..peer(9, PeerPath::Vxlan) });
+        assert!(clean(&prev, &taken));
+        assert!(!clean(&prev, &with_n9(&prev, |p| p.pod_cidrs = vec!["10.244.3.128/25".parse().unwrap()])));
+        assert!(!clean(&prev, &with_n9(&prev, |p| p.pod_cidrs = vec!["10.244.9.1/24".parse().unwrap()])));
+        let mut twice = prev.clone();
+        twice.peers.push(prev.peers[0].clone());
+        assert!(!clean(&prev, &twice));
+        let rejecting = with_n9(&prev, |p| p.vtep_mac = Mac::derived("n3"));
+        assert!(!clean(&rejecting, &rejecting));
     }
 
     #[test]

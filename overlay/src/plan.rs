@@ -25,7 +25,7 @@ use crate::report::Failure;
 use crate::snapshot::{Kernel, RP_FILTER_LOOSE};
 use crate::sysctl;
 use crate::underlay::Family;
-use crate::validate::{InvalidLocal, Validated, validate};
+use crate::validate::{InvalidLocal, InvalidPeer, validate};
 
 /// A device an operation acts on. A VXLAN device's index is unknown until it exists, so
 /// operations on it name it by family and the executor fills the index in.
@@ -401,19 +401,19 @@ pub fn plan(desired: &Desired, kernel: &Kernel) -> Result<Plan, PlanError> {
         stages: b.stages(),
         vxlan_index: on_vxlan.iter().filter_map(|(f, on)| Some((*f, on.index?))).collect(),
         underlay_index: underlays,
-        rejected: rejected(&valid),
+        rejected: rejected(&valid.rejected),
         failures,
     })
 }
 
 /// The peers validation left out, as reported.
-pub(crate) fn rejected(valid: &Validated<'_>) -> Vec<Failure> {
+pub(crate) fn rejected(rejected: &[(&Peer, InvalidPeer)]) -> Vec<Failure> {
     let failure = |(peer, why): &(&Peer, _)| Failure {
         object: format!("peer {}", peer.name),
         peer: Some(peer.name.clone()),
         error: format!("{why}"),
     };
-    valid.rejected.iter().map(failure).collect()
+    rejected.iter().map(failure).collect()
 }
 
 /// What one peer needs in the kernel: a route per block this node routes and, for each block

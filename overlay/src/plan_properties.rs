@@ -663,8 +663,16 @@ proptest! {
         let kernel = converged(&Desired { peers: valid_peers(&prev), ..prev.clone() });
         let devices = Devices { vxlan: [(Family::Ipv4, VXLAN)].into(), underlay: [(Family::Ipv4, ETH0)].into() };
         let applied = Applied::new(prev.clone(), devices).expect("a valid local node");
-        let (partial, now) = plan_incremental(&applied, &next).expect("only peers changed, and few");
-        prop_assert_eq!(Some(now), Applied::new(next.clone(), applied.devices.clone()));
+        let (partial, change) = plan_incremental(&applied, &next).expect("only peers changed, and few");
+        let mut now = applied.clone();
+        now.update(change);
+        let full = Applied::new(next.clone(), applied.devices.clone());
+        prop_assert_eq!(Some(&now), full.as_ref());
+        // And back: the applied state kept through two updates (slots freed and reused) is the
+        // one a full apply of `prev` keeps.
+        let (_, back) = plan_incremental(&now, &prev).expect("only peers changed, and few");
+        now.update(back);
+        prop_assert_eq!(&now, &applied);
         prop_assert_eq!(&partial.rejected, &plan(&next, &kernel).unwrap().rejected);
         for order in [InStage::AsPlanned, InStage::Reversed] {
             let after = apply(&partial, &kernel, &next, order);

@@ -90,21 +90,26 @@ pub struct Validated<'a> {
 /// Checks the local node, then each peer alone, then the peers against each other. Every peer
 /// involved in a conflict is rejected, so the outcome never depends on the order of the list.
 pub fn validate(desired: &Desired) -> Result<Validated<'_>, InvalidLocal> {
-    let local = &desired.local;
-    validate_local(local)?;
-    let mut verdicts: Vec<Option<InvalidPeer>> = desired.peers.iter().map(|p| check_peer(local, p)).collect();
-    let alone_ok: Vec<usize> = (0..desired.peers.len()).filter(|&i| verdicts[i].is_none()).collect();
-    for (i, why) in conflicts(&desired.peers, &alone_ok) {
+    validate_local(&desired.local)?;
+    Ok(validate_peers(&desired.local, desired.peers.iter().collect()))
+}
+
+/// The peer half of [`validate`], for a valid `local`: also what an incremental apply runs on
+/// the few peers a change can affect (see [`crate::incremental`]).
+pub(crate) fn validate_peers<'a>(local: &LocalNode, peers: Vec<&'a Peer>) -> Validated<'a> {
+    let mut verdicts: Vec<Option<InvalidPeer>> = peers.iter().map(|p| check_peer(local, p)).collect();
+    let alone_ok: Vec<usize> = (0..peers.len()).filter(|&i| verdicts[i].is_none()).collect();
+    for (i, why) in conflicts(&peers, &alone_ok) {
         verdicts[i].get_or_insert(why);
     }
-    let mut out = Validated { peers: Vec::with_capacity(desired.peers.len()), rejected: Vec::new() };
-    for (peer, verdict) in desired.peers.iter().zip(verdicts) {
+    let mut out = Validated { peers: Vec::with_capacity(peers.len()), rejected: Vec::new() };
+    for (peer, verdict) in peers.into_iter().zip(verdicts) {
         match verdict {
             None => out.peers.push(peer),
             Some(why) => out.rejected.push((peer, why)),
         }
     }
-    Ok(out)
+    out
 }
 
 fn validate_local(l: &LocalNode) -> Result<(), InvalidLocal> {
@@ -211,7 +216,7 @@ fn check_peer(local: &LocalNode, p: &Peer) -> Option<InvalidPeer> {
 
 /// Peers (among `candidates`) that clash with another: same name, same VTEP MAC, or pod CIDRs
 /// where one contains the other. By sorting, not maps of lists: this runs on every apply.
-fn conflicts(peers: &[Peer], candidates: &[usize]) -> Vec<(usize, InvalidPeer)> {
+fn conflicts(peers: &[&Peer], candidates: &[usize]) -> Vec<(usize, InvalidPeer)> {
     let mut out: Vec<(usize, InvalidPeer)> = Vec::new();
     let names = duplicates(candidates, |i| peers[i].name.as_str());
     out.extend(names.into_iter().map(|i| (i, InvalidPeer::DuplicateName)));
@@ -240,7 +245,6 @@ fn duplicates<K: Ord>(candidates: &[usize], key: impl Fn(usize) -> K) -> Vec<usi
 /// of its family exactly when it starts before the furthest end seen so far, and that
 /// furthest-reaching one contains it.
 fn overlapping(blocks: &[(usize, IpNet)]) -> Vec<(usize, IpNet)> {
-    let range = |net: &IpNet| (Family::of_net(net), as_u128(net.network()), as_u128(net.broadcast()));
     let mut order: Vec<usize> = (0..blocks.len()).collect();
     order.sort_by_key(|&k| {
         let (family, start, _) = range(&blocks[k].1);
@@ -266,6 +270,11 @@ fn overlapping(blocks: &[(usize, IpNet)]) -> Vec<(usize, IpNet)> {
     out.sort_unstable();
     out.dedup_by_key(|(i, _)| *i);
     out
+}
+
+/// A CIDR as its family and its first and last address, comparable across sizes.
+pub(crate) fn range(net: &IpNet) -> (Family, u128, u128) {
+    (Family::of_net(net), as_u128(net.network()), as_u128(net.broadcast()))
 }
 
 fn as_u128(ip: IpAddr) -> u128 {

@@ -627,13 +627,15 @@ mod tests {
     fn a_restarted_node_is_not_its_own_peer() {
         // node-a's second run: its first run is leaving, then left (what the sim logged as node-a
         // losing sight of node-a for the rest of the run).
-        let mut view = View::default();
-        view.members = vec![
-            member("node-a", 1, Liveness::Leaving),
-            member("node-b", 1, Liveness::Alive),
-            member("node-c", 1, Liveness::Leaving),
-            member("node-d", 1, Liveness::Dead),
-        ];
+        let mut view = View {
+            members: vec![
+                member("node-a", 1, Liveness::Leaving),
+                member("node-b", 1, Liveness::Alive),
+                member("node-c", 1, Liveness::Leaving),
+                member("node-d", 1, Liveness::Dead),
+            ],
+            ..View::default()
+        };
         assert_eq!(programmable_peers("node-a", &view), BTreeSet::from(["node-b".into(), "node-c".into()]));
         view.members[0].liveness = Liveness::Left;
         assert_eq!(programmable_peers("node-a", &view), BTreeSet::from(["node-b".into(), "node-c".into()]));

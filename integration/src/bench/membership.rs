@@ -119,8 +119,8 @@ pub struct PartitionResult {
 pub struct RollingResult {
     /// Per restart: from the old generation leaving until every other node sees the new one alive.
     pub restart_seen_everywhere: Summary,
-    /// (node, peer) pairs where the node lost sight of the peer (no generation alive or leaving)
-    /// at some point of the rolling restart.
+    /// (node, peer) pairs of present nodes where the node lost sight of the peer (no generation
+    /// alive or leaving) at some point of the rolling restart; a node is not its own peer.
     pub lost: usize,
     /// The longest such gap.
     pub longest_gap_ms: f64,

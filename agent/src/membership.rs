@@ -15,8 +15,8 @@ pub enum Liveness {
     Alive,
     /// Known, but the failure detector has no verdict yet (just heard of, or restarted).
     Joining,
-    /// Announced that it is stopping, and the failure detector has not declared it dead yet.
-    /// An agent restart looks exactly like this, so its routes stay (see [`Liveness::programmable`]).
+    /// Announced that it is stopping, and the failure detector, which had it alive, has not
+    /// declared it dead yet. An agent restart looks exactly like this, so its routes stay (see [`Liveness::programmable`]).
     Leaving,
     /// Announced that it was stopping, and the failure detector has since declared it dead.
     Left,
@@ -24,17 +24,21 @@ pub enum Liveness {
     Dead,
 }
 
-/// Liveness from what gossip says: a node's own `leaving` announcement wins over the detector,
-/// until the detector confirms the node is gone.
+/// Liveness from what gossip says: a node's own `leaving` announcement wins over the detector's
+/// "alive", until the detector confirms the node is gone. Without a verdict a node is joining,
+/// even one announcing `leaving`: a node that has just restarted hears of a peer's previous run
+/// (leaving) before its detector judges it; taken for `Leaving`, that run was programmable for a
+/// round, until the verdict (dead, on a single heartbeat) took it away while the peer's new
+/// generation was not alive yet, and the peer dropped out for a round or two (issue 14).
 pub fn classify(status: Option<&str>, live: bool, dead: bool) -> Liveness {
-    if status == Some(keys::STATUS_LEAVING) {
+    if !live && !dead {
+        Liveness::Joining
+    } else if status == Some(keys::STATUS_LEAVING) {
         if dead { Liveness::Left } else { Liveness::Leaving }
     } else if live {
         Liveness::Alive
-    } else if dead {
-        Liveness::Dead
     } else {
-        Liveness::Joining
+        Liveness::Dead
     }
 }
 
@@ -190,11 +194,18 @@ mod tests {
     #[test]
     fn leaving_wins_over_the_detector() {
         assert_eq!(classify(Some("leaving"), true, false), Liveness::Leaving);
-        assert_eq!(classify(Some("leaving"), false, false), Liveness::Leaving);
         assert_eq!(classify(Some("leaving"), false, true), Liveness::Left);
         assert_eq!(classify(Some("up"), true, false), Liveness::Alive);
         assert_eq!(classify(None, false, true), Liveness::Dead);
         assert_eq!(classify(Some("up"), false, false), Liveness::Joining);
+    }
+
+    #[test]
+    fn a_leaving_node_without_a_verdict_is_not_programmable() {
+        // A restarted node's first view of a peer's previous run, heard of from others.
+        assert_eq!(classify(Some("leaving"), false, false), Liveness::Joining);
+        assert!(!classify(Some("leaving"), false, false).programmable());
+        assert_eq!(classify(None, false, false), Liveness::Joining);
     }
 
     #[test]

@@ -119,8 +119,8 @@ pub struct PartitionResult {
 pub struct RollingResult {
     /// Per restart: from the old generation leaving until every other node sees the new one alive.
     pub restart_seen_everywhere: Summary,
-    /// (node, peer) pairs where the node lost sight of the peer (no generation alive or leaving)
-    /// at some point of the rolling restart.
+    /// (node, peer) pairs of present nodes where the node lost sight of the peer (no generation
+    /// alive or leaving) at some point of the rolling restart; a node is not its own peer.
     pub lost: usize,
     /// The longest such gap.
     pub longest_gap_ms: f64,
@@ -267,13 +267,7 @@ impl LivenessLog {
         tokio::spawn(async move {
             let mut before = BTreeSet::new();
             loop {
-                let live: BTreeSet<String> = view
-                    .borrow_and_update()
-                    .members
-                    .iter()
-                    .filter(|m| m.liveness.programmable())
-                    .map(|m| m.name.clone())
-                    .collect();
+                let live = programmable_peers(&observer, &view.borrow_and_update());
                 let at = Instant::now();
                 log.0.lock().expect("not poisoned").extend(before.symmetric_difference(&live).map(|peer| Change {
                     at,
@@ -298,6 +292,14 @@ impl LivenessLog {
         }
         pairs
     }
+}
+
+/// The peers `observer`'s view holds live. Its own earlier generations are not among them: a
+/// restarted node's view holds its previous run, leaving and then left, which the agent reads
+/// only for its previous claim (`peers::collect`) and never programs; counted as a peer, it made
+/// every restarted node that heard of its previous run "lose sight" of itself.
+fn programmable_peers(observer: &str, view: &View) -> BTreeSet<String> {
+    view.members.iter().filter(|m| m.name != observer && m.liveness.programmable()).map(|m| m.name.clone()).collect()
 }
 
 /// A view in which every one of `names` but the viewer itself is alive.
@@ -463,17 +465,8 @@ async fn rolling_restart(sim: &mut Sim, window: Duration, out_before: f64) -> Re
     }
     tokio::time::sleep(window).await;
     let now = Instant::now();
-    let (mut lost, mut longest_gap) = (0, Duration::ZERO);
-    for changes in sim.liveness.since(start).values() {
-        let gaps: Vec<Duration> = changes
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, live))| !live)
-            .map(|(j, (at, _))| changes.get(j + 1).map_or(now, |(back, _)| *back).duration_since(*at))
-            .collect();
-        lost += usize::from(!gaps.is_empty());
-        longest_gap = gaps.into_iter().fold(longest_gap, Duration::max);
-    }
+    let present: BTreeSet<&str> = sim.nodes.iter().map(|n| n.name.as_str()).collect();
+    let (lost, longest_gap) = lost_sight(&sim.liveness.since(start), &present, now);
     let held: Vec<(usize, usize)> = sim
         .nodes
         .iter()
@@ -492,6 +485,31 @@ async fn rolling_restart(sim: &mut Sim, window: Duration, out_before: f64) -> Re
         earlier_generations_held_max: held.iter().map(|h| h.1).max().unwrap_or(0),
         traffic_after_over_before: mean(&out_after) / out_before,
     })
+}
+
+/// How many (observer, peer) pairs of `present` nodes lost sight of the peer, and the longest
+/// gap; a gap not closed by `now` counts until `now`. A node that crashed before is left out:
+/// its death may be logged at the very instant the measurement starts.
+fn lost_sight(
+    pairs: &BTreeMap<(String, String), Vec<(Instant, bool)>>,
+    present: &BTreeSet<&str>,
+    now: Instant,
+) -> (usize, Duration) {
+    let (mut lost, mut longest) = (0, Duration::ZERO);
+    for ((observer, peer), changes) in pairs {
+        if !present.contains(observer.as_str()) || !present.contains(peer.as_str()) {
+            continue;
+        }
+        let gaps: Vec<Duration> = changes
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, live))| !live)
+            .map(|(j, (at, _))| changes.get(j + 1).map_or(now, |(back, _)| *back).duration_since(*at))
+            .collect();
+        lost += usize::from(!gaps.is_empty());
+        longest = gaps.into_iter().fold(longest, Duration::max);
+    }
+    (lost, longest)
 }
 
 /// Every node's bytes per second out and in over `window` of virtual time.
@@ -604,6 +622,48 @@ mod tests {
         // A crash is declared only after some heartbeats were missed; gossip flowed both ways.
         assert!(r["withdrawal_per_node"]["min_ms"].as_f64().unwrap() >= 100.0, "{r}");
         assert!(r["bytes_out_per_s_mean"].as_f64().unwrap() > 0.0 && r["bytes_in_per_s_mean"].as_f64().unwrap() > 0.0);
+    }
+
+    fn member(name: &str, generation: u64, liveness: Liveness) -> weft_agent::membership::Member {
+        weft_agent::membership::Member { name: name.into(), generation, liveness, keys: BTreeMap::new() }
+    }
+
+    #[test]
+    fn a_restarted_node_is_not_its_own_peer() {
+        // node-a's second run: its first run is leaving, then left (what the sim logged as node-a
+        // losing sight of node-a for the rest of the run).
+        let mut view = View {
+            members: vec![
+                member("node-a", 1, Liveness::Leaving),
+                member("node-b", 1, Liveness::Alive),
+                member("node-c", 1, Liveness::Leaving),
+                member("node-d", 1, Liveness::Dead),
+            ],
+            ..View::default()
+        };
+        assert_eq!(programmable_peers("node-a", &view), BTreeSet::from(["node-b".into(), "node-c".into()]));
+        view.members[0].liveness = Liveness::Left;
+        assert_eq!(programmable_peers("node-a", &view), BTreeSet::from(["node-b".into(), "node-c".into()]));
+    }
+
+    #[test]
+    fn sight_is_lost_only_between_present_nodes_and_an_open_gap_lasts_until_now() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let pair = |o: &str, p: &str| (o.to_string(), p.to_string());
+        let pairs = BTreeMap::from([
+            // Back after 2 s.
+            (pair("a", "b"), vec![(t0, true), (t0 + s(1), false), (t0 + s(3), true)]),
+            // Gone at 4 s and not back by 10 s.
+            (pair("b", "a"), vec![(t0 + s(4), false)]),
+            // A node that crashed before, declared dead as the measurement starts: not a loss.
+            (pair("a", "x"), vec![(t0, false)]),
+            (pair("x", "a"), vec![(t0, false)]),
+            // Only ever seen: no loss.
+            (pair("a", "c"), vec![(t0, true)]),
+        ]);
+        let present = BTreeSet::from(["a", "b", "c"]);
+        assert_eq!(lost_sight(&pairs, &present, t0 + s(10)), (2, s(6)));
     }
 
     #[test]

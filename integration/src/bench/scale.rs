@@ -108,14 +108,21 @@ struct Sample {
 }
 
 fn sample(c: &Cluster, pid: u32) -> Result<Sample> {
+    // Every reconcile, whether its datapath apply was full or incremental.
+    let reconcile = |series: &str| -> Result<f64> {
+        ["full", "incremental"]
+            .iter()
+            .map(|kind| c.metric(0, &format!("weft_reconcile_duration_seconds_{series}{{kind=\"{kind}\"}}")))
+            .sum()
+    };
     Ok(Sample {
         at: Instant::now(),
         bytes_in: c.metric(0, "weft_gossip_bytes_total{direction=\"in\"}")?,
         bytes_out: c.metric(0, "weft_gossip_bytes_total{direction=\"out\"}")?,
         messages_in: c.metric(0, "weft_gossip_messages_total{direction=\"in\"}")?,
         messages_out: c.metric(0, "weft_gossip_messages_total{direction=\"out\"}")?,
-        reconciles: c.metric(0, "weft_reconcile_duration_seconds_count")?,
-        reconcile_s: c.metric(0, "weft_reconcile_duration_seconds_sum")?,
+        reconciles: reconcile("count")?,
+        reconcile_s: reconcile("sum")?,
         cpu_s: cpu_seconds(pid)?,
         simulation_cpu_s: cpu_seconds(std::process::id())?,
         rcvbuf_errors: udp_rcvbuf_errors(c)?,

@@ -75,7 +75,7 @@ impl Dataplane {
         let outcome = execute::run(self.kernel(), plan).await.map_err(DataplaneError::Device)?;
         let devices = Devices { vxlan: outcome.vxlan_index.clone(), underlay };
         if report_outcome(&mut report, outcome, start, "full") {
-            *applied = Applied::new(desired.clone(), devices);
+            *applied = Applied::new(desired, devices);
         }
         Ok(report)
     }

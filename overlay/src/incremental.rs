@@ -106,8 +106,8 @@ struct Diff<'p> {
 
 impl Applied {
     /// `None` when the local node is invalid (nothing was applied then).
-    pub fn new(desired: Desired, devices: Devices) -> Option<Applied> {
-        let valid = validate(&desired).ok()?;
+    pub fn new(desired: &Desired, devices: Devices) -> Option<Applied> {
+        let valid = validate(desired).ok()?;
         let mut applied = Applied {
             local: desired.local.clone(),
             slots: Vec::with_capacity(valid.peers.len()),
@@ -408,7 +408,7 @@ mod tests {
     /// The plan's writes as "verb object", sorted, with the tally of each.
     /// The plan from `prev`, applied on the test kernel's devices, to `next`.
     fn partial(prev: &Desired, next: &Desired, devices: Devices) -> Option<Plan> {
-        Some(plan_incremental(&Applied::new(prev.clone(), devices)?, next)?.0)
+        Some(plan_incremental(&Applied::new(prev, devices)?, next)?.0)
     }
 
     fn writes(prev: &Desired, next: &Desired) -> Vec<(String, Tally)> {
@@ -631,10 +631,10 @@ mod tests {
     /// The plan of a partial sync from `prev` to `next`, the applied state after it, and the
     /// one a full apply of `next` keeps.
     fn synced(prev: &Desired, next: &Desired) -> (Plan, Applied, Applied) {
-        let mut now = Applied::new(prev.clone(), devices(prev)).unwrap();
+        let mut now = Applied::new(prev, devices(prev)).unwrap();
         let (plan, change) = plan_incremental(&now, next).expect("an incremental plan");
         now.update(change);
-        (plan, now, Applied::new(next.clone(), devices(prev)).unwrap())
+        (plan, now, Applied::new(next, devices(prev)).unwrap())
     }
 
     fn rejected_names(plan: &Plan) -> Vec<&str> {
@@ -693,7 +693,7 @@ mod tests {
     #[test]
     fn only_a_clean_change_without_rejected_peers_skips_validating_the_whole_state() {
         let clean = |prev: &Desired, next: &Desired| {
-            let applied = Applied::new(prev.clone(), devices(prev)).unwrap();
+            let applied = Applied::new(prev, devices(prev)).unwrap();
             applied.all_valid(&applied.diff(next.peers.iter()))
         };
         let prev = desired_with(&[2, 3, 4]);

@@ -662,11 +662,11 @@ proptest! {
     fn an_incremental_plan_leaves_the_kernel_a_full_apply_would((prev, next) in change()) {
         let kernel = converged(&Desired { peers: valid_peers(&prev), ..prev.clone() });
         let devices = Devices { vxlan: [(Family::Ipv4, VXLAN)].into(), underlay: [(Family::Ipv4, ETH0)].into() };
-        let applied = Applied::new(prev.clone(), devices).expect("a valid local node");
+        let applied = Applied::new(&prev, devices).expect("a valid local node");
         let (partial, change) = plan_incremental(&applied, &next).expect("only peers changed, and few");
         let mut now = applied.clone();
         now.update(change);
-        let full = Applied::new(next.clone(), applied.devices.clone());
+        let full = Applied::new(&next, applied.devices.clone());
         prop_assert_eq!(Some(&now), full.as_ref());
         // And back: the applied state kept through two updates (slots freed and reused) is the
         // one a full apply of `prev` keeps.

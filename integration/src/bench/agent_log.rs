@@ -6,30 +6,25 @@
 
 use std::time::SystemTime;
 
-/// The time of the first line at or after `since` that contains `message` and every one of
-/// `fields` as `key=value`.
-pub fn first_at_or_after(log: &str, since: SystemTime, message: &str, fields: &[(&str, &str)]) -> Option<SystemTime> {
-    log.lines().filter(|line| line.contains(message) && fields.iter().all(|(k, v)| has_field(line, k, v))).find_map(
-        |line| {
+/// The first line at or after `since` that contains `message` and every one of `fields` as
+/// `key=value`, with its time.
+pub fn line_at_or_after<'a>(
+    log: &'a str,
+    since: SystemTime,
+    message: &str,
+    fields: &[(&str, &str)],
+) -> Option<(SystemTime, &'a str)> {
+    log.lines()
+        .filter(|line| line.contains(message) && fields.iter().all(|(k, v)| field(line, k) == Some(*v)))
+        .find_map(|line| {
             let stamp = humantime::parse_rfc3339(line.split_whitespace().next()?).ok()?;
-            (stamp >= since).then_some(stamp)
-        },
-    )
+            (stamp >= since).then_some((stamp, line))
+        })
 }
 
-/// The value of field `key` in the first line at or after `since` that contains `message`.
-pub fn field_at_or_after(log: &str, since: SystemTime, message: &str, key: &str) -> Option<String> {
-    log.lines().filter(|line| line.contains(message)).find_map(|line| {
-        let stamp = humantime::parse_rfc3339(line.split_whitespace().next()?).ok()?;
-        let prefix = format!("{key}=");
-        let value = line.split_whitespace().find_map(|word| word.strip_prefix(prefix.as_str()))?;
-        (stamp >= since).then(|| value.to_string())
-    })
-}
-
-fn has_field(line: &str, key: &str, value: &str) -> bool {
-    let field = format!("{key}={value}");
-    line.split_whitespace().any(|word| word == field)
+/// The value of field `key` in `line`.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
 }
 
 #[cfg(test)]
@@ -54,19 +49,23 @@ mod tests {
         let changed = "member liveness changed";
         let alive = [("peer", "n1"), ("generation", "3"), ("liveness", "alive")];
         let since = at("2026-12-05T22:50:00Z");
-        assert_eq!(first_at_or_after(LOG, since, changed, &alive), Some(at("2026-12-05T22:50:01.3Z")));
+        let time = |since, fields: &[(&str, &str)]| line_at_or_after(LOG, since, changed, fields).map(|(t, _)| t);
+        assert_eq!(time(since, &alive), Some(at("2026-12-05T22:50:01.3Z")));
         // `peer=n1` is a whole field: it does not match `peer=n10`.
         let dead = [("peer", "n1"), ("liveness", "dead")];
-        assert_eq!(first_at_or_after(LOG, since, changed, &dead), Some(at("2026-12-05T22:50:02.5Z")));
-        assert_eq!(first_at_or_after(LOG, at("2026-12-05T22:50:01.35Z"), changed, &alive), None);
-        assert_eq!(first_at_or_after(LOG, since, changed, &[("peer", "n2")]), None);
-        assert_eq!(first_at_or_after("not a log line peer=n1\n", since, "", &[("peer", "n1")]), None);
+        assert_eq!(time(since, &dead), Some(at("2026-12-05T22:50:02.5Z")));
+        assert_eq!(time(at("2026-12-05T22:50:01.35Z"), &alive), None);
+        assert_eq!(time(since, &[("peer", "n2")]), None);
+        assert_eq!(line_at_or_after("not a log line peer=n1\n", since, "", &[("peer", "n1")]), None);
     }
 
     #[test]
     fn reads_a_field_of_a_line_at_or_after_a_time() {
         let since = at("2026-12-05T22:50:01Z");
-        assert_eq!(field_at_or_after(LOG, since, "agent started", "generation").as_deref(), Some("7"));
-        assert_eq!(field_at_or_after(LOG, since + Duration::from_secs(1), "agent started", "generation"), None);
+        let (_, line) = line_at_or_after(LOG, since, "agent started", &[("node", "n9")]).unwrap();
+        assert_eq!(field(line, "generation"), Some("7"));
+        // A key is a whole word: `node` is not `node_ip`.
+        assert_eq!(field(line, "node"), Some("n9"));
+        assert_eq!(line_at_or_after(LOG, since + Duration::from_secs(1), "agent started", &[]), None);
     }
 }

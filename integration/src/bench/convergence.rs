@@ -247,12 +247,12 @@ fn join_once(c: &mut Cluster, i: usize, fresh: bool) -> Result<Joined> {
     }
     let log = agent_log_of(c, i)?;
     let name = c.lab.nodes[i].name.as_str();
-    let started = agent_log::first_at_or_after(&log, launched, "agent started", &[("node", name)]);
-    let generation = agent_log::field_at_or_after(&log, launched, "agent started", "generation");
-    let (Some(started), Some(generation)) = (started, generation) else {
+    let start_line = agent_log::line_at_or_after(&log, launched, "agent started", &[("node", name)]);
+    let Some((started, Some(generation))) = start_line.map(|(at, line)| (at, agent_log::field(line, "generation")))
+    else {
         return Err(LabError::Other(format!("{name}'s agent log has no start line since it was started")));
     };
-    Ok(Joined { cidr, started, generation, routed, confirmed })
+    Ok(Joined { cidr, started, generation: generation.to_string(), routed, confirmed })
 }
 
 fn agent_log_of(c: &Cluster, k: usize) -> Result<String> {
@@ -269,7 +269,7 @@ fn gossip_saw(c: &Cluster, i: usize, since: SystemTime, generation: &str, livene
     for k in (0..c.lab.nodes.len()).filter(|&k| k != i) {
         let what = format!("{}'s log to say {name} (generation {generation}) is {liveness}", c.lab.nodes[k].name);
         let seen = wait::until(&what, Duration::from_secs(2), Duration::from_millis(20), || {
-            agent_log::first_at_or_after(&agent_log_of(c, k).ok()?, since, LIVENESS_CHANGED, &fields)
+            agent_log::line_at_or_after(&agent_log_of(c, k).ok()?, since, LIVENESS_CHANGED, &fields).map(|(at, _)| at)
         })?;
         latest = latest.max(seen);
     }

@@ -19,6 +19,8 @@ use clap::Args as ClapArgs;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
+use weft_agent::http::metrics::ApplyKind;
+
 use crate::cluster::{AgentOptions, Cluster, KEY_FILE};
 use crate::cmd::{LabError, Result};
 use crate::swarm::{Swarm, SwarmSpec};
@@ -110,9 +112,9 @@ struct Sample {
 fn sample(c: &Cluster, pid: u32) -> Result<Sample> {
     // Every reconcile, whether its datapath apply was full or incremental.
     let reconcile = |series: &str| -> Result<f64> {
-        ["full", "incremental"]
+        ApplyKind::ALL
             .iter()
-            .map(|kind| c.metric(0, &format!("weft_reconcile_duration_seconds_{series}{{kind=\"{kind}\"}}")))
+            .map(|kind| c.metric(0, &format!("weft_reconcile_duration_seconds_{series}{{kind=\"{}\"}}", kind.as_str())))
             .sum()
     };
     Ok(Sample {

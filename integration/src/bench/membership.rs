@@ -370,8 +370,9 @@ async fn simulate(n: usize, args: &Args) -> Result<SizeResult> {
         join_everywhere.push(times.iter().copied().max().unwrap_or_default());
         join_per_node.extend(times);
 
-        // A node well inside the cluster crashes (not a seed).
-        let name = sim.crash(SEEDS + 1).await;
+        // A node well inside the cluster crashes (not a seed); in a cluster of a seed or three,
+        // the last one (the node that just joined).
+        let name = sim.crash((SEEDS + 1).min(sim.nodes.len() - 1)).await;
         let times =
             each_sees(&sim.nodes, move |v| matches!(liveness(v, &name), Some(Liveness::Dead | Liveness::Left) | None))
                 .await?;
@@ -626,6 +627,26 @@ mod tests {
 
     fn member(name: &str, generation: u64, liveness: Liveness) -> weft_agent::membership::Member {
         weft_agent::membership::Member { name: name.into(), generation, liveness, keys: BTreeMap::new() }
+    }
+
+    #[test]
+    fn clusters_of_no_more_nodes_than_seeds_are_simulated_too() {
+        // `bench convergence` runs the simulator at its lab's size, 3 by default.
+        let args = Args {
+            nodes: vec![2, 3],
+            interval_ms: 100,
+            repeats: 1,
+            window: 1,
+            partition_secs: 0,
+            rolling_restart: false,
+            json: false,
+        };
+        let results = simulate_sizes(&args).unwrap();
+        // One join seen by the n nodes present, one crash seen by the n left.
+        assert_eq!(
+            results.iter().map(|r| (r.join_per_node.n, r.withdrawal_per_node.n)).collect::<Vec<_>>(),
+            [(2, 2), (3, 3)]
+        );
     }
 
     #[test]

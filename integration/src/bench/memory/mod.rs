@@ -319,6 +319,21 @@ async fn measure_gossip(
     tokio::time::sleep(INTERVAL * 3).await;
     let heard = counts();
     parts.push(Part { name: "gossip (chitchat)", kept: true, live: heard.0 - live0, allocated: None });
+    // Of which: one copy of every member's node state (chitchat holds two, its cluster state and
+    // its live-nodes watcher's).
+    let states = measure("of gossip: one copy of the node states", false, parts, || {
+        (0..n)
+            .map(|k| {
+                let mut state = chitchat::NodeState::for_test();
+                for (key, value) in members.key_values(k)? {
+                    state.set(key, value);
+                }
+                Ok(state)
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    drop(states);
+    let heard = counts();
 
     let (mut view_rx, observer) = gossip.observe(cancel.clone());
     let deadline = Instant::now() + VIEW_LIMIT;

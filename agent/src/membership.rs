@@ -144,6 +144,10 @@ impl Settle {
         }
         let heard = !view.members.is_empty() || !self.expects_peers;
         self.settled = now >= self.deadline || (heard && now.duration_since(self.stable_since) >= self.window);
+        if self.settled {
+            // Never compared again: a name per member held for nothing.
+            self.last = BTreeSet::new();
+        }
         self.settled
     }
 
@@ -221,6 +225,7 @@ mod tests {
         assert!(!s.observe(&alive, t0 + ms(1200)));
         assert!(!s.observe(&alive, t0 + ms(1499)));
         assert!(s.observe(&alive, t0 + ms(1500)));
+        assert!(s.last.is_empty(), "the shape is not kept once settled");
         // Latched.
         assert!(s.observe(&view(vec![]), t0 + ms(1600)));
         assert!(s.is_settled());

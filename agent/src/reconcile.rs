@@ -738,7 +738,7 @@ fn ipam_use(families: &[Family], held: &[Claim], reserved: &[IpAddr]) -> Vec<Ipa
 /// blocks this node routes): the address its probes go to is the VTEP address of that family
 /// on the peer's VXLAN device (only the overlay reaches it), or its bridge gateway for a block
 /// routed directly, whose probes the peer sends from its node IP.
-fn probe_targets(desired: &Desired, programmed: &BTreeSet<String>, mtu: u32) -> Vec<probe::Target> {
+pub fn probe_targets(desired: &Desired, programmed: &BTreeSet<String>, mtu: u32) -> Vec<probe::Target> {
     desired
         .peers
         .iter()

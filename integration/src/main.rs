@@ -9,6 +9,10 @@ use weft_lab::demo::DemoOptions;
 use weft_lab::topology::Family;
 use weft_lab::{demo, manage};
 
+/// Counts allocations, for `bench memory` (a few atomic additions per allocation elsewhere).
+#[global_allocator]
+static ALLOC: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
+
 #[derive(Parser)]
 #[command(name = "weft-lab", version, about = "weft's multi-subnet lab: demo, explore, benchmark")]
 struct Cli {

@@ -518,7 +518,7 @@ mod tests {
     fn one_family_blocked_while_the_other_passes_points_at_that_family_not_the_port() {
         use weft_overlay::underlay::Family;
         let mut s = healthy();
-        let family = |state| Dataplane { state, ..Dataplane::unknown() };
+        let family = |state| Box::new(Dataplane { state, ..Dataplane::unknown() });
         s.peers[0].dataplane = Dataplane {
             state: PathState::TunnelBlocked,
             cause: Some("IPv6 pods: nothing passes the tunnel to fd00:10:244:2::".into()),

@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use weft_overlay::underlay::Family;
 
@@ -159,23 +159,35 @@ pub fn spawn(
     (rx, task)
 }
 
-/// Probes every peer once, spreading the peers' probes evenly over `interval`.
+/// Probes every peer once, spreading the peers' probes evenly over `interval`. Each peer's
+/// probe starts at its turn and is collected once done: only the probes awaiting answers are
+/// held at a time, not a task per peer (a finished task keeps its memory until joined).
 async fn probe_round(
     pinger: &Arc<dyn Pinger>,
     probed: &BTreeMap<String, Probed>,
     interval: Duration,
 ) -> Vec<(String, Vec<Round>)> {
     let spacing = interval / u32::try_from(probed.len().max(1)).unwrap_or(u32::MAX);
+    let start = Instant::now();
     let mut probes = JoinSet::new();
+    let mut rounds = Vec::with_capacity(probed.len());
     for (i, (name, p)) in probed.iter().enumerate() {
+        sleep_until(start + spacing * u32::try_from(i).unwrap_or(u32::MAX)).await;
+        while let Some(done) = probes.try_join_next() {
+            rounds.push(joined(done));
+        }
         let (pinger, target, name, searches) = (pinger.clone(), p.target.clone(), name.clone(), p.searches());
-        let offset = spacing * u32::try_from(i).unwrap_or(u32::MAX);
-        probes.spawn(async move {
-            sleep(offset).await;
-            (name, probe_peer(pinger.as_ref(), &target, &searches, interval).await)
-        });
+        probes.spawn(async move { (name, probe_peer(pinger.as_ref(), &target, &searches, interval).await) });
     }
-    probes.join_all().await
+    while let Some(done) = probes.join_next().await {
+        rounds.push(joined(done));
+    }
+    rounds
+}
+
+/// A probe task's result; its panic goes on in the caller (no probe task is ever aborted).
+fn joined<T>(done: Result<T, tokio::task::JoinError>) -> T {
+    done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 /// One round of one peer: a round per path (the underlay echo, sent once, shared by all).
@@ -307,6 +319,7 @@ mod tests {
     use std::sync::Mutex;
 
     use async_trait::async_trait;
+    use tokio::time::sleep;
 
     use super::*;
 

@@ -6,6 +6,7 @@ pub mod convergence;
 pub mod dataplane;
 pub mod flannel;
 pub mod membership;
+pub mod memory;
 pub mod probes;
 pub mod restart;
 pub mod scale;
@@ -26,6 +27,8 @@ pub enum Bench {
     Dataplane(dataplane::Args),
     /// Gossip membership of N nodes in one process on a virtual clock: join, crash, traffic.
     Membership(membership::Args),
+    /// Where the agent's heap goes per peer, component by component, for N synthetic peers.
+    Memory(memory::Args),
     /// What the dataplane prober costs with many peers: CPU and bytes sent per second.
     Probes(probes::Args),
     /// A rolling restart of every agent in a lab: one node's gossip traffic and members before and after.
@@ -44,6 +47,7 @@ impl Bench {
             Bench::Convergence(args) => convergence::run(&args),
             Bench::Dataplane(args) => dataplane::run(&args),
             Bench::Membership(args) => membership::run(&args),
+            Bench::Memory(args) => memory::run(&args),
             Bench::Probes(args) => probes::run(&args),
             Bench::Restart(args) => restart::run(&args),
             Bench::Scale(args) => scale::run(&args),

@@ -2,6 +2,7 @@
 
 pub mod keyfile;
 pub mod keys;
+pub mod monitors;
 pub mod seal;
 pub mod transport;
 mod view;

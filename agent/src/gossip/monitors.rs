@@ -95,6 +95,8 @@ pub fn hold_quorum(k: usize) -> usize {
 #[derive(Debug, Clone, Default)]
 pub struct Verdict {
     dead: BTreeSet<MemberId>,
+    /// The ring of the last judgement: who monitors whom.
+    ring: Ring,
     /// Each monitor's suspicions as last judged.
     witnessed: BTreeMap<MemberId, BTreeSet<MemberId>>,
     /// Members this observer saw a monitor start suspecting, and when it first did: only such
@@ -117,9 +119,12 @@ pub struct Judgement {
 
 impl Verdict {
     /// Judges `members` (every member monitoring and monitored, this node included) from each
-    /// monitor's suspicions. Members declared dead earlier leave the ring, so that their
-    /// subjects get live monitors in their place. The hold spares a member for at most
-    /// [`HOLD_LIMIT`] from its fresh suspicion.
+    /// monitor's suspicions. The ring leaves out members declared dead and members suspected by
+    /// anyone, so that their subjects get monitors that answer in their place: otherwise two
+    /// of three nodes crashing at once would each wait forever for the other's vote. The hold
+    /// spares a member for at most [`HOLD_LIMIT`] from its fresh suspicion, and does not apply
+    /// when every member but one (this node) is suspected: a node cut off from all others has
+    /// no side whose routes a hold would keep.
     pub fn judge(
         &mut self,
         members: &BTreeSet<MemberId>,
@@ -139,21 +144,22 @@ impl Verdict {
         self.dead.retain(|m| members.contains(m));
         let recent = |m: &MemberId| self.fresh.get(m).is_some_and(|since| now.duration_since(*since) < HOLD_LIMIT);
 
-        let ring = Ring::new(members.iter().filter(|m| !self.dead.contains(m)));
+        self.ring = Ring::new(members.iter().filter(|m| !self.dead.contains(m) && !suspected_at_all.contains(m)));
         let counts: Vec<(&MemberId, usize, usize)> = members
             .iter()
             .map(|m| {
-                let monitors = ring.monitors(m);
+                let monitors = self.ring.monitors(m);
                 let suspecting =
                     monitors.iter().filter(|monitor| suspicions.get(**monitor).is_some_and(|s| s.contains(m))).count();
                 (m, monitors.len(), suspecting)
             })
             .collect();
+        let live = members.len() - self.dead.len();
         let suspected = counts
             .iter()
             .filter(|(m, k, n)| !self.dead.contains(*m) && *k > 0 && *n >= hold_quorum(*k) && recent(m))
             .count();
-        let held = suspected > 1 && suspected * 10 > ring.len();
+        let held = suspected > 1 && suspected * 10 > live && suspected + 1 < live;
         let dead = counts
             .iter()
             .filter(|(m, k, n)| match self.dead.contains(*m) {
@@ -165,15 +171,11 @@ impl Verdict {
         self.dead = dead;
         Judgement { judged: members.clone(), dead: self.dead.clone(), suspected_partition: held.then_some(suspected) }
     }
-}
 
-impl Verdict {
-    /// The members `me` monitors: those whose monitors, on the ring of `members` less the
-    /// members declared dead, include `me`. A dead member is still pinged by its monitors, so
-    /// that it comes back if it answers again.
+    /// The members `me` monitors on the ring of the last judgement: dead and suspected members
+    /// included, so that they come back if they answer again.
     pub fn subjects(&self, members: &BTreeSet<MemberId>, me: &MemberId) -> BTreeSet<MemberId> {
-        let ring = Ring::new(members.iter().filter(|m| !self.dead.contains(m)));
-        members.iter().filter(|m| *m != me && ring.monitors(m).contains(&me)).cloned().collect()
+        members.iter().filter(|m| *m != me && self.ring.monitors(m).contains(&me)).cloned().collect()
     }
 }
 
@@ -418,7 +420,7 @@ mod tests {
     #[test]
     fn a_node_pings_exactly_the_members_it_monitors_dead_ones_included() {
         let members = set(&ids(12));
-        let verdict = Verdict::default();
+        let (verdict, _) = running(&members, Instant::now());
         let ring = Ring::new(&members);
         for me in &members {
             let expected: BTreeSet<MemberId> =
@@ -447,8 +449,10 @@ mod tests {
         let members = set(&ids(20));
         let across: Vec<MemberId> = ids(20).into_iter().skip(10).collect();
         let (mut verdict, mut suspicions) = running(&members, t0);
+        // Each side hears only its own side's monitors, all of which suspect every member across.
+        let this_side: BTreeSet<MemberId> = ids(10).into_iter().collect();
         for subject in &across {
-            suspected_by(&members, subject, 5, &mut suspicions);
+            suspected_by(&this_side, subject, MAX_MONITORS, &mut suspicions);
         }
         let held = verdict.judge(&members, &suspicions, t0);
         assert!(held.dead.is_empty());
@@ -470,8 +474,9 @@ mod tests {
         let suspects = |n: usize, of: usize| {
             let members = set(&ids(of));
             let (mut verdict, mut suspicions) = running(&members, now);
+            let unsuspected: BTreeSet<MemberId> = ids(of).into_iter().skip(n).collect();
             for subject in ids(n) {
-                suspected_by(&members, &subject, 2, &mut suspicions);
+                suspected_by(&unsuspected, &subject, 2, &mut suspicions);
             }
             verdict.judge(&members, &suspicions, now).suspected_partition
         };
@@ -479,6 +484,23 @@ mod tests {
         assert_eq!(suspects(3, 20), Some(3));
         assert_eq!(suspects(1, 5), None, "one crash in a small cluster is withdrawn");
         assert_eq!(suspects(2, 5), Some(2));
+        assert_eq!(suspects(3, 5), Some(3));
+        assert_eq!(suspects(4, 5), None, "all but this node: nothing to hold");
+    }
+
+    #[test]
+    fn when_two_of_three_crash_the_third_declares_both_dead() {
+        // Each of the two was the other's second monitor: left on the ring, neither could ever
+        // have two suspicions.
+        let t0 = Instant::now();
+        let members = set(&ids(3));
+        let (mut verdict, mut suspicions) = running(&members, t0);
+        let (survivor, gone) = (MemberId::new("node-0", 1), set(&ids(3)[1..]));
+        suspicions.insert(survivor.clone(), gone.clone());
+        let judgement = verdict.judge(&members, &suspicions, t0);
+        assert_eq!(judgement.dead, gone);
+        assert_eq!(judgement.suspected_partition, None);
+        assert_eq!(verdict.subjects(&members, &survivor), gone, "it keeps pinging them");
     }
 
     #[test]
@@ -489,8 +511,9 @@ mod tests {
         let mut suspicions: BTreeMap<MemberId, BTreeSet<MemberId>> =
             members.iter().map(|m| (m.clone(), BTreeSet::new())).collect();
         let gone = ids(3);
+        let unsuspected: BTreeSet<MemberId> = ids(20).into_iter().skip(3).collect();
         for subject in &gone {
-            suspected_by(&members, subject, 8, &mut suspicions);
+            suspected_by(&unsuspected, subject, MAX_MONITORS, &mut suspicions);
         }
         let judgement = Verdict::default().judge(&members, &suspicions, now);
         assert_eq!(judgement.suspected_partition, None);

@@ -66,7 +66,10 @@ pub(super) fn spawn(
     let (tx, rx) = watch::channel(Judgement::default());
     tokio::spawn(async move {
         let mut judge = tokio::time::interval(interval);
-        let mut ping = tokio::time::interval(PING_INTERVAL);
+        // At a random phase: nodes started together (a cluster's first boot, the simulator)
+        // would otherwise ping in lockstep, and every crash would be found at the same delay.
+        let phase = PING_INTERVAL.mul_f64(rand::random::<f64>());
+        let mut ping = tokio::time::interval_at(Instant::now() + phase, PING_INTERVAL);
         judge.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let (mut verdict, mut pings, mut roster) = (Verdict::default(), Pings::default(), Roster::default());

@@ -3,12 +3,12 @@
 //! it pings the members this node monitors (`ping.rs`) and publishes whom it suspects as its
 //! `suspects` key.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chitchat::Chitchat;
+use chitchat::{Chitchat, ChitchatId};
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,8 @@ pub const PING_INTERVAL: Duration = Duration::from_millis(500);
 #[derive(Debug, Default)]
 struct Roster {
     members: BTreeMap<MemberId, SocketAddr>,
+    /// Those of them chitchat's detector no longer hears (their suspicions cannot arrive).
+    unheard: BTreeSet<MemberId>,
     suspicions: BTreeMap<MemberId, BTreeSet<MemberId>>,
     /// Members whose `suspects` value does not parse (counted as suspecting nobody).
     malformed: Vec<(MemberId, String)>,
@@ -35,6 +37,7 @@ struct Roster {
 
 fn read(chitchat: &Chitchat) -> Roster {
     let mut roster = Roster::default();
+    let unheard: HashSet<&ChitchatId> = chitchat.dead_nodes().collect();
     for (id, state) in chitchat.node_states() {
         if state.get(keys::GOSSIP_PROTOCOL) != Some(keys::PROTOCOL_MONITORS)
             || state.get(keys::STATUS) == Some(keys::STATUS_LEAVING)
@@ -47,6 +50,9 @@ fn read(chitchat: &Chitchat) -> Roster {
                 roster.suspicions.insert(member.clone(), suspects);
             }
             Err(e) => roster.malformed.push((member.clone(), e)),
+        }
+        if unheard.contains(id) {
+            roster.unheard.insert(member.clone());
         }
         roster.members.insert(member, id.gossip_advertise_addr);
     }
@@ -86,7 +92,7 @@ pub(super) fn spawn(
                         }
                     }
                     let members = roster.members.keys().cloned().collect();
-                    let judgement = verdict.judge(&members, &roster.suspicions, Instant::now().into_std());
+                    let judgement = verdict.judge(&members, &roster.unheard, &roster.suspicions, Instant::now().into_std());
                     tx.send_if_modified(|before| {
                         log_hold(before.suspected_partition, judgement.suspected_partition);
                         let changed = *before != judgement;

@@ -119,15 +119,17 @@ pub struct Judgement {
 
 impl Verdict {
     /// Judges `members` (every member monitoring and monitored, this node included) from each
-    /// monitor's suspicions. The ring leaves out members declared dead and members suspected by
-    /// anyone, so that their subjects get monitors that answer in their place: otherwise two
-    /// of three nodes crashing at once would each wait forever for the other's vote. The hold
-    /// spares a member for at most [`HOLD_LIMIT`] from its fresh suspicion, and does not apply
-    /// when every member but one (this node) is suspected: a node cut off from all others has
-    /// no side whose routes a hold would keep.
+    /// monitor's suspicions. The ring leaves out members declared dead and members this node's
+    /// gossip no longer hears (`unheard`: their suspicions cannot reach it), so that their
+    /// subjects get monitors whose word arrives: otherwise two of three nodes crashing at once
+    /// would each wait forever for the other's vote, and each side of a cut would count the
+    /// silent other side's stale suspicions. The hold spares a member for at most
+    /// [`HOLD_LIMIT`] from its fresh suspicion, and does not apply when the ring holds this
+    /// node alone: cut off from all others, it has no side whose routes a hold would keep.
     pub fn judge(
         &mut self,
         members: &BTreeSet<MemberId>,
+        unheard: &BTreeSet<MemberId>,
         suspicions: &BTreeMap<MemberId, BTreeSet<MemberId>>,
         now: Instant,
     ) -> Judgement {
@@ -144,7 +146,7 @@ impl Verdict {
         self.dead.retain(|m| members.contains(m));
         let recent = |m: &MemberId| self.fresh.get(m).is_some_and(|since| now.duration_since(*since) < HOLD_LIMIT);
 
-        self.ring = Ring::new(members.iter().filter(|m| !self.dead.contains(m) && !suspected_at_all.contains(m)));
+        self.ring = self.ring_of(members, unheard);
         let counts: Vec<(&MemberId, usize, usize)> = members
             .iter()
             .map(|m| {
@@ -159,7 +161,7 @@ impl Verdict {
             .iter()
             .filter(|(m, k, n)| !self.dead.contains(*m) && *k > 0 && *n >= hold_quorum(*k) && recent(m))
             .count();
-        let held = suspected > 1 && suspected * 10 > live && suspected + 1 < live;
+        let held = suspected > 1 && suspected * 10 > live && self.ring.len() > 1;
         let dead = counts
             .iter()
             .filter(|(m, k, n)| match self.dead.contains(*m) {
@@ -169,10 +171,17 @@ impl Verdict {
             .map(|(m, _, _)| (*m).clone())
             .collect();
         self.dead = dead;
+        // Who monitors whom from now on: without the members just declared dead.
+        self.ring = self.ring_of(members, unheard);
         Judgement { judged: members.clone(), dead: self.dead.clone(), suspected_partition: held.then_some(suspected) }
     }
 
-    /// The members `me` monitors on the ring of the last judgement: dead and suspected members
+    /// The ring: the members neither declared dead nor unheard.
+    fn ring_of(&self, members: &BTreeSet<MemberId>, unheard: &BTreeSet<MemberId>) -> Ring {
+        Ring::new(members.iter().filter(|m| !self.dead.contains(m) && !unheard.contains(m)))
+    }
+
+    /// The members `me` monitors on the ring of the last judgement: dead and unheard members
     /// included, so that they come back if they answer again.
     pub fn subjects(&self, members: &BTreeSet<MemberId>, me: &MemberId) -> BTreeSet<MemberId> {
         members.iter().filter(|m| *m != me && self.ring.monitors(m).contains(&me)).cloned().collect()
@@ -349,7 +358,7 @@ mod tests {
         for (n, dead) in [(4, false), (5, true)] {
             let mut suspicions = BTreeMap::new();
             suspected_by(&members, &subject, n, &mut suspicions);
-            let judgement = Verdict::default().judge(&members, &suspicions, now);
+            let judgement = Verdict::default().judge(&members, &BTreeSet::new(), &suspicions, now);
             assert_eq!(judgement.dead.contains(&subject), dead, "{n} of 8");
             assert_eq!(judgement.dead.len(), usize::from(dead));
             assert_eq!(judgement.suspected_partition, None);
@@ -362,7 +371,7 @@ mod tests {
             .filter(|m| !monitors.contains(m))
             .map(|m| (m.clone(), set(std::slice::from_ref(&subject))))
             .collect();
-        assert!(Verdict::default().judge(&members, &strangers, now).dead.is_empty());
+        assert!(Verdict::default().judge(&members, &BTreeSet::new(), &strangers, now).dead.is_empty());
     }
 
     #[test]
@@ -371,7 +380,10 @@ mod tests {
         let subject = MemberId::new("node-1", 1);
         let mut suspicions = BTreeMap::new();
         suspected_by(&members, &subject, 1, &mut suspicions);
-        assert_eq!(Verdict::default().judge(&members, &suspicions, Instant::now()).dead, set(&[subject]));
+        assert_eq!(
+            Verdict::default().judge(&members, &BTreeSet::new(), &suspicions, Instant::now()).dead,
+            set(&[subject])
+        );
     }
 
     /// A verdict that declared `subject` dead on five suspicions, and those suspicions.
@@ -383,7 +395,7 @@ mod tests {
         let mut verdict = Verdict::default();
         let mut suspicions = BTreeMap::new();
         suspected_by(members, subject, 5, &mut suspicions);
-        assert!(verdict.judge(members, &suspicions, now).dead.contains(subject));
+        assert!(verdict.judge(members, &BTreeSet::new(), &suspicions, now).dead.contains(subject));
         (verdict, suspicions)
     }
 
@@ -396,9 +408,9 @@ mod tests {
         // Three monitors withdraw (say, they were replaced on the ring): two still hold it dead.
         let mut two = BTreeMap::new();
         suspected_by(&members, &subject, 2, &mut two);
-        assert!(verdict.judge(&members, &two, now).dead.contains(&subject));
+        assert!(verdict.judge(&members, &BTreeSet::new(), &two, now).dead.contains(&subject));
         // It answers everyone again.
-        assert!(verdict.judge(&members, &BTreeMap::new(), now).dead.is_empty());
+        assert!(verdict.judge(&members, &BTreeSet::new(), &BTreeMap::new(), now).dead.is_empty());
     }
 
     #[test]
@@ -413,7 +425,7 @@ mod tests {
         let subject = members.iter().find(|m| ring.monitors(m).contains(&&dead)).unwrap().clone();
         let live: BTreeSet<MemberId> = members.iter().filter(|m| **m != dead).cloned().collect();
         suspected_by(&live, &subject, 5, &mut suspicions);
-        let judgement = verdict.judge(&members, &suspicions, now);
+        let judgement = verdict.judge(&members, &BTreeSet::new(), &suspicions, now);
         assert_eq!(judgement.dead, set(&[dead, subject]));
     }
 
@@ -439,7 +451,7 @@ mod tests {
         let quiet: BTreeMap<MemberId, BTreeSet<MemberId>> =
             members.iter().map(|m| (m.clone(), BTreeSet::new())).collect();
         let mut verdict = Verdict::default();
-        verdict.judge(members, &quiet, now);
+        verdict.judge(members, &BTreeSet::new(), &quiet, now);
         (verdict, quiet)
     }
 
@@ -454,16 +466,26 @@ mod tests {
         for subject in &across {
             suspected_by(&this_side, subject, MAX_MONITORS, &mut suspicions);
         }
-        let held = verdict.judge(&members, &suspicions, t0);
+        let unheard = set(&across);
+        let held = verdict.judge(&members, &unheard, &suspicions, t0);
         assert!(held.dead.is_empty());
         assert_eq!(held.suspected_partition, Some(10));
-        let later = verdict.judge(&members, &suspicions, t0 + HOLD_LIMIT - Duration::from_millis(1));
+        let later = verdict.judge(&members, &unheard, &suspicions, t0 + HOLD_LIMIT - Duration::from_millis(1));
         assert!(later.dead.is_empty());
+        // The heal: each side hears the other again, and its suspicions of this side, made
+        // during the cut, arrive before their withdrawal. Still held: nobody is withdrawn.
+        let mut both_ways = suspicions.clone();
+        for subject in ids(10) {
+            suspected_by(&set(&across), &subject, MAX_MONITORS, &mut both_ways);
+        }
+        let healing = verdict.clone().judge(&members, &BTreeSet::new(), &both_ways, t0 + Duration::from_secs(10));
+        assert!(healing.dead.is_empty(), "{healing:?}");
+        assert!(healing.suspected_partition.is_some());
         // Healed: nobody was withdrawn, and the hold is off.
-        let healed = verdict.clone().judge(&members, &BTreeMap::new(), t0 + Duration::from_secs(10));
+        let healed = verdict.clone().judge(&members, &BTreeSet::new(), &BTreeMap::new(), t0 + Duration::from_secs(10));
         assert_eq!(healed, Judgement { judged: members.clone(), ..Judgement::default() });
         // Not healed within the limit: every suspect is withdrawn.
-        let expired = verdict.judge(&members, &suspicions, t0 + HOLD_LIMIT);
+        let expired = verdict.judge(&members, &unheard, &suspicions, t0 + HOLD_LIMIT);
         assert_eq!(expired.dead, set(&across));
         assert_eq!(expired.suspected_partition, None);
     }
@@ -474,18 +496,16 @@ mod tests {
         let suspects = |n: usize, of: usize| {
             let members = set(&ids(of));
             let (mut verdict, mut suspicions) = running(&members, now);
-            let unsuspected: BTreeSet<MemberId> = ids(of).into_iter().skip(n).collect();
             for subject in ids(n) {
-                suspected_by(&unsuspected, &subject, 2, &mut suspicions);
+                suspected_by(&members, &subject, 2, &mut suspicions);
             }
-            verdict.judge(&members, &suspicions, now).suspected_partition
+            verdict.judge(&members, &BTreeSet::new(), &suspicions, now).suspected_partition
         };
         assert_eq!(suspects(2, 20), None, "10 % is not more than 10 %");
         assert_eq!(suspects(3, 20), Some(3));
         assert_eq!(suspects(1, 5), None, "one crash in a small cluster is withdrawn");
         assert_eq!(suspects(2, 5), Some(2));
-        assert_eq!(suspects(3, 5), Some(3));
-        assert_eq!(suspects(4, 5), None, "all but this node: nothing to hold");
+        assert_eq!(suspects(4, 5), Some(4), "every other node, but heard: a cut that is healing");
     }
 
     #[test]
@@ -497,7 +517,10 @@ mod tests {
         let (mut verdict, mut suspicions) = running(&members, t0);
         let (survivor, gone) = (MemberId::new("node-0", 1), set(&ids(3)[1..]));
         suspicions.insert(survivor.clone(), gone.clone());
-        let judgement = verdict.judge(&members, &suspicions, t0);
+        // Heard until just now: each still waits for the other's vote.
+        assert!(verdict.judge(&members, &BTreeSet::new(), &suspicions, t0).dead.is_empty());
+        // Gossip no longer hears them: the survivor alone monitors both, and holds nothing.
+        let judgement = verdict.judge(&members, &gone, &suspicions, t0);
         assert_eq!(judgement.dead, gone);
         assert_eq!(judgement.suspected_partition, None);
         assert_eq!(verdict.subjects(&members, &survivor), gone, "it keeps pinging them");
@@ -511,11 +534,10 @@ mod tests {
         let mut suspicions: BTreeMap<MemberId, BTreeSet<MemberId>> =
             members.iter().map(|m| (m.clone(), BTreeSet::new())).collect();
         let gone = ids(3);
-        let unsuspected: BTreeSet<MemberId> = ids(20).into_iter().skip(3).collect();
         for subject in &gone {
-            suspected_by(&unsuspected, subject, MAX_MONITORS, &mut suspicions);
+            suspected_by(&members, subject, MAX_MONITORS, &mut suspicions);
         }
-        let judgement = Verdict::default().judge(&members, &suspicions, now);
+        let judgement = Verdict::default().judge(&members, &BTreeSet::new(), &suspicions, now);
         assert_eq!(judgement.suspected_partition, None);
         assert_eq!(judgement.dead, set(&gone));
     }

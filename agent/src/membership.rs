@@ -11,7 +11,8 @@ use crate::gossip::keys;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Liveness {
-    /// The failure detector has heard from it recently.
+    /// Its monitors hear it (`gossip::monitors`), or for a node of the previous release, the
+    /// failure detector has heard from it recently.
     Alive,
     /// Known, but the failure detector has no verdict yet (just heard of, or restarted).
     Joining,
@@ -20,7 +21,8 @@ pub enum Liveness {
     Leaving,
     /// Announced that it was stopping, and the failure detector has since declared it dead.
     Left,
-    /// The failure detector declared it dead; kept until gossip forgets it.
+    /// Its monitors (for a node of the previous release, the failure detector) declared it dead;
+    /// kept until gossip forgets it.
     Dead,
 }
 
@@ -96,6 +98,9 @@ pub struct View {
     /// When each (name, generation) last showed a new heartbeat. Not part of what decisions
     /// depend on, so updating it does not wake the reconciler.
     pub last_seen: BTreeMap<(String, u64), SystemTime>,
+    /// Members suspected by their monitors while the partition hold is on (nobody is withdrawn
+    /// meanwhile: `gossip::monitors`); `None` without a hold.
+    pub suspected_partition: Option<usize>,
 }
 
 impl View {
@@ -165,7 +170,7 @@ mod tests {
     }
 
     fn view(members: Vec<Member>) -> View {
-        View { members, last_seen: BTreeMap::new() }
+        View { members, ..View::default() }
     }
 
     #[test]

@@ -119,7 +119,7 @@ pub enum Skip {
         Liveness::Joining => "joining: no failure-detector verdict yet",
         Liveness::Leaving => "leaving",
         Liveness::Left => "left the cluster",
-        Liveness::Dead => "declared dead by the failure detector",
+        Liveness::Dead => "declared dead by its monitors (or the failure detector, for a node of the previous release)",
         Liveness::Alive => "alive",
     })]
     NotAlive(Liveness),

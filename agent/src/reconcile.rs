@@ -701,6 +701,7 @@ impl Controller {
                     .collect(),
                 stranded_pods: stranded,
                 isolated,
+                suspected_partition: view.suspected_partition,
                 dataplane: summary.clone(),
                 ipam,
             },

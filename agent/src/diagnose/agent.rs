@@ -395,6 +395,7 @@ mod tests {
                 name_in_use_by: Vec::new(),
                 stranded_pods: None,
                 isolated: None,
+                suspected_partition: None,
                 dataplane: Default::default(),
                 ipam: Vec::new(),
             },

@@ -14,6 +14,13 @@
 //!
 //! | `settings`   | settings every node must share (`settings::encode`) | never within a generation |
 //! | `dataplane`  | this node's probe results, bounded (`probe::summary`) | when they change     |
+//! | `gossip-protocol` | `monitors-1`: this node pings the members it monitors and answers pings (`gossip::ping`) | never within a generation |
+//! | `suspects`   | the members it monitors that missed 3 pings in a row: `<name>:<generation>,…` (`monitors::encode_suspects`) | when a suspicion starts or ends |
+//!
+//! A node's suspicions are one key rather than a key per suspect: chitchat keeps a deleted key
+//! as a tombstone for the grace period, so a flapping link would leave one behind per episode,
+//! while one value stays bounded by the members the node monitors (about 8) and a reader
+//! parses one key per monitor.
 //!
 //! A claim is one key so that a peer can never see a block with another claim's time; one key
 //! per family, so that a node of the previous release, which parses `pod_cidr` as IPv4 and knows
@@ -39,6 +46,11 @@ pub const POD_CIDR: &str = "pod_cidr";
 pub const POD_CIDR6: &str = "pod_cidr6";
 pub const DATAPLANE: &str = "dataplane";
 pub const SETTINGS: &str = "settings";
+pub const GOSSIP_PROTOCOL: &str = "gossip-protocol";
+pub const SUSPECTS: &str = "suspects";
+
+/// The liveness protocol of this release: monitors (`gossip::monitors`).
+pub const PROTOCOL_MONITORS: &str = "monitors-1";
 
 pub const STATUS_UP: &str = "up";
 pub const STATUS_LEAVING: &str = "leaving";

@@ -15,6 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::watch;
 
+use super::ping;
 use super::seal::{self, Keyring, Rejection, ReplayGuard, Sealer};
 use crate::clock::unix_ms;
 use crate::logging::RateLimit;
@@ -192,7 +193,10 @@ fn decode(seal: Option<&mut Seal>, cluster_id: &str, datagram: &[u8]) -> Result<
     };
     let envelope = ChitchatEnvelope::deserialize(&mut bytes).map_err(|_| DropReason::Malformed)?;
     match &envelope.message {
-        ChitchatMessage::Syn { cluster_id: theirs, .. } if theirs != cluster_id => Err(DropReason::ForeignCluster),
+        // A monitor's ping or ack travels as a Syn of no cluster (`ping.rs`).
+        ChitchatMessage::Syn { cluster_id: theirs, .. } if theirs != cluster_id && !ping::is_probe(theirs) => {
+            Err(DropReason::ForeignCluster)
+        }
         ChitchatMessage::BadCluster => Err(DropReason::ForeignCluster),
         _ => Ok(envelope),
     }
@@ -264,6 +268,7 @@ impl Socket for GossipSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gossip::monitors::MemberId;
     use crate::gossip::seal::KEY_LEN;
 
     fn envelope(message: ChitchatMessage) -> Vec<u8> {
@@ -289,6 +294,10 @@ mod tests {
         assert_eq!(decoded(&syn("weft")[..5]).unwrap_err(), DropReason::Malformed, "truncated");
         assert_eq!(decoded(&syn("other")).unwrap_err(), DropReason::ForeignCluster);
         assert_eq!(decoded(&envelope(ChitchatMessage::BadCluster)).unwrap_err(), DropReason::ForeignCluster);
+        // Monitor pings pass, for the ping layer above.
+        let mut probe = Vec::new();
+        ping::Probe::Ping { seq: 1, subject: MemberId::new("a", 1) }.envelope().serialize(&mut probe);
+        assert!(decoded(&probe).is_ok());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The one reader of chitchat's state: turns it into the agent's [`View`] after every gossip
-//! round, so that nothing else in the agent locks chitchat to read membership.
+//! round, so that nothing else in the agent locks chitchat to read membership. A member the
+//! monitors judge is alive or dead by their verdict; the others, and a member announcing
+//! `leaving`, by chitchat's failure detector.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -11,10 +13,21 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::gossip::keys;
+use crate::gossip::monitors::{Judgement, MemberId};
 use crate::membership::{Liveness, Member, View, classify, liveness_changes};
 
+/// The (live, dead) verdict `classify` takes for member `id`: the monitors' for a member they
+/// judge, once chitchat has heard it at all (before that it is joining, as with the detector).
+fn verdict(judgement: &Judgement, id: &MemberId, live: bool, dead: bool) -> (bool, bool) {
+    if !judgement.judged.contains(id) || !(live || dead) {
+        return (live, dead);
+    }
+    let dead = judgement.dead.contains(id);
+    (!dead, dead)
+}
+
 /// Reads the members out of chitchat (under its lock: keep it short).
-fn read(chitchat: &Chitchat) -> Vec<(Member, u64)> {
+fn read(chitchat: &Chitchat, judgement: &Judgement) -> Vec<(Member, u64)> {
     let me = chitchat.self_chitchat_id();
     let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
     let dead: HashSet<&ChitchatId> = chitchat.dead_nodes().collect();
@@ -23,10 +36,12 @@ fn read(chitchat: &Chitchat) -> Vec<(Member, u64)> {
         .iter()
         .filter(|(id, _)| *id != me)
         .map(|(id, state)| {
+            let (live, dead) =
+                verdict(judgement, &MemberId::new(&id.node_id, id.generation_id), live.contains(id), dead.contains(id));
             let member = Member {
                 name: id.node_id.to_string(),
                 generation: id.generation_id,
-                liveness: classify(state.get(keys::STATUS), live.contains(id), dead.contains(id)),
+                liveness: classify(state.get(keys::STATUS), live, dead),
                 keys: state.key_values().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             };
             (member, u64::from(state.heartbeat()))
@@ -35,9 +50,11 @@ fn read(chitchat: &Chitchat) -> Vec<(Member, u64)> {
 }
 
 /// Publishes the view after every gossip round (chitchat's live-nodes watcher fires at the end
-/// of a round that changed liveness or keys; the tick catches deaths, forgetting and heartbeats).
+/// of a round that changed liveness or keys; the tick catches deaths, forgetting and heartbeats;
+/// a new judgement of the monitors is read at once).
 pub(super) fn spawn_observer(
     chitchat: Arc<Mutex<Chitchat>>,
+    mut judgement: watch::Receiver<Judgement>,
     interval: Duration,
     cancel: CancellationToken,
 ) -> (watch::Receiver<View>, JoinHandle<()>) {
@@ -52,8 +69,11 @@ pub(super) fn spawn_observer(
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
                 changed = changes.changed() => if changed.is_err() { return },
+                // Once the monitors stop (gossip left), the view goes on until `cancel`, as before.
+                Ok(()) = judgement.changed() => {}
             }
-            let read = read(&*chitchat.lock().await);
+            let judged = judgement.borrow_and_update().clone();
+            let read = read(&*chitchat.lock().await, &judged);
             let now = SystemTime::now();
             let mut last_seen = tx.borrow().last_seen.clone();
             let known: BTreeSet<(String, u64)> = read.iter().map(|(m, _)| (m.name.clone(), m.generation)).collect();
@@ -69,11 +89,12 @@ pub(super) fn spawn_observer(
             members.sort_by(|a, b| (&a.name, a.generation).cmp(&(&b.name, b.generation)));
             tx.send_if_modified(|view| {
                 view.last_seen = last_seen;
-                if view.members == members {
+                if view.members == members && view.suspected_partition == judged.suspected_partition {
                     return false;
                 }
                 log_changes(&view.members, &members);
                 view.members = members;
+                view.suspected_partition = judged.suspected_partition;
                 true
             });
         }
@@ -98,5 +119,26 @@ fn log_changes(before: &[Member], after: &[Member]) {
     }
     if let Some(more) = changes.len().checked_sub(CHANGES_LOGGED).filter(|&n| n > 0) {
         tracing::info!(more, "member liveness changed for more members this round");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_monitors_judge_the_members_they_judge_once_chitchat_has_heard_them() {
+        let (a, b) = (MemberId::new("a", 1), MemberId::new("b", 1));
+        let judgement =
+            Judgement { judged: [a.clone(), b.clone()].into(), dead: [b.clone()].into(), ..Judgement::default() };
+        // Alive by the monitors although chitchat's detector has given up (a partition, say).
+        assert_eq!(verdict(&judgement, &a, false, true), (true, false));
+        assert_eq!(verdict(&judgement, &b, true, false), (false, true));
+        // Not heard yet: joining, whatever the monitors say.
+        assert_eq!(verdict(&judgement, &b, false, false), (false, false));
+        // Not judged by monitors (a node of the previous release): the detector's verdict.
+        let old = MemberId::new("old", 1);
+        assert_eq!(verdict(&judgement, &old, false, true), (false, true));
+        assert_eq!(verdict(&judgement, &old, true, false), (true, false));
     }
 }

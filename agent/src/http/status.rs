@@ -62,6 +62,10 @@ pub struct NodeStatus {
     /// Set when this node heard from other nodes before and hears from none now: why.
     #[serde(default)]
     pub isolated: Option<String>,
+    /// Members suspected by their monitors while the partition hold is on: so many at once
+    /// that nobody is withdrawn until the suspicions clear or the hold's limit passes.
+    #[serde(default)]
+    pub suspected_partition: Option<usize>,
     /// This node's probe results as it publishes them (see `peers[].report` for the others').
     #[serde(default)]
     pub dataplane: Summary,
@@ -414,6 +418,14 @@ pub fn render(s: &Status) -> String {
     if let Some(why) = &n.isolated {
         let _ = writeln!(out, "  ISOLATED: {why}");
     }
+    if let Some(suspected) = n.suspected_partition {
+        let _ = writeln!(
+            out,
+            "  SUSPECTED PARTITION: {suspected} member(s) suspected by their monitors at once; nobody is withdrawn until \
+             the suspicions clear or {} s pass",
+            crate::gossip::monitors::HOLD_LIMIT.as_secs()
+        );
+    }
     if let Some(s) = &n.stranded_pods {
         let _ = writeln!(out, "  {} pod address(es) stranded: {}", s.count, s.reason);
     }
@@ -535,6 +547,7 @@ mod tests {
             name_in_use_by: vec![],
             stranded_pods: None,
             isolated: None,
+            suspected_partition: None,
             dataplane: Summary::default(),
             ipam: Vec::new(),
         }
@@ -719,7 +732,10 @@ mod tests {
         // Another reason comes first.
         let dead = Decision { verdict: Err(Skip::NotAlive(Liveness::Dead)), ..v6_lost };
         let note = peer_status(&dead, false, None, Dataplane::unknown()).note.unwrap();
-        assert_eq!(note, "declared dead by the failure detector; lost its PodCIDR claim fd00:10:244:1::/64 to a");
+        assert_eq!(
+            note,
+            "declared dead by its monitors (or the failure detector, for a node of the previous release); lost its PodCIDR claim fd00:10:244:1::/64 to a"
+        );
     }
 
     #[test]
@@ -811,6 +827,7 @@ mod tests {
                     reason: "10.244.9.0/24 is held by n2".into(),
                 }),
                 isolated: Some("no other node heard".into()),
+                suspected_partition: Some(12),
                 dataplane: Summary::default(),
                 ipam: vec![IpamUse { family: Family::Ipv4, in_use: 3, total: 253 }],
             },
@@ -857,6 +874,7 @@ mod tests {
         assert!(table.contains("node name also used by the agent at 198.51.100.7: refused; this agent keeps it"));
         assert!(table.contains("1 pod address(es) stranded: 10.244.9.0/24 is held by n2"));
         assert!(table.contains("ISOLATED: no other node heard"));
+        assert!(table.contains("SUSPECTED PARTITION: 12 member(s) suspected"), "{table}");
         assert!(table.contains("ipam: 3 of 253 IPv4 pod addresses in use"));
         let row = table.lines().find(|l| l.starts_with("b ")).unwrap();
         for cell in ["192.0.2.2", "10.244.2.0/24", "alive", "direct", "no", "tunnel-blocked"] {

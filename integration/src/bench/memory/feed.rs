@@ -139,7 +139,7 @@ impl Members {
             .collect::<Result<Vec<Member>>>()?;
         members.sort_by(|a, b| a.name.cmp(&b.name));
         let last_seen = members.iter().map(|m| ((m.name.clone(), m.generation), now)).collect();
-        Ok(View { members, last_seen })
+        Ok(View { members, last_seen, suspected_partition: None })
     }
 
     /// Starts member `k` gossiping with the agent at `agent`.

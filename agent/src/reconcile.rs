@@ -674,6 +674,7 @@ impl Controller {
         let metrics = &self.shared.metrics;
         metrics.set_peers(alive, rows.len() - alive, self.programmed.len());
         metrics.set_gossip_members(view.members.iter().map(|m| m.liveness));
+        metrics.set_suspected_partition(view.suspected_partition);
         metrics.set_dataplane(rows.iter().map(|r| r.dataplane.state));
         let summary = Summary::of(rows.iter().map(|r| (r.name.as_str(), r.dataplane.state)));
         metrics.set_ready(ready.is_ok());

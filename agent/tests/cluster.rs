@@ -606,6 +606,30 @@ async fn bad_gossip_values_are_rejected_counted_and_never_programmed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_suspicions_are_ignored_and_counted_once() {
+    let mut c = Cluster::new();
+    c.add_and_start(&["a", "b", "c"]).await;
+    converged(&c, "3 nodes converged").await;
+    // A member of the monitors protocol whose `suspects` names no member: its votes count as none.
+    let mut keys = valid_keys("garbled", "192.0.2.230", "10.244.230.0/24;confirmed;1");
+    keys.push(("gossip-protocol", "monitors-1".into()));
+    keys.push(("suspects", "a,b:not-a-generation".into()));
+    let _garbled = c.rogue("garbled", &as_pairs(&keys)).await;
+    let counted = |n: &str| metric(&c.metrics(n), "weft_gossip_malformed_suspicions_total");
+    wait_until(CONVERGE, "the malformed suspicions counted on every node", || {
+        ["a", "b", "c"].iter().all(|n| counted(n) >= 1)
+    })
+    .await;
+    // Read again every round, counted once.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for n in ["a", "b", "c"] {
+        assert_eq!(counted(n), 1, "{n}");
+    }
+    assert!(c.converged(), "the real nodes keep programming each other");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_copying_a_live_nodes_vtep_mac_is_refused_and_the_owner_stays_programmed() {
     let mut c = Cluster::new();
     c.add_and_start(&["a", "b", "c"]).await;

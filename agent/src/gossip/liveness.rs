@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chitchat::{Chitchat, ChitchatId};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -67,6 +68,7 @@ pub(super) fn spawn(
     interval: Duration,
     outbox: mpsc::Sender<(SocketAddr, Probe)>,
     mut answers: mpsc::Receiver<Answer>,
+    malformed_count: Counter,
     cancel: CancellationToken,
 ) -> watch::Receiver<Judgement> {
     let (tx, rx) = watch::channel(Judgement::default());
@@ -81,16 +83,22 @@ pub(super) fn spawn(
         let (mut verdict, mut pings, mut roster) = (Verdict::default(), Pings::default(), Roster::default());
         let mut published = BTreeSet::new();
         let mut warned = RateLimit::default();
+        // The malformed values of the last round: each is counted once, when it shows up.
+        let mut malformed = BTreeSet::new();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = judge.tick() => {
                     roster = read(&*chitchat.lock().await);
                     for (member, why) in &roster.malformed {
+                        if !malformed.contains(&(member.clone(), why.clone())) {
+                            malformed_count.inc();
+                        }
                         if let Some(suppressed) = warned.admit(member.name.clone(), std::time::Instant::now()) {
                             tracing::warn!(peer = %member.name, generation = member.generation, reason = %why, suppressed, "ignoring a member's malformed suspicions");
                         }
                     }
+                    malformed = roster.malformed.iter().map(|(m, why)| (m.clone(), why.clone())).collect();
                     let members = roster.members.keys().cloned().collect();
                     let judgement = verdict.judge(&members, &roster.unheard, &roster.suspicions, Instant::now().into_std());
                     tx.send_if_modified(|before| {

@@ -97,6 +97,7 @@ impl Gossip {
         let me = MemberId::new(node, generation);
         let (outbox_tx, outbox_rx) = mpsc::channel(PROBE_QUEUE);
         let (answers_tx, answers_rx) = mpsc::channel(PROBE_QUEUE);
+        let malformed_suspicions = counters.malformed_suspicions.clone();
         let transport = Pinging::new(Counting::new(transport, counters), me.clone(), outbox_rx, answers_tx);
         key_values.extend([
             (keys::GOSSIP_PROTOCOL.to_string(), keys::PROTOCOL_MONITORS.to_string()),
@@ -106,8 +107,15 @@ impl Gossip {
             .await
             .map_err(|e| GossipError { addr: settings.listen, reason: format!("{e:#}") })?;
         let cancel = CancellationToken::new();
-        let judgement =
-            liveness::spawn(handle.chitchat(), me, settings.interval, outbox_tx, answers_rx, cancel.clone());
+        let judgement = liveness::spawn(
+            handle.chitchat(),
+            me,
+            settings.interval,
+            outbox_tx,
+            answers_rx,
+            malformed_suspicions,
+            cancel.clone(),
+        );
         Ok(Gossip { handle, interval: settings.interval, judgement, _monitors: cancel.drop_guard() })
     }
 

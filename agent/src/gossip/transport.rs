@@ -35,6 +35,8 @@ pub struct GossipCounters {
     pub bytes_out: Counter,
     /// Datagrams dropped before chitchat saw them, by [`DropReason`].
     pub dropped: Family<ReasonLabel, Counter>,
+    /// Members' `suspects` values ignored because they do not parse, each value once.
+    pub malformed_suspicions: Counter,
 }
 
 pub struct Counting {

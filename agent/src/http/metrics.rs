@@ -95,6 +95,7 @@ pub struct Metrics {
     ready: Gauge,
     name_in_use: Gauge,
     isolated: Gauge,
+    suspected_partition: Gauge,
     ipam_in_use: Family<FamilyLabel, FloatGauge>,
     ipam_total: Family<FamilyLabel, FloatGauge>,
     peers_dataplane: Family<StateLabel, Gauge>,
@@ -173,7 +174,13 @@ impl Metrics {
             "Gossip datagrams dropped before chitchat saw them: unsealed, unknown key, forged, stale, replayed, malformed or of another cluster",
             dropped.clone(),
         );
-        let gossip = GossipCounters { messages_in, messages_out, bytes_in, bytes_out, dropped };
+        let malformed_suspicions = Counter::default();
+        registry.register(
+            "gossip_malformed_suspicions",
+            "Members' `suspects` announcements ignored because they do not parse (each value once): the member's monitor votes count as none",
+            malformed_suspicions.clone(),
+        );
+        let gossip = GossipCounters { messages_in, messages_out, bytes_in, bytes_out, dropped, malformed_suspicions };
         registry.register("gossip_messages", "Gossip datagrams", messages);
         registry.register("gossip_bytes", "Gossip bytes", bytes);
         let gossip_keys = Family::<KeyLabel, Gauge>::default();
@@ -234,6 +241,12 @@ impl Metrics {
             "1 when this node heard other nodes before and hears none now (gossip blocked, or all others down)",
             isolated.clone(),
         );
+        let suspected_partition = Gauge::default();
+        registry.register(
+            "gossip_suspected_partition",
+            "Members freshly suspected by their monitors while the partition hold is on, so that none of them is withdrawn (0 without a hold)",
+            suspected_partition.clone(),
+        );
         let name_in_use = Gauge::default();
         registry.register(
             "node_name_in_use",
@@ -284,6 +297,7 @@ impl Metrics {
             ready,
             name_in_use,
             isolated,
+            suspected_partition,
             ipam_in_use,
             ipam_total,
             peers_dataplane,
@@ -391,6 +405,11 @@ impl Metrics {
         self.isolated.set(i64::from(isolated));
     }
 
+    /// The members held back by the partition hold (`None`: no hold).
+    pub fn set_suspected_partition(&self, suspected: Option<usize>) {
+        self.suspected_partition.set(suspected.map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX)));
+    }
+
     pub fn set_name_in_use(&self, in_use: bool) {
         self.name_in_use.set(i64::from(in_use));
     }
@@ -456,6 +475,7 @@ mod tests {
             false,
         );
         m.rejected("vni_mismatch");
+        m.set_suspected_partition(Some(4));
         m.conflict_seen();
         m.gossip_counters().messages_in.inc();
         m.gossip_counters().bytes_out.inc_by(100);
@@ -495,6 +515,8 @@ mod tests {
             "weft_vxlan_dropped_bytes_total 0",
             "weft_http_connections 0",
             "weft_http_connections_rejected_total 0",
+            "weft_gossip_suspected_partition 4",
+            "weft_gossip_malformed_suspicions_total 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -32,8 +32,8 @@ struct Roster {
     /// Those of them chitchat's detector no longer hears (their suspicions cannot arrive).
     unheard: BTreeSet<MemberId>,
     suspicions: BTreeMap<MemberId, BTreeSet<MemberId>>,
-    /// Members whose `suspects` value does not parse (counted as suspecting nobody).
-    malformed: Vec<(MemberId, String)>,
+    /// Members whose `suspects` value does not parse (counted as suspecting nobody), and why.
+    malformed: BTreeSet<(MemberId, String)>,
 }
 
 fn read(chitchat: &Chitchat) -> Roster {
@@ -50,7 +50,9 @@ fn read(chitchat: &Chitchat) -> Roster {
             Ok(suspects) => {
                 roster.suspicions.insert(member.clone(), suspects);
             }
-            Err(e) => roster.malformed.push((member.clone(), e)),
+            Err(e) => {
+                roster.malformed.insert((member.clone(), e));
+            }
         }
         if unheard.contains(id) {
             roster.unheard.insert(member.clone());
@@ -83,22 +85,18 @@ pub(super) fn spawn(
         let (mut verdict, mut pings, mut roster) = (Verdict::default(), Pings::default(), Roster::default());
         let mut published = BTreeSet::new();
         let mut warned = RateLimit::default();
-        // The malformed values of the last round: each is counted once, when it shows up.
-        let mut malformed = BTreeSet::new();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = judge.tick() => {
-                    roster = read(&*chitchat.lock().await);
+                    let before = std::mem::replace(&mut roster, read(&*chitchat.lock().await));
+                    // Each malformed value is counted once, in the round it shows up.
+                    malformed_count.inc_by(roster.malformed.difference(&before.malformed).count() as u64);
                     for (member, why) in &roster.malformed {
-                        if !malformed.contains(&(member.clone(), why.clone())) {
-                            malformed_count.inc();
-                        }
                         if let Some(suppressed) = warned.admit(member.name.clone(), std::time::Instant::now()) {
                             tracing::warn!(peer = %member.name, generation = member.generation, reason = %why, suppressed, "ignoring a member's malformed suspicions");
                         }
                     }
-                    malformed = roster.malformed.iter().map(|(m, why)| (m.clone(), why.clone())).collect();
                     let members = roster.members.keys().cloned().collect();
                     let judgement = verdict.judge(&members, &roster.unheard, &roster.suspicions, Instant::now().into_std());
                     tx.send_if_modified(|before| {

@@ -227,19 +227,15 @@ mod tests {
         assert_eq!(answer, Some((member("b"), 2)), "only the ping for b's own generation is answered");
         // Gossip from b reaches a's chitchat.
         let mut c = network.open(addr(3)).await.unwrap();
-        let syn = ChitchatEnvelope {
+        let syn = || ChitchatEnvelope {
             version: ProtocolVersion::V0,
             message: ChitchatMessage::Syn { cluster_id: "weft".into(), digest: Default::default() },
         };
-        c.send(addr(1), syn).await.unwrap();
+        c.send(addr(1), syn()).await.unwrap();
         let (_a, gossip) = tokio::time::timeout(Duration::from_secs(5), a_waits).await.unwrap().unwrap();
         assert!(matches!(gossip.unwrap(), ChitchatMessage::Syn { cluster_id, .. } if cluster_id == "weft"));
         c.send(addr(2), Probe::Ack { seq: 1, subject: member("x") }.envelope()).await.unwrap();
-        let c_syn = ChitchatEnvelope {
-            version: ProtocolVersion::V0,
-            message: ChitchatMessage::Syn { cluster_id: "weft".into(), digest: Default::default() },
-        };
-        c.send(addr(2), c_syn).await.unwrap();
+        c.send(addr(2), syn()).await.unwrap();
         let served = tokio::time::timeout(Duration::from_secs(5), b_serves).await.unwrap().unwrap();
         assert!(matches!(served.unwrap(), ChitchatMessage::Syn { cluster_id, .. } if cluster_id == "weft"));
     }

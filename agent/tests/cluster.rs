@@ -109,7 +109,7 @@ async fn a_join_is_programmed_everywhere_quickly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clean_leave_shows_at_once_and_is_withdrawn_when_the_detector_confirms_it() {
+async fn a_clean_leave_shows_at_once_and_is_withdrawn_when_a_monitor_confirms_it() {
     let mut c = Cluster::new();
     let nodes = names("n", 6);
     c.add_and_start(&refs(&nodes)).await;

@@ -23,14 +23,15 @@ use crate::logging::RateLimit;
 /// suspect, a crash is suspected 1.5–2 s after it.
 pub const PING_INTERVAL: Duration = Duration::from_millis(500);
 
-/// The members judged by monitors, as chitchat holds them: those announcing the protocol and
-/// not leaving (a leaving node is judged by its announcement, as before), with their gossip
-/// addresses and suspicions.
+/// The members judged by monitors, as chitchat holds them: those announcing the protocol, with
+/// their gossip addresses and suspicions.
 #[derive(Debug, Default)]
 struct Roster {
     members: BTreeMap<MemberId, SocketAddr>,
     /// Those of them chitchat's detector no longer hears (their suspicions cannot arrive).
     unheard: BTreeSet<MemberId>,
+    /// Those of them announcing `leaving`.
+    leaving: BTreeSet<MemberId>,
     suspicions: BTreeMap<MemberId, BTreeSet<MemberId>>,
     /// Members whose `suspects` value does not parse (counted as suspecting nobody), and why.
     malformed: BTreeSet<(MemberId, String)>,
@@ -40,12 +41,13 @@ fn read(chitchat: &Chitchat) -> Roster {
     let mut roster = Roster::default();
     let unheard: HashSet<&ChitchatId> = chitchat.dead_nodes().collect();
     for (id, state) in chitchat.node_states() {
-        if state.get(keys::GOSSIP_PROTOCOL) != Some(keys::PROTOCOL_MONITORS)
-            || state.get(keys::STATUS) == Some(keys::STATUS_LEAVING)
-        {
+        if state.get(keys::GOSSIP_PROTOCOL) != Some(keys::PROTOCOL_MONITORS) {
             continue;
         }
         let member = MemberId::new(&id.node_id, id.generation_id);
+        if state.get(keys::STATUS) == Some(keys::STATUS_LEAVING) {
+            roster.leaving.insert(member.clone());
+        }
         match monitors::decode_suspects(state.get(keys::SUSPECTS).unwrap_or_default()) {
             Ok(suspects) => {
                 roster.suspicions.insert(member.clone(), suspects);
@@ -98,7 +100,7 @@ pub(super) fn spawn(
                         }
                     }
                     let members = roster.members.keys().cloned().collect();
-                    let judgement = verdict.judge(&members, &roster.unheard, &roster.suspicions, Instant::now().into_std());
+                    let judgement = verdict.judge(&members, &roster.unheard, &roster.leaving, &roster.suspicions, Instant::now().into_std());
                     tx.send_if_modified(|before| {
                         log_hold(before.suspected_partition, judgement.suspected_partition);
                         let changed = *before != judgement;

@@ -91,6 +91,20 @@ pub fn hold_quorum(k: usize) -> usize {
     quorum(k).min(2)
 }
 
+/// The suspicions among a member's `k` monitors that declare it dead, and that keep it dead once
+/// declared: H and L for a member that may still be alive. A member that announced it is
+/// `leaving` stops answering when its gossip stops, so the first monitor to miss it confirms it
+/// gone (a monitor with a broken link can only withdraw a node that is going anyway), 1.5–2 s
+/// after it stops: time enough for a restarted agent's next generation to be heard first, so
+/// that a restart costs no route; and it never comes back (a restart is a new generation), so
+/// it stays dead even when that monitor leaves the ring.
+fn needed(k: usize, leaving: bool) -> (usize, usize) {
+    match leaving {
+        true => (1, 0),
+        false => (quorum(k), hold_quorum(k)),
+    }
+}
+
 /// This observer's verdicts, carried from one judgement to the next.
 #[derive(Debug, Clone, Default)]
 pub struct Verdict {
@@ -126,10 +140,13 @@ impl Verdict {
     /// silent other side's stale suspicions. The hold spares a member for at most
     /// [`HOLD_LIMIT`] from its fresh suspicion, and does not apply when the ring holds this
     /// node alone: cut off from all others, it has no side whose routes a hold would keep.
+    /// A member announcing `leaving` is going anyway: one suspicion confirms it gone (see
+    /// [`needed`]) and it never counts toward the hold.
     pub fn judge(
         &mut self,
         members: &BTreeSet<MemberId>,
         unheard: &BTreeSet<MemberId>,
+        leaving: &BTreeSet<MemberId>,
         suspicions: &BTreeMap<MemberId, BTreeSet<MemberId>>,
         now: Instant,
     ) -> Judgement {
@@ -159,14 +176,19 @@ impl Verdict {
         let live = members.len() - self.dead.len();
         let suspected = counts
             .iter()
-            .filter(|(m, k, n)| !self.dead.contains(*m) && *k > 0 && *n >= hold_quorum(*k) && recent(m))
+            .filter(|(m, k, n)| {
+                !self.dead.contains(*m) && !leaving.contains(*m) && *k > 0 && *n >= hold_quorum(*k) && recent(m)
+            })
             .count();
         let held = suspected > 1 && suspected * 10 > live && self.ring.len() > 1;
         let dead = counts
             .iter()
-            .filter(|(m, k, n)| match self.dead.contains(*m) {
-                true => *n >= hold_quorum(*k),
-                false => *k > 0 && *n >= quorum(*k) && !(held && recent(m)),
+            .filter(|(m, k, n)| {
+                let (to_die, to_stay_dead) = needed(*k, leaving.contains(*m));
+                match self.dead.contains(*m) {
+                    true => *n >= to_stay_dead,
+                    false => *k > 0 && *n >= to_die && !(held && recent(m) && !leaving.contains(*m)),
+                }
             })
             .map(|(m, _, _)| (*m).clone())
             .collect();
@@ -358,7 +380,7 @@ mod tests {
         for (n, dead) in [(4, false), (5, true)] {
             let mut suspicions = BTreeMap::new();
             suspected_by(&members, &subject, n, &mut suspicions);
-            let judgement = Verdict::default().judge(&members, &BTreeSet::new(), &suspicions, now);
+            let judgement = Verdict::default().judge(&members, &BTreeSet::new(), &BTreeSet::new(), &suspicions, now);
             assert_eq!(judgement.dead.contains(&subject), dead, "{n} of 8");
             assert_eq!(judgement.dead.len(), usize::from(dead));
             assert_eq!(judgement.suspected_partition, None);
@@ -371,7 +393,9 @@ mod tests {
             .filter(|m| !monitors.contains(m))
             .map(|m| (m.clone(), set(std::slice::from_ref(&subject))))
             .collect();
-        assert!(Verdict::default().judge(&members, &BTreeSet::new(), &strangers, now).dead.is_empty());
+        assert!(
+            Verdict::default().judge(&members, &BTreeSet::new(), &BTreeSet::new(), &strangers, now).dead.is_empty()
+        );
     }
 
     #[test]
@@ -381,9 +405,38 @@ mod tests {
         let mut suspicions = BTreeMap::new();
         suspected_by(&members, &subject, 1, &mut suspicions);
         assert_eq!(
-            Verdict::default().judge(&members, &BTreeSet::new(), &suspicions, Instant::now()).dead,
+            Verdict::default().judge(&members, &BTreeSet::new(), &BTreeSet::new(), &suspicions, Instant::now()).dead,
             set(&[subject])
         );
+    }
+
+    #[test]
+    fn a_leaving_member_is_gone_on_one_suspicion_and_never_held() {
+        let now = Instant::now();
+        let members = set(&ids(20));
+        let (mut verdict, mut suspicions) = running(&members, now);
+        let leaving: BTreeSet<MemberId> = members.iter().take(3).cloned().collect();
+        let one = |s: &mut BTreeMap<MemberId, BTreeSet<MemberId>>, m: &MemberId| suspected_by(&members, m, 1, s);
+        let judge = |v: &mut Verdict, s: &BTreeMap<MemberId, BTreeSet<MemberId>>| {
+            v.judge(&members, &BTreeSet::new(), &leaving, s, now)
+        };
+        // Announcing leaving but still answering: alive.
+        assert!(judge(&mut verdict, &suspicions).dead.is_empty());
+        // Three leaving members stop at once (15 % of the members): each is gone on its first
+        // monitor's word, with no partition hold.
+        leaving.iter().for_each(|m| one(&mut suspicions, m));
+        let judgement = judge(&mut verdict, &suspicions);
+        assert_eq!((judgement.dead, judgement.suspected_partition), (leaving.clone(), None));
+        // They stay gone although the ring changed under them (each may have been another's
+        // one suspecting monitor) and even without any suspicion.
+        assert_eq!(judge(&mut verdict, &suspicions).dead, leaving);
+        assert_eq!(judge(&mut verdict, &BTreeMap::new()).dead, leaving);
+        // One suspicion of a member that is not leaving is no verdict.
+        let staying = members.iter().nth(5).unwrap();
+        one(&mut suspicions, staying);
+        assert!(!judge(&mut verdict, &suspicions).dead.contains(staying));
+        // Nor is a leaving member's word about itself: no suspicion, no verdict.
+        assert!(judge(&mut Verdict::default(), &BTreeMap::new()).dead.is_empty());
     }
 
     /// A verdict that declared `subject` dead on five suspicions, and those suspicions.
@@ -395,7 +448,7 @@ mod tests {
         let mut verdict = Verdict::default();
         let mut suspicions = BTreeMap::new();
         suspected_by(members, subject, 5, &mut suspicions);
-        assert!(verdict.judge(members, &BTreeSet::new(), &suspicions, now).dead.contains(subject));
+        assert!(verdict.judge(members, &BTreeSet::new(), &BTreeSet::new(), &suspicions, now).dead.contains(subject));
         (verdict, suspicions)
     }
 
@@ -408,9 +461,9 @@ mod tests {
         // Three monitors withdraw (say, they were replaced on the ring): two still hold it dead.
         let mut two = BTreeMap::new();
         suspected_by(&members, &subject, 2, &mut two);
-        assert!(verdict.judge(&members, &BTreeSet::new(), &two, now).dead.contains(&subject));
+        assert!(verdict.judge(&members, &BTreeSet::new(), &BTreeSet::new(), &two, now).dead.contains(&subject));
         // It answers everyone again.
-        assert!(verdict.judge(&members, &BTreeSet::new(), &BTreeMap::new(), now).dead.is_empty());
+        assert!(verdict.judge(&members, &BTreeSet::new(), &BTreeSet::new(), &BTreeMap::new(), now).dead.is_empty());
     }
 
     #[test]
@@ -425,7 +478,7 @@ mod tests {
         let subject = members.iter().find(|m| ring.monitors(m).contains(&&dead)).unwrap().clone();
         let live: BTreeSet<MemberId> = members.iter().filter(|m| **m != dead).cloned().collect();
         suspected_by(&live, &subject, 5, &mut suspicions);
-        let judgement = verdict.judge(&members, &BTreeSet::new(), &suspicions, now);
+        let judgement = verdict.judge(&members, &BTreeSet::new(), &BTreeSet::new(), &suspicions, now);
         assert_eq!(judgement.dead, set(&[dead, subject]));
     }
 
@@ -451,7 +504,7 @@ mod tests {
         let quiet: BTreeMap<MemberId, BTreeSet<MemberId>> =
             members.iter().map(|m| (m.clone(), BTreeSet::new())).collect();
         let mut verdict = Verdict::default();
-        verdict.judge(members, &BTreeSet::new(), &quiet, now);
+        verdict.judge(members, &BTreeSet::new(), &BTreeSet::new(), &quiet, now);
         (verdict, quiet)
     }
 
@@ -467,10 +520,16 @@ mod tests {
             suspected_by(&this_side, subject, MAX_MONITORS, &mut suspicions);
         }
         let unheard = set(&across);
-        let held = verdict.judge(&members, &unheard, &suspicions, t0);
+        let held = verdict.judge(&members, &unheard, &BTreeSet::new(), &suspicions, t0);
         assert!(held.dead.is_empty());
         assert_eq!(held.suspected_partition, Some(10));
-        let later = verdict.judge(&members, &unheard, &suspicions, t0 + HOLD_LIMIT - Duration::from_millis(1));
+        let later = verdict.judge(
+            &members,
+            &unheard,
+            &BTreeSet::new(),
+            &suspicions,
+            t0 + HOLD_LIMIT - Duration::from_millis(1),
+        );
         assert!(later.dead.is_empty());
         // The heal: each side hears the other again, and its suspicions of this side, made
         // during the cut, arrive before their withdrawal. Still held: nobody is withdrawn.
@@ -478,14 +537,26 @@ mod tests {
         for subject in ids(10) {
             suspected_by(&set(&across), &subject, MAX_MONITORS, &mut both_ways);
         }
-        let healing = verdict.clone().judge(&members, &BTreeSet::new(), &both_ways, t0 + Duration::from_secs(10));
+        let healing = verdict.clone().judge(
+            &members,
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+            &both_ways,
+            t0 + Duration::from_secs(10),
+        );
         assert!(healing.dead.is_empty(), "{healing:?}");
         assert!(healing.suspected_partition.is_some());
         // Healed: nobody was withdrawn, and the hold is off.
-        let healed = verdict.clone().judge(&members, &BTreeSet::new(), &BTreeMap::new(), t0 + Duration::from_secs(10));
+        let healed = verdict.clone().judge(
+            &members,
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+            &BTreeMap::new(),
+            t0 + Duration::from_secs(10),
+        );
         assert_eq!(healed, Judgement { judged: members.clone(), ..Judgement::default() });
         // Not healed within the limit: every suspect is withdrawn.
-        let expired = verdict.judge(&members, &unheard, &suspicions, t0 + HOLD_LIMIT);
+        let expired = verdict.judge(&members, &unheard, &BTreeSet::new(), &suspicions, t0 + HOLD_LIMIT);
         assert_eq!(expired.dead, set(&across));
         assert_eq!(expired.suspected_partition, None);
     }
@@ -499,7 +570,7 @@ mod tests {
             for subject in ids(n) {
                 suspected_by(&members, &subject, 2, &mut suspicions);
             }
-            verdict.judge(&members, &BTreeSet::new(), &suspicions, now).suspected_partition
+            verdict.judge(&members, &BTreeSet::new(), &BTreeSet::new(), &suspicions, now).suspected_partition
         };
         assert_eq!(suspects(2, 20), None, "10 % is not more than 10 %");
         assert_eq!(suspects(3, 20), Some(3));
@@ -518,9 +589,9 @@ mod tests {
         let (survivor, gone) = (MemberId::new("node-0", 1), set(&ids(3)[1..]));
         suspicions.insert(survivor.clone(), gone.clone());
         // Heard until just now: each still waits for the other's vote.
-        assert!(verdict.judge(&members, &BTreeSet::new(), &suspicions, t0).dead.is_empty());
+        assert!(verdict.judge(&members, &BTreeSet::new(), &BTreeSet::new(), &suspicions, t0).dead.is_empty());
         // Gossip no longer hears them: the survivor alone monitors both, and holds nothing.
-        let judgement = verdict.judge(&members, &gone, &suspicions, t0);
+        let judgement = verdict.judge(&members, &gone, &BTreeSet::new(), &suspicions, t0);
         assert_eq!(judgement.dead, gone);
         assert_eq!(judgement.suspected_partition, None);
         assert_eq!(verdict.subjects(&members, &survivor), gone, "it keeps pinging them");
@@ -537,7 +608,7 @@ mod tests {
         for subject in &gone {
             suspected_by(&members, subject, MAX_MONITORS, &mut suspicions);
         }
-        let judgement = Verdict::default().judge(&members, &BTreeSet::new(), &suspicions, now);
+        let judgement = Verdict::default().judge(&members, &BTreeSet::new(), &BTreeSet::new(), &suspicions, now);
         assert_eq!(judgement.suspected_partition, None);
         assert_eq!(judgement.dead, set(&gone));
     }

@@ -1,7 +1,7 @@
 //! The one reader of chitchat's state: turns it into the agent's [`View`] after every gossip
 //! round, so that nothing else in the agent locks chitchat to read membership. A member the
-//! monitors judge is alive or dead by their verdict; the others, and a member announcing
-//! `leaving`, by chitchat's failure detector.
+//! monitors judge (one announcing their protocol) is alive or dead by their verdict; the others
+//! (nodes of an earlier release) by chitchat's failure detector.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;

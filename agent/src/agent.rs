@@ -124,13 +124,18 @@ impl Agent {
         let (view, observer) = gossip.observe(cancel.clone());
         let (probe_targets, targets) = tokio::sync::watch::channel(Vec::new());
         let mut tasks = vec![observer];
-        let probes = match pinger {
+        let (recheck, recheck_requests) = tokio::sync::watch::channel(Vec::new());
+        let (probes, rechecks) = match pinger {
             Some(pinger) => {
-                let (probes, prober) = probe::spawn(pinger, targets, cfg.probe_interval, cancel.clone());
-                tasks.push(prober);
-                probes
+                let (probes, prober) = probe::spawn(pinger.clone(), targets, cfg.probe_interval, cancel.clone());
+                let (rechecks, rechecker) = probe::recheck::spawn(pinger, recheck_requests, cancel.clone());
+                tasks.extend([prober, rechecker]);
+                (probes, rechecks)
             }
-            None => tokio::sync::watch::channel(probe::Results::new()).1,
+            None => (
+                tokio::sync::watch::channel(probe::Results::new()).1,
+                tokio::sync::watch::channel(Default::default()).1,
+            ),
         };
         let controller = Controller::new(reconcile::Init {
             config: Arc::new(cfg),
@@ -143,6 +148,8 @@ impl Agent {
             lease_on_disk,
             state_on_disk,
             probe_targets,
+            recheck,
+            rechecks,
             probes,
         });
         let reconciler = tokio::spawn(controller.run(cancel.clone()));

@@ -69,6 +69,10 @@ pub struct Init {
     pub probe_targets: watch::Sender<Vec<probe::Target>>,
     /// The probes' latest verdicts.
     pub probes: watch::Receiver<probe::Results>,
+    /// Where the peers to recheck at once go (`probe::recheck`).
+    pub recheck: watch::Sender<Vec<probe::Target>>,
+    /// The rechecks' results.
+    pub rechecks: watch::Receiver<probe::recheck::Rechecks>,
 }
 
 pub struct Controller {
@@ -105,6 +109,8 @@ pub struct Controller {
     settings_refusal: Option<Refusal>,
     probe_targets: watch::Sender<Vec<probe::Target>>,
     probes: watch::Receiver<probe::Results>,
+    recheck: watch::Sender<Vec<probe::Target>>,
+    rechecks: watch::Receiver<probe::recheck::Rechecks>,
     /// Another node has been heard alive since start.
     heard_peers: bool,
     /// This node's probe summary as last published in gossip.
@@ -149,6 +155,8 @@ impl Controller {
             settings_refusal: None,
             probe_targets: init.probe_targets,
             probes: init.probes,
+            recheck: init.recheck,
+            rechecks: init.rechecks,
             heard_peers: false,
             published_summary: Summary::default().encode(),
             gossip: init.gossip,
@@ -175,6 +183,8 @@ impl Controller {
                     }
                 }
                 _ = sleep_until(wake) => {}
+                // A recheck of a peer gossip declared gone came back.
+                Ok(()) = self.rechecks.changed() => {}
             }
         }
     }
@@ -273,11 +283,13 @@ impl Controller {
 
     /// Programmed peers that gossip says are gone, whose tunnel answered the latest probe, heard
     /// last within `--agent-down-grace`: their agent stopped (an upgrade, a crash and restart),
-    /// their node did not, and their pods keep working only if their routes stay.
+    /// their node did not, and their pods keep working only if their routes stay. Each is
+    /// rechecked at once (the latest round may be an interval old) and dropped if the recheck
+    /// finds it silent; kept meanwhile.
     fn tunnel_answers(&self, view: &View, peers: &Peers) -> BTreeSet<String> {
         let probes = self.probes.borrow();
         let now = SystemTime::now();
-        peers
+        let kept: BTreeSet<String> = peers
             .peers
             .iter()
             .filter(|p| !p.liveness.programmable() && self.programmed.contains(&p.name))
@@ -287,7 +299,16 @@ impl Controller {
                     .is_some_and(|seen| now.duration_since(seen).unwrap_or_default() < self.cfg.agent_down_grace)
             })
             .map(|p| p.name.clone())
-            .collect()
+            .collect();
+        let requests: Vec<probe::Target> =
+            self.probe_targets.borrow().iter().filter(|t| kept.contains(&t.peer)).cloned().collect();
+        self.recheck.send_if_modified(|current| {
+            let changed = *current != requests;
+            *current = requests;
+            changed
+        });
+        let rechecks = self.rechecks.borrow();
+        kept.into_iter().filter(|name| rechecks.get(name) != Some(&false)).collect()
     }
 
     /// Decides whether this agent may use its node name (see [`identity`]), and says so in

@@ -166,6 +166,45 @@ async fn a_dead_node_is_withdrawn_after_the_failure_detectors_verdict() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_gone_with_its_agent_is_withdrawn_without_waiting_for_the_next_probe_round() {
+    // Probe rounds of 6 s: a0 (first by name, so probed at the start of every round) is probed
+    // once, then dies with its agent. Its routes stay only while its tunnel answers, and the
+    // next round would find it silent 6 s later: a recheck sent at gossip's verdict finds it
+    // within the probe timeout instead.
+    const ROUND: Duration = Duration::from_secs(6);
+    let mut c = Cluster::new();
+    let nodes = ["a0", "n01", "n02", "n03"];
+    for n in nodes {
+        c.add(n).probe_interval = ROUND;
+    }
+    for n in nodes {
+        c.start(n).await;
+    }
+    converged(&c, "4 nodes converged").await;
+    let others = &nodes[1..];
+    for n in others {
+        c.peer_row(n, "a0", "answering", |p| p.programmed).await;
+        wait_until(ROUND * 2, &format!("{n}'s probe of a0 answered"), || {
+            c.status(n).is_some_and(|s| s.peers.iter().any(|p| p.name == "a0" && p.dataplane.answering))
+        })
+        .await;
+    }
+    let start = Instant::now();
+    c.kill("a0").await;
+    wait_until(ROUND * 2, "a0 withdrawn everywhere", || {
+        others.iter().all(|n| !c.datapath(n).programmed().contains_key("a0"))
+    })
+    .await;
+    let last = others.iter().map(|n| c.datapath(n).first_without("a0", start).unwrap().duration_since(start)).max();
+    let last = last.unwrap();
+    println!("node gone with its agent withdrawn after {} ms", ms(last));
+    // Gossip's verdict (≈ 2 s) plus at most the recheck's timeout, where the next round would
+    // have come 5–6 s after the kill.
+    assert!(last < Duration::from_millis(4_500), "withdrawn after {} ms", ms(last));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_joins_into_a_tight_pool_end_with_distinct_podcidrs() {
     // Eight nodes, eight blocks, all starting at once: initial picks almost surely collide.
     let mut c = Cluster::with_pool("10.244.0.0/21", 24);

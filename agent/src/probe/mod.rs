@@ -17,6 +17,7 @@
 //! The probes of a round are spread over the interval, never sent in a burst.
 
 pub mod icmp;
+pub mod recheck;
 pub mod summary;
 pub mod verdict;
 

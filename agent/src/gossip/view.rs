@@ -49,7 +49,7 @@ fn read(chitchat: &Chitchat, judgement: &Judgement) -> Vec<(Member, u64)> {
         .collect()
 }
 
-/// Publishes the view after every gossip round (chitchat's live-nodes watcher fires at the end
+/// Publishes the view after every gossip round (chitchat's count of live-node changes moves at the end
 /// of a round that changed liveness or keys; the tick catches deaths, forgetting and heartbeats;
 /// a new judgement of the monitors is read at once).
 pub(super) fn spawn_observer(
@@ -60,7 +60,7 @@ pub(super) fn spawn_observer(
 ) -> (watch::Receiver<View>, JoinHandle<()>) {
     let (tx, rx) = watch::channel(View::default());
     let task = tokio::spawn(async move {
-        let mut changes = chitchat.lock().await.live_nodes_watcher();
+        let mut changes = chitchat.lock().await.live_nodes_changes();
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heartbeats: HashMap<(String, u64), u64> = HashMap::new();

@@ -130,7 +130,7 @@ impl Agent {
                 tasks.push(prober);
                 probes
             }
-            None => tokio::sync::watch::channel(probe::Results::new()).1,
+            None => tokio::sync::watch::channel(Arc::new(probe::Results::new())).1,
         };
         let controller = Controller::new(reconcile::Init {
             config: Arc::new(cfg),

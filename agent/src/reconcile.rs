@@ -55,7 +55,7 @@ pub struct Init {
     pub config: Arc<Config>,
     pub generation: u64,
     pub gossip: Publisher,
-    pub view: watch::Receiver<View>,
+    pub view: watch::Receiver<Arc<View>>,
     pub datapath: Arc<dyn Datapath>,
     pub shared: Arc<Shared>,
     /// Static PodCIDRs or persisted leases, at most one per pool: claimed at once, served once
@@ -68,7 +68,7 @@ pub struct Init {
     /// Where the peers to probe go.
     pub probe_targets: watch::Sender<Vec<probe::Target>>,
     /// The probes' latest verdicts.
-    pub probes: watch::Receiver<probe::Results>,
+    pub probes: watch::Receiver<Arc<probe::Results>>,
 }
 
 pub struct Controller {
@@ -77,7 +77,7 @@ pub struct Controller {
     generation: u64,
     vtep_mac: Mac,
     gossip: Publisher,
-    view: watch::Receiver<View>,
+    view: watch::Receiver<Arc<View>>,
     datapath: Arc<dyn Datapath>,
     shared: Arc<Shared>,
     /// One per pool of the cluster, IPv4 first: each family's block is allocated on its own
@@ -104,7 +104,7 @@ pub struct Controller {
     /// Why this agent's settings are not the cluster's: it serves nothing meanwhile.
     settings_refusal: Option<Refusal>,
     probe_targets: watch::Sender<Vec<probe::Target>>,
-    probes: watch::Receiver<probe::Results>,
+    probes: watch::Receiver<Arc<probe::Results>>,
     /// Another node has been heard alive since start.
     heard_peers: bool,
     /// This node's probe summary as last published in gossip.
@@ -642,6 +642,7 @@ impl Controller {
         ipam: Vec<IpamUse>,
     ) -> Summary {
         let cfg = &self.cfg;
+        // Shared with the prober, not copied; not borrowed either, which would block its next publish.
         let probes = self.probes.borrow().clone();
         let ready = status::readiness(&ReadinessInput {
             serving,
@@ -656,7 +657,8 @@ impl Controller {
             .map(|d| {
                 let p = d.peer;
                 let programmed = self.programmed.contains(&p.name);
-                let dataplane = probes.get(&p.name).filter(|_| programmed).cloned().unwrap_or_else(Dataplane::unknown);
+                let dataplane =
+                    probes.get(&p.name).filter(|_| programmed).map_or_else(Dataplane::unknown, |d| Dataplane::clone(d));
                 status::peer_status(d, programmed, view.last_seen(&p.name, p.generation), dataplane)
             })
             .collect();

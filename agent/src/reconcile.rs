@@ -642,8 +642,10 @@ impl Controller {
         ipam: Vec<IpamUse>,
     ) -> Summary {
         let cfg = &self.cfg;
-        // Shared with the prober, not copied; not borrowed either, which would block its next publish.
+        // Shared with the prober (the rows keep its verdicts, not copies); not borrowed, which
+        // would block its next publish.
         let probes = self.probes.borrow().clone();
+        let unknown = Arc::new(Dataplane::unknown());
         let ready = status::readiness(&ReadinessInput {
             serving,
             files_error: self.files_error.as_deref(),
@@ -657,8 +659,7 @@ impl Controller {
             .map(|d| {
                 let p = d.peer;
                 let programmed = self.programmed.contains(&p.name);
-                let dataplane =
-                    probes.get(&p.name).filter(|_| programmed).map_or_else(Dataplane::unknown, |d| Dataplane::clone(d));
+                let dataplane = probes.get(&p.name).filter(|_| programmed).unwrap_or(&unknown).clone();
                 status::peer_status(d, programmed, view.last_seen(&p.name, p.generation), dataplane)
             })
             .collect();

@@ -89,8 +89,7 @@ pub(super) fn spawn_observer(
             }
             let mut members: Vec<Member> = read.into_iter().map(|(m, _)| m).collect();
             members.sort_by(|a, b| (&a.name, a.generation).cmp(&(&b.name, b.generation)));
-            let changed =
-                previous.members != members || previous.suspected_partition != judged.suspected_partition;
+            let changed = previous.members != members || previous.suspected_partition != judged.suspected_partition;
             if changed {
                 log_changes(&previous.members, &members);
             }

@@ -132,6 +132,8 @@ pub fn spawn(
             for t in &current {
                 probed.entry(t.peer.clone()).or_insert_with(|| Probed::new(t));
             }
+            // Not held through the round: `probed` has its own copy of every target.
+            drop(current);
             let bytes = probed.values().map(|p| round_bytes(&p.target, p.searches())).sum();
             let interval = round_interval(interval, bytes);
             let rounds = tokio::select! {

@@ -393,7 +393,7 @@ mod tests {
 
     #[test]
     fn a_history_keeps_the_round_trips_to_the_nanosecond_in_a_small_round() {
-        assert!(std::mem::size_of::<Kept>() <= 12);
+        assert!(size_of::<Kept>() <= 12);
         let mut h = History::new(Family::Ipv4, FULL, SystemTime::now());
         let rtt = |ns: u64| Round { tunnel: Some(Duration::from_nanos(ns)), ..round(true, true, true) };
         for ns in [1_234_567, 7_654_321, 999_999_999] {

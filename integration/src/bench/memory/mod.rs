@@ -263,7 +263,7 @@ fn measure_agent(n: usize) -> Result<MemoryResult> {
             .iter()
             .map(|d| {
                 let seen = view.last_seen(&d.peer.name, d.peer.generation);
-                let dataplane = probes.get(&d.peer.name).map_or_else(Dataplane::unknown, |d| Dataplane::clone(d));
+                let dataplane = probes.get(&d.peer.name).cloned().unwrap_or_else(|| Arc::new(Dataplane::unknown()));
                 status::peer_status(d, programmed.contains(&d.peer.name), seen, dataplane)
             })
             .collect::<Vec<_>>()

@@ -66,7 +66,7 @@ pub struct Init {
     /// The node state file as found at start.
     pub state_on_disk: Option<NodeState>,
     /// Where the peers to probe go.
-    pub probe_targets: watch::Sender<Vec<probe::Target>>,
+    pub probe_targets: watch::Sender<Vec<Arc<probe::Target>>>,
     /// The probes' latest verdicts.
     pub probes: watch::Receiver<Arc<probe::Results>>,
 }
@@ -103,7 +103,7 @@ pub struct Controller {
     yielded_to: Option<Namesake>,
     /// Why this agent's settings are not the cluster's: it serves nothing meanwhile.
     settings_refusal: Option<Refusal>,
-    probe_targets: watch::Sender<Vec<probe::Target>>,
+    probe_targets: watch::Sender<Vec<Arc<probe::Target>>>,
     probes: watch::Receiver<Arc<probe::Results>>,
     /// Another node has been heard alive since start.
     heard_peers: bool,
@@ -573,7 +573,9 @@ impl Controller {
             duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
             error,
         });
-        let targets = probe_targets(&desired, &self.programmed, self.cfg.mtu);
+        // Shared with the prober, which keeps them between rounds.
+        let targets: Vec<_> =
+            probe_targets(&desired, &self.programmed, self.cfg.mtu).into_iter().map(Arc::new).collect();
         self.probe_targets.send_if_modified(|current| {
             let changed = *current != targets;
             *current = targets;

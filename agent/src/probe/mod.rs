@@ -94,13 +94,14 @@ pub type Results = BTreeMap<String, Arc<Dataplane>>;
 /// One peer being probed: its paths' histories (in the order of `target.paths`) and the
 /// verdict last published.
 struct Probed {
-    target: Target,
+    /// The published target itself, shared, not a copy.
+    target: Arc<Target>,
     paths: Vec<History>,
     report: Arc<Dataplane>,
 }
 
 impl Probed {
-    fn new(target: &Target) -> Probed {
+    fn new(target: &Arc<Target>) -> Probed {
         let now = SystemTime::now();
         let paths: Vec<History> =
             target.paths.iter().map(|p| History::new(p.family(), target.full_size, now)).collect();
@@ -116,7 +117,7 @@ impl Probed {
 /// every round.
 pub fn spawn(
     pinger: Arc<dyn Pinger>,
-    mut targets: watch::Receiver<Vec<Target>>,
+    mut targets: watch::Receiver<Vec<Arc<Target>>>,
     interval: Duration,
     cancel: CancellationToken,
 ) -> (watch::Receiver<Arc<Results>>, JoinHandle<()>) {
@@ -130,9 +131,10 @@ pub fn spawn(
             // A peer whose addresses or MTU changed starts a fresh history.
             probed.retain(|name, p| current.iter().any(|c| c.peer == *name && *c == p.target));
             for t in &current {
-                probed.entry(t.peer.clone()).or_insert_with(|| Probed::new(t));
+                // The published target, not the equal one kept from an earlier publish: that
+                // would be held twice.
+                probed.entry(t.peer.clone()).or_insert_with(|| Probed::new(t)).target = t.clone();
             }
-            // Not held through the round: `probed` has its own copy of every target.
             drop(current);
             let bytes = probed.values().map(|p| round_bytes(&p.target, p.searches())).sum();
             let interval = round_interval(interval, bytes);
@@ -380,10 +382,10 @@ mod tests {
 
     /// A prober of `targets` every 2 s, with what the test keeps of it: the targets' sender
     /// (held as the agent holds it), the results, the cancel and the task.
-    type Started = (watch::Sender<Vec<Target>>, watch::Receiver<Arc<Results>>, CancellationToken, JoinHandle<()>);
+    type Started = (watch::Sender<Vec<Arc<Target>>>, watch::Receiver<Arc<Results>>, CancellationToken, JoinHandle<()>);
 
     fn start(path: &Arc<FakePath>, targets: Vec<Target>) -> Started {
-        let (tx, rx) = watch::channel(targets);
+        let (tx, rx) = watch::channel(targets.into_iter().map(Arc::new).collect());
         let cancel = CancellationToken::new();
         let (results, task) = spawn(path.clone(), rx, Duration::from_secs(2), cancel.clone());
         (tx, results, cancel, task)

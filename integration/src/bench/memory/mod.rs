@@ -223,7 +223,9 @@ fn measure_agent(n: usize) -> Result<MemoryResult> {
     }
     let programmed: BTreeSet<String> =
         measure("programmed names", true, &mut parts, || desired.peers.iter().map(|p| p.name.clone()).collect());
-    let targets = measure("probe targets", true, &mut parts, || probe_targets(&desired, &programmed, MTU));
+    let targets = measure("probe targets", true, &mut parts, || {
+        probe_targets(&desired, &programmed, MTU).into_iter().map(Arc::new).collect::<Vec<_>>()
+    });
 
     // The prober on a paused clock (a round of N peers takes N × 30 ms): its peak over the first
     // round (the most of samples through it), and once it published the round's verdicts.

@@ -133,7 +133,7 @@ impl Agent {
                 (probes, rechecks)
             }
             None => (
-                tokio::sync::watch::channel(probe::Results::new()).1,
+                tokio::sync::watch::channel(Arc::new(probe::Results::new())).1,
                 tokio::sync::watch::channel(Default::default()).1,
             ),
         };

@@ -55,7 +55,7 @@ pub struct Init {
     pub config: Arc<Config>,
     pub generation: u64,
     pub gossip: Publisher,
-    pub view: watch::Receiver<View>,
+    pub view: watch::Receiver<Arc<View>>,
     pub datapath: Arc<dyn Datapath>,
     pub shared: Arc<Shared>,
     /// Static PodCIDRs or persisted leases, at most one per pool: claimed at once, served once
@@ -66,11 +66,11 @@ pub struct Init {
     /// The node state file as found at start.
     pub state_on_disk: Option<NodeState>,
     /// Where the peers to probe go.
-    pub probe_targets: watch::Sender<Vec<probe::Target>>,
+    pub probe_targets: watch::Sender<Vec<Arc<probe::Target>>>,
     /// The probes' latest verdicts.
-    pub probes: watch::Receiver<probe::Results>,
+    pub probes: watch::Receiver<Arc<probe::Results>>,
     /// Where the peers to recheck at once go (`probe::recheck`).
-    pub recheck: watch::Sender<Vec<probe::Target>>,
+    pub recheck: watch::Sender<Vec<Arc<probe::Target>>>,
     /// The rechecks' results.
     pub rechecks: watch::Receiver<probe::recheck::Rechecks>,
 }
@@ -81,7 +81,7 @@ pub struct Controller {
     generation: u64,
     vtep_mac: Mac,
     gossip: Publisher,
-    view: watch::Receiver<View>,
+    view: watch::Receiver<Arc<View>>,
     datapath: Arc<dyn Datapath>,
     shared: Arc<Shared>,
     /// One per pool of the cluster, IPv4 first: each family's block is allocated on its own
@@ -107,9 +107,9 @@ pub struct Controller {
     yielded_to: Option<Namesake>,
     /// Why this agent's settings are not the cluster's: it serves nothing meanwhile.
     settings_refusal: Option<Refusal>,
-    probe_targets: watch::Sender<Vec<probe::Target>>,
-    probes: watch::Receiver<probe::Results>,
-    recheck: watch::Sender<Vec<probe::Target>>,
+    probe_targets: watch::Sender<Vec<Arc<probe::Target>>>,
+    probes: watch::Receiver<Arc<probe::Results>>,
+    recheck: watch::Sender<Vec<Arc<probe::Target>>>,
     rechecks: watch::Receiver<probe::recheck::Rechecks>,
     /// Another node has been heard alive since start.
     heard_peers: bool,
@@ -300,7 +300,7 @@ impl Controller {
             })
             .map(|p| p.name.clone())
             .collect();
-        let requests: Vec<probe::Target> =
+        let requests: Vec<Arc<probe::Target>> =
             self.probe_targets.borrow().iter().filter(|t| kept.contains(&t.peer)).cloned().collect();
         self.recheck.send_if_modified(|current| {
             let changed = *current != requests;
@@ -594,7 +594,9 @@ impl Controller {
             duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
             error,
         });
-        let targets = probe_targets(&desired, &self.programmed, self.cfg.mtu);
+        // Shared with the prober, which keeps them between rounds.
+        let targets: Vec<_> =
+            probe_targets(&desired, &self.programmed, self.cfg.mtu).into_iter().map(Arc::new).collect();
         self.probe_targets.send_if_modified(|current| {
             let changed = *current != targets;
             *current = targets;
@@ -663,7 +665,10 @@ impl Controller {
         ipam: Vec<IpamUse>,
     ) -> Summary {
         let cfg = &self.cfg;
+        // Shared with the prober (the rows keep its verdicts, not copies); not borrowed, which
+        // would block its next publish.
         let probes = self.probes.borrow().clone();
+        let unknown = Arc::new(Dataplane::unknown());
         let ready = status::readiness(&ReadinessInput {
             serving,
             files_error: self.files_error.as_deref(),
@@ -677,7 +682,7 @@ impl Controller {
             .map(|d| {
                 let p = d.peer;
                 let programmed = self.programmed.contains(&p.name);
-                let dataplane = probes.get(&p.name).filter(|_| programmed).cloned().unwrap_or_else(Dataplane::unknown);
+                let dataplane = probes.get(&p.name).filter(|_| programmed).unwrap_or(&unknown).clone();
                 status::peer_status(d, programmed, view.last_seen(&p.name, p.generation), dataplane)
             })
             .collect();

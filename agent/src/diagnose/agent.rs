@@ -351,6 +351,8 @@ pub fn clock_skew(metrics: Result<&str, &str>) -> Finding {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use weft_overlay::Mac;
     use weft_overlay::desired::PeerPath;
 
@@ -375,7 +377,7 @@ mod tests {
             programmed: true,
             last_seen: None,
             note: None,
-            dataplane: Dataplane { state, ..Dataplane::unknown() },
+            dataplane: Arc::new(Dataplane { state, ..Dataplane::unknown() }),
             report: None,
         }
     }
@@ -520,12 +522,12 @@ mod tests {
         use weft_overlay::underlay::Family;
         let mut s = healthy();
         let family = |state| Box::new(Dataplane { state, ..Dataplane::unknown() });
-        s.peers[0].dataplane = Dataplane {
+        s.peers[0].dataplane = Arc::new(Dataplane {
             state: PathState::TunnelBlocked,
             cause: Some("IPv6 pods: nothing passes the tunnel to fd00:10:244:2::".into()),
             families: [(Family::Ipv4, family(PathState::Ok)), (Family::Ipv6, family(PathState::TunnelBlocked))].into(),
             ..Dataplane::unknown()
-        };
+        });
         let f = only(&s, "dataplane");
         assert!(
             f.message.starts_with("peer n2: IPv6 pods' packets do not pass the tunnel while IPv4 pods' do"),
@@ -539,7 +541,7 @@ mod tests {
     #[test]
     fn a_blocked_tunnel_names_the_port_both_addresses_and_where_the_port_came_from() {
         let mut s = healthy();
-        s.peers[0].dataplane.state = PathState::TunnelBlocked;
+        Arc::make_mut(&mut s.peers[0].dataplane).state = PathState::TunnelBlocked;
         let f = only(&s, "dataplane");
         assert_eq!(f.severity, Severity::Error);
         assert!(
@@ -575,7 +577,7 @@ mod tests {
     #[test]
     fn a_one_way_block_names_the_direction_that_is_dropped() {
         let mut s = healthy();
-        s.peers[0].dataplane.state = PathState::OneWay;
+        Arc::make_mut(&mut s.peers[0].dataplane).state = PathState::OneWay;
         let f = only(&s, "dataplane");
         assert!(f.message.contains("UDP 8472 from 192.0.2.10 to 198.51.100.10 is dropped"), "{}", f.message);
         assert!(f.message.contains("the other direction passes"));
@@ -588,30 +590,30 @@ mod tests {
     #[test]
     fn an_mtu_black_hole_says_which_mtu_to_set() {
         let mut s = healthy();
-        s.peers[1].dataplane = Dataplane {
+        s.peers[1].dataplane = Arc::new(Dataplane {
             state: PathState::Mtu,
             largest_size: Some(1342),
             needed_size: Some(1450),
             ..Dataplane::unknown()
-        };
+        });
         let f = only(&s, "dataplane");
         assert_eq!(
             f.message,
             "peer n3: packets of 1450 bytes do not pass the tunnel to 192.0.2.11; the largest that does is 1342 bytes"
         );
         assert!(f.fix.unwrap().starts_with("set --mtu to at most 1342 on every node"));
-        s.peers[1].dataplane.largest_size = None;
+        Arc::make_mut(&mut s.peers[1].dataplane).largest_size = None;
         assert!(only(&s, "dataplane").message.ends_with("the largest that does is not measured yet"));
     }
 
     #[test]
     fn an_unreachable_peer_and_the_count_of_good_paths() {
         let mut s = healthy();
-        s.peers[0].dataplane.state = PathState::Unreachable;
+        Arc::make_mut(&mut s.peers[0].dataplane).state = PathState::Unreachable;
         let f = only(&s, "dataplane");
         assert_eq!(f.message, "peer n2: neither its node at 198.51.100.10 nor its tunnel answers");
         assert!(f.fix.unwrap().contains("routes 192.0.2.10 to 198.51.100.10"));
-        s.peers[0].dataplane.state = PathState::Unknown;
+        Arc::make_mut(&mut s.peers[0].dataplane).state = PathState::Unknown;
         let passed = status_findings(&s, &PORT).into_iter().find(|f| f.check == "dataplane").unwrap();
         assert!(passed.ok);
         assert!(

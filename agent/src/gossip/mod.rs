@@ -125,7 +125,7 @@ impl Gossip {
     }
 
     /// The membership view, published after every gossip round until `cancel`.
-    pub fn observe(&self, cancel: CancellationToken) -> (watch::Receiver<View>, JoinHandle<()>) {
+    pub fn observe(&self, cancel: CancellationToken) -> (watch::Receiver<Arc<View>>, JoinHandle<()>) {
         view::spawn_observer(self.handle.chitchat(), self.judgement.clone(), self.interval, cancel)
     }
 
@@ -198,8 +198,8 @@ mod tests {
     }
 
     /// Waits (virtual time) until `view` shows `name` as `liveness`.
-    async fn until(view: &mut watch::Receiver<View>, name: &str, liveness: Liveness) {
-        let seen = |v: &View| v.members.iter().any(|m| m.name == name && m.liveness == liveness);
+    async fn until(view: &mut watch::Receiver<Arc<View>>, name: &str, liveness: Liveness) {
+        let seen = |v: &Arc<View>| v.members.iter().any(|m| m.name == name && m.liveness == liveness);
         tokio::time::timeout(Duration::from_secs(60), view.wait_for(seen))
             .await
             .unwrap_or_else(|_| panic!("{name} not {} within 60 s", liveness.as_str()))
@@ -233,7 +233,7 @@ mod tests {
         for name in ["a", "b", "c"] {
             until(&mut old_view, name, Liveness::Alive).await;
         }
-        let a_judges = |nodes: &[(Gossip, watch::Receiver<View>)]| nodes[0].0.judgement.borrow().judged.clone();
+        let a_judges = |nodes: &[(Gossip, watch::Receiver<Arc<View>>)]| nodes[0].0.judgement.borrow().judged.clone();
         let judged: Vec<String> = a_judges(&nodes).into_iter().map(|m| m.name).collect();
         assert_eq!(judged, ["a", "b", "c"], "the old node is not judged by monitors");
 

@@ -49,18 +49,19 @@ fn read(chitchat: &Chitchat, judgement: &Judgement) -> Vec<(Member, u64)> {
         .collect()
 }
 
-/// Publishes the view after every gossip round (chitchat's live-nodes watcher fires at the end
-/// of a round that changed liveness or keys; the tick catches deaths, forgetting and heartbeats;
-/// a new judgement of the monitors is read at once).
+/// Publishes the view after every gossip round (chitchat's count of live-node changes moves at
+/// the end of a round that changed liveness or keys; the tick catches deaths, forgetting and
+/// heartbeats; a new judgement of the monitors is read at once). The view is shared: a reader
+/// keeps it across awaits without a copy of its own.
 pub(super) fn spawn_observer(
     chitchat: Arc<Mutex<Chitchat>>,
     mut judgement: watch::Receiver<Judgement>,
     interval: Duration,
     cancel: CancellationToken,
-) -> (watch::Receiver<View>, JoinHandle<()>) {
-    let (tx, rx) = watch::channel(View::default());
+) -> (watch::Receiver<Arc<View>>, JoinHandle<()>) {
+    let (tx, rx) = watch::channel(Arc::new(View::default()));
     let task = tokio::spawn(async move {
-        let mut changes = chitchat.lock().await.live_nodes_watcher();
+        let mut changes = chitchat.lock().await.live_nodes_changes();
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heartbeats: HashMap<(String, u64), u64> = HashMap::new();
@@ -75,7 +76,8 @@ pub(super) fn spawn_observer(
             let judged = judgement.borrow_and_update().clone();
             let read = read(&*chitchat.lock().await, &judged);
             let now = SystemTime::now();
-            let mut last_seen = tx.borrow().last_seen.clone();
+            let previous = tx.borrow().clone();
+            let mut last_seen = previous.last_seen.clone();
             let known: BTreeSet<(String, u64)> = read.iter().map(|(m, _)| (m.name.clone(), m.generation)).collect();
             heartbeats.retain(|id, _| known.contains(id));
             last_seen.retain(|id, _| known.contains(id));
@@ -87,15 +89,16 @@ pub(super) fn spawn_observer(
             }
             let mut members: Vec<Member> = read.into_iter().map(|(m, _)| m).collect();
             members.sort_by(|a, b| (&a.name, a.generation).cmp(&(&b.name, b.generation)));
-            tx.send_if_modified(|view| {
-                view.last_seen = last_seen;
-                if view.members == members && view.suspected_partition == judged.suspected_partition {
-                    return false;
-                }
-                log_changes(&view.members, &members);
-                view.members = members;
-                view.suspected_partition = judged.suspected_partition;
-                true
+            let changed = previous.members != members || previous.suspected_partition != judged.suspected_partition;
+            if changed {
+                log_changes(&previous.members, &members);
+            }
+            drop(previous);
+            // A new view, not an edit of the published one: a reconcile turn may still hold it.
+            let view = View { members, last_seen, suspected_partition: judged.suspected_partition };
+            tx.send_if_modified(|published| {
+                *published = Arc::new(view);
+                changed
             });
         }
     });

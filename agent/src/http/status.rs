@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use ipnet::IpNet;
@@ -145,8 +146,9 @@ pub struct PeerStatus {
     pub last_seen: Option<String>,
     /// Why the peer is not programmed (rejection, conflict, liveness); `null` otherwise.
     pub note: Option<String>,
-    /// What the probes through the pods' path say (`unknown` for a peer not programmed).
-    pub dataplane: Dataplane,
+    /// What the probes through the pods' path say (`unknown` for a peer not programmed): the
+    /// prober's verdict itself, shared, not a copy.
+    pub dataplane: Arc<Dataplane>,
     /// What this peer's own probes say of its peers, as it publishes them in gossip.
     #[serde(default)]
     pub report: Option<Summary>,
@@ -179,7 +181,7 @@ pub fn peer_status(
     d: &Decision<'_>,
     programmed: bool,
     last_seen: Option<SystemTime>,
-    dataplane: Dataplane,
+    dataplane: Arc<Dataplane>,
 ) -> PeerStatus {
     let peer = d.peer;
     let announcement = peer.announcement.as_ref().ok();
@@ -526,7 +528,7 @@ mod tests {
         dataplane: Dataplane,
     ) -> PeerStatus {
         let d = Decision { peer, path, verdict: verdict.clone(), unrouted: vec![] };
-        peer_status(&d, programmed, last_seen, dataplane)
+        peer_status(&d, programmed, last_seen, Arc::new(dataplane))
     }
 
     fn claim(cidr: &str, kind: ClaimKind) -> Claim {
@@ -714,7 +716,7 @@ mod tests {
         };
         let v6_lost =
             Decision { peer: &b, path: Some(vxlan4()), verdict: Ok(()), unrouted: vec![lost("fd00:10:244:1::/64")] };
-        let row = peer_status(&v6_lost, true, None, Dataplane::unknown());
+        let row = peer_status(&v6_lost, true, None, Arc::new(Dataplane::unknown()));
         assert!(row.programmed);
         assert_eq!(row.note.as_deref(), Some("lost its PodCIDR claim fd00:10:244:1::/64 to a"));
         let status = Status { node: sample_node(), peers: vec![row], conflicts: vec![], last_reconcile: None };
@@ -726,12 +728,12 @@ mod tests {
         let unrouted = vec![lost("10.244.2.0/24"), lost("fd00:10:244:1::/64")];
         let both = Decision { verdict: Err(unrouted[0].1.clone()), unrouted, ..v6_lost.clone() };
         assert_eq!(
-            peer_status(&both, false, None, Dataplane::unknown()).note.as_deref(),
+            peer_status(&both, false, None, Arc::new(Dataplane::unknown())).note.as_deref(),
             Some("lost its PodCIDR claim 10.244.2.0/24 to a; lost its PodCIDR claim fd00:10:244:1::/64 to a")
         );
         // Another reason comes first.
         let dead = Decision { verdict: Err(Skip::NotAlive(Liveness::Dead)), ..v6_lost };
-        let note = peer_status(&dead, false, None, Dataplane::unknown()).note.unwrap();
+        let note = peer_status(&dead, false, None, Arc::new(Dataplane::unknown())).note.unwrap();
         assert_eq!(
             note,
             "declared dead by its monitors (or the failure detector, for a node of the previous release); lost its PodCIDR claim fd00:10:244:1::/64 to a"
@@ -844,11 +846,11 @@ mod tests {
                 programmed: false,
                 last_seen: None,
                 note: None,
-                dataplane: Dataplane {
+                dataplane: Arc::new(Dataplane {
                     state: PathState::TunnelBlocked,
                     cause: Some("UDP dropped".into()),
                     ..Dataplane::unknown()
-                },
+                }),
                 report: None,
             }],
             conflicts: vec![ConflictStatus {

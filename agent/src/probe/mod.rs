@@ -89,23 +89,24 @@ impl PodPath {
     }
 }
 
-/// The latest verdict per peer name.
-pub type Results = BTreeMap<String, Dataplane>;
+/// The latest verdict per peer name, shared with the prober's own (not a copy of it).
+pub type Results = BTreeMap<String, Arc<Dataplane>>;
 
 /// One peer being probed: its paths' histories (in the order of `target.paths`) and the
 /// verdict last published.
 struct Probed {
-    target: Target,
+    /// The published target itself, shared, not a copy.
+    target: Arc<Target>,
     paths: Vec<History>,
-    report: Dataplane,
+    report: Arc<Dataplane>,
 }
 
 impl Probed {
-    fn new(target: &Target) -> Probed {
+    fn new(target: &Arc<Target>) -> Probed {
         let now = SystemTime::now();
         let paths: Vec<History> =
             target.paths.iter().map(|p| History::new(p.family(), target.full_size, now)).collect();
-        Probed { report: report(target, &paths), target: target.clone(), paths }
+        Probed { report: Arc::new(report(target, &paths)), target: target.clone(), paths }
     }
 
     fn searches(&self) -> Vec<Option<u16>> {
@@ -117,11 +118,11 @@ impl Probed {
 /// every round.
 pub fn spawn(
     pinger: Arc<dyn Pinger>,
-    mut targets: watch::Receiver<Vec<Target>>,
+    mut targets: watch::Receiver<Vec<Arc<Target>>>,
     interval: Duration,
     cancel: CancellationToken,
-) -> (watch::Receiver<Results>, JoinHandle<()>) {
-    let (tx, rx) = watch::channel(Results::new());
+) -> (watch::Receiver<Arc<Results>>, JoinHandle<()>) {
+    let (tx, rx) = watch::channel(Arc::new(Results::new()));
     let task = tokio::spawn(async move {
         let mut probed: BTreeMap<String, Probed> = BTreeMap::new();
         let mut log_limit = RateLimit::default();
@@ -131,8 +132,11 @@ pub fn spawn(
             // A peer whose addresses or MTU changed starts a fresh history.
             probed.retain(|name, p| current.iter().any(|c| c.peer == *name && *c == p.target));
             for t in &current {
-                probed.entry(t.peer.clone()).or_insert_with(|| Probed::new(t));
+                // The published target, not the equal one kept from an earlier publish: that
+                // would be held twice.
+                probed.entry(t.peer.clone()).or_insert_with(|| Probed::new(t)).target = t.clone();
             }
+            drop(current);
             let bytes = probed.values().map(|p| round_bytes(&p.target, p.searches())).sum();
             let interval = round_interval(interval, bytes);
             let rounds = tokio::select! {
@@ -145,12 +149,12 @@ pub fn spawn(
                 for (history, round) in p.paths.iter_mut().zip(rounds) {
                     history.record(round, now);
                 }
-                let previous = std::mem::replace(&mut p.report, report(&p.target, &p.paths)).state;
+                let previous = std::mem::replace(&mut p.report, Arc::new(report(&p.target, &p.paths))).state;
                 if previous != p.report.state {
                     log_transition(&mut log_limit, &p.target.peer, previous, &p.report);
                 }
             }
-            tx.send_replace(probed.iter().map(|(name, p)| (name.clone(), p.report.clone())).collect());
+            tx.send_replace(Arc::new(probed.iter().map(|(name, p)| (name.clone(), p.report.clone())).collect()));
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = sleep_until(start + interval) => {}
@@ -379,19 +383,19 @@ mod tests {
 
     /// A prober of `targets` every 2 s, with what the test keeps of it: the targets' sender
     /// (held as the agent holds it), the results, the cancel and the task.
-    type Started = (watch::Sender<Vec<Target>>, watch::Receiver<Results>, CancellationToken, JoinHandle<()>);
+    type Started = (watch::Sender<Vec<Arc<Target>>>, watch::Receiver<Arc<Results>>, CancellationToken, JoinHandle<()>);
 
     fn start(path: &Arc<FakePath>, targets: Vec<Target>) -> Started {
-        let (tx, rx) = watch::channel(targets);
+        let (tx, rx) = watch::channel(targets.into_iter().map(Arc::new).collect());
         let cancel = CancellationToken::new();
         let (results, task) = spawn(path.clone(), rx, Duration::from_secs(2), cancel.clone());
         (tx, results, cancel, task)
     }
 
-    async fn wait_for(results: &mut watch::Receiver<Results>, peer: &str, state: PathState) -> Dataplane {
+    async fn wait_for(results: &mut watch::Receiver<Arc<Results>>, peer: &str, state: PathState) -> Dataplane {
         loop {
             if let Some(d) = results.borrow().get(peer).filter(|d| d.state == state) {
-                return d.clone();
+                return Dataplane::clone(d);
             }
             results.changed().await.unwrap();
         }
@@ -401,7 +405,7 @@ mod tests {
     async fn a_blocked_tunnel_is_reported_after_three_rounds_and_its_repair_after_one() {
         let path = Arc::new(FakePath::default());
         let (_targets, mut results, cancel, task) = start(&path, vec![target("a", 1), target("b", 2)]);
-        let state = |r: &watch::Receiver<Results>, peer: &str| r.borrow()[peer].state;
+        let state = |r: &watch::Receiver<Arc<Results>>, peer: &str| r.borrow()[peer].state;
         results.changed().await.unwrap();
         assert_eq!(state(&results, "a"), PathState::Ok);
         path.dropped.lock().unwrap().insert(v4_path(1).tunnel);

@@ -24,14 +24,14 @@ pub type Rechecks = BTreeMap<String, bool>;
 /// time gossip declares that peer gone it is rechecked again.
 pub fn spawn(
     pinger: Arc<dyn Pinger>,
-    mut requests: watch::Receiver<Vec<Target>>,
+    mut requests: watch::Receiver<Vec<Arc<Target>>>,
     cancel: CancellationToken,
 ) -> (watch::Receiver<Rechecks>, JoinHandle<()>) {
     let (tx, rx) = watch::channel(Rechecks::new());
     let task = tokio::spawn(async move {
         let mut probes = JoinSet::new();
         // Requested and not answered yet, or done: never sent twice for one request.
-        let mut sent: Vec<Target> = Vec::new();
+        let mut sent: Vec<Arc<Target>> = Vec::new();
         loop {
             let wanted = requests.borrow_and_update().clone();
             sent.retain(|t| wanted.contains(t));
@@ -51,7 +51,7 @@ pub fn spawn(
                     // A result for a request withdrawn meanwhile is dropped.
                     if sent.contains(&target) {
                         tx.send_modify(|done| {
-                            done.insert(target.peer, answered);
+                            done.insert(target.peer.clone(), answered);
                         });
                     }
                 }
@@ -62,7 +62,7 @@ pub fn spawn(
 }
 
 /// Drops the results of peers no longer requested; whether any was dropped.
-fn forget_unrequested(done: &mut Rechecks, wanted: &[Target]) -> bool {
+fn forget_unrequested(done: &mut Rechecks, wanted: &[Arc<Target>]) -> bool {
     let before = done.len();
     done.retain(|peer, _| wanted.iter().any(|t| t.peer == *peer));
     done.len() != before
@@ -110,10 +110,10 @@ mod tests {
         }
     }
 
-    fn target(peer: &str, tunnels: &[&str]) -> Target {
+    fn target(peer: &str, tunnels: &[&str]) -> Arc<Target> {
         let paths =
             tunnels.iter().map(|t| PodPath { tunnel: t.parse().unwrap(), peer_source: t.parse().unwrap() }).collect();
-        Target { peer: peer.into(), paths, underlay: "192.0.2.9".parse().unwrap(), full_size: 1450 }
+        Arc::new(Target { peer: peer.into(), paths, underlay: "192.0.2.9".parse().unwrap(), full_size: 1450 })
     }
 
     async fn until(rx: &mut watch::Receiver<Rechecks>, what: impl Fn(&Rechecks) -> bool) -> Rechecks {

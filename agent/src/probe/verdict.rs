@@ -72,6 +72,34 @@ pub struct Round {
     pub inbound: bool,
 }
 
+/// What a history keeps of a round: what its verdicts and figures read, in 12 bytes where a
+/// `Round` takes 56 (each path of every peer keeps [`WINDOW`] of them).
+#[derive(Debug, Clone, Copy)]
+struct Kept {
+    /// The small tunnel probe's round trip in nanoseconds: a probe times out long before
+    /// `u32::MAX` (4.3 s).
+    tunnel_ns: Option<u32>,
+    full: bool,
+    underlay: bool,
+    inbound: bool,
+}
+
+impl Kept {
+    fn of(round: &Round) -> Kept {
+        let ns = |rtt: Duration| u32::try_from(rtt.as_nanos()).unwrap_or(u32::MAX);
+        Kept {
+            tunnel_ns: round.tunnel.map(ns),
+            full: round.full.is_some(),
+            underlay: round.underlay.is_some(),
+            inbound: round.inbound,
+        }
+    }
+
+    fn tunnel(&self) -> bool {
+        self.tunnel_ns.is_some()
+    }
+}
+
 /// What `/status` shows of a peer's path.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -141,7 +169,7 @@ impl Dataplane {
 /// One peer's recent rounds and the verdict they support.
 #[derive(Debug, Clone)]
 pub struct History {
-    rounds: VecDeque<Round>,
+    rounds: VecDeque<Kept>,
     state: PathState,
     since: SystemTime,
     /// The smallest probe of the path's family: where the MTU search starts.
@@ -175,7 +203,7 @@ impl History {
     /// The size to probe this round to narrow down the largest passing packet, while full-size
     /// packets fail and small ones pass.
     pub fn search_size(&self) -> Option<u16> {
-        let searching = self.rounds.back().is_some_and(|r| r.tunnel.is_some() && r.full.is_none());
+        let searching = self.rounds.back().is_some_and(|r| r.tunnel() && !r.full);
         (searching && self.failed > self.passed + SEARCH_PRECISION)
             .then(|| self.passed + (self.failed - self.passed) / 2)
     }
@@ -201,7 +229,7 @@ impl History {
         if self.rounds.len() == WINDOW {
             self.rounds.pop_front();
         }
-        self.rounds.push_back(round);
+        self.rounds.push_back(Kept::of(&round));
         let next = judge(&self.rounds, self.state);
         if next == self.state {
             return None;
@@ -212,18 +240,19 @@ impl History {
     }
 
     pub fn report(&self) -> Dataplane {
-        let mut rtts: Vec<Duration> = self.rounds.iter().filter_map(|r| r.tunnel).collect();
+        let mut rtts: Vec<Duration> =
+            self.rounds.iter().filter_map(|r| r.tunnel_ns).map(|ns| Duration::from_nanos(ns.into())).collect();
         rtts.sort();
         let quantile = |q: f64| -> Option<f64> {
             let i = ((rtts.len() as f64 - 1.0) * q).round() as usize;
             rtts.get(i).map(|d| d.as_secs_f64() * 1000.0)
         };
-        let lost = self.rounds.iter().filter(|r| r.tunnel.is_none()).count();
+        let lost = self.rounds.iter().filter(|r| !r.tunnel()).count();
         let known = self.state != PathState::Unknown;
         Dataplane {
             state: self.state,
             cause: None,
-            answering: self.rounds.back().is_some_and(|r| r.tunnel.is_some()),
+            answering: self.rounds.back().is_some_and(Kept::tunnel),
             since: known.then(|| crate::http::status::timestamp(self.since)),
             rtt_p50_ms: quantile(0.5),
             rtt_p99_ms: quantile(0.99),
@@ -242,25 +271,25 @@ impl History {
 /// The verdict on the latest rounds. One round with full-size packets passing is enough to say
 /// the path works; a failure must hold for [`CONFIRM`] rounds (one lost probe is not an outage);
 /// anything in between keeps the previous verdict.
-fn judge(rounds: &VecDeque<Round>, previous: PathState) -> PathState {
+fn judge(rounds: &VecDeque<Kept>, previous: PathState) -> PathState {
     let Some(last) = rounds.back() else { return previous };
-    if last.tunnel.is_some() && last.full.is_some() {
+    if last.tunnel() && last.full {
         return PathState::Ok;
     }
     if rounds.len() < CONFIRM {
         return previous;
     }
-    let recent: Vec<&Round> = rounds.iter().rev().take(CONFIRM).collect();
-    if recent.iter().all(|r| r.tunnel.is_none()) {
+    let recent: Vec<&Kept> = rounds.iter().rev().take(CONFIRM).collect();
+    if recent.iter().all(|r| !r.tunnel()) {
         return if recent.iter().all(|r| r.inbound) {
             PathState::OneWay
-        } else if recent.iter().any(|r| r.underlay.is_some()) {
+        } else if recent.iter().any(|r| r.underlay) {
             PathState::TunnelBlocked
         } else {
             PathState::Unreachable
         };
     }
-    if recent.iter().all(|r| r.tunnel.is_some() && r.full.is_none()) {
+    if recent.iter().all(|r| r.tunnel() && !r.full) {
         return PathState::Mtu;
     }
     previous
@@ -360,6 +389,21 @@ mod tests {
         assert!(read.families.is_empty() && read.state == PathState::Ok);
         let json = serde_json::to_value(Dataplane::unknown()).unwrap();
         assert!(json.get("families").is_none(), "no families key for a single verdict: {json}");
+    }
+
+    #[test]
+    fn a_history_keeps_the_round_trips_to_the_nanosecond_in_a_small_round() {
+        assert!(size_of::<Kept>() <= 12);
+        let mut h = History::new(Family::Ipv4, FULL, SystemTime::now());
+        let rtt = |ns: u64| Round { tunnel: Some(Duration::from_nanos(ns)), ..round(true, true, true) };
+        for ns in [1_234_567, 7_654_321, 999_999_999] {
+            h.record(rtt(ns), SystemTime::now());
+        }
+        h.record(round(false, false, true), SystemTime::now());
+        let report = h.report();
+        assert_eq!((report.rtt_p50_ms, report.rtt_p99_ms), (Some(7.654321), Some(999.999999)));
+        assert_eq!(report.loss, Some(0.25));
+        assert!(!report.answering);
     }
 
     #[test]

@@ -157,7 +157,7 @@ struct Node {
     name: String,
     generation: u64,
     gossip: Gossip,
-    view: watch::Receiver<View>,
+    view: watch::Receiver<Arc<View>>,
     counters: GossipCounters,
     cancel: CancellationToken,
 }
@@ -263,7 +263,7 @@ struct Change {
 
 impl LivenessLog {
     /// Logs `observer`'s view until `cancel`; its first view counts as peers becoming live.
-    fn follow(&self, observer: &str, mut view: watch::Receiver<View>, cancel: CancellationToken) {
+    fn follow(&self, observer: &str, mut view: watch::Receiver<Arc<View>>, cancel: CancellationToken) {
         let (log, observer) = (self.clone(), observer.to_string());
         tokio::spawn(async move {
             let mut before = BTreeSet::new();

@@ -86,7 +86,7 @@ fn measure(n: usize, seconds: u64) -> Result<(Duration, Duration, u64, u64)> {
             .collect();
         let bytes = targets.iter().map(|t| probe::round_bytes(t, [None])).sum();
         let round = probe::round_interval(Duration::from_secs(2), bytes);
-        let (_tx, rx) = watch::channel(targets);
+        let (_tx, rx) = watch::channel(targets.into_iter().map(Arc::new).collect());
         let cancel = CancellationToken::new();
         let cpu_before = cpu_time();
         let (_results, task) = probe::spawn(counting.clone(), rx, Duration::from_secs(2), cancel.clone());

@@ -88,8 +88,12 @@ pub struct Chitchat {
     failure_detector: FailureDetector,
     /// Notifies listeners when a change has occurred in the set of live nodes.
     previous_live_nodes: HashMap<ChitchatId, Version>,
+    /// A copy of every live node's state, kept only while a receiver exists (weft patch): the
+    /// copy costs as much as the states themselves, and a listener that only needs to know that
+    /// something changed takes `live_nodes_changes` instead.
     live_nodes_watcher_tx: watch::Sender<BTreeMap<ChitchatId, NodeState>>,
-    live_nodes_watcher_rx: watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
+    /// Counts the changes the live nodes watcher reports (weft patch).
+    live_nodes_changes_tx: watch::Sender<u64>,
 }
 
 impl Chitchat {
@@ -100,14 +104,13 @@ impl Chitchat {
     ) -> Self {
         let failure_detector = FailureDetector::new(config.failure_detector_config.clone());
         let previous_live_nodes = HashMap::new();
-        let (live_nodes_watcher_tx, live_nodes_watcher_rx) = watch::channel(BTreeMap::new());
         let mut chitchat = Chitchat {
             config,
             cluster_state: ClusterState::with_seed_addrs(seed_addrs),
             failure_detector,
             previous_live_nodes,
-            live_nodes_watcher_tx,
-            live_nodes_watcher_rx,
+            live_nodes_watcher_tx: watch::Sender::new(BTreeMap::new()),
+            live_nodes_changes_tx: watch::Sender::new(0),
         };
 
         let self_node_state = chitchat.self_node_state();
@@ -255,24 +258,17 @@ impl Chitchat {
             .collect::<HashMap<_, _>>();
 
         if self.previous_live_nodes != current_live_nodes {
-            let live_nodes = current_live_nodes
-                .keys()
-                .cloned()
-                .flat_map(|chitchat_id| {
-                    let node_state = self.node_state(&chitchat_id)?;
-                    if let Some(liveness_extra_predicate) = &self.config.extra_liveness_predicate {
-                        if !liveness_extra_predicate(node_state) {
-                            return None;
-                        }
-                    }
-                    Some((chitchat_id, node_state.clone()))
-                })
-                .collect::<BTreeMap<_, _>>();
             self.previous_live_nodes = current_live_nodes;
-
-            if self.live_nodes_watcher_tx.send(live_nodes).is_err() {
-                error!(current_node = ?self.self_chitchat_id(), "error while reporting membership change event.")
+            self.live_nodes_changes_tx.send_modify(|changes| *changes += 1);
+            if self.live_nodes_watcher_tx.receiver_count() > 0 {
+                self.live_nodes_watcher_tx.send_replace(self.live_node_states());
             }
+        }
+        // The last receiver is gone: free the copy (rebuilt for the next one).
+        if self.live_nodes_watcher_tx.receiver_count() == 0
+            && !self.live_nodes_watcher_tx.borrow().is_empty()
+        {
+            self.live_nodes_watcher_tx.send_replace(BTreeMap::new());
         }
         // A restart is not a second member (weft patch): a dead generation superseded by a live
         // one of the same node is forgotten at once, not after the dead node grace period.
@@ -359,11 +355,42 @@ impl Chitchat {
     ///
     /// Heartbeats are not notified.
     pub fn live_nodes_watch_stream(&self) -> WatchStream<BTreeMap<ChitchatId, NodeState>> {
-        WatchStream::new(self.live_nodes_watcher_rx.clone())
+        WatchStream::new(self.live_nodes_watcher())
     }
 
+    /// The live nodes and their states, as of the last change (see `live_nodes_watch_stream`).
+    /// The receiver's first `changed` returns at once.
     pub fn live_nodes_watcher(&self) -> watch::Receiver<BTreeMap<ChitchatId, NodeState>> {
-        self.live_nodes_watcher_rx.clone()
+        // Nobody kept the copy up to date: start it from the last change's live nodes.
+        if self.live_nodes_watcher_tx.receiver_count() == 0 {
+            self.live_nodes_watcher_tx.send_replace(self.live_node_states());
+        }
+        let mut receiver = self.live_nodes_watcher_tx.subscribe();
+        receiver.mark_changed();
+        receiver
+    }
+
+    /// Changes when the live nodes watcher would (weft patch): the number of changes so far,
+    /// without a copy of any node's state.
+    pub fn live_nodes_changes(&self) -> watch::Receiver<u64> {
+        self.live_nodes_changes_tx.subscribe()
+    }
+
+    /// The live nodes of the last change that pass the extra liveness predicate, with their
+    /// states.
+    fn live_node_states(&self) -> BTreeMap<ChitchatId, NodeState> {
+        self.previous_live_nodes
+            .keys()
+            .filter_map(|chitchat_id| {
+                let node_state = self.node_state(chitchat_id)?;
+                if let Some(liveness_extra_predicate) = &self.config.extra_liveness_predicate {
+                    if !liveness_extra_predicate(node_state) {
+                        return None;
+                    }
+                }
+                Some((chitchat_id.clone(), node_state.clone()))
+            })
+            .collect()
     }
 
     /// Returns the set of nodes considered dead by the failure detector.
@@ -973,6 +1000,42 @@ mod tests {
         assert!(live_members.contains_key(&chitchat_ids[2]));
 
         shutdown_nodes(nodes).await.unwrap();
+    }
+
+    #[test]
+    fn test_live_nodes_copy_is_kept_only_while_watched() {
+        let empty_seeds = watch::channel(Default::default()).1;
+        let mut node = Chitchat::with_chitchat_id_and_seeds(
+            ChitchatConfig::for_test(10_001),
+            empty_seeds,
+            Vec::new(),
+        );
+        let self_id = node.self_chitchat_id().clone();
+        let changes = node.live_nodes_changes();
+        node.update_nodes_liveness();
+        assert_eq!(*changes.borrow(), 1);
+        // Nobody watches: no copy of any state.
+        assert!(node.live_nodes_watcher_tx.borrow().is_empty());
+
+        let mut watcher = node.live_nodes_watcher();
+        assert!(watcher.has_changed().unwrap());
+        assert!(watcher.borrow_and_update().contains_key(&self_id));
+        node.self_node_state().set("key", "value");
+        node.update_nodes_liveness();
+        assert_eq!(*changes.borrow(), 2);
+        assert!(watcher.has_changed().unwrap());
+        assert_eq!(watcher.borrow_and_update()[&self_id].get("key"), Some("value"));
+        // Nothing changed: neither notifies.
+        node.update_nodes_liveness();
+        assert_eq!(*changes.borrow(), 2);
+        assert!(!watcher.has_changed().unwrap());
+
+        drop(watcher);
+        node.update_nodes_liveness();
+        assert!(node.live_nodes_watcher_tx.borrow().is_empty());
+        // A new watcher starts from the current live nodes.
+        let watcher = node.live_nodes_watcher();
+        assert_eq!(watcher.borrow()[&self_id].get("key"), Some("value"));
     }
 
     #[tokio::test]

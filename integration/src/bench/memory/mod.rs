@@ -172,21 +172,25 @@ fn measure_agent(n: usize) -> Result<MemoryResult> {
     let cancel = CancellationToken::new();
 
     let live = runtime(false)?;
-    let gossip = if n <= GOSSIP_LIMIT {
+    let (gossip, published) = if n <= GOSSIP_LIMIT {
         let (gossip, view_rx, observer) =
             live.block_on(measure_gossip(&members, &facts, own_claim, n, &cancel, &mut parts))?;
-        let heard = view_rx.borrow().members.clone();
-        if heard != members.view(n)?.members {
+        let published = view_rx.borrow().clone();
+        if published.members != members.view(n)?.members {
             return Err(LabError::Other("the observer's view is not the synthetic one".into()));
         }
-        Some((gossip, view_rx, observer))
+        (Some((gossip, view_rx, observer)), published)
     } else {
-        None
+        // No gossip at this size: the observer's view stood in for by the synthetic one.
+        let view = measure("membership view (synthetic)", true, &mut parts, || members.view(n).map(Arc::new))?;
+        (None, view)
     };
 
-    // One reconcile turn, as `Controller::turn` takes it: a copy of the view, the settle
-    // tracker's shape, the peers and their verdicts, the desired state, the probe targets.
-    let view: View = measure("turn: copy of the view", false, &mut parts, || members.view(n))?;
+    // One reconcile turn, as `Controller::turn` takes it: the view (shared with the observer),
+    // the settle tracker's shape, the peers and their verdicts, the desired state, the probe
+    // targets.
+    let view: Arc<View> = measure("turn: its view (shared)", false, &mut parts, || published.clone());
+    drop(published);
     let mut settle = Settle::new(tokio::time::Instant::now(), Duration::ZERO, Duration::ZERO, true);
     measure("settle tracker", true, &mut parts, || settle.observe(&view, tokio::time::Instant::now()));
     let peers = measure("turn: peers (collect)", false, &mut parts, || peers::collect(&view, LOCAL_NAME, 1, &rules));
@@ -219,7 +223,9 @@ fn measure_agent(n: usize) -> Result<MemoryResult> {
     }
     let programmed: BTreeSet<String> =
         measure("programmed names", true, &mut parts, || desired.peers.iter().map(|p| p.name.clone()).collect());
-    let targets = measure("probe targets", true, &mut parts, || probe_targets(&desired, &programmed, MTU));
+    let targets = measure("probe targets", true, &mut parts, || {
+        probe_targets(&desired, &programmed, MTU).into_iter().map(Arc::new).collect::<Vec<_>>()
+    });
 
     // The prober on a paused clock (a round of N peers takes N × 30 ms): its peak over the first
     // round (the most of samples through it), and once it published the round's verdicts.
@@ -249,7 +255,7 @@ fn measure_agent(n: usize) -> Result<MemoryResult> {
         let _ = prober.await;
         (targets_tx, results)
     });
-    let probes = measure("turn: copy of the probe results", false, &mut parts, || results.borrow().clone());
+    let probes = measure("turn: its probe results (shared)", false, &mut parts, || results.borrow().clone());
     if probes.len() != n {
         return Err(LabError::Other(format!("{} of {n} peers probed", probes.len())));
     }
@@ -259,7 +265,7 @@ fn measure_agent(n: usize) -> Result<MemoryResult> {
             .iter()
             .map(|d| {
                 let seen = view.last_seen(&d.peer.name, d.peer.generation);
-                let dataplane = probes.get(&d.peer.name).cloned().unwrap_or_else(Dataplane::unknown);
+                let dataplane = probes.get(&d.peer.name).cloned().unwrap_or_else(|| Arc::new(Dataplane::unknown()));
                 status::peer_status(d, programmed.contains(&d.peer.name), seen, dataplane)
             })
             .collect::<Vec<_>>()
@@ -301,7 +307,7 @@ async fn measure_gossip(
     n: usize,
     cancel: &CancellationToken,
     parts: &mut Vec<Part>,
-) -> Result<(Gossip, tokio::sync::watch::Receiver<View>, tokio::task::JoinHandle<()>)> {
+) -> Result<(Gossip, tokio::sync::watch::Receiver<Arc<View>>, tokio::task::JoinHandle<()>)> {
     let feed = Feed::default();
     let (live0, _) = counts();
     let gossip = Gossip::start(
@@ -319,8 +325,7 @@ async fn measure_gossip(
     tokio::time::sleep(INTERVAL * 3).await;
     let heard = counts();
     parts.push(Part { name: "gossip (chitchat)", kept: true, live: heard.0 - live0, allocated: None });
-    // Of which: one copy of every member's node state (chitchat holds two, its cluster state and
-    // its live-nodes watcher's).
+    // Of which: one copy of every member's node state (chitchat's cluster state).
     let states = measure("of gossip: one copy of the node states", false, parts, || {
         (0..n)
             .map(|k| {
